@@ -1,0 +1,344 @@
+//! auth — terminal credentials: HS256 JWTs naming an endpoint and a role.
+//!
+//! Time is an input: `verify` takes `now` rather than reading the clock, so expiry is tested
+//! without sleeping. The key comes from config (`auth.secret`) or a key file created on first run.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::org::{NodeIdx, Org, Tier};
+
+/// What a credential allows its holder to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A console at a center: sees and commands the center's whole subtree.
+    Operator,
+    /// A center's or village service station's own terminal: receives orders and calls.
+    Station,
+    /// A grid worker's phone: sees itself and its chain of command.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Station => "station",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// The role a terminal at this tier gets when none is asked for.
+    pub fn default_for(tier: Tier) -> Role {
+        if tier == Tier::Worker {
+            Role::Worker
+        } else {
+            Role::Operator
+        }
+    }
+
+    /// Workers are people in the field; every other tier is a center or station.
+    pub fn allowed_at(self, tier: Tier) -> bool {
+        (self == Role::Worker) == (tier == Tier::Worker)
+    }
+}
+
+const ISSUER: &str = "gridhub";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: Role,
+    iat: u64,
+    exp: u64,
+    iss: String,
+}
+
+/// A verified credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential {
+    pub endpoint: NodeIdx,
+    pub role: Role,
+    /// Unix seconds after which the credential is no longer accepted.
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credential: send `Authorization: Bearer <token>` or `?token=<token>`")]
+    Missing,
+    #[error("credential is not a well-formed token: {0}")]
+    Malformed(String),
+    #[error("credential signature does not verify (forged, or signed with another key)")]
+    BadSignature,
+    #[error("credential expired at {expired_at} (now {now})")]
+    Expired { expired_at: u64, now: u64 },
+    #[error("credential names endpoint {0:?}, which is not in the org tree")]
+    UnknownEndpoint(String),
+    #[error("role {role} is not allowed at {endpoint}, a {tier} node")]
+    RoleNotAllowed {
+        role: &'static str,
+        endpoint: String,
+        tier: Tier,
+    },
+}
+
+impl AuthError {
+    /// Stable machine-readable code, documented in docs/protocol.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_credential",
+            AuthError::Malformed(_) => "malformed_credential",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired { .. } => "expired_credential",
+            AuthError::UnknownEndpoint(_) => "unknown_endpoint",
+            AuthError::RoleNotAllowed { .. } => "role_not_allowed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("endpoint {0:?} is not in the org tree")]
+    UnknownEndpoint(String),
+    #[error("role {role} is not allowed at {endpoint}, a {tier} node")]
+    RoleNotAllowed {
+        role: &'static str,
+        endpoint: String,
+        tier: Tier,
+    },
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// Signs and verifies credentials with one shared key.
+pub struct Authority {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authority { .. }")
+    }
+}
+
+/// Shortest key accepted: HS256 wants at least 256 bits.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl Authority {
+    pub fn new(secret: &[u8]) -> Result<Authority, String> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "the signing secret has {} bytes; at least {MIN_SECRET_LEN} are required",
+                secret.len()
+            ));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Expiry is checked by `verify` against the `now` it is given.
+        validation.validate_exp = false;
+        validation.required_spec_claims = ["exp", "sub", "iss"].map(String::from).into();
+        validation.set_issuer(&[ISSUER]);
+        Ok(Authority {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        })
+    }
+
+    /// Reads the key from `path`, creating it with 32 random bytes (hex) if it does not exist.
+    pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => Ok(s.trim().as_bytes().to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut raw = [0u8; 32];
+                getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+                let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                write_private(path, hex.as_bytes())?;
+                Ok(hex.into_bytes())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn mint(
+        &self,
+        org: &Org,
+        endpoint: &str,
+        role: Role,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<String, MintError> {
+        let idx = org
+            .lookup(endpoint)
+            .ok_or_else(|| MintError::UnknownEndpoint(endpoint.to_owned()))?;
+        let tier = org.tier(idx);
+        if !role.allowed_at(tier) {
+            return Err(MintError::RoleNotAllowed {
+                role: role.as_str(),
+                endpoint: endpoint.to_owned(),
+                tier,
+            });
+        }
+        self.mint_unchecked(endpoint, role, now, now + ttl_secs)
+    }
+
+    /// Signs whatever it is given; tests use it to make credentials the hub must refuse.
+    pub fn mint_unchecked(
+        &self,
+        endpoint: &str,
+        role: Role,
+        iat: u64,
+        exp: u64,
+    ) -> Result<String, MintError> {
+        let claims = Claims {
+            sub: endpoint.to_owned(),
+            role,
+            iat,
+            exp,
+            iss: ISSUER.to_owned(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| MintError::Sign(e.to_string()))
+    }
+
+    pub fn verify(&self, org: &Org, token: &str, now: u64) -> Result<Credential, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed(e.to_string()),
+            })?;
+        let c = data.claims;
+        if now >= c.exp {
+            return Err(AuthError::Expired {
+                expired_at: c.exp,
+                now,
+            });
+        }
+        let endpoint = org
+            .lookup(&c.sub)
+            .ok_or_else(|| AuthError::UnknownEndpoint(c.sub.clone()))?;
+        let tier = org.tier(endpoint);
+        if !c.role.allowed_at(tier) {
+            return Err(AuthError::RoleNotAllowed {
+                role: c.role.as_str(),
+                endpoint: c.sub,
+                tier,
+            });
+        }
+        Ok(Credential {
+            endpoint,
+            role: c.role,
+            expires_at: c.exp,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // create_new: two processes starting at once must not overwrite each other's key.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::org::parse_csv;
+
+    fn org() -> Org {
+        parse_csv(
+            "id,parent,tier,name,name_en,lat,lon\n\
+             c,,city,C,C,,\n\
+             a,c,county,A,A,,\n\
+             t,a,township,T,T,,\n\
+             v,t,village,V,V,,\n\
+             w,v,worker,W,W,,\n",
+        )
+        .unwrap()
+    }
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn mint_then_verify() {
+        let (org, auth) = (org(), Authority::new(KEY).unwrap());
+        let tok = auth.mint(&org, "w", Role::Worker, 60, 1000).unwrap();
+        let cred = auth.verify(&org, &tok, 1059).unwrap();
+        assert_eq!(cred.endpoint, org.lookup("w").unwrap());
+        assert_eq!(cred.role, Role::Worker);
+        assert_eq!(cred.expires_at, 1060);
+    }
+
+    #[test]
+    fn expiry_uses_the_given_clock() {
+        let (org, auth) = (org(), Authority::new(KEY).unwrap());
+        let tok = auth.mint(&org, "a", Role::Operator, 60, 1000).unwrap();
+        assert_eq!(
+            auth.verify(&org, &tok, 1060),
+            Err(AuthError::Expired {
+                expired_at: 1060,
+                now: 1060
+            })
+        );
+    }
+
+    #[test]
+    fn forged_malformed_unknown_and_wrong_role_are_refused() {
+        let (org, auth) = (org(), Authority::new(KEY).unwrap());
+        let other = Authority::new(b"another key that is long enough!!").unwrap();
+        let forged = other.mint(&org, "a", Role::Operator, 60, 0).unwrap();
+        assert_eq!(auth.verify(&org, &forged, 1), Err(AuthError::BadSignature));
+        assert!(matches!(
+            auth.verify(&org, "not.a.jwt", 1),
+            Err(AuthError::Malformed(_))
+        ));
+        let ghost = auth.mint_unchecked("ghost", Role::Worker, 0, 60).unwrap();
+        assert_eq!(
+            auth.verify(&org, &ghost, 1),
+            Err(AuthError::UnknownEndpoint("ghost".into()))
+        );
+        let wrong = auth.mint_unchecked("a", Role::Worker, 0, 60).unwrap();
+        assert_eq!(auth.verify(&org, &wrong, 1).unwrap_err().code(), "role_not_allowed");
+        assert!(matches!(
+            auth.mint(&org, "w", Role::Operator, 60, 0),
+            Err(MintError::RoleNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(Authority::new(b"short").is_err());
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("gridhub-auth-{}", std::process::id()));
+        let path = dir.join("secret.key");
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Authority::load_or_create_secret(&path).unwrap();
+        let b = Authority::load_or_create_secret(&path).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,380 @@
+//! config — settings from `config/gridhub.toml`, every key overridable by environment.
+//!
+//! `GRIDHUB_TRANSPORT__HEARTBEAT_TIMEOUT_MS=5000` sets `[transport] heartbeat_timeout_ms`: the
+//! section and key are joined by a double underscore because keys contain single ones. Values are
+//! read as TOML literals when they parse as one (numbers, booleans) and as strings otherwise.
+//! Unknown keys are refused, so a typo is an error at start-up rather than a silent default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "config/gridhub.toml";
+pub const ENV_PREFIX: &str = "GRIDHUB_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub org: OrgConfig,
+    pub transport: TransportConfig,
+    pub presence: PresenceConfig,
+    pub backplane: BackplaneConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// Where the hub keeps its files (key, database).
+    pub data_dir: PathBuf,
+    /// TCP listen backlog: a wave of reconnects arrives faster than it is accepted.
+    pub backlog: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            backlog: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 signing key (at least 32 bytes). Empty: use `secret_file`.
+    pub secret: String,
+    /// Key file, created with a random key on first run. Relative paths are under `data_dir`.
+    pub secret_file: PathBuf,
+    /// Lifetime of credentials minted by `gridhub token` unless `--ttl` says otherwise.
+    pub default_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: String::new(),
+            secret_file: PathBuf::from("secret.key"),
+            default_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrgConfig {
+    pub file: PathBuf,
+}
+
+impl Default for OrgConfig {
+    fn default() -> Self {
+        OrgConfig {
+            file: PathBuf::from("config/org/jiamusi.csv"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// How often terminals are asked to send a heartbeat (told to them in `hello`).
+    pub heartbeat_interval_ms: u64,
+    /// A terminal silent for this long is disconnected and marked offline.
+    pub heartbeat_timeout_ms: u64,
+    /// Largest inbound message; larger ones are discarded with a `message_too_large` error.
+    pub max_message_bytes: usize,
+    /// Per-connection send queue bound, in frames and in bytes; past either the consumer is slow
+    /// and is closed with code 4002.
+    pub send_queue_frames: usize,
+    pub send_queue_bytes: usize,
+    /// Connection cap. 0: derived from the open-file limit minus `fd_reserve`.
+    pub max_connections: usize,
+    /// File descriptors kept free for the store, logs and refusing connections cleanly.
+    pub fd_reserve: usize,
+    /// Typed errors tolerated within `abuse_window_ms` before closing with 1008.
+    pub abuse_errors: u32,
+    pub abuse_window_ms: u64,
+    /// Inbound messages per second per connection (token bucket), and the burst allowed.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// How long shutdown waits for send queues to drain before closing sockets.
+    pub shutdown_drain_ms: u64,
+    /// How long a client has to complete the WebSocket upgrade request.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            heartbeat_interval_ms: 20_000,
+            heartbeat_timeout_ms: 60_000,
+            max_message_bytes: 64 * 1024,
+            send_queue_frames: 1024,
+            send_queue_bytes: 8 * 1024 * 1024,
+            max_connections: 0,
+            fd_reserve: 256,
+            abuse_errors: 20,
+            abuse_window_ms: 10_000,
+            rate_per_sec: 50,
+            rate_burst: 200,
+            shutdown_drain_ms: 5_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Deltas to a console are sent at most once per window; changes inside it coalesce.
+    pub coalesce_ms: u64,
+    /// Subscriptions one connection may hold at once.
+    pub max_subscriptions: usize,
+    /// Longest status text, in characters.
+    pub max_text_chars: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            coalesce_ms: 20,
+            max_subscriptions: 16,
+            max_text_chars: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackplaneKind {
+    /// One hub process; presence and messages stay in memory.
+    #[default]
+    Memory,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackplaneConfig {
+    pub kind: BackplaneKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `gridhub=debug`; `RUST_LOG` wins when set.
+    pub filter: String,
+    /// `text` for people, `json` for log shippers.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path` (or the default file when it exists), then applies `GRIDHUB_*` overrides.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, shown) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => match std::fs::read_to_string(DEFAULT_PATH) {
+                Ok(t) => (t, DEFAULT_PATH.to_owned()),
+                Err(_) => (String::new(), "built-in defaults".to_owned()),
+            },
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.len() != 2 || path.iter().any(|p| p.is_empty()) {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected GRIDHUB_<SECTION>__<KEY>, e.g. GRIDHUB_SERVER__LISTEN"
+                        .into(),
+                });
+            }
+            let section = table
+                .entry(path[0].clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(section) = section.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("[{}] is not a section", path[0]),
+                });
+            };
+            section.insert(path[1].clone(), literal(&value));
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: format!("{shown} with GRIDHUB_* overrides"),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.transport;
+        if t.heartbeat_timeout_ms <= t.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(format!(
+                "transport.heartbeat_timeout_ms ({}) must exceed heartbeat_interval_ms ({})",
+                t.heartbeat_timeout_ms, t.heartbeat_interval_ms
+            )));
+        }
+        if t.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "transport.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if t.send_queue_frames == 0 || t.send_queue_bytes < t.max_message_bytes {
+            return Err(ConfigError::Invalid(
+                "transport.send_queue_frames must be positive and send_queue_bytes at least max_message_bytes".into(),
+            ));
+        }
+        if t.rate_per_sec == 0 || t.rate_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "transport.rate_per_sec and rate_burst must be positive".into(),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log.format must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            )));
+        }
+        Ok(())
+    }
+
+    /// The key file's path: relative paths are under the data folder.
+    pub fn secret_file(&self) -> PathBuf {
+        if self.auth.secret_file.is_absolute() {
+            self.auth.secret_file.clone()
+        } else {
+            self.server.data_dir.join(&self.auth.secret_file)
+        }
+    }
+
+    /// The signing key: the configured secret, else the key file (created on first use).
+    pub fn signing_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        if !self.auth.secret.is_empty() {
+            return Ok(self.auth.secret.as_bytes().to_vec());
+        }
+        let path = self.secret_file();
+        crate::auth::Authority::load_or_create_secret(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+fn literal(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "gridhub-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn env_overrides_file_values_with_typed_literals() {
+        let p = write("[transport]\nheartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 3000\n");
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("GRIDHUB_TRANSPORT__HEARTBEAT_TIMEOUT_MS", "4000"),
+                ("GRIDHUB_SERVER__LISTEN", "127.0.0.1:0"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.transport.heartbeat_interval_ms, 1000);
+        assert_eq!(c.transport.heartbeat_timeout_ms, 4000);
+        assert_eq!(c.server.listen.port(), 0);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let p = write("[transport]\nheartbeat_intervall_ms = 5\n");
+        let e = Config::load(Some(&p), vec![]).unwrap_err().to_string();
+        assert!(e.contains("heartbeat_intervall_ms"), "{e}");
+        std::fs::remove_file(p).unwrap();
+        let e = Config::load(None, env(&[("GRIDHUB_LISTEN", "x")])).unwrap_err();
+        assert!(matches!(e, ConfigError::Env { .. }));
+        let e = Config::load(
+            None,
+            env(&[("GRIDHUB_TRANSPORT__HEARTBEAT_TIMEOUT_MS", "10")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("must exceed"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PATH);
+        let c = Config::load(Some(&p), vec![]).unwrap();
+        assert_eq!(c.org.file, PathBuf::from("config/org/jiamusi.csv"));
+    }
+}

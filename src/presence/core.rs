@@ -1,0 +1,762 @@
+//! The presence state machine: no IO, no clock. Every input carries `now` (Unix milliseconds).
+//!
+//! State per endpoint (node) and per-node aggregates over each node's strict descendants. A status
+//! change updates the aggregates of the node's ancestors only — at most four — so a city-wide
+//! count is never recomputed by scanning. Subscribers watch a subtree (or, for any terminal, its
+//! own chain of command); changes are marked dirty and `flush` turns them into one batch per
+//! distinct payload, at most once per coalescing window, so a wave of reconnects reaches a console
+//! as a few large deltas rather than thousands of small ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::org::{GeoPoint, NodeIdx, Org};
+
+/// Identifies a connection, unique across hub nodes and restarts within a run.
+pub type ConnKey = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Online,
+    Busy,
+    InCall,
+    InSession,
+    Away,
+    Offline,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Online,
+        Status::Busy,
+        Status::InCall,
+        Status::InSession,
+        Status::Away,
+        Status::Offline,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Busy => "busy",
+            Status::InCall => "in_call",
+            Status::InSession => "in_session",
+            Status::Away => "away",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// The statuses a terminal may choose for itself; the others are set by the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Chosen {
+    Online,
+    Busy,
+    Away,
+}
+
+impl From<Chosen> for Status {
+    fn from(c: Chosen) -> Status {
+        match c {
+            Chosen::Online => Status::Online,
+            Chosen::Busy => Status::Busy,
+            Chosen::Away => Status::Away,
+        }
+    }
+}
+
+/// What the hub knows the terminal is doing; it outranks the chosen status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activity {
+    Idle,
+    InCall,
+    InSession,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+    /// Accuracy radius in metres, if the device reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_m: Option<f32>,
+    /// When the hub received it (Unix ms).
+    pub at: u64,
+}
+
+impl Location {
+    pub fn point(&self) -> GeoPoint {
+        GeoPoint {
+            lat: self.lat,
+            lon: self.lon,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The live connection, if any; a newer connection of the same terminal replaces it.
+    pub conn: Option<ConnKey>,
+    pub chosen: Chosen,
+    pub activity: Activity,
+    pub text: Option<Box<str>>,
+    /// Last known location; kept while offline ("last seen here").
+    pub location: Option<Location>,
+    /// When the effective status last changed (Unix ms; 0 = never seen).
+    pub since: u64,
+}
+
+impl Entry {
+    pub fn status(&self) -> Status {
+        match (self.conn, self.activity) {
+            (None, _) => Status::Offline,
+            (Some(_), Activity::InSession) => Status::InSession,
+            (Some(_), Activity::InCall) => Status::InCall,
+            (Some(_), Activity::Idle) => self.chosen.into(),
+        }
+    }
+}
+
+/// Counts by status over a node's strict descendants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    pub by_status: [u32; 6],
+}
+
+impl Aggregate {
+    pub fn total(&self) -> u32 {
+        self.by_status.iter().sum()
+    }
+    pub fn count(&self, s: Status) -> u32 {
+        self.by_status[s as usize]
+    }
+    /// Everything but offline.
+    pub fn online(&self) -> u32 {
+        self.total() - self.count(Status::Offline)
+    }
+}
+
+/// A change reported by a terminal (already validated by the protocol layer).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Chosen>,
+    /// `Some(None)` clears the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Option<Box<str>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// What a subscription watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Watch {
+    /// Every endpoint in the subtree rooted here, with aggregates.
+    Subtree(NodeIdx),
+    /// The subscriber's own chain of command: these ancestors of `of`.
+    Chain { of: NodeIdx },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("this connection already holds {0} subscriptions, the most allowed")]
+    TooMany(usize),
+}
+
+/// Who receives one delta, and what it covers. Payloads are read from the core's state by the
+/// encoder right after `flush`, so nothing is copied here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fanout {
+    pub recipients: Vec<ConnKey>,
+    /// `None` for chain-of-command deltas.
+    pub node: Option<NodeIdx>,
+    pub endpoints: Vec<NodeIdx>,
+    pub aggregates: Vec<NodeIdx>,
+}
+
+/// A subtree's state at subscription time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub node: Option<NodeIdx>,
+    pub seq: u64,
+    /// Endpoints that are not offline, plus any with a known location (offline ones are implied).
+    pub endpoints: Vec<NodeIdx>,
+    /// Nodes with at least one descendant.
+    pub aggregates: Vec<NodeIdx>,
+}
+
+#[derive(Default, Debug)]
+struct Group {
+    full: Vec<ConnKey>,
+    aggregates_only: Vec<ConnKey>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.full.is_empty() && self.aggregates_only.is_empty()
+    }
+}
+
+pub struct Presence {
+    org: Arc<Org>,
+    entries: Vec<Entry>,
+    aggs: Vec<Aggregate>,
+    seq: u64,
+    /// Endpoints changed since the last flush, each once.
+    dirty: Vec<NodeIdx>,
+    is_dirty: Vec<bool>,
+    /// Nodes whose aggregate changed since the last flush.
+    agg_dirty: Vec<bool>,
+    /// Scratch for `flush`: `mark[n] == mark_gen` means n is already in the current batch.
+    mark: Vec<u64>,
+    mark_gen: u64,
+    subtree_subs: HashMap<NodeIdx, Group>,
+    /// Watched endpoint → chain subscribers watching it.
+    chain_subs: HashMap<NodeIdx, Vec<ConnKey>>,
+    subs_of: HashMap<ConnKey, Vec<(Watch, bool)>>,
+    max_subs: usize,
+    window_ms: u64,
+    last_flush: Option<u64>,
+}
+
+fn remove_key(v: &mut Vec<ConnKey>, k: ConnKey) {
+    if let Some(i) = v.iter().position(|&x| x == k) {
+        v.swap_remove(i);
+    }
+}
+
+impl Presence {
+    pub fn new(org: Arc<Org>, window_ms: u64, max_subs: usize) -> Presence {
+        let n = org.len();
+        let entries = vec![
+            Entry {
+                conn: None,
+                chosen: Chosen::Online,
+                activity: Activity::Idle,
+                text: None,
+                location: None,
+                since: 0,
+            };
+            n
+        ];
+        let aggs = (0..n)
+            .map(|i| {
+                let mut a = Aggregate::default();
+                a.by_status[Status::Offline as usize] = org.descendants(NodeIdx(i as u32)) as u32;
+                a
+            })
+            .collect();
+        Presence {
+            org,
+            entries,
+            aggs,
+            seq: 0,
+            dirty: Vec::new(),
+            is_dirty: vec![false; n],
+            agg_dirty: vec![false; n],
+            mark: vec![0; n],
+            mark_gen: 0,
+            subtree_subs: HashMap::new(),
+            chain_subs: HashMap::new(),
+            subs_of: HashMap::new(),
+            max_subs,
+            window_ms,
+            last_flush: None,
+        }
+    }
+
+    pub fn org(&self) -> &Arc<Org> {
+        &self.org
+    }
+    pub fn entry(&self, n: NodeIdx) -> &Entry {
+        &self.entries[n.get()]
+    }
+    pub fn aggregate(&self, n: NodeIdx) -> &Aggregate {
+        &self.aggs[n.get()]
+    }
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Applies `edit` to an endpoint and propagates any status change; returns whether the
+    /// effective status changed.
+    fn change(&mut self, ep: NodeIdx, now: u64, edit: impl FnOnce(&mut Entry)) -> bool {
+        let e = &mut self.entries[ep.get()];
+        let before = (e.status(), e.text.clone(), e.location);
+        edit(e);
+        let after = e.status();
+        let status_changed = after != before.0;
+        if status_changed {
+            e.since = now;
+        }
+        if !status_changed && e.text == before.1 && e.location == before.2 {
+            return false;
+        }
+        self.seq += 1;
+        if !self.is_dirty[ep.get()] {
+            self.is_dirty[ep.get()] = true;
+            self.dirty.push(ep);
+        }
+        if status_changed {
+            // Ancestors only: aggregates count strict descendants.
+            let org = Arc::clone(&self.org);
+            for a in org.ancestors(ep) {
+                let agg = &mut self.aggs[a.get()];
+                agg.by_status[before.0 as usize] -= 1;
+                agg.by_status[after as usize] += 1;
+                self.agg_dirty[a.get()] = true;
+            }
+        }
+        status_changed
+    }
+
+    /// A terminal connected (on any hub node). A fresh connection starts `online` with no text.
+    pub fn connect(&mut self, ep: NodeIdx, conn: ConnKey, now: u64) -> bool {
+        self.change(ep, now, |e| {
+            e.conn = Some(conn);
+            e.chosen = Chosen::Online;
+            e.activity = Activity::Idle;
+            e.text = None;
+        })
+    }
+
+    /// A connection ended. Ignored when a newer connection of the same terminal already
+    /// replaced it, so the replaced one's late goodbye cannot mark a live terminal offline.
+    pub fn disconnect(&mut self, ep: NodeIdx, conn: ConnKey, now: u64) -> bool {
+        if self.entries[ep.get()].conn != Some(conn) {
+            return false;
+        }
+        self.change(ep, now, |e| {
+            e.conn = None;
+            e.activity = Activity::Idle;
+        })
+    }
+
+    /// A terminal's own update; ignored unless `conn` is its current connection.
+    pub fn update(&mut self, ep: NodeIdx, conn: ConnKey, u: &Update, now: u64) -> bool {
+        if self.entries[ep.get()].conn != Some(conn) {
+            return false;
+        }
+        self.change(ep, now, |e| {
+            if let Some(s) = u.status {
+                e.chosen = s;
+            }
+            if let Some(t) = &u.text {
+                e.text = t.clone();
+            }
+            if let Some(l) = u.location {
+                e.location = Some(l);
+            }
+        })
+    }
+
+    /// Set by the calls and sessions domains while a terminal is in a call or a session.
+    pub fn set_activity(&mut self, ep: NodeIdx, activity: Activity, now: u64) -> bool {
+        self.change(ep, now, |e| e.activity = activity)
+    }
+
+    pub fn subscribe(
+        &mut self,
+        sub: ConnKey,
+        watch: Watch,
+        endpoints: bool,
+    ) -> Result<Snapshot, SubscribeError> {
+        let mine = self.subs_of.entry(sub).or_default();
+        if let Some(i) = mine.iter().position(|(w, _)| *w == watch) {
+            // Subscribing again replaces the flavour and returns a fresh snapshot.
+            let (_, old) = mine.swap_remove(i);
+            self.detach(sub, watch, old);
+        } else if mine.len() >= self.max_subs {
+            return Err(SubscribeError::TooMany(self.max_subs));
+        }
+        self.subs_of.entry(sub).or_default().push((watch, endpoints));
+        match watch {
+            Watch::Subtree(n) => {
+                let g = self.subtree_subs.entry(n).or_default();
+                if endpoints {
+                    g.full.push(sub)
+                } else {
+                    g.aggregates_only.push(sub)
+                }
+            }
+            Watch::Chain { of } => {
+                let org = Arc::clone(&self.org);
+                for a in org.ancestors(of) {
+                    self.chain_subs.entry(a).or_default().push(sub);
+                }
+            }
+        }
+        Ok(self.snapshot(watch, endpoints))
+    }
+
+    fn detach(&mut self, sub: ConnKey, watch: Watch, endpoints: bool) {
+        match watch {
+            Watch::Subtree(n) => {
+                if let Some(g) = self.subtree_subs.get_mut(&n) {
+                    remove_key(if endpoints { &mut g.full } else { &mut g.aggregates_only }, sub);
+                    if g.is_empty() {
+                        self.subtree_subs.remove(&n);
+                    }
+                }
+            }
+            Watch::Chain { of } => {
+                let org = Arc::clone(&self.org);
+                for a in org.ancestors(of) {
+                    if let Some(v) = self.chain_subs.get_mut(&a) {
+                        remove_key(v, sub);
+                        if v.is_empty() {
+                            self.chain_subs.remove(&a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns whether the subscription existed.
+    pub fn unsubscribe(&mut self, sub: ConnKey, watch: Watch) -> bool {
+        let Some(mine) = self.subs_of.get_mut(&sub) else {
+            return false;
+        };
+        let Some(i) = mine.iter().position(|(w, _)| *w == watch) else {
+            return false;
+        };
+        let (_, endpoints) = mine.swap_remove(i);
+        if mine.is_empty() {
+            self.subs_of.remove(&sub);
+        }
+        self.detach(sub, watch, endpoints);
+        true
+    }
+
+    /// Drops every subscription of a connection that ended.
+    pub fn drop_subscriber(&mut self, sub: ConnKey) {
+        for (watch, endpoints) in self.subs_of.remove(&sub).unwrap_or_default() {
+            self.detach(sub, watch, endpoints);
+        }
+    }
+
+    pub fn subscriptions(&self, sub: ConnKey) -> usize {
+        self.subs_of.get(&sub).map_or(0, Vec::len)
+    }
+
+    pub fn snapshot(&self, watch: Watch, endpoints: bool) -> Snapshot {
+        match watch {
+            Watch::Subtree(n) => {
+                let range = self.org.subtree(n);
+                let eps = if endpoints {
+                    range
+                        .clone()
+                        .filter(|&i| {
+                            let e = &self.entries[i];
+                            e.conn.is_some() || e.location.is_some()
+                        })
+                        .map(|i| NodeIdx(i as u32))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let aggs = range
+                    .map(|i| NodeIdx(i as u32))
+                    .filter(|&i| self.org.descendants(i) > 0)
+                    .collect();
+                Snapshot {
+                    node: Some(n),
+                    seq: self.seq,
+                    endpoints: eps,
+                    aggregates: aggs,
+                }
+            }
+            Watch::Chain { of } => Snapshot {
+                node: None,
+                seq: self.seq,
+                endpoints: self.org.ancestors(of).collect(),
+                aggregates: Vec::new(),
+            },
+        }
+    }
+
+    /// When the next flush is due, if anything is dirty.
+    pub fn next_flush_at(&self) -> Option<u64> {
+        if self.dirty.is_empty() {
+            return None;
+        }
+        Some(self.last_flush.map_or(0, |t| t + self.window_ms))
+    }
+
+    /// Emits the coalesced deltas if the window has passed; otherwise nothing (call again at
+    /// `next_flush_at`). Leading edge: the first change after a quiet window goes out at once.
+    pub fn flush(&mut self, now: u64) -> Vec<Fanout> {
+        match self.next_flush_at() {
+            Some(due) if now >= due => {}
+            _ => return Vec::new(),
+        }
+        self.last_flush = Some(now);
+        let dirty = std::mem::take(&mut self.dirty);
+        let org = Arc::clone(&self.org);
+        // Pass 1: the dirty endpoints inside each subscribed subtree, and chain deltas.
+        let mut batches: HashMap<NodeIdx, (Vec<NodeIdx>, Vec<NodeIdx>)> = HashMap::new();
+        let mut chain: Vec<Fanout> = Vec::new();
+        for &ep in &dirty {
+            for x in std::iter::once(ep).chain(org.ancestors(ep)) {
+                if self.subtree_subs.contains_key(&x) {
+                    batches.entry(x).or_default().0.push(ep);
+                }
+            }
+            if let Some(watchers) = self.chain_subs.get(&ep) {
+                chain.push(Fanout {
+                    recipients: watchers.clone(),
+                    node: None,
+                    endpoints: vec![ep],
+                    aggregates: Vec::new(),
+                });
+            }
+        }
+        // Pass 2: per batch, the changed aggregates between its endpoints and its root, each
+        // once (a generation mark per batch instead of a set).
+        for (&x, (eps, aggs)) in batches.iter_mut() {
+            self.mark_gen += 1;
+            for &ep in eps.iter() {
+                for a in org.ancestors(ep).take_while(|&a| org.contains(x, a)) {
+                    if self.agg_dirty[a.get()] && self.mark[a.get()] != self.mark_gen {
+                        self.mark[a.get()] = self.mark_gen;
+                        aggs.push(a);
+                    }
+                }
+            }
+        }
+        for &ep in &dirty {
+            self.is_dirty[ep.get()] = false;
+            for a in org.ancestors(ep) {
+                self.agg_dirty[a.get()] = false;
+            }
+        }
+        let mut out = chain;
+        for (node, (eps, aggs)) in batches {
+            let g = &self.subtree_subs[&node];
+            if !g.full.is_empty() {
+                out.push(Fanout {
+                    recipients: g.full.clone(),
+                    node: Some(node),
+                    endpoints: eps,
+                    aggregates: aggs.clone(),
+                });
+            }
+            if !g.aggregates_only.is_empty() && !aggs.is_empty() {
+                out.push(Fanout {
+                    recipients: g.aggregates_only.clone(),
+                    node: Some(node),
+                    endpoints: Vec::new(),
+                    aggregates: aggs,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::org::{Preset, generate_csv, parse_csv};
+
+    fn small() -> Arc<Org> {
+        Arc::new(
+            parse_csv(
+                "id,parent,tier,name,name_en,lat,lon\n\
+                 c,,city,C,C,,\n\
+                 a,c,county,A,A,,\n\
+                 t,a,township,T,T,,\n\
+                 v,t,village,V,V,,\n\
+                 w1,v,worker,W1,W1,,\n\
+                 w2,v,worker,W2,W2,,\n\
+                 b,c,county,B,B,,\n",
+            )
+            .unwrap(),
+        )
+    }
+
+    fn id(p: &Presence, s: &str) -> NodeIdx {
+        p.org().lookup(s).unwrap()
+    }
+
+    #[test]
+    fn aggregates_follow_connects_and_status_changes() {
+        let mut p = Presence::new(small(), 20, 4);
+        let (c, a, v, w1) = (id(&p, "c"), id(&p, "a"), id(&p, "v"), id(&p, "w1"));
+        assert_eq!(p.aggregate(c).total(), 6);
+        assert_eq!(p.aggregate(c).online(), 0);
+        assert!(p.connect(w1, 7, 1_000));
+        assert_eq!(p.aggregate(c).online(), 1);
+        assert_eq!(p.aggregate(v).online(), 1);
+        assert_eq!(p.entry(w1).since, 1_000);
+        let busy = Update {
+            status: Some(Chosen::Busy),
+            ..Default::default()
+        };
+        assert!(p.update(w1, 7, &busy, 1_100));
+        assert_eq!(p.aggregate(a).count(Status::Busy), 1);
+        assert!(p.set_activity(w1, Activity::InCall, 1_200));
+        assert_eq!(p.entry(w1).status(), Status::InCall);
+        assert!(p.set_activity(w1, Activity::Idle, 1_300));
+        assert_eq!(p.entry(w1).status(), Status::Busy, "returns to the chosen status");
+        assert!(p.disconnect(w1, 7, 1_400));
+        assert_eq!(p.aggregate(c), &{
+            let mut x = Aggregate::default();
+            x.by_status[Status::Offline as usize] = 6;
+            x
+        });
+    }
+
+    #[test]
+    fn a_replaced_connection_cannot_mark_the_terminal_offline() {
+        let mut p = Presence::new(small(), 20, 4);
+        let w1 = id(&p, "w1");
+        p.connect(w1, 1, 0);
+        p.connect(w1, 2, 5);
+        assert!(!p.disconnect(w1, 1, 6));
+        assert_eq!(p.entry(w1).status(), Status::Online);
+        let away = Update {
+            status: Some(Chosen::Away),
+            ..Default::default()
+        };
+        assert!(!p.update(w1, 1, &away, 7), "the stale connection's update is ignored");
+        assert!(p.disconnect(w1, 2, 8));
+    }
+
+    #[test]
+    fn deltas_reach_only_subscribers_whose_subtree_changed() {
+        let mut p = Presence::new(small(), 20, 4);
+        let (c, a, b, t, v, w1) = (id(&p, "c"), id(&p, "a"), id(&p, "b"), id(&p, "t"), id(&p, "v"), id(&p, "w1"));
+        p.subscribe(100, Watch::Subtree(c), true).unwrap();
+        p.subscribe(200, Watch::Subtree(b), true).unwrap();
+        p.subscribe(300, Watch::Subtree(a), false).unwrap();
+        p.connect(w1, 1, 1_000);
+        let mut out = p.flush(1_000);
+        out.sort_by_key(|f| f.recipients[0]);
+        assert_eq!(
+            out,
+            [
+                Fanout { recipients: vec![100], node: Some(c), endpoints: vec![w1], aggregates: vec![v, t, a, c] },
+                Fanout { recipients: vec![300], node: Some(a), endpoints: vec![], aggregates: vec![v, t, a] },
+            ]
+        );
+        assert!(p.flush(1_001).is_empty(), "nothing dirty");
+    }
+
+    #[test]
+    fn changes_inside_a_window_coalesce_into_one_delta() {
+        let mut p = Presence::new(small(), 20, 4);
+        let (c, w1, w2) = (id(&p, "c"), id(&p, "w1"), id(&p, "w2"));
+        p.subscribe(100, Watch::Subtree(c), true).unwrap();
+        p.connect(w1, 1, 1_000);
+        assert_eq!(p.flush(1_000).len(), 1, "leading edge: sent at once");
+        p.connect(w2, 2, 1_005);
+        p.disconnect(w1, 1, 1_006);
+        p.connect(w1, 3, 1_007);
+        assert_eq!(p.next_flush_at(), Some(1_020));
+        assert!(p.flush(1_010).is_empty(), "inside the window");
+        let out = p.flush(1_020);
+        assert_eq!(out.len(), 1);
+        let mut eps = out[0].endpoints.clone();
+        eps.sort();
+        assert_eq!(eps, [w1, w2], "each endpoint once, however often it changed");
+        assert_eq!(p.next_flush_at(), None);
+    }
+
+    #[test]
+    fn text_and_location_changes_do_not_resend_aggregates() {
+        let mut p = Presence::new(small(), 0, 4);
+        let (c, w1) = (id(&p, "c"), id(&p, "w1"));
+        p.connect(w1, 1, 0);
+        p.subscribe(9, Watch::Subtree(c), true).unwrap();
+        p.flush(0);
+        let u = Update {
+            text: Some(Some("巡查中".into())),
+            location: Some(Location { lat: 46.8, lon: 130.3, accuracy_m: None, at: 5 }),
+            ..Default::default()
+        };
+        assert!(!p.update(w1, 1, &u, 5), "status unchanged");
+        let out = p.flush(5);
+        assert_eq!(out[0].endpoints, [w1]);
+        assert!(out[0].aggregates.is_empty());
+        assert!(!p.update(w1, 1, &u, 6));
+        assert!(p.flush(6).is_empty(), "an identical update is not a change");
+    }
+
+    #[test]
+    fn chain_of_command_subscriptions() {
+        let mut p = Presence::new(small(), 0, 4);
+        let (w1, w2, v, a, b) = (id(&p, "w1"), id(&p, "w2"), id(&p, "v"), id(&p, "a"), id(&p, "b"));
+        let snap = p.subscribe(50, Watch::Chain { of: w1 }, true).unwrap();
+        assert_eq!(snap.endpoints.len(), 4);
+        p.connect(v, 1, 0);
+        p.connect(w2, 2, 0);
+        p.connect(b, 3, 0);
+        let out = p.flush(0);
+        assert_eq!(
+            out,
+            [Fanout { recipients: vec![50], node: None, endpoints: vec![v], aggregates: vec![] }],
+            "a sibling and another county are not in the chain"
+        );
+        assert!(p.unsubscribe(50, Watch::Chain { of: w1 }));
+        p.connect(a, 4, 1);
+        assert!(p.flush(1).is_empty());
+    }
+
+    #[test]
+    fn subscription_limits_and_cleanup() {
+        let mut p = Presence::new(small(), 0, 2);
+        let (c, a, b) = (id(&p, "c"), id(&p, "a"), id(&p, "b"));
+        p.subscribe(1, Watch::Subtree(c), true).unwrap();
+        p.subscribe(1, Watch::Subtree(a), true).unwrap();
+        assert_eq!(p.subscribe(1, Watch::Subtree(b), true), Err(SubscribeError::TooMany(2)));
+        // Re-subscribing to the same node is not a new subscription.
+        p.subscribe(1, Watch::Subtree(a), false).unwrap();
+        assert_eq!(p.subscriptions(1), 2);
+        p.drop_subscriber(1);
+        assert_eq!(p.subscriptions(1), 0);
+        assert!(p.subtree_subs.is_empty() && p.chain_subs.is_empty());
+    }
+
+    #[test]
+    fn snapshots_list_live_endpoints_and_every_center() {
+        let mut p = Presence::new(small(), 0, 4);
+        let (c, a, w1, w2) = (id(&p, "c"), id(&p, "a"), id(&p, "w1"), id(&p, "w2"));
+        p.connect(w1, 1, 0);
+        p.connect(w2, 2, 0);
+        p.disconnect(w2, 2, 1);
+        let s = p.snapshot(Watch::Subtree(a), true);
+        assert_eq!(s.endpoints, [w1]);
+        assert_eq!(s.aggregates.len(), 3, "a, t, v have descendants");
+        let s = p.snapshot(Watch::Subtree(c), false);
+        assert!(s.endpoints.is_empty());
+        assert_eq!(s.seq, p.seq());
+    }
+
+    /// The city at full scale: a reconnect wave of all 9,851 terminals inside one window reaches
+    /// the city console as one delta naming each terminal once, and the aggregates add up.
+    #[test]
+    fn reconnect_wave_at_city_scale_is_one_delta() {
+        let org = Arc::new(parse_csv(&generate_csv(Preset::Jiamusi, 1)).unwrap());
+        let mut p = Presence::new(Arc::clone(&org), 20, 4);
+        let root = org.root();
+        p.subscribe(1, Watch::Subtree(root), true).unwrap();
+        p.connect(NodeIdx(1), 1, 0);
+        assert_eq!(p.flush(0).len(), 1);
+        for i in 2..org.len() as u32 {
+            p.connect(NodeIdx(i), i as u64, 10);
+        }
+        let out = p.flush(20);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].endpoints.len(), 9_850);
+        assert_eq!(out[0].aggregates.len(), 1 + 10 + 106 + 1_206, "every center once");
+        assert_eq!(p.aggregate(root).online(), 9_851);
+        let dongfeng = org.lookup("230805").unwrap();
+        assert_eq!(p.aggregate(dongfeng).online() as usize, org.descendants(dongfeng));
+    }
+}
