@@ -318,7 +318,10 @@ mod tests {
             Err(AuthError::UnknownEndpoint("ghost".into()))
         );
         let wrong = auth.mint_unchecked("a", Role::Worker, 0, 60).unwrap();
-        assert_eq!(auth.verify(&org, &wrong, 1).unwrap_err().code(), "role_not_allowed");
+        assert_eq!(
+            auth.verify(&org, &wrong, 1).unwrap_err().code(),
+            "role_not_allowed"
+        );
         assert!(matches!(
             auth.mint(&org, "w", Role::Operator, 60, 0),
             Err(MintError::RoleNotAllowed { .. })

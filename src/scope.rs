@@ -33,13 +33,21 @@ mod tests {
         )
         .unwrap();
         let id = |s| org.lookup(s).unwrap();
-        let op = Credential { endpoint: id("a"), role: Role::Operator, expires_at: 0 };
+        let op = Credential {
+            endpoint: id("a"),
+            role: Role::Operator,
+            expires_at: 0,
+        };
         assert!(can_watch_subtree(&org, &op, id("a")));
         assert!(can_watch_subtree(&org, &op, id("w2")));
         assert!(!can_watch_subtree(&org, &op, id("b")));
         assert!(!can_watch_subtree(&org, &op, id("c")));
         assert!(can_see(&org, &op, id("c")), "its own superior");
-        let w = Credential { endpoint: id("w1"), role: Role::Worker, expires_at: 0 };
+        let w = Credential {
+            endpoint: id("w1"),
+            role: Role::Worker,
+            expires_at: 0,
+        };
         assert!(can_watch_subtree(&org, &w, id("w1")));
         assert!(!can_watch_subtree(&org, &w, id("v")));
         assert!(can_see(&org, &w, id("v")) && can_see(&org, &w, id("c")));

@@ -394,7 +394,10 @@ mod tests {
         assert!(!org.contains(id("a1"), id("a")));
         assert_eq!(org.descendants(id("a")), 3);
         assert_eq!(org.descendants(id("c")), 5);
-        let anc: Vec<&str> = org.ancestors(id("a1vw")).map(|i| org.id(i).as_str()).collect();
+        let anc: Vec<&str> = org
+            .ancestors(id("a1vw"))
+            .map(|i| org.id(i).as_str())
+            .collect();
         assert_eq!(anc, ["a1v", "a1", "a", "c"]);
         assert_eq!(org.children(id("c")), &[id("a"), id("b")]);
         assert_eq!(org.parent(id("b")), Some(id("c")));
@@ -407,7 +410,12 @@ mod tests {
         let v = issues("c,,city,C,C,,\na,c,county,A,A,,\na,c,county,A2,A2,,\n");
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].line, 4);
-        assert!(v[0].message.contains("duplicate id a (first defined on line 3)"), "{}", v[0]);
+        assert!(
+            v[0].message
+                .contains("duplicate id a (first defined on line 3)"),
+            "{}",
+            v[0]
+        );
     }
 
     #[test]
@@ -427,7 +435,10 @@ mod tests {
     #[test]
     fn cycles_are_reported_once_with_their_members() {
         let v = issues("c,,city,C,C,,\nx,y,county,X,X,,\ny,x,county,Y,Y,,\n");
-        let cycles: Vec<_> = v.iter().filter(|i| i.message.starts_with("cycle")).collect();
+        let cycles: Vec<_> = v
+            .iter()
+            .filter(|i| i.message.starts_with("cycle"))
+            .collect();
         assert_eq!(cycles.len(), 1, "{v:?}");
         assert_eq!(cycles[0].line, 3);
         assert!(cycles[0].message.contains('x') && cycles[0].message.contains('y'));

@@ -373,7 +373,10 @@ impl Presence {
         } else if mine.len() >= self.max_subs {
             return Err(SubscribeError::TooMany(self.max_subs));
         }
-        self.subs_of.entry(sub).or_default().push((watch, endpoints));
+        self.subs_of
+            .entry(sub)
+            .or_default()
+            .push((watch, endpoints));
         match watch {
             Watch::Subtree(n) => {
                 let g = self.subtree_subs.entry(n).or_default();
@@ -397,7 +400,14 @@ impl Presence {
         match watch {
             Watch::Subtree(n) => {
                 if let Some(g) = self.subtree_subs.get_mut(&n) {
-                    remove_key(if endpoints { &mut g.full } else { &mut g.aggregates_only }, sub);
+                    remove_key(
+                        if endpoints {
+                            &mut g.full
+                        } else {
+                            &mut g.aggregates_only
+                        },
+                        sub,
+                    );
                     if g.is_empty() {
                         self.subtree_subs.remove(&n);
                     }
@@ -603,7 +613,11 @@ mod tests {
         assert!(p.set_activity(w1, Activity::InCall, 1_200));
         assert_eq!(p.entry(w1).status(), Status::InCall);
         assert!(p.set_activity(w1, Activity::Idle, 1_300));
-        assert_eq!(p.entry(w1).status(), Status::Busy, "returns to the chosen status");
+        assert_eq!(
+            p.entry(w1).status(),
+            Status::Busy,
+            "returns to the chosen status"
+        );
         assert!(p.disconnect(w1, 7, 1_400));
         assert_eq!(p.aggregate(c), &{
             let mut x = Aggregate::default();
@@ -624,14 +638,24 @@ mod tests {
             status: Some(Chosen::Away),
             ..Default::default()
         };
-        assert!(!p.update(w1, 1, &away, 7), "the stale connection's update is ignored");
+        assert!(
+            !p.update(w1, 1, &away, 7),
+            "the stale connection's update is ignored"
+        );
         assert!(p.disconnect(w1, 2, 8));
     }
 
     #[test]
     fn deltas_reach_only_subscribers_whose_subtree_changed() {
         let mut p = Presence::new(small(), 20, 4);
-        let (c, a, b, t, v, w1) = (id(&p, "c"), id(&p, "a"), id(&p, "b"), id(&p, "t"), id(&p, "v"), id(&p, "w1"));
+        let (c, a, b, t, v, w1) = (
+            id(&p, "c"),
+            id(&p, "a"),
+            id(&p, "b"),
+            id(&p, "t"),
+            id(&p, "v"),
+            id(&p, "w1"),
+        );
         p.subscribe(100, Watch::Subtree(c), true).unwrap();
         p.subscribe(200, Watch::Subtree(b), true).unwrap();
         p.subscribe(300, Watch::Subtree(a), false).unwrap();
@@ -641,8 +665,18 @@ mod tests {
         assert_eq!(
             out,
             [
-                Fanout { recipients: vec![100], node: Some(c), endpoints: vec![w1], aggregates: vec![v, t, a, c] },
-                Fanout { recipients: vec![300], node: Some(a), endpoints: vec![], aggregates: vec![v, t, a] },
+                Fanout {
+                    recipients: vec![100],
+                    node: Some(c),
+                    endpoints: vec![w1],
+                    aggregates: vec![v, t, a, c]
+                },
+                Fanout {
+                    recipients: vec![300],
+                    node: Some(a),
+                    endpoints: vec![],
+                    aggregates: vec![v, t, a]
+                },
             ]
         );
         assert!(p.flush(1_001).is_empty(), "nothing dirty");
@@ -664,7 +698,11 @@ mod tests {
         assert_eq!(out.len(), 1);
         let mut eps = out[0].endpoints.clone();
         eps.sort();
-        assert_eq!(eps, [w1, w2], "each endpoint once, however often it changed");
+        assert_eq!(
+            eps,
+            [w1, w2],
+            "each endpoint once, however often it changed"
+        );
         assert_eq!(p.next_flush_at(), None);
     }
 
@@ -677,7 +715,12 @@ mod tests {
         p.flush(0);
         let u = Update {
             text: Some(Some("巡查中".into())),
-            location: Some(Location { lat: 46.8, lon: 130.3, accuracy_m: None, at: 5 }),
+            location: Some(Location {
+                lat: 46.8,
+                lon: 130.3,
+                accuracy_m: None,
+                at: 5,
+            }),
             ..Default::default()
         };
         assert!(!p.update(w1, 1, &u, 5), "status unchanged");
@@ -691,7 +734,13 @@ mod tests {
     #[test]
     fn chain_of_command_subscriptions() {
         let mut p = Presence::new(small(), 0, 4);
-        let (w1, w2, v, a, b) = (id(&p, "w1"), id(&p, "w2"), id(&p, "v"), id(&p, "a"), id(&p, "b"));
+        let (w1, w2, v, a, b) = (
+            id(&p, "w1"),
+            id(&p, "w2"),
+            id(&p, "v"),
+            id(&p, "a"),
+            id(&p, "b"),
+        );
         let snap = p.subscribe(50, Watch::Chain { of: w1 }, true).unwrap();
         assert_eq!(snap.endpoints.len(), 4);
         p.connect(v, 1, 0);
@@ -700,7 +749,12 @@ mod tests {
         let out = p.flush(0);
         assert_eq!(
             out,
-            [Fanout { recipients: vec![50], node: None, endpoints: vec![v], aggregates: vec![] }],
+            [Fanout {
+                recipients: vec![50],
+                node: None,
+                endpoints: vec![v],
+                aggregates: vec![]
+            }],
             "a sibling and another county are not in the chain"
         );
         assert!(p.unsubscribe(50, Watch::Chain { of: w1 }));
@@ -714,7 +768,10 @@ mod tests {
         let (c, a, b) = (id(&p, "c"), id(&p, "a"), id(&p, "b"));
         p.subscribe(1, Watch::Subtree(c), true).unwrap();
         p.subscribe(1, Watch::Subtree(a), true).unwrap();
-        assert_eq!(p.subscribe(1, Watch::Subtree(b), true), Err(SubscribeError::TooMany(2)));
+        assert_eq!(
+            p.subscribe(1, Watch::Subtree(b), true),
+            Err(SubscribeError::TooMany(2))
+        );
         // Re-subscribing to the same node is not a new subscription.
         p.subscribe(1, Watch::Subtree(a), false).unwrap();
         assert_eq!(p.subscriptions(1), 2);
@@ -754,9 +811,16 @@ mod tests {
         let out = p.flush(20);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].endpoints.len(), 9_850);
-        assert_eq!(out[0].aggregates.len(), 1 + 10 + 106 + 1_206, "every center once");
+        assert_eq!(
+            out[0].aggregates.len(),
+            1 + 10 + 106 + 1_206,
+            "every center once"
+        );
         assert_eq!(p.aggregate(root).online(), 9_851);
         let dongfeng = org.lookup("230805").unwrap();
-        assert_eq!(p.aggregate(dongfeng).online() as usize, org.descendants(dongfeng));
+        assert_eq!(
+            p.aggregate(dongfeng).online() as usize,
+            org.descendants(dongfeng)
+        );
     }
 }

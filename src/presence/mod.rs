@@ -4,6 +4,7 @@
 //! from the backplane and requests from connections, and writes encoded deltas to subscribers;
 //! `wire` parses requests and encodes snapshots and deltas.
 
+pub mod actor;
 pub mod core;
 pub mod wire;
 

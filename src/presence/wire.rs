@@ -61,16 +61,21 @@ impl SetRequest {
         let location = match self.location {
             None => None,
             Some(l) => {
-                if !(GeoPoint { lat: l.lat, lon: l.lon }).is_valid() {
+                if !(GeoPoint {
+                    lat: l.lat,
+                    lon: l.lon,
+                })
+                .is_valid()
+                {
                     return Err(format!(
                         "presence.set: location ({}, {}) is outside [-90, 90] × [-180, 180]",
                         l.lat, l.lon
                     ));
                 }
-                if let Some(a) = l.accuracy_m {
-                    if !(a.is_finite() && a >= 0.0) {
-                        return Err("presence.set: accuracy_m must be a non-negative number".into());
-                    }
+                if let Some(a) = l.accuracy_m
+                    && !(a.is_finite() && a >= 0.0)
+                {
+                    return Err("presence.set: accuracy_m must be a non-negative number".into());
                 }
                 Some(Location {
                     lat: l.lat,
@@ -115,7 +120,9 @@ impl TargetIn {
         match (&self.node, self.chain) {
             (Some(n), false) => Ok(Target::Node(n.clone())),
             (None, true) => Ok(Target::Chain),
-            (Some(_), true) => Err(format!("{kind}: give either `node` or `chain: true`, not both")),
+            (Some(_), true) => Err(format!(
+                "{kind}: give either `node` or `chain: true`, not both"
+            )),
             (None, false) => Err(format!("{kind}: missing field `node` (or `chain: true`)")),
         }
     }
@@ -201,7 +208,12 @@ impl Serialize for AggregateView<'_> {
         m.serialize_entry("node", self.0.org().id(self.1))?;
         m.serialize_entry("total", &a.total())?;
         m.serialize_entry("online", &a.online())?;
-        for st in [Status::Busy, Status::InCall, Status::InSession, Status::Away] {
+        for st in [
+            Status::Busy,
+            Status::InCall,
+            Status::InSession,
+            Status::Away,
+        ] {
             m.serialize_entry(st.as_str(), &a.count(st))?;
         }
         m.end()
@@ -231,7 +243,12 @@ struct Body<'a> {
     aggregates: List<'a, fn(&'a Presence, NodeIdx) -> AggregateView<'a>>,
 }
 
-fn body<'a>(p: &'a Presence, node: Option<NodeIdx>, eps: &'a [NodeIdx], aggs: &'a [NodeIdx]) -> Body<'a> {
+fn body<'a>(
+    p: &'a Presence,
+    node: Option<NodeIdx>,
+    eps: &'a [NodeIdx],
+    aggs: &'a [NodeIdx],
+) -> Body<'a> {
     Body {
         node: node.map(|n| p.org().id(n)),
         chain: node.is_none(),
@@ -253,7 +270,11 @@ pub fn snapshot_reply(p: &Presence, s: &Snapshot, re: Option<&ReqId>) -> Bytes {
 
 /// One `presence.delta` frame for every recipient of a fan-out.
 pub fn delta_frame(p: &Presence, f: &Fanout) -> Bytes {
-    encode("presence.delta", None, &body(p, f.node, &f.endpoints, &f.aggregates))
+    encode(
+        "presence.delta",
+        None,
+        &body(p, f.node, &f.endpoints, &f.aggregates),
+    )
 }
 
 #[cfg(test)]
@@ -266,28 +287,63 @@ mod tests {
 
     #[test]
     fn set_requests_are_validated() {
-        let u = set(r#"{"status":"busy","text":"巡查中","location":{"lat":46.8,"lon":130.3}}"#).unwrap();
+        let u = set(r#"{"status":"busy","text":"巡查中","location":{"lat":46.8,"lon":130.3}}"#)
+            .unwrap();
         assert_eq!(u.status, Some(Chosen::Busy));
         assert_eq!(u.text, Some(Some("巡查中".into())));
         assert_eq!(u.location.unwrap().at, 42);
         assert_eq!(set(r#"{"text":null}"#).unwrap().text, Some(None));
         assert_eq!(set(r#"{"text":""}"#).unwrap().text, Some(None));
         assert!(set("{}").unwrap_err().contains("nothing to change"));
-        assert!(set(r#"{"text":"123456789"}"#).unwrap_err().contains("9 characters"));
-        assert!(set(r#"{"text":"a\u0007"}"#).unwrap_err().contains("control"));
-        assert!(set(r#"{"location":{"lat":91,"lon":0}}"#).unwrap_err().contains("outside"));
+        assert!(
+            set(r#"{"text":"123456789"}"#)
+                .unwrap_err()
+                .contains("9 characters")
+        );
+        assert!(
+            set(r#"{"text":"a\u0007"}"#)
+                .unwrap_err()
+                .contains("control")
+        );
+        assert!(
+            set(r#"{"location":{"lat":91,"lon":0}}"#)
+                .unwrap_err()
+                .contains("outside")
+        );
         assert!(set(r#"{"location":{"lat":1,"lon":0,"accuracy_m":-1}}"#).is_err());
-        assert!(set(r#"{"status":"in_call"}"#).unwrap_err().contains("unknown variant"));
-        assert!(set(r#"{"status":"busy","mood":1}"#).unwrap_err().contains("mood"));
+        assert!(
+            set(r#"{"status":"in_call"}"#)
+                .unwrap_err()
+                .contains("unknown variant")
+        );
+        assert!(
+            set(r#"{"status":"busy","mood":1}"#)
+                .unwrap_err()
+                .contains("mood")
+        );
     }
 
     #[test]
     fn targets() {
-        assert!(SubscribeRequest::parse(r#"{"node":"a","chain":true}"#).unwrap_err().contains("not both"));
-        assert!(SubscribeRequest::parse("{}").unwrap_err().contains("missing field `node`"));
-        assert_eq!(SubscribeRequest::parse(r#"{"chain":true}"#).unwrap().target, Target::Chain);
+        assert!(
+            SubscribeRequest::parse(r#"{"node":"a","chain":true}"#)
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(
+            SubscribeRequest::parse("{}")
+                .unwrap_err()
+                .contains("missing field `node`")
+        );
+        assert_eq!(
+            SubscribeRequest::parse(r#"{"chain":true}"#).unwrap().target,
+            Target::Chain
+        );
         let s = SubscribeRequest::parse(r#"{"node":"a","endpoints":false}"#).unwrap();
-        assert_eq!((s.target, s.endpoints), (Target::Node(NodeId::parse("a").unwrap()), false));
+        assert_eq!(
+            (s.target, s.endpoints),
+            (Target::Node(NodeId::parse("a").unwrap()), false)
+        );
         let e = SubscribeRequest::parse(r#"{"node":"a b"}"#).unwrap_err();
         assert!(e.contains("only letters, digits"), "{e}");
         assert!(UnsubscribeRequest::parse(r#"{"node":"a","endpoints":false}"#).is_err());

@@ -137,11 +137,36 @@ impl Metrics {
                 v.load(Relaxed)
             );
         };
-        gauge(&mut out, "gridhub_connections", "Open WebSocket terminal connections.", self.connections.load(Relaxed) as f64);
-        gauge(&mut out, "gridhub_sockets_open", "Open TCP sockets (HTTP and WebSocket).", self.sockets_open.load(Relaxed) as f64);
-        gauge(&mut out, "gridhub_connections_max", "Connection cap (from the open-file limit unless configured).", self.max_connections.load(Relaxed) as f64);
-        gauge(&mut out, "gridhub_fd_limit", "The process's open-file limit at start-up.", self.fd_limit.load(Relaxed) as f64);
-        counter(&mut out, "gridhub_connections_opened_total", "WebSocket connections authenticated and opened.", &self.connections_opened);
+        gauge(
+            &mut out,
+            "gridhub_connections",
+            "Open WebSocket terminal connections.",
+            self.connections.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_sockets_open",
+            "Open TCP sockets (HTTP and WebSocket).",
+            self.sockets_open.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_connections_max",
+            "Connection cap (from the open-file limit unless configured).",
+            self.max_connections.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_fd_limit",
+            "The process's open-file limit at start-up.",
+            self.fd_limit.load(Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "gridhub_connections_opened_total",
+            "WebSocket connections authenticated and opened.",
+            &self.connections_opened,
+        );
         let _ = writeln!(
             out,
             "# HELP gridhub_connections_refused_total Connections refused, by reason.\n# TYPE gridhub_connections_refused_total counter\n\
@@ -150,28 +175,118 @@ impl Metrics {
             self.refused_capacity.load(Relaxed),
             self.refused_auth.load(Relaxed)
         );
-        counter(&mut out, "gridhub_accept_errors_total", "accept() failures (e.g. EMFILE at the open-file limit).", &self.accept_errors);
-        let _ = writeln!(out, "# HELP gridhub_connections_closed_total WebSocket connections ended, by reason.\n# TYPE gridhub_connections_closed_total counter");
+        counter(
+            &mut out,
+            "gridhub_accept_errors_total",
+            "accept() failures (e.g. EMFILE at the open-file limit).",
+            &self.accept_errors,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gridhub_connections_closed_total WebSocket connections ended, by reason.\n# TYPE gridhub_connections_closed_total counter"
+        );
         for r in EndReason::ALL {
-            let _ = writeln!(out, "gridhub_connections_closed_total{{reason=\"{}\"}} {}", r.label(), self.ends(r));
+            let _ = writeln!(
+                out,
+                "gridhub_connections_closed_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.ends(r)
+            );
         }
-        counter(&mut out, "gridhub_messages_in_total", "WebSocket messages received.", &self.messages_in);
-        counter(&mut out, "gridhub_messages_out_total", "WebSocket frames sent.", &self.messages_out);
-        counter(&mut out, "gridhub_bytes_in_total", "WebSocket bytes received.", &self.bytes_in);
-        counter(&mut out, "gridhub_bytes_out_total", "WebSocket bytes written.", &self.bytes_out);
-        counter(&mut out, "gridhub_frames_queued_total", "Frames that waited in a send queue (socket buffer full).", &self.frames_queued);
-        counter(&mut out, "gridhub_queue_drops_total", "Frames dropped when a slow consumer's send queue overflowed.", &self.queue_drops);
-        counter(&mut out, "gridhub_errors_sent_total", "Typed error replies sent to terminals.", &self.errors_sent);
-        counter(&mut out, "gridhub_presence_changes_total", "Presence changes applied.", &self.presence_changes);
-        counter(&mut out, "gridhub_presence_batches_total", "Coalesced presence delta frames fanned out.", &self.presence_batches);
-        counter(&mut out, "gridhub_http_requests_total", "HTTP requests served (excluding upgrades).", &self.http_requests);
-        self.request_latency.render(&mut out, "gridhub_request_duration_seconds", "WebSocket request handling time, decode to reply.");
-        self.presence_fanout_latency.render(&mut out, "gridhub_presence_fanout_seconds", "Presence change received to delta written to subscribers.");
+        counter(
+            &mut out,
+            "gridhub_messages_in_total",
+            "WebSocket messages received.",
+            &self.messages_in,
+        );
+        counter(
+            &mut out,
+            "gridhub_messages_out_total",
+            "WebSocket frames sent.",
+            &self.messages_out,
+        );
+        counter(
+            &mut out,
+            "gridhub_bytes_in_total",
+            "WebSocket bytes received.",
+            &self.bytes_in,
+        );
+        counter(
+            &mut out,
+            "gridhub_bytes_out_total",
+            "WebSocket bytes written.",
+            &self.bytes_out,
+        );
+        counter(
+            &mut out,
+            "gridhub_frames_queued_total",
+            "Frames that waited in a send queue (socket buffer full).",
+            &self.frames_queued,
+        );
+        counter(
+            &mut out,
+            "gridhub_queue_drops_total",
+            "Frames dropped when a slow consumer's send queue overflowed.",
+            &self.queue_drops,
+        );
+        counter(
+            &mut out,
+            "gridhub_errors_sent_total",
+            "Typed error replies sent to terminals.",
+            &self.errors_sent,
+        );
+        counter(
+            &mut out,
+            "gridhub_presence_changes_total",
+            "Presence changes applied.",
+            &self.presence_changes,
+        );
+        counter(
+            &mut out,
+            "gridhub_presence_batches_total",
+            "Coalesced presence delta frames fanned out.",
+            &self.presence_batches,
+        );
+        counter(
+            &mut out,
+            "gridhub_http_requests_total",
+            "HTTP requests served (excluding upgrades).",
+            &self.http_requests,
+        );
+        self.request_latency.render(
+            &mut out,
+            "gridhub_request_duration_seconds",
+            "WebSocket request handling time, decode to reply.",
+        );
+        self.presence_fanout_latency.render(
+            &mut out,
+            "gridhub_presence_fanout_seconds",
+            "Presence change received to delta written to subscribers.",
+        );
         let p = ProcessStats::read();
-        gauge(&mut out, "process_resident_memory_bytes", "Resident set size.", p.rss_bytes as f64);
-        let _ = writeln!(out, "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", p.cpu_seconds);
-        gauge(&mut out, "process_open_fds", "Open file descriptors.", p.open_fds as f64);
-        gauge(&mut out, "process_max_fds", "Open-file limit.", open_file_limit() as f64);
+        gauge(
+            &mut out,
+            "process_resident_memory_bytes",
+            "Resident set size.",
+            p.rss_bytes as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+            p.cpu_seconds
+        );
+        gauge(
+            &mut out,
+            "process_open_fds",
+            "Open file descriptors.",
+            p.open_fds as f64,
+        );
+        gauge(
+            &mut out,
+            "process_max_fds",
+            "Open-file limit.",
+            open_file_limit() as f64,
+        );
         gauge(&mut out, "process_threads", "OS threads.", p.threads as f64);
         out
     }
@@ -196,10 +311,13 @@ impl ProcessStats {
                 libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
             )
         };
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(rss) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
-                s.rss_bytes = rss * page;
-            }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(rss) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            s.rss_bytes = rss * page;
         }
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             // Fields after the parenthesised command name, which may itself contain spaces.
@@ -211,7 +329,9 @@ impl ProcessStats {
                 s.threads = num(17);
             }
         }
-        s.open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+        s.open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
         s
     }
 }
@@ -234,7 +354,9 @@ pub fn open_file_limit() -> u64 {
 pub fn init_logging(filter: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     // A second init (tests, `demo`) keeps the first subscriber; that is fine.
     let _ = if json {
         builder.json().try_init()

@@ -33,10 +33,15 @@ pub enum Inbound {
     Binary,
     Ping(Vec<u8>),
     Pong,
-    Close { code: Option<u16>, reason: String },
+    Close {
+        code: Option<u16>,
+        reason: String,
+    },
     /// A message longer than the limit began; its bytes are skipped. `declared` is what was known
     /// when it was refused (the frames so far plus the frame that crossed the limit).
-    TooLarge { declared: u64 },
+    TooLarge {
+        declared: u64,
+    },
 }
 
 /// Violations after which the byte stream cannot be trusted; the connection is closed with 1002.
@@ -453,11 +458,30 @@ mod tests {
         unmasked[1] &= 0x7F;
         assert_eq!(decode_all(&mut d, &unmasked), Err(ProtocolError::Unmasked));
         let cases: [(Vec<u8>, ProtocolError); 5] = [
-            ({ let mut f = client_frame(true, OP_TEXT, b"x", M); f[0] |= 0x40; f }, ProtocolError::ReservedBits),
-            (client_frame(true, 0x3, b"x", M), ProtocolError::UnknownOpcode(3)),
-            (client_frame(false, OP_PING, b"x", M), ProtocolError::FragmentedControl),
-            (client_frame(true, OP_PING, &[0; 126], M), ProtocolError::ControlTooLong),
-            (client_frame(true, OP_CONTINUATION, b"x", M), ProtocolError::UnexpectedContinuation),
+            (
+                {
+                    let mut f = client_frame(true, OP_TEXT, b"x", M);
+                    f[0] |= 0x40;
+                    f
+                },
+                ProtocolError::ReservedBits,
+            ),
+            (
+                client_frame(true, 0x3, b"x", M),
+                ProtocolError::UnknownOpcode(3),
+            ),
+            (
+                client_frame(false, OP_PING, b"x", M),
+                ProtocolError::FragmentedControl,
+            ),
+            (
+                client_frame(true, OP_PING, &[0; 126], M),
+                ProtocolError::ControlTooLong,
+            ),
+            (
+                client_frame(true, OP_CONTINUATION, b"x", M),
+                ProtocolError::UnexpectedContinuation,
+            ),
         ];
         for (bytes, want) in cases {
             assert_eq!(decode_all(&mut Decoder::new(1000), &bytes), Err(want));
@@ -469,7 +493,10 @@ mod tests {
             Err(ProtocolError::ExpectedContinuation)
         );
         assert_eq!(
-            decode_all(&mut Decoder::new(1000), &client_frame(true, OP_CLOSE, b"x", M)),
+            decode_all(
+                &mut Decoder::new(1000),
+                &client_frame(true, OP_CLOSE, b"x", M)
+            ),
             Err(ProtocolError::BadClosePayload)
         );
     }
@@ -531,7 +558,9 @@ mod tests {
                 let msg: Vec<u8> = (0..len).map(|_| b'a' + rng.below(26) as u8).collect();
                 let mask = (rng.next() as u32).to_be_bytes();
                 if len > 200 {
-                    want.push(Inbound::TooLarge { declared: len as u64 });
+                    want.push(Inbound::TooLarge {
+                        declared: len as u64,
+                    });
                     stream.extend(client_frame(true, OP_TEXT, &msg, mask));
                 } else if len > 100 {
                     // Send as three fragments.

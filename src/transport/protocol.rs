@@ -327,7 +327,10 @@ mod tests {
         assert_eq!(e.re, Some(ReqId::Num(3)), "id salvaged");
         assert!(e.message.contains("typo"), "{}", e.message);
         let e = err(r#"{"id":3,"type":"ping"}"#);
-        assert_eq!((e.code, e.re.clone()), (ErrorCode::BadEnvelope, Some(ReqId::Num(3))));
+        assert_eq!(
+            (e.code, e.re.clone()),
+            (ErrorCode::BadEnvelope, Some(ReqId::Num(3)))
+        );
         let e = err(r#"{"v":2,"id":"x","type":"ping"}"#);
         assert_eq!(e.code, ErrorCode::UnsupportedVersion);
         let e = err(r#"{"v":1,"id":"x","type":"teleport"}"#);
@@ -351,7 +354,11 @@ mod tests {
         let body = std::str::from_utf8(&f[2..]).unwrap();
         assert_eq!(body, r#"{"v":1,"type":"reply","re":9,"data":{"ok":true}}"#);
         let e = ProtoError::new(ErrorCode::OutOfScope, "no").encode();
-        assert!(std::str::from_utf8(&e[2..]).unwrap().contains(r#""code":"out_of_scope""#));
+        assert!(
+            std::str::from_utf8(&e[2..])
+                .unwrap()
+                .contains(r#""code":"out_of_scope""#)
+        );
     }
 
     /// Random mutations of valid requests never panic the decoder.

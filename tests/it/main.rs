@@ -1,1 +1,9 @@
+//! Integration tests: real sockets, real hub, one test binary.
 
+mod auth;
+mod bad_input;
+mod connect;
+mod presence;
+mod rest;
+mod shutdown;
+mod support;

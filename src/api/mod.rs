@@ -1,0 +1,311 @@
+//! api — the REST surface (axum): health, metrics, the org tree, presence snapshots, the OpenAPI
+//! document, and the `/ws` upgrade. `router(hub)` builds it all, so tests drive it with `oneshot`.
+
+pub mod error;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize, Serializer};
+
+use self::error::{ApiError, REQUEST_ID};
+use crate::auth::{AuthError, Credential};
+use crate::clock::now_ms;
+use crate::hub::Hub;
+use crate::org::{GeoPoint, NodeIdx, Org, Tier};
+use crate::presence::Watch;
+use crate::scope;
+use crate::transport::server::{credential_token, ws_handler};
+
+/// Every route, as documented in `openapi.json` (a test keeps the two in step).
+pub const ROUTES: [&str; 9] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/ws",
+    "/api/v1/openapi.json",
+    "/api/v1/org",
+    "/api/v1/org/nodes/{id}",
+    "/api/v1/org/nodes/{id}/subtree",
+    "/api/v1/presence",
+];
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws_handler))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/org", get(org_summary))
+        .route("/api/v1/org/nodes/{id}", get(org_node))
+        .route("/api/v1/org/nodes/{id}/subtree", get(org_subtree))
+        .route("/api/v1/presence", get(presence))
+        .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&hub),
+            request_id,
+        ))
+        .with_state(hub)
+}
+
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// Echoes a sane `X-Request-Id` or assigns one, for the handler (errors carry it) and the reply.
+async fn request_id(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req-{:x}", NEXT_REQUEST.fetch_add(1, Relaxed)));
+    if req.uri().path() != "/ws" {
+        hub.metrics.http_requests.fetch_add(1, Relaxed);
+    }
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The authenticated caller of an `/api/v1` route.
+pub struct Caller(pub Credential);
+
+impl FromRequestParts<Arc<Hub>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Caller, ApiError> {
+        let token =
+            credential_token(&parts.headers, parts.uri.query()).ok_or(AuthError::Missing)?;
+        Ok(Caller(hub.authority.verify(
+            &hub.org,
+            token,
+            now_ms() / 1000,
+        )?))
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.accepting.load(Relaxed) {
+        Json(serde_json::json!({
+            "status": "ready",
+            "connections": hub.local.len(),
+            "max_connections": hub.max_connections,
+            "backplane": hub.backplane.name(),
+        }))
+        .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the hub is shutting down",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        hub.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A node as REST shows it.
+struct NodeView<'a>(&'a Org, NodeIdx);
+
+impl Serialize for NodeView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct V<'a> {
+            id: &'a str,
+            name: &'a str,
+            name_en: &'a str,
+            tier: Tier,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            parent: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            location: Option<GeoPoint>,
+            children: usize,
+            descendants: usize,
+        }
+        let (org, i) = (self.0, self.1);
+        let n = org.node(i);
+        V {
+            id: n.id.as_str(),
+            name: &n.name,
+            name_en: &n.name_en,
+            tier: n.tier,
+            parent: n.parent.map(|p| org.id(p).as_str()),
+            location: n.location,
+            children: org.children(i).len(),
+            descendants: org.descendants(i),
+        }
+        .serialize(s)
+    }
+}
+
+/// A node with its children nested down to a depth.
+struct TreeView<'a>(&'a Org, NodeIdx, u8);
+
+impl Serialize for TreeView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (org, i, depth) = (self.0, self.1, self.2);
+        let n = org.node(i);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &n.id)?;
+        m.serialize_entry("name", &n.name)?;
+        m.serialize_entry("name_en", &n.name_en)?;
+        m.serialize_entry("tier", &n.tier)?;
+        if let Some(l) = &n.location {
+            m.serialize_entry("location", l)?;
+        }
+        if depth > 0 {
+            let kids: Vec<TreeView<'_>> = org
+                .children(i)
+                .iter()
+                .map(|&c| TreeView(org, c, depth - 1))
+                .collect();
+            m.serialize_entry("children", &kids)?;
+        } else {
+            m.serialize_entry("children_count", &org.children(i).len())?;
+        }
+        m.end()
+    }
+}
+
+fn lookup(org: &Org, id: &str) -> Result<NodeIdx, ApiError> {
+    org.lookup(id)
+        .ok_or_else(|| ApiError::not_found(format!("no node {id} in the org tree")))
+}
+
+fn require_subtree(hub: &Hub, who: &Credential, node: NodeIdx) -> Result<(), ApiError> {
+    if scope::can_watch_subtree(&hub.org, who, node) {
+        Ok(())
+    } else {
+        let me = hub.org.node(who.endpoint);
+        Err(ApiError::out_of_scope(format!(
+            "the subtree of {} is outside your scope (you are {} {}, role {})",
+            hub.org.id(node),
+            me.id,
+            me.name,
+            who.role.as_str()
+        )))
+    }
+}
+
+async fn org_summary(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Json<serde_json::Value> {
+    let org = &hub.org;
+    let t = org.tier_counts();
+    Json(serde_json::json!({
+        "root": NodeView(org, org.root()),
+        "you": NodeView(org, who.endpoint),
+        "tiers": {
+            "city": t[0], "county": t[1], "township": t[2], "village": t[3], "worker": t[4],
+        },
+        "nodes": org.len(),
+        "dispatchable": org.dispatchable(),
+    }))
+}
+
+async fn org_node(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let org = &hub.org;
+    let n = lookup(org, &id)?;
+    if !scope::can_see(org, &who, n) {
+        return Err(ApiError::out_of_scope(format!(
+            "node {id} is outside your scope"
+        )));
+    }
+    let children: Option<Vec<NodeView<'_>>> = scope::can_watch_subtree(org, &who, n)
+        .then(|| org.children(n).iter().map(|&c| NodeView(org, c)).collect());
+    let chain: Vec<&str> = org.ancestors(n).map(|a| org.id(a).as_str()).collect();
+    Ok(Json(serde_json::json!({
+        "node": NodeView(org, n),
+        "ancestors": chain,
+        "children": children,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubtreeQuery {
+    depth: Option<u8>,
+    token: Option<String>,
+}
+
+async fn org_subtree(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    query: Result<Query<SubtreeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    let _ = q.token;
+    let org = &hub.org;
+    let n = lookup(org, &id)?;
+    require_subtree(&hub, &who, n)?;
+    let depth = q.depth.unwrap_or(4).min(4);
+    Ok(Json(serde_json::json!({ "tree": TreeView(org, n, depth) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceQuery {
+    node: Option<String>,
+    endpoints: Option<bool>,
+    token: Option<String>,
+}
+
+async fn presence(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    query: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    let _ = q.token;
+    let id = q
+        .node
+        .ok_or_else(|| ApiError::bad_query("missing query parameter `node`"))?;
+    let n = lookup(&hub.org, &id)?;
+    require_subtree(&hub, &who, n)?;
+    let body = hub
+        .presence
+        .snapshot(Watch::Subtree(n), q.endpoints.unwrap_or(true))
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "presence is shutting down",
+            )
+        })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

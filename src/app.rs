@@ -1,0 +1,174 @@
+//! app — builds a hub from its configuration, serves it, and shuts it down in order.
+//!
+//! Shutdown is one path: stop accepting (listener dropped, `/readyz` turns 503) → tell every
+//! terminal the hub is going away (close 1001) and let their queues drain → stop presence.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
+
+use crate::auth::Authority;
+use crate::backplane::{Backplane, Memory};
+use crate::config::{BackplaneKind, Config, ConfigError};
+use crate::hub::{Hub, Registry};
+use crate::org::{LoadError, Org};
+use crate::presence;
+use crate::telemetry::{Metrics, open_file_limit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("org tree {path}: {source}")]
+    Org { path: String, source: LoadError },
+    #[error("auth: {0}")]
+    Auth(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A hub that is serving.
+pub struct Running {
+    pub hub: Arc<Hub>,
+    pub addr: SocketAddr,
+    server: JoinHandle<()>,
+    sweep: JoinHandle<()>,
+    presence: JoinHandle<()>,
+}
+
+/// Connections a process may hold: the open-file limit less a reserve for everything else, or
+/// the configured cap if lower.
+pub fn connection_cap(fd_limit: u64, reserve: usize, configured: usize) -> usize {
+    let fd_limit = fd_limit.min(usize::MAX as u64) as usize;
+    // Small limits (tests) keep a quarter in reserve rather than the whole configured reserve.
+    let from_fds = fd_limit.saturating_sub(reserve.min(fd_limit / 4)).max(1);
+    if configured == 0 {
+        from_fds
+    } else {
+        configured.min(from_fds)
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let org = Arc::new(
+        Org::load(&config.org.file).map_err(|source| StartError::Org {
+            path: config.org.file.display().to_string(),
+            source,
+        })?,
+    );
+    let authority = Arc::new(Authority::new(&config.signing_secret()?).map_err(StartError::Auth)?);
+    let metrics = Arc::new(Metrics::default());
+    let fd_limit = open_file_limit();
+    let t = &config.transport;
+    let max_connections = connection_cap(fd_limit, t.fd_reserve, t.max_connections);
+    metrics.fd_limit.store(fd_limit, Relaxed);
+    metrics
+        .max_connections
+        .store(max_connections as u64, Relaxed);
+
+    let (presence, presence_task) = presence::actor::spawn(
+        Arc::clone(&org),
+        config.presence.coalesce_ms,
+        config.presence.max_subscriptions,
+        Arc::clone(&metrics),
+    );
+    let local = Arc::new(Registry::default());
+    let backplane: Arc<dyn Backplane> = match config.backplane.kind {
+        BackplaneKind::Memory => Arc::new(Memory::new(presence.clone(), Arc::clone(&local))),
+    };
+    let listener =
+        bind(config.server.listen, config.server.backlog).map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    // A bound listener always has a local address.
+    let addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let t = org.tier_counts();
+    tracing::info!(
+        %addr,
+        nodes = org.len(),
+        tiers = ?t,
+        fd_limit,
+        max_connections,
+        backplane = backplane.name(),
+        "gridhub serving; open-file limit {fd_limit}, accepting at most {max_connections} connections"
+    );
+    let hub = Arc::new(Hub::new(
+        org,
+        Arc::new(config),
+        metrics,
+        authority,
+        presence,
+        backplane,
+        local,
+        max_connections,
+    ));
+    let router = crate::api::router(Arc::clone(&hub));
+    let server = tokio::spawn(crate::transport::server::accept_loop(
+        listener,
+        Arc::clone(&hub),
+        router,
+    ));
+    let sweep = tokio::spawn(Arc::clone(&hub).sweep());
+    Ok(Running {
+        hub,
+        addr,
+        server,
+        sweep,
+        presence: presence_task,
+    })
+}
+
+impl Running {
+    /// Graceful shutdown; returns how many connections had to be cut at the drain deadline.
+    pub async fn shutdown(self) -> usize {
+        let hub = &self.hub;
+        hub.accepting.store(false, Relaxed);
+        hub.shutdown.cancel();
+        let _ = self.server.await;
+        let _ = self.sweep.await;
+        let deadline = Duration::from_millis(hub.config.transport.shutdown_drain_ms);
+        let left = hub.drain(deadline).await;
+        hub.presence.stop().await;
+        let _ = self.presence.await;
+        tracing::info!(cut = left, "gridhub stopped");
+        left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn connection_cap_leaves_a_reserve() {
+        assert_eq!(connection_cap(20_000, 256, 0), 19_744);
+        assert_eq!(connection_cap(20_000, 256, 500), 500);
+        assert_eq!(connection_cap(20_000, 256, 50_000), 19_744);
+        assert_eq!(
+            connection_cap(100, 256, 0),
+            75,
+            "small limits keep a quarter"
+        );
+    }
+}

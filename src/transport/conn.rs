@@ -1,0 +1,319 @@
+//! One terminal's WebSocket connection: the socket, its bounded send queue, and close reasons.
+//!
+//! Sending never waits and never wakes a task in the common case: `send` writes the encoded frame
+//! straight into the socket with a non-blocking `try_write` from whichever task is fanning out,
+//! exactly as a C server would call write() once per subscriber. Only when the kernel's buffer is
+//! full does the frame wait in a queue (bounded in frames and bytes), and the connection's own
+//! task is woken to flush it when the socket is writable again. A consumer that lets the queue
+//! overflow is closed with 4002 and never slows anyone else.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::frame::{ProtocolError, close_frame};
+use crate::auth::Role;
+use crate::org::NodeIdx;
+use crate::presence::ConnKey;
+use crate::telemetry::{EndReason, Metrics};
+
+/// Why the hub closes a connection. Codes and reconnect advice are documented in
+/// docs/protocol.md; 4000–4099 are gridhub's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// 1000: the terminal asked to close.
+    Normal,
+    /// 1001: the hub is shutting down; reconnect with backoff.
+    GoingAway,
+    /// 1002: the byte stream broke the WebSocket protocol; do not retry unchanged.
+    Protocol(ProtocolError),
+    /// 1008: repeated bad requests or flooding; back off before reconnecting.
+    Policy(&'static str),
+    /// 4000: no heartbeat within the timeout; reconnect.
+    HeartbeatTimeout,
+    /// 4001: the same terminal connected again; this older connection is closed. Do not
+    /// reconnect automatically, or two devices will take turns evicting each other.
+    Replaced,
+    /// 4002: the terminal read too slowly and its send queue overflowed; reconnect and resync.
+    Slow,
+    /// 4003: the credential expired; get a new one, then reconnect.
+    CredentialExpired,
+}
+
+impl Close {
+    pub fn code(self) -> u16 {
+        match self {
+            Close::Normal => 1000,
+            Close::GoingAway => 1001,
+            Close::Protocol(_) => 1002,
+            Close::Policy(_) => 1008,
+            Close::HeartbeatTimeout => 4000,
+            Close::Replaced => 4001,
+            Close::Slow => 4002,
+            Close::CredentialExpired => 4003,
+        }
+    }
+
+    pub fn reason(self) -> String {
+        match self {
+            Close::Normal => "closed".into(),
+            Close::GoingAway => "hub shutting down; reconnect".into(),
+            Close::Protocol(e) => format!("protocol error: {e}"),
+            Close::Policy(why) => format!("policy violation: {why}"),
+            Close::HeartbeatTimeout => "heartbeat timeout; reconnect".into(),
+            Close::Replaced => "replaced by a newer connection of this terminal".into(),
+            Close::Slow => "slow consumer: send queue overflowed; reconnect".into(),
+            Close::CredentialExpired => "credential expired; renew and reconnect".into(),
+        }
+    }
+
+    pub fn end_reason(self) -> EndReason {
+        match self {
+            Close::Normal => EndReason::Normal,
+            Close::GoingAway => EndReason::Shutdown,
+            Close::Protocol(_) => EndReason::Protocol,
+            Close::Policy(_) => EndReason::Policy,
+            Close::HeartbeatTimeout => EndReason::Heartbeat,
+            Close::Replaced => EndReason::Replaced,
+            Close::Slow => EndReason::Slow,
+            Close::CredentialExpired => EndReason::Expired,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// In the kernel's buffer already.
+    Written,
+    /// Waiting in the send queue for the socket to drain.
+    Queued,
+    /// The connection is closing or broken; the frame was dropped.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    closing: Option<Close>,
+    broken: bool,
+}
+
+/// Frames written per `writev` when flushing a queue.
+const FLUSH_BATCH: usize = 64;
+
+pub struct Conn {
+    pub key: ConnKey,
+    pub endpoint: NodeIdx,
+    pub role: Role,
+    /// Unix seconds at which the credential expires.
+    pub expires_at: u64,
+    pub(super) stream: TcpStream,
+    out: Mutex<Outbox>,
+    pub(super) wake: Notify,
+    /// Unix ms of the last frame received.
+    last_seen: AtomicU64,
+    metrics: Arc<Metrics>,
+    limits: QueueLimits,
+}
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        key: ConnKey,
+        endpoint: NodeIdx,
+        role: Role,
+        expires_at: u64,
+        stream: TcpStream,
+        metrics: Arc<Metrics>,
+        limits: QueueLimits,
+        now_ms: u64,
+    ) -> Conn {
+        Conn {
+            key,
+            endpoint,
+            role,
+            expires_at,
+            stream,
+            out: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+            last_seen: AtomicU64::new(now_ms),
+            metrics,
+            limits,
+        }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // Nothing panics while holding this lock (only queue operations and try_write), so a
+        // poisoned lock still holds consistent data.
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one encoded frame without waiting. Safe to call from any task, concurrently.
+    pub fn send(&self, frame: &Bytes) -> SendOutcome {
+        let mut out = self.outbox();
+        if out.closing.is_some() || out.broken {
+            return SendOutcome::Closed;
+        }
+        self.metrics.messages_out.fetch_add(1, Relaxed);
+        if out.queue.is_empty() {
+            match self.stream.try_write(frame) {
+                Ok(n) if n == frame.len() => {
+                    self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+                    return SendOutcome::Written;
+                }
+                Ok(n) => {
+                    self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+                    out.bytes += frame.len() - n;
+                    out.queue.push_back(frame.slice(n..));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    out.bytes += frame.len();
+                    out.queue.push_back(frame.clone());
+                }
+                Err(_) => {
+                    out.broken = true;
+                    drop(out);
+                    self.wake.notify_one();
+                    return SendOutcome::Closed;
+                }
+            }
+            self.metrics.frames_queued.fetch_add(1, Relaxed);
+            drop(out);
+            self.wake.notify_one();
+            return SendOutcome::Queued;
+        }
+        if out.queue.len() >= self.limits.frames || out.bytes + frame.len() > self.limits.bytes {
+            // What is queued is lost to this consumer either way; drop it so the close frame goes
+            // out next, and the terminal resyncs when it reconnects.
+            self.metrics
+                .queue_drops
+                .fetch_add(out.queue.len() as u64 + 1, Relaxed);
+            out.queue.clear();
+            out.bytes = 0;
+            self.begin_close(&mut out, Close::Slow);
+            return SendOutcome::Closed;
+        }
+        self.metrics.frames_queued.fetch_add(1, Relaxed);
+        out.bytes += frame.len();
+        out.queue.push_back(frame.clone());
+        // The connection task was already woken when the queue became non-empty.
+        SendOutcome::Queued
+    }
+
+    /// Starts closing: queues the close frame and wakes the connection's task. Idempotent; the
+    /// first reason wins.
+    pub fn close(&self, why: Close) {
+        let mut out = self.outbox();
+        self.begin_close(&mut out, why);
+    }
+
+    fn begin_close(&self, out: &mut Outbox, why: Close) {
+        if out.closing.is_some() {
+            return;
+        }
+        out.closing = Some(why);
+        let frame = close_frame(why.code(), &why.reason());
+        out.bytes += frame.len();
+        out.queue.push_back(frame);
+        self.wake.notify_one();
+    }
+
+    pub fn closing(&self) -> Option<Close> {
+        self.outbox().closing
+    }
+
+    /// (closing reason, socket broken, frames waiting) under one lock.
+    pub(super) fn state(&self) -> (Option<Close>, bool, bool) {
+        let out = self.outbox();
+        (out.closing, out.broken, !out.queue.is_empty())
+    }
+
+    /// Writes as much of the queue as the socket accepts; `Ok(true)` when the queue is empty.
+    pub(super) fn flush(&self) -> io::Result<bool> {
+        let mut out = self.outbox();
+        while !out.queue.is_empty() {
+            let result = {
+                let mut slices = [io::IoSlice::new(&[]); FLUSH_BATCH];
+                let mut k = 0;
+                for (slot, frame) in slices.iter_mut().zip(out.queue.iter()) {
+                    *slot = io::IoSlice::new(frame);
+                    k += 1;
+                }
+                self.stream.try_write_vectored(&slices[..k])
+            };
+            let written = match result {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => {
+                    out.broken = true;
+                    return Err(e);
+                }
+            };
+            self.metrics.bytes_out.fetch_add(written as u64, Relaxed);
+            out.bytes -= written;
+            let mut left = written;
+            while left > 0 {
+                // `written` never exceeds the queued bytes, so the queue has a front here.
+                let front = out.queue.front_mut().expect("written bytes were queued");
+                if front.len() <= left {
+                    left -= front.len();
+                    out.queue.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        if out.queue.capacity() > FLUSH_BATCH {
+            // A burst grew the queue; give the memory back now that it is empty.
+            out.queue = VecDeque::new();
+        }
+        Ok(true)
+    }
+
+    pub(super) fn touch(&self, now_ms: u64) {
+        self.last_seen.store(now_ms, Relaxed);
+    }
+
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Relaxed)
+    }
+
+    /// Half-closes the socket after the close frame: the peer sees EOF and closes its side.
+    pub(super) fn shutdown_write(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd is owned by `stream`, which outlives this call; shutdown(2) does not
+        // close it, so tokio's registration stays valid.
+        unsafe {
+            libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR);
+        }
+    }
+}
+
+/// Counts an open socket for as long as it lives (the connection cap is in sockets).
+pub struct SocketGuard(Arc<Metrics>);
+
+impl SocketGuard {
+    pub fn new(m: &Arc<Metrics>) -> SocketGuard {
+        m.sockets_open.fetch_add(1, Relaxed);
+        SocketGuard(Arc::clone(m))
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.0.sockets_open.fetch_sub(1, Relaxed);
+    }
+}

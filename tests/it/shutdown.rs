@@ -1,0 +1,159 @@
+//! Graceful shutdown and the open-file limit, including against the real binary.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::auth::http_get;
+use crate::support::*;
+
+#[tokio::test]
+async fn shutdown_tells_every_terminal_and_drains() {
+    let mut hub = spawn_app(|_| {}).await;
+    let ws = workers_under(&hub.org, HUANAN, 20);
+    let mut terms = Vec::new();
+    for w in &ws {
+        terms.push(hub.connect(w).await);
+    }
+    let cut = hub.shutdown().await;
+    assert_eq!(cut, 0, "every connection drained before the deadline");
+    for t in &mut terms {
+        let (code, reason) = t.closed().await;
+        assert_eq!(code, 1001, "{reason}");
+        assert!(reason.contains("reconnect"));
+    }
+}
+
+/// The real binary on a free port with the test key; returns the child and its address.
+async fn spawn_binary(extra_env: &[(&str, &str)], shell_prefix: Option<&str>) -> (Child, String) {
+    let bin = env!("CARGO_BIN_EXE_gridhub");
+    let data = temp_dir("bin");
+    let mut cmd = match shell_prefix {
+        // `ulimit` is a shell builtin: set it, then become the hub.
+        Some(prefix) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{prefix} && exec \"$0\" serve"))
+                .arg(bin);
+            c
+        }
+        None => {
+            let mut c = Command::new(bin);
+            c.arg("serve");
+            c
+        }
+    };
+    cmd.current_dir(repo())
+        .env("GRIDHUB_SERVER__LISTEN", "127.0.0.1:0")
+        .env("GRIDHUB_SERVER__DATA_DIR", data.to_str().unwrap())
+        .env("GRIDHUB_AUTH__SECRET", SECRET)
+        .env("GRIDHUB_LOG__FILTER", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("gridhub binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("prints its address")
+        .unwrap()
+        .expect("a line");
+    let addr = line.rsplit("http://").next().unwrap().trim().to_owned();
+    (child, addr)
+}
+
+/// A TestHub-like handle for a hub in another process.
+async fn remote(addr: &str) -> TestHub {
+    let mut c = test_config();
+    c.server.listen = addr.parse().unwrap();
+    let org = std::sync::Arc::new(gridhub::org::Org::load(&c.org.file).unwrap());
+    TestHub {
+        running: None,
+        addr: addr.parse().unwrap(),
+        org,
+        auth: gridhub::auth::Authority::new(SECRET.as_bytes()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
+    let (mut child, addr) = spawn_binary(&[], None).await;
+    let hub = remote(&addr).await;
+    let mut a = hub.connect(DONGFENG).await;
+    let mut b = hub.connect(&workers_under(&hub.org, HUANAN, 1)[0]).await;
+    a.ping_ok().await;
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: signalling our own child process by its pid.
+    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    assert_eq!(a.closed().await.0, 1001);
+    assert_eq!(b.closed().await.0, 1001);
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[tokio::test]
+async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_carry_on() {
+    // 64 open files: the hub keeps a quarter in reserve and caps sockets at 48.
+    let (_child, addr) = spawn_binary(&[], Some("ulimit -n 64")).await;
+    let hub = remote(&addr).await;
+    let text = String::from_utf8(crate::auth::http_raw(&hub, "/metrics", None).await.2).unwrap();
+    assert!(
+        text.contains("gridhub_fd_limit 64"),
+        "limit exposed in /metrics"
+    );
+    assert!(text.contains("gridhub_connections_max 48"));
+
+    let ws = workers_under(&hub.org, HUANAN, 100);
+    let mut open = Vec::new();
+    let mut refusal_seen = None;
+    for w in &ws {
+        match hub.open(Some(&hub.token(w))).await {
+            Ok(s) => {
+                let mut t = TestTerminal::new(s);
+                assert_eq!(t.recv().await["type"], "hello");
+                open.push(t);
+            }
+            Err(e) => {
+                refusal_seen = Some(refusal(e));
+                break;
+            }
+        }
+    }
+    let (status, body) = refusal_seen.expect("refused at the cap");
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "at_capacity");
+    assert!((40..=48).contains(&open.len()), "{} accepted", open.len());
+    // Everyone already connected still works.
+    for t in &mut open {
+        t.ping_ok().await;
+    }
+    // Room frees up when terminals leave.
+    for mut t in open.drain(..5) {
+        t.ws.close(None).await.unwrap();
+        let _ = t.closed().await;
+    }
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(s) = hub.open(Some(&hub.token(&ws[99]))).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a slot opened again");
+    let (status, _) = http_get(&hub, "/healthz", None).await;
+    assert_eq!(status, 200);
+}

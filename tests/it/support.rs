@@ -1,0 +1,263 @@
+//! Shared test harness: a hub on port 0 with its own data folder, and a terminal that speaks
+//! the real protocol over a real socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gridhub::app::Running;
+use gridhub::auth::{Authority, Role};
+use gridhub::config::Config;
+use gridhub::org::Org;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+/// A guard against hangs, never a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Real ids from the committed Jiamusi tree.
+pub const CITY: &str = "230800";
+pub const DONGFENG: &str = "230805";
+pub const HUANAN: &str = "230822";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static N: AtomicU64 = AtomicU64::new(0);
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "gridhub-it-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.data_dir = temp_dir("data");
+    c.auth.secret = SECRET.into();
+    c.org.file = repo().join("config/org/jiamusi.csv");
+    c
+}
+
+pub struct TestHub {
+    pub running: Option<Running>,
+    pub addr: std::net::SocketAddr,
+    pub org: Arc<Org>,
+    pub auth: Authority,
+}
+
+pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestHub {
+    let mut config = test_config();
+    tweak(&mut config);
+    let running = gridhub::app::start(config).await.expect("hub starts");
+    TestHub {
+        addr: running.addr,
+        org: Arc::clone(&running.hub.org),
+        running: Some(running),
+        auth: Authority::new(SECRET.as_bytes()).unwrap(),
+    }
+}
+
+pub fn now_s() -> u64 {
+    gridhub::clock::now_ms() / 1000
+}
+
+impl TestHub {
+    pub fn hub(&self) -> &Arc<gridhub::hub::Hub> {
+        &self.running.as_ref().expect("running").hub
+    }
+
+    pub fn token(&self, ep: &str) -> String {
+        let idx = self.org.lookup(ep).expect("endpoint in org");
+        let role = Role::default_for(self.org.tier(idx));
+        self.auth.mint(&self.org, ep, role, 3600, now_s()).unwrap()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Opens a WebSocket with this bearer token (or none), returning the handshake error as is.
+    pub async fn open(
+        &self,
+        token: Option<&str>,
+    ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tungstenite::Error> {
+        let mut req = self.ws_url().into_client_request().unwrap();
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake finished")
+            .map(|(ws, _)| ws)
+    }
+
+    pub async fn connect(&self, ep: &str) -> TestTerminal {
+        self.connect_with(&self.token(ep)).await
+    }
+
+    pub async fn connect_with(&self, token: &str) -> TestTerminal {
+        let ws = self.open(Some(token)).await.expect("connects");
+        let mut t = TestTerminal::new(ws);
+        let hello = t.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        t
+    }
+
+    pub async fn shutdown(&mut self) -> usize {
+        self.running.take().expect("running").shutdown().await
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.hub.shutdown.cancel();
+        }
+    }
+}
+
+pub struct TestTerminal {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next: u64,
+}
+
+impl TestTerminal {
+    pub fn new(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> TestTerminal {
+        TestTerminal { ws, next: 0 }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// Sends a request and returns its id.
+    pub async fn request(&mut self, kind: &str, data: Value) -> Value {
+        self.next += 1;
+        let id = json!(format!("r{}", self.next));
+        let msg = json!({"v": 1, "id": id, "type": kind, "data": data});
+        self.send_text(&msg.to_string()).await;
+        id
+    }
+
+    /// Sends a request and waits for its reply or error, skipping pushes.
+    pub async fn call(&mut self, kind: &str, data: Value) -> Value {
+        let id = self.request(kind, data).await;
+        self.reply_to(&id).await
+    }
+
+    pub async fn reply_to(&mut self, id: &Value) -> Value {
+        loop {
+            let m = self.recv().await;
+            if &m["re"] == id {
+                return m;
+            }
+        }
+    }
+
+    /// The next JSON message; panics on close or after PATIENCE.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a message within PATIENCE")
+                .expect("stream open")
+                .expect("no error");
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).expect("hub sends JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The next `presence.delta`.
+    pub async fn delta(&mut self) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["type"] == "presence.delta" {
+                return m;
+            }
+        }
+    }
+
+    /// Reads until the hub closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let m = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("closed within PATIENCE");
+            match m {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return (code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before close frame: {e}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+
+    pub async fn ping_ok(&mut self) {
+        let r = self.call("ping", json!({})).await;
+        assert_eq!(r["type"], "reply", "{r}");
+    }
+}
+
+/// The HTTP status and JSON body of a refused WebSocket handshake.
+pub fn refusal(e: tungstenite::Error) -> (u16, Value) {
+    match e {
+        tungstenite::Error::Http(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().unwrap_or_default();
+            (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+/// A presence delta's entry for one endpoint, if present.
+pub fn entry<'a>(delta: &'a Value, id: &str) -> Option<&'a Value> {
+    delta["data"]["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["id"] == id)
+}
+
+pub fn aggregate<'a>(msg: &'a Value, node: &str) -> Option<&'a Value> {
+    msg["data"]["aggregates"]
+        .as_array()?
+        .iter()
+        .find(|a| a["node"] == node)
+}
+
+/// Some worker (leaf) under `node`, and a second one, from the org tree.
+pub fn workers_under(org: &Org, node: &str, n: usize) -> Vec<String> {
+    let root = org.lookup(node).unwrap();
+    org.subtree(root)
+        .map(|i| gridhub::org::NodeIdx(i as u32))
+        .filter(|&i| org.tier(i) == gridhub::org::Tier::Worker)
+        .take(n)
+        .map(|i| org.id(i).to_string())
+        .collect()
+}
