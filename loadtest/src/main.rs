@@ -1,1 +1,159 @@
-fn main() {}
+//! `loadtest` — scenarios that measure gridhub against its targets. See docs/benchmarks.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use loadtest::Target;
+use loadtest::connect::{ConnectOptions, ConnectSummary};
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Load-test scenarios for gridhub (loopback targets only unless told otherwise)")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The hub's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    hub: SocketAddr,
+    /// The org tree the hub serves.
+    #[arg(long, default_value = "config/org/jiamusi.csv")]
+    org: PathBuf,
+    /// The hub's signing key (as in `auth.secret`).
+    #[arg(long, env = "GRIDHUB_AUTH__SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The hub's key file, when no secret is given.
+    #[arg(long, default_value = "data/secret.key")]
+    secret_file: PathBuf,
+    /// Allow a target outside 127.0.0.0/8.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Stop the whole scenario after this many seconds, whatever happens.
+    #[arg(long, default_value_t = 900)]
+    max_seconds: u64,
+    /// Write the JSON summary here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Connect N terminals, hold them with heartbeats, measure memory, CPU and presence latency.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Terminals to open (default: every dispatchable terminal of the tree).
+        #[arg(long)]
+        terminals: Option<usize>,
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+        /// Seconds to hold all terminals (the heartbeat CPU window).
+        #[arg(long, default_value_t = 60)]
+        hold: u64,
+        /// Heartbeat interval in ms (default: what the hub announces).
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
+        /// Presence changes for the latency measurement, and their rate per second.
+        #[arg(long, default_value_t = 2000)]
+        presence_changes: usize,
+        #[arg(long, default_value_t = 200)]
+        presence_rate: u32,
+        /// Seconds to let the hub settle before each RSS reading.
+        #[arg(long, default_value_t = 2)]
+        settle: u64,
+    },
+}
+
+fn secret(c: &Common) -> Result<Vec<u8>, String> {
+    match &c.secret {
+        Some(s) => Ok(s.as_bytes().to_vec()),
+        None => std::fs::read_to_string(&c.secret_file)
+            .map(|s| s.trim().as_bytes().to_vec())
+            .map_err(|e| format!("{}: {e} (pass --secret or --secret-file)", c.secret_file.display())),
+    }
+}
+
+fn print_connect(s: &ConnectSummary) {
+    let kb = s.rss_per_terminal_bytes / 1000.0;
+    let yes = |b: bool| if b { "met" } else { "NOT met" };
+    println!("loadtest connect — {} terminals ({} connected, {} failed), concurrency {}", s.terminals, s.connected, s.failed, s.concurrency);
+    for e in &s.first_errors {
+        println!("  error: {e}");
+    }
+    println!("  all connected and authenticated in {:.2} s  [target < 5 s: {}]", s.connect_wall_s, yes(s.targets.connect_under_5s));
+    let l = &s.connect_latency;
+    println!("  per-terminal connect: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms);
+    println!(
+        "  hub RSS: idle {:.1} MiB, all connected {:.1} MiB → {:.0} bytes ({kb:.2} KB) per terminal  [target ≤ 6 KB: {}]",
+        s.hub_idle.rss_bytes / 1048576.0,
+        s.hub_connected.rss_bytes / 1048576.0,
+        s.rss_per_terminal_bytes,
+        yes(s.targets.rss_per_terminal_at_most_6kb)
+    );
+    println!(
+        "  heartbeats: {} sent every {} ms over {:.0} s, {} replies; hub CPU {:.2} % of one core  [target < 5 %: {}]",
+        s.heartbeats_sent, s.heartbeat_interval_ms, s.hold_s, s.heartbeat_replies, s.heartbeat_cpu_percent, yes(s.targets.heartbeat_cpu_under_5_percent)
+    );
+    let p = &s.presence;
+    println!(
+        "  presence change → city console: {} changes at {}/s, {} received, {} lost; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms  [target p99 < 50 ms: {}]",
+        p.changes, p.rate_per_sec, p.received, p.lost, p.latency.p50_ms, p.latency.p99_ms, p.latency.max_ms, yes(s.targets.presence_p99_under_50ms)
+    );
+    println!("  closed by the hub during the run: {}; hub RSS after all closed {:.1} MiB", s.closed_by_hub, s.hub_after_close.rss_bytes / 1048576.0);
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.scenario {
+        Scenario::Connect { common, terminals, concurrency, hold, heartbeat_ms, presence_changes, presence_rate, settle } => {
+            let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let org = gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?;
+            let opts = ConnectOptions {
+                terminals: terminals.unwrap_or(org.dispatchable()),
+                concurrency,
+                hold: Duration::from_secs(hold),
+                heartbeat: heartbeat_ms.map(Duration::from_millis),
+                presence_changes,
+                presence_rate,
+                settle: Duration::from_secs(settle),
+            };
+            let summary = tokio::time::timeout(
+                Duration::from_secs(common.max_seconds),
+                loadtest::connect::run(&target, &org, &opts),
+            )
+            .await
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            print_connect(&summary);
+            if let Some(out) = &common.out {
+                if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                }
+                let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+                std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+                println!("  summary: {}", out.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(Cli::parse())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

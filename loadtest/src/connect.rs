@@ -1,0 +1,371 @@
+//! `loadtest connect`: open every terminal of the org tree with a real credential, hold them with
+//! heartbeats, and measure what the issue asks: time to connect and authenticate all of them, the
+//! hub's memory per idle terminal, the hub's CPU for heartbeats, and presence-change-to-console
+//! latency at the city console.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use gridhub::auth::{Authority, Role};
+use gridhub::org::{NodeIdx, Org};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::hubstats::{HubStats, scrape};
+use crate::terminal::{Cmd, HoldStats, hold, open};
+use crate::{Machine, Percentiles, Target, histogram, record};
+
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// How many terminals, taken in org order after the city (default: all 9,851).
+    pub terminals: usize,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    /// How long to hold all terminals with heartbeats (the CPU window).
+    pub hold: Duration,
+    /// Heartbeat interval; `None` uses the one the hub announces in `hello`.
+    pub heartbeat: Option<Duration>,
+    /// Presence changes sent for the latency measurement, and their rate per second.
+    pub presence_changes: usize,
+    pub presence_rate: u32,
+    /// Pause before reading the hub's RSS, so allocations settle.
+    pub settle: Duration,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PresenceFigures {
+    pub changes: usize,
+    pub received: u64,
+    pub lost: usize,
+    pub rate_per_sec: u32,
+    pub latency: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Targets {
+    pub connect_under_5s: bool,
+    pub rss_per_terminal_at_most_6kb: bool,
+    pub heartbeat_cpu_under_5_percent: bool,
+    pub presence_p99_under_50ms: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectSummary {
+    pub scenario: &'static str,
+    pub machine: Machine,
+    pub terminals: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub first_errors: Vec<String>,
+    pub concurrency: usize,
+    /// From the first connect to the last `hello`: all terminals connected and authenticated.
+    pub connect_wall_s: f64,
+    pub connect_latency: Percentiles,
+    pub hub_idle: HubStats,
+    pub hub_connected: HubStats,
+    pub hub_after_hold: HubStats,
+    pub hub_after_close: HubStats,
+    /// (RSS with all connected − RSS with none) / connected.
+    pub rss_per_terminal_bytes: f64,
+    pub hold_s: f64,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeat_replies: u64,
+    /// Hub CPU seconds during the hold ÷ hold seconds, as a percentage of one core.
+    pub heartbeat_cpu_percent: f64,
+    pub closed_by_hub: usize,
+    pub presence: PresenceFigures,
+    pub targets: Targets,
+}
+
+/// Dispatchable terminals in org order (everything below the city), with their default role.
+pub fn terminals(org: &Org, n: usize) -> Vec<(String, Role)> {
+    org.nodes()
+        .skip(1)
+        .take(n)
+        .map(|(_, node)| (node.id.to_string(), Role::default_for(node.tier)))
+        .collect()
+}
+
+pub async fn run(
+    target: &Target,
+    org: &Org,
+    opts: &ConnectOptions,
+) -> Result<ConnectSummary, String> {
+    let auth = Authority::new(&target.secret)?;
+    let now = gridhub::clock::now_ms() / 1000;
+    let ttl = 24 * 3600;
+    let list = terminals(org, opts.terminals);
+    let tokens: Vec<String> = list
+        .iter()
+        .map(|(id, role)| auth.mint(org, id, *role, ttl, now).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+
+    tokio::time::sleep(opts.settle).await;
+    let hub_idle = scrape(target.addr).await?;
+
+    // Connect phase.
+    let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let (sem, target) = (Arc::clone(&sem), target.clone());
+        set.spawn(async move {
+            // The semaphore is never closed.
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            (i, open(&target, &token).await)
+        });
+    }
+    let mut opened = Vec::with_capacity(list.len());
+    let mut lat = histogram();
+    let mut errors = Vec::new();
+    let mut failed = 0;
+    while let Some(joined) = set.join_next().await {
+        let (i, r) = joined.map_err(|e| e.to_string())?;
+        match r {
+            Ok(o) => {
+                record(&mut lat, o.took);
+                opened.push((i, o));
+            }
+            Err(e) => {
+                failed += 1;
+                if errors.len() < 10 {
+                    errors.push(format!("{}: {e}", list[i].0));
+                }
+            }
+        }
+    }
+    let connect_wall = t0.elapsed();
+    let connected = opened.len();
+
+    // Hold phase: every terminal heartbeats on its own schedule, phases spread evenly.
+    let announced = opened
+        .first()
+        .and_then(|(_, o)| o.hello["data"]["heartbeat"]["interval_ms"].as_u64())
+        .unwrap_or(20_000);
+    let interval = opts.heartbeat.unwrap_or(Duration::from_millis(announced));
+    let stop = CancellationToken::new();
+    let mut holders = JoinSet::new();
+    let mut senders: Vec<(String, mpsc::Sender<Cmd>)> = Vec::with_capacity(connected);
+    for (k, (i, o)) in opened.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(4);
+        let phase = interval.mul_f64(k as f64 / connected.max(1) as f64);
+        holders.spawn(hold(o.ws, interval, phase, rx, stop.clone()));
+        senders.push((list[i].0.clone(), tx));
+    }
+    tokio::time::sleep(opts.settle).await;
+    let hub_connected = scrape(target.addr).await?;
+    tokio::time::sleep(opts.hold).await;
+    let hub_after_hold = scrape(target.addr).await?;
+    let cpu = (hub_after_hold.cpu_seconds - hub_connected.cpu_seconds) / opts.hold.as_secs_f64();
+
+    let presence = presence_latency(target, org, &auth, &senders, opts).await?;
+
+    stop.cancel();
+    drop(senders);
+    let mut held = HoldStats::default();
+    let mut closed_by_hub = 0;
+    while let Some(j) = holders.join_next().await {
+        let s = j.map_err(|e| e.to_string())?;
+        held.pings += s.pings;
+        held.replies += s.replies;
+        if s.closed_by_hub.is_some() {
+            closed_by_hub += 1;
+        }
+    }
+    tokio::time::sleep(opts.settle).await;
+    let hub_after_close = scrape(target.addr).await?;
+
+    let rss_per = (hub_connected.rss_bytes - hub_idle.rss_bytes) / connected.max(1) as f64;
+    let connect_latency = Percentiles::of(&lat);
+    Ok(ConnectSummary {
+        scenario: "connect",
+        machine: Machine::read(),
+        terminals: list.len(),
+        connected,
+        failed,
+        first_errors: errors,
+        concurrency: opts.concurrency,
+        connect_wall_s: connect_wall.as_secs_f64(),
+        connect_latency,
+        hub_idle,
+        hub_connected,
+        hub_after_hold,
+        hub_after_close,
+        rss_per_terminal_bytes: rss_per,
+        hold_s: opts.hold.as_secs_f64(),
+        heartbeat_interval_ms: interval.as_millis() as u64,
+        heartbeats_sent: held.pings,
+        heartbeat_replies: held.replies,
+        heartbeat_cpu_percent: cpu * 100.0,
+        closed_by_hub,
+        targets: Targets {
+            connect_under_5s: failed == 0 && connect_wall.as_secs_f64() < 5.0,
+            rss_per_terminal_at_most_6kb: rss_per <= 6_000.0,
+            heartbeat_cpu_under_5_percent: cpu * 100.0 < 5.0,
+            presence_p99_under_50ms: presence.lost == 0
+                && presence.received > 0
+                && presence.latency.p99_ms < 50.0,
+        },
+        presence,
+    })
+}
+
+/// A city console subscribes to the whole city; terminals change status one by one at a steady
+/// rate; each change is timed from just before it is sent to the delta naming it.
+async fn presence_latency(
+    target: &Target,
+    org: &Org,
+    auth: &Authority,
+    senders: &[(String, mpsc::Sender<Cmd>)],
+    opts: &ConnectOptions,
+) -> Result<PresenceFigures, String> {
+    let changes = opts.presence_changes.min(senders.len());
+    let mut fig = PresenceFigures {
+        changes,
+        received: 0,
+        lost: 0,
+        rate_per_sec: opts.presence_rate,
+        latency: Percentiles::default(),
+    };
+    if changes == 0 {
+        return Ok(fig);
+    }
+    let root = org.id(NodeIdx(0)).to_string();
+    let now = gridhub::clock::now_ms() / 1000;
+    let token = auth
+        .mint(org, &root, Role::Operator, 3600, now)
+        .map_err(|e| e.to_string())?;
+    let mut console = open(target, &token).await?.ws;
+    console
+        .send(Message::text(format!(
+            r#"{{"v":1,"id":"wall","type":"presence.subscribe","data":{{"node":"{root}"}}}}"#
+        )))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Wait for the snapshot before changing anything.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), console.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""re":"wall""#) => break,
+            Ok(Some(Ok(_))) => {}
+            other => return Err(format!("console subscribe failed: {other:?}")),
+        }
+    }
+
+    let track = Arc::new(Mutex::new(Tracker {
+        pending: HashMap::new(),
+        hist: histogram(),
+    }));
+    let reader_track = Arc::clone(&track);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(m)) = console.next().await {
+            let Message::Text(t) = m else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                continue;
+            };
+            if v["type"] != "presence.delta" {
+                continue;
+            }
+            let arrived = Instant::now();
+            let mut tr = reader_track.lock().unwrap_or_else(|e| e.into_inner());
+            for e in v["data"]["endpoints"].as_array().into_iter().flatten() {
+                if e["status"] != "busy" {
+                    continue;
+                }
+                if let Some(sent) = e["id"].as_str().and_then(|id| tr.pending.remove(id)) {
+                    record(&mut tr.hist, arrived - sent);
+                }
+            }
+        }
+    });
+
+    let set = Utf8Bytes::from_static(r#"{"v":1,"type":"presence.set","data":{"status":"busy"}}"#);
+    let period = Duration::from_secs_f64(1.0 / opts.presence_rate.max(1) as f64);
+    let mut tick = tokio::time::interval(period);
+    // Spread the changed terminals over the whole tree.
+    let stride = (senders.len() / changes).max(1);
+    for k in 0..changes {
+        tick.tick().await;
+        let (id, tx) = &senders[(k * stride) % senders.len()];
+        lock(&track).pending.insert(id.clone(), Instant::now());
+        let _ = tx.send(Cmd::Send(set.clone())).await;
+    }
+    // Give the last deltas time to arrive.
+    for _ in 0..100 {
+        if lock(&track).pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.abort();
+    let tr = lock(&track);
+    fig.lost = tr.pending.len();
+    fig.received = tr.hist.len();
+    fig.latency = Percentiles::of(&tr.hist);
+    Ok(fig)
+}
+
+struct Tracker {
+    /// Terminal id → when its change was sent.
+    pending: HashMap<String, Instant>,
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    // The reader never panics while holding the lock; a poisoned one still has valid data.
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness against an in-process hub: every terminal connects, heartbeats are answered,
+    /// every presence change reaches the console, and the hub's figures are read.
+    #[tokio::test]
+    async fn connect_scenario_runs_end_to_end() {
+        let secret = "loadtest-secret-loadtest-secret!!";
+        let mut c = gridhub::config::Config::default();
+        c.server.listen = "127.0.0.1:0".parse().unwrap();
+        c.server.data_dir = std::env::temp_dir().join(format!("gridhub-lt-{}", std::process::id()));
+        c.auth.secret = secret.into();
+        c.org.file = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/org/jiamusi.csv").into();
+        let running = gridhub::app::start(c).await.unwrap();
+        let target = Target::new(running.addr, secret.as_bytes().to_vec(), false).unwrap();
+        let org = Org::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/org/jiamusi.csv"
+        )))
+        .unwrap();
+        let opts = ConnectOptions {
+            terminals: 300,
+            concurrency: 64,
+            hold: Duration::from_millis(1500),
+            heartbeat: Some(Duration::from_millis(200)),
+            presence_changes: 100,
+            presence_rate: 500,
+            settle: Duration::from_millis(100),
+        };
+        let s = run(&target, &org, &opts).await.unwrap();
+        assert_eq!((s.connected, s.failed), (300, 0), "{:?}", s.first_errors);
+        assert!(s.heartbeats_sent >= 300 && s.heartbeat_replies > 0);
+        assert_eq!(s.closed_by_hub, 0);
+        assert_eq!((s.presence.received, s.presence.lost), (100, 0));
+        assert!(s.hub_connected.rss_bytes > 0.0 && s.hub_connected.connections >= 300.0);
+        assert!(s.connect_latency.count == 300);
+        running.shutdown().await;
+    }
+
+    #[test]
+    fn non_loopback_targets_are_refused() {
+        let e = Target::new("10.1.2.3:8080".parse().unwrap(), vec![], false).unwrap_err();
+        assert!(e.contains("--allow-remote"));
+        assert!(Target::new("127.0.0.9:8080".parse().unwrap(), vec![], false).is_ok());
+    }
+}
