@@ -114,6 +114,10 @@ impl Hub {
         leftover: Bytes,
         cred: Credential,
     ) {
+        // hyper's leftover bytes share its whole read buffer (8 KiB even when empty); copy what
+        // matters and let the buffer go before this connection settles in for hours.
+        let early = leftover.to_vec();
+        drop(leftover);
         let t = &self.config.transport;
         let conn = Arc::new(Conn::new(
             self.next_conn.fetch_add(1, Relaxed),
@@ -134,7 +138,7 @@ impl Hub {
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_opened.fetch_add(1, Relaxed);
         let why =
-            crate::transport::session::run(Arc::clone(&self), Arc::clone(&conn), leftover).await;
+            crate::transport::session::run(Arc::clone(&self), Arc::clone(&conn), early).await;
         self.metrics.ended(why);
         self.local.remove(&conn);
         self.backplane

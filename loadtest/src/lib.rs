@@ -70,7 +70,10 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
 /// What machine produced the figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
+    /// CPUs on the machine.
     pub cpus: usize,
+    /// CPUs this load generator may run on (fewer when pinned with taskset).
+    pub cpus_for_loadtest: usize,
     pub cpu_model: String,
     pub kernel: String,
     pub memory_gib: f64,
@@ -93,7 +96,8 @@ impl Machine {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: cpuinfo.lines().filter(|l| l.starts_with("processor")).count(),
+            cpus_for_loadtest: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()

@@ -207,7 +207,7 @@ pub async fn ws_handler(State(hub): State<Arc<Hub>>, mut req: Request) -> Respon
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub2 = Arc::clone(&hub);
-    tokio::spawn(async move {
+    let fut = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -224,7 +224,8 @@ pub async fn ws_handler(State(hub): State<Arc<Hub>>, mut req: Request) -> Respon
             }
             Err(_) => tracing::error!("upgraded connection is not a plain TCP stream"),
         }
-    });
+    };
+    tokio::spawn(fut);
     let accept = tungstenite::handshake::derive_accept_key(&key);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

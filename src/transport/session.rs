@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use super::conn::{Close, Conn};
@@ -70,7 +69,7 @@ struct Session {
 }
 
 /// Runs a registered connection to its end and says why it ended.
-pub(crate) async fn run(hub: Arc<Hub>, conn: Arc<Conn>, leftover: Bytes) -> EndReason {
+pub(crate) async fn run(hub: Arc<Hub>, conn: Arc<Conn>, early: Vec<u8>) -> EndReason {
     let t = &hub.config.transport;
     let now = now_ms();
     let mut s = Session {
@@ -89,9 +88,11 @@ pub(crate) async fn run(hub: Arc<Hub>, conn: Arc<Conn>, leftover: Bytes) -> EndR
         hub,
         conn,
     };
-    s.open().await;
-    if !leftover.is_empty() {
-        s.pending.extend_from_slice(&leftover);
+    // Cold paths (once per connection, or rare requests) are boxed so that their state does not
+    // sit inside every idle connection's task for its whole life.
+    Box::pin(s.open()).await;
+    if !early.is_empty() {
+        s.pending = early;
         if let Err(e) = s.decode_pending() {
             s.conn.close(Close::Protocol(e));
         }
@@ -99,7 +100,7 @@ pub(crate) async fn run(hub: Arc<Hub>, conn: Arc<Conn>, leftover: Bytes) -> EndR
     }
     match s.serve().await {
         Some(gone) => gone,
-        None => s.finish().await,
+        None => Box::pin(s.finish()).await,
     }
 }
 
@@ -384,17 +385,15 @@ impl Session {
                 Err((code, m)) => self.error(err(code, m)),
                 Ok(w) => {
                     let conn = Arc::clone(&self.conn);
-                    self.hub
-                        .presence
-                        .subscribe(conn, w, sub.endpoints, re.clone())
-                        .await
+                    let presence = &self.hub.presence;
+                    Box::pin(presence.subscribe(conn, w, sub.endpoints, re.clone())).await
                 }
             },
             Body::PresenceUnsubscribe(unsub) => match self.watch_for(&unsub.target) {
                 Err((code, m)) => self.error(err(code, m)),
                 Ok(w) => {
                     let conn = Arc::clone(&self.conn);
-                    self.hub.presence.unsubscribe(conn, w, re.clone()).await
+                    Box::pin(self.hub.presence.unsubscribe(conn, w, re.clone())).await
                 }
             },
         }
