@@ -137,8 +137,7 @@ impl Hub {
         }
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_opened.fetch_add(1, Relaxed);
-        let why =
-            crate::transport::session::run(Arc::clone(&self), Arc::clone(&conn), early).await;
+        let why = crate::transport::session::run(Arc::clone(&self), Arc::clone(&conn), early).await;
         self.metrics.ended(why);
         self.local.remove(&conn);
         self.backplane

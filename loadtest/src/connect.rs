@@ -104,7 +104,10 @@ pub async fn run(
     let list = terminals(org, opts.terminals);
     let tokens: Vec<String> = list
         .iter()
-        .map(|(id, role)| auth.mint(org, id, *role, ttl, now).map_err(|e| e.to_string()))
+        .map(|(id, role)| {
+            auth.mint(org, id, *role, ttl, now)
+                .map_err(|e| e.to_string())
+        })
         .collect::<Result<_, _>>()?;
 
     tokio::time::sleep(opts.settle).await;

@@ -36,7 +36,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Str
             .get(9..12)
             .and_then(|s| s.parse().ok())
             .ok_or("bad status line")?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)
         } else {
             body.to_owned()
@@ -89,7 +92,8 @@ pub async fn scrape(addr: SocketAddr) -> Result<HubStats, String> {
 mod tests {
     #[test]
     fn parses_exposition_lines_by_exact_name() {
-        let text = "gridhub_connections_max 10\ngridhub_connections 3\nprocess_cpu_seconds_total 1.5\n";
+        let text =
+            "gridhub_connections_max 10\ngridhub_connections 3\nprocess_cpu_seconds_total 1.5\n";
         assert_eq!(super::value(text, "gridhub_connections"), 3.0);
         assert_eq!(super::value(text, "process_cpu_seconds_total"), 1.5);
         assert!(super::value(text, "missing").is_nan());

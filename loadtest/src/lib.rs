@@ -96,7 +96,10 @@ impl Machine {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         Machine {
-            cpus: cpuinfo.lines().filter(|l| l.starts_with("processor")).count(),
+            cpus: cpuinfo
+                .lines()
+                .filter(|l| l.starts_with("processor"))
+                .count(),
             cpus_for_loadtest: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -10,7 +10,10 @@ use loadtest::Target;
 use loadtest::connect::{ConnectOptions, ConnectSummary};
 
 #[derive(Parser)]
-#[command(name = "loadtest", about = "Load-test scenarios for gridhub (loopback targets only unless told otherwise)")]
+#[command(
+    name = "loadtest",
+    about = "Load-test scenarios for gridhub (loopback targets only unless told otherwise)"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -74,20 +77,35 @@ fn secret(c: &Common) -> Result<Vec<u8>, String> {
         Some(s) => Ok(s.as_bytes().to_vec()),
         None => std::fs::read_to_string(&c.secret_file)
             .map(|s| s.trim().as_bytes().to_vec())
-            .map_err(|e| format!("{}: {e} (pass --secret or --secret-file)", c.secret_file.display())),
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (pass --secret or --secret-file)",
+                    c.secret_file.display()
+                )
+            }),
     }
 }
 
 fn print_connect(s: &ConnectSummary) {
     let kb = s.rss_per_terminal_bytes / 1000.0;
     let yes = |b: bool| if b { "met" } else { "NOT met" };
-    println!("loadtest connect — {} terminals ({} connected, {} failed), concurrency {}", s.terminals, s.connected, s.failed, s.concurrency);
+    println!(
+        "loadtest connect — {} terminals ({} connected, {} failed), concurrency {}",
+        s.terminals, s.connected, s.failed, s.concurrency
+    );
     for e in &s.first_errors {
         println!("  error: {e}");
     }
-    println!("  all connected and authenticated in {:.2} s  [target < 5 s: {}]", s.connect_wall_s, yes(s.targets.connect_under_5s));
+    println!(
+        "  all connected and authenticated in {:.2} s  [target < 5 s: {}]",
+        s.connect_wall_s,
+        yes(s.targets.connect_under_5s)
+    );
     let l = &s.connect_latency;
-    println!("  per-terminal connect: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms);
+    println!(
+        "  per-terminal connect: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+    );
     println!(
         "  hub RSS: idle {:.1} MiB, all connected {:.1} MiB → {:.0} bytes ({kb:.2} KB) per terminal  [target ≤ 6 KB: {}]",
         s.hub_idle.rss_bytes / 1048576.0,
@@ -97,19 +115,44 @@ fn print_connect(s: &ConnectSummary) {
     );
     println!(
         "  heartbeats: {} sent every {} ms over {:.0} s, {} replies; hub CPU {:.2} % of one core  [target < 5 %: {}]",
-        s.heartbeats_sent, s.heartbeat_interval_ms, s.hold_s, s.heartbeat_replies, s.heartbeat_cpu_percent, yes(s.targets.heartbeat_cpu_under_5_percent)
+        s.heartbeats_sent,
+        s.heartbeat_interval_ms,
+        s.hold_s,
+        s.heartbeat_replies,
+        s.heartbeat_cpu_percent,
+        yes(s.targets.heartbeat_cpu_under_5_percent)
     );
     let p = &s.presence;
     println!(
         "  presence change → city console: {} changes at {}/s, {} received, {} lost; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms  [target p99 < 50 ms: {}]",
-        p.changes, p.rate_per_sec, p.received, p.lost, p.latency.p50_ms, p.latency.p99_ms, p.latency.max_ms, yes(s.targets.presence_p99_under_50ms)
+        p.changes,
+        p.rate_per_sec,
+        p.received,
+        p.lost,
+        p.latency.p50_ms,
+        p.latency.p99_ms,
+        p.latency.max_ms,
+        yes(s.targets.presence_p99_under_50ms)
     );
-    println!("  closed by the hub during the run: {}; hub RSS after all closed {:.1} MiB", s.closed_by_hub, s.hub_after_close.rss_bytes / 1048576.0);
+    println!(
+        "  closed by the hub during the run: {}; hub RSS after all closed {:.1} MiB",
+        s.closed_by_hub,
+        s.hub_after_close.rss_bytes / 1048576.0
+    );
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.scenario {
-        Scenario::Connect { common, terminals, concurrency, hold, heartbeat_ms, presence_changes, presence_rate, settle } => {
+        Scenario::Connect {
+            common,
+            terminals,
+            concurrency,
+            hold,
+            heartbeat_ms,
+            presence_changes,
+            presence_rate,
+            settle,
+        } => {
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?;
             let opts = ConnectOptions {
