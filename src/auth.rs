@@ -102,16 +102,26 @@ impl AuthError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
-    #[error("endpoint {0:?} is not in the org tree")]
-    UnknownEndpoint(String),
-    #[error("role {role} is not allowed at {endpoint}, a {tier} node")]
-    RoleNotAllowed {
-        role: &'static str,
-        endpoint: String,
-        tier: Tier,
-    },
+    #[error(transparent)]
+    Refused(#[from] AuthError),
     #[error("signing failed: {0}")]
     Sign(String),
+}
+
+/// The endpoint a credential names, if it exists and the role fits its tier.
+fn resolve(org: &Org, endpoint: &str, role: Role) -> Result<NodeIdx, AuthError> {
+    let idx = org
+        .lookup(endpoint)
+        .ok_or_else(|| AuthError::UnknownEndpoint(endpoint.to_owned()))?;
+    let tier = org.tier(idx);
+    if !role.allowed_at(tier) {
+        return Err(AuthError::RoleNotAllowed {
+            role: role.as_str(),
+            endpoint: endpoint.to_owned(),
+            tier,
+        });
+    }
+    Ok(idx)
 }
 
 /// Signs and verifies credentials with one shared key.
@@ -176,17 +186,7 @@ impl Authority {
         ttl_secs: u64,
         now: u64,
     ) -> Result<String, MintError> {
-        let idx = org
-            .lookup(endpoint)
-            .ok_or_else(|| MintError::UnknownEndpoint(endpoint.to_owned()))?;
-        let tier = org.tier(idx);
-        if !role.allowed_at(tier) {
-            return Err(MintError::RoleNotAllowed {
-                role: role.as_str(),
-                endpoint: endpoint.to_owned(),
-                tier,
-            });
-        }
+        resolve(org, endpoint, role)?;
         self.mint_unchecked(endpoint, role, now, now + ttl_secs)
     }
 
@@ -223,17 +223,7 @@ impl Authority {
                 now,
             });
         }
-        let endpoint = org
-            .lookup(&c.sub)
-            .ok_or_else(|| AuthError::UnknownEndpoint(c.sub.clone()))?;
-        let tier = org.tier(endpoint);
-        if !c.role.allowed_at(tier) {
-            return Err(AuthError::RoleNotAllowed {
-                role: c.role.as_str(),
-                endpoint: c.sub,
-                tier,
-            });
-        }
+        let endpoint = resolve(org, &c.sub, c.role)?;
         Ok(Credential {
             endpoint,
             role: c.role,
@@ -263,18 +253,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::org::parse_csv;
 
     fn org() -> Org {
-        parse_csv(
-            "id,parent,tier,name,name_en,lat,lon\n\
-             c,,city,C,C,,\n\
-             a,c,county,A,A,,\n\
-             t,a,township,T,T,,\n\
-             v,t,village,V,V,,\n\
-             w,v,worker,W,W,,\n",
-        )
-        .unwrap()
+        crate::org::fixture()
     }
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -282,9 +263,9 @@ mod tests {
     #[test]
     fn mint_then_verify() {
         let (org, auth) = (org(), Authority::new(KEY).unwrap());
-        let tok = auth.mint(&org, "w", Role::Worker, 60, 1000).unwrap();
+        let tok = auth.mint(&org, "w1", Role::Worker, 60, 1000).unwrap();
         let cred = auth.verify(&org, &tok, 1059).unwrap();
-        assert_eq!(cred.endpoint, org.lookup("w").unwrap());
+        assert_eq!(cred.endpoint, org.lookup("w1").unwrap());
         assert_eq!(cred.role, Role::Worker);
         assert_eq!(cred.expires_at, 1060);
     }
@@ -323,8 +304,8 @@ mod tests {
             "role_not_allowed"
         );
         assert!(matches!(
-            auth.mint(&org, "w", Role::Operator, 60, 0),
-            Err(MintError::RoleNotAllowed { .. })
+            auth.mint(&org, "w1", Role::Operator, 60, 0),
+            Err(MintError::Refused(AuthError::RoleNotAllowed { .. }))
         ));
     }
 

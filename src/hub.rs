@@ -133,12 +133,18 @@ impl Hub {
             now_ms(),
         ));
         if let Some(old) = self.local.insert(Arc::clone(&conn)) {
+            tracing::debug!(endpoint = %self.org.id(conn.endpoint), "replacing an older connection");
             old.close(Close::Replaced);
+        }
+        if !self.accepting.load(Relaxed) {
+            // The upgrade finished after the drain told everyone to go; this one goes too.
+            conn.close(Close::GoingAway);
         }
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_opened.fetch_add(1, Relaxed);
         let why = crate::transport::session::run(Arc::clone(&self), Arc::clone(&conn), early).await;
         self.metrics.ended(why);
+        tracing::debug!(endpoint = %self.org.id(conn.endpoint), conn = conn.key, reason = ?why, "connection ended");
         self.local.remove(&conn);
         self.backplane
             .publish_presence(Event::Disconnected {

@@ -22,16 +22,10 @@ pub fn can_see(org: &Org, who: &Credential, target: NodeIdx) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::org::parse_csv;
 
     #[test]
     fn operators_see_their_subtree_workers_their_chain() {
-        let org = parse_csv(
-            "id,parent,tier,name,name_en,lat,lon\n\
-             c,,city,C,C,,\na,c,county,A,A,,\nt,a,township,T,T,,\nv,t,village,V,V,,\n\
-             w1,v,worker,W,W,,\nw2,v,worker,W,W,,\nb,c,county,B,B,,\n",
-        )
-        .unwrap();
+        let org = crate::org::fixture();
         let id = |s| org.lookup(s).unwrap();
         let op = Credential {
             endpoint: id("a"),

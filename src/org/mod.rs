@@ -265,6 +265,23 @@ impl Iterator for Ancestors<'_> {
     }
 }
 
+/// A small tree for unit tests: city `c`; counties `a` and `b`; under `a` the chain
+/// `t` (township) → `v` (village) → workers `w1`, `w2`.
+#[cfg(test)]
+pub(crate) fn fixture() -> Org {
+    parse_csv(
+        "id,parent,tier,name,name_en,lat,lon\n\
+         c,,city,C,C,46.8,130.3\n\
+         a,c,county,A,A,,\n\
+         t,a,township,T,T,,\n\
+         v,t,village,V,V,,\n\
+         w1,v,worker,W1,W1,,\n\
+         w2,v,worker,W2,W2,,\n\
+         b,c,county,B,B,,\n",
+    )
+    .expect("fixture is valid")
+}
+
 /// A node as parsed from a file, before the tree is checked and indexed.
 #[derive(Debug, Clone)]
 pub struct RawNode {

@@ -575,19 +575,7 @@ mod tests {
     use crate::org::{Preset, generate_csv, parse_csv};
 
     fn small() -> Arc<Org> {
-        Arc::new(
-            parse_csv(
-                "id,parent,tier,name,name_en,lat,lon\n\
-                 c,,city,C,C,,\n\
-                 a,c,county,A,A,,\n\
-                 t,a,township,T,T,,\n\
-                 v,t,village,V,V,,\n\
-                 w1,v,worker,W1,W1,,\n\
-                 w2,v,worker,W2,W2,,\n\
-                 b,c,county,B,B,,\n",
-            )
-            .unwrap(),
-        )
+        Arc::new(crate::org::fixture())
     }
 
     fn id(p: &Presence, s: &str) -> NodeIdx {

@@ -174,3 +174,60 @@ async fn protocol_violations_close_with_1002() {
     assert_eq!(code, 1002, "{reason}");
     assert!(reason.contains("continuation"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_consumer_that_does_not_read_is_closed_as_slow_and_nobody_else_waits() {
+    use futures_util::{SinkExt, StreamExt};
+    let hub = spawn_app(|c| {
+        c.transport.max_message_bytes = 1024;
+        c.transport.send_queue_frames = 64;
+        c.transport.send_queue_bytes = 256 * 1024;
+    })
+    .await;
+    let mut bystander = hub.connect(HUANAN).await;
+
+    // A console with a tiny receive window that asks for the whole city's aggregates (~150 KB)
+    // over and over and never reads the answers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(hub.addr).await.unwrap();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        hub.ws_url(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", hub.token(CITY)).parse().unwrap(),
+    );
+    let (mut slow, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let ask = json!({"v":1,"type":"presence.subscribe","data":{"node": CITY, "endpoints": false}})
+        .to_string();
+    for _ in 0..150 {
+        slow.send(Message::text(ask.clone())).await.unwrap();
+    }
+    // The bystander is served at once while the slow one's queue fills.
+    bystander.ping_ok().await;
+    let m = &hub.hub().metrics;
+    let closed = async {
+        while m.ends(gridhub::telemetry::EndReason::Slow) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            bystander.ping_ok().await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, closed)
+        .await
+        .expect("closed as a slow consumer");
+    assert!(m.queue_drops.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // Reading now drains what the kernel held, then the stream ends: with the close frame if
+    // there was room for it, else at EOF.
+    let mut code = None;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(PATIENCE, slow.next()).await {
+        if let Message::Close(f) = msg {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert!(code.is_none() || code == Some(4002), "{code:?}");
+    bystander.ping_ok().await;
+    assert_eq!(m.ends(gridhub::telemetry::EndReason::Slow), 1);
+}

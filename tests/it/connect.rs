@@ -31,10 +31,7 @@ async fn hello_describes_the_terminal_and_its_limits() {
 async fn a_second_connection_of_the_same_terminal_replaces_the_first() {
     let hub = spawn_app(|_| {}).await;
     let w = &workers_under(&hub.org, DONGFENG, 1)[0];
-    let mut console = hub.connect(DONGFENG).await;
-    console
-        .call("presence.subscribe", json!({"node": DONGFENG}))
-        .await;
+    let mut console = hub.watching(DONGFENG).await;
     let mut first = hub.connect(w).await;
     first.ping_ok().await;
     let mut second = hub.connect(w).await;
@@ -155,10 +152,7 @@ async fn an_expired_credential_closes_the_connection() {
 async fn a_client_close_is_answered_and_the_terminal_goes_offline() {
     let hub = spawn_app(|_| {}).await;
     let w = &workers_under(&hub.org, DONGFENG, 1)[0];
-    let mut console = hub.connect(DONGFENG).await;
-    console
-        .call("presence.subscribe", json!({"node": DONGFENG}))
-        .await;
+    let mut console = hub.watching(DONGFENG).await;
     let mut t = hub.connect(w).await;
     let d = console.delta().await;
     assert_eq!(entry(&d, w).unwrap()["status"], "online");

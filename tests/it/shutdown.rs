@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use gridhub::org::Org;
+
 use crate::auth::http_get;
 use crate::support::*;
 
@@ -27,7 +29,7 @@ async fn shutdown_tells_every_terminal_and_drains() {
 }
 
 /// The real binary on a free port with the test key; returns the child and its address.
-async fn spawn_binary(extra_env: &[(&str, &str)], shell_prefix: Option<&str>) -> (Child, String) {
+async fn spawn_binary(shell_prefix: Option<&str>) -> (Child, TestHub) {
     let bin = env!("CARGO_BIN_EXE_gridhub");
     let data = temp_dir("bin");
     let mut cmd = match shell_prefix {
@@ -53,9 +55,6 @@ async fn spawn_binary(extra_env: &[(&str, &str)], shell_prefix: Option<&str>) ->
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
     let mut child = cmd.spawn().expect("gridhub binary starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(PATIENCE, lines.next_line())
@@ -63,33 +62,31 @@ async fn spawn_binary(extra_env: &[(&str, &str)], shell_prefix: Option<&str>) ->
         .expect("prints its address")
         .unwrap()
         .expect("a line");
-    let addr = line.rsplit("http://").next().unwrap().trim().to_owned();
-    (child, addr)
+    let addr = line.rsplit("http://").next().unwrap().trim();
+    (child, remote(addr, data))
 }
 
-/// A TestHub-like handle for a hub in another process.
-async fn remote(addr: &str) -> TestHub {
-    let mut c = test_config();
-    c.server.listen = addr.parse().unwrap();
-    let org = std::sync::Arc::new(gridhub::org::Org::load(&c.org.file).unwrap());
+/// A TestHub-like handle for a hub in another process; `data` is removed on drop.
+fn remote(addr: &str, data: std::path::PathBuf) -> TestHub {
+    let org = Org::load(&repo().join("config/org/jiamusi.csv")).unwrap();
     TestHub {
         running: None,
+        data_dir: Some(data),
         addr: addr.parse().unwrap(),
-        org,
+        org: std::sync::Arc::new(org),
         auth: gridhub::auth::Authority::new(SECRET.as_bytes()).unwrap(),
     }
 }
 
 #[tokio::test]
 async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
-    let (mut child, addr) = spawn_binary(&[], None).await;
-    let hub = remote(&addr).await;
+    let (mut child, hub) = spawn_binary(None).await;
     let mut a = hub.connect(DONGFENG).await;
     let mut b = hub.connect(&workers_under(&hub.org, HUANAN, 1)[0]).await;
     a.ping_ok().await;
     let pid = child.id().unwrap() as i32;
-    // SAFETY: signalling our own child process by its pid.
-    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert_eq!(a.closed().await.0, 1001);
     assert_eq!(b.closed().await.0, 1001);
     let status = tokio::time::timeout(PATIENCE, child.wait())
@@ -99,16 +96,10 @@ async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
     assert!(status.success(), "{status}");
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 #[tokio::test]
 async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_carry_on() {
     // 64 open files: the hub keeps a quarter in reserve and caps sockets at 48.
-    let (_child, addr) = spawn_binary(&[], Some("ulimit -n 64")).await;
-    let hub = remote(&addr).await;
+    let (_child, hub) = spawn_binary(Some("ulimit -n 64")).await;
     let text = String::from_utf8(crate::auth::http_raw(&hub, "/metrics", None).await.2).unwrap();
     assert!(
         text.contains("gridhub_fd_limit 64"),

@@ -55,6 +55,8 @@ pub fn test_config() -> Config {
 
 pub struct TestHub {
     pub running: Option<Running>,
+    /// Removed when the hub is dropped.
+    pub data_dir: Option<PathBuf>,
     pub addr: std::net::SocketAddr,
     pub org: Arc<Org>,
     pub auth: Authority,
@@ -63,8 +65,10 @@ pub struct TestHub {
 pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestHub {
     let mut config = test_config();
     tweak(&mut config);
+    let data_dir = Some(config.server.data_dir.clone());
     let running = gridhub::app::start(config).await.expect("hub starts");
     TestHub {
+        data_dir,
         addr: running.addr,
         org: Arc::clone(&running.hub.org),
         running: Some(running),
@@ -119,6 +123,16 @@ impl TestHub {
         t
     }
 
+    /// A console at `node` (its own center) already subscribed to its subtree.
+    pub async fn watching(&self, node: &str) -> TestTerminal {
+        let mut console = self.connect(node).await;
+        let snap = console
+            .call("presence.subscribe", json!({ "node": node }))
+            .await;
+        assert_eq!(snap["type"], "reply", "{snap}");
+        console
+    }
+
     pub async fn shutdown(&mut self) -> usize {
         self.running.take().expect("running").shutdown().await
     }
@@ -128,6 +142,9 @@ impl Drop for TestHub {
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
             r.hub.shutdown.cancel();
+        }
+        if let Some(d) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
