@@ -28,3 +28,4 @@ pub mod presence;
 pub mod scope;
 pub mod telemetry;
 pub mod transport;
+pub mod store;

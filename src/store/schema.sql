@@ -1,0 +1,70 @@
+-- gridhub schema, version 1. Applied once to a new database (PRAGMA user_version = 0).
+
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- One row per work order: indexed columns for filters and stats, and the whole order as JSON.
+CREATE TABLE orders (
+  id          INTEGER PRIMARY KEY,
+  state       TEXT    NOT NULL,
+  category    TEXT    NOT NULL,
+  priority    TEXT    NOT NULL,
+  source      TEXT    NOT NULL,
+  node        TEXT    NOT NULL,   -- where the problem is (an org node id)
+  node_pre    INTEGER NOT NULL,   -- that node's preorder index: a subtree is a range
+  holder      TEXT    NOT NULL,
+  intake      TEXT    NOT NULL,
+  created_at  INTEGER NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  due_at      INTEGER NOT NULL,
+  closed_at   INTEGER,
+  supervision INTEGER NOT NULL,
+  score       INTEGER,
+  satisfied   INTEGER,
+  idem_key    TEXT UNIQUE,
+  idem_hash   TEXT,
+  doc         TEXT    NOT NULL
+);
+CREATE INDEX orders_state   ON orders(state);
+CREATE INDEX orders_node    ON orders(node_pre);
+CREATE INDEX orders_created ON orders(created_at);
+
+-- Append-only history: every event of every order.
+CREATE TABLE order_events (
+  order_id INTEGER NOT NULL,
+  seq      INTEGER NOT NULL,
+  at       INTEGER NOT NULL,
+  actor    TEXT    NOT NULL,
+  kind     TEXT    NOT NULL,
+  data     TEXT    NOT NULL,
+  PRIMARY KEY (order_id, seq)
+) WITHOUT ROWID;
+
+-- Each terminal's durable outbox: messages in sequence, replayed on resume.
+CREATE TABLE outbox (
+  endpoint TEXT    NOT NULL,
+  seq      INTEGER NOT NULL,
+  at       INTEGER NOT NULL,
+  kind     TEXT    NOT NULL,
+  ref      INTEGER,
+  payload  TEXT    NOT NULL,
+  PRIMARY KEY (endpoint, seq)
+) WITHOUT ROWID;
+
+-- The highest sequence each terminal has acknowledged (delivered).
+CREATE TABLE acks (
+  endpoint TEXT PRIMARY KEY,
+  seq      INTEGER NOT NULL,
+  at       INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Read receipts: a terminal opened an order, notice or campaign task.
+CREATE TABLE reads (
+  kind     TEXT    NOT NULL,
+  ref      INTEGER NOT NULL,
+  endpoint TEXT    NOT NULL,
+  at       INTEGER NOT NULL,
+  PRIMARY KEY (kind, ref, endpoint)
+) WITHOUT ROWID;
