@@ -197,7 +197,10 @@ impl Store {
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
-        self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -312,11 +315,17 @@ mod tests {
         ));
         inside_rx.recv().unwrap();
         store.submit(Job::new(
-            |c| c.execute("INSERT INTO meta(key, value) VALUES ('a', '1')", []).map(drop),
+            |c| {
+                c.execute("INSERT INTO meta(key, value) VALUES ('a', '1')", [])
+                    .map(drop)
+            },
             move |r| t1.send(r).unwrap(),
         ));
         store.submit(Job::new(
-            |c| c.execute("INSERT INTO no_such_table VALUES (1)", []).map(drop),
+            |c| {
+                c.execute("INSERT INTO no_such_table VALUES (1)", [])
+                    .map(drop)
+            },
             move |r| tx.send(r).unwrap(),
         ));
         gate_tx.send(()).unwrap();
@@ -340,7 +349,10 @@ mod tests {
             let store = Store::open(&path, Arc::default()).unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
             store.submit(Job::new(
-                |c| c.execute("INSERT INTO meta VALUES ('k', 'v')", []).map(drop),
+                |c| {
+                    c.execute("INSERT INTO meta VALUES ('k', 'v')", [])
+                        .map(drop)
+                },
                 move |r| tx.send(r).unwrap(),
             ));
             rx.recv().unwrap().unwrap();

@@ -261,14 +261,52 @@ impl Metrics {
             "HTTP requests served (excluding upgrades).",
             &self.http_requests,
         );
-        counter(&mut out, "gridhub_store_commits_total", "Store transactions committed (each one fsync).", &self.store_commits);
-        counter(&mut out, "gridhub_store_jobs_total", "Atomic units written (group commit puts many in one transaction).", &self.store_jobs);
-        counter(&mut out, "gridhub_store_failures_total", "Store batches rolled back.", &self.store_failures);
-        counter(&mut out, "gridhub_order_transitions_total", "Work-order transitions committed.", &self.orders_transitions);
-        counter(&mut out, "gridhub_order_rejections_total", "Work-order requests refused with a typed error.", &self.orders_rejected);
-        counter(&mut out, "gridhub_outbox_messages_total", "Durable outbox messages written.", &self.outbox_messages);
-        self.store_commit_latency.render(&mut out, "gridhub_store_commit_seconds", "Store batch write and commit time.");
-        self.push_latency.render(&mut out, "gridhub_order_push_seconds", "Order request received to commit and push to the holder.");
+        counter(
+            &mut out,
+            "gridhub_store_commits_total",
+            "Store transactions committed (each one fsync).",
+            &self.store_commits,
+        );
+        counter(
+            &mut out,
+            "gridhub_store_jobs_total",
+            "Atomic units written (group commit puts many in one transaction).",
+            &self.store_jobs,
+        );
+        counter(
+            &mut out,
+            "gridhub_store_failures_total",
+            "Store batches rolled back.",
+            &self.store_failures,
+        );
+        counter(
+            &mut out,
+            "gridhub_order_transitions_total",
+            "Work-order transitions committed.",
+            &self.orders_transitions,
+        );
+        counter(
+            &mut out,
+            "gridhub_order_rejections_total",
+            "Work-order requests refused with a typed error.",
+            &self.orders_rejected,
+        );
+        counter(
+            &mut out,
+            "gridhub_outbox_messages_total",
+            "Durable outbox messages written.",
+            &self.outbox_messages,
+        );
+        self.store_commit_latency.render(
+            &mut out,
+            "gridhub_store_commit_seconds",
+            "Store batch write and commit time.",
+        );
+        self.push_latency.render(
+            &mut out,
+            "gridhub_order_push_seconds",
+            "Order request received to commit and push to the holder.",
+        );
         self.request_latency.render(
             &mut out,
             "gridhub_request_duration_seconds",
