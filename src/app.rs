@@ -14,9 +14,11 @@ use tokio::task::JoinHandle;
 use crate::auth::Authority;
 use crate::backplane::{Backplane, Memory};
 use crate::config::{BackplaneKind, Config, ConfigError};
-use crate::hub::{Hub, Registry};
+use crate::hub::{Hub, HubParts, Registry};
+use crate::orders;
 use crate::org::{LoadError, Org};
 use crate::presence;
+use crate::store::Store;
 use crate::telemetry::{Metrics, open_file_limit};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,11 @@ pub enum StartError {
     Org { path: String, source: LoadError },
     #[error("auth: {0}")]
     Auth(String),
+    #[error("store {path}: {source}")]
+    Store {
+        path: String,
+        source: crate::store::StoreError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -41,14 +48,28 @@ pub struct Running {
     server: JoinHandle<()>,
     sweep: JoinHandle<()>,
     presence: JoinHandle<()>,
+    orders: JoinHandle<()>,
 }
 
-/// Connections a process may hold: the open-file limit less a reserve for everything else, or
-/// the configured cap if lower.
-pub fn connection_cap(fd_limit: u64, reserve: usize, configured: usize) -> usize {
+/// Descriptors kept free: the configured reserve, but at most a quarter of a small limit.
+pub fn fd_reserve(fd_limit: u64, reserve: usize) -> usize {
+    reserve.min(fd_limit as usize / 4)
+}
+
+/// Sockets a process may hold: the open-file limit, less what is already open at start-up
+/// (store, listener, logs), less the reserve (store readers, refusing at capacity); or the
+/// configured cap if lower.
+pub fn connection_cap(
+    fd_limit: u64,
+    open_at_start: usize,
+    reserve: usize,
+    configured: usize,
+) -> usize {
     let fd_limit = fd_limit.min(usize::MAX as u64) as usize;
-    // Small limits (tests) keep a quarter in reserve rather than the whole configured reserve.
-    let from_fds = fd_limit.saturating_sub(reserve.min(fd_limit / 4)).max(1);
+    let from_fds = fd_limit
+        .saturating_sub(open_at_start)
+        .saturating_sub(fd_reserve(fd_limit as u64, reserve))
+        .max(1);
     if configured == 0 {
         from_fds
     } else {
@@ -76,14 +97,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
     let authority = Arc::new(Authority::new(&config.signing_secret()?).map_err(StartError::Auth)?);
     let metrics = Arc::new(Metrics::default());
-    let fd_limit = open_file_limit();
-    let t = &config.transport;
-    let max_connections = connection_cap(fd_limit, t.fd_reserve, t.max_connections);
-    metrics.fd_limit.store(fd_limit, Relaxed);
-    metrics
-        .max_connections
-        .store(max_connections as u64, Relaxed);
-
     let (presence, presence_task) = presence::actor::spawn(
         Arc::clone(&org),
         config.presence.coalesce_ms,
@@ -94,6 +107,30 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let backplane: Arc<dyn Backplane> = match config.backplane.kind {
         BackplaneKind::Memory => Arc::new(Memory::new(presence.clone(), Arc::clone(&local))),
     };
+    let store_path = config.store_path();
+    let store = Arc::new(
+        Store::open(&store_path, Arc::clone(&metrics)).map_err(|source| StartError::Store {
+            path: store_path.display().to_string(),
+            source,
+        })?,
+    );
+    let feed = orders::feed::spawn(
+        Arc::clone(&org),
+        config.orders.feed_coalesce_ms,
+        config.presence.max_subscriptions,
+    );
+    let (orders, orders_task) = orders::service::start(
+        Arc::clone(&org),
+        config.orders.policy(),
+        Arc::clone(&store),
+        Arc::clone(&backplane),
+        feed.clone(),
+        Arc::clone(&metrics),
+    )
+    .map_err(|source| StartError::Store {
+        path: store_path.display().to_string(),
+        source,
+    })?;
     let listener =
         bind(config.server.listen, config.server.backlog).map_err(|source| StartError::Bind {
             addr: config.server.listen,
@@ -103,26 +140,41 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .expect("bound listener has an address");
+    let fd_limit = open_file_limit();
+    let open_at_start = crate::telemetry::ProcessStats::read().open_fds as usize;
+    let tc = &config.transport;
+    let max_connections =
+        connection_cap(fd_limit, open_at_start, tc.fd_reserve, tc.max_connections);
+    let refusing = (fd_reserve(fd_limit, tc.fd_reserve) / 2).max(1);
+    metrics.fd_limit.store(fd_limit, Relaxed);
+    metrics
+        .max_connections
+        .store(max_connections as u64, Relaxed);
     let t = org.tier_counts();
     tracing::info!(
         %addr,
         nodes = org.len(),
         tiers = ?t,
         fd_limit,
+        open_at_start,
         max_connections,
         backplane = backplane.name(),
         "gridhub serving; open-file limit {fd_limit}, accepting at most {max_connections} connections"
     );
-    let hub = Arc::new(Hub::new(
+    let hub = Arc::new(Hub::new(HubParts {
         org,
-        Arc::new(config),
+        config: Arc::new(config),
         metrics,
         authority,
         presence,
         backplane,
         local,
+        store,
+        orders,
+        feed,
         max_connections,
-    ));
+        max_refusing: refusing,
+    }));
     let router = crate::api::router(Arc::clone(&hub));
     let server = tokio::spawn(crate::transport::server::accept_loop(
         listener,
@@ -136,6 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         server,
         sweep,
         presence: presence_task,
+        orders: orders_task,
     })
 }
 
@@ -149,6 +202,11 @@ impl Running {
         let _ = self.sweep.await;
         let deadline = Duration::from_millis(hub.config.transport.shutdown_drain_ms);
         let left = hub.drain(deadline).await;
+        // Everything decided is written before the store closes.
+        hub.orders.stop().await;
+        let _ = self.orders.await;
+        let store = Arc::clone(&hub.store);
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
         hub.presence.stop().await;
         let _ = self.presence.await;
         tracing::info!(cut = left, "gridhub stopped");
@@ -162,13 +220,9 @@ mod tests {
 
     #[test]
     fn connection_cap_leaves_a_reserve() {
-        assert_eq!(connection_cap(20_000, 256, 0), 19_744);
-        assert_eq!(connection_cap(20_000, 256, 500), 500);
-        assert_eq!(connection_cap(20_000, 256, 50_000), 19_744);
-        assert_eq!(
-            connection_cap(100, 256, 0),
-            75,
-            "small limits keep a quarter"
-        );
+        assert_eq!(connection_cap(20_000, 20, 256, 0), 19_724);
+        assert_eq!(connection_cap(20_000, 20, 256, 500), 500);
+        assert_eq!(connection_cap(20_000, 20, 256, 50_000), 19_724);
+        assert_eq!(connection_cap(128, 16, 256, 0), 80, "small limits keep a quarter");
     }
 }

@@ -22,6 +22,8 @@ pub struct Config {
     pub transport: TransportConfig,
     pub presence: PresenceConfig,
     pub backplane: BackplaneConfig,
+    pub store: StoreConfig,
+    pub orders: OrdersConfig,
     pub log: LogConfig,
 }
 
@@ -167,6 +169,172 @@ pub struct BackplaneConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite file; relative paths are under `server.data_dir`.
+    pub path: PathBuf,
+    /// How often acknowledged outbox messages older than `outbox_keep_secs` are pruned.
+    pub prune_interval_secs: u64,
+    pub outbox_keep_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("gridhub.db"),
+            prune_interval_secs: 300,
+            outbox_keep_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityConfig {
+    /// Time to a result.
+    pub deadline_secs: u64,
+    /// After the deadline: supervision; after this much more: escalation to the tier above.
+    pub escalate_after_secs: u64,
+    /// May be dispatched past intermediate tiers.
+    pub skip_tiers: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrioritiesConfig {
+    pub routine: PriorityConfig,
+    pub urgent: PriorityConfig,
+    pub emergency: PriorityConfig,
+}
+
+impl Default for PrioritiesConfig {
+    fn default() -> Self {
+        PrioritiesConfig {
+            routine: PriorityConfig {
+                deadline_secs: 72 * 3600,
+                escalate_after_secs: 24 * 3600,
+                skip_tiers: false,
+            },
+            urgent: PriorityConfig {
+                deadline_secs: 24 * 3600,
+                escalate_after_secs: 4 * 3600,
+                skip_tiers: true,
+            },
+            emergency: PriorityConfig {
+                deadline_secs: 2 * 3600,
+                escalate_after_secs: 3600,
+                skip_tiers: true,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryConfig {
+    pub id: String,
+    pub name: String,
+    pub name_en: String,
+    /// A shorter deadline than the priority's, for this kind of request.
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
+}
+
+fn default_categories() -> Vec<CategoryConfig> {
+    [
+        ("noise", "噪音扰民", "Noise", None),
+        ("waterlogging", "积水内涝", "Waterlogging", Some(12 * 3600)),
+        ("sanitation", "环境卫生", "Sanitation", None),
+        ("roads", "道路设施", "Roads and facilities", None),
+        ("public_order", "社会治安", "Public order", None),
+        ("government_service", "政务服务", "Government service", None),
+        ("heating", "供暖供热", "Heating", Some(24 * 3600)),
+        ("utilities", "水电燃气", "Water, power and gas", None),
+        ("property", "物业管理", "Property management", None),
+        ("epidemic", "疫情防控", "Epidemic control", Some(12 * 3600)),
+        ("dispute", "矛盾纠纷", "Disputes and mediation", None),
+        ("other", "其他", "Other", None),
+    ]
+    .into_iter()
+    .map(|(id, name, name_en, deadline_secs)| CategoryConfig {
+        id: id.into(),
+        name: name.into(),
+        name_en: name_en.into(),
+        deadline_secs,
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    pub priorities: PrioritiesConfig,
+    pub categories: Vec<CategoryConfig>,
+    pub max_description_chars: usize,
+    pub max_text_chars: usize,
+    pub max_note_chars: usize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_secs: u64,
+    /// Order changes reach a watching console at most once per window.
+    pub feed_coalesce_ms: u64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        OrdersConfig {
+            priorities: PrioritiesConfig::default(),
+            categories: default_categories(),
+            max_description_chars: 2000,
+            max_text_chars: 2000,
+            max_note_chars: 500,
+            idempotency_secs: 48 * 3600,
+            feed_coalesce_ms: 100,
+        }
+    }
+}
+
+impl OrdersConfig {
+    pub fn policy(&self) -> crate::orders::Policy {
+        use crate::orders::core::{CategoryRule, Limits, PriorityRule};
+        let rule = |p: &PriorityConfig| PriorityRule {
+            deadline_secs: p.deadline_secs,
+            escalate_after_secs: p.escalate_after_secs,
+            skip_tiers: p.skip_tiers,
+        };
+        crate::orders::Policy {
+            categories: self
+                .categories
+                .iter()
+                .map(|c| {
+                    (
+                        c.id.clone(),
+                        CategoryRule {
+                            name: c.name.clone(),
+                            name_en: c.name_en.clone(),
+                            deadline_secs: c.deadline_secs,
+                        },
+                    )
+                })
+                .collect(),
+            priorities: [
+                rule(&self.priorities.routine),
+                rule(&self.priorities.urgent),
+                rule(&self.priorities.emergency),
+            ],
+            limits: Limits {
+                description: self.max_description_chars,
+                address: 200,
+                text: self.max_text_chars,
+                note: self.max_note_chars,
+                name: 50,
+                phone: 20,
+            },
+            idempotency_ms: self.idempotency_secs * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing filter, e.g. `info` or `gridhub=debug`; `RUST_LOG` wins when set.
     pub filter: String,
@@ -217,32 +385,44 @@ impl Config {
                 Err(_) => (String::new(), "built-in defaults".to_owned()),
             },
         };
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: shown.clone(),
             message: e.to_string(),
         })?;
+        // Defaults first, the file over them, the environment over both: a partial section or a
+        // single nested override still yields a complete configuration.
+        let mut table = match toml::Value::try_from(Config::default()) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        merge(&mut table, file);
         for (var, value) in env {
             let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            if path.len() != 2 || path.iter().any(|p| p.is_empty()) {
+            if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
                 return Err(ConfigError::Env {
                     var,
                     message: "expected GRIDHUB_<SECTION>__<KEY>, e.g. GRIDHUB_SERVER__LISTEN"
                         .into(),
                 });
             }
-            let section = table
-                .entry(path[0].clone())
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            let Some(section) = section.as_table_mut() else {
-                return Err(ConfigError::Env {
-                    var,
-                    message: format!("[{}] is not a section", path[0]),
-                });
-            };
-            section.insert(path[1].clone(), literal(&value));
+            let (key, sections) = path.split_last().expect("at least two parts");
+            let mut table = &mut table;
+            for (depth, name) in sections.iter().enumerate() {
+                let entry = table
+                    .entry(name.clone())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                let Some(inner) = entry.as_table_mut() else {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("[{}] is not a section", path[..=depth].join(".")),
+                    });
+                };
+                table = inner;
+            }
+            table.insert(key.clone(), literal(&value));
         }
         let config: Config =
             toml::Value::Table(table)
@@ -278,6 +458,18 @@ impl Config {
                 "transport.rate_per_sec and rate_burst must be positive".into(),
             ));
         }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.orders.categories {
+            if crate::org::NodeId::parse(&c.id).is_err() || !seen.insert(c.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "orders.categories: id {:?} is empty, malformed or repeated",
+                    c.id
+                )));
+            }
+        }
+        if self.orders.categories.is_empty() {
+            return Err(ConfigError::Invalid("orders.categories is empty".into()));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log.format must be \"text\" or \"json\", not {:?}",
@@ -285,6 +477,15 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The database file: relative paths are under the data folder.
+    pub fn store_path(&self) -> PathBuf {
+        if self.store.path.is_absolute() {
+            self.store.path.clone()
+        } else {
+            self.server.data_dir.join(&self.store.path)
+        }
     }
 
     /// The key file's path: relative paths are under the data folder.
@@ -306,6 +507,18 @@ impl Config {
             path: path.display().to_string(),
             source,
         })
+    }
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else is replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 
@@ -353,6 +566,13 @@ mod tests {
         assert_eq!(c.transport.heartbeat_timeout_ms, 4000);
         assert_eq!(c.server.listen.port(), 0);
         std::fs::remove_file(p).unwrap();
+        let c = Config::load(
+            None,
+            env(&[("GRIDHUB_ORDERS__PRIORITIES__URGENT__DEADLINE_SECS", "60")]),
+        )
+        .unwrap();
+        assert_eq!(c.orders.priorities.urgent.deadline_secs, 60);
+        assert_eq!(c.orders.priorities.routine.deadline_secs, 72 * 3600);
     }
 
     #[test]

@@ -15,8 +15,11 @@ use crate::auth::{Authority, Credential};
 use crate::backplane::Backplane;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::orders::feed::FeedHandle;
+use crate::orders::service::OrdersHandle;
 use crate::org::{NodeIdx, Org};
 use crate::presence::actor::{Event, PresenceHandle};
+use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::transport::conn::{Close, Conn, QueueLimits};
 
@@ -68,40 +71,57 @@ pub struct Hub {
     pub presence: PresenceHandle,
     pub backplane: Arc<dyn Backplane>,
     pub local: Arc<Registry>,
+    pub store: Arc<Store>,
+    pub orders: OrdersHandle,
+    pub feed: FeedHandle,
     pub shutdown: CancellationToken,
     /// Cleared when shutdown begins; `/readyz` reports it.
     pub accepting: AtomicBool,
     /// Most sockets this node holds at once (see `transport.max_connections`).
     pub max_connections: usize,
+    /// Sockets being answered 503 at once, beyond which a refused socket is just closed.
+    pub max_refusing: usize,
+    pub refusing: std::sync::atomic::AtomicUsize,
     next_conn: AtomicU64,
 }
 
+/// Everything a hub is made of, built by `app::start`.
+pub struct HubParts {
+    pub org: Arc<Org>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub authority: Arc<Authority>,
+    pub presence: PresenceHandle,
+    pub backplane: Arc<dyn Backplane>,
+    pub local: Arc<Registry>,
+    pub store: Arc<Store>,
+    pub orders: OrdersHandle,
+    pub feed: FeedHandle,
+    pub max_connections: usize,
+    pub max_refusing: usize,
+}
+
 impl Hub {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        org: Arc<Org>,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-        authority: Arc<Authority>,
-        presence: PresenceHandle,
-        backplane: Arc<dyn Backplane>,
-        local: Arc<Registry>,
-        max_connections: usize,
-    ) -> Hub {
+    pub fn new(p: HubParts) -> Hub {
         // Connection keys must differ across restarts (and, later, hub nodes): random high bits.
         let mut salt = [0u8; 4];
         let _ = getrandom::fill(&mut salt);
         Hub {
-            org,
-            config,
-            metrics,
-            authority,
-            presence,
-            backplane,
-            local,
+            org: p.org,
+            config: p.config,
+            metrics: p.metrics,
+            authority: p.authority,
+            presence: p.presence,
+            backplane: p.backplane,
+            local: p.local,
+            store: p.store,
+            orders: p.orders,
+            feed: p.feed,
             shutdown: CancellationToken::new(),
             accepting: AtomicBool::new(true),
-            max_connections,
+            max_connections: p.max_connections,
+            max_refusing: p.max_refusing,
+            refusing: Default::default(),
             next_conn: AtomicU64::new((u32::from_le_bytes(salt) as u64) << 32),
         }
     }
@@ -154,6 +174,9 @@ impl Hub {
             })
             .await;
         self.presence.forget(conn.key).await;
+        self.feed
+            .send(crate::orders::feed::Cmd::Forget(conn.key))
+            .await;
         self.metrics.connections.fetch_sub(1, Relaxed);
     }
 

@@ -22,6 +22,8 @@ pub enum Delivery {
     Offline,
     /// The terminal's connection is closing; the message was dropped.
     Dropped,
+    /// Connected but not resumed yet: the message goes out with the replay.
+    Deferred,
 }
 
 #[async_trait::async_trait]
@@ -32,6 +34,10 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Delivers an encoded frame to a terminal wherever it is connected.
     fn deliver(&self, to: NodeIdx, frame: &Bytes) -> Delivery;
+
+    /// Delivers durable outbox message `seq` live, if the terminal is connected and has resumed
+    /// its outbox; otherwise it is replayed when the terminal resumes.
+    fn deliver_outbox(&self, to: NodeIdx, seq: u64, frame: &Bytes) -> Delivery;
 
     fn name(&self) -> &'static str;
 }
@@ -61,6 +67,17 @@ impl Backplane for Memory {
                 SendOutcome::Written | SendOutcome::Queued => Delivery::Sent,
                 SendOutcome::Closed => Delivery::Dropped,
             },
+        }
+    }
+
+    fn deliver_outbox(&self, to: NodeIdx, seq: u64, frame: &Bytes) -> Delivery {
+        match self.local.get(to) {
+            Some(conn) if conn.outbox_offer(seq) => match conn.send(frame) {
+                SendOutcome::Written | SendOutcome::Queued => Delivery::Sent,
+                SendOutcome::Closed => Delivery::Dropped,
+            },
+            Some(_) => Delivery::Deferred,
+            None => Delivery::Offline,
         }
     }
 

@@ -2,7 +2,11 @@
 //! back up. `model` holds the types, `core` the state machine (no IO).
 
 pub mod core;
+pub mod feed;
 pub mod model;
+pub mod persist;
+pub mod service;
+pub mod wire;
 
 pub use self::core::{Act, Applied, Created, NewOrder, Notify, OrderError, Orders, Policy, Who};
 pub use self::model::{Action, Order, OrderId, Priority, Source, State};

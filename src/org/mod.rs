@@ -245,6 +245,20 @@ impl Org {
         self.tier_counts
     }
 
+    /// A hash of the tree's shape (ids and parents, in preorder): differs when the file changes
+    /// in a way that moves nodes.
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for n in &self.nodes {
+            let parent = n.parent.map_or(u32::MAX, |p| p.0);
+            for b in n.id.as_str().bytes().chain(parent.to_le_bytes()) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}-{}", self.nodes.len())
+    }
+
     /// Nodes that the city (root) reaches point to point: every node but the root.
     pub fn dispatchable(&self) -> usize {
         self.nodes.len().saturating_sub(1)

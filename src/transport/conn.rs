@@ -110,6 +110,9 @@ struct Outbox {
     broken: bool,
 }
 
+/// `outbox_cursor` before the terminal resumes: live outbox messages wait for the resume.
+const NOT_RESUMED: u64 = u64::MAX;
+
 /// Frames written per `writev` when flushing a queue.
 const FLUSH_BATCH: usize = 64;
 
@@ -124,6 +127,10 @@ pub struct Conn {
     pub(super) wake: Notify,
     /// Unix ms of the last frame received.
     last_seen: AtomicU64,
+    /// Highest durable outbox sequence delivered on this connection; `NOT_RESUMED` until the
+    /// terminal resumes its outbox. Only the store's writer thread changes it, so live pushes
+    /// and replays stay in sequence.
+    outbox_cursor: AtomicU64,
     metrics: Arc<Metrics>,
     limits: QueueLimits,
 }
@@ -149,6 +156,7 @@ impl Conn {
             out: Mutex::new(Outbox::default()),
             wake: Notify::new(),
             last_seen: AtomicU64::new(now_ms),
+            outbox_cursor: AtomicU64::new(NOT_RESUMED),
             metrics,
             limits,
         }
@@ -281,6 +289,21 @@ impl Conn {
             out.queue = VecDeque::new();
         }
         Ok(true)
+    }
+
+    /// The terminal has everything up to `last`; live outbox messages after it may flow.
+    pub fn outbox_resumed(&self, last: u64) {
+        self.outbox_cursor.store(last, Relaxed);
+    }
+
+    /// Whether outbox message `seq` should be sent live now (and records it as sent).
+    pub fn outbox_offer(&self, seq: u64) -> bool {
+        let cur = self.outbox_cursor.load(Relaxed);
+        if cur == NOT_RESUMED || seq <= cur {
+            return false;
+        }
+        self.outbox_cursor.store(seq, Relaxed);
+        true
     }
 
     pub(super) fn touch(&self, now_ms: u64) {

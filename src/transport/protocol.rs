@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::frame::text_frame_with;
-use crate::presence::wire::{SetRequest, SubscribeRequest, UnsubscribeRequest};
+use crate::orders::model::{Action, OrderId};
+use crate::orders::wire::{ActIn, CreateIn};
+use crate::org::NodeId;
+use crate::presence::wire::{SetRequest, SubscribeRequest, UnsubscribeRequest, from_data};
 
 pub const VERSION: u32 = 1;
 /// Longest request id echoed back; longer ones are refused so replies stay small.
@@ -66,6 +69,11 @@ pub enum ErrorCode {
     TooManySubscriptions,
     NotSubscribed,
     Unavailable,
+    IllegalTransition,
+    UnknownCategory,
+    InvalidTarget,
+    IdempotencyConflict,
+    VersionConflict,
 }
 
 impl ErrorCode {
@@ -85,6 +93,11 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::IllegalTransition => "illegal_transition",
+            ErrorCode::UnknownCategory => "unknown_category",
+            ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::VersionConflict => "version_conflict",
         }
     }
 }
@@ -141,6 +154,32 @@ pub struct Request {
     pub body: Body,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRef {
+    pub order: OrderId,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRef {
+    pub node: NodeId,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeIn {
+    /// The last sequence the terminal has; 0 for everything still kept.
+    #[serde(default)]
+    pub after: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckIn {
+    pub seq: u64,
+}
+
 /// Every request a terminal may send.
 #[derive(Debug)]
 pub enum Body {
@@ -148,7 +187,29 @@ pub enum Body {
     PresenceSet(SetRequest),
     PresenceSubscribe(SubscribeRequest),
     PresenceUnsubscribe(UnsubscribeRequest),
+    OrderCreate(Box<CreateIn>),
+    OrderAct(Action, Box<ActIn>),
+    OrderGet(OrderRef),
+    OrderRead(OrderRef),
+    OrdersSubscribe(NodeRef),
+    OrdersUnsubscribe(NodeRef),
+    OutboxResume(ResumeIn),
+    OutboxAck(AckIn),
 }
+
+/// The order actions, by request type.
+const ORDER_ACTIONS: [(&str, Action); 10] = [
+    ("order.dispatch", Action::Dispatch),
+    ("order.acknowledge", Action::Acknowledge),
+    ("order.return", Action::Return),
+    ("order.reassign", Action::Reassign),
+    ("order.escalate", Action::Escalate),
+    ("order.report", Action::Report),
+    ("order.review", Action::Review),
+    ("order.rate", Action::Rate),
+    ("order.publish", Action::Publish),
+    ("order.archive", Action::Archive),
+];
 
 impl Body {
     pub fn kind(&self) -> &'static str {
@@ -157,16 +218,44 @@ impl Body {
             Body::PresenceSet(_) => "presence.set",
             Body::PresenceSubscribe(_) => "presence.subscribe",
             Body::PresenceUnsubscribe(_) => "presence.unsubscribe",
+            Body::OrderCreate(_) => "order.create",
+            Body::OrderAct(a, _) => ORDER_ACTIONS
+                .iter()
+                .find(|(_, x)| x == a)
+                .map_or("order.act", |(k, _)| k),
+            Body::OrderGet(_) => "order.get",
+            Body::OrderRead(_) => "order.read",
+            Body::OrdersSubscribe(_) => "orders.subscribe",
+            Body::OrdersUnsubscribe(_) => "orders.unsubscribe",
+            Body::OutboxResume(_) => "outbox.resume",
+            Body::OutboxAck(_) => "outbox.ack",
         }
     }
 }
 
 /// The request types, for `unknown_type` messages.
-pub const KINDS: [&str; 4] = [
+pub const KINDS: [&str; 21] = [
     "ping",
     "presence.set",
     "presence.subscribe",
     "presence.unsubscribe",
+    "order.create",
+    "order.dispatch",
+    "order.acknowledge",
+    "order.return",
+    "order.reassign",
+    "order.escalate",
+    "order.report",
+    "order.review",
+    "order.rate",
+    "order.publish",
+    "order.archive",
+    "order.get",
+    "order.read",
+    "orders.subscribe",
+    "orders.unsubscribe",
+    "outbox.resume",
+    "outbox.ack",
 ];
 
 #[derive(Deserialize)]
@@ -246,6 +335,28 @@ pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
         "presence.unsubscribe" => {
             Body::PresenceUnsubscribe(UnsubscribeRequest::parse(data).map_err(invalid)?)
         }
+        "order.create" => Body::OrderCreate(from_data(kind, data).map_err(invalid)?),
+        "order.get" => Body::OrderGet(from_data(kind, data).map_err(invalid)?),
+        "order.read" => Body::OrderRead(from_data(kind, data).map_err(invalid)?),
+        "orders.subscribe" => Body::OrdersSubscribe(from_data(kind, data).map_err(invalid)?),
+        "orders.unsubscribe" => Body::OrdersUnsubscribe(from_data(kind, data).map_err(invalid)?),
+        "outbox.resume" => Body::OutboxResume(from_data(kind, data).map_err(invalid)?),
+        "outbox.ack" => Body::OutboxAck(from_data(kind, data).map_err(invalid)?),
+        other if other.starts_with("order.") && ORDER_ACTIONS.iter().any(|(k, _)| *k == other) => {
+            let action = ORDER_ACTIONS
+                .iter()
+                .find(|(k, _)| *k == other)
+                .map(|&(_, a)| a)
+                .expect("checked by the guard");
+            let a: Box<ActIn> = from_data(kind, data).map_err(invalid)?;
+            if a.order.is_none() {
+                return Err(fail(
+                    ErrorCode::InvalidData,
+                    format!("{other}: missing field `order`"),
+                ));
+            }
+            Body::OrderAct(action, a)
+        }
         other => {
             return Err(fail(
                 ErrorCode::UnknownType,
@@ -284,6 +395,21 @@ pub fn encode<T: Serialize>(kind: &str, re: Option<&ReqId>, data: &T) -> Bytes {
             },
         )
         .expect("serializing an outbound message");
+    })
+}
+
+/// A durable outbox message: `{"v":1,"type":"outbox","seq":N,"data":<payload>}`. The payload is
+/// stored JSON, copied in once.
+pub fn outbox_frame(seq: u64, payload: &str) -> Bytes {
+    text_frame_with(payload.len() + 48, |buf| {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            buf,
+            r#"{{"v":{VERSION},"type":"outbox","seq":{seq},"data":"#
+        );
+        buf.extend_from_slice(payload.as_bytes());
+        buf.push(b'}');
     })
 }
 

@@ -8,7 +8,7 @@
 //! directly with no per-connection buffers in between.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,11 +26,6 @@ use crate::api::error::ApiError;
 use crate::auth::AuthError;
 use crate::clock::now_ms;
 use crate::hub::Hub;
-
-/// Sockets being refused at once; beyond this a refused socket is simply closed.
-const MAX_REFUSING: usize = 64;
-
-static REFUSING: AtomicUsize = AtomicUsize::new(0);
 
 /// Serves until the hub's shutdown token is cancelled; then stops accepting (the listener is
 /// dropped) and returns. Open connections are drained by the caller.
@@ -66,12 +61,13 @@ pub async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, router: Router) {
 }
 
 /// Answers 503 at capacity, then closes after the peer has read it.
-fn refuse(hub: &Hub, stream: TcpStream) {
+fn refuse(hub: &Arc<Hub>, stream: TcpStream) {
     hub.metrics.refused_capacity.fetch_add(1, Relaxed);
-    if REFUSING.fetch_add(1, Relaxed) >= MAX_REFUSING {
-        REFUSING.fetch_sub(1, Relaxed);
+    if hub.refusing.fetch_add(1, Relaxed) >= hub.max_refusing {
+        hub.refusing.fetch_sub(1, Relaxed);
         return;
     }
+    let hub = Arc::clone(hub);
     const BODY: &str = r#"{"error":{"code":"at_capacity","message":"this hub node is at its connection limit; retry later or use another node"}}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
@@ -92,7 +88,7 @@ fn refuse(hub: &Hub, stream: TcpStream) {
             }
         })
         .await;
-        REFUSING.fetch_sub(1, Relaxed);
+        hub.refusing.fetch_sub(1, Relaxed);
     });
 }
 

@@ -57,6 +57,12 @@ struct Bucket {
     last: u64,
 }
 
+/// Where an orders-family request goes.
+enum Routed {
+    Orders(crate::orders::service::Cmd),
+    Feed(crate::orders::feed::Cmd),
+}
+
 struct Session {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
@@ -396,7 +402,104 @@ impl Session {
                     Box::pin(self.hub.presence.unsubscribe(conn, w, re.clone())).await
                 }
             },
+            body => {
+                // Orders and their feed: rarer per connection than heartbeats, and their
+                // commands are large, so the send is boxed rather than kept in every task.
+                match self.orders_command(body, re.clone(), kind) {
+                    Ok(Routed::Orders(cmd)) => Box::pin(self.hub.orders.send(cmd)).await,
+                    Ok(Routed::Feed(cmd)) => Box::pin(self.hub.feed.send(cmd)).await,
+                    Err((code, m)) => self.error(err(code, m)),
+                }
+            }
         }
+    }
+
+    /// Turns an order or feed request into a command for its service.
+    fn orders_command(
+        &self,
+        body: Body,
+        re: Option<crate::transport::protocol::ReqId>,
+        kind: &'static str,
+    ) -> Result<Routed, (ErrorCode, String)> {
+        use crate::orders::service::{Cmd, Reply};
+        let org = &self.hub.org;
+        let who = crate::orders::Who {
+            node: self.conn.endpoint,
+            role: self.conn.role,
+        };
+        let reply = Reply::Ws {
+            conn: Arc::clone(&self.conn),
+            re: re.clone(),
+            kind,
+        };
+        let at = Instant::now();
+        Ok(match body {
+            Body::OrderCreate(c) => {
+                let (new, key) = c
+                    .into_new(org)
+                    .map_err(|m| (ErrorCode::InvalidData, format!("order.create: {m}")))?;
+                Routed::Orders(Cmd::Create {
+                    who,
+                    new,
+                    key,
+                    reply,
+                    at,
+                })
+            }
+            Body::OrderAct(action, a) => {
+                let id = a.order.expect("checked when decoded");
+                let expect = a.version;
+                let act = a
+                    .into_act(action, org)
+                    .map_err(|m| (ErrorCode::InvalidData, m))?;
+                Routed::Orders(Cmd::Act {
+                    who,
+                    id,
+                    expect,
+                    act,
+                    reply,
+                    at,
+                })
+            }
+            Body::OrderGet(r) => Routed::Orders(Cmd::Get {
+                who,
+                id: r.order,
+                reply,
+            }),
+            Body::OrderRead(r) => Routed::Orders(Cmd::Read {
+                who,
+                id: r.order,
+                reply,
+            }),
+            Body::OutboxResume(r) => Routed::Orders(Cmd::Resume {
+                conn: Arc::clone(&self.conn),
+                after: r.after,
+                re,
+            }),
+            Body::OutboxAck(a) => Routed::Orders(Cmd::Ack {
+                conn: Arc::clone(&self.conn),
+                seq: a.seq,
+                re,
+            }),
+            Body::OrdersSubscribe(n) | Body::OrdersUnsubscribe(n) => {
+                let target = crate::presence::wire::Target::Node(n.node);
+                let Watch::Subtree(node) = self.watch_for(&target)? else {
+                    unreachable!("a node target is a subtree")
+                };
+                let conn = Arc::clone(&self.conn);
+                Routed::Feed(if kind == "orders.subscribe" {
+                    crate::orders::feed::Cmd::Subscribe { conn, node, re }
+                } else {
+                    crate::orders::feed::Cmd::Unsubscribe { conn, node, re }
+                })
+            }
+            Body::Ping
+            | Body::PresenceSet(_)
+            | Body::PresenceSubscribe(_)
+            | Body::PresenceUnsubscribe(_) => {
+                unreachable!("handled by dispatch")
+            }
+        })
     }
 
     /// Resolves a subscription target and checks it against the caller's scope.

@@ -98,16 +98,23 @@ async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
 
 #[tokio::test]
 async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_carry_on() {
-    // 64 open files: the hub keeps a quarter in reserve and caps sockets at 48.
-    let (_child, hub) = spawn_binary(Some("ulimit -n 64")).await;
+    // 128 open files: the hub subtracts what it has open at start-up and keeps a quarter of the
+    // limit in reserve.
+    let (_child, hub) = spawn_binary(Some("ulimit -n 128")).await;
     let text = String::from_utf8(crate::auth::http_raw(&hub, "/metrics", None).await.2).unwrap();
     assert!(
-        text.contains("gridhub_fd_limit 64"),
+        text.contains("gridhub_fd_limit 128"),
         "limit exposed in /metrics"
     );
-    assert!(text.contains("gridhub_connections_max 48"));
+    let cap: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gridhub_connections_max "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((40..=96).contains(&cap), "cap {cap}");
 
-    let ws = workers_under(&hub.org, HUANAN, 100);
+    let ws = workers_under(&hub.org, HUANAN, 120);
     let mut open = Vec::new();
     let mut refusal_seen = None;
     for w in &ws {
@@ -126,7 +133,12 @@ async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_ca
     let (status, body) = refusal_seen.expect("refused at the cap");
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "at_capacity");
-    assert!((40..=48).contains(&open.len()), "{} accepted", open.len());
+    // Sockets still finishing an upgrade count twice for a moment, so a few fewer may fit.
+    assert!(
+        (cap - 8..=cap).contains(&open.len()),
+        "{} accepted, cap {cap}",
+        open.len()
+    );
     // Everyone already connected still works.
     for t in &mut open {
         t.ping_ok().await;
@@ -138,7 +150,7 @@ async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_ca
     }
     let mut again = None;
     for _ in 0..50 {
-        if let Ok(s) = hub.open(Some(&hub.token(&ws[99]))).await {
+        if let Ok(s) = hub.open(Some(&hub.token(&ws[119]))).await {
             again = Some(s);
             break;
         }

@@ -1,0 +1,674 @@
+//! The async shell around the orders core.
+//!
+//! One task owns the core and decides every request in arrival order. A decision becomes one
+//! store job: the order row, the history event and the outbox messages it causes, written
+//! atomically. The job's completion runs on the store's writer thread right after the commit:
+//! it answers the requester, pushes the outbox messages to connected holders and feeds the
+//! consoles. Nothing is said to anyone before it is durable. Refusals and reads are answered
+//! through the same queue, so a terminal's replies come in the order it asked.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::core::{Act, Applied, Created, NewOrder, Notify, OrderError, Orders, Policy, Who};
+use super::feed::{FeedHandle, Item};
+use super::model::{Order, OrderId};
+use super::persist::{self, EventRow, OrderRow, OutboxRow, TransitionRows};
+use super::wire::{OrderDoc, Summary, request_hash};
+use crate::auth::Role;
+use crate::backplane::Backplane;
+use crate::clock::now_ms;
+use crate::org::{NodeIdx, Org};
+use crate::store::{Job, Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::transport::conn::Conn;
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, outbox_frame, reply};
+
+/// Outbox messages replayed per `outbox.resume`; the reply says when there are more.
+pub const REPLAY_MAX: usize = 1000;
+/// Acknowledgements are written at most this often (the latest per terminal).
+const ACK_FLUSH: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("orders are shutting down")]
+    Unavailable,
+}
+
+impl ServiceError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::Order(e) => e.code(),
+            ServiceError::Invalid(_) => "invalid_data",
+            ServiceError::Store(_) => "store_unavailable",
+            ServiceError::Unavailable => "unavailable",
+        }
+    }
+
+    fn ws_code(&self) -> ErrorCode {
+        match self.code() {
+            "not_found" => ErrorCode::NotFound,
+            "illegal_transition" => ErrorCode::IllegalTransition,
+            "out_of_scope" => ErrorCode::OutOfScope,
+            "unknown_category" => ErrorCode::UnknownCategory,
+            "invalid_target" => ErrorCode::InvalidTarget,
+            "idempotency_conflict" => ErrorCode::IdempotencyConflict,
+            "version_conflict" => ErrorCode::VersionConflict,
+            "invalid_data" => ErrorCode::InvalidData,
+            _ => ErrorCode::Unavailable,
+        }
+    }
+}
+
+pub type RestResult = Result<(bool, OrderDoc), ServiceError>;
+
+/// Where an answer goes.
+pub enum Reply {
+    Ws {
+        conn: Arc<Conn>,
+        re: Option<ReqId>,
+        kind: &'static str,
+    },
+    Rest(oneshot::Sender<RestResult>),
+    /// The hub's own actions (the deadline scheduler): nobody to answer.
+    None,
+}
+
+impl Reply {
+    /// `created`: a new order (REST answers 201).
+    pub fn ok(self, created: bool, doc: OrderDoc) {
+        match self {
+            Reply::Ws { conn, re, .. } => {
+                conn.send(&reply(re.as_ref(), &serde_json::json!({ "order": doc })));
+            }
+            Reply::Rest(tx) => {
+                let _ = tx.send(Ok((created, doc)));
+            }
+            Reply::None => {}
+        }
+    }
+
+    pub fn ok_json(self, data: serde_json::Value) {
+        if let Reply::Ws { conn, re, .. } = self {
+            conn.send(&reply(re.as_ref(), &data));
+        }
+    }
+
+    pub fn err(self, e: ServiceError) {
+        match self {
+            Reply::Ws { conn, re, kind } => {
+                let mut p = ProtoError::new(e.ws_code(), e.to_string());
+                p.re = re;
+                p.kind = Some(kind.into());
+                conn.send(&p.encode());
+            }
+            Reply::Rest(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::None => {}
+        }
+    }
+}
+
+pub enum Cmd {
+    Create {
+        who: Who,
+        new: NewOrder,
+        key: Option<String>,
+        reply: Reply,
+        at: Instant,
+    },
+    Act {
+        who: Who,
+        id: OrderId,
+        expect: Option<u32>,
+        act: Act,
+        reply: Reply,
+        at: Instant,
+    },
+    Get {
+        who: Who,
+        id: OrderId,
+        reply: Reply,
+    },
+    Read {
+        who: Who,
+        id: OrderId,
+        reply: Reply,
+    },
+    Resume {
+        conn: Arc<Conn>,
+        after: u64,
+        re: Option<ReqId>,
+    },
+    Ack {
+        conn: Arc<Conn>,
+        seq: u64,
+        re: Option<ReqId>,
+    },
+    /// Writes for these orders failed: take them back from the store.
+    Reload(Vec<OrderId>),
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct OrdersHandle {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl OrdersHandle {
+    pub async fn send(&self, cmd: Cmd) {
+        if let Err(e) = self.tx.send(cmd).await {
+            // The service has stopped (shutdown): say so to whoever asked.
+            match e.0 {
+                Cmd::Create { reply, .. }
+                | Cmd::Act { reply, .. }
+                | Cmd::Get { reply, .. }
+                | Cmd::Read { reply, .. } => reply.err(ServiceError::Unavailable),
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops after everything queued so far is decided and written.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// May `viewer` see this order at all?
+pub fn can_view(org: &Org, o: &Order, viewer: NodeIdx, role: Role) -> bool {
+    if o.chain.contains(&viewer) || o.report_chain.contains(&viewer) || o.holder == viewer {
+        return true;
+    }
+    role != Role::Worker
+        && (org.contains(viewer, o.holder)
+            || org.contains(viewer, o.place.node)
+            || org.contains(viewer, o.intake()))
+}
+
+/// The order as `viewer` may see it: the reporter's contact is shown to those handling the
+/// order and the centers above them, masked for everyone else.
+pub fn view_for(org: &Org, o: &Order, acked: u64, viewer: Option<(NodeIdx, Role)>) -> OrderDoc {
+    let doc = OrderDoc::of(org, o, acked);
+    match viewer {
+        None => doc,
+        Some((v, role)) => {
+            let handles = o.chain.contains(&v) || o.report_chain.contains(&v) || o.holder == v;
+            if handles || (role != Role::Worker && org.contains(v, o.intake())) {
+                doc
+            } else {
+                doc.masked()
+            }
+        }
+    }
+}
+
+struct Service {
+    core: Orders,
+    org: Arc<Org>,
+    store: Arc<Store>,
+    backplane: Arc<dyn Backplane>,
+    feed: FeedHandle,
+    metrics: Arc<Metrics>,
+    me: mpsc::Sender<Cmd>,
+    /// Per endpoint: last outbox sequence written, last acknowledged.
+    last_seq: Vec<u64>,
+    acked: Vec<u64>,
+    /// Endpoints whose acknowledgement changed since the last write, each once.
+    dirty_acks: Vec<NodeIdx>,
+    ack_dirty: Vec<bool>,
+}
+
+pub fn start(
+    org: Arc<Org>,
+    policy: Policy,
+    store: Arc<Store>,
+    backplane: Arc<dyn Backplane>,
+    feed: FeedHandle,
+    metrics: Arc<Metrics>,
+) -> Result<(OrdersHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let fingerprint = org.fingerprint();
+    let keys_since = now_ms().saturating_sub(policy.idempotency_ms);
+    let loaded = store.read_sync(|c| {
+        let moved = persist::reindex_nodes(c, &org, &fingerprint)?;
+        if moved > 0 {
+            tracing::warn!(
+                orders = moved,
+                "the org tree changed; order locations re-indexed"
+            );
+        }
+        persist::load(c, &org, keys_since)
+    })?;
+    for s in &loaded.skipped {
+        tracing::error!("not loaded: {s}");
+    }
+    let mut core = Orders::new(Arc::clone(&org), policy);
+    let open = loaded.open.len();
+    core.restore(loaded.open, loaded.next_id, loaded.keys);
+    let mut last_seq = vec![0; org.len()];
+    for (n, s) in loaded.last_seq {
+        last_seq[n.get()] = s;
+    }
+    let mut acked = vec![0; org.len()];
+    for (n, s) in loaded.acked {
+        acked[n.get()] = s;
+    }
+    tracing::info!(open, next_id = loaded.next_id, "orders loaded");
+    let (tx, rx) = mpsc::channel(crate::store::QUEUE);
+    let svc = Service {
+        core,
+        org,
+        store,
+        backplane,
+        feed,
+        metrics,
+        me: tx.clone(),
+        last_seq,
+        ack_dirty: vec![false; acked.len()],
+        acked,
+        dirty_acks: Vec::new(),
+    };
+    Ok((OrdersHandle { tx }, tokio::spawn(svc.run(rx))))
+}
+
+fn role_of(org: &Org, n: NodeIdx) -> Role {
+    Role::default_for(org.tier(n))
+}
+
+impl Service {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut buf = Vec::with_capacity(256);
+        let mut ack_tick = tokio::time::interval(ACK_FLUSH);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wait = self
+                .core
+                .next_deadline()
+                .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
+            tokio::select! {
+                n = rx.recv_many(&mut buf, 1024) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for cmd in buf.drain(..) {
+                        if let Cmd::Stop(done) = cmd {
+                            self.flush_acks().await;
+                            // Completes after every job queued before it has committed.
+                            self.after_commit(move || { let _ = done.send(()); }).await;
+                            return;
+                        }
+                        self.handle(cmd).await;
+                    }
+                }
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
+                    for applied in self.core.tick(now_ms()) {
+                        self.persist(applied, None, Reply::None, Instant::now(), false).await;
+                    }
+                }
+                _ = ack_tick.tick(), if !self.dirty_acks.is_empty() => self.flush_acks().await,
+            }
+        }
+    }
+
+    fn acked_of(&self, n: NodeIdx) -> u64 {
+        self.acked[n.get()]
+    }
+
+    /// Runs `f` on the writer thread once every job queued before it has committed.
+    async fn after_commit(&self, f: impl FnOnce() + Send + 'static) {
+        self.store
+            .submit_async(Job::new(|_| Ok(()), move |_| f()))
+            .await;
+    }
+
+    async fn reject(&self, reply: Reply, e: ServiceError) {
+        self.metrics.orders_rejected.fetch_add(1, Relaxed);
+        self.after_commit(move || reply.err(e)).await;
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        let now = now_ms();
+        match cmd {
+            Cmd::Create {
+                who,
+                new,
+                key,
+                reply,
+                at,
+            } => {
+                let idem = key.map(|k| {
+                    // Keys are per intake node: two centers may use the same key independently.
+                    let scoped = format!("{}:{k}", self.org.id(who.node));
+                    (scoped.into_boxed_str(), request_hash(&new))
+                });
+                match self.core.create(who, new, idem.clone(), now) {
+                    Err(e) => self.reject(reply, e.into()).await,
+                    Ok(Created::Replay(id)) => self.answer_existing(who, id, reply).await,
+                    Ok(Created::New(applied)) => {
+                        let idem = idem.map(|(k, h)| (k.into_string(), h));
+                        self.persist(*applied, idem, reply, at, true).await;
+                    }
+                }
+            }
+            Cmd::Act {
+                who,
+                id,
+                expect,
+                act,
+                reply,
+                at,
+            } => match self.core.act(who, id, expect, act.clone(), now) {
+                Ok(applied) => self.persist(applied, None, reply, at, false).await,
+                Err(OrderError::NotFound(id)) => self.not_open(who, id, act, reply).await,
+                Err(e) => self.reject(reply, e.into()).await,
+            },
+            Cmd::Get { who, id, reply } => self.answer_existing(who, id, reply).await,
+            Cmd::Read { who, id, reply } => {
+                let fresh = self.core.mark_read(id, who.node, now);
+                let Some(o) = self.core.get(id) else {
+                    return self.answer_existing(who, id, reply).await;
+                };
+                if !can_view(&self.org, o, who.node, who.role) {
+                    let e = OrderError::OutOfScope(format!("order {id} is outside your scope"));
+                    return self.reject(reply, e.into()).await;
+                }
+                let doc = view_for(
+                    &self.org,
+                    o,
+                    self.acked_of(o.holder),
+                    Some((who.node, who.role)),
+                );
+                if !fresh {
+                    return self.after_commit(move || reply.ok(false, doc)).await;
+                }
+                let full =
+                    serde_json::to_string(&OrderDoc::of(&self.org, o, self.acked_of(o.holder)))
+                        .expect("order documents serialize");
+                let endpoint = self.org.id(who.node).to_string();
+                self.store
+                    .submit_async(Job::new(
+                        move |c| {
+                            persist::write_read(
+                                c,
+                                "order",
+                                id.0,
+                                &endpoint,
+                                now,
+                                Some((id.0, &full)),
+                            )
+                        },
+                        move |r| match r {
+                            Ok(()) => reply.ok(false, doc),
+                            Err(e) => reply.err(e.into()),
+                        },
+                    ))
+                    .await;
+            }
+            Cmd::Resume { conn, after, re } => self.resume(conn, after, re).await,
+            Cmd::Ack { conn, seq, re } => {
+                let n = conn.endpoint;
+                if seq > self.last_seq[n.get()] {
+                    let reply = Reply::Ws {
+                        conn,
+                        re,
+                        kind: "outbox.ack",
+                    };
+                    let last = self.last_seq[n.get()];
+                    return self
+                        .reject(
+                            reply,
+                            ServiceError::Invalid(format!(
+                                "outbox.ack: sequence {seq} was never sent; the last is {last}"
+                            )),
+                        )
+                        .await;
+                }
+                if seq > self.acked[n.get()] {
+                    if !self.ack_dirty[n.get()] {
+                        self.ack_dirty[n.get()] = true;
+                        self.dirty_acks.push(n);
+                    }
+                    self.acked[n.get()] = seq;
+                }
+            }
+            Cmd::Reload(ids) => {
+                for id in ids {
+                    let doc = self.store.read(move |c| persist::order_doc(c, id)).await;
+                    match doc.ok().flatten().map(|d| d.to_order(&self.org)) {
+                        Some(Ok(o)) => self.core.reload(o),
+                        _ => self.core.forget(id),
+                    }
+                }
+            }
+            Cmd::Stop(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// An action on an order that is not open: archived (closed), or no such order.
+    async fn not_open(&self, who: Who, id: OrderId, act: Act, reply: Reply) {
+        let org = Arc::clone(&self.org);
+        let doc = self.store.read(move |c| persist::order_doc(c, id)).await;
+        let e = match doc {
+            Ok(Some(d)) => match d.to_order(&org) {
+                Ok(o) if can_view(&org, &o, who.node, who.role) => OrderError::IllegalTransition {
+                    action: act.action(),
+                    state: o.state,
+                    allowed: Vec::new(),
+                },
+                _ => OrderError::NotFound(id),
+            },
+            Ok(None) => OrderError::NotFound(id),
+            Err(e) => return self.reject(reply, e.into()).await,
+        };
+        self.reject(reply, e.into()).await;
+    }
+
+    /// Answers with an order's current (committed) state, from memory or from the store.
+    async fn answer_existing(&self, who: Who, id: OrderId, reply: Reply) {
+        if let Some(o) = self.core.get(id) {
+            if !can_view(&self.org, o, who.node, who.role) {
+                let e = OrderError::OutOfScope(format!("order {id} is outside your scope"));
+                return self.reject(reply, e.into()).await;
+            }
+            let doc = view_for(
+                &self.org,
+                o,
+                self.acked_of(o.holder),
+                Some((who.node, who.role)),
+            );
+            return self.after_commit(move || reply.ok(false, doc)).await;
+        }
+        let org = Arc::clone(&self.org);
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            match store.read(move |c| persist::order_doc(c, id)).await {
+                Ok(Some(d)) => match d.to_order(&org) {
+                    Ok(o) if can_view(&org, &o, who.node, who.role) => reply.ok(
+                        false,
+                        view_for(&org, &o, u64::MAX, Some((who.node, who.role))),
+                    ),
+                    _ => reply.err(OrderError::NotFound(id).into()),
+                },
+                Ok(None) => reply.err(OrderError::NotFound(id).into()),
+                Err(e) => reply.err(e.into()),
+            }
+        });
+    }
+
+    /// Makes a decision durable, then (on the writer thread) answers, pushes and feeds.
+    async fn persist(
+        &mut self,
+        mut applied: Applied,
+        idem: Option<(String, u64)>,
+        reply: Reply,
+        at: Instant,
+        created: bool,
+    ) {
+        let org = Arc::clone(&self.org);
+        let now = applied.event.at;
+        let id = applied.order.id;
+        // Sequence numbers first: the holder's copy records which message told it.
+        let mut messages = Vec::with_capacity(applied.notify.len());
+        for &(to, why) in &applied.notify {
+            let seq = {
+                let s = &mut self.last_seq[to.get()];
+                *s += 1;
+                *s
+            };
+            if why == Notify::Assigned && to == applied.order.holder {
+                applied.order.assigned_seq = Some(seq);
+                self.core.set_assigned_seq(id, to, seq);
+            }
+            messages.push((to, why, seq));
+        }
+        let o = &applied.order;
+        let acked = self.acked_of(o.holder);
+        let full = OrderDoc::of(&org, o, acked);
+        // Serializing our own document types cannot fail.
+        let doc_json = serde_json::to_string(&full).expect("order documents serialize");
+        let mut outbox = Vec::with_capacity(messages.len());
+        let mut pushes: Vec<(NodeIdx, u64, Bytes)> = Vec::with_capacity(messages.len());
+        for (to, why, seq) in messages {
+            let doc = view_for(&org, o, acked, Some((to, role_of(&org, to))));
+            let payload =
+                serde_json::to_string(&serde_json::json!({ "kind": why.kind(), "order": doc }))
+                    .expect("outbox payloads serialize");
+            pushes.push((to, seq, outbox_frame(seq, &payload)));
+            outbox.push(OutboxRow {
+                endpoint: org.id(to).to_string(),
+                seq,
+                at: now,
+                kind: why.kind(),
+                reference: Some(id.0),
+                payload,
+            });
+        }
+        let reply_doc = match &reply {
+            Reply::Ws { conn, .. } => view_for(&org, o, acked, Some((conn.endpoint, conn.role))),
+            _ => full,
+        };
+        let rows = TransitionRows {
+            order: OrderRow::of(&org, o, doc_json, idem),
+            event: EventRow::of(&org, &applied.event),
+            outbox,
+        };
+        let item = Item {
+            summary: Summary::of(&org, o),
+            node: o.place.node,
+            holder: o.holder,
+        };
+        let (backplane, feed, metrics, me) = (
+            Arc::clone(&self.backplane),
+            self.feed.clone(),
+            Arc::clone(&self.metrics),
+            self.me.clone(),
+        );
+        let n_out = pushes.len() as u64;
+        let job = Job::new(
+            move |c| persist::write_transition(c, &rows),
+            move |r| match r {
+                Ok(()) => {
+                    reply.ok(created, reply_doc);
+                    for (to, seq, frame) in &pushes {
+                        backplane.deliver_outbox(*to, *seq, frame);
+                    }
+                    metrics.push_latency.observe(at.elapsed());
+                    metrics.orders_transitions.fetch_add(1, Relaxed);
+                    metrics.outbox_messages.fetch_add(n_out, Relaxed);
+                    feed.publish_blocking(item);
+                }
+                Err(e) => {
+                    reply.err(e.into());
+                    let _ = me.try_send(Cmd::Reload(vec![id]));
+                }
+            },
+        );
+        self.store.submit_async(job).await;
+    }
+
+    async fn resume(&mut self, conn: Arc<Conn>, after: u64, re: Option<ReqId>) {
+        let last = self.last_seq[conn.endpoint.get()];
+        if after > last {
+            let reply = Reply::Ws {
+                conn,
+                re,
+                kind: "outbox.resume",
+            };
+            return self
+                .reject(reply, ServiceError::Invalid(format!(
+                    "outbox.resume: after {after} is beyond the last sequence {last}; resume from {last} or earlier"
+                )))
+                .await;
+        }
+        let endpoint = self.org.id(conn.endpoint).to_string();
+        let slot: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+        let fill = Arc::clone(&slot);
+        let job = Job::new(
+            move |c| {
+                let rows = persist::outbox_after(c, &endpoint, after, REPLAY_MAX)?;
+                *fill.lock().unwrap_or_else(|e| e.into_inner()) = rows;
+                Ok(())
+            },
+            move |r| {
+                if let Err(e) = r {
+                    return Reply::Ws {
+                        conn,
+                        re,
+                        kind: "outbox.resume",
+                    }
+                    .err(e.into());
+                }
+                let rows = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
+                let more = rows.len() == REPLAY_MAX;
+                let upto = rows.last().map_or(after, |r| r.0);
+                for (seq, payload) in &rows {
+                    conn.send(&outbox_frame(*seq, payload));
+                }
+                if !more {
+                    // Live messages flow from here; anything older was just replayed.
+                    conn.outbox_resumed(upto);
+                }
+                conn.send(&reply(
+                    re.as_ref(),
+                    &serde_json::json!({ "replayed": rows.len(), "last_seq": upto, "more": more }),
+                ));
+            },
+        );
+        self.store.submit_async(job).await;
+    }
+
+    async fn flush_acks(&mut self) {
+        if self.dirty_acks.is_empty() {
+            return;
+        }
+        let acks: Vec<(String, u64)> = self
+            .dirty_acks
+            .drain(..)
+            .map(|n| {
+                self.ack_dirty[n.get()] = false;
+                (self.org.id(n).to_string(), self.acked[n.get()])
+            })
+            .collect();
+        let now = now_ms();
+        self.store
+            .submit_async(Job::new(
+                move |c| persist::write_acks(c, &acks, now),
+                |_| {},
+            ))
+            .await;
+    }
+}
