@@ -223,6 +223,10 @@ mod tests {
         assert_eq!(connection_cap(20_000, 20, 256, 0), 19_724);
         assert_eq!(connection_cap(20_000, 20, 256, 500), 500);
         assert_eq!(connection_cap(20_000, 20, 256, 50_000), 19_724);
-        assert_eq!(connection_cap(128, 16, 256, 0), 80, "small limits keep a quarter");
+        assert_eq!(
+            connection_cap(128, 16, 256, 0),
+            80,
+            "small limits keep a quarter"
+        );
     }
 }

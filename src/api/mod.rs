@@ -2,6 +2,7 @@
 //! document, and the `/ws` upgrade. `router(hub)` builds it all, so tests drive it with `oneshot`.
 
 pub mod error;
+pub mod orders;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -11,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -25,7 +26,7 @@ use crate::scope;
 use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step).
-pub const ROUTES: [&str; 9] = [
+pub const ROUTES: [&str; 16] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -35,6 +36,13 @@ pub const ROUTES: [&str; 9] = [
     "/api/v1/org/nodes/{id}",
     "/api/v1/org/nodes/{id}/subtree",
     "/api/v1/presence",
+    "/api/v1/orders",
+    "/api/v1/orders/stats",
+    "/api/v1/orders/{id}",
+    "/api/v1/orders/{id}/history",
+    "/api/v1/orders/{id}/{action}",
+    "/api/v1/public/orders/{id}",
+    "/api/v1/categories",
 ];
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -50,6 +58,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/org/nodes/{id}", get(org_node))
         .route("/api/v1/org/nodes/{id}/subtree", get(org_subtree))
         .route("/api/v1/presence", get(presence))
+        .route("/api/v1/orders", get(orders::list).post(orders::create))
+        .route("/api/v1/orders/stats", get(orders::stats))
+        .route("/api/v1/orders/{id}", get(orders::get))
+        .route("/api/v1/orders/{id}/history", get(orders::history))
+        .route("/api/v1/orders/{id}/{action}", post(orders::act))
+        .route("/api/v1/public/orders/{id}", get(orders::public))
+        .route("/api/v1/categories", get(categories))
+        .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&hub),
@@ -94,6 +110,12 @@ impl FromRequestParts<Arc<Hub>> for Caller {
             now_ms() / 1000,
         )?))
     }
+}
+
+/// The order taxonomy and deadlines, for consoles building their forms.
+async fn categories(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
+    let o = &hub.config.orders;
+    Json(serde_json::json!({ "categories": o.categories, "priorities": o.priorities }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

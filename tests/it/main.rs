@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod connect;
+mod orders;
 mod presence;
 mod rest;
 mod shutdown;

@@ -152,11 +152,17 @@ impl Drop for TestHub {
 pub struct TestTerminal {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next: u64,
+    /// Messages that helpers skipped while waiting for something else (pushes, deltas).
+    pub skipped: Vec<Value>,
 }
 
 impl TestTerminal {
     pub fn new(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> TestTerminal {
-        TestTerminal { ws, next: 0 }
+        TestTerminal {
+            ws,
+            next: 0,
+            skipped: Vec::new(),
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -188,6 +194,7 @@ impl TestTerminal {
             if &m["re"] == id {
                 return m;
             }
+            self.skipped.push(m);
         }
     }
 
@@ -214,6 +221,7 @@ impl TestTerminal {
             if m["type"] == "presence.delta" {
                 return m;
             }
+            self.skipped.push(m);
         }
     }
 
@@ -233,6 +241,47 @@ impl TestTerminal {
                 None => panic!("stream ended without a close frame"),
             }
         }
+    }
+
+    /// Resumes the durable outbox after `after`; returns the reply's data.
+    pub async fn resume(&mut self, after: u64) -> Value {
+        let r = self.call("outbox.resume", json!({ "after": after })).await;
+        assert_eq!(r["type"], "reply", "{r}");
+        r["data"].clone()
+    }
+
+    /// The next durable outbox message: (seq, kind, order document).
+    pub async fn outbox(&mut self) -> (u64, String, Value) {
+        loop {
+            let m = self.recv().await;
+            if m["type"] == "outbox" {
+                return (
+                    m["seq"].as_u64().unwrap(),
+                    m["data"]["kind"].as_str().unwrap().to_owned(),
+                    m["data"]["order"].clone(),
+                );
+            }
+            self.skipped.push(m);
+        }
+    }
+
+    pub async fn ack(&mut self, seq: u64) {
+        self.send_text(&json!({"v": 1, "type": "outbox.ack", "data": {"seq": seq}}).to_string())
+            .await;
+    }
+
+    /// An order request that must succeed; returns the order document.
+    pub async fn order(&mut self, kind: &str, data: Value) -> Value {
+        let r = self.call(kind, data).await;
+        assert_eq!(r["type"], "reply", "{kind}: {r}");
+        r["data"]["order"].clone()
+    }
+
+    /// An order request that must fail; returns the error data.
+    pub async fn refused(&mut self, kind: &str, data: Value) -> Value {
+        let r = self.call(kind, data).await;
+        assert_eq!(r["type"], "error", "{kind} should be refused: {r}");
+        r["data"].clone()
     }
 
     pub async fn ping_ok(&mut self) {
@@ -266,6 +315,27 @@ pub fn aggregate<'a>(msg: &'a Value, node: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|a| a["node"] == node)
+}
+
+/// The chain of command from the city down to `leaf` (inclusive), as ids.
+pub fn chain_to(org: &Org, leaf: &str) -> Vec<String> {
+    let idx = org.lookup(leaf).unwrap();
+    let mut v: Vec<String> = org.ancestors(idx).map(|a| org.id(a).to_string()).collect();
+    v.reverse();
+    v.push(leaf.to_owned());
+    v
+}
+
+/// A valid `order.create` body located at `node`.
+pub fn new_order(node: &str, description: &str) -> Value {
+    json!({
+        "source": "hotline_12345",
+        "category": "noise",
+        "description": description,
+        "location": {"node": node, "lat": 46.81, "lon": 130.37, "address": "长安路 3 号"},
+        "priority": "routine",
+        "reporter": {"name": "张伟", "phone": "13812345678"}
+    })
 }
 
 /// Some worker (leaf) under `node`, and a second one, from the org tree.

@@ -1,0 +1,545 @@
+//! REST for work orders: the same actions as the WebSocket protocol, for integrators
+//! (12345 hotline, 110/120, emergency command) and consoles.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rusqlite::params_from_iter;
+use serde::{Deserialize, Serialize};
+
+use super::Caller;
+use super::error::ApiError;
+use crate::auth::{Credential, Role};
+use crate::clock::now_ms;
+use crate::hub::Hub;
+use crate::orders::Who;
+use crate::orders::model::{Action, OrderId, Priority, State as OrderState};
+use crate::orders::persist;
+use crate::orders::service::{Cmd, Reply, RestResult, ServiceError, can_view, view_for};
+use crate::orders::wire::{ActIn, CreateIn, OrderDoc, check_key};
+use crate::org::{NodeIdx, Tier};
+use crate::scope;
+
+/// Largest request body accepted by the order routes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let status = match e.code() {
+            "not_found" => StatusCode::NOT_FOUND,
+            "illegal_transition" | "idempotency_conflict" | "version_conflict" => {
+                StatusCode::CONFLICT
+            }
+            "out_of_scope" => StatusCode::FORBIDDEN,
+            "unknown_category" | "invalid_target" => StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_data" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+fn who(c: &Credential) -> Who {
+    Who {
+        node: c.endpoint,
+        role: c.role,
+    }
+}
+
+fn body_error(e: JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("the request body exceeds {MAX_BODY} bytes"),
+        );
+    }
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", e.body_text())
+}
+
+async fn ask(hub: &Hub, make: impl FnOnce(Reply) -> Cmd) -> RestResult {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    hub.orders.send(make(Reply::Rest(tx))).await;
+    rx.await.unwrap_or(Err(ServiceError::Unavailable))
+}
+
+fn order_response(r: RestResult) -> Result<Response, ApiError> {
+    let (created, doc) = r?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(serde_json::json!({ "order": doc }))).into_response())
+}
+
+/// `POST /api/v1/orders` — `Idempotency-Key` makes a retried create return the same order.
+pub async fn create(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    headers: HeaderMap,
+    body: Result<Json<CreateIn>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(mut body) = body.map_err(body_error)?;
+    if let Some(k) = headers.get("idempotency-key") {
+        let k = k.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_data",
+                "Idempotency-Key must be ASCII",
+            )
+        })?;
+        check_key(k).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", m))?;
+        body.idempotency_key = Some(k.to_owned());
+    }
+    let (new, key) = body
+        .into_new(&hub.org)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", m))?;
+    let at = Instant::now();
+    order_response(
+        ask(&hub, |reply| Cmd::Create {
+            who: who(&c),
+            new,
+            key,
+            reply,
+            at,
+        })
+        .await,
+    )
+}
+
+pub async fn get(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    order_response(
+        ask(&hub, |reply| Cmd::Get {
+            who: who(&c),
+            id: OrderId(id),
+            reply,
+        })
+        .await,
+    )
+}
+
+/// `POST /api/v1/orders/{id}/{action}`.
+pub async fn act(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path((id, action)): Path<(u64, String)>,
+    body: Result<Json<ActIn>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let action = Action::parse(&action).filter(|a| *a != Action::Create).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no order action {action:?}; actions: dispatch, acknowledge, return, reassign, escalate, report, review, rate, publish, archive"
+        ))
+    })?;
+    // An empty body is fine for actions without fields (acknowledge, archive).
+    let a = match body {
+        Ok(Json(a)) => a,
+        Err(JsonRejection::MissingJsonContentType(_)) => ActIn::default(),
+        Err(e) => return Err(body_error(e)),
+    };
+    if a.order.is_some_and(|o| o.0 != id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            "`order` in the body differs from the path",
+        ));
+    }
+    let expect = a.version;
+    let act = a
+        .into_act(action, &hub.org)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", m))?;
+    let at = Instant::now();
+    order_response(
+        ask(&hub, |reply| Cmd::Act {
+            who: who(&c),
+            id: OrderId(id),
+            expect,
+            act,
+            reply,
+            at,
+        })
+        .await,
+    )
+}
+
+/// Loads an order's document and checks the caller may see it.
+async fn visible_doc(hub: &Arc<Hub>, c: &Credential, id: OrderId) -> Result<OrderDoc, ApiError> {
+    let doc = hub
+        .store
+        .read(move |conn| persist::order_doc(conn, id))
+        .await
+        .map_err(|e| ApiError::from(ServiceError::from(e)))?
+        .ok_or_else(|| ApiError::not_found(format!("no order {id}")))?;
+    let o = doc
+        .to_order(&hub.org)
+        .map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m))?;
+    if !can_view(&hub.org, &o, c.endpoint, c.role) {
+        return Err(ApiError::not_found(format!("no order {id}")));
+    }
+    Ok(view_for(&hub.org, &o, u64::MAX, Some((c.endpoint, c.role))))
+}
+
+#[derive(Serialize)]
+struct EventOut {
+    seq: u32,
+    at: u64,
+    actor: String,
+    action: String,
+    #[serde(flatten)]
+    detail: serde_json::Value,
+}
+
+pub async fn history(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let id = OrderId(id);
+    visible_doc(&hub, &c, id).await?;
+    let events = hub
+        .store
+        .read(move |conn| {
+            let mut st = conn.prepare_cached(
+                "SELECT seq, at, actor, kind, data FROM order_events WHERE order_id = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map([id.0 as i64], |r| {
+                Ok(EventOut {
+                    seq: r.get(0)?,
+                    at: r.get::<_, i64>(1)? as u64,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    detail: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::from(ServiceError::from(e)))?;
+    Ok(Json(serde_json::json!({ "order": id, "events": events })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    node: Option<String>,
+    state: Option<String>,
+    category: Option<String>,
+    priority: Option<Priority>,
+    holder: Option<String>,
+    late: Option<bool>,
+    /// Created at or after (Unix ms).
+    from: Option<u64>,
+    /// Created before (Unix ms).
+    to: Option<u64>,
+    /// Paging: orders with ids below this (the previous page's `next`).
+    after: Option<u64>,
+    limit: Option<usize>,
+    token: Option<String>,
+}
+
+/// The subtree a query is about: the given node (checked against scope) or the caller's own.
+fn subtree_of(hub: &Hub, c: &Credential, node: Option<&str>) -> Result<NodeIdx, ApiError> {
+    let n = match node {
+        None => c.endpoint,
+        Some(id) => hub
+            .org
+            .lookup(id)
+            .ok_or_else(|| ApiError::not_found(format!("no node {id} in the org tree")))?,
+    };
+    if !scope::can_watch_subtree(&hub.org, c, n) {
+        return Err(ApiError::out_of_scope(format!(
+            "the subtree of {} is outside your scope",
+            hub.org.id(n)
+        )));
+    }
+    Ok(n)
+}
+
+pub async fn list(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    let node = subtree_of(&hub, &c, q.node.as_deref())?;
+    let range = hub.org.subtree(node);
+    let mut sql = String::from("SELECT doc FROM orders WHERE node_pre >= ? AND node_pre < ?");
+    let mut args: Vec<rusqlite::types::Value> =
+        vec![(range.start as i64).into(), (range.end as i64).into()];
+    if let Some(s) = &q.state {
+        let s = OrderState::parse(s)
+            .ok_or_else(|| ApiError::bad_query(format!("unknown state {s:?}")))?;
+        sql.push_str(" AND state = ?");
+        args.push(s.as_str().to_owned().into());
+    }
+    if let Some(cat) = &q.category {
+        if !hub.config.orders.categories.iter().any(|x| &x.id == cat) {
+            return Err(ApiError::bad_query(format!("unknown category {cat:?}")));
+        }
+        sql.push_str(" AND category = ?");
+        args.push(cat.clone().into());
+    }
+    if let Some(p) = q.priority {
+        sql.push_str(" AND priority = ?");
+        args.push(p.as_str().to_owned().into());
+    }
+    if let Some(h) = &q.holder {
+        hub.org
+            .lookup(h)
+            .ok_or_else(|| ApiError::bad_query(format!("no node {h}")))?;
+        sql.push_str(" AND holder = ?");
+        args.push(h.clone().into());
+    }
+    if q.late == Some(true) {
+        sql.push_str(
+            " AND state NOT IN ('result_reported','rated','published','archived') AND (supervision > 0 OR due_at < ?)",
+        );
+        args.push((now_ms() as i64).into());
+    }
+    if let Some(f) = q.from {
+        sql.push_str(" AND created_at >= ?");
+        args.push((f as i64).into());
+    }
+    if let Some(t) = q.to {
+        sql.push_str(" AND created_at < ?");
+        args.push((t as i64).into());
+    }
+    if let Some(a) = q.after {
+        sql.push_str(" AND id < ?");
+        args.push((a as i64).into());
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push((limit as i64).into());
+    let docs: Vec<String> = hub
+        .store
+        .read(move |conn| {
+            let mut st = conn.prepare(&sql)?;
+            let rows = st.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })
+        .await
+        .map_err(|e| ApiError::from(ServiceError::from(e)))?;
+    let mut out = Vec::with_capacity(docs.len());
+    for d in docs {
+        let Ok(doc) = serde_json::from_str::<OrderDoc>(&d) else {
+            continue;
+        };
+        let Ok(o) = doc.to_order(&hub.org) else {
+            continue;
+        };
+        out.push(view_for(&hub.org, &o, u64::MAX, Some((c.endpoint, c.role))));
+    }
+    let next = (out.len() == limit)
+        .then(|| out.last().map(|d| d.id))
+        .flatten();
+    let _ = q.token;
+    Ok(Json(serde_json::json!({ "orders": out, "next": next })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    node: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Serialize, Default, Clone, Copy)]
+struct Counts {
+    received: u64,
+    closed: u64,
+    in_progress: u64,
+}
+
+pub async fn stats(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    let _ = q.token;
+    if c.role == Role::Worker {
+        return Err(ApiError::out_of_scope(
+            "order statistics are for centers and stations",
+        ));
+    }
+    let node = subtree_of(&hub, &c, q.node.as_deref())?;
+    let org = Arc::clone(&hub.org);
+    let range = org.subtree(node);
+    let children: Vec<(NodeIdx, std::ops::Range<usize>)> = org
+        .children(node)
+        .iter()
+        .map(|&ch| (ch, org.subtree(ch)))
+        .collect();
+    let now = now_ms() as i64;
+    let out = hub
+        .store
+        .read(move |conn| {
+            let (lo, hi) = (range.start as i64, range.end as i64);
+            let mut by_state = BTreeMap::new();
+            {
+                let mut st = conn.prepare_cached(
+                    "SELECT state, COUNT(*) FROM orders WHERE node_pre >= ?1 AND node_pre < ?2 GROUP BY state",
+                )?;
+                for row in st.query_map([lo, hi], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                    let (s, n) = row?;
+                    by_state.insert(s, n as u64);
+                }
+            }
+            let group = |col: &str| -> rusqlite::Result<BTreeMap<String, Counts>> {
+                let mut st = conn.prepare(&format!(
+                    "SELECT {col}, COUNT(*), SUM(state = 'archived') FROM orders
+                     WHERE node_pre >= ?1 AND node_pre < ?2 GROUP BY {col}"
+                ))?;
+                let mut m = BTreeMap::new();
+                for row in st.query_map([lo, hi], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })? {
+                    let (k, n, closed) = row?;
+                    m.insert(k, Counts { received: n as u64, closed: closed as u64, in_progress: (n - closed) as u64 });
+                }
+                Ok(m)
+            };
+            let by_category = group("category")?;
+            let by_priority = group("priority")?;
+            let by_source = group("source")?;
+            let (rated, satisfied, mean): (i64, i64, Option<f64>) = conn.query_row(
+                "SELECT COUNT(score), COALESCE(SUM(satisfied), 0), AVG(score) FROM orders
+                 WHERE node_pre >= ?1 AND node_pre < ?2 AND score IS NOT NULL",
+                [lo, hi],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let late: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM orders WHERE node_pre >= ?1 AND node_pre < ?2
+                 AND state NOT IN ('result_reported','rated','published','archived')
+                 AND (supervision > 0 OR due_at < ?3)",
+                [lo, hi, now],
+                |r| r.get(0),
+            )?;
+            let mut per_child = Vec::with_capacity(children.len());
+            {
+                let mut st = conn.prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(state = 'archived'), 0) FROM orders WHERE node_pre >= ?1 AND node_pre < ?2",
+                )?;
+                for (ch, r) in &children {
+                    let (n, closed): (i64, i64) =
+                        st.query_row([r.start as i64, r.end as i64], |x| Ok((x.get(0)?, x.get(1)?)))?;
+                    per_child.push((*ch, Counts { received: n as u64, closed: closed as u64, in_progress: (n - closed) as u64 }));
+                }
+            }
+            let mut holders = Vec::new();
+            {
+                let mut st = conn.prepare_cached(
+                    "SELECT holder, COUNT(*) FROM orders WHERE node_pre >= ?1 AND node_pre < ?2
+                     AND state != 'archived' GROUP BY holder",
+                )?;
+                for row in st.query_map([lo, hi], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                    holders.push(row?);
+                }
+            }
+            Ok((by_state, by_category, by_priority, by_source, rated, satisfied, mean, late, per_child, holders))
+        })
+        .await
+        .map_err(|e| ApiError::from(ServiceError::from(e)))?;
+    let (
+        by_state,
+        by_category,
+        by_priority,
+        by_source,
+        rated,
+        satisfied,
+        mean,
+        late,
+        per_child,
+        holders,
+    ) = out;
+    let received: u64 = by_state.values().sum();
+    let closed = by_state.get("archived").copied().unwrap_or(0);
+    let mut by_tier: BTreeMap<&'static str, u64> =
+        Tier::ALL.iter().map(|t| (t.as_str(), 0)).collect();
+    for (h, n) in holders {
+        if let Some(i) = org.lookup(&h) {
+            *by_tier.entry(org.tier(i).as_str()).or_default() += n as u64;
+        }
+    }
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let by_node: Vec<serde_json::Value> = per_child
+        .iter()
+        .map(|(ch, k)| {
+            let n = org.node(*ch);
+            serde_json::json!({
+                "node": n.id, "name": n.name, "tier": n.tier,
+                "received": k.received, "closed": k.closed, "in_progress": k.in_progress,
+                "completion_rate": ratio(k.closed, k.received),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "node": org.id(node),
+        "received": received,
+        "closed": closed,
+        "in_progress": received - closed,
+        "completion_rate": ratio(closed, received),
+        "late": late,
+        "rated": rated,
+        "satisfied": satisfied,
+        "satisfaction_rate": ratio(satisfied as u64, rated as u64),
+        "mean_score": mean,
+        "by_state": by_state,
+        "by_category": by_category,
+        "by_priority": by_priority,
+        "by_source": by_source,
+        "open_by_holder_tier": by_tier,
+        "by_node": by_node,
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/public/orders/{id}` — 信息公示: what a published order says to the public.
+pub async fn public(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let id = OrderId(id);
+    let doc = hub
+        .store
+        .read(move |conn| persist::order_doc(conn, id))
+        .await
+        .map_err(|e| ApiError::from(ServiceError::from(e)))?;
+    let not_public = || ApiError::not_found(format!("order {id} is not published"));
+    let doc = doc.ok_or_else(not_public)?;
+    if !matches!(doc.state, OrderState::Published | OrderState::Archived) {
+        return Err(not_public());
+    }
+    let summary = doc.summary.clone().ok_or_else(not_public)?;
+    let node = hub.org.lookup(&doc.location.node).map(|n| hub.org.node(n));
+    let category = hub
+        .config
+        .orders
+        .categories
+        .iter()
+        .find(|c| c.id == doc.category);
+    Ok(Json(serde_json::json!({
+        "id": doc.id,
+        "category": doc.category,
+        "category_name": category.map(|c| c.name.as_str()),
+        "node": doc.location.node,
+        "node_name": node.map(|n| n.name.as_ref()),
+        "created_at": doc.created_at,
+        "closed_at": doc.closed_at,
+        "state": doc.state,
+        "summary": summary,
+        "reporter": doc.masked().reporter,
+    }))
+    .into_response())
+}
