@@ -152,8 +152,9 @@ impl Drop for TestHub {
 pub struct TestTerminal {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next: u64,
-    /// Messages that helpers skipped while waiting for something else (pushes, deltas).
-    pub skipped: Vec<Value>,
+    /// Messages received while waiting for something else (pushes, deltas): later helpers look
+    /// here first, and tests can inspect them.
+    pub pending: std::collections::VecDeque<Value>,
 }
 
 impl TestTerminal {
@@ -161,7 +162,7 @@ impl TestTerminal {
         TestTerminal {
             ws,
             next: 0,
-            skipped: Vec::new(),
+            pending: Default::default(),
         }
     }
 
@@ -189,17 +190,32 @@ impl TestTerminal {
     }
 
     pub async fn reply_to(&mut self, id: &Value) -> Value {
+        self.next_where(|m| &m["re"] == id).await
+    }
+
+    /// The first message (queued or new) that matches; others stay queued in order.
+    pub async fn next_where(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.pending.iter().position(&want) {
+            return self.pending.remove(i).expect("index from position");
+        }
         loop {
-            let m = self.recv().await;
-            if &m["re"] == id {
+            let m = self.read().await;
+            if want(&m) {
                 return m;
             }
-            self.skipped.push(m);
+            self.pending.push_back(m);
         }
     }
 
-    /// The next JSON message; panics on close or after PATIENCE.
+    /// The next JSON message (queued ones first); panics on close or after PATIENCE.
     pub async fn recv(&mut self) -> Value {
+        match self.pending.pop_front() {
+            Some(m) => m,
+            None => self.read().await,
+        }
+    }
+
+    async fn read(&mut self) -> Value {
         loop {
             let m = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -216,13 +232,7 @@ impl TestTerminal {
 
     /// The next `presence.delta`.
     pub async fn delta(&mut self) -> Value {
-        loop {
-            let m = self.recv().await;
-            if m["type"] == "presence.delta" {
-                return m;
-            }
-            self.skipped.push(m);
-        }
+        self.next_where(|m| m["type"] == "presence.delta").await
     }
 
     /// Reads until the hub closes; returns the close code and reason.
@@ -252,17 +262,12 @@ impl TestTerminal {
 
     /// The next durable outbox message: (seq, kind, order document).
     pub async fn outbox(&mut self) -> (u64, String, Value) {
-        loop {
-            let m = self.recv().await;
-            if m["type"] == "outbox" {
-                return (
-                    m["seq"].as_u64().unwrap(),
-                    m["data"]["kind"].as_str().unwrap().to_owned(),
-                    m["data"]["order"].clone(),
-                );
-            }
-            self.skipped.push(m);
-        }
+        let m = self.next_where(|m| m["type"] == "outbox").await;
+        (
+            m["seq"].as_u64().unwrap(),
+            m["data"]["kind"].as_str().unwrap().to_owned(),
+            m["data"]["order"].clone(),
+        )
     }
 
     pub async fn ack(&mut self, seq: u64) {
