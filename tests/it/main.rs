@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod connect;
+mod durability;
 mod orders;
 mod presence;
 mod rest;

@@ -1,12 +1,6 @@
 //! Graceful shutdown and the open-file limit, including against the real binary.
 
-use std::process::Stdio;
 use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-use gridhub::org::Org;
 
 use crate::auth::http_get;
 use crate::support::*;
@@ -28,59 +22,9 @@ async fn shutdown_tells_every_terminal_and_drains() {
     }
 }
 
-/// The real binary on a free port with the test key; returns the child and its address.
-async fn spawn_binary(shell_prefix: Option<&str>) -> (Child, TestHub) {
-    let bin = env!("CARGO_BIN_EXE_gridhub");
-    let data = temp_dir("bin");
-    let mut cmd = match shell_prefix {
-        // `ulimit` is a shell builtin: set it, then become the hub.
-        Some(prefix) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!("{prefix} && exec \"$0\" serve"))
-                .arg(bin);
-            c
-        }
-        None => {
-            let mut c = Command::new(bin);
-            c.arg("serve");
-            c
-        }
-    };
-    cmd.current_dir(repo())
-        .env("GRIDHUB_SERVER__LISTEN", "127.0.0.1:0")
-        .env("GRIDHUB_SERVER__DATA_DIR", data.to_str().unwrap())
-        .env("GRIDHUB_AUTH__SECRET", SECRET)
-        .env("GRIDHUB_LOG__FILTER", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("gridhub binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("prints its address")
-        .unwrap()
-        .expect("a line");
-    let addr = line.rsplit("http://").next().unwrap().trim();
-    (child, remote(addr, data))
-}
-
-/// A TestHub-like handle for a hub in another process; `data` is removed on drop.
-fn remote(addr: &str, data: std::path::PathBuf) -> TestHub {
-    let org = Org::load(&repo().join("config/org/jiamusi.csv")).unwrap();
-    TestHub {
-        running: None,
-        data_dir: Some(data),
-        addr: addr.parse().unwrap(),
-        org: std::sync::Arc::new(org),
-        auth: gridhub::auth::Authority::new(SECRET.as_bytes()).unwrap(),
-    }
-}
-
 #[tokio::test]
 async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
-    let (mut child, hub) = spawn_binary(None).await;
+    let (mut child, hub) = spawn_binary(None, None, &[]).await;
     let mut a = hub.connect(DONGFENG).await;
     let mut b = hub.connect(&workers_under(&hub.org, HUANAN, 1)[0]).await;
     a.ping_ok().await;
@@ -100,7 +44,7 @@ async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
 async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_carry_on() {
     // 128 open files: the hub subtracts what it has open at start-up and keeps a quarter of the
     // limit in reserve.
-    let (_child, hub) = spawn_binary(Some("ulimit -n 128")).await;
+    let (_child, hub) = spawn_binary(Some("ulimit -n 128"), None, &[]).await;
     let text = String::from_utf8(crate::auth::http_raw(&hub, "/metrics", None).await.2).unwrap();
     assert!(
         text.contains("gridhub_fd_limit 128"),

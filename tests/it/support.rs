@@ -353,3 +353,94 @@ pub fn workers_under(org: &Org, node: &str, n: usize) -> Vec<String> {
         .map(|i| org.id(i).to_string())
         .collect()
 }
+
+/// The real `gridhub serve` on a free port with the test key, optionally under a shell prefix
+/// (`ulimit -n 128`), a given data folder (kept: the caller owns it) and extra settings.
+pub async fn spawn_binary(
+    shell_prefix: Option<&str>,
+    data: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, TestHub) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let bin = env!("CARGO_BIN_EXE_gridhub");
+    let (data, owned) = match data {
+        Some(d) => (d.to_owned(), false),
+        None => (temp_dir("bin"), true),
+    };
+    let mut cmd = match shell_prefix {
+        // `ulimit` is a shell builtin: set it, then become the hub.
+        Some(prefix) => {
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{prefix} && exec \"$0\" serve"))
+                .arg(bin);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new(bin);
+            c.arg("serve");
+            c
+        }
+    };
+    cmd.current_dir(repo())
+        .env("GRIDHUB_SERVER__LISTEN", "127.0.0.1:0")
+        .env("GRIDHUB_SERVER__DATA_DIR", data.to_str().unwrap())
+        .env("GRIDHUB_AUTH__SECRET", SECRET)
+        .env("GRIDHUB_LOG__FILTER", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("gridhub binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("prints its address")
+        .unwrap()
+        .expect("a line");
+    let addr = line.rsplit("http://").next().unwrap().trim();
+    let org = Org::load(&repo().join("config/org/jiamusi.csv")).unwrap();
+    let hub = TestHub {
+        running: None,
+        data_dir: owned.then_some(data),
+        addr: addr.parse().unwrap(),
+        org: Arc::new(org),
+        auth: Authority::new(SECRET.as_bytes()).unwrap(),
+    };
+    (child, hub)
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body over a real socket: status and JSON body. Fails
+/// (instead of panicking) when the hub is gone, for tests that kill it.
+pub async fn try_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+    key: Option<&str>,
+) -> std::io::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let key = key
+        .map(|k| format!("idempotency-key: {k}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\n{key}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
