@@ -86,7 +86,7 @@ pub struct HoldStats {
     pub closed_by_hub: Option<u16>,
 }
 
-const PING: &str = r#"{"v":1,"type":"ping"}"#;
+const PING: &str = r#"{"v":1,"id":0,"type":"ping"}"#;
 
 /// Holds a terminal: heartbeats at `interval` (first after `phase`), runs commands, counts
 /// replies, until `stop`; then closes politely.

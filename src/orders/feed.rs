@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::org::{NodeIdx, Org};
 use crate::presence::ConnKey;
 use crate::transport::conn::Conn;
-use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, encode, reply};
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, encode, success};
 
 /// One committed change: the summary, and where the order is and who holds it.
 pub struct Item {
@@ -195,7 +195,9 @@ pub fn spawn(org: Arc<Org>, window_ms: u64, max_subs: usize) -> FeedHandle {
                             Cmd::Item(item) => feed.publish(item),
                             Cmd::Subscribe { conn, node, re } => {
                                 if feed.subscribe(conn.key, node) {
-                                    conn.send(&reply(re.as_ref(), &serde_json::json!({})));
+                                    if let Some(f) = success(re.as_ref(), "orders.subscribe", &serde_json::json!({})) {
+                                        conn.send(&f);
+                                    }
                                     conns.insert(conn.key, conn);
                                 } else {
                                     let mut e = ProtoError::new(
@@ -209,7 +211,9 @@ pub fn spawn(org: Arc<Org>, window_ms: u64, max_subs: usize) -> FeedHandle {
                             }
                             Cmd::Unsubscribe { conn, node, re } => {
                                 if feed.unsubscribe(conn.key, node) {
-                                    conn.send(&reply(re.as_ref(), &serde_json::json!({})));
+                                    if let Some(f) = success(re.as_ref(), "orders.unsubscribe", &serde_json::json!({})) {
+                                        conn.send(&f);
+                                    }
                                 } else {
                                     let mut e = ProtoError::new(
                                         ErrorCode::NotSubscribed,

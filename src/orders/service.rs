@@ -26,7 +26,7 @@ use crate::org::{NodeIdx, Org};
 use crate::store::{Job, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::transport::conn::Conn;
-use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, outbox_frame, reply};
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, outbox_frame, reply, success};
 
 /// Outbox messages replayed per `outbox.resume`; the reply says when there are more.
 pub const REPLAY_MAX: usize = 1000;
@@ -88,19 +88,15 @@ impl Reply {
     /// `created`: a new order (REST answers 201).
     pub fn ok(self, created: bool, doc: OrderDoc) {
         match self {
-            Reply::Ws { conn, re, .. } => {
-                conn.send(&reply(re.as_ref(), &serde_json::json!({ "order": doc })));
+            Reply::Ws { conn, re, kind } => {
+                if let Some(f) = success(re.as_ref(), kind, &serde_json::json!({ "order": doc })) {
+                    conn.send(&f);
+                }
             }
             Reply::Rest(tx) => {
                 let _ = tx.send(Ok((created, doc)));
             }
             Reply::None => {}
-        }
-    }
-
-    pub fn ok_json(self, data: serde_json::Value) {
-        if let Reply::Ws { conn, re, .. } = self {
-            conn.send(&reply(re.as_ref(), &data));
         }
     }
 

@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::org::{NodeIdx, Org};
 use crate::telemetry::Metrics;
 use crate::transport::conn::Conn;
-use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, reply};
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, success};
 
 /// A presence change, as carried between hub nodes by the backplane.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -241,7 +241,11 @@ impl Actor {
                     if self.core.subscriptions(conn.key) == 0 {
                         self.subscribers.remove(&conn.key);
                     }
-                    conn.send(&reply(re.as_ref(), &serde_json::json!({})));
+                    if let Some(f) =
+                        success(re.as_ref(), "presence.unsubscribe", &serde_json::json!({}))
+                    {
+                        conn.send(&f);
+                    }
                 } else {
                     let mut e = ProtoError::new(
                         ErrorCode::NotSubscribed,

@@ -413,6 +413,21 @@ pub fn outbox_frame(seq: u64, payload: &str) -> Bytes {
     })
 }
 
+/// Requests whose reply carries data the client asked for: always answered.
+const RETURNS_DATA: [&str; 5] = [
+    "presence.subscribe",
+    "order.create",
+    "order.get",
+    "order.read",
+    "outbox.resume",
+];
+
+/// The success reply to a request, or nothing for a notification: like JSON-RPC, a request
+/// that only changes something and carries no `id` is answered only if it fails.
+pub fn success<T: Serialize>(re: Option<&ReqId>, kind: &str, data: &T) -> Option<Bytes> {
+    (re.is_some() || RETURNS_DATA.contains(&kind)).then(|| reply(re, data))
+}
+
 /// A successful reply to request `re`.
 pub fn reply<T: Serialize>(re: Option<&ReqId>, data: &T) -> Bytes {
     encode("reply", re, data)

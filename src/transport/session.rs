@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::conn::{Close, Conn};
 use super::frame::{Decoder, Inbound, OP_PONG, ProtocolError, frame};
-use super::protocol::{self, Body, ErrorCode, ProtoError, Request, encode, reply};
+use super::protocol::{self, Body, ErrorCode, ProtoError, Request, encode, success};
 use crate::auth::Credential;
 use crate::clock::now_ms;
 use crate::hub::Hub;
@@ -366,8 +366,9 @@ impl Session {
         };
         match body {
             Body::Ping => {
-                self.conn
-                    .send(&reply(re.as_ref(), &serde_json::json!({ "now": now })));
+                if let Some(f) = success(re.as_ref(), kind, &serde_json::json!({ "now": now })) {
+                    self.conn.send(&f);
+                }
             }
             Body::PresenceSet(set) => {
                 let max = self.hub.config.presence.max_text_chars;
@@ -383,7 +384,9 @@ impl Session {
                                 at: now,
                             })
                             .await;
-                        self.conn.send(&reply(re.as_ref(), &serde_json::json!({})));
+                        if let Some(f) = success(re.as_ref(), kind, &serde_json::json!({})) {
+                            self.conn.send(&f);
+                        }
                     }
                 }
             }

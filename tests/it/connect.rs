@@ -160,3 +160,40 @@ async fn a_client_close_is_answered_and_the_terminal_goes_offline() {
     let d = console.delta().await;
     assert_eq!(entry(&d, w).unwrap()["status"], "offline", "{d}");
 }
+
+#[tokio::test]
+async fn requests_without_an_id_are_notifications_answered_only_on_failure() {
+    let hub = spawn_app(|_| {}).await;
+    let mut t = hub.connect(DONGFENG).await;
+    t.send_text(r#"{"v":1,"type":"ping"}"#).await;
+    t.send_text(r#"{"v":1,"type":"presence.set","data":{"status":"busy"}}"#)
+        .await;
+    t.send_text(r#"{"v":1,"type":"presence.set","data":{"status":"sleeping"}}"#)
+        .await;
+    // Data-returning requests are always answered, with or without an id.
+    t.send_text(
+        r#"{"v":1,"type":"presence.subscribe","data":{"node":"230805","endpoints":false}}"#,
+    )
+    .await;
+    let first = t.recv().await;
+    assert_eq!(
+        (first["type"].as_str(), first["data"]["code"].as_str()),
+        (Some("error"), Some("invalid_data")),
+        "{first}"
+    );
+    assert!(first.get("re").is_none());
+    let second = t.recv().await;
+    assert_eq!(second["type"], "reply");
+    assert_eq!(
+        second["data"]["node"], DONGFENG,
+        "the snapshot, not an ack of the set: {second}"
+    );
+    let snap = t
+        .call("presence.subscribe", json!({"node": DONGFENG}))
+        .await;
+    assert_eq!(
+        entry(&snap, DONGFENG).unwrap()["status"],
+        "busy",
+        "the notification took effect"
+    );
+}
