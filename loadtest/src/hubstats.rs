@@ -51,7 +51,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Str
         .map_err(|_| format!("GET {path}: timed out"))?
 }
 
-fn dechunk(mut b: &str) -> String {
+pub fn dechunk(mut b: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = b.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);

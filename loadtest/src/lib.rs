@@ -5,6 +5,7 @@
 
 pub mod connect;
 pub mod hubstats;
+pub mod orders;
 pub mod terminal;
 
 use std::net::SocketAddr;
@@ -65,6 +66,41 @@ pub fn histogram() -> Histogram<u64> {
 
 pub fn record(h: &mut Histogram<u64>, d: Duration) {
     let _ = h.record((d.as_micros() as u64).max(1));
+}
+
+/// CPU time of the whole machine (all CPUs), in seconds: (busy, idle).
+pub fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let idle = f.get(3).copied().unwrap_or(0.0) + f.get(4).copied().unwrap_or(0.0);
+    let total: f64 = f.iter().take(8).sum();
+    ((total - idle) / hz, idle / hz)
+}
+
+/// This process's own CPU seconds.
+pub fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    stat.rfind(')')
+        .map(|i| &stat[i + 2..])
+        .map(|rest| {
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
+        })
+        .unwrap_or(0.0)
 }
 
 /// What machine produced the figures.

@@ -70,6 +70,21 @@ enum Scenario {
         #[arg(long, default_value_t = 2)]
         settle: u64,
     },
+    /// Replay a Jiamusi year of work orders through every tier with all terminals connected.
+    Orders {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 320_944)]
+        orders: usize,
+        /// Orders left in progress at their workers.
+        #[arg(long, default_value_t = 8_293)]
+        in_progress: usize,
+        /// Orders in flight at once.
+        #[arg(long, default_value_t = 4_000)]
+        window: usize,
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+    },
 }
 
 fn secret(c: &Common) -> Result<Vec<u8>, String> {
@@ -141,8 +156,92 @@ fn print_connect(s: &ConnectSummary) {
     );
 }
 
+fn write_summary<T: serde::Serialize>(out: Option<&PathBuf>, summary: &T) -> Result<(), String> {
+    if let Some(out) = out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let json = serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?;
+        std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+        println!("  summary: {}", out.display());
+    }
+    Ok(())
+}
+
+fn print_orders(s: &loadtest::orders::OrdersSummary) {
+    let yes = |b: bool| if b { "met" } else { "NOT met" };
+    println!(
+        "loadtest orders — {} orders ({} left in progress), {} terminals connected, window {}",
+        s.orders, s.kept_in_progress, s.terminals, s.window
+    );
+    println!(
+        "  replayed in {:.1} s: {} transitions, {:.0} per second, {} errors  [target < 120 s: {}]",
+        s.wall_s,
+        s.transitions,
+        s.transitions_per_s,
+        s.errors,
+        yes(s.targets.under_2_minutes)
+    );
+    for e in &s.first_errors {
+        println!("  error: {e}");
+    }
+    let st = &s.stats;
+    println!(
+        "  stats: received {}, closed {}, in progress {}, completion {:.1} %  [matches the seed: {}]",
+        st["received"],
+        st["closed"],
+        st["in_progress"],
+        st["completion_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        yes(s.targets.stats_match_seed)
+    );
+    let l = &s.dispatch_push_latency;
+    println!(
+        "  dispatch → holder push: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} pushes)  [target p99 < 20 ms: {}]",
+        l.p50_ms,
+        l.p90_ms,
+        l.p99_ms,
+        l.max_ms,
+        l.count,
+        yes(s.targets.dispatch_push_p99_under_20ms)
+    );
+    println!(
+        "  hub: {:.1} CPU-seconds, RSS {:.0} MiB, {} store commits; load generator {:.1} CPU-seconds; machine {:.0} % idle",
+        s.hub_cpu_s,
+        s.hub_after.rss_bytes / 1048576.0,
+        s.store_commits,
+        s.loadtest_cpu_s,
+        s.machine_idle_percent
+    );
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.scenario {
+        Scenario::Orders {
+            common,
+            orders,
+            in_progress,
+            window,
+            concurrency,
+        } => {
+            let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let org = std::sync::Arc::new(
+                gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
+            );
+            let opts = loadtest::orders::OrdersOptions {
+                orders,
+                in_progress,
+                window,
+                concurrency,
+            };
+            let summary = tokio::time::timeout(
+                Duration::from_secs(common.max_seconds),
+                loadtest::orders::run(&target, org, &opts),
+            )
+            .await
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            print_orders(&summary);
+            write_summary(common.out.as_ref(), &summary)
+        }
         Scenario::Connect {
             common,
             terminals,
@@ -171,15 +270,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
             print_connect(&summary);
-            if let Some(out) = &common.out {
-                if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-                }
-                let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
-                std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
-                println!("  summary: {}", out.display());
-            }
-            Ok(())
+            write_summary(common.out.as_ref(), &summary)
         }
     }
 }

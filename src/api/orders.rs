@@ -21,8 +21,8 @@ use crate::hub::Hub;
 use crate::orders::Who;
 use crate::orders::model::{Action, OrderId, Priority, State as OrderState};
 use crate::orders::persist;
-use crate::orders::service::{Cmd, Reply, RestResult, ServiceError, can_view, view_for};
-use crate::orders::wire::{ActIn, CreateIn, OrderDoc, check_key};
+use crate::orders::service::{Cmd, Reply, RestResult, ServiceError};
+use crate::orders::wire::{ActIn, CreateIn, check_key};
 use crate::org::{NodeIdx, Tier};
 use crate::scope;
 
@@ -172,23 +172,6 @@ pub async fn act(
     )
 }
 
-/// Loads an order's document and checks the caller may see it.
-async fn visible_doc(hub: &Arc<Hub>, c: &Credential, id: OrderId) -> Result<OrderDoc, ApiError> {
-    let doc = hub
-        .store
-        .read(move |conn| persist::order_doc(conn, id))
-        .await
-        .map_err(|e| ApiError::from(ServiceError::from(e)))?
-        .ok_or_else(|| ApiError::not_found(format!("no order {id}")))?;
-    let o = doc
-        .to_order(&hub.org)
-        .map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m))?;
-    if !can_view(&hub.org, &o, c.endpoint, c.role) {
-        return Err(ApiError::not_found(format!("no order {id}")));
-    }
-    Ok(view_for(&hub.org, &o, u64::MAX, Some((c.endpoint, c.role))))
-}
-
 #[derive(Serialize)]
 struct EventOut {
     seq: u32,
@@ -205,7 +188,13 @@ pub async fn history(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let id = OrderId(id);
-    visible_doc(&hub, &c, id).await?;
+    // The service knows open orders and checks scope; it reads closed ones from the store.
+    ask(&hub, |reply| Cmd::Get {
+        who: who(&c),
+        id,
+        reply,
+    })
+    .await?;
     let events = hub
         .store
         .read(move |conn| {
@@ -273,7 +262,11 @@ pub async fn list(
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let node = subtree_of(&hub, &c, q.node.as_deref())?;
     let range = hub.org.subtree(node);
-    let mut sql = String::from("SELECT doc FROM orders WHERE node_pre >= ? AND node_pre < ?");
+    let mut sql = String::from(
+        "SELECT id, state, category, priority, source, node, holder, intake, created_at, updated_at,
+                due_at, closed_at, supervision, score, satisfied, version
+         FROM orders WHERE node_pre >= ? AND node_pre < ?",
+    );
     let mut args: Vec<rusqlite::types::Value> =
         vec![(range.start as i64).into(), (range.end as i64).into()];
     if let Some(s) = &q.state {
@@ -321,30 +314,63 @@ pub async fn list(
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     sql.push_str(" ORDER BY id DESC LIMIT ?");
     args.push((limit as i64).into());
-    let docs: Vec<String> = hub
+    let out: Vec<ListItem> = hub
         .store
         .read(move |conn| {
             let mut st = conn.prepare(&sql)?;
-            let rows = st.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?;
+            let rows = st.query_map(params_from_iter(args), |r| {
+                Ok(ListItem {
+                    id: r.get::<_, i64>(0)? as u64,
+                    state: r.get(1)?,
+                    category: r.get(2)?,
+                    priority: r.get(3)?,
+                    source: r.get(4)?,
+                    node: r.get(5)?,
+                    holder: r.get(6)?,
+                    intake: r.get(7)?,
+                    created_at: r.get::<_, i64>(8)? as u64,
+                    updated_at: r.get::<_, i64>(9)? as u64,
+                    due_at: r.get::<_, i64>(10)? as u64,
+                    closed_at: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+                    supervision: r.get(12)?,
+                    score: r.get(13)?,
+                    satisfied: r.get(14)?,
+                    version: r.get(15)?,
+                })
+            })?;
             rows.collect()
         })
         .await
         .map_err(|e| ApiError::from(ServiceError::from(e)))?;
-    let mut out = Vec::with_capacity(docs.len());
-    for d in docs {
-        let Ok(doc) = serde_json::from_str::<OrderDoc>(&d) else {
-            continue;
-        };
-        let Ok(o) = doc.to_order(&hub.org) else {
-            continue;
-        };
-        out.push(view_for(&hub.org, &o, u64::MAX, Some((c.endpoint, c.role))));
-    }
     let next = (out.len() == limit)
         .then(|| out.last().map(|d| d.id))
         .flatten();
     let _ = q.token;
     Ok(Json(serde_json::json!({ "orders": out, "next": next })).into_response())
+}
+
+/// One order in a list: its state and where it is (the whole order: `GET /orders/{id}`).
+#[derive(Serialize)]
+struct ListItem {
+    id: u64,
+    state: String,
+    category: String,
+    priority: String,
+    source: String,
+    node: String,
+    holder: String,
+    intake: String,
+    created_at: u64,
+    updated_at: u64,
+    due_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closed_at: Option<u64>,
+    supervision: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    satisfied: Option<bool>,
+    version: u32,
 }
 
 #[derive(Debug, Deserialize)]

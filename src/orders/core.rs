@@ -248,6 +248,157 @@ pub fn allowed(o: &Order) -> Vec<Action> {
     }
 }
 
+fn work_state(o: &Order, base: State) -> State {
+    if o.supervision > 0 {
+        State::Supervised
+    } else {
+        base
+    }
+}
+
+/// Holder → its org parent (if any); the chain follows.
+fn escalate(org: &Org, o: &mut Order) {
+    let Some(p) = org.parent(o.holder) else {
+        return;
+    };
+    o.chain.pop();
+    if o.chain.last() != Some(&p) {
+        o.chain.push(p);
+    }
+    o.holder = p;
+    o.acknowledged = false;
+    o.state = work_state(o, State::Dispatched);
+}
+
+/// Back to the node that reported the result, along the chain it had then.
+fn back_to_resolver(o: &mut Order, base: State, acknowledged: bool) {
+    let resolver = o.result.as_ref().map_or(o.holder, |r| r.by);
+    o.chain = std::mem::take(&mut o.report_chain);
+    if o.chain.last() != Some(&resolver) {
+        o.chain.push(resolver);
+    }
+    o.holder = resolver;
+    o.result = None;
+    o.reviewed = false;
+    o.acknowledged = acknowledged;
+    o.state = work_state(o, base);
+}
+
+/// Applies a recorded event to an order: the only place an order changes. Deciding uses it
+/// after validation, and start-up uses it to rebuild open orders from their history, so a replay
+/// reproduces exactly what was decided. Events are facts here: nothing is checked.
+pub fn evolve(org: &Org, o: &mut Order, e: &Event) {
+    let d = &e.detail;
+    let holder0 = o.holder;
+    let target = || d.to.as_deref().and_then(|id| org.lookup(id));
+    match e.action {
+        // The create event carries the whole new order; it is read, not applied.
+        Action::Create => {}
+        Action::Dispatch => {
+            if let Some(to) = target() {
+                o.chain.push(to);
+                o.holder = to;
+                o.acknowledged = false;
+                o.state = work_state(o, State::Dispatched);
+            }
+        }
+        Action::Acknowledge => {
+            o.acknowledged = true;
+            o.state = work_state(o, State::InProgress);
+        }
+        Action::Return => {
+            if o.chain.len() > 1 {
+                o.chain.pop();
+            }
+            o.holder = *o.chain.last().expect("chain is never empty");
+            o.acknowledged = true;
+            o.state = if o.chain.len() == 1 && o.supervision == 0 {
+                State::Intake
+            } else {
+                work_state(o, State::InProgress)
+            };
+        }
+        Action::Reassign => {
+            if let (Some(by), Some(to)) = (e.actor, target()) {
+                let at = o.chain.iter().position(|&c| c == by).unwrap_or(0);
+                o.chain.truncate(at + 1);
+                o.chain.push(to);
+                o.holder = to;
+                o.acknowledged = false;
+                o.state = work_state(o, State::Dispatched);
+            }
+        }
+        Action::Escalate => escalate(org, o),
+        Action::Report => {
+            o.result = Some(Outcome {
+                text: d.result.as_deref().unwrap_or_default().into(),
+                by: o.holder,
+                at: e.at,
+            });
+            o.report_chain = o.chain.clone();
+            if o.chain.len() > 1 {
+                o.chain.pop();
+            }
+            o.holder = *o.chain.last().expect("chain is never empty");
+            o.reviewed = false;
+            o.state = State::ResultReported;
+        }
+        Action::Review => {
+            if d.approve == Some(true) {
+                if o.chain.len() > 1 {
+                    o.chain.pop();
+                    o.holder = *o.chain.last().expect("chain is never empty");
+                } else {
+                    o.reviewed = true;
+                }
+            } else {
+                back_to_resolver(o, State::InProgress, true);
+            }
+        }
+        Action::Rate => {
+            let satisfied = d.satisfied.unwrap_or(true);
+            o.rating = Some(Rating {
+                score: d.score.unwrap_or(0),
+                satisfied,
+                comment: d.note.as_deref().unwrap_or_default().into(),
+                at: e.at,
+            });
+            if satisfied {
+                o.state = State::Rated;
+            } else {
+                o.reopened += 1;
+                o.supervision = 0;
+                o.due_at = d.due_at.unwrap_or(o.due_at);
+                back_to_resolver(o, State::Dispatched, false);
+            }
+        }
+        Action::Publish => {
+            o.summary = d.summary.as_deref().map(Into::into);
+            o.state = State::Published;
+        }
+        Action::Archive => {
+            o.state = State::Archived;
+            o.closed_at = Some(e.at);
+        }
+        Action::Supervise => {
+            o.supervision = d.level.unwrap_or(o.supervision + 1);
+            if o.supervision >= 2 {
+                escalate(org, o);
+            }
+            o.state = State::Supervised;
+        }
+    }
+    o.version = e.seq;
+    o.updated_at = e.at;
+    if o.holder != holder0 {
+        o.read_at = None;
+        o.assigned_seq = None;
+    }
+    if let Some(m) = d.message {
+        o.assigned_seq = Some(m);
+    }
+}
+
 /// Masks runs of seven or more digits (phone and id numbers) in published text.
 pub fn redact(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
@@ -536,15 +687,10 @@ impl Orders {
         Ok(())
     }
 
-    fn work_state(o: &Order, base: State) -> State {
-        if o.supervision > 0 {
-            State::Supervised
-        } else {
-            base
-        }
-    }
-
     /// Applies an action by a terminal. `expect` (optional) is the version the caller saw.
+    ///
+    /// Decides only: validates the request against the order and the caller, then builds the
+    /// event; `evolve` applies it, exactly as a replay of the history would.
     pub fn act(
         &mut self,
         who: Who,
@@ -606,117 +752,64 @@ impl Orders {
             }
         }
 
-        let old_key = self.deadline_key(o);
-        let mut n = o.clone();
-        let before = (o.state, o.holder);
-        let mut notify = Vec::new();
-        let mut detail = Detail::default();
-        let l = self.policy.limits.clone();
+        let l = &self.policy.limits;
+        let node_id = |n: NodeIdx| Some(self.org.id(n).to_string());
+        let mut d = Detail::default();
         match act {
             Act::Dispatch { to, note } => {
-                if self.org.tier(n.holder) == Tier::Worker || who.role == Role::Worker {
+                if self.org.tier(o.holder) == Tier::Worker || who.role == Role::Worker {
                     return Err(OrderError::InvalidTarget(
                         "a grid worker cannot dispatch; report a result, return or escalate".into(),
                     ));
                 }
-                self.check_target(n.holder, to, n.priority, "dispatch")?;
-                detail.note = note
+                self.check_target(o.holder, to, o.priority, "dispatch")?;
+                d.note = note
                     .map(|s| text("note", &s, l.note, false))
                     .transpose()?
                     .map(Into::into);
-                n.chain.push(to);
-                n.holder = to;
-                n.acknowledged = false;
-                n.state = Self::work_state(&n, State::Dispatched);
-                notify.push((to, Notify::Assigned));
+                d.to = node_id(to);
             }
-            Act::Acknowledge => {
-                n.acknowledged = true;
-                n.state = Self::work_state(&n, State::InProgress);
-            }
+            Act::Acknowledge => {}
             Act::Return { reason } => {
-                if n.chain.len() < 2 {
+                if o.chain.len() < 2 {
                     return Err(OrderError::InvalidTarget(format!(
                         "order {id} is at its intake node; there is no dispatcher to return it to"
                     )));
                 }
-                detail.note = Some(text("reason", &reason, l.note, true)?.into());
-                n.chain.pop();
-                n.holder = *n.chain.last().expect("chain has at least one node left");
-                n.acknowledged = true;
-                n.state = if n.chain.len() == 1 && n.supervision == 0 {
-                    State::Intake
-                } else {
-                    Self::work_state(&n, State::InProgress)
-                };
-                notify.push((n.holder, Notify::Assigned));
+                d.note = Some(text("reason", &reason, l.note, true)?.into());
             }
             Act::Reassign { to, reason } => {
-                self.check_target(who.node, to, n.priority, "reassign")?;
-                if to == n.holder {
+                self.check_target(who.node, to, o.priority, "reassign")?;
+                if to == o.holder {
                     return Err(OrderError::InvalidTarget(format!(
                         "{} already holds order {id}",
                         self.name(to)
                     )));
                 }
-                detail.note = reason
+                d.note = reason
                     .map(|s| text("reason", &s, l.note, false))
                     .transpose()?
                     .map(Into::into);
-                let at = n
-                    .chain
-                    .iter()
-                    .position(|&c| c == who.node)
-                    .expect("checked above");
-                n.chain.truncate(at + 1);
-                n.chain.push(to);
-                notify.push((n.holder, Notify::Withdrawn));
-                n.holder = to;
-                n.acknowledged = false;
-                n.state = Self::work_state(&n, State::Dispatched);
-                notify.push((to, Notify::Assigned));
+                d.to = node_id(to);
             }
             Act::Escalate { reason } => {
-                detail.note = Some(text("reason", &reason, l.note, true)?.into());
-                self.escalate(&mut n)?;
-                notify.push((n.holder, Notify::Assigned));
+                d.note = Some(text("reason", &reason, l.note, true)?.into());
+                if self.org.parent(o.holder).is_none() {
+                    return Err(OrderError::InvalidTarget(format!(
+                        "{} is the top tier; there is no tier above to escalate to",
+                        self.name(o.holder)
+                    )));
+                }
             }
             Act::Report { result } => {
-                let result = text("result", &result, l.text, true)?;
-                n.result = Some(Outcome {
-                    text: result,
-                    by: n.holder,
-                    at: now,
-                });
-                n.report_chain = n.chain.clone();
-                if n.chain.len() > 1 {
-                    n.chain.pop();
-                }
-                n.holder = *n.chain.last().expect("chain is never empty");
-                n.reviewed = false;
-                n.state = State::ResultReported;
-                if n.holder != who.node {
-                    notify.push((n.holder, Notify::Assigned));
-                }
+                d.result = Some(text("result", &result, l.text, true)?.into());
             }
             Act::Review { approve, comment } => {
-                detail.approve = Some(approve);
-                detail.note = comment
+                d.approve = Some(approve);
+                d.note = comment
                     .map(|s| text("comment", &s, l.note, false))
                     .transpose()?
                     .map(Into::into);
-                if approve {
-                    if n.chain.len() > 1 {
-                        n.chain.pop();
-                        n.holder = *n.chain.last().expect("chain is never empty");
-                        notify.push((n.holder, Notify::Assigned));
-                    } else {
-                        n.reviewed = true;
-                    }
-                } else {
-                    self.back_to_resolver(&mut n, State::InProgress, true);
-                    notify.push((n.holder, Notify::Assigned));
-                }
             }
             Act::Rate {
                 score,
@@ -728,106 +821,54 @@ impl Orders {
                         "score {score} is not between 1 and 5"
                     )));
                 }
-                let comment = comment
+                d.note = comment
                     .map(|s| text("comment", &s, l.note, false))
                     .transpose()?
-                    .unwrap_or_default();
-                detail.score = Some(score);
-                detail.satisfied = Some(satisfied);
-                n.rating = Some(Rating {
-                    score,
-                    satisfied,
-                    comment,
-                    at: now,
-                });
-                if satisfied {
-                    n.state = State::Rated;
-                } else {
-                    // Reopened: back to whoever did the work, with a fresh deadline.
-                    n.reopened += 1;
-                    n.supervision = 0;
-                    n.due_at = now + self.policy.deadline_ms(n.priority, &n.category);
-                    self.back_to_resolver(&mut n, State::Dispatched, false);
-                    notify.push((n.holder, Notify::Assigned));
+                    .map(Into::into);
+                d.score = Some(score);
+                d.satisfied = Some(satisfied);
+                if !satisfied {
+                    // Reopened with a fresh deadline.
+                    d.due_at = Some(now + self.policy.deadline_ms(o.priority, &o.category));
                 }
             }
             Act::Publish { summary } => {
                 let summary = text("summary", &summary, l.text, true)?;
-                n.summary = Some(redact(&summary).into());
-                n.state = State::Published;
+                d.summary = Some(redact(&summary));
             }
-            Act::Archive => {
-                n.state = State::Archived;
-                n.closed_at = Some(now);
-            }
+            Act::Archive => {}
         }
-        Ok(self.commit(
-            old_key,
-            n,
-            Some(who.node),
+        let event = Event {
+            order: id,
+            seq: o.version + 1,
+            at: now,
+            actor: Some(who.node),
             action,
-            detail,
-            before,
-            notify,
-            now,
-        ))
-    }
-
-    /// Holder → its org parent; the chain follows.
-    fn escalate(&self, n: &mut Order) -> Result<(), OrderError> {
-        let Some(p) = self.org.parent(n.holder) else {
-            return Err(OrderError::InvalidTarget(format!(
-                "{} is the top tier; there is no tier above to escalate to",
-                self.name(n.holder)
-            )));
+            detail: d,
         };
-        n.chain.pop();
-        if n.chain.last() != Some(&p) {
-            n.chain.push(p);
-        }
-        n.holder = p;
-        n.acknowledged = false;
-        n.state = Self::work_state(n, State::Dispatched);
-        Ok(())
+        let old_key = self.deadline_key(o);
+        let before = o.clone();
+        Ok(self.commit(old_key, before, event))
     }
 
-    fn back_to_resolver(&self, n: &mut Order, base: State, acknowledged: bool) {
-        let resolver = n.result.as_ref().map_or(n.holder, |r| r.by);
-        n.chain = std::mem::take(&mut n.report_chain);
-        if n.chain.last() != Some(&resolver) {
-            n.chain.push(resolver);
-        }
-        n.holder = resolver;
-        n.result = None;
-        n.reviewed = false;
-        n.acknowledged = acknowledged;
-        n.state = Self::work_state(n, base);
-    }
-
-    /// Records the new version of an order and its event; keeps the deadline index in step.
-    #[allow(clippy::too_many_arguments)]
-    fn commit(
-        &mut self,
-        old_key: Option<u64>,
-        mut n: Order,
-        actor: Option<NodeIdx>,
-        action: Action,
-        mut detail: Detail,
-        (state0, holder0): (State, NodeIdx),
-        notify: Vec<(NodeIdx, Notify)>,
-        now: u64,
-    ) -> Applied {
-        n.version += 1;
-        n.updated_at = now;
+    /// Applies a decided event, keeps the deadline index in step, and works out whom to tell:
+    /// whoever holds the order now (and, on a reassignment, the one it was taken from).
+    fn commit(&mut self, old_key: Option<u64>, mut n: Order, mut event: Event) -> Applied {
+        let (state0, holder0) = (n.state, n.holder);
+        evolve(&self.org, &mut n, &event);
+        let d = &mut event.detail;
+        let mut notify = Vec::new();
         if n.holder != holder0 {
-            n.read_at = None;
-            n.assigned_seq = None;
-            detail.from = Some(self.org.id(holder0).to_string());
-            detail.to = Some(self.org.id(n.holder).to_string());
+            d.from = Some(self.org.id(holder0).to_string());
+            d.to = Some(self.org.id(n.holder).to_string());
+            if event.action == Action::Reassign {
+                notify.push((holder0, Notify::Withdrawn));
+            }
+            notify.push((n.holder, Notify::Assigned));
         }
         if n.state != state0 {
-            detail.from_state = Some(state0);
-            detail.to_state = Some(n.state);
+            d.from_state = Some(state0);
+            d.to_state = Some(n.state);
         }
         if let Some(k) = old_key {
             self.deadlines.remove(&(k, n.id));
@@ -835,14 +876,6 @@ impl Orders {
         if let Some(k) = self.deadline_key(&n) {
             self.deadlines.insert((k, n.id));
         }
-        let event = Event {
-            order: n.id,
-            seq: n.version,
-            at: now,
-            actor,
-            action,
-            detail,
-        };
         if n.state == State::Archived {
             self.open.remove(&n.id);
         } else {
@@ -864,35 +897,29 @@ impl Orders {
             if t > now {
                 break;
             }
+            // The key is removed here; `commit` inserts the next one.
             self.deadlines.pop_first();
             let Some(o) = self.open.get(&id) else {
                 continue;
             };
-            let mut n = o.clone();
-            let before = (o.state, o.holder);
-            let mut notify = Vec::new();
-            let mut detail = Detail::default();
-            n.supervision += 1;
-            detail.level = Some(n.supervision);
-            if n.supervision >= 2 && self.escalate(&mut n).is_ok() {
-                notify.push((n.holder, Notify::Assigned));
+            let event = Event {
+                order: id,
+                seq: o.version + 1,
+                at: now,
+                actor: None,
+                action: Action::Supervise,
+                detail: Detail {
+                    level: Some(o.supervision + 1),
+                    ..Detail::default()
+                },
+            };
+            let mut a = self.commit(None, o.clone(), event);
+            let holder = a.order.holder;
+            a.notify.push((holder, Notify::Supervised));
+            if let Some(p) = self.org.parent(holder) {
+                a.notify.push((p, Notify::Supervised));
             }
-            n.state = State::Supervised;
-            notify.push((n.holder, Notify::Supervised));
-            if let Some(p) = self.org.parent(n.holder) {
-                notify.push((p, Notify::Supervised));
-            }
-            // The key was popped above; `commit` inserts the next one.
-            out.push(self.commit(
-                None,
-                n,
-                None,
-                Action::Supervise,
-                detail,
-                before,
-                notify,
-                now,
-            ));
+            out.push(a);
         }
         let window = self.policy.idempotency_ms;
         self.idem
@@ -1508,6 +1535,86 @@ mod tests {
         assert!(a.notify.is_empty());
         let a = t.ok("c", id, approve(), 3);
         assert!(a.order.reviewed);
+    }
+
+    /// Event sourcing: the create snapshot plus every later event, folded through `evolve`,
+    /// gives back exactly the order the core holds — through every kind of transition.
+    #[test]
+    fn replaying_the_history_rebuilds_the_order() {
+        let mut t = T::new();
+        let Created::New(created) =
+            t.o.create(t.who("c"), t.new_order(Priority::Routine), None, 0)
+                .unwrap()
+        else {
+            panic!()
+        };
+        let id = created.order.id;
+        let mut events = Vec::new();
+        let mut step = |t: &mut T, who: &str, act: Act, now: u64| {
+            events.push(t.ok(who, id, act, now).event);
+        };
+        let n = |t: &T, s: &str| t.n(s);
+        for (f, to) in [("c", "a"), ("a", "t"), ("t", "v"), ("v", "w1")] {
+            let to = n(&t, to);
+            step(
+                &mut t,
+                f,
+                Act::Dispatch {
+                    to,
+                    note: Some("n".into()),
+                },
+                1,
+            );
+        }
+        step(&mut t, "w1", Act::Return { reason: "r".into() }, 2);
+        let w2 = n(&t, "w2");
+        step(&mut t, "v", Act::Dispatch { to: w2, note: None }, 3);
+        let w1 = n(&t, "w1");
+        step(
+            &mut t,
+            "v",
+            Act::Reassign {
+                to: w1,
+                reason: None,
+            },
+            4,
+        );
+        step(&mut t, "w1", Act::Escalate { reason: "e".into() }, 5);
+        step(&mut t, "v", Act::Acknowledge, 6);
+        step(&mut t, "v", Act::Report { result: "x".into() }, 7);
+        step(
+            &mut t,
+            "t",
+            Act::Review {
+                approve: false,
+                comment: None,
+            },
+            8,
+        );
+        step(&mut t, "v", Act::Report { result: "y".into() }, 9);
+        // The escalation shortened the chain: township, county, then the city's own review.
+        for who in ["t", "a", "c"] {
+            step(&mut t, who, approve(), 10);
+        }
+        step(
+            &mut t,
+            "c",
+            Act::Rate {
+                score: 1,
+                satisfied: false,
+                comment: None,
+            },
+            11,
+        );
+        events.extend(t.o.tick(10_000_000).into_iter().map(|a| a.event));
+        events.extend(t.o.tick(20_000_000).into_iter().map(|a| a.event));
+        let expected = t.o.get(id).unwrap().clone();
+        assert_eq!(expected.supervision, 2);
+        let mut rebuilt = created.order.clone();
+        for e in &events {
+            evolve(t.o.org(), &mut rebuilt, e);
+        }
+        assert_eq!(rebuilt, expected);
     }
 
     #[test]

@@ -159,6 +159,17 @@ impl Action {
             Action::Supervise => "supervise",
         }
     }
+    /// Any action's name as stored in history, the scheduler's included.
+    pub fn from_kind(s: &str) -> Option<Action> {
+        if s == "supervise" {
+            return Some(Action::Supervise);
+        }
+        if s == "create" {
+            return Some(Action::Create);
+        }
+        Action::parse(s)
+    }
+
     pub fn parse(s: &str) -> Option<Action> {
         [
             Action::Create,
@@ -306,6 +317,18 @@ pub struct Detail {
     pub satisfied: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<u8>,
+    /// The work reported (report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The public summary, already redacted (publish).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The new deadline (reopened by an unsatisfied rating).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<u64>,
+    /// Outbox sequence of the message that told the new holder (delivery receipts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<u64>,
 }
 
 /// One entry of an order's append-only history.

@@ -1,13 +1,18 @@
 //! The SQL behind orders: what one transition writes, and what start-up reads back.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::model::{Event, Order, OrderId};
+use super::core::evolve;
+use super::model::{Action, Event, Order, OrderId};
 use super::wire::OrderDoc;
 use crate::org::{NodeIdx, Org};
 
 /// Everything one transition writes, prepared outside the writer thread.
 pub struct TransitionRows {
+    /// A new order (insert) rather than a change (update).
+    pub created: bool,
     pub order: OrderRow,
     pub event: EventRow,
     pub outbox: Vec<OutboxRow>,
@@ -30,8 +35,10 @@ pub struct OrderRow {
     pub supervision: u8,
     pub score: Option<u8>,
     pub satisfied: Option<bool>,
+    pub version: u32,
     pub idem: Option<(String, String)>,
-    pub doc: String,
+    /// The whole order as JSON, only when published or archived.
+    pub doc: Option<String>,
 }
 
 pub struct EventRow {
@@ -53,7 +60,7 @@ pub struct OutboxRow {
 }
 
 impl OrderRow {
-    pub fn of(org: &Org, o: &Order, doc: String, idem: Option<(String, u64)>) -> OrderRow {
+    pub fn of(org: &Org, o: &Order, doc: Option<String>, idem: Option<(String, u64)>) -> OrderRow {
         OrderRow {
             id: o.id.0,
             state: o.state.as_str(),
@@ -71,30 +78,43 @@ impl OrderRow {
             supervision: o.supervision,
             score: o.rating.as_ref().map(|r| r.score),
             satisfied: o.rating.as_ref().map(|r| r.satisfied),
+            version: o.version,
             idem: idem.map(|(k, h)| (k, format!("{h:016x}"))),
             doc,
         }
     }
 }
 
+/// Who did it, as stored: a node id, or `hub` for the scheduler.
+const HUB_ACTOR: &str = "hub";
+
 impl EventRow {
-    pub fn of(org: &Org, e: &Event) -> EventRow {
+    /// `created`: the whole new order, which a create event carries instead of a detail.
+    pub fn of(org: &Org, e: &Event, created: Option<&OrderDoc>) -> EventRow {
+        // Plain structs of strings, numbers and enums always serialize.
+        let data = match created {
+            Some(doc) => serde_json::to_string(doc).expect("order documents serialize"),
+            None => serde_json::to_string(&e.detail).expect("event detail serializes"),
+        };
         EventRow {
             order_id: e.order.0,
             seq: e.seq,
             at: e.at,
             actor: e
                 .actor
-                .map_or_else(|| "hub".to_owned(), |a| org.id(a).to_string()),
+                .map_or_else(|| HUB_ACTOR.to_owned(), |a| org.id(a).to_string()),
             kind: e.action.as_str(),
-            // A plain struct of strings, numbers and enums always serializes.
-            data: serde_json::to_string(&e.detail).expect("event detail serializes"),
+            data,
         }
     }
 }
 
 pub fn write_transition(c: &Connection, t: &TransitionRows) -> rusqlite::Result<()> {
-    write_order(c, &t.order)?;
+    if t.created {
+        insert_order(c, &t.order)?;
+    } else {
+        update_order(c, &t.order)?;
+    }
     write_event(c, &t.event)?;
     for m in &t.outbox {
         write_outbox(c, m)?;
@@ -102,17 +122,12 @@ pub fn write_transition(c: &Connection, t: &TransitionRows) -> rusqlite::Result<
     Ok(())
 }
 
-pub fn write_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
+fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO orders (id, state, category, priority, source, node, node_pre, holder, intake,
                              created_at, updated_at, due_at, closed_at, supervision, score, satisfied,
-                             idem_key, idem_hash, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
-         ON CONFLICT(id) DO UPDATE SET
-           state = excluded.state, holder = excluded.holder, intake = excluded.intake,
-           updated_at = excluded.updated_at, due_at = excluded.due_at, closed_at = excluded.closed_at,
-           supervision = excluded.supervision, score = excluded.score,
-           satisfied = excluded.satisfied, doc = excluded.doc",
+                             version, idem_key, idem_hash, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?;
     st.execute(params![
         o.id as i64,
@@ -131,8 +146,34 @@ pub fn write_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
         o.supervision,
         o.score,
         o.satisfied,
+        o.version,
         o.idem.as_ref().map(|(k, _)| k.as_str()),
         o.idem.as_ref().map(|(_, h)| h.as_str()),
+        o.doc,
+    ])?;
+    Ok(())
+}
+
+/// Only what a transition can change; the document only when there is one.
+fn update_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
+    let mut st = c.prepare_cached(
+        "UPDATE orders SET state = ?2, holder = ?3, intake = ?4, updated_at = ?5, due_at = ?6,
+                closed_at = ?7, supervision = ?8, score = ?9, satisfied = ?10, version = ?11,
+                doc = COALESCE(?12, doc)
+         WHERE id = ?1",
+    )?;
+    st.execute(params![
+        o.id as i64,
+        o.state,
+        o.holder,
+        o.intake,
+        o.updated_at as i64,
+        o.due_at as i64,
+        o.closed_at.map(|v| v as i64),
+        o.supervision,
+        o.score,
+        o.satisfied,
+        o.version,
         o.doc,
     ])?;
     Ok(())
@@ -185,16 +226,12 @@ pub fn write_read(
     reference: u64,
     endpoint: &str,
     at: u64,
-    doc: Option<(u64, &str)>,
 ) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "INSERT OR IGNORE INTO reads (kind, ref, endpoint, at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO reads (kind, ref, endpoint, at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(kind, ref, endpoint) DO UPDATE SET at = excluded.at",
     )?
     .execute(params![kind, reference as i64, endpoint, at as i64])?;
-    if let Some((id, doc)) = doc {
-        c.prepare_cached("UPDATE orders SET doc = ?2 WHERE id = ?1")?
-            .execute(params![id as i64, doc])?;
-    }
     Ok(())
 }
 
@@ -214,13 +251,14 @@ pub fn outbox_after(
     rows.collect()
 }
 
+/// A closed (published or archived) order's document; open orders live in the service.
 pub fn order_doc(c: &Connection, id: OrderId) -> rusqlite::Result<Option<OrderDoc>> {
-    let doc: Option<String> = c
+    let doc: Option<Option<String>> = c
         .query_row("SELECT doc FROM orders WHERE id = ?1", [id.0 as i64], |r| {
             r.get(0)
         })
         .optional()?;
-    Ok(doc.and_then(|d| serde_json::from_str(&d).ok()))
+    Ok(doc.flatten().and_then(|d| serde_json::from_str(&d).ok()))
 }
 
 /// What start-up needs: open orders, the next id, recent idempotency keys, outbox positions.
@@ -233,20 +271,115 @@ pub struct Loaded {
     pub acked: Vec<(NodeIdx, u64)>,
 }
 
-pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Loaded> {
-    let mut open = Vec::new();
+/// Rebuilds every open order by folding its history through `evolve`, and puts back the read
+/// receipts its holder gave after receiving it.
+fn replay_open(c: &Connection, org: &Org) -> rusqlite::Result<(Vec<Order>, Vec<String>)> {
+    let mut st = c.prepare(
+        "SELECT order_id, seq, at, actor, kind, data FROM order_events
+         WHERE order_id IN (SELECT id FROM orders WHERE state != 'archived')
+         ORDER BY order_id, seq",
+    )?;
+    let mut rows = st.query([])?;
+    let mut open: Vec<Order> = Vec::new();
     let mut skipped = Vec::new();
-    let mut st = c.prepare("SELECT doc FROM orders WHERE state != 'archived'")?;
-    for doc in st.query_map([], |r| r.get::<_, String>(0))? {
-        let doc = doc?;
-        match serde_json::from_str::<OrderDoc>(&doc)
+    // When each rebuilt order's holder last changed (a read before that is for an older holder).
+    let mut holder_since: Vec<u64> = Vec::new();
+    let mut current: Option<u64> = None;
+    let mut broken = false;
+    while let Some(r) = rows.next()? {
+        let id = r.get::<_, i64>(0)? as u64;
+        let seq = r.get::<_, i64>(1)? as u32;
+        let at = r.get::<_, i64>(2)? as u64;
+        let actor: String = r.get(3)?;
+        let kind: String = r.get(4)?;
+        let data: String = r.get(5)?;
+        if current != Some(id) {
+            current = Some(id);
+            broken = false;
+            let first = (kind == "create")
+                .then_some(())
+                .ok_or_else(|| "history does not start with create".to_string())
+                .and_then(|_| serde_json::from_str::<OrderDoc>(&data).map_err(|e| e.to_string()))
+                .and_then(|d| d.to_order(org));
+            match first {
+                Ok(o) => {
+                    open.push(o);
+                    holder_since.push(at);
+                }
+                Err(e) => {
+                    skipped.push(format!("order {id}: {e}"));
+                    broken = true;
+                }
+            }
+            continue;
+        }
+        if broken {
+            continue;
+        }
+        let parsed = serde_json::from_str(&data)
             .map_err(|e| e.to_string())
-            .and_then(|d| d.to_order(org))
-        {
-            Ok(o) => open.push(o),
-            Err(e) => skipped.push(e),
+            .and_then(|detail| {
+                Action::from_kind(&kind)
+                    .map(|action| (action, detail))
+                    .ok_or_else(|| format!("unknown action {kind}"))
+            });
+        let (action, detail) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                skipped.push(format!("order {id} event {seq}: {e}"));
+                open.pop();
+                holder_since.pop();
+                broken = true;
+                continue;
+            }
+        };
+        // `open` ends with the order being rebuilt.
+        let o = open.last_mut().expect("an order is being rebuilt");
+        let event = Event {
+            order: o.id,
+            seq,
+            at,
+            actor: if actor == HUB_ACTOR {
+                None
+            } else {
+                org.lookup(&actor)
+            },
+            action,
+            detail,
+        };
+        let before = o.holder;
+        evolve(org, o, &event);
+        if o.holder != before {
+            *holder_since.last_mut().expect("kept in step with open") = at;
         }
     }
+    let mut st = c.prepare(
+        "SELECT ref, endpoint, at FROM reads WHERE kind = 'order'
+         AND ref IN (SELECT id FROM orders WHERE state != 'archived')",
+    )?;
+    let mut reads: HashMap<(u64, String), u64> = HashMap::new();
+    for row in st.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })? {
+        let (id, endpoint, at) = row?;
+        reads.insert((id, endpoint), at);
+    }
+    for (o, since) in open.iter_mut().zip(holder_since) {
+        if let Some(&at) = reads.get(&(o.id.0, org.id(o.holder).to_string())) {
+            if at >= since {
+                o.read_at = Some(at);
+            }
+        }
+    }
+    Ok((open, skipped))
+}
+
+pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Loaded> {
+    let (open, skipped) = replay_open(c, org)?;
     let next_id: i64 = c.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM orders", [], |r| {
         r.get(0)
     })?;

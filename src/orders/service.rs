@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Act, Applied, Created, NewOrder, Notify, OrderError, Orders, Policy, Who};
 use super::feed::{FeedHandle, Item};
-use super::model::{Order, OrderId};
+use super::model::{Action, Order, OrderId, State};
 use super::persist::{self, EventRow, OrderRow, OutboxRow, TransitionRows};
-use super::wire::{OrderDoc, Summary, request_hash};
+use super::wire::{DocView, OrderDoc, Summary, request_hash};
 use crate::auth::Role;
 use crate::backplane::Backplane;
 use crate::clock::now_ms;
@@ -84,19 +84,59 @@ pub enum Reply {
     None,
 }
 
+/// What a successful answer carries.
+pub enum Answer {
+    /// The whole order (creates, reads, and every REST answer).
+    Full(OrderDoc),
+    /// Its summary: enough to confirm a WebSocket transition, a tenth of the size.
+    Brief(Summary),
+}
+
+#[derive(PartialEq, Eq)]
+enum Wants {
+    Nothing,
+    Brief,
+    Full,
+}
+
 impl Reply {
-    /// `created`: a new order (REST answers 201).
-    pub fn ok(self, created: bool, doc: OrderDoc) {
+    fn wants(&self) -> Wants {
         match self {
-            Reply::Ws { conn, re, kind } => {
-                if let Some(f) = success(re.as_ref(), kind, &serde_json::json!({ "order": doc })) {
+            Reply::Rest(_) => Wants::Full,
+            Reply::None => Wants::Nothing,
+            Reply::Ws { kind, .. }
+                if matches!(*kind, "order.create" | "order.get" | "order.read") =>
+            {
+                Wants::Full
+            }
+            // A notification (no id) is answered only if it fails.
+            Reply::Ws { re: None, .. } => Wants::Nothing,
+            Reply::Ws { .. } => Wants::Brief,
+        }
+    }
+
+    /// `created`: a new order (REST answers 201).
+    pub fn ok(self, created: bool, answer: Answer) {
+        #[derive(serde::Serialize)]
+        struct Data<'a, T> {
+            order: &'a T,
+        }
+        match (self, answer) {
+            (Reply::Ws { conn, re, kind }, Answer::Full(doc)) => {
+                if let Some(f) = success(re.as_ref(), kind, &Data { order: &doc }) {
                     conn.send(&f);
                 }
             }
-            Reply::Rest(tx) => {
+            (Reply::Ws { conn, re, kind }, Answer::Brief(summary)) => {
+                if let Some(f) = success(re.as_ref(), kind, &Data { order: &summary }) {
+                    conn.send(&f);
+                }
+            }
+            (Reply::Rest(tx), Answer::Full(doc)) => {
                 let _ = tx.send(Ok((created, doc)));
             }
-            Reply::None => {}
+            // `wants` asks REST for the whole order; nothing else reaches here.
+            (Reply::Rest(_), Answer::Brief(_)) | (Reply::None, _) => {}
         }
     }
 
@@ -160,10 +200,15 @@ pub enum Cmd {
 #[derive(Clone)]
 pub struct OrdersHandle {
     tx: mpsc::Sender<Cmd>,
+    metrics: Arc<Metrics>,
 }
 
 impl OrdersHandle {
     pub async fn send(&self, cmd: Cmd) {
+        self.metrics.orders_queue.store(
+            (self.tx.max_capacity() - self.tx.capacity()) as u64,
+            Relaxed,
+        );
         if let Err(e) = self.tx.send(cmd).await {
             // The service has stopped (shutdown): say so to whoever asked.
             match e.0 {
@@ -200,17 +245,20 @@ pub fn can_view(org: &Org, o: &Order, viewer: NodeIdx, role: Role) -> bool {
 /// order and the centers above them, masked for everyone else.
 pub fn view_for(org: &Org, o: &Order, acked: u64, viewer: Option<(NodeIdx, Role)>) -> OrderDoc {
     let doc = OrderDoc::of(org, o, acked);
-    match viewer {
-        None => doc,
-        Some((v, role)) => {
-            let handles = o.chain.contains(&v) || o.report_chain.contains(&v) || o.holder == v;
-            if handles || (role != Role::Worker && org.contains(v, o.intake())) {
-                doc
-            } else {
-                doc.masked()
-            }
-        }
+    if viewer.is_some_and(|(v, role)| !sees_contact(org, o, v, role)) {
+        doc.masked()
+    } else {
+        doc
     }
+}
+
+/// Whether `v` sees the reporter's contact: those handling the order, and centers above its
+/// intake node.
+pub fn sees_contact(org: &Org, o: &Order, v: NodeIdx, role: Role) -> bool {
+    o.chain.contains(&v)
+        || o.report_chain.contains(&v)
+        || o.holder == v
+        || (role != Role::Worker && org.contains(v, o.intake()))
 }
 
 struct Service {
@@ -278,7 +326,13 @@ pub fn start(
         acked,
         dirty_acks: Vec::new(),
     };
-    Ok((OrdersHandle { tx }, tokio::spawn(svc.run(rx))))
+    Ok((
+        OrdersHandle {
+            tx,
+            metrics: Arc::clone(&svc.metrics),
+        },
+        tokio::spawn(svc.run(rx)),
+    ))
 }
 
 fn role_of(org: &Org, n: NodeIdx) -> Role {
@@ -389,26 +443,16 @@ impl Service {
                     Some((who.node, who.role)),
                 );
                 if !fresh {
-                    return self.after_commit(move || reply.ok(false, doc)).await;
+                    return self
+                        .after_commit(move || reply.ok(false, Answer::Full(doc)))
+                        .await;
                 }
-                let full =
-                    serde_json::to_string(&OrderDoc::of(&self.org, o, self.acked_of(o.holder)))
-                        .expect("order documents serialize");
                 let endpoint = self.org.id(who.node).to_string();
                 self.store
                     .submit_async(Job::new(
-                        move |c| {
-                            persist::write_read(
-                                c,
-                                "order",
-                                id.0,
-                                &endpoint,
-                                now,
-                                Some((id.0, &full)),
-                            )
-                        },
+                        move |c| persist::write_read(c, "order", id.0, &endpoint, now),
                         move |r| match r {
-                            Ok(()) => reply.ok(false, doc),
+                            Ok(()) => reply.ok(false, Answer::Full(doc)),
                             Err(e) => reply.err(e.into()),
                         },
                     ))
@@ -486,7 +530,9 @@ impl Service {
                 self.acked_of(o.holder),
                 Some((who.node, who.role)),
             );
-            return self.after_commit(move || reply.ok(false, doc)).await;
+            return self
+                .after_commit(move || reply.ok(false, Answer::Full(doc)))
+                .await;
         }
         let org = Arc::clone(&self.org);
         let store = Arc::clone(&self.store);
@@ -495,7 +541,7 @@ impl Service {
                 Ok(Some(d)) => match d.to_order(&org) {
                     Ok(o) if can_view(&org, &o, who.node, who.role) => reply.ok(
                         false,
-                        view_for(&org, &o, u64::MAX, Some((who.node, who.role))),
+                        Answer::Full(view_for(&org, &o, u64::MAX, Some((who.node, who.role)))),
                     ),
                     _ => reply.err(OrderError::NotFound(id).into()),
                 },
@@ -517,7 +563,7 @@ impl Service {
         let org = Arc::clone(&self.org);
         let now = applied.event.at;
         let id = applied.order.id;
-        // Sequence numbers first: the holder's copy records which message told it.
+        // Sequence numbers first: the holder's copy, and the event, record which message told it.
         let mut messages = Vec::with_capacity(applied.notify.len());
         for &(to, why) in &applied.notify {
             let seq = {
@@ -527,22 +573,33 @@ impl Service {
             };
             if why == Notify::Assigned && to == applied.order.holder {
                 applied.order.assigned_seq = Some(seq);
+                applied.event.detail.message = Some(seq);
                 self.core.set_assigned_seq(id, to, seq);
             }
             messages.push((to, why, seq));
         }
         let o = &applied.order;
         let acked = self.acked_of(o.holder);
-        let full = OrderDoc::of(&org, o, acked);
-        // Serializing our own document types cannot fail.
-        let doc_json = serde_json::to_string(&full).expect("order documents serialize");
         let mut outbox = Vec::with_capacity(messages.len());
         let mut pushes: Vec<(NodeIdx, u64, Bytes)> = Vec::with_capacity(messages.len());
+        #[derive(serde::Serialize)]
+        struct Payload<'a> {
+            kind: &'static str,
+            order: DocView<'a>,
+        }
         for (to, why, seq) in messages {
-            let doc = view_for(&org, o, acked, Some((to, role_of(&org, to))));
-            let payload =
-                serde_json::to_string(&serde_json::json!({ "kind": why.kind(), "order": doc }))
-                    .expect("outbox payloads serialize");
+            let order = DocView {
+                org: &org,
+                order: o,
+                acked,
+                masked: !sees_contact(&org, o, to, role_of(&org, to)),
+            };
+            // Serializing our own document types cannot fail.
+            let payload = serde_json::to_string(&Payload {
+                kind: why.kind(),
+                order,
+            })
+            .expect("outbox payloads serialize");
             pushes.push((to, seq, outbox_frame(seq, &payload)));
             outbox.push(OutboxRow {
                 endpoint: org.id(to).to_string(),
@@ -553,13 +610,34 @@ impl Service {
                 payload,
             });
         }
-        let reply_doc = match &reply {
-            Reply::Ws { conn, .. } => view_for(&org, o, acked, Some((conn.endpoint, conn.role))),
-            _ => full,
+        // The history is the record; the whole document is stored only where it is read from
+        // the store: the creation (in its event), publication and archiving.
+        let stored = applied.event.action == Action::Create
+            || matches!(o.state, State::Published | State::Archived);
+        let full = stored.then(|| OrderDoc::of(&org, o, acked));
+        let doc = full
+            .as_ref()
+            .filter(|_| applied.event.action != Action::Create)
+            .map(|d| serde_json::to_string(d).expect("order documents serialize"));
+        let answer = match reply.wants() {
+            Wants::Nothing => None,
+            Wants::Brief => Some(Answer::Brief(Summary::of(&org, o))),
+            Wants::Full => Some(Answer::Full(match &reply {
+                Reply::Ws { conn, .. } => {
+                    view_for(&org, o, acked, Some((conn.endpoint, conn.role)))
+                }
+                _ => full.clone().unwrap_or_else(|| OrderDoc::of(&org, o, acked)),
+            })),
         };
         let rows = TransitionRows {
-            order: OrderRow::of(&org, o, doc_json, idem),
-            event: EventRow::of(&org, &applied.event),
+            created,
+            order: OrderRow::of(&org, o, doc, idem),
+            event: EventRow::of(
+                &org,
+                &applied.event,
+                full.as_ref()
+                    .filter(|_| applied.event.action == Action::Create),
+            ),
             outbox,
         };
         let item = Item {
@@ -578,7 +656,9 @@ impl Service {
             move |c| persist::write_transition(c, &rows),
             move |r| match r {
                 Ok(()) => {
-                    reply.ok(created, reply_doc);
+                    if let Some(a) = answer {
+                        reply.ok(created, a);
+                    }
                     for (to, seq, frame) in &pushes {
                         backplane.deliver_outbox(*to, *seq, frame);
                     }

@@ -229,18 +229,172 @@ impl OrderDoc {
     }
 }
 
+/// The order document serialized straight from the order, borrowing everything: the same JSON
+/// as `OrderDoc::of` (a test holds them equal) without building the owned document first. Every
+/// push and reply uses it; `OrderDoc` remains the form read back from storage.
+pub struct DocView<'a> {
+    pub org: &'a Org,
+    pub order: &'a Order,
+    /// Highest outbox sequence the holder acknowledged.
+    pub acked: u64,
+    /// Show the reporter masked.
+    pub masked: bool,
+}
+
+struct Ids<'a>(&'a Org, &'a [NodeIdx]);
+
+impl Serialize for Ids<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.1.iter().map(|&n| self.0.id(n).as_str()))
+    }
+}
+
+impl Serialize for DocView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (org, o) = (self.org, self.order);
+        let id = |n: NodeIdx| org.id(n).as_str();
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &o.id)?;
+        m.serialize_entry("source", &o.source)?;
+        m.serialize_entry("category", &*o.category)?;
+        m.serialize_entry("description", &*o.description)?;
+        #[derive(Serialize)]
+        struct Loc<'b> {
+            node: &'b str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lat: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lon: Option<f64>,
+            address: &'b str,
+        }
+        m.serialize_entry(
+            "location",
+            &Loc {
+                node: id(o.place.node),
+                lat: o.place.point.map(|p| p.lat),
+                lon: o.place.point.map(|p| p.lon),
+                address: &o.place.address,
+            },
+        )?;
+        m.serialize_entry("priority", &o.priority)?;
+        #[derive(Serialize)]
+        struct Who<'b> {
+            name: &'b str,
+            phone: &'b str,
+        }
+        if self.masked {
+            let r = o.reporter.masked();
+            m.serialize_entry(
+                "reporter",
+                &Who {
+                    name: &r.name,
+                    phone: &r.phone,
+                },
+            )?;
+        } else {
+            m.serialize_entry(
+                "reporter",
+                &Who {
+                    name: &o.reporter.name,
+                    phone: &o.reporter.phone,
+                },
+            )?;
+        }
+        m.serialize_entry("state", &o.state)?;
+        m.serialize_entry("step", &step(o.state))?;
+        m.serialize_entry("holder", id(o.holder))?;
+        m.serialize_entry("chain", &Ids(org, &o.chain))?;
+        m.serialize_entry("acknowledged", &o.acknowledged)?;
+        if !o.report_chain.is_empty() {
+            m.serialize_entry("report_chain", &Ids(org, &o.report_chain))?;
+        }
+        if let Some(r) = &o.result {
+            #[derive(Serialize)]
+            struct R<'b> {
+                text: &'b str,
+                by: &'b str,
+                at: u64,
+            }
+            m.serialize_entry(
+                "result",
+                &R {
+                    text: &r.text,
+                    by: id(r.by),
+                    at: r.at,
+                },
+            )?;
+        }
+        m.serialize_entry("reviewed", &o.reviewed)?;
+        if let Some(r) = &o.rating {
+            #[derive(Serialize)]
+            struct R<'b> {
+                score: u8,
+                satisfied: bool,
+                comment: &'b str,
+                at: u64,
+            }
+            m.serialize_entry(
+                "rating",
+                &R {
+                    score: r.score,
+                    satisfied: r.satisfied,
+                    comment: &r.comment,
+                    at: r.at,
+                },
+            )?;
+        }
+        if let Some(sm) = &o.summary {
+            m.serialize_entry("summary", &**sm)?;
+        }
+        m.serialize_entry("supervision", &o.supervision)?;
+        m.serialize_entry("reopened", &o.reopened)?;
+        m.serialize_entry("version", &o.version)?;
+        m.serialize_entry("created_at", &o.created_at)?;
+        m.serialize_entry("updated_at", &o.updated_at)?;
+        m.serialize_entry("due_at", &o.due_at)?;
+        if let Some(c) = o.closed_at {
+            m.serialize_entry("closed_at", &c)?;
+        }
+        if o.state.is_working() || o.state == State::ResultReported {
+            #[derive(Serialize)]
+            struct D<'b> {
+                to: &'b str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                seq: Option<u64>,
+                delivered: bool,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                read_at: Option<u64>,
+            }
+            m.serialize_entry(
+                "delivery",
+                &D {
+                    to: id(o.holder),
+                    seq: o.assigned_seq,
+                    delivered: o.assigned_seq.is_some_and(|s| self.acked >= s),
+                    read_at: o.read_at,
+                },
+            )?;
+        }
+        m.end()
+    }
+}
+
 /// What consoles watching a subtree receive for each changed order.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Summary {
     pub id: OrderId,
     pub state: State,
+    pub step: u8,
     pub category: String,
     pub priority: Priority,
     pub node: String,
     pub holder: String,
     pub supervision: u8,
+    pub reopened: u16,
     pub version: u32,
     pub updated_at: u64,
+    pub due_at: u64,
 }
 
 impl Summary {
@@ -248,13 +402,16 @@ impl Summary {
         Summary {
             id: o.id,
             state: o.state,
+            step: step(o.state),
             category: o.category.to_string(),
             priority: o.priority,
             node: org.id(o.place.node).to_string(),
             holder: org.id(o.holder).to_string(),
             supervision: o.supervision,
+            reopened: o.reopened,
             version: o.version,
             updated_at: o.updated_at,
+            due_at: o.due_at,
         }
     }
 }

@@ -3,11 +3,15 @@
 //! All writes go through one writer thread. Each `Job` is one atomic unit (for an order: its
 //! event, its new state and the outbox messages it causes). The writer takes every job that is
 //! waiting, runs them in one transaction and commits once — one fsync for the whole batch — and
-//! only then calls each job's `done`, which is where replies and pushes happen. So nothing is
-//! acknowledged before it is durable, and a busy hub commits thousands of transitions per fsync.
-//! If a batch fails, it is rolled back whole and every job in it is told so.
+//! only then hands the batch's `done` calls, which is where replies and pushes happen, to a
+//! completion thread that runs them in commit order while the writer moves on to the next batch.
+//! So nothing is acknowledged before it is durable, a busy hub commits thousands of transitions
+//! per fsync, and socket writes never hold up the disk. If a batch fails, it is rolled back whole
+//! and every job in it is told so.
 //!
-//! Reads use a small pool of separate connections (WAL readers never block the writer).
+//! WAL checkpoints run on a third thread with its own connection (passive: they never block the
+//! writer), and reads use a small pool of separate connections (WAL readers never block it
+//! either).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -68,10 +72,28 @@ impl Job {
 
 pub struct Store {
     path: PathBuf,
+    metrics: Arc<Metrics>,
     jobs: Mutex<Option<SyncSender<Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop_checkpoints: Arc<(Mutex<bool>, std::sync::Condvar)>,
     readers: Mutex<Vec<Connection>>,
 }
+
+/// Committed batches waiting for their `done` calls; the writer waits if the completion thread
+/// falls this far behind.
+const COMPLETIONS: usize = 64;
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// Past this size the writer restarts the WAL between two batches. Under steady writing a
+/// passive checkpoint never quite catches up, and SQLite rewinds the WAL only after one that did,
+/// so without this it grows without bound (13 GB in the year replay). The restart must be the
+/// writer's own: another connection waiting for the write lock starves, because the writer takes
+/// it again right after every commit.
+const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+/// The writer's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 256 * 1024;
+/// Commits between two looks at the WAL's size.
+const WAL_CHECK_EVERY: u64 = 16;
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let c = Connection::open(path)?;
@@ -111,15 +133,49 @@ impl Store {
                 path.display()
             )));
         }
+        // The checkpointer thread does this work instead of whichever commit crosses the limit,
+        // and a rewound WAL is cut back to the limit rather than keeping its largest size.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
+        // The writer touches index pages all over (one terminal's outbox, one order's row);
+        // keeping more of them cached matters once the indexes outgrow the default.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        let checkpointer = open_conn(path)?;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StoreError::Sqlite(format!("cannot start thread {name}: {e}")))
+        };
         let (tx, rx) = sync_channel(QUEUE);
-        let writer = std::thread::Builder::new()
-            .name("gridhub-store".into())
-            .spawn(move || writer_loop(conn, rx, metrics))
-            .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
+        let (done_tx, done_rx) = sync_channel::<Completion>(COMPLETIONS);
+        let metrics2 = Arc::clone(&metrics);
+        let metrics3 = Arc::clone(&metrics);
+        let stop: Arc<(Mutex<bool>, std::sync::Condvar)> = Arc::default();
+        let stop2 = Arc::clone(&stop);
+        let threads = vec![
+            spawn(
+                "gridhub-store",
+                Box::new({
+                    let wal = PathBuf::from(format!("{}-wal", path.display()));
+                    move || writer_loop(conn, wal, rx, done_tx, metrics)
+                }),
+            )?,
+            spawn(
+                "gridhub-done",
+                Box::new(move || completion_loop(done_rx, metrics3)),
+            )?,
+            spawn(
+                "gridhub-ckpt",
+                Box::new(move || checkpoint_loop(checkpointer, stop2)),
+            )?,
+        ];
         Ok(Store {
+            metrics: Arc::clone(&metrics2),
             path: path.to_owned(),
             jobs: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            threads: Mutex::new(threads),
+            stop_checkpoints: stop,
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -131,6 +187,7 @@ impl Store {
     /// Queues a job; blocks the calling thread while the queue is full. For async callers use
     /// `submit_async`.
     pub fn submit(&self, job: Job) {
+        self.metrics.store_queue.fetch_add(1, Relaxed);
         let tx = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match tx {
             Some(tx) => {
@@ -144,6 +201,7 @@ impl Store {
 
     /// Queues a job without blocking a runtime thread: waits asynchronously while full.
     pub async fn submit_async(&self, mut job: Job) {
+        self.metrics.store_queue.fetch_add(1, Relaxed);
         let tx = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(tx) = tx else {
             return (job.done)(Err(StoreError::Closed));
@@ -191,10 +249,24 @@ impl Store {
         out
     }
 
-    /// Stops taking jobs, lets the writer finish what is queued, and waits for it.
+    /// Stops taking jobs, lets the writer and the completions finish what is queued, checkpoints
+    /// the WAL into the database file, and waits for all three threads.
     pub fn close(&self) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let mut threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        // Writer and completions first (they finish the queue), the checkpointer last, so its
+        // final checkpoint covers the last batch.
+        let checkpointer = threads.pop();
+        for h in threads {
+            let _ = h.join();
+        }
+        {
+            let (flag, cv) = &*self.stop_checkpoints;
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = checkpointer {
             let _ = h.join();
         }
         self.readers
@@ -210,10 +282,20 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(conn: Connection, rx: Receiver<Job>, metrics: Arc<Metrics>) {
+/// A committed (or failed) batch's `done` calls.
+type Completion = (Result<(), StoreError>, Vec<DoneFn>);
+
+fn writer_loop(
+    conn: Connection,
+    wal: PathBuf,
+    rx: Receiver<Job>,
+    completions: SyncSender<Completion>,
+    metrics: Arc<Metrics>,
+) {
     let mut writes: Vec<WriteFn> = Vec::with_capacity(MAX_BATCH);
-    let mut dones: Vec<DoneFn> = Vec::with_capacity(MAX_BATCH);
+    let mut commits: u64 = 0;
     while let Ok(first) = rx.recv() {
+        let mut dones: Vec<DoneFn> = Vec::with_capacity(64);
         writes.push(first.write);
         dones.push(first.done);
         while writes.len() < MAX_BATCH {
@@ -227,6 +309,7 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>, metrics: Arc<Metrics>) {
         }
         let t0 = Instant::now();
         let n = writes.len() as u64;
+        metrics.store_queue.fetch_sub(n, Relaxed);
         let result = commit(&conn, &mut writes);
         metrics.store_commit_latency.observe(t0.elapsed());
         metrics.store_commits.fetch_add(1, Relaxed);
@@ -235,10 +318,58 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>, metrics: Arc<Metrics>) {
             metrics.store_failures.fetch_add(1, Relaxed);
             tracing::error!(error = %e, jobs = n, "store batch failed and was rolled back");
         }
-        for done in dones.drain(..) {
+        metrics.store_completions_queue.fetch_add(1, Relaxed);
+        if let Err(e) = completions.send((result, dones)) {
+            // The completion thread is gone only if a `done` panicked; run them here instead.
+            let (result, dones) = e.0;
+            for done in dones {
+                done(result.clone());
+            }
+        }
+        commits += 1;
+        if commits.is_multiple_of(WAL_CHECK_EVERY)
+            && std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT)
+        {
+            let t = Instant::now();
+            // Most frames were already copied by the checkpointer; this copies the rest and lets
+            // the next commit rewind the WAL.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL restart failed");
+            }
+            metrics.store_wal_restarts.fetch_add(1, Relaxed);
+            metrics.store_commit_latency.observe(t.elapsed());
+        }
+    }
+}
+
+/// Runs each batch's `done` calls in commit order.
+fn completion_loop(rx: Receiver<Completion>, metrics: Arc<Metrics>) {
+    while let Ok((result, dones)) = rx.recv() {
+        metrics.store_completions_queue.fetch_sub(1, Relaxed);
+        for done in dones {
             done(result.clone());
         }
     }
+}
+
+/// Copies the WAL back into the database file in the background, then once more on close.
+fn checkpoint_loop(conn: Connection, stop: Arc<(Mutex<bool>, std::sync::Condvar)>) {
+    let (flag, cv) = &*stop;
+    let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+    while !*stopped {
+        stopped = cv
+            .wait_timeout(stopped, CHECKPOINT_EVERY)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        drop(stopped);
+        // PASSIVE copies what no reader needs and never waits for the writer.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+        stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+    }
+    drop(stopped);
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn commit(conn: &Connection, writes: &mut Vec<WriteFn>) -> Result<(), StoreError> {

@@ -5,7 +5,9 @@ CREATE TABLE meta (
   value TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- One row per work order: indexed columns for filters and stats, and the whole order as JSON.
+-- One row per work order: its present state, in indexed columns for filters and statistics.
+-- The history (order_events) is the source of truth; the whole order is written as JSON only
+-- when it is published and archived, for the public view and for reading closed orders.
 CREATE TABLE orders (
   id          INTEGER PRIMARY KEY,
   state       TEXT    NOT NULL,
@@ -23,35 +25,40 @@ CREATE TABLE orders (
   supervision INTEGER NOT NULL,
   score       INTEGER,
   satisfied   INTEGER,
+  version     INTEGER NOT NULL,
   idem_key    TEXT UNIQUE,
   idem_hash   TEXT,
-  doc         TEXT    NOT NULL
+  doc         TEXT
 );
 CREATE INDEX orders_state   ON orders(state);
 CREATE INDEX orders_node    ON orders(node_pre);
 CREATE INDEX orders_created ON orders(created_at);
 
--- Append-only history: every event of every order.
+-- Append-only history of every order; the create event holds the whole new order. Rows are
+-- appended in commit order (rowid), which keeps inserts sequential on disk.
 CREATE TABLE order_events (
+  id       INTEGER PRIMARY KEY,
   order_id INTEGER NOT NULL,
   seq      INTEGER NOT NULL,
   at       INTEGER NOT NULL,
   actor    TEXT    NOT NULL,
   kind     TEXT    NOT NULL,
-  data     TEXT    NOT NULL,
-  PRIMARY KEY (order_id, seq)
-) WITHOUT ROWID;
+  data     TEXT    NOT NULL
+);
+CREATE UNIQUE INDEX order_events_order ON order_events(order_id, seq);
 
--- Each terminal's durable outbox: messages in sequence, replayed on resume.
+-- Each terminal's durable outbox: messages in sequence, replayed on resume. Appended in commit
+-- order; the index finds one terminal's messages.
 CREATE TABLE outbox (
+  id       INTEGER PRIMARY KEY,
   endpoint TEXT    NOT NULL,
   seq      INTEGER NOT NULL,
   at       INTEGER NOT NULL,
   kind     TEXT    NOT NULL,
   ref      INTEGER,
-  payload  TEXT    NOT NULL,
-  PRIMARY KEY (endpoint, seq)
-) WITHOUT ROWID;
+  payload  TEXT    NOT NULL
+);
+CREATE UNIQUE INDEX outbox_endpoint ON outbox(endpoint, seq);
 
 -- The highest sequence each terminal has acknowledged (delivered).
 CREATE TABLE acks (

@@ -114,6 +114,12 @@ pub struct Metrics {
     pub store_commits: AtomicU64,
     pub store_jobs: AtomicU64,
     pub store_failures: AtomicU64,
+    pub store_wal_restarts: AtomicU64,
+    /// Jobs waiting for the store's writer, and committed batches waiting for completion.
+    pub store_queue: AtomicU64,
+    pub store_completions_queue: AtomicU64,
+    /// Requests waiting for the orders service.
+    pub orders_queue: AtomicU64,
     pub store_commit_latency: Histogram,
     pub orders_transitions: AtomicU64,
     pub orders_rejected: AtomicU64,
@@ -162,6 +168,24 @@ impl Metrics {
             "gridhub_connections_max",
             "Connection cap (from the open-file limit unless configured).",
             self.max_connections.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_store_queue",
+            "Jobs waiting for the store's writer.",
+            self.store_queue.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_store_completions_queue",
+            "Committed batches waiting to answer and push.",
+            self.store_completions_queue.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_orders_queue",
+            "Requests waiting for the orders service.",
+            self.orders_queue.load(Relaxed) as f64,
         );
         gauge(
             &mut out,
@@ -278,6 +302,12 @@ impl Metrics {
             "gridhub_store_failures_total",
             "Store batches rolled back.",
             &self.store_failures,
+        );
+        counter(
+            &mut out,
+            "gridhub_store_wal_restarts_total",
+            "Times the writer rewound a WAL past its size limit.",
+            &self.store_wal_restarts,
         );
         counter(
             &mut out,
