@@ -30,7 +30,8 @@ CREATE TABLE orders (
   idem_hash   TEXT,
   doc         TEXT
 );
-CREATE INDEX orders_state   ON orders(state);
+-- No index on state: every transition changes it, and moving the entry cost 15 % of the
+-- writer's throughput in the year replay; filters on state run within a node_pre range.
 CREATE INDEX orders_node    ON orders(node_pre);
 CREATE INDEX orders_created ON orders(created_at);
 
