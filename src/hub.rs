@@ -164,6 +164,7 @@ impl Hub {
         self.metrics.connections_opened.fetch_add(1, Relaxed);
         let why = crate::transport::session::run(Arc::clone(&self), Arc::clone(&conn), early).await;
         self.metrics.ended(why);
+        conn.end();
         tracing::debug!(endpoint = %self.org.id(conn.endpoint), conn = conn.key, reason = ?why, "connection ended");
         self.local.remove(&conn);
         self.backplane

@@ -169,12 +169,12 @@ fn kept(i: usize, n: usize, keep: usize) -> bool {
 
 /// One terminal's bot: reads what the hub pushes and does what its tier does.
 async fn bot(ws: Ws, me: NodeIdx, shared: Arc<Shared>, stop: CancellationToken) {
-    if let Err(why) = bot_loop(ws, me, &shared, &stop).await {
-        if !stop.is_cancelled() {
-            shared.lost.fetch_add(1, Relaxed);
-            let mut f = shared.first_lost.lock().unwrap_or_else(|e| e.into_inner());
-            f.get_or_insert_with(|| format!("{}: {why}", shared.org.id(me)));
-        }
+    if let Err(why) = bot_loop(ws, me, &shared, &stop).await
+        && !stop.is_cancelled()
+    {
+        shared.lost.fetch_add(1, Relaxed);
+        let mut f = shared.first_lost.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert_with(|| format!("{}: {why}", shared.org.id(me)));
     }
 }
 
@@ -410,12 +410,11 @@ async fn city(
                         continue;
                     };
                     let id = c.order.id;
-                    if let Some(loc) = org.lookup(&c.order.location.node) {
-                        if let Some(&county) =
+                    if let Some(loc) = org.lookup(&c.order.location.node)
+                        && let Some(&county) =
                             org.children(me).iter().find(|&&c| org.contains(c, loc))
-                        {
-                            dispatch(&org, &shared, id, county, &mut out);
-                        }
+                    {
+                        dispatch(&org, &shared, id, county, &mut out);
                     }
                 }
                 "error" => shared.error(&text),

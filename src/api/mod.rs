@@ -26,7 +26,7 @@ use crate::scope;
 use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step).
-pub const ROUTES: [&str; 16] = [
+pub const ROUTES: [&str; 22] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -43,6 +43,12 @@ pub const ROUTES: [&str; 16] = [
     "/api/v1/orders/{id}/{action}",
     "/api/v1/public/orders/{id}",
     "/api/v1/categories",
+    "/api/v1/notices",
+    "/api/v1/notices/{id}",
+    "/api/v1/notices/{id}/read",
+    "/api/v1/campaigns",
+    "/api/v1/campaigns/{id}",
+    "/api/v1/campaigns/{id}/{action}",
 ];
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -65,6 +71,15 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/orders/{id}/{action}", post(orders::act))
         .route("/api/v1/public/orders/{id}", get(orders::public))
         .route("/api/v1/categories", get(categories))
+        .route("/api/v1/notices", post(orders::notice_send))
+        .route("/api/v1/notices/{id}", get(orders::notice_get))
+        .route("/api/v1/notices/{id}/read", post(orders::notice_read))
+        .route("/api/v1/campaigns", post(orders::campaign_start))
+        .route("/api/v1/campaigns/{id}", get(orders::campaign_get))
+        .route(
+            "/api/v1/campaigns/{id}/{action}",
+            post(orders::campaign_act_or_records),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(

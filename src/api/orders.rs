@@ -21,7 +21,9 @@ use crate::hub::Hub;
 use crate::orders::Who;
 use crate::orders::model::{Action, OrderId, Priority, State as OrderState};
 use crate::orders::persist;
-use crate::orders::service::{Cmd, Reply, RestResult, ServiceError};
+use crate::orders::service::{
+    CampaignIn, Cmd, NoticeIn, RecordIn, Reply, RestBody, RestResult, ServiceError,
+};
 use crate::orders::wire::{ActIn, CreateIn, check_key};
 use crate::org::{NodeIdx, Tier};
 use crate::scope;
@@ -70,13 +72,16 @@ async fn ask(hub: &Hub, make: impl FnOnce(Reply) -> Cmd) -> RestResult {
 }
 
 fn order_response(r: RestResult) -> Result<Response, ApiError> {
-    let (created, doc) = r?;
+    let (created, body) = r?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(serde_json::json!({ "order": doc }))).into_response())
+    Ok(match body {
+        RestBody::Order(doc) => (status, Json(serde_json::json!({ "order": doc }))).into_response(),
+        RestBody::Value(v) => (status, Json(v)).into_response(),
+    })
 }
 
 /// `POST /api/v1/orders` — `Idempotency-Key` makes a retried create return the same order.
@@ -568,4 +573,131 @@ pub async fn public(
         "reporter": doc.masked().reporter,
     }))
     .into_response())
+}
+
+/// `POST /api/v1/notices`.
+pub async fn notice_send(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    body: Result<Json<NoticeIn>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(notice) = body.map_err(body_error)?;
+    order_response(
+        ask(&hub, |reply| Cmd::NoticeSend {
+            who: who(&c),
+            notice,
+            reply,
+        })
+        .await,
+    )
+}
+
+pub async fn notice_get(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    order_response(
+        ask(&hub, |reply| Cmd::NoticeGet {
+            who: who(&c),
+            id,
+            reply,
+        })
+        .await,
+    )
+}
+
+/// `POST /api/v1/notices/{id}/read` and `/api/v1/campaigns/{id}/read`: read receipts.
+pub async fn notice_read(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    order_response(
+        ask(&hub, |reply| Cmd::MarkRead {
+            who: who(&c),
+            kind: "notice",
+            id,
+            reply,
+        })
+        .await,
+    )
+}
+
+/// `POST /api/v1/campaigns`.
+pub async fn campaign_start(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    body: Result<Json<CampaignIn>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(campaign) = body.map_err(body_error)?;
+    order_response(
+        ask(&hub, |reply| Cmd::CampaignStart {
+            who: who(&c),
+            campaign,
+            reply,
+        })
+        .await,
+    )
+}
+
+pub async fn campaign_get(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    order_response(
+        ask(&hub, |reply| Cmd::CampaignGet {
+            who: who(&c),
+            id,
+            reply,
+        })
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsBody {
+    records: Vec<RecordIn>,
+}
+
+/// `POST /api/v1/campaigns/{id}/{action}`: `records` (a worker's records, at most 100 per
+/// request), `done` (a worker finished), `close` (the sender), `read` (a read receipt).
+pub async fn campaign_act_or_records(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path((id, action)): Path<(u64, String)>,
+    body: Result<Json<RecordsBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let w = who(&c);
+    let r = match action.as_str() {
+        "records" => {
+            let Json(b) = body.map_err(body_error)?;
+            ask(&hub, |reply| Cmd::CampaignRecord {
+                who: w,
+                id,
+                records: b.records,
+                reply,
+            })
+            .await
+        }
+        "done" => ask(&hub, |reply| Cmd::CampaignDone { who: w, id, reply }).await,
+        "close" => ask(&hub, |reply| Cmd::CampaignClose { who: w, id, reply }).await,
+        "read" => {
+            ask(&hub, |reply| Cmd::MarkRead {
+                who: w,
+                kind: "campaign",
+                id,
+                reply,
+            })
+            .await
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no campaign action {other:?}; actions: records, done, close, read"
+            )));
+        }
+    };
+    order_response(r)
 }

@@ -1,6 +1,7 @@
 //! orders — citizen requests as work orders through the eight steps, down the five tiers and
 //! back up. `model` holds the types, `core` the state machine (no IO).
 
+pub mod campaigns;
 pub mod core;
 pub mod feed;
 pub mod model;

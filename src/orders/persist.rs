@@ -369,10 +369,10 @@ fn replay_open(c: &Connection, org: &Org) -> rusqlite::Result<(Vec<Order>, Vec<S
         reads.insert((id, endpoint), at);
     }
     for (o, since) in open.iter_mut().zip(holder_since) {
-        if let Some(&at) = reads.get(&(o.id.0, org.id(o.holder).to_string())) {
-            if at >= since {
-                o.read_at = Some(at);
-            }
+        if let Some(&at) = reads.get(&(o.id.0, org.id(o.holder).to_string()))
+            && at >= since
+        {
+            o.read_at = Some(at);
         }
     }
     Ok((open, skipped))

@@ -76,3 +76,52 @@ CREATE TABLE reads (
   at       INTEGER NOT NULL,
   PRIMARY KEY (kind, ref, endpoint)
 ) WITHOUT ROWID;
+
+-- Notices: one message to every terminal of chosen tiers in a subtree. Each recipient's copy is
+-- an outbox message; its sequence here tells whether it was delivered (acknowledged).
+CREATE TABLE notices (
+  id         INTEGER PRIMARY KEY,
+  sender     TEXT    NOT NULL,
+  node       TEXT    NOT NULL,
+  tiers      TEXT    NOT NULL,
+  title      TEXT    NOT NULL,
+  body       TEXT    NOT NULL,
+  created_at INTEGER NOT NULL,
+  recipients INTEGER NOT NULL
+);
+CREATE TABLE notice_recipients (
+  notice_id INTEGER NOT NULL,
+  endpoint  TEXT    NOT NULL,
+  seq       INTEGER NOT NULL,
+  PRIMARY KEY (notice_id, endpoint)
+) WITHOUT ROWID;
+
+-- Campaigns: one task to every worker (or chosen tiers) of a subtree, and the records they send
+-- back, one per key (e.g. a household): a later record for the same key replaces the earlier.
+CREATE TABLE campaigns (
+  id           INTEGER PRIMARY KEY,
+  sender       TEXT    NOT NULL,
+  node         TEXT    NOT NULL,
+  tiers        TEXT    NOT NULL,
+  title        TEXT    NOT NULL,
+  instructions TEXT    NOT NULL,
+  created_at   INTEGER NOT NULL,
+  due_at       INTEGER,
+  closed_at    INTEGER,
+  recipients   INTEGER NOT NULL
+);
+CREATE TABLE campaign_records (
+  campaign_id INTEGER NOT NULL,
+  key         TEXT    NOT NULL,
+  worker      TEXT    NOT NULL,
+  outcome     TEXT    NOT NULL,
+  data        TEXT,
+  at          INTEGER NOT NULL,
+  PRIMARY KEY (campaign_id, key)
+) WITHOUT ROWID;
+CREATE TABLE campaign_done (
+  campaign_id INTEGER NOT NULL,
+  worker      TEXT    NOT NULL,
+  at          INTEGER NOT NULL,
+  PRIMARY KEY (campaign_id, worker)
+) WITHOUT ROWID;

@@ -242,6 +242,17 @@ impl Conn {
         self.outbox().closing
     }
 
+    /// Marks the connection finished (its task has returned): nothing more will be sent.
+    pub(crate) fn end(&self) {
+        self.outbox().broken = true;
+    }
+
+    /// Still able to take frames.
+    pub fn is_open(&self) -> bool {
+        let out = self.outbox();
+        out.closing.is_none() && !out.broken
+    }
+
     /// (closing reason, socket broken, frames waiting) under one lock.
     pub(super) fn state(&self) -> (Option<Close>, bool, bool) {
         let out = self.outbox();

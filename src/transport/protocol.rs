@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use super::frame::text_frame_with;
 use crate::orders::model::{Action, OrderId};
+use crate::orders::service::{CampaignIn, NoticeIn, RecordIn};
 use crate::orders::wire::{ActIn, CreateIn};
 use crate::org::NodeId;
 use crate::presence::wire::{SetRequest, SubscribeRequest, UnsubscribeRequest, from_data};
@@ -168,6 +169,25 @@ pub struct NodeRef {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct NoticeRef {
+    pub notice: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRef {
+    pub campaign: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsIn {
+    pub campaign: u64,
+    pub records: Vec<RecordIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResumeIn {
     /// The last sequence the terminal has; 0 for everything still kept.
     #[serde(default)]
@@ -195,6 +215,16 @@ pub enum Body {
     OrdersUnsubscribe(NodeRef),
     OutboxResume(ResumeIn),
     OutboxAck(AckIn),
+    NoticeSend(Box<NoticeIn>),
+    NoticeGet(NoticeRef),
+    NoticeRead(NoticeRef),
+    CampaignStart(Box<CampaignIn>),
+    CampaignGet(CampaignRef),
+    CampaignRecord(RecordsIn),
+    CampaignDone(CampaignRef),
+    CampaignWatch(CampaignRef),
+    CampaignUnwatch(CampaignRef),
+    CampaignClose(CampaignRef),
 }
 
 /// The order actions, by request type.
@@ -229,12 +259,22 @@ impl Body {
             Body::OrdersUnsubscribe(_) => "orders.unsubscribe",
             Body::OutboxResume(_) => "outbox.resume",
             Body::OutboxAck(_) => "outbox.ack",
+            Body::NoticeSend(_) => "notice.send",
+            Body::NoticeGet(_) => "notice.get",
+            Body::NoticeRead(_) => "notice.read",
+            Body::CampaignStart(_) => "campaign.start",
+            Body::CampaignGet(_) => "campaign.get",
+            Body::CampaignRecord(_) => "campaign.record",
+            Body::CampaignDone(_) => "campaign.done",
+            Body::CampaignWatch(_) => "campaign.watch",
+            Body::CampaignUnwatch(_) => "campaign.unwatch",
+            Body::CampaignClose(_) => "campaign.close",
         }
     }
 }
 
 /// The request types, for `unknown_type` messages.
-pub const KINDS: [&str; 21] = [
+pub const KINDS: [&str; 31] = [
     "ping",
     "presence.set",
     "presence.subscribe",
@@ -256,6 +296,16 @@ pub const KINDS: [&str; 21] = [
     "orders.unsubscribe",
     "outbox.resume",
     "outbox.ack",
+    "notice.send",
+    "notice.get",
+    "notice.read",
+    "campaign.start",
+    "campaign.get",
+    "campaign.record",
+    "campaign.done",
+    "campaign.watch",
+    "campaign.unwatch",
+    "campaign.close",
 ];
 
 #[derive(Deserialize)]
@@ -342,6 +392,16 @@ pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
         "orders.unsubscribe" => Body::OrdersUnsubscribe(from_data(kind, data).map_err(invalid)?),
         "outbox.resume" => Body::OutboxResume(from_data(kind, data).map_err(invalid)?),
         "outbox.ack" => Body::OutboxAck(from_data(kind, data).map_err(invalid)?),
+        "notice.send" => Body::NoticeSend(from_data(kind, data).map_err(invalid)?),
+        "notice.get" => Body::NoticeGet(from_data(kind, data).map_err(invalid)?),
+        "notice.read" => Body::NoticeRead(from_data(kind, data).map_err(invalid)?),
+        "campaign.start" => Body::CampaignStart(from_data(kind, data).map_err(invalid)?),
+        "campaign.get" => Body::CampaignGet(from_data(kind, data).map_err(invalid)?),
+        "campaign.record" => Body::CampaignRecord(from_data(kind, data).map_err(invalid)?),
+        "campaign.done" => Body::CampaignDone(from_data(kind, data).map_err(invalid)?),
+        "campaign.watch" => Body::CampaignWatch(from_data(kind, data).map_err(invalid)?),
+        "campaign.unwatch" => Body::CampaignUnwatch(from_data(kind, data).map_err(invalid)?),
+        "campaign.close" => Body::CampaignClose(from_data(kind, data).map_err(invalid)?),
         other if other.starts_with("order.") && ORDER_ACTIONS.iter().any(|(k, _)| *k == other) => {
             let action = ORDER_ACTIONS
                 .iter()
@@ -414,12 +474,17 @@ pub fn outbox_frame(seq: u64, payload: &str) -> Bytes {
 }
 
 /// Requests whose reply carries data the client asked for: always answered.
-const RETURNS_DATA: [&str; 5] = [
+const RETURNS_DATA: [&str; 10] = [
     "presence.subscribe",
     "order.create",
     "order.get",
     "order.read",
     "outbox.resume",
+    "notice.send",
+    "notice.get",
+    "campaign.start",
+    "campaign.get",
+    "campaign.watch",
 ];
 
 /// The success reply to a request, or nothing for a notification: like JSON-RPC, a request

@@ -484,6 +484,56 @@ impl Session {
                 seq: a.seq,
                 re,
             }),
+            Body::NoticeSend(n) => Routed::Orders(Cmd::NoticeSend {
+                who,
+                notice: *n,
+                reply,
+            }),
+            Body::NoticeGet(n) => Routed::Orders(Cmd::NoticeGet {
+                who,
+                id: n.notice,
+                reply,
+            }),
+            Body::NoticeRead(n) => Routed::Orders(Cmd::MarkRead {
+                who,
+                kind: "notice",
+                id: n.notice,
+                reply,
+            }),
+            Body::CampaignStart(c) => Routed::Orders(Cmd::CampaignStart {
+                who,
+                campaign: *c,
+                reply,
+            }),
+            Body::CampaignGet(c) => Routed::Orders(Cmd::CampaignGet {
+                who,
+                id: c.campaign,
+                reply,
+            }),
+            Body::CampaignRecord(r) => Routed::Orders(Cmd::CampaignRecord {
+                who,
+                id: r.campaign,
+                records: r.records,
+                reply,
+            }),
+            Body::CampaignDone(c) => Routed::Orders(Cmd::CampaignDone {
+                who,
+                id: c.campaign,
+                reply,
+            }),
+            Body::CampaignClose(c) => Routed::Orders(Cmd::CampaignClose {
+                who,
+                id: c.campaign,
+                reply,
+            }),
+            Body::CampaignWatch(c) | Body::CampaignUnwatch(c) => {
+                Routed::Orders(Cmd::CampaignWatch {
+                    conn: Arc::clone(&self.conn),
+                    id: c.campaign,
+                    watch: kind == "campaign.watch",
+                    re,
+                })
+            }
             Body::OrdersSubscribe(n) | Body::OrdersUnsubscribe(n) => {
                 let target = crate::presence::wire::Target::Node(n.node);
                 let Watch::Subtree(node) = self.watch_for(&target)? else {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod broadcast;
 mod connect;
 mod durability;
 mod orders;

@@ -120,6 +120,7 @@ async fn an_order_goes_down_all_five_tiers_and_its_result_comes_back_up() {
             json!({"order": id, "summary": "已处理。居民来电 13812345678 反映的噪音问题已解决"}),
         )
         .await;
+    assert_eq!(o["state"], "published");
     let full = t[0].order("order.get", json!({"order": id})).await;
     assert_eq!(
         full["summary"],

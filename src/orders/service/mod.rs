@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+mod broadcast;
+
+use broadcast::Campaigns;
+pub use broadcast::{CampaignIn, NoticeIn, RECORDS_PER_REQUEST, RecordIn};
+
 use super::core::{Act, Applied, Created, NewOrder, Notify, OrderError, Orders, Policy, Who};
 use super::feed::{FeedHandle, Item};
 use super::model::{Action, Order, OrderId, State};
@@ -32,6 +37,8 @@ use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, outbox_frame, rep
 pub const REPLAY_MAX: usize = 1000;
 /// Acknowledgements are written at most this often (the latest per terminal).
 const ACK_FLUSH: Duration = Duration::from_millis(100);
+/// Campaign progress reaches watching consoles at most this often.
+const PROGRESS_FLUSH: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ServiceError {
@@ -70,7 +77,13 @@ impl ServiceError {
     }
 }
 
-pub type RestResult = Result<(bool, OrderDoc), ServiceError>;
+/// What a REST request gets back: an order, or (notices, campaigns) a JSON value.
+pub enum RestBody {
+    Order(Box<OrderDoc>),
+    Value(serde_json::Value),
+}
+
+pub type RestResult = Result<(bool, RestBody), ServiceError>;
 
 /// Where an answer goes.
 pub enum Reply {
@@ -87,7 +100,7 @@ pub enum Reply {
 /// What a successful answer carries.
 pub enum Answer {
     /// The whole order (creates, reads, and every REST answer).
-    Full(OrderDoc),
+    Full(Box<OrderDoc>),
     /// Its summary: enough to confirm a WebSocket transition, a tenth of the size.
     Brief(Summary),
 }
@@ -133,7 +146,7 @@ impl Reply {
                 }
             }
             (Reply::Rest(tx), Answer::Full(doc)) => {
-                let _ = tx.send(Ok((created, doc)));
+                let _ = tx.send(Ok((created, RestBody::Order(doc))));
             }
             // `wants` asks REST for the whole order; nothing else reaches here.
             (Reply::Rest(_), Answer::Brief(_)) | (Reply::None, _) => {}
@@ -194,6 +207,55 @@ pub enum Cmd {
     },
     /// Writes for these orders failed: take them back from the store.
     Reload(Vec<OrderId>),
+    NoticeSend {
+        who: Who,
+        notice: NoticeIn,
+        reply: Reply,
+    },
+    NoticeGet {
+        who: Who,
+        id: u64,
+        reply: Reply,
+    },
+    /// A read receipt for a notice or a campaign task.
+    MarkRead {
+        who: Who,
+        kind: &'static str,
+        id: u64,
+        reply: Reply,
+    },
+    CampaignStart {
+        who: Who,
+        campaign: CampaignIn,
+        reply: Reply,
+    },
+    CampaignGet {
+        who: Who,
+        id: u64,
+        reply: Reply,
+    },
+    CampaignRecord {
+        who: Who,
+        id: u64,
+        records: Vec<RecordIn>,
+        reply: Reply,
+    },
+    CampaignDone {
+        who: Who,
+        id: u64,
+        reply: Reply,
+    },
+    CampaignWatch {
+        conn: Arc<Conn>,
+        id: u64,
+        watch: bool,
+        re: Option<ReqId>,
+    },
+    CampaignClose {
+        who: Who,
+        id: u64,
+        reply: Reply,
+    },
     Stop(oneshot::Sender<()>),
 }
 
@@ -215,7 +277,15 @@ impl OrdersHandle {
                 Cmd::Create { reply, .. }
                 | Cmd::Act { reply, .. }
                 | Cmd::Get { reply, .. }
-                | Cmd::Read { reply, .. } => reply.err(ServiceError::Unavailable),
+                | Cmd::Read { reply, .. }
+                | Cmd::NoticeSend { reply, .. }
+                | Cmd::NoticeGet { reply, .. }
+                | Cmd::MarkRead { reply, .. }
+                | Cmd::CampaignStart { reply, .. }
+                | Cmd::CampaignGet { reply, .. }
+                | Cmd::CampaignRecord { reply, .. }
+                | Cmd::CampaignDone { reply, .. }
+                | Cmd::CampaignClose { reply, .. } => reply.err(ServiceError::Unavailable),
                 _ => {}
             }
         }
@@ -272,6 +342,9 @@ struct Service {
     /// Per endpoint: last outbox sequence written, last acknowledged.
     last_seq: Vec<u64>,
     acked: Vec<u64>,
+    campaigns: Campaigns,
+    next_notice: u64,
+    next_campaign: u64,
     /// Endpoints whose acknowledgement changed since the last write, each once.
     dirty_acks: Vec<NodeIdx>,
     ack_dirty: Vec<bool>,
@@ -287,7 +360,7 @@ pub fn start(
 ) -> Result<(OrdersHandle, tokio::task::JoinHandle<()>), StoreError> {
     let fingerprint = org.fingerprint();
     let keys_since = now_ms().saturating_sub(policy.idempotency_ms);
-    let loaded = store.read_sync(|c| {
+    let (loaded, (campaigns, next_notice, next_campaign)) = store.read_sync(|c| {
         let moved = persist::reindex_nodes(c, &org, &fingerprint)?;
         if moved > 0 {
             tracing::warn!(
@@ -295,7 +368,10 @@ pub fn start(
                 "the org tree changed; order locations re-indexed"
             );
         }
-        persist::load(c, &org, keys_since)
+        Ok((
+            persist::load(c, &org, keys_since)?,
+            broadcast::load_campaigns(c, &org)?,
+        ))
     })?;
     for s in &loaded.skipped {
         tracing::error!("not loaded: {s}");
@@ -324,6 +400,9 @@ pub fn start(
         last_seq,
         ack_dirty: vec![false; acked.len()],
         acked,
+        campaigns: Arc::new(std::sync::Mutex::new(campaigns)),
+        next_notice,
+        next_campaign,
         dirty_acks: Vec::new(),
     };
     Ok((
@@ -344,6 +423,8 @@ impl Service {
         let mut buf = Vec::with_capacity(256);
         let mut ack_tick = tokio::time::interval(ACK_FLUSH);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress_tick = tokio::time::interval(PROGRESS_FLUSH);
+        progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wait = self
                 .core
@@ -370,6 +451,7 @@ impl Service {
                     }
                 }
                 _ = ack_tick.tick(), if !self.dirty_acks.is_empty() => self.flush_acks().await,
+                _ = progress_tick.tick() => self.flush_progress(),
             }
         }
     }
@@ -444,7 +526,7 @@ impl Service {
                 );
                 if !fresh {
                     return self
-                        .after_commit(move || reply.ok(false, Answer::Full(doc)))
+                        .after_commit(move || reply.ok(false, Answer::Full(Box::new(doc))))
                         .await;
                 }
                 let endpoint = self.org.id(who.node).to_string();
@@ -452,7 +534,7 @@ impl Service {
                     .submit_async(Job::new(
                         move |c| persist::write_read(c, "order", id.0, &endpoint, now),
                         move |r| match r {
-                            Ok(()) => reply.ok(false, Answer::Full(doc)),
+                            Ok(()) => reply.ok(false, Answer::Full(Box::new(doc))),
                             Err(e) => reply.err(e.into()),
                         },
                     ))
@@ -494,6 +576,34 @@ impl Service {
                     }
                 }
             }
+            Cmd::NoticeSend { who, notice, reply } => self.notice_send(who, notice, reply).await,
+            Cmd::NoticeGet { who, id, reply } => self.notice_get(who, id, reply).await,
+            Cmd::MarkRead {
+                who,
+                kind,
+                id,
+                reply,
+            } => self.mark_read(who, kind, id, reply).await,
+            Cmd::CampaignStart {
+                who,
+                campaign,
+                reply,
+            } => self.campaign_start(who, campaign, reply).await,
+            Cmd::CampaignGet { who, id, reply } => self.campaign_get(who, id, reply).await,
+            Cmd::CampaignRecord {
+                who,
+                id,
+                records,
+                reply,
+            } => self.campaign_record(who, id, records, reply).await,
+            Cmd::CampaignDone { who, id, reply } => self.campaign_done(who, id, reply).await,
+            Cmd::CampaignWatch {
+                conn,
+                id,
+                watch,
+                re,
+            } => self.campaign_watch(conn, id, watch, re).await,
+            Cmd::CampaignClose { who, id, reply } => self.campaign_close(who, id, reply).await,
             Cmd::Stop(_) => unreachable!("handled in run"),
         }
     }
@@ -531,7 +641,7 @@ impl Service {
                 Some((who.node, who.role)),
             );
             return self
-                .after_commit(move || reply.ok(false, Answer::Full(doc)))
+                .after_commit(move || reply.ok(false, Answer::Full(Box::new(doc))))
                 .await;
         }
         let org = Arc::clone(&self.org);
@@ -541,7 +651,12 @@ impl Service {
                 Ok(Some(d)) => match d.to_order(&org) {
                     Ok(o) if can_view(&org, &o, who.node, who.role) => reply.ok(
                         false,
-                        Answer::Full(view_for(&org, &o, u64::MAX, Some((who.node, who.role)))),
+                        Answer::Full(Box::new(view_for(
+                            &org,
+                            &o,
+                            u64::MAX,
+                            Some((who.node, who.role)),
+                        ))),
                     ),
                     _ => reply.err(OrderError::NotFound(id).into()),
                 },
@@ -622,12 +737,12 @@ impl Service {
         let answer = match reply.wants() {
             Wants::Nothing => None,
             Wants::Brief => Some(Answer::Brief(Summary::of(&org, o))),
-            Wants::Full => Some(Answer::Full(match &reply {
+            Wants::Full => Some(Answer::Full(Box::new(match &reply {
                 Reply::Ws { conn, .. } => {
                     view_for(&org, o, acked, Some((conn.endpoint, conn.role)))
                 }
                 _ => full.clone().unwrap_or_else(|| OrderDoc::of(&org, o, acked)),
-            })),
+            }))),
         };
         let rows = TransitionRows {
             created,
