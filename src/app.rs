@@ -126,6 +126,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&backplane),
         feed.clone(),
         Arc::clone(&metrics),
+        orders::service::Retention {
+            every: Duration::from_secs(config.store.prune_interval_secs.max(1)),
+            keep_ms: config.store.outbox_keep_secs * 1000,
+        },
     )
     .map_err(|source| StartError::Store {
         path: store_path.display().to_string(),

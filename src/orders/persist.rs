@@ -209,6 +209,20 @@ pub fn write_outbox(c: &Connection, m: &OutboxRow) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Rows deleted per pruning job, so one job never holds the writer long.
+pub const PRUNE_CHUNK: usize = 5_000;
+
+/// Deletes up to `PRUNE_CHUNK` outbox messages that were acknowledged and are older than
+/// `before` (Unix ms); returns how many. Unacknowledged messages are never pruned.
+pub fn prune_outbox(c: &Connection, before: u64) -> rusqlite::Result<usize> {
+    c.prepare_cached(
+        "DELETE FROM outbox WHERE id IN (
+           SELECT o.id FROM acks a JOIN outbox o ON o.endpoint = a.endpoint AND o.seq <= a.seq
+           WHERE o.at < ?1 LIMIT ?2)",
+    )?
+    .execute(params![before as i64, PRUNE_CHUNK as i64])
+}
+
 pub fn write_acks(c: &Connection, acks: &[(String, u64)], at: u64) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO acks (endpoint, seq, at) VALUES (?1, ?2, ?3)
@@ -416,7 +430,14 @@ pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Load
         skipped,
         next_id: next_id as u64,
         keys,
-        last_seq: per_endpoint("SELECT endpoint, MAX(seq) FROM outbox GROUP BY endpoint")?,
+        // Pruning removes only acknowledged messages, so a terminal's last sequence is the larger
+        // of its newest kept message and its acknowledgement: numbers never repeat.
+        last_seq: per_endpoint(
+            "SELECT endpoint, MAX(seq) FROM (
+               SELECT endpoint, MAX(seq) AS seq FROM outbox GROUP BY endpoint
+               UNION ALL SELECT endpoint, seq FROM acks)
+             GROUP BY endpoint",
+        )?,
         acked: per_endpoint("SELECT endpoint, seq FROM acks")?,
     })
 }

@@ -124,6 +124,7 @@ pub struct Metrics {
     pub orders_transitions: AtomicU64,
     pub orders_rejected: AtomicU64,
     pub outbox_messages: AtomicU64,
+    pub outbox_pruned: AtomicU64,
     pub push_latency: Histogram,
     /// Set once at start-up.
     pub fd_limit: AtomicU64,
@@ -326,6 +327,12 @@ impl Metrics {
             "gridhub_outbox_messages_total",
             "Durable outbox messages written.",
             &self.outbox_messages,
+        );
+        counter(
+            &mut out,
+            "gridhub_outbox_pruned_total",
+            "Delivered outbox messages deleted after the retention period.",
+            &self.outbox_pruned,
         );
         self.store_commit_latency.render(
             &mut out,

@@ -184,3 +184,70 @@ async fn deadlines_that_fall_due_while_the_hub_is_down_fire_after_restart() {
     assert_eq!(late["orders"].as_array().unwrap().len(), 1);
     hub.data_dir = Some(data);
 }
+
+#[tokio::test]
+async fn delivered_outbox_messages_are_pruned_and_sequences_never_repeat() {
+    let data = temp_dir("prune");
+    let cfg = |d: std::path::PathBuf| {
+        move |c: &mut gridhub::config::Config| {
+            c.server.data_dir = d;
+            c.store.prune_interval_secs = 1;
+            c.store.outbox_keep_secs = 0;
+        }
+    };
+    let mut hub = spawn_app(cfg(data.clone())).await;
+    let ws = workers_under(&hub.org, HUANAN, 2);
+    let mut acking = hub.connect(&ws[0]).await;
+    acking.resume(0).await;
+    let mut silent = hub.connect(&ws[1]).await;
+    silent.resume(0).await;
+    let mut city = hub.connect(CITY).await;
+    for i in 0..3 {
+        city.call(
+            "notice.send",
+            json!({"node": HUANAN, "tiers": ["worker"], "title": format!("n{i}"), "body": "b"}),
+        )
+        .await;
+    }
+    let mut last = 0;
+    for _ in 0..3 {
+        last = acking.outbox().await.0;
+    }
+    acking.ack(last).await;
+    // Pruned once acknowledged and past the (zero) keep period: a resume from the start finds
+    // nothing for the terminal that acknowledged, everything for the one that did not.
+    let pruned = async {
+        loop {
+            if acking.resume(0).await["replayed"] == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, pruned)
+        .await
+        .expect("pruned");
+    assert_eq!(
+        silent.resume(0).await["replayed"],
+        3,
+        "unacknowledged messages are kept"
+    );
+    drop((acking, silent, city));
+    hub.data_dir = None;
+    hub.shutdown().await;
+
+    // After a restart the next message continues the sequence.
+    let hub = spawn_app(cfg(data.clone())).await;
+    let mut acking = hub.connect(&ws[0]).await;
+    let r = acking.resume(last).await;
+    assert_eq!(r["replayed"], 0, "{r}");
+    let mut city = hub.connect(CITY).await;
+    city.call(
+        "notice.send",
+        json!({"node": HUANAN, "tiers": ["worker"], "title": "after", "body": "b"}),
+    )
+    .await;
+    let (seq, _, _) = acking.outbox().await;
+    assert_eq!(seq, last + 1);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -7,7 +7,7 @@
 //! consoles. Nothing is said to anyone before it is durable. Refusals and reads are answered
 //! through the same queue, so a terminal's replies come in the order it asked.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,8 @@ pub enum Cmd {
     },
     /// Writes for these orders failed: take them back from the store.
     Reload(Vec<OrderId>),
+    /// Prune more delivered outbox messages (the last chunk was full).
+    Prune,
     NoticeSend {
         who: Who,
         notice: NoticeIn,
@@ -343,11 +345,19 @@ struct Service {
     last_seq: Vec<u64>,
     acked: Vec<u64>,
     campaigns: Campaigns,
+    retention: Retention,
     next_notice: u64,
     next_campaign: u64,
     /// Endpoints whose acknowledgement changed since the last write, each once.
     dirty_acks: Vec<NodeIdx>,
     ack_dirty: Vec<bool>,
+}
+
+/// How long delivered outbox messages are kept, and how often they are pruned.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub every: Duration,
+    pub keep_ms: u64,
 }
 
 pub fn start(
@@ -357,6 +367,7 @@ pub fn start(
     backplane: Arc<dyn Backplane>,
     feed: FeedHandle,
     metrics: Arc<Metrics>,
+    retention: Retention,
 ) -> Result<(OrdersHandle, tokio::task::JoinHandle<()>), StoreError> {
     let fingerprint = org.fingerprint();
     let keys_since = now_ms().saturating_sub(policy.idempotency_ms);
@@ -401,6 +412,7 @@ pub fn start(
         ack_dirty: vec![false; acked.len()],
         acked,
         campaigns: Arc::new(std::sync::Mutex::new(campaigns)),
+        retention,
         next_notice,
         next_campaign,
         dirty_acks: Vec::new(),
@@ -425,6 +437,9 @@ impl Service {
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress_tick = tokio::time::interval(PROGRESS_FLUSH);
         progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune_tick = tokio::time::interval(self.retention.every);
+        prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        prune_tick.tick().await;
         loop {
             let wait = self
                 .core
@@ -452,6 +467,7 @@ impl Service {
                 }
                 _ = ack_tick.tick(), if !self.dirty_acks.is_empty() => self.flush_acks().await,
                 _ = progress_tick.tick() => self.flush_progress(),
+                _ = prune_tick.tick() => self.prune().await,
             }
         }
     }
@@ -576,6 +592,7 @@ impl Service {
                     }
                 }
             }
+            Cmd::Prune => self.prune().await,
             Cmd::NoticeSend { who, notice, reply } => self.notice_send(who, notice, reply).await,
             Cmd::NoticeGet { who, id, reply } => self.notice_get(who, id, reply).await,
             Cmd::MarkRead {
@@ -840,6 +857,32 @@ impl Service {
             },
         );
         self.store.submit_async(job).await;
+    }
+
+    /// Deletes delivered outbox messages past the retention period, a chunk per job; a full
+    /// chunk queues the next one behind whatever arrived meanwhile.
+    async fn prune(&mut self) {
+        let before = now_ms().saturating_sub(self.retention.keep_ms);
+        let (me, metrics) = (self.me.clone(), Arc::clone(&self.metrics));
+        let deleted: Arc<AtomicUsize> = Arc::default();
+        let d2 = Arc::clone(&deleted);
+        self.store
+            .submit_async(Job::new(
+                move |c| {
+                    d2.store(persist::prune_outbox(c, before)?, Relaxed);
+                    Ok(())
+                },
+                move |r| {
+                    let n = deleted.load(Relaxed);
+                    if r.is_ok() {
+                        metrics.outbox_pruned.fetch_add(n as u64, Relaxed);
+                        if n == persist::PRUNE_CHUNK {
+                            let _ = me.try_send(Cmd::Prune);
+                        }
+                    }
+                },
+            ))
+            .await;
     }
 
     async fn flush_acks(&mut self) {
