@@ -79,7 +79,13 @@ fn order_response(r: RestResult) -> Result<Response, ApiError> {
         StatusCode::OK
     };
     Ok(match body {
-        RestBody::Order(doc) => (status, Json(serde_json::json!({ "order": doc }))).into_response(),
+        RestBody::Order(doc) => {
+            #[derive(Serialize)]
+            struct Body {
+                order: Box<crate::orders::wire::OrderDoc>,
+            }
+            (status, Json(Body { order: doc })).into_response()
+        }
         RestBody::Value(v) => (status, Json(v)).into_response(),
     })
 }
