@@ -245,19 +245,30 @@ async fn bot_loop(
                 _ => {}
             }
         }
-        if seen >= acked + 64 {
-            out.push(format!(
-                r#"{{"v":1,"type":"outbox.ack","data":{{"seq":{seen}}}}}"#
-            ));
-            acked = seen;
-        }
-        for text in out {
-            ws.feed(Message::text(text))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        send_all(&mut ws, out, seen, &mut acked).await?;
         ws.flush().await.map_err(|e| e.to_string())?;
     }
+}
+
+/// Queues `out`, with an acknowledgement once 64 messages have arrived since the last one.
+async fn send_all(
+    ws: &mut Ws,
+    mut out: Vec<String>,
+    seen: u64,
+    acked: &mut u64,
+) -> Result<(), String> {
+    if seen >= *acked + 64 {
+        out.push(format!(
+            r#"{{"v":1,"type":"outbox.ack","data":{{"seq":{seen}}}}}"#
+        ));
+        *acked = seen;
+    }
+    for text in out {
+        ws.feed(Message::text(text))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The tier's response to an order it was given. Requests go without an id: notifications,
@@ -431,17 +442,7 @@ async fn city(
                 _ => {}
             }
         }
-        if seen >= acked + 64 {
-            out.push(format!(
-                r#"{{"v":1,"type":"outbox.ack","data":{{"seq":{seen}}}}}"#
-            ));
-            acked = seen;
-        }
-        for text in out {
-            ws.feed(Message::text(text))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        send_all(&mut ws, out, seen, &mut acked).await?;
     }
 }
 

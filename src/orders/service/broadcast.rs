@@ -295,6 +295,24 @@ impl Service {
         Ok(n)
     }
 
+    /// Who a notice or campaign goes to: the subtree (checked against the sender's scope), the
+    /// tiers (`default` when none are given), and the terminals they make up.
+    fn audience(
+        &self,
+        who: Who,
+        node: &crate::org::NodeId,
+        tiers: Option<Vec<Tier>>,
+        default: impl FnOnce(Tier) -> Vec<Tier>,
+    ) -> Result<(NodeIdx, Vec<Tier>, Vec<NodeIdx>), ServiceError> {
+        let n = self.sender_scope(who, node)?;
+        let tiers = tiers.unwrap_or_else(|| default(self.org.tier(n)));
+        if tiers.is_empty() {
+            return Err(ServiceError::Invalid("tiers is empty".into()));
+        }
+        let targets = recipients(&self.org, n, &tiers, who.node);
+        Ok((n, tiers, targets))
+    }
+
     /// Writes one outbox message per recipient with `payload`, plus `extra` rows, atomically;
     /// then delivers live and runs `after`. Returns the recipients' sequences.
     async fn fan_out(
@@ -361,26 +379,18 @@ impl Service {
     }
 
     pub(super) async fn notice_send(&mut self, who: Who, n: NoticeIn, reply: Reply) {
-        let checked = (|| {
-            let node = self.sender_scope(who, &n.node)?;
-            check_text("title", &n.title, TITLE)?;
-            check_text("body", &n.body, BODY)?;
-            let tiers = n.tiers.clone().unwrap_or_else(|| {
-                Tier::ALL
-                    .into_iter()
-                    .filter(|t| *t > self.org.tier(node))
-                    .collect()
+        let checked = check_text("title", &n.title, TITLE)
+            .and_then(|_| check_text("body", &n.body, BODY))
+            .and_then(|_| {
+                // By default, every tier below the node.
+                self.audience(who, &n.node, n.tiers.clone(), |below| {
+                    Tier::ALL.into_iter().filter(|t| *t > below).collect()
+                })
             });
-            if tiers.is_empty() {
-                return Err(ServiceError::Invalid("tiers is empty".into()));
-            }
-            Ok((node, tiers))
-        })();
-        let (node, tiers) = match checked {
+        let (node, tiers, targets) = match checked {
             Ok(x) => x,
             Err(e) => return self.reject(reply, e).await,
         };
-        let targets = recipients(&self.org, node, &tiers, who.node);
         let id = self.next_notice;
         self.next_notice += 1;
         let now = now_ms();
@@ -525,24 +535,18 @@ impl Service {
 
     pub(super) async fn campaign_start(&mut self, who: Who, n: CampaignIn, reply: Reply) {
         let now = now_ms();
-        let checked = (|| {
-            let node = self.sender_scope(who, &n.node)?;
-            check_text("title", &n.title, TITLE)?;
-            check_text("instructions", &n.instructions, BODY)?;
-            if n.due_at.is_some_and(|d| d <= now) {
-                return Err(ServiceError::Invalid("due_at is in the past".into()));
-            }
-            let tiers = n.tiers.clone().unwrap_or_else(|| vec![Tier::Worker]);
-            if tiers.is_empty() {
-                return Err(ServiceError::Invalid("tiers is empty".into()));
-            }
-            Ok((node, tiers))
-        })();
-        let (node, tiers) = match checked {
+        let checked = check_text("title", &n.title, TITLE)
+            .and_then(|_| check_text("instructions", &n.instructions, BODY))
+            .and_then(|_| {
+                if n.due_at.is_some_and(|d| d <= now) {
+                    return Err(ServiceError::Invalid("due_at is in the past".into()));
+                }
+                self.audience(who, &n.node, n.tiers.clone(), |_| vec![Tier::Worker])
+            });
+        let (node, tiers, targets) = match checked {
             Ok(x) => x,
             Err(e) => return self.reject(reply, e).await,
         };
-        let targets = recipients(&self.org, node, &tiers, who.node);
         let id = self.next_campaign;
         self.next_campaign += 1;
         let (from, at) = (
