@@ -20,6 +20,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod backplane;
+pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod hub;

@@ -1,0 +1,1119 @@
+//! The call state machine: no IO, no clock (every input carries `now`, Unix ms).
+//!
+//! ```text
+//! invite ─▶ inviting ─ring─▶ ringing ─accept─▶ active ─hangup─▶ ended (completed)
+//!              │                │                 │
+//!              ├─ reject ───────┴─▶ ended (rejected)   a party drops: grace period, then
+//!              ├─ cancel (caller hangs up) ─▶ ended (cancelled)       ended (dropped)
+//!              └─ ring timeout ─▶ ended (no_answer): a missed call for the callee
+//! ```
+//!
+//! The hub relays SDP and ICE candidates between the two parties only, in order, and keeps the
+//! negotiation honest: an answer needs an offer from the other side; when offers cross, the
+//! caller's wins. When two terminals invite each other, the call from the lower node wins.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Role;
+use crate::org::{NodeIdx, Org};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(pub u64);
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Media {
+    Audio,
+    /// Audio and video.
+    Video,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Sent to the callee; its device has not confirmed ringing yet.
+    Inviting,
+    Ringing,
+    Active,
+    Ended,
+}
+
+/// How a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answered, then hung up.
+    Completed,
+    Rejected,
+    /// The caller gave up before an answer.
+    Cancelled,
+    /// Not answered within the ring timeout: a missed call.
+    NoAnswer,
+    /// A party's connection dropped and it did not come back within the grace period.
+    Dropped,
+    /// Superseded: the callee was calling the caller at the same moment, and that call won.
+    Glare,
+    /// Cut when the hub restarted.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Rejected => "rejected",
+            Outcome::Cancelled => "cancelled",
+            Outcome::NoAnswer => "no_answer",
+            Outcome::Dropped => "dropped",
+            Outcome::Glare => "glare",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Party {
+    Caller,
+    Callee,
+}
+
+impl Party {
+    fn other(self) -> Party {
+        match self {
+            Party::Caller => Party::Callee,
+            Party::Callee => Party::Caller,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub id: CallId,
+    pub caller: NodeIdx,
+    pub callee: NodeIdx,
+    pub media: Media,
+    pub phase: Phase,
+    pub created_at: u64,
+    pub ringing_at: Option<u64>,
+    pub answered_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    /// Whose SDP offer awaits an answer.
+    offer_from: Option<Party>,
+    /// A party whose connection dropped during the call, and since when.
+    away: Option<(Party, u64)>,
+}
+
+impl Call {
+    fn node(&self, p: Party) -> NodeIdx {
+        match p {
+            Party::Caller => self.caller,
+            Party::Callee => self.callee,
+        }
+    }
+
+    fn party(&self, n: NodeIdx) -> Option<Party> {
+        if n == self.caller {
+            Some(Party::Caller)
+        } else if n == self.callee {
+            Some(Party::Callee)
+        } else {
+            None
+        }
+    }
+
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.ended_at?.saturating_sub(self.answered_at?))
+    }
+}
+
+/// What is relayed between the parties.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    Offer(String),
+    Answer(String),
+    /// An ICE candidate in its standard JSON form (`candidate`, `sdpMid`, `sdpMLineIndex`, …).
+    Candidate(serde_json::Value),
+    EndOfCandidates,
+}
+
+/// A message for one party.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Msg {
+    Incoming {
+        call: CallId,
+        from: NodeIdx,
+        media: Media,
+        offer: Option<String>,
+    },
+    Ringing {
+        call: CallId,
+    },
+    Accepted {
+        call: CallId,
+        answer: Option<String>,
+    },
+    Signal {
+        call: CallId,
+        signal: Signal,
+    },
+    Ended {
+        call: CallId,
+        outcome: Outcome,
+        reason: Option<String>,
+        replaced_by: Option<CallId>,
+    },
+    /// The other party's connection dropped; the call waits for it (the grace period).
+    PeerAway {
+        call: CallId,
+    },
+    /// It is back; a client may need an ICE restart (a new offer).
+    PeerBack {
+        call: CallId,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Send {
+        to: NodeIdx,
+        msg: Msg,
+    },
+    /// Whether a terminal is in an active call (presence shows `in_call`).
+    InCall {
+        ep: NodeIdx,
+        active: bool,
+    },
+    /// Store the call's record (on invite, and again when it ends).
+    Record(Call),
+    /// A durable missed-call notice for the callee.
+    Missed {
+        callee: NodeIdx,
+        call: CallId,
+        from: NodeIdx,
+        at: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error("no call {0}")]
+    NotFound(CallId),
+    #[error("call {0} has ended")]
+    Ended(CallId),
+    #[error("you are not a party to call {0}")]
+    NotAParty(CallId),
+    #[error("{0}")]
+    OutOfScope(String),
+    #[error("{0} is off line")]
+    Offline(String),
+    #[error("{0} is busy in another call")]
+    Busy(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Illegal(String),
+    /// Both sides started at once; the other side won. `call` is the one to answer instead.
+    #[error("{message}")]
+    Glare {
+        message: String,
+        call: Option<CallId>,
+    },
+}
+
+impl CallError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::NotFound(_) => "not_found",
+            CallError::Ended(_) => "call_ended",
+            CallError::NotAParty(_) => "not_a_party",
+            CallError::OutOfScope(_) => "out_of_scope",
+            CallError::Offline(_) => "offline",
+            CallError::Busy(_) => "busy",
+            CallError::Invalid(_) => "invalid_data",
+            CallError::Illegal(_) => "illegal_transition",
+            CallError::Glare { .. } => "glare",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rules {
+    pub ring_timeout_ms: u64,
+    pub grace_ms: u64,
+    pub max_sdp_bytes: usize,
+    /// Calls a terminal may be in at once (ringing or active); operators may have more.
+    pub max_calls: usize,
+    pub operator_max_calls: usize,
+}
+
+/// Who may call whom: an operator anyone in its subtree or its chain of command; stations and
+/// workers their chain of command.
+pub fn may_call(org: &Org, caller: NodeIdx, role: Role, callee: NodeIdx) -> bool {
+    let chain = org.ancestors(caller).any(|a| a == callee);
+    match role {
+        Role::Operator => chain || org.contains(caller, callee),
+        Role::Station | Role::Worker => chain,
+    }
+}
+
+/// Calls kept after they end, so late signaling gets "ended" rather than "no such call".
+const ENDED_KEPT_MS: u64 = 5 * 60 * 1000;
+
+pub struct Calls {
+    org: Arc<Org>,
+    rules: Rules,
+    calls: HashMap<CallId, Call>,
+    /// Unended calls per terminal.
+    by_party: HashMap<NodeIdx, Vec<CallId>>,
+    /// (when, call): ring timeouts, grace periods, and forgetting ended calls.
+    timers: BTreeSet<(u64, CallId)>,
+    next_id: u64,
+}
+
+impl Calls {
+    pub fn new(org: Arc<Org>, rules: Rules, next_id: u64) -> Calls {
+        Calls {
+            org,
+            rules,
+            calls: HashMap::new(),
+            by_party: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_id: next_id.max(1),
+        }
+    }
+
+    pub fn get(&self, id: CallId) -> Option<&Call> {
+        self.calls.get(&id)
+    }
+
+    pub fn of(&self, ep: NodeIdx) -> &[CallId] {
+        self.by_party.get(&ep).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    fn name(&self, n: NodeIdx) -> String {
+        let node = self.org.node(n);
+        format!("{} ({})", node.id, node.name)
+    }
+
+    fn busy(&self, ep: NodeIdx, role: Role) -> bool {
+        let max = if role == Role::Operator {
+            self.rules.operator_max_calls.max(self.rules.max_calls)
+        } else {
+            self.rules.max_calls
+        };
+        self.of(ep).len() >= max
+    }
+
+    fn check_sdp(&self, sdp: &str) -> Result<(), CallError> {
+        if sdp.len() > self.rules.max_sdp_bytes {
+            return Err(CallError::Invalid(format!(
+                "sdp is {} bytes; at most {} are allowed",
+                sdp.len(),
+                self.rules.max_sdp_bytes
+            )));
+        }
+        if sdp.is_empty() {
+            return Err(CallError::Invalid("sdp is empty".into()));
+        }
+        Ok(())
+    }
+
+    /// A call from `caller` to `callee`. `online`: whether the callee has a live connection.
+    #[allow(clippy::too_many_arguments)]
+    pub fn invite(
+        &mut self,
+        caller: NodeIdx,
+        role: Role,
+        callee: NodeIdx,
+        callee_role: Role,
+        media: Media,
+        offer: Option<String>,
+        online: bool,
+        now: u64,
+    ) -> Result<(CallId, Vec<Effect>), CallError> {
+        if caller == callee {
+            return Err(CallError::Invalid("a terminal cannot call itself".into()));
+        }
+        if !may_call(&self.org, caller, role, callee) {
+            let allowed = if role == Role::Operator {
+                "its subtree and its chain of command"
+            } else {
+                "its chain of command"
+            };
+            return Err(CallError::OutOfScope(format!(
+                "{} may call only {allowed}; {} is neither",
+                self.name(caller),
+                self.name(callee)
+            )));
+        }
+        if let Some(sdp) = &offer {
+            self.check_sdp(sdp)?;
+        }
+        let mut effects = Vec::new();
+        // Glare: the callee is calling the caller right now.
+        let crossing = self.of(caller).iter().copied().find(|id| {
+            let c = &self.calls[id];
+            c.caller == callee && matches!(c.phase, Phase::Inviting | Phase::Ringing)
+        });
+        if let Some(existing) = crossing {
+            if callee < caller {
+                return Err(CallError::Glare {
+                    message: format!(
+                        "{} is calling you at this moment (call {existing}); answer that call",
+                        self.name(callee)
+                    ),
+                    call: Some(existing),
+                });
+            }
+            let new_id = CallId(self.next_id);
+            effects.extend(self.end(
+                existing,
+                Outcome::Glare,
+                Some("superseded by a crossing call".into()),
+                Some(new_id),
+                now,
+            ));
+        }
+        if !online {
+            return Err(CallError::Offline(self.name(callee)));
+        }
+        if self.busy(callee, callee_role) {
+            return Err(CallError::Busy(self.name(callee)));
+        }
+        if self.busy(caller, role) {
+            return Err(CallError::Busy(format!("you ({})", self.name(caller))));
+        }
+        let id = CallId(self.next_id);
+        self.next_id += 1;
+        let call = Call {
+            id,
+            caller,
+            callee,
+            media,
+            phase: Phase::Inviting,
+            created_at: now,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: None,
+            outcome: None,
+            reason: None,
+            offer_from: offer.is_some().then_some(Party::Caller),
+            away: None,
+        };
+        effects.push(Effect::Record(call.clone()));
+        effects.push(Effect::Send {
+            to: callee,
+            msg: Msg::Incoming {
+                call: id,
+                from: caller,
+                media,
+                offer,
+            },
+        });
+        self.by_party.entry(caller).or_default().push(id);
+        self.by_party.entry(callee).or_default().push(id);
+        self.timers.insert((now + self.rules.ring_timeout_ms, id));
+        self.calls.insert(id, call);
+        Ok((id, effects))
+    }
+
+    /// The call and the sender's side of it, if the call is live.
+    fn live(&self, id: CallId, who: NodeIdx) -> Result<(&Call, Party), CallError> {
+        let c = self.calls.get(&id).ok_or(CallError::NotFound(id))?;
+        let p = c.party(who).ok_or(CallError::NotAParty(id))?;
+        if c.phase == Phase::Ended {
+            return Err(CallError::Ended(id));
+        }
+        Ok((c, p))
+    }
+
+    /// The callee's device is ringing.
+    pub fn ring(&mut self, who: NodeIdx, id: CallId, now: u64) -> Result<Vec<Effect>, CallError> {
+        let (c, p) = self.live(id, who)?;
+        if p != Party::Callee || c.phase != Phase::Inviting {
+            return Err(CallError::Illegal(format!(
+                "only the callee rings, once, before answering; call {id} is {}",
+                phase_str(c.phase)
+            )));
+        }
+        let caller = c.caller;
+        let c = self.calls.get_mut(&id).expect("checked by live");
+        c.phase = Phase::Ringing;
+        c.ringing_at = Some(now);
+        Ok(vec![Effect::Send {
+            to: caller,
+            msg: Msg::Ringing { call: id },
+        }])
+    }
+
+    pub fn accept(
+        &mut self,
+        who: NodeIdx,
+        id: CallId,
+        answer: Option<String>,
+        now: u64,
+    ) -> Result<Vec<Effect>, CallError> {
+        let (c, p) = self.live(id, who)?;
+        if p != Party::Callee || !matches!(c.phase, Phase::Inviting | Phase::Ringing) {
+            return Err(CallError::Illegal(format!(
+                "only the callee accepts, before the call is answered; call {id} is {}",
+                phase_str(c.phase)
+            )));
+        }
+        if let Some(sdp) = &answer {
+            self.check_sdp(sdp)?;
+            if c.offer_from != Some(Party::Caller) {
+                return Err(CallError::Illegal(format!(
+                    "call {id}: an answer needs an offer from the caller first"
+                )));
+            }
+        }
+        let (caller, callee) = (c.caller, c.callee);
+        self.timers
+            .remove(&(c.created_at + self.rules.ring_timeout_ms, id));
+        let c = self.calls.get_mut(&id).expect("checked by live");
+        c.phase = Phase::Active;
+        c.answered_at = Some(now);
+        c.ringing_at.get_or_insert(now);
+        if answer.is_some() {
+            c.offer_from = None;
+        }
+        Ok(vec![
+            Effect::Send {
+                to: caller,
+                msg: Msg::Accepted { call: id, answer },
+            },
+            Effect::InCall {
+                ep: caller,
+                active: true,
+            },
+            Effect::InCall {
+                ep: callee,
+                active: true,
+            },
+        ])
+    }
+
+    pub fn reject(
+        &mut self,
+        who: NodeIdx,
+        id: CallId,
+        reason: Option<String>,
+        now: u64,
+    ) -> Result<Vec<Effect>, CallError> {
+        let (c, p) = self.live(id, who)?;
+        if p != Party::Callee || !matches!(c.phase, Phase::Inviting | Phase::Ringing) {
+            return Err(CallError::Illegal(format!(
+                "only the callee rejects, before answering; call {id} is {}",
+                phase_str(c.phase)
+            )));
+        }
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 200) {
+            return Err(CallError::Invalid(
+                "reason is longer than 200 characters".into(),
+            ));
+        }
+        Ok(self.end(id, Outcome::Rejected, reason, None, now))
+    }
+
+    /// Either side ends it: before an answer the caller cancels (the callee should reject);
+    /// after, the call is completed.
+    pub fn hangup(&mut self, who: NodeIdx, id: CallId, now: u64) -> Result<Vec<Effect>, CallError> {
+        let (c, p) = self.live(id, who)?;
+        let outcome = match (c.phase, p) {
+            (Phase::Active, _) => Outcome::Completed,
+            (_, Party::Caller) => Outcome::Cancelled,
+            (_, Party::Callee) => Outcome::Rejected,
+        };
+        Ok(self.end(id, outcome, None, None, now))
+    }
+
+    /// Relays SDP or a candidate to the other party, keeping offer/answer in order.
+    pub fn signal(
+        &mut self,
+        who: NodeIdx,
+        id: CallId,
+        signal: Signal,
+    ) -> Result<Vec<Effect>, CallError> {
+        let (c, p) = self.live(id, who)?;
+        let other = c.node(p.other());
+        match &signal {
+            Signal::Offer(sdp) => {
+                self.check_sdp(sdp)?;
+                if c.phase != Phase::Active && p == Party::Callee {
+                    return Err(CallError::Illegal(format!(
+                        "call {id}: before the call is answered only the caller offers"
+                    )));
+                }
+                // Offers crossing: the caller's wins; the callee rolls back and answers.
+                if c.offer_from == Some(p.other()) && p == Party::Callee {
+                    return Err(CallError::Glare {
+                        message: format!(
+                            "call {id}: the caller's offer is pending; roll back and answer it"
+                        ),
+                        call: Some(id),
+                    });
+                }
+                self.calls.get_mut(&id).expect("checked by live").offer_from = Some(p);
+            }
+            Signal::Answer(sdp) => {
+                self.check_sdp(sdp)?;
+                if c.offer_from != Some(p.other()) {
+                    return Err(CallError::Illegal(format!(
+                        "call {id}: an answer needs a pending offer from the other party"
+                    )));
+                }
+                self.calls.get_mut(&id).expect("checked by live").offer_from = None;
+            }
+            Signal::Candidate(v) => {
+                let ok = v
+                    .as_object()
+                    .is_some_and(|o| o.get("candidate").is_some_and(|c| c.is_string()));
+                if !ok {
+                    return Err(CallError::Invalid(
+                        "candidate must be an object with a `candidate` string (RTCIceCandidateInit)".into(),
+                    ));
+                }
+                if v.to_string().len() > 2048 {
+                    return Err(CallError::Invalid(
+                        "candidate is larger than 2048 bytes".into(),
+                    ));
+                }
+            }
+            Signal::EndOfCandidates => {}
+        }
+        Ok(vec![Effect::Send {
+            to: other,
+            msg: Msg::Signal { call: id, signal },
+        }])
+    }
+
+    /// A terminal's connection ended: unanswered calls end; active ones wait for it.
+    pub fn disconnected(&mut self, ep: NodeIdx, now: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for id in self.of(ep).to_vec() {
+            let c = &self.calls[&id];
+            let p = c.party(ep).expect("indexed by party");
+            match c.phase {
+                Phase::Active => {
+                    let other = c.node(p.other());
+                    let c = self.calls.get_mut(&id).expect("present");
+                    if c.away.is_none() {
+                        c.away = Some((p, now));
+                        self.timers.insert((now + self.rules.grace_ms, id));
+                        out.push(Effect::Send {
+                            to: other,
+                            msg: Msg::PeerAway { call: id },
+                        });
+                    } else {
+                        // Both sides gone: nothing left to wait for.
+                        out.extend(self.end(
+                            id,
+                            Outcome::Dropped,
+                            Some("both parties disconnected".into()),
+                            None,
+                            now,
+                        ));
+                    }
+                }
+                Phase::Inviting | Phase::Ringing => {
+                    let (outcome, why) = match p {
+                        Party::Caller => (Outcome::Cancelled, "the caller disconnected"),
+                        Party::Callee => (Outcome::Dropped, "the callee disconnected"),
+                    };
+                    out.extend(self.end(id, outcome, Some(why.into()), None, now));
+                }
+                Phase::Ended => {}
+            }
+        }
+        out
+    }
+
+    /// A terminal connected again within a grace period: its calls resume.
+    pub fn reconnected(&mut self, ep: NodeIdx, _now: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for id in self.of(ep).to_vec() {
+            let c = self.calls.get_mut(&id).expect("indexed");
+            if let Some((p, since)) = c.away
+                && c.node(p) == ep
+            {
+                c.away = None;
+                let other = c.node(p.other());
+                self.timers.remove(&(since + self.rules.grace_ms, id));
+                out.push(Effect::Send {
+                    to: other,
+                    msg: Msg::PeerBack { call: id },
+                });
+                out.push(Effect::Send {
+                    to: ep,
+                    msg: Msg::PeerBack { call: id },
+                });
+                out.push(Effect::InCall { ep, active: true });
+            }
+        }
+        out
+    }
+
+    /// Ring timeouts (missed calls), grace periods that ran out, ended calls to forget.
+    pub fn tick(&mut self, now: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        while let Some(&(t, id)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(c) = self.calls.get(&id) else {
+                continue;
+            };
+            match c.phase {
+                Phase::Inviting | Phase::Ringing
+                    if t >= c.created_at + self.rules.ring_timeout_ms =>
+                {
+                    out.extend(self.end(id, Outcome::NoAnswer, None, None, now));
+                }
+                Phase::Active
+                    if c.away
+                        .is_some_and(|(_, since)| t >= since + self.rules.grace_ms) =>
+                {
+                    out.extend(self.end(
+                        id,
+                        Outcome::Dropped,
+                        Some("a party did not come back".into()),
+                        None,
+                        now,
+                    ));
+                }
+                Phase::Ended if c.ended_at.is_some_and(|e| t >= e + ENDED_KEPT_MS) => {
+                    self.calls.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn end(
+        &mut self,
+        id: CallId,
+        outcome: Outcome,
+        reason: Option<String>,
+        replaced_by: Option<CallId>,
+        now: u64,
+    ) -> Vec<Effect> {
+        let ring_deadline = (self.calls[&id].created_at + self.rules.ring_timeout_ms, id);
+        let c = self.calls.get_mut(&id).expect("ending a known call");
+        let was_active = c.phase == Phase::Active;
+        let was_ringing = matches!(c.phase, Phase::Inviting | Phase::Ringing);
+        // Its pending timers die with it, so deadlines stay exact.
+        if was_ringing {
+            self.timers.remove(&ring_deadline);
+        }
+        if let Some((_, since)) = c.away.take() {
+            self.timers.remove(&(since + self.rules.grace_ms, id));
+        }
+        c.phase = Phase::Ended;
+        c.ended_at = Some(now);
+        c.outcome = Some(outcome);
+        c.reason = reason.clone();
+        let snapshot = c.clone();
+        let (caller, callee) = (c.caller, c.callee);
+        for ep in [caller, callee] {
+            if let Some(v) = self.by_party.get_mut(&ep) {
+                v.retain(|&x| x != id);
+                if v.is_empty() {
+                    self.by_party.remove(&ep);
+                }
+            }
+        }
+        self.timers.insert((now + ENDED_KEPT_MS, id));
+        let mut out = Vec::new();
+        for ep in [caller, callee] {
+            out.push(Effect::Send {
+                to: ep,
+                msg: Msg::Ended {
+                    call: id,
+                    outcome,
+                    reason: reason.clone(),
+                    replaced_by,
+                },
+            });
+        }
+        if was_active {
+            for ep in [caller, callee] {
+                // Still in another active call (operators may take several): stays in_call.
+                let other_active = self
+                    .of(ep)
+                    .iter()
+                    .any(|x| self.calls[x].phase == Phase::Active);
+                out.push(Effect::InCall {
+                    ep,
+                    active: other_active,
+                });
+            }
+        }
+        if was_ringing && outcome == Outcome::NoAnswer {
+            out.push(Effect::Missed {
+                callee,
+                call: id,
+                from: caller,
+                at: now,
+            });
+        }
+        out.push(Effect::Record(snapshot));
+        out
+    }
+}
+
+pub fn phase_str(p: Phase) -> &'static str {
+    match p {
+        Phase::Inviting => "inviting",
+        Phase::Ringing => "ringing",
+        Phase::Active => "active",
+        Phase::Ended => "ended",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct T {
+        c: Calls,
+        org: Arc<Org>,
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            ring_timeout_ms: 30_000,
+            grace_ms: 20_000,
+            max_sdp_bytes: 100,
+            max_calls: 1,
+            operator_max_calls: 2,
+        }
+    }
+
+    impl T {
+        fn new() -> T {
+            let org = Arc::new(crate::org::fixture());
+            T {
+                c: Calls::new(Arc::clone(&org), rules(), 1),
+                org,
+            }
+        }
+        fn n(&self, s: &str) -> NodeIdx {
+            self.org.lookup(s).unwrap()
+        }
+        fn role(&self, n: NodeIdx) -> Role {
+            Role::default_for(self.org.tier(n))
+        }
+        fn call(
+            &mut self,
+            from: &str,
+            to: &str,
+            now: u64,
+        ) -> Result<(CallId, Vec<Effect>), CallError> {
+            let (a, b) = (self.n(from), self.n(to));
+            let (ra, rb) = (self.role(a), self.role(b));
+            self.c
+                .invite(a, ra, b, rb, Media::Video, Some("offer".into()), true, now)
+        }
+    }
+
+    fn sent(effects: &[Effect]) -> Vec<(NodeIdx, &Msg)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, msg } => Some((*to, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_call_rings_is_answered_and_completed() {
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        let (id, fx) = t.call("a", "w1", 1_000).unwrap();
+        assert!(matches!(sent(&fx)[..], [(to, Msg::Incoming { offer: Some(_), .. })] if to == w1));
+        assert!(matches!(fx[0], Effect::Record(_)));
+        let fx = t.c.ring(w1, id, 1_200).unwrap();
+        assert_eq!(sent(&fx), [(a, &Msg::Ringing { call: id })]);
+        let fx = t.c.accept(w1, id, Some("answer".into()), 3_000).unwrap();
+        assert!(fx.contains(&Effect::InCall {
+            ep: a,
+            active: true
+        }));
+        assert!(fx.contains(&Effect::InCall {
+            ep: w1,
+            active: true
+        }));
+        assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
+        // Renegotiation (an ICE restart after a network change), both ways, in order.
+        let fx = t.c.signal(w1, id, Signal::Offer("restart".into())).unwrap();
+        assert_eq!(
+            sent(&fx),
+            [(
+                a,
+                &Msg::Signal {
+                    call: id,
+                    signal: Signal::Offer("restart".into())
+                }
+            )]
+        );
+        t.c.signal(a, id, Signal::Answer("ok".into())).unwrap();
+        t.c.signal(
+            a,
+            id,
+            Signal::Candidate(
+                serde_json::json!({"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"}),
+            ),
+        )
+        .unwrap();
+        let fx = t.c.hangup(a, id, 63_000).unwrap();
+        let c = t.c.get(id).unwrap();
+        assert_eq!(
+            (c.phase, c.outcome, c.duration_ms()),
+            (Phase::Ended, Some(Outcome::Completed), Some(60_000))
+        );
+        assert!(fx.contains(&Effect::InCall {
+            ep: a,
+            active: false
+        }));
+        assert_eq!(sent(&fx).len(), 2, "both told");
+        assert!(t.c.of(a).is_empty() && t.c.of(w1).is_empty());
+        // Late signaling: a clear "ended", not "no such call".
+        let e = t.c.signal(w1, id, Signal::EndOfCandidates).unwrap_err();
+        assert_eq!(e.code(), "call_ended");
+    }
+
+    #[test]
+    fn rejected_cancelled_and_missed() {
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        let (id, _) = t.call("a", "w1", 0).unwrap();
+        let fx = t.c.reject(w1, id, Some("在开会".into()), 1).unwrap();
+        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Rejected));
+        assert!(sent(&fx).iter().any(|(to, m)| *to == a
+            && matches!(
+                m,
+                Msg::Ended {
+                    outcome: Outcome::Rejected,
+                    reason: Some(_),
+                    ..
+                }
+            )));
+        assert!(
+            !fx.iter().any(|e| matches!(e, Effect::InCall { .. })),
+            "never active: presence untouched"
+        );
+        let (id, _) = t.call("a", "w1", 10).unwrap();
+        t.c.hangup(a, id, 11).unwrap();
+        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Cancelled));
+        let (id, _) = t.call("a", "w1", 100).unwrap();
+        t.c.ring(w1, id, 200).unwrap();
+        assert_eq!(t.c.next_deadline(), Some(30_100));
+        assert!(t.c.tick(30_099).is_empty());
+        let fx = t.c.tick(30_100);
+        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::NoAnswer));
+        assert!(fx.contains(&Effect::Missed {
+            callee: w1,
+            call: id,
+            from: a,
+            at: 30_100
+        }));
+    }
+
+    #[test]
+    fn busy_offline_self_and_out_of_scope_fail_at_once() {
+        let mut t = T::new();
+        let (w1, w2, v) = (t.n("w1"), t.n("w2"), t.n("v"));
+        assert_eq!(t.call("a", "a", 0).unwrap_err().code(), "invalid_data");
+        assert_eq!(
+            t.call("w1", "w2", 0).unwrap_err().code(),
+            "out_of_scope",
+            "workers call their chain only"
+        );
+        assert_eq!(
+            t.call("a", "b", 0).unwrap_err().code(),
+            "out_of_scope",
+            "another county"
+        );
+        assert!(
+            t.call("w1", "c", 0).is_ok(),
+            "a worker may call the city: its chain of command"
+        );
+        let e =
+            t.c.invite(
+                t.n("a"),
+                Role::Operator,
+                w2,
+                Role::Worker,
+                Media::Audio,
+                None,
+                false,
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), "offline");
+        // w1 is in a call with c: busy for a second caller.
+        let e = t.call("v", "w1", 1).unwrap_err();
+        assert_eq!(e.code(), "busy");
+        assert!(e.to_string().contains("w1"));
+        let _ = (w1, v);
+        // An operator may take two; a third is busy.
+        assert!(t.call("t", "a", 2).is_ok(), "station t calls its chain");
+        let e = t.call("v", "a", 3);
+        assert!(e.is_ok(), "operators take two: {e:?}");
+        assert_eq!(t.call("w2", "a", 4).unwrap_err().code(), "busy");
+        let long = "x".repeat(101);
+        let (a, r) = (t.n("b"), Role::Operator);
+        let e =
+            t.c.invite(
+                a,
+                r,
+                t.n("c"),
+                Role::Operator,
+                Media::Audio,
+                Some(long),
+                true,
+                5,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("101 bytes"));
+    }
+
+    #[test]
+    fn signaling_is_checked() {
+        let mut t = T::new();
+        let (a, w1, w2) = (t.n("a"), t.n("w1"), t.n("w2"));
+        let (id, _) = t.call("a", "w1", 0).unwrap();
+        assert_eq!(
+            t.c.signal(w2, id, Signal::EndOfCandidates)
+                .unwrap_err()
+                .code(),
+            "not_a_party"
+        );
+        assert_eq!(
+            t.c.signal(a, CallId(99), Signal::EndOfCandidates)
+                .unwrap_err()
+                .code(),
+            "not_found"
+        );
+        // The caller's offer is pending: the callee may not offer over it before answering.
+        assert_eq!(
+            t.c.signal(w1, id, Signal::Offer("x".into()))
+                .unwrap_err()
+                .code(),
+            "illegal_transition"
+        );
+        // An answer from the side that offered: refused.
+        assert_eq!(
+            t.c.signal(a, id, Signal::Answer("x".into()))
+                .unwrap_err()
+                .code(),
+            "illegal_transition"
+        );
+        assert_eq!(
+            t.c.signal(a, id, Signal::Candidate(serde_json::json!({"no": 1})))
+                .unwrap_err()
+                .code(),
+            "invalid_data"
+        );
+        assert_eq!(
+            t.c.signal(a, id, Signal::Offer("x".repeat(101)))
+                .unwrap_err()
+                .code(),
+            "invalid_data"
+        );
+        t.c.accept(w1, id, Some("answer".into()), 1).unwrap();
+        // Renegotiation glare: both offer; the caller's wins.
+        t.c.signal(a, id, Signal::Offer("caller".into())).unwrap();
+        let e =
+            t.c.signal(w1, id, Signal::Offer("callee".into()))
+                .unwrap_err();
+        assert_eq!(e.code(), "glare");
+        t.c.signal(w1, id, Signal::Answer("ok".into())).unwrap();
+        t.c.signal(w1, id, Signal::Offer("callee".into())).unwrap();
+        // The caller offering over the callee's pending offer wins; the callee must roll back.
+        assert!(
+            t.c.signal(a, id, Signal::Offer("caller again".into()))
+                .is_ok()
+        );
+        assert_eq!(
+            t.c.get(id).unwrap().phase,
+            Phase::Active,
+            "errors never harm the call"
+        );
+    }
+
+    #[test]
+    fn crossing_invites_resolve_to_the_lower_node() {
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        assert!(a < w1);
+        // w1 calls a; a calls w1 at the same moment: a (lower) wins, w1's call is superseded.
+        let (first, _) = t.call("w1", "a", 0).unwrap();
+        let (second, fx) = t.call("a", "w1", 1).unwrap();
+        assert_eq!(t.c.get(first).unwrap().outcome, Some(Outcome::Glare));
+        assert!(sent(&fx).iter().any(|(to, m)| *to == w1 && matches!(m, Msg::Ended { outcome: Outcome::Glare, replaced_by: Some(r), .. } if *r == second)));
+        // The other order: a calls w1, then w1 calls a: w1's invite is refused, pointing at a's.
+        let mut t = T::new();
+        let (id, _) = t.call("a", "w1", 0).unwrap();
+        match t.call("w1", "a", 1).unwrap_err() {
+            CallError::Glare { call, .. } => assert_eq!(call, Some(id)),
+            other => panic!("{other}"),
+        }
+        assert_eq!(t.c.get(id).unwrap().phase, Phase::Inviting);
+    }
+
+    #[test]
+    fn a_dropped_party_has_a_grace_period() {
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        let (id, _) = t.call("a", "w1", 0).unwrap();
+        t.c.accept(w1, id, None, 1).unwrap();
+        let fx = t.c.disconnected(w1, 10);
+        assert_eq!(sent(&fx), [(a, &Msg::PeerAway { call: id })]);
+        let fx = t.c.reconnected(w1, 15_000);
+        assert!(
+            fx.contains(&Effect::InCall {
+                ep: w1,
+                active: true
+            }),
+            "presence re-asserted"
+        );
+        assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
+        assert!(t.c.tick(20_010).is_empty(), "the grace timer was cleared");
+        t.c.disconnected(w1, 30_000);
+        let fx = t.c.tick(50_000);
+        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Dropped));
+        assert!(fx.contains(&Effect::InCall {
+            ep: a,
+            active: false
+        }));
+        // Unanswered calls end at once when a side disconnects.
+        let (id, _) = t.call("a", "w1", 60_000).unwrap();
+        t.c.disconnected(a, 60_001);
+        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Cancelled));
+        // Ended calls are forgotten after a while.
+        t.c.tick(60_001 + ENDED_KEPT_MS);
+        assert!(t.c.get(id).is_none());
+    }
+}
