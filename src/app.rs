@@ -49,6 +49,7 @@ pub struct Running {
     sweep: JoinHandle<()>,
     presence: JoinHandle<()>,
     orders: JoinHandle<()>,
+    calls: JoinHandle<()>,
 }
 
 /// Descriptors kept free: the configured reserve, but at most a quarter of a small limit.
@@ -135,6 +136,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         path: store_path.display().to_string(),
         source,
     })?;
+    let (calls, calls_task) = crate::calls::service::start(
+        Arc::clone(&org),
+        config.calls.rules(),
+        Arc::clone(&store),
+        Arc::clone(&backplane),
+        orders.clone(),
+        Arc::clone(&metrics),
+    )
+    .map_err(|source| StartError::Store {
+        path: store_path.display().to_string(),
+        source,
+    })?;
     let listener =
         bind(config.server.listen, config.server.backlog).map_err(|source| StartError::Bind {
             addr: config.server.listen,
@@ -176,6 +189,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store,
         orders,
         feed,
+        calls,
         max_connections,
         max_refusing: refusing,
     }));
@@ -193,6 +207,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sweep,
         presence: presence_task,
         orders: orders_task,
+        calls: calls_task,
     })
 }
 
@@ -206,7 +221,10 @@ impl Running {
         let _ = self.sweep.await;
         let deadline = Duration::from_millis(hub.config.transport.shutdown_drain_ms);
         let left = hub.drain(deadline).await;
-        // Everything decided is written before the store closes.
+        // Calls still going on are recorded as interrupted; their missed-call notices and
+        // everything the orders decided are written before the store closes.
+        hub.calls.stop().await;
+        let _ = self.calls.await;
         hub.orders.stop().await;
         let _ = self.orders.await;
         let store = Arc::clone(&hub.store);

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authority, Credential};
 use crate::backplane::Backplane;
+use crate::calls::service::CallsHandle;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::orders::feed::FeedHandle;
@@ -74,6 +75,7 @@ pub struct Hub {
     pub store: Arc<Store>,
     pub orders: OrdersHandle,
     pub feed: FeedHandle,
+    pub calls: CallsHandle,
     pub shutdown: CancellationToken,
     /// Cleared when shutdown begins; `/readyz` reports it.
     pub accepting: AtomicBool,
@@ -97,6 +99,7 @@ pub struct HubParts {
     pub store: Arc<Store>,
     pub orders: OrdersHandle,
     pub feed: FeedHandle,
+    pub calls: CallsHandle,
     pub max_connections: usize,
     pub max_refusing: usize,
 }
@@ -117,6 +120,7 @@ impl Hub {
             store: p.store,
             orders: p.orders,
             feed: p.feed,
+            calls: p.calls,
             shutdown: CancellationToken::new(),
             accepting: AtomicBool::new(true),
             max_connections: p.max_connections,
@@ -175,6 +179,12 @@ impl Hub {
             })
             .await;
         self.presence.forget(conn.key).await;
+        self.calls
+            .send(crate::calls::service::Cmd::Disconnected {
+                ep: conn.endpoint,
+                conn: conn.key,
+            })
+            .await;
         self.feed
             .send(crate::orders::feed::Cmd::Forget(conn.key))
             .await;

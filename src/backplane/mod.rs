@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::auth::Role;
 use crate::hub::Registry;
 use crate::org::NodeIdx;
 use crate::presence::actor::{Event, PresenceHandle};
@@ -38,6 +39,9 @@ pub trait Backplane: Send + Sync + 'static {
     /// Delivers durable outbox message `seq` live, if the terminal is connected and has resumed
     /// its outbox; otherwise it is replayed when the terminal resumes.
     fn deliver_outbox(&self, to: NodeIdx, seq: u64, frame: &Bytes) -> Delivery;
+
+    /// The terminal's live connection, if it is connected: its key and role.
+    fn connection(&self, ep: NodeIdx) -> Option<(u64, Role)>;
 
     fn name(&self) -> &'static str;
 }
@@ -79,6 +83,10 @@ impl Backplane for Memory {
             Some(_) => Delivery::Deferred,
             None => Delivery::Offline,
         }
+    }
+
+    fn connection(&self, ep: NodeIdx) -> Option<(u64, Role)> {
+        self.local.get(ep).map(|c| (c.key, c.role))
     }
 
     fn name(&self) -> &'static str {

@@ -117,6 +117,25 @@ pub struct Call {
 }
 
 impl Call {
+    /// A call just placed.
+    pub fn new(id: CallId, caller: NodeIdx, callee: NodeIdx, media: Media, now: u64) -> Call {
+        Call {
+            id,
+            caller,
+            callee,
+            media,
+            phase: Phase::Inviting,
+            created_at: now,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: None,
+            outcome: None,
+            reason: None,
+            offer_from: None,
+            away: None,
+        }
+    }
+
     fn node(&self, p: Party) -> NodeIdx {
         match p {
             Party::Caller => self.caller,
@@ -182,6 +201,14 @@ pub enum Msg {
     /// It is back; a client may need an ICE restart (a new offer).
     PeerBack {
         call: CallId,
+    },
+    /// To a terminal that connected again: its answered call goes on. `peer` is the other
+    /// party; a new offer (ICE restart) brings the media back.
+    Resumed {
+        call: CallId,
+        peer: NodeIdx,
+        party: Party,
+        media: Media,
     },
 }
 
@@ -280,6 +307,8 @@ pub struct Calls {
     by_party: HashMap<NodeIdx, Vec<CallId>>,
     /// (when, call): ring timeouts, grace periods, and forgetting ended calls.
     timers: BTreeSet<(u64, CallId)>,
+    /// Ended calls still kept.
+    ended: usize,
     next_id: u64,
 }
 
@@ -291,6 +320,7 @@ impl Calls {
             calls: HashMap::new(),
             by_party: HashMap::new(),
             timers: BTreeSet::new(),
+            ended: 0,
             next_id: next_id.max(1),
         }
     }
@@ -403,19 +433,8 @@ impl Calls {
         let id = CallId(self.next_id);
         self.next_id += 1;
         let call = Call {
-            id,
-            caller,
-            callee,
-            media,
-            phase: Phase::Inviting,
-            created_at: now,
-            ringing_at: None,
-            answered_at: None,
-            ended_at: None,
-            outcome: None,
-            reason: None,
             offer_from: offer.is_some().then_some(Party::Caller),
-            away: None,
+            ..Call::new(id, caller, callee, media, now)
         };
         effects.push(Effect::Record(call.clone()));
         effects.push(Effect::Send {
@@ -495,7 +514,9 @@ impl Calls {
         if answer.is_some() {
             c.offer_from = None;
         }
+        let record = Effect::Record(c.clone());
         Ok(vec![
+            record,
             Effect::Send {
                 to: caller,
                 msg: Msg::Accepted { call: id, answer },
@@ -646,29 +667,73 @@ impl Calls {
         out
     }
 
-    /// A terminal connected again within a grace period: its calls resume.
-    pub fn reconnected(&mut self, ep: NodeIdx, _now: u64) -> Vec<Effect> {
+    /// A terminal (re)connected. Its answered calls resume: a party that dropped is back within
+    /// the grace period, or a new connection replaced one the hub had not yet seen die (a
+    /// phone changing networks). Its unanswered calls end: the device that rang is gone.
+    pub fn connected(&mut self, ep: NodeIdx, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         for id in self.of(ep).to_vec() {
             let c = self.calls.get_mut(&id).expect("indexed");
-            if let Some((p, since)) = c.away
-                && c.node(p) == ep
-            {
-                c.away = None;
-                let other = c.node(p.other());
-                self.timers.remove(&(since + self.rules.grace_ms, id));
-                out.push(Effect::Send {
-                    to: other,
-                    msg: Msg::PeerBack { call: id },
-                });
-                out.push(Effect::Send {
-                    to: ep,
-                    msg: Msg::PeerBack { call: id },
-                });
-                out.push(Effect::InCall { ep, active: true });
+            let p = c.party(ep).expect("indexed by party");
+            match c.phase {
+                Phase::Active => {
+                    let other = c.node(p.other());
+                    if let Some((away, since)) = c.away
+                        && away == p
+                    {
+                        c.away = None;
+                        self.timers.remove(&(since + self.rules.grace_ms, id));
+                    }
+                    let media = c.media;
+                    out.push(Effect::Send {
+                        to: ep,
+                        msg: Msg::Resumed {
+                            call: id,
+                            peer: other,
+                            party: p,
+                            media,
+                        },
+                    });
+                    out.push(Effect::Send {
+                        to: other,
+                        msg: Msg::PeerBack { call: id },
+                    });
+                    out.push(Effect::InCall { ep, active: true });
+                }
+                Phase::Inviting | Phase::Ringing => {
+                    let (outcome, why) = match p {
+                        Party::Caller => (Outcome::Cancelled, "the caller reconnected"),
+                        Party::Callee => (Outcome::Dropped, "the callee reconnected"),
+                    };
+                    out.extend(self.end(id, outcome, Some(why.into()), None, now));
+                }
+                Phase::Ended => {}
             }
         }
         out
+    }
+
+    /// The hub is stopping: every call still going on ends as interrupted.
+    pub fn interrupt_all(&mut self, now: u64) -> Vec<Effect> {
+        let mut ids: Vec<CallId> = self.by_party.values().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.end(
+                id,
+                Outcome::Interrupted,
+                Some("the hub is shutting down".into()),
+                None,
+                now,
+            ));
+        }
+        out
+    }
+
+    /// Calls ringing or answered.
+    pub fn live_count(&self) -> usize {
+        self.calls.len() - self.ended
     }
 
     /// Ring timeouts (missed calls), grace periods that ran out, ended calls to forget.
@@ -702,6 +767,7 @@ impl Calls {
                 }
                 Phase::Ended if c.ended_at.is_some_and(|e| t >= e + ENDED_KEPT_MS) => {
                     self.calls.remove(&id);
+                    self.ended -= 1;
                 }
                 _ => {}
             }
@@ -729,6 +795,7 @@ impl Calls {
             self.timers.remove(&(since + self.rules.grace_ms, id));
         }
         c.phase = Phase::Ended;
+        self.ended += 1;
         c.ended_at = Some(now);
         c.outcome = Some(outcome);
         c.reason = reason.clone();
@@ -1091,7 +1158,7 @@ mod tests {
         t.c.accept(w1, id, None, 1).unwrap();
         let fx = t.c.disconnected(w1, 10);
         assert_eq!(sent(&fx), [(a, &Msg::PeerAway { call: id })]);
-        let fx = t.c.reconnected(w1, 15_000);
+        let fx = t.c.connected(w1, 15_000);
         assert!(
             fx.contains(&Effect::InCall {
                 ep: w1,
@@ -1099,6 +1166,16 @@ mod tests {
             }),
             "presence re-asserted"
         );
+        assert!(sent(&fx).contains(&(a, &Msg::PeerBack { call: id })));
+        assert!(sent(&fx).contains(&(
+            w1,
+            &Msg::Resumed {
+                call: id,
+                peer: a,
+                party: Party::Callee,
+                media: Media::Video
+            }
+        )));
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
         assert!(t.c.tick(20_010).is_empty(), "the grace timer was cleared");
         t.c.disconnected(w1, 30_000);
@@ -1113,7 +1190,39 @@ mod tests {
         t.c.disconnected(a, 60_001);
         assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Cancelled));
         // Ended calls are forgotten after a while.
+        assert_eq!(t.c.live_count(), 0);
         t.c.tick(60_001 + ENDED_KEPT_MS);
         assert!(t.c.get(id).is_none());
+    }
+
+    #[test]
+    fn a_new_connection_resumes_answered_calls_and_ends_unanswered_ones() {
+        // The hub had not seen the old connection die (a phone moving to 4G): no `disconnected`.
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        let (answered, _) = t.call("a", "w1", 0).unwrap();
+        t.c.accept(w1, answered, Some("answer".into()), 1).unwrap();
+        let fx = t.c.connected(w1, 5);
+        assert_eq!(t.c.get(answered).unwrap().phase, Phase::Active);
+        assert!(sent(&fx).contains(&(a, &Msg::PeerBack { call: answered })));
+        // ICE restart over the new connection: the callee offers, the caller answers.
+        t.c.signal(w1, answered, Signal::Offer("restart".into()))
+            .unwrap();
+        t.c.signal(a, answered, Signal::Answer("restarted".into()))
+            .unwrap();
+        t.c.hangup(a, answered, 10).unwrap();
+        let (ringing, _) = t.call("a", "w1", 20).unwrap();
+        assert_eq!(t.c.live_count(), 1);
+        t.c.connected(w1, 25);
+        let c = t.c.get(ringing).unwrap();
+        assert_eq!(
+            (c.outcome, c.reason.as_deref()),
+            (Some(Outcome::Dropped), Some("the callee reconnected"))
+        );
+        assert_eq!(
+            t.c.next_deadline(),
+            Some(10 + ENDED_KEPT_MS),
+            "no ring timer left"
+        );
     }
 }

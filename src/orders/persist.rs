@@ -442,7 +442,8 @@ pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Load
     })
 }
 
-/// If the org file changed since the orders were written, recompute the subtree index column.
+/// After the org tree changed: moves stored orders and call records to their nodes' new preorder
+/// indexes. Returns how many orders moved.
 pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::Result<usize> {
     let stored: Option<String> = c
         .query_row(
@@ -468,6 +469,22 @@ pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::
                 params![i.0, node],
             )?;
         }
+    }
+    // Call records follow their parties; a party gone from the tree falls out of every range.
+    let parties: Vec<String> = {
+        let mut st = c.prepare("SELECT caller FROM calls UNION SELECT callee FROM calls")?;
+        st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+    for p in &parties {
+        let i = org.lookup(p).map_or(-1, |i| i64::from(i.0));
+        c.execute(
+            "UPDATE calls SET caller_pre = ?1 WHERE caller = ?2",
+            params![i, p],
+        )?;
+        c.execute(
+            "UPDATE calls SET callee_pre = ?1 WHERE callee = ?2",
+            params![i, p],
+        )?;
     }
     c.execute(
         "INSERT INTO meta (key, value) VALUES ('org_fingerprint', ?1)

@@ -25,8 +25,9 @@ use rusqlite::Connection;
 use crate::telemetry::Metrics;
 
 /// Schema version this build writes; older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_V1: &str = include_str!("schema.sql");
+const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 
 /// Jobs waiting for the writer; submitters wait (backpressure) when it is full.
 pub const QUEUE: usize = 16_384;
@@ -112,6 +113,11 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     if version < 1 {
         c.execute_batch(&format!(
             "BEGIN; {SCHEMA_V1}; PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    if version < 2 {
+        c.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V2}; PRAGMA user_version = 2; COMMIT;"
         ))?;
     }
     Ok(())
@@ -493,6 +499,32 @@ mod tests {
             .read_sync(|c| c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(v, "v");
+        store.close();
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_in_place() {
+        let path = temp("migrate");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1}; PRAGMA user_version = 1; INSERT INTO meta VALUES ('k', 'v'); COMMIT;"
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&path, Arc::default()).unwrap();
+        let (version, kept, calls): (i64, String, i64) = store
+            .read_sync(|c| {
+                Ok((
+                    c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                    c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?,
+                    c.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((version, kept.as_str(), calls), (SCHEMA_VERSION, "v", 0));
         store.close();
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }

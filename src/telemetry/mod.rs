@@ -126,6 +126,14 @@ pub struct Metrics {
     pub outbox_messages: AtomicU64,
     pub outbox_pruned: AtomicU64,
     pub push_latency: Histogram,
+    /// Requests waiting for the calls service.
+    pub calls_queue: AtomicU64,
+    /// Calls ringing or answered right now.
+    pub calls_live: AtomicU64,
+    pub calls_placed: AtomicU64,
+    pub calls_answered: AtomicU64,
+    pub calls_refused: AtomicU64,
+    pub call_signals: AtomicU64,
     /// Set once at start-up.
     pub fd_limit: AtomicU64,
     pub max_connections: AtomicU64,
@@ -187,6 +195,18 @@ impl Metrics {
             "gridhub_orders_queue",
             "Requests waiting for the orders service.",
             self.orders_queue.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_calls_queue",
+            "Requests waiting for the calls service.",
+            self.calls_queue.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "gridhub_calls_live",
+            "Calls ringing or answered right now.",
+            self.calls_live.load(Relaxed) as f64,
         );
         gauge(
             &mut out,
@@ -327,6 +347,30 @@ impl Metrics {
             "gridhub_outbox_messages_total",
             "Durable outbox messages written.",
             &self.outbox_messages,
+        );
+        counter(
+            &mut out,
+            "gridhub_calls_placed_total",
+            "Calls placed (invites accepted by the hub).",
+            &self.calls_placed,
+        );
+        counter(
+            &mut out,
+            "gridhub_calls_answered_total",
+            "Calls answered by the callee.",
+            &self.calls_answered,
+        );
+        counter(
+            &mut out,
+            "gridhub_call_refusals_total",
+            "Call requests refused with a typed error.",
+            &self.calls_refused,
+        );
+        counter(
+            &mut out,
+            "gridhub_call_signals_total",
+            "SDP and ICE messages relayed between call parties.",
+            &self.call_signals,
         );
         counter(
             &mut out,

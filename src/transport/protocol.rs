@@ -75,6 +75,11 @@ pub enum ErrorCode {
     InvalidTarget,
     IdempotencyConflict,
     VersionConflict,
+    Offline,
+    Busy,
+    NotAParty,
+    CallEnded,
+    Glare,
 }
 
 impl ErrorCode {
@@ -99,6 +104,11 @@ impl ErrorCode {
             ErrorCode::InvalidTarget => "invalid_target",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::Offline => "offline",
+            ErrorCode::Busy => "busy",
+            ErrorCode::NotAParty => "not_a_party",
+            ErrorCode::CallEnded => "call_ended",
+            ErrorCode::Glare => "glare",
         }
     }
 }
@@ -200,6 +210,11 @@ pub struct AckIn {
     pub seq: u64,
 }
 
+/// A request that takes no data: `{}` or none at all.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
 /// Every request a terminal may send.
 #[derive(Debug)]
 pub enum Body {
@@ -225,6 +240,13 @@ pub enum Body {
     CampaignWatch(CampaignRef),
     CampaignUnwatch(CampaignRef),
     CampaignClose(CampaignRef),
+    CallInvite(Box<crate::calls::wire::InviteIn>),
+    CallRing(crate::calls::wire::CallRef),
+    CallAccept(Box<crate::calls::wire::AcceptIn>),
+    CallReject(crate::calls::wire::RejectIn),
+    CallHangup(crate::calls::wire::CallRef),
+    CallSignal(Box<crate::calls::wire::SignalIn>),
+    CallIceServers,
 }
 
 /// The order actions, by request type.
@@ -269,12 +291,19 @@ impl Body {
             Body::CampaignWatch(_) => "campaign.watch",
             Body::CampaignUnwatch(_) => "campaign.unwatch",
             Body::CampaignClose(_) => "campaign.close",
+            Body::CallInvite(_) => "call.invite",
+            Body::CallRing(_) => "call.ring",
+            Body::CallAccept(_) => "call.accept",
+            Body::CallReject(_) => "call.reject",
+            Body::CallHangup(_) => "call.hangup",
+            Body::CallSignal(_) => "call.signal",
+            Body::CallIceServers => "call.ice_servers",
         }
     }
 }
 
 /// The request types, for `unknown_type` messages.
-pub const KINDS: [&str; 31] = [
+pub const KINDS: [&str; 38] = [
     "ping",
     "presence.set",
     "presence.subscribe",
@@ -306,6 +335,13 @@ pub const KINDS: [&str; 31] = [
     "campaign.watch",
     "campaign.unwatch",
     "campaign.close",
+    "call.invite",
+    "call.ring",
+    "call.accept",
+    "call.reject",
+    "call.hangup",
+    "call.signal",
+    "call.ice_servers",
 ];
 
 #[derive(Deserialize)]
@@ -402,6 +438,16 @@ pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
         "campaign.watch" => Body::CampaignWatch(from_data(kind, data).map_err(invalid)?),
         "campaign.unwatch" => Body::CampaignUnwatch(from_data(kind, data).map_err(invalid)?),
         "campaign.close" => Body::CampaignClose(from_data(kind, data).map_err(invalid)?),
+        "call.invite" => Body::CallInvite(from_data(kind, data).map_err(invalid)?),
+        "call.ring" => Body::CallRing(from_data(kind, data).map_err(invalid)?),
+        "call.accept" => Body::CallAccept(from_data(kind, data).map_err(invalid)?),
+        "call.reject" => Body::CallReject(from_data(kind, data).map_err(invalid)?),
+        "call.hangup" => Body::CallHangup(from_data(kind, data).map_err(invalid)?),
+        "call.signal" => Body::CallSignal(from_data(kind, data).map_err(invalid)?),
+        "call.ice_servers" => {
+            from_data::<Empty>(kind, data).map_err(invalid)?;
+            Body::CallIceServers
+        }
         other if other.starts_with("order.") && ORDER_ACTIONS.iter().any(|(k, _)| *k == other) => {
             let action = ORDER_ACTIONS
                 .iter()
@@ -474,7 +520,7 @@ pub fn outbox_frame(seq: u64, payload: &str) -> Bytes {
 }
 
 /// Requests whose reply carries data the client asked for: always answered.
-const RETURNS_DATA: [&str; 10] = [
+const RETURNS_DATA: [&str; 12] = [
     "presence.subscribe",
     "order.create",
     "order.get",
@@ -485,6 +531,8 @@ const RETURNS_DATA: [&str; 10] = [
     "campaign.start",
     "campaign.get",
     "campaign.watch",
+    "call.invite",
+    "call.ice_servers",
 ];
 
 /// The success reply to a request, or nothing for a notification: like JSON-RPC, a request

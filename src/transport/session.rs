@@ -119,7 +119,16 @@ struct Hello<'a> {
     heartbeat: Heartbeat,
     limits: Limits,
     expires_at: u64,
+    calls: CallsInfo,
     server: ServerInfo,
+}
+
+#[derive(Serialize)]
+struct CallsInfo {
+    ring_timeout_ms: u64,
+    max_sdp_bytes: usize,
+    #[serde(flatten)]
+    ice: crate::calls::turn::IceConfig,
 }
 
 #[derive(Serialize)]
@@ -191,12 +200,29 @@ impl Session {
                 max_subscriptions: c.presence.max_subscriptions,
             },
             expires_at: self.conn.expires_at,
+            calls: CallsInfo {
+                ring_timeout_ms: c.calls.ring_timeout_ms,
+                max_sdp_bytes: c.calls.max_sdp_bytes,
+                ice: crate::calls::turn::ice_config(
+                    &c.calls,
+                    node.id.as_str(),
+                    now_ms() / 1000,
+                    self.conn.expires_at,
+                ),
+            },
             server: ServerInfo {
                 name: "gridhub",
                 version: env!("CARGO_PKG_VERSION"),
             },
         };
         self.conn.send(&encode("hello", None, &hello));
+        self.hub
+            .calls
+            .send(crate::calls::service::Cmd::Connected {
+                ep: self.conn.endpoint,
+                conn: self.conn.key,
+            })
+            .await;
     }
 
     /// The main loop. `Some(reason)` if the peer vanished (nothing left to say to it), `None`
@@ -405,6 +431,35 @@ impl Session {
                     Box::pin(self.hub.presence.unsubscribe(conn, w, re.clone())).await
                 }
             },
+            Body::CallIceServers => {
+                let c = &self.hub.config.calls;
+                let ice = crate::calls::turn::ice_config(
+                    c,
+                    self.hub.org.id(self.conn.endpoint).as_str(),
+                    now / 1000,
+                    self.conn.expires_at,
+                );
+                if let Some(f) = success(re.as_ref(), kind, &ice) {
+                    self.conn.send(&f);
+                }
+            }
+            body @ (Body::CallInvite(_)
+            | Body::CallRing(_)
+            | Body::CallAccept(_)
+            | Body::CallReject(_)
+            | Body::CallHangup(_)
+            | Body::CallSignal(_)) => match self.call_request(body) {
+                Ok(req) => {
+                    let cmd = crate::calls::service::Cmd::Request {
+                        conn: Arc::clone(&self.conn),
+                        re: re.clone(),
+                        kind,
+                        req,
+                    };
+                    Box::pin(self.hub.calls.send(cmd)).await
+                }
+                Err((code, m)) => self.error(err(code, m)),
+            },
             body => {
                 // Orders and their feed: rarer per connection than heartbeats, and their
                 // commands are large, so the send is boxed rather than kept in every task.
@@ -549,9 +604,45 @@ impl Session {
             Body::Ping
             | Body::PresenceSet(_)
             | Body::PresenceSubscribe(_)
-            | Body::PresenceUnsubscribe(_) => {
+            | Body::PresenceUnsubscribe(_)
+            | Body::CallInvite(_)
+            | Body::CallRing(_)
+            | Body::CallAccept(_)
+            | Body::CallReject(_)
+            | Body::CallHangup(_)
+            | Body::CallSignal(_)
+            | Body::CallIceServers => {
                 unreachable!("handled by dispatch")
             }
+        })
+    }
+
+    /// Turns a call request into a request for the calls service.
+    fn call_request(&self, body: Body) -> Result<crate::calls::service::Req, (ErrorCode, String)> {
+        use crate::calls::service::Req;
+        Ok(match body {
+            Body::CallInvite(i) => {
+                let to = self.hub.org.lookup(i.to.as_str()).ok_or_else(|| {
+                    (
+                        ErrorCode::NotFound,
+                        format!("call.invite: no node {} in the org tree", i.to),
+                    )
+                })?;
+                Req::Invite {
+                    to,
+                    media: i.media,
+                    offer: i.offer,
+                }
+            }
+            Body::CallRing(r) => Req::Ring(r.call),
+            Body::CallAccept(a) => Req::Accept(a.call, a.answer),
+            Body::CallReject(r) => Req::Reject(r.call, r.reason),
+            Body::CallHangup(r) => Req::Hangup(r.call),
+            Body::CallSignal(sig) => {
+                let (id, signal) = sig.into_signal().map_err(|m| (ErrorCode::InvalidData, m))?;
+                Req::Signal(id, signal)
+            }
+            _ => unreachable!("only call requests are routed here"),
         })
     }
 

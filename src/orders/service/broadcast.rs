@@ -378,6 +378,28 @@ impl Service {
             .await;
     }
 
+    pub(super) async fn deliver(
+        &mut self,
+        to: NodeIdx,
+        kind: &'static str,
+        reference: u64,
+        payload: String,
+    ) {
+        self.fan_out(
+            &[to],
+            kind,
+            reference,
+            payload,
+            |_, _| Ok(()),
+            move |r| {
+                if let Err(e) = r {
+                    tracing::error!(kind, reference, "outbox message not written: {e}");
+                }
+            },
+        )
+        .await;
+    }
+
     pub(super) async fn notice_send(&mut self, who: Who, n: NoticeIn, reply: Reply) {
         let checked = check_text("title", &n.title, TITLE)
             .and_then(|_| check_text("body", &n.body, BODY))

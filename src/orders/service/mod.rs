@@ -258,6 +258,14 @@ pub enum Cmd {
         id: u64,
         reply: Reply,
     },
+    /// A durable message for one terminal from another domain (a missed call): written to its
+    /// outbox like any order message, pushed if it is connected, replayed if not.
+    Deliver {
+        to: NodeIdx,
+        kind: &'static str,
+        reference: u64,
+        payload: String,
+    },
     Stop(oneshot::Sender<()>),
 }
 
@@ -593,6 +601,12 @@ impl Service {
                 }
             }
             Cmd::Prune => self.prune().await,
+            Cmd::Deliver {
+                to,
+                kind,
+                reference,
+                payload,
+            } => self.deliver(to, kind, reference, payload).await,
             Cmd::NoticeSend { who, notice, reply } => self.notice_send(who, notice, reply).await,
             Cmd::NoticeGet { who, id, reply } => self.notice_get(who, id, reply).await,
             Cmd::MarkRead {

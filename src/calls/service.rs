@@ -1,0 +1,354 @@
+//! The async shell around the call state machine.
+//!
+//! One task owns the core and takes every call request, connection change and timer in arrival
+//! order, so the signaling between two parties is relayed in the order it was sent. Effects are
+//! carried out here: frames to the parties through the backplane (encoded once), presence
+//! activity, call records to the store, and missed calls to the callee's durable outbox through
+//! the orders service. Records are written behind the relay, not before it: a call is live
+//! signaling first and a record second, and a record lost to a crash is marked `interrupted` at
+//! the next start-up rather than delaying every SDP by a disk flush.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::core::{CallError, CallId, Calls, Effect, Media, Msg, Rules, Signal, phase_str};
+use super::records;
+use super::wire::{Who, encode_msg};
+use crate::auth::Role;
+use crate::backplane::Backplane;
+use crate::clock::now_ms;
+use crate::orders::service::{Cmd as OrdersCmd, OrdersHandle};
+use crate::org::{NodeIdx, Org};
+use crate::presence::actor::Event;
+use crate::presence::core::Activity;
+use crate::store::{Job, Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::transport::conn::Conn;
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, success};
+
+/// Requests waiting for the calls service; senders wait when it is full.
+const QUEUE: usize = 4096;
+
+/// A call request, checked for form by the protocol layer.
+#[derive(Debug)]
+pub enum Req {
+    Invite {
+        to: NodeIdx,
+        media: Media,
+        offer: Option<String>,
+    },
+    Ring(CallId),
+    Accept(CallId, Option<String>),
+    Reject(CallId, Option<String>),
+    Hangup(CallId),
+    Signal(CallId, Signal),
+}
+
+pub enum Cmd {
+    Request {
+        conn: Arc<Conn>,
+        re: Option<ReqId>,
+        kind: &'static str,
+        req: Req,
+    },
+    /// A terminal's connection opened (it may be coming back to a call).
+    Connected {
+        ep: NodeIdx,
+        conn: u64,
+    },
+    /// A terminal's connection ended.
+    Disconnected {
+        ep: NodeIdx,
+        conn: u64,
+    },
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct CallsHandle {
+    tx: mpsc::Sender<Cmd>,
+    metrics: Arc<Metrics>,
+}
+
+impl CallsHandle {
+    pub async fn send(&self, cmd: Cmd) {
+        self.metrics.calls_queue.store(
+            (self.tx.max_capacity() - self.tx.capacity()) as u64,
+            Relaxed,
+        );
+        if let Err(e) = self.tx.send(cmd).await
+            && let Cmd::Request { conn, re, kind, .. } = e.0
+        {
+            let mut p = ProtoError::new(ErrorCode::Unavailable, "calls are shutting down");
+            p.re = re;
+            p.kind = Some(kind.into());
+            conn.send(&p.encode());
+        }
+    }
+
+    /// Ends the calls still going on (recorded as interrupted) and stops.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl CallError {
+    fn ws_code(&self) -> ErrorCode {
+        match self {
+            CallError::NotFound(_) => ErrorCode::NotFound,
+            CallError::Ended(_) => ErrorCode::CallEnded,
+            CallError::NotAParty(_) => ErrorCode::NotAParty,
+            CallError::OutOfScope(_) => ErrorCode::OutOfScope,
+            CallError::Offline(_) => ErrorCode::Offline,
+            CallError::Busy(_) => ErrorCode::Busy,
+            CallError::Invalid(_) => ErrorCode::InvalidData,
+            CallError::Illegal(_) => ErrorCode::IllegalTransition,
+            CallError::Glare { .. } => ErrorCode::Glare,
+        }
+    }
+}
+
+/// Opens the call records (cutting calls a previous run left open) and starts the service.
+pub fn start(
+    org: Arc<Org>,
+    rules: Rules,
+    store: Arc<Store>,
+    backplane: Arc<dyn Backplane>,
+    orders: OrdersHandle,
+    metrics: Arc<Metrics>,
+) -> Result<(CallsHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let (next_id, cut) = store.read_sync(|c| records::recover(c, now_ms()))?;
+    if cut > 0 {
+        tracing::warn!(
+            calls = cut,
+            "calls open when the hub last stopped are recorded as interrupted"
+        );
+    }
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let svc = Service {
+        core: Calls::new(Arc::clone(&org), rules, next_id),
+        org,
+        store,
+        backplane,
+        orders,
+        metrics: Arc::clone(&metrics),
+        rx,
+    };
+    let task = tokio::spawn(svc.run());
+    Ok((CallsHandle { tx, metrics }, task))
+}
+
+struct Service {
+    core: Calls,
+    org: Arc<Org>,
+    store: Arc<Store>,
+    backplane: Arc<dyn Backplane>,
+    orders: OrdersHandle,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Cmd>,
+}
+
+impl Service {
+    async fn run(mut self) {
+        loop {
+            let cmd = match self.core.next_deadline() {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                    tokio::select! {
+                        cmd = self.rx.recv() => cmd,
+                        _ = tokio::time::sleep(wait) => {
+                            let fx = self.core.tick(now_ms());
+                            self.apply(fx).await;
+                            continue;
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            match cmd {
+                None => return,
+                Some(Cmd::Stop(done)) => {
+                    let fx = self.core.interrupt_all(now_ms());
+                    self.apply(fx).await;
+                    let _ = done.send(());
+                    return;
+                }
+                Some(Cmd::Request {
+                    conn,
+                    re,
+                    kind,
+                    req,
+                }) => self.request(conn, re, kind, req).await,
+                Some(Cmd::Connected { ep, .. }) => {
+                    if !self.core.of(ep).is_empty() {
+                        let fx = self.core.connected(ep, now_ms());
+                        self.apply(fx).await;
+                    }
+                }
+                Some(Cmd::Disconnected { ep, conn }) => {
+                    // A newer connection of the terminal took over: its calls go on there.
+                    let replaced = self
+                        .backplane
+                        .connection(ep)
+                        .is_some_and(|(key, _)| key != conn);
+                    if !replaced && !self.core.of(ep).is_empty() {
+                        let fx = self.core.disconnected(ep, now_ms());
+                        self.apply(fx).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn request(&mut self, conn: Arc<Conn>, re: Option<ReqId>, kind: &'static str, req: Req) {
+        let who = conn.endpoint;
+        let now = now_ms();
+        let result = match req {
+            Req::Invite { to, media, offer } => {
+                let callee = self.backplane.connection(to);
+                let callee_role =
+                    callee.map_or_else(|| Role::default_for(self.org.tier(to)), |(_, r)| r);
+                self.core
+                    .invite(
+                        who,
+                        conn.role,
+                        to,
+                        callee_role,
+                        media,
+                        offer,
+                        callee.is_some(),
+                        now,
+                    )
+                    .map(|(id, fx)| {
+                        self.metrics.calls_placed.fetch_add(1, Relaxed);
+                        (id, fx)
+                    })
+            }
+            Req::Ring(id) => self.core.ring(who, id, now).map(|fx| (id, fx)),
+            Req::Accept(id, answer) => self.core.accept(who, id, answer, now).map(|fx| {
+                self.metrics.calls_answered.fetch_add(1, Relaxed);
+                (id, fx)
+            }),
+            Req::Reject(id, reason) => self.core.reject(who, id, reason, now).map(|fx| (id, fx)),
+            Req::Hangup(id) => self.core.hangup(who, id, now).map(|fx| (id, fx)),
+            Req::Signal(id, signal) => self.core.signal(who, id, signal).map(|fx| (id, fx)),
+        };
+        match result {
+            Ok((id, fx)) => {
+                #[derive(Serialize)]
+                struct Ok<'a> {
+                    call: CallId,
+                    state: &'static str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    to: Option<Who<'a>>,
+                }
+                let c = self.core.get(id).expect("a call just acted on is kept");
+                let data = Ok {
+                    call: id,
+                    state: phase_str(c.phase),
+                    to: (kind == "call.invite").then(|| Who::of(&self.org, c.callee)),
+                };
+                // The requester hears its answer before anything the call causes.
+                if let Some(f) = success(re.as_ref(), kind, &data) {
+                    conn.send(&f);
+                }
+                self.apply(fx).await;
+            }
+            Err(e) => {
+                self.metrics.calls_refused.fetch_add(1, Relaxed);
+                let p = ProtoError {
+                    re,
+                    kind: Some(kind.into()),
+                    code: e.ws_code(),
+                    message: e.to_string(),
+                };
+                conn.send(&p.encode());
+            }
+        }
+    }
+
+    async fn apply(&mut self, effects: Vec<Effect>) {
+        let now = now_ms();
+        for e in effects {
+            match e {
+                Effect::Send { to, msg } => {
+                    if matches!(msg, Msg::Signal { .. }) {
+                        self.metrics.call_signals.fetch_add(1, Relaxed);
+                    }
+                    // Undeliverable means the party is gone; its disconnect reaches the core next.
+                    self.backplane.deliver(to, &encode_msg(&self.org, &msg));
+                }
+                Effect::InCall { ep, active } => {
+                    let activity = if active {
+                        Activity::InCall
+                    } else {
+                        Activity::Idle
+                    };
+                    self.backplane
+                        .publish_presence(Event::Activity {
+                            ep: ep.0,
+                            activity,
+                            at: now,
+                        })
+                        .await;
+                }
+                Effect::Record(call) => {
+                    let org = Arc::clone(&self.org);
+                    let id = call.id;
+                    self.store
+                        .submit_async(Job::new(
+                            move |c| records::write(c, &org, &call),
+                            move |r| {
+                                if let Err(e) = r {
+                                    tracing::error!(call = %id, "call record not written: {e}");
+                                }
+                            },
+                        ))
+                        .await;
+                }
+                Effect::Missed {
+                    callee,
+                    call,
+                    from,
+                    at,
+                } => {
+                    #[derive(Serialize)]
+                    struct Missed<'a> {
+                        kind: &'static str,
+                        call: CallId,
+                        from: Who<'a>,
+                        media: Option<Media>,
+                        at: u64,
+                    }
+                    let media = self.core.get(call).map(|c| c.media);
+                    let payload = serde_json::to_string(&Missed {
+                        kind: "call.missed",
+                        call,
+                        from: Who::of(&self.org, from),
+                        media,
+                        at,
+                    })
+                    .expect("missed-call notices serialize");
+                    self.orders
+                        .send(OrdersCmd::Deliver {
+                            to: callee,
+                            kind: "call.missed",
+                            reference: call.0,
+                            payload,
+                        })
+                        .await;
+                }
+            }
+        }
+        self.metrics
+            .calls_live
+            .store(self.core.live_count() as u64, Relaxed);
+    }
+}
