@@ -1,6 +1,7 @@
 //! api — the REST surface (axum): health, metrics, the org tree, presence snapshots, the OpenAPI
 //! document, and the `/ws` upgrade. `router(hub)` builds it all, so tests drive it with `oneshot`.
 
+pub mod calls;
 pub mod error;
 pub mod orders;
 
@@ -26,7 +27,7 @@ use crate::scope;
 use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step).
-pub const ROUTES: [&str; 22] = [
+pub const ROUTES: [&str; 25] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -49,6 +50,9 @@ pub const ROUTES: [&str; 22] = [
     "/api/v1/campaigns",
     "/api/v1/campaigns/{id}",
     "/api/v1/campaigns/{id}/{action}",
+    "/api/v1/calls",
+    "/api/v1/calls/stats",
+    "/api/v1/calls/{id}",
 ];
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -80,6 +84,9 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/api/v1/campaigns/{id}/{action}",
             post(orders::campaign_act_or_records),
         )
+        .route("/api/v1/calls", get(calls::list))
+        .route("/api/v1/calls/stats", get(calls::stats))
+        .route("/api/v1/calls/{id}", get(calls::get))
         .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(

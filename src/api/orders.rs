@@ -248,7 +248,11 @@ pub struct ListQuery {
 }
 
 /// The subtree a query is about: the given node (checked against scope) or the caller's own.
-fn subtree_of(hub: &Hub, c: &Credential, node: Option<&str>) -> Result<NodeIdx, ApiError> {
+pub(super) fn subtree_of(
+    hub: &Hub,
+    c: &Credential,
+    node: Option<&str>,
+) -> Result<NodeIdx, ApiError> {
     let n = match node {
         None => c.endpoint,
         Some(id) => hub
