@@ -1,7 +1,8 @@
 //! app — builds a hub from its configuration, serves it, and shuts it down in order.
 //!
-//! Shutdown is one path: stop accepting (listener dropped, `/readyz` turns 503) → tell every
-//! terminal the hub is going away (close 1001) and let their queues drain → stop presence.
+//! Shutdown is one path: stop accepting (listener dropped, `/readyz` turns 503) → end the calls
+//! still going on → tell every terminal the hub is going away (close 1001) and let their queues
+//! drain → write what the orders decided → stop presence.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -219,12 +220,12 @@ impl Running {
         hub.shutdown.cancel();
         let _ = self.server.await;
         let _ = self.sweep.await;
-        let deadline = Duration::from_millis(hub.config.transport.shutdown_drain_ms);
-        let left = hub.drain(deadline).await;
-        // Calls still going on are recorded as interrupted; their missed-call notices and
-        // everything the orders decided are written before the store closes.
+        // Calls still going on end as interrupted while their parties can still be told.
         hub.calls.stop().await;
         let _ = self.calls.await;
+        let deadline = Duration::from_millis(hub.config.transport.shutdown_drain_ms);
+        let left = hub.drain(deadline).await;
+        // Everything decided (missed-call notices included) is written before the store closes.
         hub.orders.stop().await;
         let _ = self.orders.await;
         let store = Arc::clone(&hub.store);

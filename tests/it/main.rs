@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod broadcast;
+mod calls;
 mod connect;
 mod durability;
 mod orders;
