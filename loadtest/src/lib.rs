@@ -3,6 +3,7 @@
 //! Every scenario is bounded in count and time, refuses non-loopback targets unless told
 //! otherwise, reads the hub's own figures (RSS, CPU) from `/metrics`, and writes a JSON summary.
 
+pub mod calls;
 pub mod connect;
 pub mod hubstats;
 pub mod orders;

@@ -86,6 +86,21 @@ enum Scenario {
         #[arg(long, default_value_t = 512)]
         concurrency: usize,
     },
+    /// Storms of concurrent calls with all terminals connected: signaling latency, nothing lost.
+    Calls {
+        #[command(flatten)]
+        common: Common,
+        /// Calls at once per storm (village stations and one worker each; at most 1,206).
+        #[arg(long, default_value_t = 1000)]
+        pairs: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// ICE candidates each side trickles per call.
+        #[arg(long, default_value_t = 8)]
+        candidates: usize,
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+    },
 }
 
 fn secret(c: &Common) -> Result<Vec<u8>, String> {
@@ -215,8 +230,87 @@ fn print_orders(s: &loadtest::orders::OrdersSummary) {
     );
 }
 
+fn print_calls(s: &loadtest::calls::CallsSummary) {
+    let yes = |b: bool| if b { "met" } else { "NOT met" };
+    println!(
+        "loadtest calls — {} terminals connected; {} rounds of {} calls at once, {} candidates per side",
+        s.terminals, s.rounds, s.pairs, s.candidates_per_side
+    );
+    println!(
+        "  calls completed {}, failed {}; storms took {:?} s",
+        s.calls_completed,
+        s.calls_failed,
+        s.storm_s
+            .iter()
+            .map(|x| (x * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    for e in &s.first_errors {
+        println!("  error: {e}");
+    }
+    let r = &s.invite_to_ringing;
+    println!(
+        "  invite → ringing (caller): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} calls)",
+        r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.count
+    );
+    let l = &s.relay;
+    println!(
+        "  relay, one way: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} messages)  [target p99 < 5 ms: {}]",
+        l.p50_ms,
+        l.p90_ms,
+        l.p99_ms,
+        l.max_ms,
+        l.count,
+        yes(s.targets.relay_p99_under_5ms)
+    );
+    println!(
+        "  relayed {} of {} expected: lost {}, misrouted {}, out of order {}, errors {}  [nothing lost or misrouted: {}]",
+        s.relayed,
+        s.expected_relayed,
+        s.lost,
+        s.misrouted,
+        s.out_of_order,
+        s.errors,
+        yes(s.targets.nothing_lost_or_misrouted)
+    );
+    println!(
+        "  hub: {} calls placed, {} signals relayed, {:.1} CPU-seconds, RSS {:.0} MiB; load generator {:.1} CPU-seconds",
+        s.hub_calls_placed,
+        s.hub_call_signals,
+        s.hub_cpu_s,
+        s.hub_after.rss_bytes / 1048576.0,
+        s.loadtest_cpu_s
+    );
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.scenario {
+        Scenario::Calls {
+            common,
+            pairs,
+            rounds,
+            candidates,
+            concurrency,
+        } => {
+            let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let org = std::sync::Arc::new(
+                gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
+            );
+            let opts = loadtest::calls::CallsOptions {
+                pairs,
+                rounds,
+                candidates,
+                concurrency,
+            };
+            let summary = tokio::time::timeout(
+                Duration::from_secs(common.max_seconds),
+                loadtest::calls::run(&target, org, &opts),
+            )
+            .await
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            print_calls(&summary);
+            write_summary(common.out.as_ref(), &summary)
+        }
         Scenario::Orders {
             common,
             orders,

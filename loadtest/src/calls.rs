@@ -1,0 +1,679 @@
+//! `loadtest calls`: every terminal of the tree connected, then storms of concurrent calls —
+//! village stations calling one of their grid workers and workers calling their station, all at
+//! once — with synthetic SDP and trickled candidates, a renegotiation, and a hang-up.
+//!
+//! Measured: invite → `call.ringing` at the caller (two relays and the callee's answer), and the
+//! one-way relay latency of every message that carries its send time (the offer and answer
+//! carry it in the SDP `o=` line, candidates in their foundation). Checked: every relayed
+//! message arrives, at the right terminal, in the order sent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use gridhub::auth::{Authority, Role};
+use gridhub::org::{NodeIdx, Org, Tier};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::hubstats::{HubStats, http_get, scrape};
+use crate::terminal::{Ws, hold, open};
+use crate::{Machine, Percentiles, Target, histogram};
+
+#[derive(Clone, Debug)]
+pub struct CallsOptions {
+    /// Calls at once in each storm (at most one per village station).
+    pub pairs: usize,
+    /// Storms, one after another.
+    pub rounds: usize,
+    /// ICE candidates each side trickles per call.
+    pub candidates: usize,
+    /// Handshakes in flight at once while connecting.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CallsTargets {
+    pub relay_p99_under_5ms: bool,
+    pub nothing_lost_or_misrouted: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CallsSummary {
+    pub scenario: &'static str,
+    pub machine: Machine,
+    pub terminals: usize,
+    pub pairs: usize,
+    pub rounds: usize,
+    pub candidates_per_side: usize,
+    pub calls_completed: u64,
+    pub calls_failed: u64,
+    /// Relayed messages that carried their send time, received.
+    pub relayed: u64,
+    pub expected_relayed: u64,
+    pub lost: u64,
+    pub misrouted: u64,
+    pub out_of_order: u64,
+    pub errors: u64,
+    pub first_errors: Vec<String>,
+    pub invite_to_ringing: Percentiles,
+    pub relay: Percentiles,
+    /// Each storm: from the start signal to the last call ended.
+    pub storm_s: Vec<f64>,
+    pub hub_cpu_s: f64,
+    pub loadtest_cpu_s: f64,
+    pub hub_calls_placed: f64,
+    pub hub_call_signals: f64,
+    pub hub_before: HubStats,
+    pub hub_after: HubStats,
+    pub targets: CallsTargets,
+}
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Microseconds since the run began: the send time carried in messages (one process, one clock).
+fn now_us() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// An SDP the size and shape of a browser's audio+video offer; the hub relays it unread. The
+/// `o=` line carries the pair and the send time.
+fn sdp(pair: usize, sent_us: u64, answer: bool) -> String {
+    let setup = if answer { "active" } else { "actpass" };
+    let mut s = format!(
+        "v=0\r\no=- {sent_us} {pair} IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+         a=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS grid\r\n"
+    );
+    for (mid, kind, pts) in [
+        (0, "audio", "111 63 9 0 8 13 110 126"),
+        (1, "video", "96 97 98 99 100 101 45 46"),
+    ] {
+        s.push_str(&format!(
+            "m={kind} 9 UDP/TLS/RTP/SAVPF {pts}\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+             a=ice-ufrag:g{pair:05}\r\na=ice-pwd:gridhubloadtestpassword{pair:08}\r\na=ice-options:trickle\r\n\
+             a=fingerprint:sha-256 4F:2A:19:C0:7B:55:E1:9D:33:0A:6E:B2:81:F4:5C:27:99:1D:AB:3E:60:C8:72:05:DE:14:9A:B7:46:E3:0F:88\r\n\
+             a=setup:{setup}\r\na=mid:{mid}\r\na=sendrecv\r\na=msid:grid {kind}-track\r\na=rtcp-mux\r\na=rtcp-rsize\r\n"
+        ));
+        for pt in pts.split(' ') {
+            s.push_str(&format!(
+                "a=rtpmap:{pt} {}/90000\r\na=rtcp-fb:{pt} nack\r\na=fmtp:{pt} level-asymmetry-allowed=1\r\n",
+                if kind == "audio" { "opus" } else { "VP8" }
+            ));
+        }
+    }
+    s
+}
+
+/// The send time and pair carried in an SDP's `o=` line.
+fn sdp_stamp(sdp: &str) -> Option<(u64, usize)> {
+    let line = sdp.lines().find(|l| l.starts_with("o="))?;
+    let mut f = line.split(' ').skip(1);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// A host candidate: the foundation carries the send time, the address the pair, the port the
+/// sequence number.
+fn candidate(pair: usize, seq: usize, sent_us: u64) -> Value {
+    json!({
+        "candidate": format!(
+            "candidate:{sent_us} 1 udp 2130706431 10.{}.{}.1 {} typ host generation 0",
+            pair / 256,
+            pair % 256,
+            40_000 + seq
+        ),
+        "sdpMid": "0",
+        "sdpMLineIndex": 0
+    })
+}
+
+/// (send time, pair, sequence) from a candidate made by `candidate`.
+fn candidate_stamp(c: &Value) -> Option<(u64, usize, usize)> {
+    let s = c["candidate"].as_str()?;
+    let f: Vec<&str> = s.split(' ').collect();
+    let sent = f.first()?.strip_prefix("candidate:")?.parse().ok()?;
+    let ip: Vec<usize> = f
+        .get(4)?
+        .split('.')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let pair = ip.get(1)? * 256 + ip.get(2)?;
+    let seq = f.get(5)?.parse::<usize>().ok()?.checked_sub(40_000)?;
+    Some((sent, pair, seq))
+}
+
+#[derive(Default)]
+struct Shared {
+    errors: AtomicU64,
+    misrouted: AtomicU64,
+    out_of_order: AtomicU64,
+    relayed: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    first_errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Relaxed);
+        let mut v = self.first_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < 10 {
+            v.push(what);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Caller,
+    Callee,
+}
+
+struct Bot {
+    ws: Ws,
+    side: Side,
+    pair: usize,
+    /// The other party's node id.
+    peer: String,
+    k: usize,
+    shared: Arc<Shared>,
+    relay: Histogram<u64>,
+    ringing: Histogram<u64>,
+}
+
+/// One round's progress at one bot.
+#[derive(Default)]
+struct Round {
+    call: Option<u64>,
+    invited_us: u64,
+    /// Candidates received from the peer, and whether its end-of-candidates came.
+    got: usize,
+    got_end: bool,
+    /// The caller's renegotiation: offered, and answered.
+    reoffered: bool,
+    reanswered: bool,
+    sent_candidates: bool,
+    hung_up: bool,
+}
+
+impl Bot {
+    async fn send(&mut self, v: Value) -> Result<(), String> {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    fn relayed(&mut self, sent_us: u64) {
+        let _ = self.relay.record(now_us().saturating_sub(sent_us).max(1));
+        self.shared.relayed.fetch_add(1, Relaxed);
+    }
+
+    async fn trickle(&mut self, call: u64) -> Result<(), String> {
+        for seq in 0..self.k {
+            let c = candidate(self.pair, seq, now_us());
+            self.send(json!({"v":1,"type":"call.signal","data":{"call":call,"candidate":c}}))
+                .await?;
+        }
+        self.send(json!({"v":1,"type":"call.signal","data":{"call":call,"end_of_candidates":true}}))
+            .await
+    }
+
+    /// Plays one call to its end. `Ok(true)` when it completed as it should.
+    async fn round(&mut self, round: usize) -> Result<bool, String> {
+        let mut r = Round::default();
+        let invite_id = format!("i{round}");
+        if self.side == Side::Caller {
+            r.invited_us = now_us();
+            let offer = sdp(self.pair, r.invited_us, false);
+            self.send(json!({"v":1,"id":invite_id,"type":"call.invite",
+                "data":{"to":self.peer,"media":"video","offer":offer}}))
+                .await?;
+        }
+        loop {
+            let m = match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(f))) => return Err(format!("closed by the hub: {f:?}")),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("read: {e}")),
+                None => return Err("connection ended".into()),
+            };
+            let v: Value = serde_json::from_str(&m).map_err(|e| format!("json: {e}"))?;
+            let d = &v["data"];
+            match v["type"].as_str().unwrap_or("") {
+                "reply" if v["re"] == invite_id.as_str() => r.call = d["call"].as_u64(),
+                "error" => {
+                    self.shared
+                        .error(format!("{:?} pair {}: {m}", self.side, self.pair));
+                    if v["re"] == invite_id.as_str() {
+                        return Ok(false);
+                    }
+                }
+                "call.incoming" => {
+                    let call = d["call"].as_u64().ok_or("incoming without call")?;
+                    let stamp = d["offer"].as_str().and_then(sdp_stamp);
+                    if d["from"]["id"] != self.peer.as_str()
+                        || stamp.map(|s| s.1) != Some(self.pair)
+                    {
+                        self.shared.misrouted.fetch_add(1, Relaxed);
+                    }
+                    if let Some((sent, _)) = stamp {
+                        self.relayed(sent);
+                    }
+                    r.call = Some(call);
+                    self.send(json!({"v":1,"type":"call.ring","data":{"call":call}}))
+                        .await?;
+                    let answer = sdp(self.pair, now_us(), true);
+                    self.send(
+                        json!({"v":1,"type":"call.accept","data":{"call":call,"answer":answer}}),
+                    )
+                    .await?;
+                    self.trickle(call).await?;
+                    r.sent_candidates = true;
+                }
+                "call.ringing" => {
+                    let _ = self
+                        .ringing
+                        .record(now_us().saturating_sub(r.invited_us).max(1));
+                }
+                "call.accepted" => {
+                    let call = r.call.ok_or("accepted before the invite's reply")?;
+                    match d["answer"].as_str().and_then(sdp_stamp) {
+                        Some((sent, pair)) if pair == self.pair => self.relayed(sent),
+                        _ => {
+                            self.shared.misrouted.fetch_add(1, Relaxed);
+                        }
+                    }
+                    self.trickle(call).await?;
+                    r.sent_candidates = true;
+                    // A renegotiation, as after a network change.
+                    let offer = sdp(self.pair, now_us(), false);
+                    self.send(json!({"v":1,"type":"call.signal","data":{"call":call,
+                        "description":{"type":"offer","sdp":offer}}}))
+                        .await?;
+                    r.reoffered = true;
+                }
+                "call.signal" => {
+                    if d["call"].as_u64() != r.call {
+                        self.shared.misrouted.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    if let Some(c) = d.get("candidate") {
+                        match candidate_stamp(c) {
+                            Some((sent, pair, seq)) if pair == self.pair => {
+                                if seq != r.got {
+                                    self.shared.out_of_order.fetch_add(1, Relaxed);
+                                }
+                                r.got += 1;
+                                self.relayed(sent);
+                            }
+                            _ => {
+                                self.shared.misrouted.fetch_add(1, Relaxed);
+                            }
+                        }
+                    } else if d["end_of_candidates"] == true {
+                        if r.got != self.k {
+                            self.shared.out_of_order.fetch_add(1, Relaxed);
+                        }
+                        r.got_end = true;
+                    } else if let Some(desc) = d.get("description") {
+                        match desc["sdp"].as_str().and_then(sdp_stamp) {
+                            Some((sent, pair)) if pair == self.pair => self.relayed(sent),
+                            _ => {
+                                self.shared.misrouted.fetch_add(1, Relaxed);
+                            }
+                        }
+                        if desc["type"] == "offer" {
+                            let call = r.call.ok_or("offer before the call")?;
+                            let answer = sdp(self.pair, now_us(), true);
+                            self.send(json!({"v":1,"type":"call.signal","data":{"call":call,
+                                "description":{"type":"answer","sdp":answer}}}))
+                                .await?;
+                        } else {
+                            r.reanswered = true;
+                        }
+                    }
+                }
+                "call.ended" => {
+                    let completed = d["outcome"] == "completed" && d["call"].as_u64() == r.call;
+                    if !completed {
+                        self.shared
+                            .error(format!("{:?} pair {}: ended {d}", self.side, self.pair));
+                    }
+                    if self.side == Side::Callee && !(r.got_end && r.got == self.k) {
+                        self.shared.out_of_order.fetch_add(1, Relaxed);
+                    }
+                    return Ok(completed);
+                }
+                _ => {}
+            }
+            if self.side == Side::Caller
+                && !r.hung_up
+                && r.sent_candidates
+                && r.got_end
+                && r.reoffered
+                && r.reanswered
+                && let Some(call) = r.call
+            {
+                r.hung_up = true;
+                self.send(json!({"v":1,"type":"call.hangup","data":{"call":call}}))
+                    .await?;
+            }
+        }
+    }
+}
+
+/// A bot plays every round it is told to start, reporting each call's end.
+async fn run_bot(
+    mut bot: Bot,
+    mut start: watch::Receiver<usize>,
+    done: mpsc::UnboundedSender<bool>,
+    stop: CancellationToken,
+) -> (Histogram<u64>, Histogram<u64>) {
+    let mut played = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = start.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        let round = *start.borrow_and_update();
+        while played < round {
+            played += 1;
+            let ok = match bot.round(played).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    bot.shared
+                        .error(format!("{:?} pair {}: {e}", bot.side, bot.pair));
+                    false
+                }
+            };
+            let _ = done.send(ok);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), bot.ws.close(None)).await;
+    (bot.relay, bot.ringing)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Village stations and one worker of each: `pairs` disjoint pairs, half of them placed by the
+/// station and half by the worker.
+fn pairs(org: &Org, n: usize) -> Vec<(NodeIdx, NodeIdx)> {
+    org.nodes()
+        .filter(|(_, node)| node.tier == Tier::Village)
+        .filter_map(|(v, _)| {
+            let w = *org.children(v).first()?;
+            (org.tier(w) == Tier::Worker).then_some((v, w))
+        })
+        .take(n)
+        .enumerate()
+        .map(|(i, (v, w))| if i % 2 == 0 { (v, w) } else { (w, v) })
+        .collect()
+}
+
+pub async fn run(
+    target: &Target,
+    org: Arc<Org>,
+    opts: &CallsOptions,
+) -> Result<CallsSummary, String> {
+    now_us();
+    let auth = Authority::new(&target.secret)?;
+    let now = gridhub::clock::now_ms() / 1000;
+    let hub_before = scrape(target.addr).await?;
+    let (_, metrics0) = http_get(target.addr, "/metrics").await?;
+    let chosen = pairs(&org, opts.pairs);
+    if chosen.len() < opts.pairs {
+        return Err(format!(
+            "the tree has {} village stations with workers; at most that many pairs",
+            chosen.len()
+        ));
+    }
+    let mut role_of: HashMap<NodeIdx, (Side, usize)> = HashMap::new();
+    for (i, &(a, b)) in chosen.iter().enumerate() {
+        role_of.insert(a, (Side::Caller, i));
+        role_of.insert(b, (Side::Callee, i));
+    }
+
+    // Every terminal of the tree connects; those not in a call hold with heartbeats.
+    let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for (n, _) in org.nodes() {
+        let token = auth
+            .mint(
+                &org,
+                org.id(n).as_str(),
+                Role::default_for(org.tier(n)),
+                24 * 3600,
+                now,
+            )
+            .map_err(|e| e.to_string())?;
+        let (sem, target) = (Arc::clone(&sem), target.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            let o = open(&target, &token).await?;
+            Ok::<_, String>((n, o.ws, o.hello))
+        });
+    }
+    let shared = Arc::new(Shared::default());
+    let stop = CancellationToken::new();
+    let (start_tx, start_rx) = watch::channel(0usize);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut bots = JoinSet::new();
+    let mut holders = JoinSet::new();
+    let mut terminals = 0;
+    while let Some(j) = set.join_next().await {
+        let (n, ws, hello) = j.map_err(|e| e.to_string())??;
+        terminals += 1;
+        match role_of.get(&n) {
+            Some(&(side, pair)) => {
+                let (a, b) = chosen[pair];
+                let peer = if side == Side::Caller { b } else { a };
+                bots.spawn(run_bot(
+                    Bot {
+                        ws,
+                        side,
+                        pair,
+                        peer: org.id(peer).to_string(),
+                        k: opts.candidates,
+                        shared: Arc::clone(&shared),
+                        relay: histogram(),
+                        ringing: histogram(),
+                    },
+                    start_rx.clone(),
+                    done_tx.clone(),
+                    stop.clone(),
+                ));
+            }
+            None => {
+                let interval = Duration::from_millis(
+                    hello["data"]["heartbeat"]["interval_ms"]
+                        .as_u64()
+                        .unwrap_or(20_000),
+                );
+                let phase = interval.mul_f64((n.0 % 1000) as f64 / 1000.0);
+                let (_tx, rx) = mpsc::channel(1);
+                holders.spawn(hold(ws, interval, phase, rx, stop.clone()));
+            }
+        }
+    }
+
+    let cpu0 = scrape(target.addr).await?.cpu_seconds;
+    let own0 = crate::own_cpu();
+    let mut storm_s = Vec::new();
+    for round in 1..=opts.rounds {
+        let t0 = Instant::now();
+        start_tx.send_replace(round);
+        let mut ended = 0;
+        while ended < 2 * chosen.len() {
+            match tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await {
+                Ok(Some(ok)) => {
+                    ended += 1;
+                    if ok {
+                        shared.completed.fetch_add(1, Relaxed);
+                    } else {
+                        shared.failed.fetch_add(1, Relaxed);
+                    }
+                }
+                _ => {
+                    stop.cancel();
+                    return Err(format!(
+                        "round {round} stalled: {ended} of {} parties finished; first errors: {:?}",
+                        2 * chosen.len(),
+                        shared
+                            .first_errors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                    ));
+                }
+            }
+        }
+        storm_s.push(t0.elapsed().as_secs_f64());
+    }
+    let own1 = crate::own_cpu();
+    let hub_after = scrape(target.addr).await?;
+    stop.cancel();
+    let mut relay = histogram();
+    let mut ringing = histogram();
+    while let Some(j) = bots.join_next().await {
+        let (r, g) = j.map_err(|e| e.to_string())?;
+        let _ = relay.add(&r);
+        let _ = ringing.add(&g);
+    }
+    while holders.join_next().await.is_some() {}
+    let (_, metrics) = http_get(target.addr, "/metrics").await?;
+    // Per call: the offer and the answer, each side's candidates, the renegotiation's offer and
+    // answer.
+    let calls = (chosen.len() * opts.rounds) as u64;
+    let expected = calls * (2 + 2 * opts.candidates as u64 + 2);
+    let relayed = shared.relayed.load(Relaxed);
+    let (misrouted, out_of_order) = (
+        shared.misrouted.load(Relaxed),
+        shared.out_of_order.load(Relaxed),
+    );
+    let relay = Percentiles::of(&relay);
+    let lost = expected.saturating_sub(relayed);
+    let errors = shared.errors.load(Relaxed);
+    Ok(CallsSummary {
+        scenario: "calls",
+        machine: Machine::read(),
+        terminals,
+        pairs: chosen.len(),
+        rounds: opts.rounds,
+        candidates_per_side: opts.candidates,
+        calls_completed: shared.completed.load(Relaxed) / 2,
+        calls_failed: shared.failed.load(Relaxed),
+        relayed,
+        expected_relayed: expected,
+        lost,
+        misrouted,
+        out_of_order,
+        errors,
+        first_errors: shared
+            .first_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        invite_to_ringing: Percentiles::of(&ringing),
+        storm_s,
+        hub_cpu_s: hub_after.cpu_seconds - cpu0,
+        loadtest_cpu_s: own1 - own0,
+        hub_calls_placed: metric(&metrics, "gridhub_calls_placed_total")
+            - metric(&metrics0, "gridhub_calls_placed_total"),
+        hub_call_signals: metric(&metrics, "gridhub_call_signals_total")
+            - metric(&metrics0, "gridhub_call_signals_total"),
+        hub_before,
+        hub_after,
+        targets: CallsTargets {
+            relay_p99_under_5ms: relay.p99_ms < 5.0,
+            nothing_lost_or_misrouted: lost == 0
+                && misrouted == 0
+                && out_of_order == 0
+                && errors == 0,
+        },
+        relay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_through_sdp_and_candidates() {
+        let s = sdp(731, 123_456, false);
+        assert_eq!(sdp_stamp(&s), Some((123_456, 731)));
+        assert!(s.len() > 2000, "browser-sized: {} bytes", s.len());
+        let c = candidate(731, 5, 99);
+        assert_eq!(candidate_stamp(&c), Some((99, 731, 5)));
+        assert_eq!(candidate_stamp(&json!({"candidate": "candidate:x"})), None);
+    }
+
+    #[test]
+    fn pairs_are_disjoint_and_within_scope() {
+        let org = Org::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/org/jiamusi.csv"
+        )))
+        .unwrap();
+        let p = pairs(&org, 1000);
+        assert_eq!(p.len(), 1000);
+        let mut seen = std::collections::HashSet::new();
+        for &(a, b) in &p {
+            assert!(seen.insert(a) && seen.insert(b), "disjoint");
+            let (v, w) = if org.tier(a) == Tier::Village {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            assert_eq!(org.parent(w), Some(v));
+        }
+    }
+
+    /// A few small storms against an in-process hub: every message arrives, in order, at the
+    /// right terminal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_storms_lose_nothing() {
+        let secret = "loadtest-secret-loadtest-secret!!";
+        let data = std::env::temp_dir().join(format!("gridhub-lt-calls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut c = gridhub::config::Config::default();
+        c.server.listen = "127.0.0.1:0".parse().unwrap();
+        c.server.data_dir = data.clone();
+        c.auth.secret = secret.into();
+        let org_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/org/jiamusi.csv");
+        c.org.file = org_path.into();
+        let running = gridhub::app::start(c).await.unwrap();
+        let target = Target::new(running.addr, secret.as_bytes().to_vec(), false).unwrap();
+        let org = Arc::new(Org::load(std::path::Path::new(org_path)).unwrap());
+        let opts = CallsOptions {
+            pairs: 40,
+            rounds: 2,
+            candidates: 3,
+            concurrency: 256,
+        };
+        let s = run(&target, org, &opts).await.unwrap();
+        assert_eq!(s.errors, 0, "{:?}", s.first_errors);
+        assert_eq!((s.lost, s.misrouted, s.out_of_order), (0, 0, 0));
+        assert_eq!(s.calls_completed, 80);
+        assert_eq!(s.relayed, s.expected_relayed);
+        assert_eq!(s.hub_calls_placed, 80.0);
+        assert_eq!(s.invite_to_ringing.count, 80);
+        running.shutdown().await;
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}
