@@ -37,6 +37,24 @@ pub struct CallsOptions {
     pub candidates: usize,
     /// Handshakes in flight at once while connecting.
     pub concurrency: usize,
+    pub pacing: Pacing,
+}
+
+/// How the calls of a storm are spread in time. All zero: every message of every call is sent
+/// the moment it may be — the hardest burst. Otherwise: invites spread over `spread`, callees
+/// picking up within `answer_within`, candidates `trickle` apart (as ICE gathers them).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Pacing {
+    #[serde(serialize_with = "ms")]
+    pub spread: Duration,
+    #[serde(serialize_with = "ms")]
+    pub answer_within: Duration,
+    #[serde(serialize_with = "ms")]
+    pub trickle: Duration,
+}
+
+fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +71,7 @@ pub struct CallsSummary {
     pub pairs: usize,
     pub rounds: usize,
     pub candidates_per_side: usize,
+    pub pacing: Pacing,
     pub calls_completed: u64,
     pub calls_failed: u64,
     /// Relayed messages that carried their send time, received.
@@ -64,7 +83,10 @@ pub struct CallsSummary {
     pub errors: u64,
     pub first_errors: Vec<String>,
     pub invite_to_ringing: Percentiles,
+    /// One way, terminal to terminal: the hub, both kernels' TCP and the load generator.
     pub relay: Percentiles,
+    /// The hub's own share, from its `gridhub_call_relay_seconds` histogram.
+    pub hub_relay: BucketFigures,
     /// Each storm: from the start signal to the last call ended.
     pub storm_s: Vec<f64>,
     pub hub_cpu_s: f64,
@@ -182,6 +204,7 @@ struct Bot {
     /// The other party's node id.
     peer: String,
     k: usize,
+    pacing: Pacing,
     shared: Arc<Shared>,
     relay: Histogram<u64>,
     ringing: Histogram<u64>,
@@ -200,6 +223,12 @@ struct Round {
     reanswered: bool,
     sent_candidates: bool,
     hung_up: bool,
+    /// Candidates (and the end-of-candidates) this side still has to send, and when the next
+    /// is due.
+    to_send: usize,
+    next_cand: Option<tokio::time::Instant>,
+    /// When the callee picks up.
+    accept_at: Option<tokio::time::Instant>,
 }
 
 impl Bot {
@@ -215,14 +244,50 @@ impl Bot {
         self.shared.relayed.fetch_add(1, Relaxed);
     }
 
-    async fn trickle(&mut self, call: u64) -> Result<(), String> {
-        for seq in 0..self.k {
-            let c = candidate(self.pair, seq, now_us());
-            self.send(json!({"v":1,"type":"call.signal","data":{"call":call,"candidate":c}}))
+    /// Starts trickling this side's candidates (and then its end-of-candidates).
+    fn start_trickle(&self, r: &mut Round) {
+        r.to_send = self.k + 1;
+        r.next_cand = Some(tokio::time::Instant::now());
+    }
+
+    /// Whatever a timer says is due: the callee's answer, the next candidate.
+    async fn on_timer(&mut self, r: &mut Round) -> Result<(), String> {
+        let now = tokio::time::Instant::now();
+        let call = r.call.ok_or("a timer before the call")?;
+        if r.accept_at.is_some_and(|t| t <= now) {
+            r.accept_at = None;
+            let answer = sdp(self.pair, now_us(), true);
+            self.send(json!({"v":1,"type":"call.accept","data":{"call":call,"answer":answer}}))
                 .await?;
+            self.start_trickle(r);
         }
-        self.send(json!({"v":1,"type":"call.signal","data":{"call":call,"end_of_candidates":true}}))
-            .await
+        if r.next_cand.is_some_and(|t| t <= now) {
+            let seq = self.k + 1 - r.to_send;
+            if seq < self.k {
+                let c = candidate(self.pair, seq, now_us());
+                self.send(json!({"v":1,"type":"call.signal","data":{"call":call,"candidate":c}}))
+                    .await?;
+            } else {
+                self.send(
+                    json!({"v":1,"type":"call.signal","data":{"call":call,"end_of_candidates":true}}),
+                )
+                .await?;
+            }
+            r.to_send -= 1;
+            r.next_cand = (r.to_send > 0).then(|| now + self.pacing.trickle);
+            if r.to_send == 0 {
+                r.sent_candidates = true;
+                if self.side == Side::Caller {
+                    // A renegotiation, as after a network change.
+                    let offer = sdp(self.pair, now_us(), false);
+                    self.send(json!({"v":1,"type":"call.signal","data":{"call":call,
+                        "description":{"type":"offer","sdp":offer}}}))
+                        .await?;
+                    r.reoffered = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Plays one call to its end. `Ok(true)` when it completed as it should.
@@ -230,6 +295,7 @@ impl Bot {
         let mut r = Round::default();
         let invite_id = format!("i{round}");
         if self.side == Side::Caller {
+            tokio::time::sleep(jitter(self.pair, round, 1, self.pacing.spread)).await;
             r.invited_us = now_us();
             let offer = sdp(self.pair, r.invited_us, false);
             self.send(json!({"v":1,"id":invite_id,"type":"call.invite",
@@ -237,7 +303,18 @@ impl Bot {
                 .await?;
         }
         loop {
-            let m = match self.ws.next().await {
+            let due = match (r.accept_at, r.next_cand) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let m = tokio::select! {
+                m = self.ws.next() => m,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    self.on_timer(&mut r).await?;
+                    continue;
+                }
+            };
+            let m = match m {
                 Some(Ok(Message::Text(t))) => t,
                 Some(Ok(Message::Close(f))) => return Err(format!("closed by the hub: {f:?}")),
                 Some(Ok(_)) => continue,
@@ -269,13 +346,11 @@ impl Bot {
                     r.call = Some(call);
                     self.send(json!({"v":1,"type":"call.ring","data":{"call":call}}))
                         .await?;
-                    let answer = sdp(self.pair, now_us(), true);
-                    self.send(
-                        json!({"v":1,"type":"call.accept","data":{"call":call,"answer":answer}}),
-                    )
-                    .await?;
-                    self.trickle(call).await?;
-                    r.sent_candidates = true;
+                    // People take a moment to pick up.
+                    r.accept_at = Some(
+                        tokio::time::Instant::now()
+                            + jitter(self.pair, round, 2, self.pacing.answer_within),
+                    );
                 }
                 "call.ringing" => {
                     let _ = self
@@ -283,21 +358,16 @@ impl Bot {
                         .record(now_us().saturating_sub(r.invited_us).max(1));
                 }
                 "call.accepted" => {
-                    let call = r.call.ok_or("accepted before the invite's reply")?;
+                    if r.call.is_none() {
+                        return Err("accepted before the invite's reply".into());
+                    }
                     match d["answer"].as_str().and_then(sdp_stamp) {
                         Some((sent, pair)) if pair == self.pair => self.relayed(sent),
                         _ => {
                             self.shared.misrouted.fetch_add(1, Relaxed);
                         }
                     }
-                    self.trickle(call).await?;
-                    r.sent_candidates = true;
-                    // A renegotiation, as after a network change.
-                    let offer = sdp(self.pair, now_us(), false);
-                    self.send(json!({"v":1,"type":"call.signal","data":{"call":call,
-                        "description":{"type":"offer","sdp":offer}}}))
-                        .await?;
-                    r.reoffered = true;
+                    self.start_trickle(&mut r);
                 }
                 "call.signal" => {
                     if d["call"].as_u64() != r.call {
@@ -369,6 +439,21 @@ impl Bot {
     }
 }
 
+/// A deterministic spread in `[0, max)` for one pair, round and purpose.
+fn jitter(pair: usize, round: usize, salt: u64, max: Duration) -> Duration {
+    let ms = max.as_millis() as u64;
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    // splitmix64: cheap and well spread.
+    let mut x = (pair as u64) << 32 ^ (round as u64) << 8 ^ salt;
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    Duration::from_millis(x % ms)
+}
+
 /// A bot plays every round it is told to start, reporting each call's end.
 async fn run_bot(
     mut bot: Bot,
@@ -402,6 +487,60 @@ async fn run_bot(
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), bot.ws.close(None)).await;
     (bot.relay, bot.ringing)
+}
+
+/// Figures from a Prometheus histogram's buckets: quantiles are bucket upper bounds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct BucketFigures {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_le_ms: f64,
+    pub p99_le_ms: f64,
+}
+
+/// The histogram `name` between two scrapes.
+fn bucket_figures(before: &str, after: &str, name: &str) -> BucketFigures {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| {
+                let (le, n) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, n.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (b0, b1) = (buckets(before), buckets(after));
+    let delta: Vec<(f64, f64)> = b1
+        .iter()
+        .map(|&(le, n)| {
+            let old = b0.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+            (le, n - old)
+        })
+        .collect();
+    let count = delta.last().map_or(0.0, |x| x.1);
+    let q = |q: f64| {
+        delta
+            .iter()
+            .find(|&&(_, n)| count > 0.0 && n >= q * count)
+            .map_or(f64::NAN, |&(le, _)| le * 1000.0)
+    };
+    let sum = metric(after, &format!("{name}_sum")) - metric(before, &format!("{name}_sum"));
+    BucketFigures {
+        count: count as u64,
+        mean_ms: if count > 0.0 {
+            sum / count * 1000.0
+        } else {
+            f64::NAN
+        },
+        p50_le_ms: q(0.5),
+        p99_le_ms: q(0.99),
+    }
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -490,6 +629,7 @@ pub async fn run(
                         pair,
                         peer: org.id(peer).to_string(),
                         k: opts.candidates,
+                        pacing: opts.pacing,
                         shared: Arc::clone(&shared),
                         relay: histogram(),
                         ringing: histogram(),
@@ -575,6 +715,7 @@ pub async fn run(
         pairs: chosen.len(),
         rounds: opts.rounds,
         candidates_per_side: opts.candidates,
+        pacing: opts.pacing,
         calls_completed: shared.completed.load(Relaxed) / 2,
         calls_failed: shared.failed.load(Relaxed),
         relayed,
@@ -589,6 +730,7 @@ pub async fn run(
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
         invite_to_ringing: Percentiles::of(&ringing),
+        hub_relay: bucket_figures(&metrics0, &metrics, "gridhub_call_relay_seconds"),
         storm_s,
         hub_cpu_s: hub_after.cpu_seconds - cpu0,
         loadtest_cpu_s: own1 - own0,
@@ -621,6 +763,16 @@ mod tests {
         let c = candidate(731, 5, 99);
         assert_eq!(candidate_stamp(&c), Some((99, 731, 5)));
         assert_eq!(candidate_stamp(&json!({"candidate": "candidate:x"})), None);
+    }
+
+    #[test]
+    fn histogram_deltas_give_bucket_quantiles() {
+        let before = "h_bucket{le=\"0.001\"} 10\nh_bucket{le=\"0.005\"} 10\nh_bucket{le=\"+Inf\"} 10\nh_sum 0.005\n";
+        let after = "h_bucket{le=\"0.001\"} 60\nh_bucket{le=\"0.005\"} 109\nh_bucket{le=\"+Inf\"} 110\nh_sum 0.205\n";
+        let f = bucket_figures(before, after, "h");
+        assert_eq!(f.count, 100);
+        assert_eq!((f.p50_le_ms, f.p99_le_ms), (1.0, 5.0));
+        assert!((f.mean_ms - 2.0).abs() < 1e-9);
     }
 
     #[test]
@@ -665,6 +817,11 @@ mod tests {
             rounds: 2,
             candidates: 3,
             concurrency: 256,
+            pacing: Pacing {
+                spread: Duration::from_millis(50),
+                answer_within: Duration::from_millis(50),
+                trickle: Duration::from_millis(2),
+            },
         };
         let s = run(&target, org, &opts).await.unwrap();
         assert_eq!(s.errors, 0, "{:?}", s.first_errors);

@@ -100,6 +100,15 @@ enum Scenario {
         candidates: usize,
         #[arg(long, default_value_t = 512)]
         concurrency: usize,
+        /// Invites spread over this many ms (0: all in the same instant).
+        #[arg(long, default_value_t = 0)]
+        spread_ms: u64,
+        /// Callees pick up within this many ms of ringing (0: at once).
+        #[arg(long, default_value_t = 0)]
+        answer_within_ms: u64,
+        /// Gap between one side's candidates, as ICE gathers them (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        trickle_ms: u64,
     },
 }
 
@@ -236,6 +245,18 @@ fn print_calls(s: &loadtest::calls::CallsSummary) {
         "loadtest calls — {} terminals connected; {} rounds of {} calls at once, {} candidates per side",
         s.terminals, s.rounds, s.pairs, s.candidates_per_side
     );
+    let p = &s.pacing;
+    println!(
+        "  pacing: invites over {} ms, answered within {} ms, candidates {} ms apart{}",
+        p.spread.as_millis(),
+        p.answer_within.as_millis(),
+        p.trickle.as_millis(),
+        if p.spread.is_zero() && p.answer_within.is_zero() && p.trickle.is_zero() {
+            " (everything at once: the hardest burst)"
+        } else {
+            ""
+        }
+    );
     println!(
         "  calls completed {}, failed {}; storms took {:?} s",
         s.calls_completed,
@@ -262,6 +283,11 @@ fn print_calls(s: &loadtest::calls::CallsSummary) {
         l.max_ms,
         l.count,
         yes(s.targets.relay_p99_under_5ms)
+    );
+    let h = &s.hub_relay;
+    println!(
+        "  inside the hub (request decoded → queued for the peer): {} messages, mean {:.3} ms, p50 ≤ {} ms, p99 ≤ {} ms",
+        h.count, h.mean_ms, h.p50_le_ms, h.p99_le_ms
     );
     println!(
         "  relayed {} of {} expected: lost {}, misrouted {}, out of order {}, errors {}  [nothing lost or misrouted: {}]",
@@ -291,6 +317,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             rounds,
             candidates,
             concurrency,
+            spread_ms,
+            answer_within_ms,
+            trickle_ms,
         } => {
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = std::sync::Arc::new(
@@ -301,6 +330,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 rounds,
                 candidates,
                 concurrency,
+                pacing: loadtest::calls::Pacing {
+                    spread: Duration::from_millis(spread_ms),
+                    answer_within: Duration::from_millis(answer_within_ms),
+                    trickle: Duration::from_millis(trickle_ms),
+                },
             };
             let summary = tokio::time::timeout(
                 Duration::from_secs(common.max_seconds),

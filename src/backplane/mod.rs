@@ -36,6 +36,10 @@ pub trait Backplane: Send + Sync + 'static {
     /// Delivers an encoded frame to a terminal wherever it is connected.
     fn deliver(&self, to: NodeIdx, frame: &Bytes) -> Delivery;
 
+    /// Like `deliver`, but the caller never writes to a socket itself: the frame is queued for
+    /// the terminal's connection task. For relays that serve many terminals from one task.
+    fn relay(&self, to: NodeIdx, frame: &Bytes) -> Delivery;
+
     /// Delivers durable outbox message `seq` live, if the terminal is connected and has resumed
     /// its outbox; otherwise it is replayed when the terminal resumes.
     fn deliver_outbox(&self, to: NodeIdx, seq: u64, frame: &Bytes) -> Delivery;
@@ -68,6 +72,16 @@ impl Backplane for Memory {
         match self.local.get(to) {
             None => Delivery::Offline,
             Some(conn) => match conn.send(frame) {
+                SendOutcome::Written | SendOutcome::Queued => Delivery::Sent,
+                SendOutcome::Closed => Delivery::Dropped,
+            },
+        }
+    }
+
+    fn relay(&self, to: NodeIdx, frame: &Bytes) -> Delivery {
+        match self.local.get(to) {
+            None => Delivery::Offline,
+            Some(conn) => match conn.post(frame) {
                 SendOutcome::Written | SendOutcome::Queued => Delivery::Sent,
                 SendOutcome::Closed => Delivery::Dropped,
             },

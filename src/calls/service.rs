@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -54,6 +54,8 @@ pub enum Cmd {
         re: Option<ReqId>,
         kind: &'static str,
         req: Req,
+        /// When the request was decoded.
+        at: Instant,
     },
     /// A terminal's connection opened (it may be coming back to a call).
     Connected {
@@ -172,42 +174,63 @@ impl Service {
                 }
                 None => self.rx.recv().await,
             };
-            match cmd {
-                None => return,
-                Some(Cmd::Stop(done)) => {
-                    let fx = self.core.interrupt_all(now_ms());
-                    self.apply(fx).await;
-                    let _ = done.send(());
-                    return;
-                }
-                Some(Cmd::Request {
-                    conn,
-                    re,
-                    kind,
-                    req,
-                }) => self.request(conn, re, kind, req).await,
-                Some(Cmd::Connected { ep, .. }) => {
-                    if !self.core.of(ep).is_empty() {
-                        let fx = self.core.connected(ep, now_ms());
-                        self.apply(fx).await;
-                    }
-                }
-                Some(Cmd::Disconnected { ep, conn }) => {
-                    // A newer connection of the terminal took over: its calls go on there.
-                    let replaced = self
-                        .backplane
-                        .connection(ep)
-                        .is_some_and(|(key, _)| key != conn);
-                    if !replaced && !self.core.of(ep).is_empty() {
-                        let fx = self.core.disconnected(ep, now_ms());
-                        self.apply(fx).await;
-                    }
-                }
+            let t0 = std::time::Instant::now();
+            let go_on = self.handle(cmd).await;
+            self.metrics
+                .calls_busy_us
+                .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+            if !go_on {
+                return;
             }
         }
     }
 
-    async fn request(&mut self, conn: Arc<Conn>, re: Option<ReqId>, kind: &'static str, req: Req) {
+    /// One command; `false` when the service is to stop.
+    async fn handle(&mut self, cmd: Option<Cmd>) -> bool {
+        match cmd {
+            None => return false,
+            Some(Cmd::Stop(done)) => {
+                let fx = self.core.interrupt_all(now_ms());
+                self.apply(fx).await;
+                let _ = done.send(());
+                return false;
+            }
+            Some(Cmd::Request {
+                conn,
+                re,
+                kind,
+                req,
+                at,
+            }) => self.request(conn, re, kind, req, at).await,
+            Some(Cmd::Connected { ep, .. }) => {
+                if !self.core.of(ep).is_empty() {
+                    let fx = self.core.connected(ep, now_ms());
+                    self.apply(fx).await;
+                }
+            }
+            Some(Cmd::Disconnected { ep, conn }) => {
+                // A newer connection of the terminal took over: its calls go on there.
+                let replaced = self
+                    .backplane
+                    .connection(ep)
+                    .is_some_and(|(key, _)| key != conn);
+                if !replaced && !self.core.of(ep).is_empty() {
+                    let fx = self.core.disconnected(ep, now_ms());
+                    self.apply(fx).await;
+                }
+            }
+        }
+        true
+    }
+
+    async fn request(
+        &mut self,
+        conn: Arc<Conn>,
+        re: Option<ReqId>,
+        kind: &'static str,
+        req: Req,
+        at: Instant,
+    ) {
         let who = conn.endpoint;
         let now = now_ms();
         let result = match req {
@@ -257,9 +280,9 @@ impl Service {
                 };
                 // The requester hears its answer before anything the call causes.
                 if let Some(f) = success(re.as_ref(), kind, &data) {
-                    conn.send(&f);
+                    conn.post(&f);
                 }
-                self.apply(fx).await;
+                self.apply_for(fx, Some(at)).await;
             }
             Err(e) => {
                 self.metrics.calls_refused.fetch_add(1, Relaxed);
@@ -269,12 +292,17 @@ impl Service {
                     code: e.ws_code(),
                     message: e.to_string(),
                 };
-                conn.send(&p.encode());
+                conn.post(&p.encode());
             }
         }
     }
 
     async fn apply(&mut self, effects: Vec<Effect>) {
+        self.apply_for(effects, None).await
+    }
+
+    /// Carries out effects; `at`: when the request that caused them was decoded.
+    async fn apply_for(&mut self, effects: Vec<Effect>, at: Option<Instant>) {
         let now = now_ms();
         for e in effects {
             match e {
@@ -283,7 +311,10 @@ impl Service {
                         self.metrics.call_signals.fetch_add(1, Relaxed);
                     }
                     // Undeliverable means the party is gone; its disconnect reaches the core next.
-                    self.backplane.deliver(to, &encode_msg(&self.org, &msg));
+                    self.backplane.relay(to, &encode_msg(&self.org, &msg));
+                    if let Some(at) = at {
+                        self.metrics.call_relay_latency.observe(at.elapsed());
+                    }
                 }
                 Effect::InCall { ep, active } => {
                     let activity = if active {

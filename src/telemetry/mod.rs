@@ -134,6 +134,10 @@ pub struct Metrics {
     pub calls_answered: AtomicU64,
     pub calls_refused: AtomicU64,
     pub call_signals: AtomicU64,
+    /// A call request decoded → what it causes queued for the other party.
+    pub call_relay_latency: Histogram,
+    /// Microseconds the calls service spent working (not waiting): its saturation.
+    pub calls_busy_us: AtomicU64,
     /// Set once at start-up.
     pub fd_limit: AtomicU64,
     pub max_connections: AtomicU64,
@@ -366,6 +370,11 @@ impl Metrics {
             "Call requests refused with a typed error.",
             &self.calls_refused,
         );
+        let _ = writeln!(
+            out,
+            "# HELP gridhub_calls_busy_seconds_total Time the calls service spent working; its rate is how busy it is (1 = saturated).\n# TYPE gridhub_calls_busy_seconds_total counter\ngridhub_calls_busy_seconds_total {}",
+            self.calls_busy_us.load(Relaxed) as f64 / 1e6
+        );
         counter(
             &mut out,
             "gridhub_call_signals_total",
@@ -382,6 +391,11 @@ impl Metrics {
             &mut out,
             "gridhub_store_commit_seconds",
             "Store batch write and commit time.",
+        );
+        self.call_relay_latency.render(
+            &mut out,
+            "gridhub_call_relay_seconds",
+            "Call signaling: request decoded to the message queued for the other party.",
         );
         self.push_latency.render(
             &mut out,

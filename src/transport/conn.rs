@@ -220,6 +220,35 @@ impl Conn {
         SendOutcome::Queued
     }
 
+    /// Queues one encoded frame for the connection's own task to write, never writing here: for
+    /// a sender that relays for many terminals (calls) and must not spend its time in socket
+    /// writes — on loopback and LANs a write also runs the receiving side's network stack. The
+    /// connection's task writes what has gathered with one `writev`. Same limits as `send`.
+    pub fn post(&self, frame: &Bytes) -> SendOutcome {
+        let mut out = self.outbox();
+        if out.closing.is_some() || out.broken {
+            return SendOutcome::Closed;
+        }
+        if out.queue.len() >= self.limits.frames || out.bytes + frame.len() > self.limits.bytes {
+            self.metrics
+                .queue_drops
+                .fetch_add(out.queue.len() as u64 + 1, Relaxed);
+            out.queue.clear();
+            out.bytes = 0;
+            self.begin_close(&mut out, Close::Slow);
+            return SendOutcome::Closed;
+        }
+        self.metrics.messages_out.fetch_add(1, Relaxed);
+        let was_empty = out.queue.is_empty();
+        out.bytes += frame.len();
+        out.queue.push_back(frame.clone());
+        drop(out);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        SendOutcome::Queued
+    }
+
     /// Starts closing: queues the close frame and wakes the connection's task. Idempotent; the
     /// first reason wins.
     pub fn close(&self, why: Close) {

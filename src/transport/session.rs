@@ -455,6 +455,7 @@ impl Session {
                         re: re.clone(),
                         kind,
                         req,
+                        at: Instant::now(),
                     };
                     Box::pin(self.hub.calls.send(cmd)).await
                 }
