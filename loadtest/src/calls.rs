@@ -100,6 +100,9 @@ pub struct CallsSummary {
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
+/// Stands for the send time in a message being built; replaced just before it is sent.
+const MARK: &str = "@T@";
+
 /// Microseconds since the run began: the send time carried in messages (one process, one clock).
 fn now_us() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
@@ -107,7 +110,7 @@ fn now_us() -> u64 {
 
 /// An SDP the size and shape of a browser's audio+video offer; the hub relays it unread. The
 /// `o=` line carries the pair and the send time.
-fn sdp(pair: usize, sent_us: u64, answer: bool) -> String {
+fn sdp(pair: usize, sent_us: &str, answer: bool) -> String {
     let setup = if answer { "active" } else { "actpass" };
     let mut s = format!(
         "v=0\r\no=- {sent_us} {pair} IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
@@ -142,7 +145,7 @@ fn sdp_stamp(sdp: &str) -> Option<(u64, usize)> {
 
 /// A host candidate: the foundation carries the send time, the address the pair, the port the
 /// sequence number.
-fn candidate(pair: usize, seq: usize, sent_us: u64) -> Value {
+fn candidate(pair: usize, seq: usize, sent_us: &str) -> Value {
     json!({
         "candidate": format!(
             "candidate:{sent_us} 1 udp 2130706431 10.{}.{}.1 {} typ host generation 0",
@@ -239,6 +242,19 @@ impl Bot {
             .map_err(|e| format!("send: {e}"))
     }
 
+    /// Sends a message whose send time is still `MARK`: the time is taken after the message is
+    /// built, so that the load generator's own work does not count as relay time.
+    async fn send_stamped(&mut self, v: Value) -> Result<u64, String> {
+        let text = v.to_string();
+        let t = now_us();
+        let text = text.replacen(MARK, &t.to_string(), 1);
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        Ok(t)
+    }
+
     fn relayed(&mut self, sent_us: u64) {
         let _ = self.relay.record(now_us().saturating_sub(sent_us).max(1));
         self.shared.relayed.fetch_add(1, Relaxed);
@@ -256,17 +272,21 @@ impl Bot {
         let call = r.call.ok_or("a timer before the call")?;
         if r.accept_at.is_some_and(|t| t <= now) {
             r.accept_at = None;
-            let answer = sdp(self.pair, now_us(), true);
-            self.send(json!({"v":1,"type":"call.accept","data":{"call":call,"answer":answer}}))
-                .await?;
+            let answer = sdp(self.pair, MARK, true);
+            self.send_stamped(
+                json!({"v":1,"type":"call.accept","data":{"call":call,"answer":answer}}),
+            )
+            .await?;
             self.start_trickle(r);
         }
         if r.next_cand.is_some_and(|t| t <= now) {
             let seq = self.k + 1 - r.to_send;
             if seq < self.k {
-                let c = candidate(self.pair, seq, now_us());
-                self.send(json!({"v":1,"type":"call.signal","data":{"call":call,"candidate":c}}))
-                    .await?;
+                let c = candidate(self.pair, seq, MARK);
+                self.send_stamped(
+                    json!({"v":1,"type":"call.signal","data":{"call":call,"candidate":c}}),
+                )
+                .await?;
             } else {
                 self.send(
                     json!({"v":1,"type":"call.signal","data":{"call":call,"end_of_candidates":true}}),
@@ -279,8 +299,8 @@ impl Bot {
                 r.sent_candidates = true;
                 if self.side == Side::Caller {
                     // A renegotiation, as after a network change.
-                    let offer = sdp(self.pair, now_us(), false);
-                    self.send(json!({"v":1,"type":"call.signal","data":{"call":call,
+                    let offer = sdp(self.pair, MARK, false);
+                    self.send_stamped(json!({"v":1,"type":"call.signal","data":{"call":call,
                         "description":{"type":"offer","sdp":offer}}}))
                         .await?;
                     r.reoffered = true;
@@ -296,9 +316,9 @@ impl Bot {
         let invite_id = format!("i{round}");
         if self.side == Side::Caller {
             tokio::time::sleep(jitter(self.pair, round, 1, self.pacing.spread)).await;
-            r.invited_us = now_us();
-            let offer = sdp(self.pair, r.invited_us, false);
-            self.send(json!({"v":1,"id":invite_id,"type":"call.invite",
+            let offer = sdp(self.pair, MARK, false);
+            r.invited_us = self
+                .send_stamped(json!({"v":1,"id":invite_id,"type":"call.invite",
                 "data":{"to":self.peer,"media":"video","offer":offer}}))
                 .await?;
         }
@@ -401,10 +421,12 @@ impl Bot {
                         }
                         if desc["type"] == "offer" {
                             let call = r.call.ok_or("offer before the call")?;
-                            let answer = sdp(self.pair, now_us(), true);
-                            self.send(json!({"v":1,"type":"call.signal","data":{"call":call,
-                                "description":{"type":"answer","sdp":answer}}}))
-                                .await?;
+                            let answer = sdp(self.pair, MARK, true);
+                            self.send_stamped(
+                                json!({"v":1,"type":"call.signal","data":{"call":call,
+                                "description":{"type":"answer","sdp":answer}}}),
+                            )
+                            .await?;
                         } else {
                             r.reanswered = true;
                         }
@@ -757,10 +779,10 @@ mod tests {
 
     #[test]
     fn stamps_round_trip_through_sdp_and_candidates() {
-        let s = sdp(731, 123_456, false);
+        let s = sdp(731, "123456", false);
         assert_eq!(sdp_stamp(&s), Some((123_456, 731)));
         assert!(s.len() > 2000, "browser-sized: {} bytes", s.len());
-        let c = candidate(731, 5, 99);
+        let c = candidate(731, 5, "99");
         assert_eq!(candidate_stamp(&c), Some((99, 731, 5)));
         assert_eq!(candidate_stamp(&json!({"candidate": "candidate:x"})), None);
     }

@@ -143,7 +143,24 @@ pub fn start(
         metrics: Arc::clone(&metrics),
         rx,
     };
-    let task = tokio::spawn(svc.run());
+    // Its own thread: on the shared runtime the relay waits its turn behind every connection
+    // task that has data (thousands in a storm) each time it wakes, which is most of a relayed
+    // message's time in the hub; here it is scheduled as soon as a request arrives.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls runtime: {e}")))?;
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("gridhub-calls".into())
+        .spawn(move || {
+            rt.block_on(svc.run());
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls thread: {e}")))?;
+    let task = tokio::spawn(async move {
+        let _ = done_rx.await;
+    });
     Ok((CallsHandle { tx, metrics }, task))
 }
 
