@@ -109,6 +109,9 @@ enum Scenario {
         /// Gap between one side's candidates, as ICE gathers them (0: all at once).
         #[arg(long, default_value_t = 0)]
         trickle_ms: u64,
+        /// Connect only the terminals in calls, not the whole tree.
+        #[arg(long)]
+        pairs_only: bool,
     },
 }
 
@@ -320,6 +323,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             spread_ms,
             answer_within_ms,
             trickle_ms,
+            pairs_only,
         } => {
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = std::sync::Arc::new(
@@ -335,6 +339,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     answer_within: Duration::from_millis(answer_within_ms),
                     trickle: Duration::from_millis(trickle_ms),
                 },
+                pairs_only,
             };
             let summary = tokio::time::timeout(
                 Duration::from_secs(common.max_seconds),
