@@ -87,6 +87,8 @@ pub struct CallsSummary {
     pub invite_to_ringing: Percentiles,
     /// One way, terminal to terminal: the hub, both kernels' TCP and the load generator.
     pub relay: Percentiles,
+    /// By kind of message, in `KINDS` order.
+    pub relay_by_kind: Vec<Percentiles>,
     /// The hub's own share, from its `gridhub_call_relay_seconds` histogram.
     pub hub_relay: BucketFigures,
     /// Each storm: from the start signal to the last call ended.
@@ -101,6 +103,18 @@ pub struct CallsSummary {
 }
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Kinds of relayed message, for latency by kind.
+const OFFER: usize = 0;
+const ANSWER: usize = 1;
+const CANDIDATE: usize = 2;
+const RENEGOTIATION: usize = 3;
+pub const KINDS: [&str; 4] = [
+    "offer (call.incoming)",
+    "answer (call.accepted)",
+    "candidates",
+    "renegotiation",
+];
 
 /// Stands for the send time in a message being built; replaced just before it is sent.
 const MARK: &str = "@T@";
@@ -212,6 +226,8 @@ struct Bot {
     pacing: Pacing,
     shared: Arc<Shared>,
     relay: Histogram<u64>,
+    /// The same, by kind of message (`KINDS`).
+    by_kind: [Histogram<u64>; 4],
     ringing: Histogram<u64>,
 }
 
@@ -257,8 +273,10 @@ impl Bot {
         Ok(t)
     }
 
-    fn relayed(&mut self, sent_us: u64) {
-        let _ = self.relay.record(now_us().saturating_sub(sent_us).max(1));
+    fn relayed(&mut self, kind: usize, sent_us: u64) {
+        let us = now_us().saturating_sub(sent_us).max(1);
+        let _ = self.relay.record(us);
+        let _ = self.by_kind[kind].record(us);
         self.shared.relayed.fetch_add(1, Relaxed);
     }
 
@@ -363,7 +381,7 @@ impl Bot {
                         self.shared.misrouted.fetch_add(1, Relaxed);
                     }
                     if let Some((sent, _)) = stamp {
-                        self.relayed(sent);
+                        self.relayed(OFFER, sent);
                     }
                     r.call = Some(call);
                     self.send(json!({"v":1,"type":"call.ring","data":{"call":call}}))
@@ -384,7 +402,7 @@ impl Bot {
                         return Err("accepted before the invite's reply".into());
                     }
                     match d["answer"].as_str().and_then(sdp_stamp) {
-                        Some((sent, pair)) if pair == self.pair => self.relayed(sent),
+                        Some((sent, pair)) if pair == self.pair => self.relayed(ANSWER, sent),
                         _ => {
                             self.shared.misrouted.fetch_add(1, Relaxed);
                         }
@@ -403,7 +421,7 @@ impl Bot {
                                     self.shared.out_of_order.fetch_add(1, Relaxed);
                                 }
                                 r.got += 1;
-                                self.relayed(sent);
+                                self.relayed(CANDIDATE, sent);
                             }
                             _ => {
                                 self.shared.misrouted.fetch_add(1, Relaxed);
@@ -416,7 +434,9 @@ impl Bot {
                         r.got_end = true;
                     } else if let Some(desc) = d.get("description") {
                         match desc["sdp"].as_str().and_then(sdp_stamp) {
-                            Some((sent, pair)) if pair == self.pair => self.relayed(sent),
+                            Some((sent, pair)) if pair == self.pair => {
+                                self.relayed(RENEGOTIATION, sent)
+                            }
                             _ => {
                                 self.shared.misrouted.fetch_add(1, Relaxed);
                             }
@@ -484,7 +504,7 @@ async fn run_bot(
     mut start: watch::Receiver<usize>,
     done: mpsc::UnboundedSender<bool>,
     stop: CancellationToken,
-) -> (Histogram<u64>, Histogram<u64>) {
+) -> (Histogram<u64>, [Histogram<u64>; 4], Histogram<u64>) {
     let mut played = 0;
     loop {
         tokio::select! {
@@ -510,7 +530,7 @@ async fn run_bot(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), bot.ws.close(None)).await;
-    (bot.relay, bot.ringing)
+    (bot.relay, bot.by_kind, bot.ringing)
 }
 
 /// Figures from a Prometheus histogram's buckets: quantiles are bucket upper bounds.
@@ -659,6 +679,7 @@ pub async fn run(
                         pacing: opts.pacing,
                         shared: Arc::clone(&shared),
                         relay: histogram(),
+                        by_kind: std::array::from_fn(|_| histogram()),
                         ringing: histogram(),
                     },
                     start_rx.clone(),
@@ -715,10 +736,14 @@ pub async fn run(
     let hub_after = scrape(target.addr).await?;
     stop.cancel();
     let mut relay = histogram();
+    let mut by_kind: [Histogram<u64>; 4] = std::array::from_fn(|_| histogram());
     let mut ringing = histogram();
     while let Some(j) = bots.join_next().await {
-        let (r, g) = j.map_err(|e| e.to_string())?;
+        let (r, k, g) = j.map_err(|e| e.to_string())?;
         let _ = relay.add(&r);
+        for (all, one) in by_kind.iter_mut().zip(&k) {
+            let _ = all.add(one);
+        }
         let _ = ringing.add(&g);
     }
     while holders.join_next().await.is_some() {}
@@ -757,6 +782,7 @@ pub async fn run(
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
         invite_to_ringing: Percentiles::of(&ringing),
+        relay_by_kind: by_kind.iter().map(Percentiles::of).collect(),
         hub_relay: bucket_figures(&metrics0, &metrics, "gridhub_call_relay_seconds"),
         storm_s,
         hub_cpu_s: hub_after.cpu_seconds - cpu0,

@@ -287,6 +287,12 @@ fn print_calls(s: &loadtest::calls::CallsSummary) {
         l.count,
         yes(s.targets.relay_p99_under_5ms)
     );
+    for (kind, l) in loadtest::calls::KINDS.iter().zip(&s.relay_by_kind) {
+        println!(
+            "    {kind}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({})",
+            l.p50_ms, l.p99_ms, l.max_ms, l.count
+        );
+    }
     let h = &s.hub_relay;
     println!(
         "  inside the hub (request decoded → queued for the peer): {} messages, mean {:.3} ms, p50 ≤ {} ms, p99 ≤ {} ms",
