@@ -853,18 +853,7 @@ mod tests {
     /// right terminal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn small_storms_lose_nothing() {
-        let secret = "loadtest-secret-loadtest-secret!!";
-        let data = std::env::temp_dir().join(format!("gridhub-lt-calls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let mut c = gridhub::config::Config::default();
-        c.server.listen = "127.0.0.1:0".parse().unwrap();
-        c.server.data_dir = data.clone();
-        c.auth.secret = secret.into();
-        let org_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/org/jiamusi.csv");
-        c.org.file = org_path.into();
-        let running = gridhub::app::start(c).await.unwrap();
-        let target = Target::new(running.addr, secret.as_bytes().to_vec(), false).unwrap();
-        let org = Arc::new(Org::load(std::path::Path::new(org_path)).unwrap());
+        let hub = crate::testhub::TestHub::start("calls", |_| {}).await;
         let opts = CallsOptions {
             pairs: 40,
             rounds: 2,
@@ -878,7 +867,7 @@ mod tests {
             // The whole tree is the orders test's; both at once would pass the open-file limit.
             pairs_only: true,
         };
-        let s = run(&target, org, &opts).await.unwrap();
+        let s = run(&hub.target, hub.org.clone(), &opts).await.unwrap();
         assert_eq!(s.errors, 0, "{:?}", s.first_errors);
         assert_eq!((s.lost, s.misrouted, s.out_of_order), (0, 0, 0));
         assert_eq!(s.calls_completed, 80);
@@ -886,7 +875,6 @@ mod tests {
         assert_eq!(s.hub_calls_placed, 80.0);
         assert_eq!(s.invite_to_ringing.count, 80);
         assert_eq!(s.terminals, 80);
-        running.shutdown().await;
-        let _ = std::fs::remove_dir_all(&data);
+        hub.stop().await;
     }
 }

@@ -333,19 +333,7 @@ mod tests {
     /// every presence change reaches the console, and the hub's figures are read.
     #[tokio::test]
     async fn connect_scenario_runs_end_to_end() {
-        let secret = "loadtest-secret-loadtest-secret!!";
-        let mut c = gridhub::config::Config::default();
-        c.server.listen = "127.0.0.1:0".parse().unwrap();
-        c.server.data_dir = std::env::temp_dir().join(format!("gridhub-lt-{}", std::process::id()));
-        c.auth.secret = secret.into();
-        c.org.file = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/org/jiamusi.csv").into();
-        let running = gridhub::app::start(c).await.unwrap();
-        let target = Target::new(running.addr, secret.as_bytes().to_vec(), false).unwrap();
-        let org = Org::load(std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/org/jiamusi.csv"
-        )))
-        .unwrap();
+        let hub = crate::testhub::TestHub::start("connect", |_| {}).await;
         let opts = ConnectOptions {
             terminals: 300,
             concurrency: 64,
@@ -355,14 +343,14 @@ mod tests {
             presence_rate: 500,
             settle: Duration::from_millis(100),
         };
-        let s = run(&target, &org, &opts).await.unwrap();
+        let s = run(&hub.target, &hub.org, &opts).await.unwrap();
         assert_eq!((s.connected, s.failed), (300, 0), "{:?}", s.first_errors);
         assert!(s.heartbeats_sent >= 300 && s.heartbeat_replies > 0);
         assert_eq!(s.closed_by_hub, 0);
         assert_eq!((s.presence.received, s.presence.lost), (100, 0));
         assert!(s.hub_connected.rss_bytes > 0.0 && s.hub_connected.connections >= 300.0);
         assert!(s.connect_latency.count == 300);
-        running.shutdown().await;
+        hub.stop().await;
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod connect;
 pub mod hubstats;
 pub mod orders;
 pub mod terminal;
+#[cfg(test)]
+mod testhub;
 
 use std::net::SocketAddr;
 use std::time::Duration;

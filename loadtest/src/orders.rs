@@ -651,39 +651,29 @@ mod tests {
     /// stay in progress, and the statistics match exactly.
     #[tokio::test]
     async fn a_small_year_replays_exactly() {
-        let secret = "loadtest-secret-loadtest-secret!!";
-        let data = std::env::temp_dir().join(format!("gridhub-lt-orders-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let mut c = gridhub::config::Config::default();
-        c.server.listen = "127.0.0.1:0".parse().unwrap();
-        c.server.data_dir = data.clone();
-        c.auth.secret = secret.into();
-        let org_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/org/jiamusi.csv");
-        c.org.file = org_path.into();
-        // A year compressed into seconds: every center sends far more than a real one would.
-        c.transport.rate_per_sec = 1_000_000;
-        c.transport.rate_burst = 1_000_000;
-        let running = gridhub::app::start(c).await.unwrap();
-        let target = Target::new(running.addr, secret.as_bytes().to_vec(), false).unwrap();
-        let org = Arc::new(Org::load(std::path::Path::new(org_path)).unwrap());
+        let hub = crate::testhub::TestHub::start("orders", |c| {
+            // A year compressed into seconds: every center sends far more than a real one would.
+            c.transport.rate_per_sec = 1_000_000;
+            c.transport.rate_burst = 1_000_000;
+        })
+        .await;
         let opts = OrdersOptions {
             orders: 600,
             in_progress: 16,
             window: 200,
             concurrency: 256,
         };
-        let s = run(&target, org, &opts).await.unwrap();
+        let s = run(&hub.target, hub.org.clone(), &opts).await.unwrap();
         assert_eq!(s.errors, 0, "{:?}", s.first_errors);
         assert_eq!(s.terminals_lost, 0);
         // Every push was acknowledged: the delivery receipts are complete.
-        let (_, m) = http_get(target.addr, "/metrics").await.unwrap();
+        let (_, m) = http_get(hub.target.addr, "/metrics").await.unwrap();
         assert!(m.contains("gridhub_order_transitions_total"));
         assert!(s.seed_match, "{}", s.stats);
         assert_eq!(s.stats["by_state"]["archived"], 584);
         assert_eq!(s.stats["by_state"]["in_progress"], 16);
         assert!(s.dispatch_push_latency.count >= 600 * 4 - 16);
-        running.shutdown().await;
-        let _ = std::fs::remove_dir_all(&data);
+        hub.stop().await;
     }
 
     #[test]

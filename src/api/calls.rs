@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::Caller;
 use super::error::ApiError;
 use super::orders::subtree_of;
+use super::{Caller, Params};
 use crate::calls::core::{Media, Outcome};
 use crate::calls::records::{self, Filter};
 use crate::clock::now_ms;
@@ -56,9 +56,8 @@ pub struct ListQuery {
 pub async fn list(
     State(hub): State<Arc<Hub>>,
     Caller(c): Caller,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let _ = q.token;
     let node = subtree_of(&hub, &c, q.node.as_deref())?;
     let party = match &q.party {
@@ -157,9 +156,8 @@ pub struct StatsQuery {
 pub async fn stats(
     State(hub): State<Arc<Hub>>,
     Caller(c): Caller,
-    q: Result<Query<StatsQuery>, QueryRejection>,
+    Params(q): Params<StatsQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let _ = q.token;
     let node = subtree_of(&hub, &c, q.node.as_deref())?;
     let now = now_ms();

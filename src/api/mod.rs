@@ -134,6 +134,25 @@ impl FromRequestParts<Arc<Hub>> for Caller {
     }
 }
 
+/// Query parameters; a query that does not parse is refused with the typed `invalid_query`
+/// error naming what was wrong.
+pub struct Params<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params<T>, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Params(q)),
+            Err(e) => Err(ApiError::bad_query(e.body_text())),
+        }
+    }
+}
+
 /// The order taxonomy and deadlines, for consoles building their forms.
 async fn categories(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     let o = &hub.config.orders;
@@ -309,9 +328,8 @@ async fn org_subtree(
     State(hub): State<Arc<Hub>>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    query: Result<Query<SubtreeQuery>, axum::extract::rejection::QueryRejection>,
+    Params(q): Params<SubtreeQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let _ = q.token;
     let org = &hub.org;
     let n = lookup(org, &id)?;
@@ -331,9 +349,8 @@ struct PresenceQuery {
 async fn presence(
     State(hub): State<Arc<Hub>>,
     Caller(who): Caller,
-    query: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+    Params(q): Params<PresenceQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let _ = q.token;
     let id = q
         .node

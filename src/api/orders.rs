@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rusqlite::params_from_iter;
 use serde::{Deserialize, Serialize};
 
-use super::Caller;
 use super::error::ApiError;
+use super::{Caller, Params};
 use crate::auth::{Credential, Role};
 use crate::clock::now_ms;
 use crate::hub::Hub;
@@ -272,9 +272,8 @@ pub(super) fn subtree_of(
 pub async fn list(
     State(hub): State<Arc<Hub>>,
     Caller(c): Caller,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let node = subtree_of(&hub, &c, q.node.as_deref())?;
     let range = hub.org.subtree(node);
     let mut sql = String::from(
@@ -405,9 +404,8 @@ struct Counts {
 pub async fn stats(
     State(hub): State<Arc<Hub>>,
     Caller(c): Caller,
-    q: Result<Query<StatsQuery>, QueryRejection>,
+    Params(q): Params<StatsQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let _ = q.token;
     if c.role == Role::Worker {
         return Err(ApiError::out_of_scope(

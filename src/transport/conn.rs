@@ -202,15 +202,7 @@ impl Conn {
             self.wake.notify_one();
             return SendOutcome::Queued;
         }
-        if out.queue.len() >= self.limits.frames || out.bytes + frame.len() > self.limits.bytes {
-            // What is queued is lost to this consumer either way; drop it so the close frame goes
-            // out next, and the terminal resyncs when it reconnects.
-            self.metrics
-                .queue_drops
-                .fetch_add(out.queue.len() as u64 + 1, Relaxed);
-            out.queue.clear();
-            out.bytes = 0;
-            self.begin_close(&mut out, Close::Slow);
+        if self.overflows(&mut out, frame.len()) {
             return SendOutcome::Closed;
         }
         self.metrics.frames_queued.fetch_add(1, Relaxed);
@@ -229,13 +221,7 @@ impl Conn {
         if out.closing.is_some() || out.broken {
             return SendOutcome::Closed;
         }
-        if out.queue.len() >= self.limits.frames || out.bytes + frame.len() > self.limits.bytes {
-            self.metrics
-                .queue_drops
-                .fetch_add(out.queue.len() as u64 + 1, Relaxed);
-            out.queue.clear();
-            out.bytes = 0;
-            self.begin_close(&mut out, Close::Slow);
+        if self.overflows(&mut out, frame.len()) {
             return SendOutcome::Closed;
         }
         self.metrics.messages_out.fetch_add(1, Relaxed);
@@ -247,6 +233,22 @@ impl Conn {
             self.wake.notify_one();
         }
         SendOutcome::Queued
+    }
+
+    /// A slow consumer: past either queue limit, closes the connection instead of queueing.
+    /// What is queued is lost to this consumer either way; it is dropped so the close frame goes
+    /// out next, and the terminal resyncs when it reconnects.
+    fn overflows(&self, out: &mut Outbox, len: usize) -> bool {
+        if out.queue.len() < self.limits.frames && out.bytes + len <= self.limits.bytes {
+            return false;
+        }
+        self.metrics
+            .queue_drops
+            .fetch_add(out.queue.len() as u64 + 1, Relaxed);
+        out.queue.clear();
+        out.bytes = 0;
+        self.begin_close(out, Close::Slow);
+        true
     }
 
     /// Starts closing: queues the close frame and wakes the connection's task. Idempotent; the
