@@ -105,6 +105,7 @@ pub async fn list(
         before: q.after,
         limit,
     };
+    hub.calls.settled().await;
     let calls = hub
         .store
         .read(move |conn| records::list(conn, &filter))
@@ -123,6 +124,7 @@ pub async fn get(
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|_| ApiError::not_found("call ids are positive integers"))?;
+    hub.calls.settled().await;
     let found = hub
         .store
         .read(move |conn| records::get(conn, id))
@@ -169,6 +171,7 @@ pub async fn stats(
         )));
     }
     let org = Arc::clone(&hub.org);
+    hub.calls.settled().await;
     let s = hub
         .store
         .read(move |conn| records::stats(conn, &org, node, from, to))

@@ -84,8 +84,9 @@ impl Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Party {
-    Caller,
-    Callee,
+    // Explicit: they index `Call::conns`.
+    Caller = 0,
+    Callee = 1,
 }
 
 impl Party {
@@ -95,6 +96,15 @@ impl Party {
             Party::Callee => Party::Caller,
         }
     }
+}
+
+/// A terminal as the hub sees it when a call is placed.
+#[derive(Clone, Copy, Debug)]
+pub struct Terminal {
+    pub node: NodeIdx,
+    pub role: Role,
+    /// Its live connection (keys grow with each new connection on a hub node); `None`: off line.
+    pub conn: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -114,6 +124,10 @@ pub struct Call {
     offer_from: Option<Party>,
     /// A party whose connection dropped during the call, and since when.
     away: Option<(Party, u64)>,
+    /// The connection each party (caller, callee) is known by in this call. Connection news
+    /// about an older or the same connection is stale: a terminal's `connected` can reach the
+    /// service after an invite that already found that connection.
+    conns: [u64; 2],
 }
 
 impl Call {
@@ -133,6 +147,7 @@ impl Call {
             reason: None,
             offer_from: None,
             away: None,
+            conns: [0; 2],
         }
     }
 
@@ -365,19 +380,16 @@ impl Calls {
         Ok(())
     }
 
-    /// A call from `caller` to `callee`. `online`: whether the callee has a live connection.
-    #[allow(clippy::too_many_arguments)]
+    /// A call from `from` to `to`.
     pub fn invite(
         &mut self,
-        caller: NodeIdx,
-        role: Role,
-        callee: NodeIdx,
-        callee_role: Role,
+        from: Terminal,
+        to: Terminal,
         media: Media,
         offer: Option<String>,
-        online: bool,
         now: u64,
     ) -> Result<(CallId, Vec<Effect>), CallError> {
+        let (caller, role, callee, callee_role) = (from.node, from.role, to.node, to.role);
         if caller == callee {
             return Err(CallError::Invalid("a terminal cannot call itself".into()));
         }
@@ -421,9 +433,9 @@ impl Calls {
                 now,
             ));
         }
-        if !online {
+        let Some(callee_conn) = to.conn else {
             return Err(CallError::Offline(self.name(callee)));
-        }
+        };
         if self.busy(callee, callee_role) {
             return Err(CallError::Busy(self.name(callee)));
         }
@@ -434,6 +446,7 @@ impl Calls {
         self.next_id += 1;
         let call = Call {
             offer_from: offer.is_some().then_some(Party::Caller),
+            conns: [from.conn.unwrap_or(0), callee_conn],
             ..Call::new(id, caller, callee, media, now)
         };
         effects.push(Effect::Record(call.clone()));
@@ -627,11 +640,15 @@ impl Calls {
     }
 
     /// A terminal's connection ended: unanswered calls end; active ones wait for it.
-    pub fn disconnected(&mut self, ep: NodeIdx, now: u64) -> Vec<Effect> {
+    pub fn disconnected(&mut self, ep: NodeIdx, conn: u64, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         for id in self.of(ep).to_vec() {
             let c = &self.calls[&id];
             let p = c.party(ep).expect("indexed by party");
+            if conn < c.conns[p as usize] {
+                // An older connection, already replaced in this call.
+                continue;
+            }
             match c.phase {
                 Phase::Active => {
                     let other = c.node(p.other());
@@ -670,11 +687,17 @@ impl Calls {
     /// A terminal (re)connected. Its answered calls resume: a party that dropped is back within
     /// the grace period, or a new connection replaced one the hub had not yet seen die (a
     /// phone changing networks). Its unanswered calls end: the device that rang is gone.
-    pub fn connected(&mut self, ep: NodeIdx, now: u64) -> Vec<Effect> {
+    pub fn connected(&mut self, ep: NodeIdx, conn: u64, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         for id in self.of(ep).to_vec() {
             let c = self.calls.get_mut(&id).expect("indexed");
             let p = c.party(ep).expect("indexed by party");
+            if conn <= c.conns[p as usize] {
+                // The connection this call already knows (its news came after the invite that
+                // found it), or an older one: nothing changed.
+                continue;
+            }
+            c.conns[p as usize] = conn;
             match c.phase {
                 Phase::Active => {
                     let other = c.node(p.other());
@@ -887,8 +910,14 @@ mod tests {
         fn n(&self, s: &str) -> NodeIdx {
             self.org.lookup(s).unwrap()
         }
-        fn role(&self, n: NodeIdx) -> Role {
-            Role::default_for(self.org.tier(n))
+        /// A terminal on its first connection (key 1).
+        fn on(&self, s: &str) -> Terminal {
+            let node = self.n(s);
+            Terminal {
+                node,
+                role: Role::default_for(self.org.tier(node)),
+                conn: Some(1),
+            }
         }
         fn call(
             &mut self,
@@ -896,10 +925,8 @@ mod tests {
             to: &str,
             now: u64,
         ) -> Result<(CallId, Vec<Effect>), CallError> {
-            let (a, b) = (self.n(from), self.n(to));
-            let (ra, rb) = (self.role(a), self.role(b));
-            self.c
-                .invite(a, ra, b, rb, Media::Video, Some("offer".into()), true, now)
+            let (a, b) = (self.on(from), self.on(to));
+            self.c.invite(a, b, Media::Video, Some("offer".into()), now)
         }
     }
 
@@ -1010,7 +1037,7 @@ mod tests {
     #[test]
     fn busy_offline_self_and_out_of_scope_fail_at_once() {
         let mut t = T::new();
-        let (w1, w2, v) = (t.n("w1"), t.n("w2"), t.n("v"));
+        let (w1, v) = (t.n("w1"), t.n("v"));
         assert_eq!(t.call("a", "a", 0).unwrap_err().code(), "invalid_data");
         assert_eq!(
             t.call("w1", "w2", 0).unwrap_err().code(),
@@ -1026,18 +1053,13 @@ mod tests {
             t.call("w1", "c", 0).is_ok(),
             "a worker may call the city: its chain of command"
         );
+        let off = Terminal {
+            conn: None,
+            ..t.on("w2")
+        };
         let e =
-            t.c.invite(
-                t.n("a"),
-                Role::Operator,
-                w2,
-                Role::Worker,
-                Media::Audio,
-                None,
-                false,
-                0,
-            )
-            .unwrap_err();
+            t.c.invite(t.on("a"), off, Media::Audio, None, 0)
+                .unwrap_err();
         assert_eq!(e.code(), "offline");
         // w1 is in a call with c: busy for a second caller.
         let e = t.call("v", "w1", 1).unwrap_err();
@@ -1050,19 +1072,9 @@ mod tests {
         assert!(e.is_ok(), "operators take two: {e:?}");
         assert_eq!(t.call("w2", "a", 4).unwrap_err().code(), "busy");
         let long = "x".repeat(101);
-        let (a, r) = (t.n("b"), Role::Operator);
         let e =
-            t.c.invite(
-                a,
-                r,
-                t.n("c"),
-                Role::Operator,
-                Media::Audio,
-                Some(long),
-                true,
-                5,
-            )
-            .unwrap_err();
+            t.c.invite(t.on("b"), t.on("c"), Media::Audio, Some(long), 5)
+                .unwrap_err();
         assert!(e.to_string().contains("101 bytes"));
     }
 
@@ -1156,9 +1168,9 @@ mod tests {
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (id, _) = t.call("a", "w1", 0).unwrap();
         t.c.accept(w1, id, None, 1).unwrap();
-        let fx = t.c.disconnected(w1, 10);
+        let fx = t.c.disconnected(w1, 1, 10);
         assert_eq!(sent(&fx), [(a, &Msg::PeerAway { call: id })]);
-        let fx = t.c.connected(w1, 15_000);
+        let fx = t.c.connected(w1, 2, 15_000);
         assert!(
             fx.contains(&Effect::InCall {
                 ep: w1,
@@ -1178,7 +1190,7 @@ mod tests {
         )));
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
         assert!(t.c.tick(20_010).is_empty(), "the grace timer was cleared");
-        t.c.disconnected(w1, 30_000);
+        t.c.disconnected(w1, 2, 30_000);
         let fx = t.c.tick(50_000);
         assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Dropped));
         assert!(fx.contains(&Effect::InCall {
@@ -1187,12 +1199,35 @@ mod tests {
         }));
         // Unanswered calls end at once when a side disconnects.
         let (id, _) = t.call("a", "w1", 60_000).unwrap();
-        t.c.disconnected(a, 60_001);
+        t.c.disconnected(a, 1, 60_001);
         assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Cancelled));
         // Ended calls are forgotten after a while.
         assert_eq!(t.c.live_count(), 0);
         t.c.tick(60_001 + ENDED_KEPT_MS);
         assert!(t.c.get(id).is_none());
+    }
+
+    #[test]
+    fn news_of_a_connection_the_call_already_knows_changes_nothing() {
+        // The callee's `connected` reaches the service after an invite that found that very
+        // connection (its session announced it a moment late): the call rings on.
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        let (id, _) = t.call("a", "w1", 0).unwrap();
+        assert!(t.c.connected(w1, 1, 1).is_empty());
+        assert_eq!(t.c.get(id).unwrap().phase, Phase::Inviting);
+        t.c.ring(w1, id, 2).unwrap();
+        t.c.accept(w1, id, Some("answer".into()), 3).unwrap();
+        // A new connection, then the old one's end arriving after it: the call stays with the new.
+        assert!(sent(&t.c.connected(w1, 2, 4)).contains(&(a, &Msg::PeerBack { call: id })));
+        assert!(t.c.disconnected(w1, 1, 5).is_empty());
+        assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
+        assert_eq!(t.c.next_deadline(), None, "no grace timer");
+        // The new connection's end counts.
+        assert_eq!(
+            sent(&t.c.disconnected(w1, 2, 6)),
+            [(a, &Msg::PeerAway { call: id })]
+        );
     }
 
     #[test]
@@ -1202,7 +1237,7 @@ mod tests {
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (answered, _) = t.call("a", "w1", 0).unwrap();
         t.c.accept(w1, answered, Some("answer".into()), 1).unwrap();
-        let fx = t.c.connected(w1, 5);
+        let fx = t.c.connected(w1, 2, 5);
         assert_eq!(t.c.get(answered).unwrap().phase, Phase::Active);
         assert!(sent(&fx).contains(&(a, &Msg::PeerBack { call: answered })));
         // ICE restart over the new connection: the callee offers, the caller answers.
@@ -1213,7 +1248,7 @@ mod tests {
         t.c.hangup(a, answered, 10).unwrap();
         let (ringing, _) = t.call("a", "w1", 20).unwrap();
         assert_eq!(t.c.live_count(), 1);
-        t.c.connected(w1, 25);
+        t.c.connected(w1, 3, 25);
         let c = t.c.get(ringing).unwrap();
         assert_eq!(
             (c.outcome, c.reason.as_deref()),

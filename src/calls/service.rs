@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::core::{CallError, CallId, Calls, Effect, Media, Msg, Rules, Signal, phase_str};
+use super::core::{
+    CallError, CallId, Calls, Effect, Media, Msg, Rules, Signal, Terminal, phase_str,
+};
 use super::records;
 use super::wire::{Who, encode_msg};
 use crate::auth::Role;
@@ -67,6 +69,8 @@ pub enum Cmd {
         ep: NodeIdx,
         conn: u64,
     },
+    /// Answered once every record decided before it is committed (see `CallsHandle::settled`).
+    Settled(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -89,6 +93,16 @@ impl CallsHandle {
             p.re = re;
             p.kind = Some(kind.into());
             conn.send(&p.encode());
+        }
+    }
+
+    /// Waits until the records of everything the service has decided so far are committed.
+    /// Records are written behind the relay; a reader that waits here first sees every call
+    /// as its parties have already been told it is (a call they saw end is not listed as live).
+    pub async fn settled(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Settled(tx)).await.is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -212,6 +226,18 @@ impl Service {
                 let _ = done.send(());
                 return false;
             }
+            Some(Cmd::Settled(done)) => {
+                // The writer commits jobs in the order queued, so this one's completion follows
+                // every record queued before it.
+                self.store
+                    .submit_async(Job::new(
+                        |_| Ok(()),
+                        move |_| {
+                            let _ = done.send(());
+                        },
+                    ))
+                    .await;
+            }
             Some(Cmd::Request {
                 conn,
                 re,
@@ -219,9 +245,9 @@ impl Service {
                 req,
                 at,
             }) => self.request(conn, re, kind, req, at).await,
-            Some(Cmd::Connected { ep, .. }) => {
+            Some(Cmd::Connected { ep, conn }) => {
                 if !self.core.of(ep).is_empty() {
-                    let fx = self.core.connected(ep, now_ms());
+                    let fx = self.core.connected(ep, conn, now_ms());
                     self.apply(fx).await;
                 }
             }
@@ -232,7 +258,7 @@ impl Service {
                     .connection(ep)
                     .is_some_and(|(key, _)| key != conn);
                 if !replaced && !self.core.of(ep).is_empty() {
-                    let fx = self.core.disconnected(ep, now_ms());
+                    let fx = self.core.disconnected(ep, conn, now_ms());
                     self.apply(fx).await;
                 }
             }
@@ -253,19 +279,18 @@ impl Service {
         let result = match req {
             Req::Invite { to, media, offer } => {
                 let callee = self.backplane.connection(to);
-                let callee_role =
-                    callee.map_or_else(|| Role::default_for(self.org.tier(to)), |(_, r)| r);
+                let from = Terminal {
+                    node: who,
+                    role: conn.role,
+                    conn: Some(conn.key),
+                };
+                let to = Terminal {
+                    node: to,
+                    role: callee.map_or_else(|| Role::default_for(self.org.tier(to)), |(_, r)| r),
+                    conn: callee.map(|(key, _)| key),
+                };
                 self.core
-                    .invite(
-                        who,
-                        conn.role,
-                        to,
-                        callee_role,
-                        media,
-                        offer,
-                        callee.is_some(),
-                        now,
-                    )
+                    .invite(from, to, media, offer, now)
                     .map(|(id, fx)| {
                         self.metrics.calls_placed.fetch_add(1, Relaxed);
                         (id, fx)
