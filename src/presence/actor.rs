@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::core::{Activity, ConnKey, Presence, SubscribeError, Update, Watch};
+use super::core::{Activity, ConnKey, Fanout, Presence, SubscribeError, Update, Watch};
 use super::wire;
 use crate::clock::now_ms;
 use crate::org::{NodeIdx, Org};
@@ -219,8 +219,9 @@ impl Actor {
                 watch,
                 endpoints,
                 re,
-            } => match self.core.subscribe(conn.key, watch, endpoints) {
-                Ok(snap) => {
+            } => match self.core.subscribe(conn.key, watch, endpoints, now_ms()) {
+                Ok((snap, earlier)) => {
+                    self.deliver(&earlier);
                     conn.send(&wire::snapshot_reply(&self.core, &snap, re.as_ref()));
                     self.subscribers.insert(conn.key, conn);
                 }
@@ -278,7 +279,12 @@ impl Actor {
         if fanouts.is_empty() && self.core.next_flush_at().is_some() {
             return;
         }
-        for f in &fanouts {
+        self.deliver(&fanouts);
+    }
+
+    /// Sends each delta, encoded once, to its recipients.
+    fn deliver(&mut self, fanouts: &[Fanout]) {
+        for f in fanouts {
             let frame = wire::delta_frame(&self.core, f);
             for key in &f.recipients {
                 if let Some(conn) = self.subscribers.get(key) {

@@ -359,12 +359,16 @@ impl Presence {
         self.change(ep, now, |e| e.activity = activity)
     }
 
+    /// Subscribes `sub` and returns its snapshot, after the changes still waiting for the
+    /// coalescing window (returned, for the existing subscribers): those are in the snapshot, so
+    /// the new subscriber's deltas carry only what changes after it.
     pub fn subscribe(
         &mut self,
         sub: ConnKey,
         watch: Watch,
         endpoints: bool,
-    ) -> Result<Snapshot, SubscribeError> {
+        now: u64,
+    ) -> Result<(Snapshot, Vec<Fanout>), SubscribeError> {
         let mine = self.subs_of.entry(sub).or_default();
         if let Some(i) = mine.iter().position(|(w, _)| *w == watch) {
             // Subscribing again replaces the flavour and returns a fresh snapshot.
@@ -373,6 +377,11 @@ impl Presence {
         } else if mine.len() >= self.max_subs {
             return Err(SubscribeError::TooMany(self.max_subs));
         }
+        let earlier = if self.dirty.is_empty() {
+            Vec::new()
+        } else {
+            self.emit(now)
+        };
         self.subs_of
             .entry(sub)
             .or_default()
@@ -393,7 +402,7 @@ impl Presence {
                 }
             }
         }
-        Ok(self.snapshot(watch, endpoints))
+        Ok((self.snapshot(watch, endpoints), earlier))
     }
 
     fn detach(&mut self, sub: ConnKey, watch: Watch, endpoints: bool) {
@@ -502,9 +511,13 @@ impl Presence {
     /// `next_flush_at`). Leading edge: the first change after a quiet window goes out at once.
     pub fn flush(&mut self, now: u64) -> Vec<Fanout> {
         match self.next_flush_at() {
-            Some(due) if now >= due => {}
-            _ => return Vec::new(),
+            Some(due) if now >= due => self.emit(now),
+            _ => Vec::new(),
         }
+    }
+
+    /// The deltas of everything dirty, now.
+    fn emit(&mut self, now: u64) -> Vec<Fanout> {
         self.last_flush = Some(now);
         let dirty = std::mem::take(&mut self.dirty);
         let org = Arc::clone(&self.org);
@@ -644,9 +657,9 @@ mod tests {
             id(&p, "v"),
             id(&p, "w1"),
         );
-        p.subscribe(100, Watch::Subtree(c), true).unwrap();
-        p.subscribe(200, Watch::Subtree(b), true).unwrap();
-        p.subscribe(300, Watch::Subtree(a), false).unwrap();
+        p.subscribe(100, Watch::Subtree(c), true, 0).unwrap();
+        p.subscribe(200, Watch::Subtree(b), true, 0).unwrap();
+        p.subscribe(300, Watch::Subtree(a), false, 0).unwrap();
         p.connect(w1, 1, 1_000);
         let mut out = p.flush(1_000);
         out.sort_by_key(|f| f.recipients[0]);
@@ -674,7 +687,7 @@ mod tests {
     fn changes_inside_a_window_coalesce_into_one_delta() {
         let mut p = Presence::new(small(), 20, 4);
         let (c, w1, w2) = (id(&p, "c"), id(&p, "w1"), id(&p, "w2"));
-        p.subscribe(100, Watch::Subtree(c), true).unwrap();
+        p.subscribe(100, Watch::Subtree(c), true, 0).unwrap();
         p.connect(w1, 1, 1_000);
         assert_eq!(p.flush(1_000).len(), 1, "leading edge: sent at once");
         p.connect(w2, 2, 1_005);
@@ -695,11 +708,43 @@ mod tests {
     }
 
     #[test]
+    fn a_new_subscriber_gets_no_delta_of_what_its_snapshot_holds() {
+        let mut p = Presence::new(small(), 20, 4);
+        let (c, w1, w2) = (id(&p, "c"), id(&p, "w1"), id(&p, "w2"));
+        p.subscribe(100, Watch::Subtree(c), true, 0).unwrap();
+        p.connect(w2, 2, 990);
+        p.flush(990);
+        // Inside the window: w1's change waits, then a console subscribes.
+        p.connect(w1, 1, 1_000);
+        assert!(p.flush(1_001).is_empty());
+        let (snap, earlier) = p.subscribe(200, Watch::Subtree(c), true, 1_002).unwrap();
+        assert!(
+            snap.endpoints.contains(&w1),
+            "the change is in the snapshot"
+        );
+        assert_eq!(earlier.len(), 1, "and went out to the existing subscriber");
+        assert_eq!(
+            (
+                earlier[0].recipients.as_slice(),
+                earlier[0].endpoints.as_slice()
+            ),
+            (&[100][..], &[w1][..])
+        );
+        assert_eq!(p.next_flush_at(), None, "nothing left for the newcomer");
+        // Later changes reach both.
+        p.disconnect(w2, 2, 1_030);
+        let out = p.flush(1_030);
+        let mut to = out[0].recipients.clone();
+        to.sort();
+        assert_eq!((to, out[0].endpoints.clone()), (vec![100, 200], vec![w2]));
+    }
+
+    #[test]
     fn text_and_location_changes_do_not_resend_aggregates() {
         let mut p = Presence::new(small(), 0, 4);
         let (c, w1) = (id(&p, "c"), id(&p, "w1"));
         p.connect(w1, 1, 0);
-        p.subscribe(9, Watch::Subtree(c), true).unwrap();
+        p.subscribe(9, Watch::Subtree(c), true, 0).unwrap();
         p.flush(0);
         let u = Update {
             text: Some(Some("巡查中".into())),
@@ -729,7 +774,7 @@ mod tests {
             id(&p, "a"),
             id(&p, "b"),
         );
-        let snap = p.subscribe(50, Watch::Chain { of: w1 }, true).unwrap();
+        let (snap, _) = p.subscribe(50, Watch::Chain { of: w1 }, true, 0).unwrap();
         assert_eq!(snap.endpoints.len(), 4);
         p.connect(v, 1, 0);
         p.connect(w2, 2, 0);
@@ -754,14 +799,14 @@ mod tests {
     fn subscription_limits_and_cleanup() {
         let mut p = Presence::new(small(), 0, 2);
         let (c, a, b) = (id(&p, "c"), id(&p, "a"), id(&p, "b"));
-        p.subscribe(1, Watch::Subtree(c), true).unwrap();
-        p.subscribe(1, Watch::Subtree(a), true).unwrap();
+        p.subscribe(1, Watch::Subtree(c), true, 0).unwrap();
+        p.subscribe(1, Watch::Subtree(a), true, 0).unwrap();
         assert_eq!(
-            p.subscribe(1, Watch::Subtree(b), true),
+            p.subscribe(1, Watch::Subtree(b), true, 0),
             Err(SubscribeError::TooMany(2))
         );
         // Re-subscribing to the same node is not a new subscription.
-        p.subscribe(1, Watch::Subtree(a), false).unwrap();
+        p.subscribe(1, Watch::Subtree(a), false, 0).unwrap();
         assert_eq!(p.subscriptions(1), 2);
         p.drop_subscriber(1);
         assert_eq!(p.subscriptions(1), 0);
@@ -790,7 +835,7 @@ mod tests {
         let org = Arc::new(parse_csv(&generate_csv(Preset::Jiamusi, 1)).unwrap());
         let mut p = Presence::new(Arc::clone(&org), 20, 4);
         let root = org.root();
-        p.subscribe(1, Watch::Subtree(root), true).unwrap();
+        p.subscribe(1, Watch::Subtree(root), true, 0).unwrap();
         p.connect(NodeIdx(1), 1, 0);
         assert_eq!(p.flush(0).len(), 1);
         for i in 2..org.len() as u32 {

@@ -51,7 +51,8 @@ async fn a_console_gets_a_snapshot_then_deltas_for_its_subtree_only() {
         entry(&delta, outsider).is_none(),
         "outside the subtree: {delta}"
     );
-    assert_eq!(entry(&delta, &ws[1]).unwrap()["status"], "online");
+    let e = entry(&delta, &ws[1]).unwrap_or_else(|| panic!("{} not in {delta}", ws[1]));
+    assert_eq!(e["status"], "online");
     assert_eq!(aggregate(&delta, DONGFENG).unwrap()["online"], 2);
 
     second
