@@ -864,7 +864,7 @@ mod tests {
                 answer_within: Duration::from_millis(50),
                 trickle: Duration::from_millis(2),
             },
-            // The whole tree is the orders test's; both at once would pass the open-file limit.
+            // Only the terminals in calls: the whole tree is the benchmark's.
             pairs_only: true,
         };
         let s = run(&hub.target, hub.org.clone(), &opts).await.unwrap();

@@ -9,6 +9,10 @@ use gridhub::org::Org;
 
 use crate::Target;
 
+/// One in-process hub at a time: the orders scenario alone holds both ends of 9,852 sockets,
+/// near the 20,000 open files a process may have here.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const SECRET: &str = "loadtest-secret-loadtest-secret!!";
 const ORG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/org/jiamusi.csv");
 
@@ -17,12 +21,14 @@ pub struct TestHub {
     pub target: Target,
     pub org: Arc<Org>,
     data: PathBuf,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl TestHub {
     /// A hub with default settings, changed by `tweak`, and a data folder of its own (`name`
     /// keeps the scenarios' tests, which run in one process, apart).
     pub async fn start(name: &str, tweak: impl FnOnce(&mut Config)) -> TestHub {
+        let turn = ONE_AT_A_TIME.lock().await;
         let data = std::env::temp_dir().join(format!("gridhub-lt-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         let mut c = Config::default();
@@ -39,6 +45,7 @@ impl TestHub {
             target,
             org,
             data,
+            _turn: turn,
         }
     }
 
