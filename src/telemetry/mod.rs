@@ -164,66 +164,181 @@ impl Metrics {
                 v.load(Relaxed)
             );
         };
-        gauge(
-            &mut out,
-            "gridhub_connections",
-            "Open WebSocket terminal connections.",
-            self.connections.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_sockets_open",
-            "Open TCP sockets (HTTP and WebSocket).",
-            self.sockets_open.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_connections_max",
-            "Connection cap (from the open-file limit unless configured).",
-            self.max_connections.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_store_queue",
-            "Jobs waiting for the store's writer.",
-            self.store_queue.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_store_completions_queue",
-            "Committed batches waiting to answer and push.",
-            self.store_completions_queue.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_orders_queue",
-            "Requests waiting for the orders service.",
-            self.orders_queue.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_calls_queue",
-            "Requests waiting for the calls service.",
-            self.calls_queue.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_calls_live",
-            "Calls ringing or answered right now.",
-            self.calls_live.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "gridhub_fd_limit",
-            "The process's open-file limit at start-up.",
-            self.fd_limit.load(Relaxed) as f64,
-        );
-        counter(
-            &mut out,
-            "gridhub_connections_opened_total",
-            "WebSocket connections authenticated and opened.",
-            &self.connections_opened,
-        );
+        let gauges: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "gridhub_connections",
+                "Open WebSocket terminal connections.",
+                &self.connections,
+            ),
+            (
+                "gridhub_sockets_open",
+                "Open TCP sockets (HTTP and WebSocket).",
+                &self.sockets_open,
+            ),
+            (
+                "gridhub_connections_max",
+                "Connection cap (from the open-file limit unless configured).",
+                &self.max_connections,
+            ),
+            (
+                "gridhub_store_queue",
+                "Jobs waiting for the store's writer.",
+                &self.store_queue,
+            ),
+            (
+                "gridhub_store_completions_queue",
+                "Committed batches waiting to answer and push.",
+                &self.store_completions_queue,
+            ),
+            (
+                "gridhub_orders_queue",
+                "Requests waiting for the orders service.",
+                &self.orders_queue,
+            ),
+            (
+                "gridhub_calls_queue",
+                "Requests waiting for the calls service.",
+                &self.calls_queue,
+            ),
+            (
+                "gridhub_calls_live",
+                "Calls ringing or answered right now.",
+                &self.calls_live,
+            ),
+            (
+                "gridhub_fd_limit",
+                "The process's open-file limit at start-up.",
+                &self.fd_limit,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            gauge(&mut out, name, help, v.load(Relaxed) as f64);
+        }
+        let counters: [(&str, &str, &AtomicU64); 24] = [
+            (
+                "gridhub_connections_opened_total",
+                "WebSocket connections authenticated and opened.",
+                &self.connections_opened,
+            ),
+            (
+                "gridhub_accept_errors_total",
+                "accept() failures (e.g. EMFILE at the open-file limit).",
+                &self.accept_errors,
+            ),
+            (
+                "gridhub_messages_in_total",
+                "WebSocket messages received.",
+                &self.messages_in,
+            ),
+            (
+                "gridhub_messages_out_total",
+                "WebSocket frames sent.",
+                &self.messages_out,
+            ),
+            (
+                "gridhub_bytes_in_total",
+                "WebSocket bytes received.",
+                &self.bytes_in,
+            ),
+            (
+                "gridhub_bytes_out_total",
+                "WebSocket bytes written.",
+                &self.bytes_out,
+            ),
+            (
+                "gridhub_frames_queued_total",
+                "Frames that waited in a send queue (socket buffer full).",
+                &self.frames_queued,
+            ),
+            (
+                "gridhub_queue_drops_total",
+                "Frames dropped when a slow consumer's send queue overflowed.",
+                &self.queue_drops,
+            ),
+            (
+                "gridhub_errors_sent_total",
+                "Typed error replies sent to terminals.",
+                &self.errors_sent,
+            ),
+            (
+                "gridhub_presence_changes_total",
+                "Presence changes applied.",
+                &self.presence_changes,
+            ),
+            (
+                "gridhub_presence_batches_total",
+                "Coalesced presence delta frames fanned out.",
+                &self.presence_batches,
+            ),
+            (
+                "gridhub_http_requests_total",
+                "HTTP requests served (excluding upgrades).",
+                &self.http_requests,
+            ),
+            (
+                "gridhub_store_commits_total",
+                "Store transactions committed (each one fsync).",
+                &self.store_commits,
+            ),
+            (
+                "gridhub_store_jobs_total",
+                "Atomic units written (group commit puts many in one transaction).",
+                &self.store_jobs,
+            ),
+            (
+                "gridhub_store_failures_total",
+                "Store batches rolled back.",
+                &self.store_failures,
+            ),
+            (
+                "gridhub_store_wal_restarts_total",
+                "Times the writer rewound a WAL past its size limit.",
+                &self.store_wal_restarts,
+            ),
+            (
+                "gridhub_order_transitions_total",
+                "Work-order transitions committed.",
+                &self.orders_transitions,
+            ),
+            (
+                "gridhub_order_rejections_total",
+                "Work-order requests refused with a typed error.",
+                &self.orders_rejected,
+            ),
+            (
+                "gridhub_outbox_messages_total",
+                "Durable outbox messages written.",
+                &self.outbox_messages,
+            ),
+            (
+                "gridhub_calls_placed_total",
+                "Calls placed (invites accepted by the hub).",
+                &self.calls_placed,
+            ),
+            (
+                "gridhub_calls_answered_total",
+                "Calls answered by the callee.",
+                &self.calls_answered,
+            ),
+            (
+                "gridhub_call_refusals_total",
+                "Call requests refused with a typed error.",
+                &self.calls_refused,
+            ),
+            (
+                "gridhub_call_signals_total",
+                "SDP and ICE messages relayed between call parties.",
+                &self.call_signals,
+            ),
+            (
+                "gridhub_outbox_pruned_total",
+                "Delivered outbox messages deleted after the retention period.",
+                &self.outbox_pruned,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut out, name, help, v);
+        }
         let _ = writeln!(
             out,
             "# HELP gridhub_connections_refused_total Connections refused, by reason.\n# TYPE gridhub_connections_refused_total counter\n\
@@ -231,12 +346,6 @@ impl Metrics {
              gridhub_connections_refused_total{{reason=\"auth\"}} {}",
             self.refused_capacity.load(Relaxed),
             self.refused_auth.load(Relaxed)
-        );
-        counter(
-            &mut out,
-            "gridhub_accept_errors_total",
-            "accept() failures (e.g. EMFILE at the open-file limit).",
-            &self.accept_errors,
         );
         let _ = writeln!(
             out,
@@ -250,142 +359,10 @@ impl Metrics {
                 self.ends(r)
             );
         }
-        counter(
-            &mut out,
-            "gridhub_messages_in_total",
-            "WebSocket messages received.",
-            &self.messages_in,
-        );
-        counter(
-            &mut out,
-            "gridhub_messages_out_total",
-            "WebSocket frames sent.",
-            &self.messages_out,
-        );
-        counter(
-            &mut out,
-            "gridhub_bytes_in_total",
-            "WebSocket bytes received.",
-            &self.bytes_in,
-        );
-        counter(
-            &mut out,
-            "gridhub_bytes_out_total",
-            "WebSocket bytes written.",
-            &self.bytes_out,
-        );
-        counter(
-            &mut out,
-            "gridhub_frames_queued_total",
-            "Frames that waited in a send queue (socket buffer full).",
-            &self.frames_queued,
-        );
-        counter(
-            &mut out,
-            "gridhub_queue_drops_total",
-            "Frames dropped when a slow consumer's send queue overflowed.",
-            &self.queue_drops,
-        );
-        counter(
-            &mut out,
-            "gridhub_errors_sent_total",
-            "Typed error replies sent to terminals.",
-            &self.errors_sent,
-        );
-        counter(
-            &mut out,
-            "gridhub_presence_changes_total",
-            "Presence changes applied.",
-            &self.presence_changes,
-        );
-        counter(
-            &mut out,
-            "gridhub_presence_batches_total",
-            "Coalesced presence delta frames fanned out.",
-            &self.presence_batches,
-        );
-        counter(
-            &mut out,
-            "gridhub_http_requests_total",
-            "HTTP requests served (excluding upgrades).",
-            &self.http_requests,
-        );
-        counter(
-            &mut out,
-            "gridhub_store_commits_total",
-            "Store transactions committed (each one fsync).",
-            &self.store_commits,
-        );
-        counter(
-            &mut out,
-            "gridhub_store_jobs_total",
-            "Atomic units written (group commit puts many in one transaction).",
-            &self.store_jobs,
-        );
-        counter(
-            &mut out,
-            "gridhub_store_failures_total",
-            "Store batches rolled back.",
-            &self.store_failures,
-        );
-        counter(
-            &mut out,
-            "gridhub_store_wal_restarts_total",
-            "Times the writer rewound a WAL past its size limit.",
-            &self.store_wal_restarts,
-        );
-        counter(
-            &mut out,
-            "gridhub_order_transitions_total",
-            "Work-order transitions committed.",
-            &self.orders_transitions,
-        );
-        counter(
-            &mut out,
-            "gridhub_order_rejections_total",
-            "Work-order requests refused with a typed error.",
-            &self.orders_rejected,
-        );
-        counter(
-            &mut out,
-            "gridhub_outbox_messages_total",
-            "Durable outbox messages written.",
-            &self.outbox_messages,
-        );
-        counter(
-            &mut out,
-            "gridhub_calls_placed_total",
-            "Calls placed (invites accepted by the hub).",
-            &self.calls_placed,
-        );
-        counter(
-            &mut out,
-            "gridhub_calls_answered_total",
-            "Calls answered by the callee.",
-            &self.calls_answered,
-        );
-        counter(
-            &mut out,
-            "gridhub_call_refusals_total",
-            "Call requests refused with a typed error.",
-            &self.calls_refused,
-        );
         let _ = writeln!(
             out,
             "# HELP gridhub_calls_busy_seconds_total Time the calls service spent working; its rate is how busy it is (1 = saturated).\n# TYPE gridhub_calls_busy_seconds_total counter\ngridhub_calls_busy_seconds_total {}",
             self.calls_busy_us.load(Relaxed) as f64 / 1e6
-        );
-        counter(
-            &mut out,
-            "gridhub_call_signals_total",
-            "SDP and ICE messages relayed between call parties.",
-            &self.call_signals,
-        );
-        counter(
-            &mut out,
-            "gridhub_outbox_pruned_total",
-            "Delivered outbox messages deleted after the retention period.",
-            &self.outbox_pruned,
         );
         self.store_commit_latency.render(
             &mut out,
