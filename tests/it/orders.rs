@@ -69,7 +69,11 @@ async fn an_order_goes_down_all_five_tiers_and_its_result_comes_back_up() {
         (Some("in_progress"), Some(3))
     );
     let o = t[4].order("order.read", json!({"order": id})).await;
-    assert!(o["delivery"]["read_at"].as_u64().is_some());
+    let read_at = o["delivery"]["read_at"].as_u64();
+    assert!(read_at.is_some());
+    // Reading again changes nothing: the first read stands.
+    let o = t[4].order("order.read", json!({"order": id})).await;
+    assert_eq!(o["delivery"]["read_at"].as_u64(), read_at);
     assert_eq!(
         o["delivery"]["delivered"], true,
         "the worker acknowledged the push"
@@ -362,6 +366,8 @@ async fn terminals_act_only_within_their_scope() {
         "{e}"
     );
     let e = huanan.refused("order.get", json!({"order": id})).await;
+    assert_eq!(code(&e), "out_of_scope");
+    let e = huanan.refused("order.read", json!({"order": id})).await;
     assert_eq!(code(&e), "out_of_scope");
     // The city is not the holder any more: it may not dispatch, but it may reassign.
     let e = t[0]

@@ -534,25 +534,18 @@ impl Service {
             },
             Cmd::Get { who, id, reply } => self.answer_existing(who, id, reply).await,
             Cmd::Read { who, id, reply } => {
-                let fresh = self.core.mark_read(id, who.node, now);
-                let Some(o) = self.core.get(id) else {
+                if !self.core.mark_read(id, who.node, now) {
                     return self.answer_existing(who, id, reply).await;
-                };
-                if !can_view(&self.org, o, who.node, who.role) {
-                    let e = OrderError::OutOfScope(format!("order {id} is outside your scope"));
-                    return self.reject(reply, e.into()).await;
                 }
+                // The holder's first read (a holder may always view its order): recorded, then
+                // answered.
+                let o = self.core.get(id).expect("only open orders are marked read");
                 let doc = view_for(
                     &self.org,
                     o,
                     self.acked_of(o.holder),
                     Some((who.node, who.role)),
                 );
-                if !fresh {
-                    return self
-                        .after_commit(move || reply.ok(false, Answer::Full(Box::new(doc))))
-                        .await;
-                }
                 let endpoint = self.org.id(who.node).to_string();
                 self.store
                     .submit_async(Job::new(
