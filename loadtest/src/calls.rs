@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hubstats::{HubStats, http_get, scrape};
 use crate::terminal::{Ws, hold, open};
-use crate::{Machine, Percentiles, Target, histogram};
+use crate::{ErrorLog, Machine, Percentiles, Target, histogram};
 
 #[derive(Clone, Debug)]
 pub struct CallsOptions {
@@ -191,23 +191,12 @@ fn candidate_stamp(c: &Value) -> Option<(u64, usize, usize)> {
 
 #[derive(Default)]
 struct Shared {
-    errors: AtomicU64,
+    errors: ErrorLog,
     misrouted: AtomicU64,
     out_of_order: AtomicU64,
     relayed: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
-    first_errors: Mutex<Vec<String>>,
-}
-
-impl Shared {
-    fn error(&self, what: String) {
-        self.errors.fetch_add(1, Relaxed);
-        let mut v = self.first_errors.lock().unwrap_or_else(|e| e.into_inner());
-        if v.len() < 10 {
-            v.push(what);
-        }
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -367,7 +356,8 @@ impl Bot {
                 "reply" if v["re"] == invite_id.as_str() => r.call = d["call"].as_u64(),
                 "error" => {
                     self.shared
-                        .error(format!("{:?} pair {}: {m}", self.side, self.pair));
+                        .errors
+                        .record(&format!("{:?} pair {}: {m}", self.side, self.pair));
                     if v["re"] == invite_id.as_str() {
                         return Ok(false);
                     }
@@ -458,7 +448,8 @@ impl Bot {
                     let completed = d["outcome"] == "completed" && d["call"].as_u64() == r.call;
                     if !completed {
                         self.shared
-                            .error(format!("{:?} pair {}: ended {d}", self.side, self.pair));
+                            .errors
+                            .record(&format!("{:?} pair {}: ended {d}", self.side, self.pair));
                     }
                     if self.side == Side::Callee && !(r.got_end && r.got == self.k) {
                         self.shared.out_of_order.fetch_add(1, Relaxed);
@@ -522,7 +513,8 @@ async fn run_bot(
                 Ok(ok) => ok,
                 Err(e) => {
                     bot.shared
-                        .error(format!("{:?} pair {}: {e}", bot.side, bot.pair));
+                        .errors
+                        .record(&format!("{:?} pair {}: {e}", bot.side, bot.pair));
                     false
                 }
             };
@@ -722,10 +714,7 @@ pub async fn run(
                     return Err(format!(
                         "round {round} stalled: {ended} of {} parties finished; first errors: {:?}",
                         2 * chosen.len(),
-                        shared
-                            .first_errors
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                        shared.errors.first()
                     ));
                 }
             }
@@ -759,7 +748,7 @@ pub async fn run(
     );
     let relay = Percentiles::of(&relay);
     let lost = expected.saturating_sub(relayed);
-    let errors = shared.errors.load(Relaxed);
+    let errors = shared.errors.count();
     Ok(CallsSummary {
         scenario: "calls",
         machine: Machine::read(),
@@ -776,11 +765,7 @@ pub async fn run(
         misrouted,
         out_of_order,
         errors,
-        first_errors: shared
-            .first_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
+        first_errors: shared.errors.first(),
         invite_to_ringing: Percentiles::of(&ringing),
         relay_by_kind: by_kind.iter().map(Percentiles::of).collect(),
         hub_relay: bucket_figures(&metrics0, &metrics, "gridhub_call_relay_seconds"),

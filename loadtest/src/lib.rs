@@ -12,6 +12,8 @@ pub mod terminal;
 mod testhub;
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -33,6 +35,34 @@ impl Target {
             ));
         }
         Ok(Target { addr, secret })
+    }
+}
+
+/// Errors the terminals of a scenario saw: how many, and the first few for the report.
+#[derive(Default)]
+pub struct ErrorLog {
+    count: AtomicU64,
+    first: Mutex<Vec<String>>,
+}
+
+impl ErrorLog {
+    const KEPT: usize = 10;
+    const KEPT_CHARS: usize = 300;
+
+    pub fn record(&self, what: &str) {
+        self.count.fetch_add(1, Relaxed);
+        let mut f = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() < Self::KEPT {
+            f.push(what.chars().take(Self::KEPT_CHARS).collect());
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    pub fn first(&self) -> Vec<String> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hubstats::{HubStats, http_get, scrape};
 use crate::terminal::{Ws, open};
-use crate::{Machine, Percentiles, Target, histogram, record};
+use crate::{ErrorLog, Machine, Percentiles, Target, histogram, record};
 
 #[derive(Clone, Debug)]
 pub struct OrdersOptions {
@@ -120,8 +120,7 @@ struct Shared {
     dispatched_at: Mutex<HashMap<u64, Instant>>,
     latency: Mutex<hdrhistogram::Histogram<u64>>,
     transitions: AtomicU64,
-    errors: AtomicU64,
-    first_errors: Mutex<Vec<String>>,
+    errors: ErrorLog,
     /// Orders archived (the city's last step) — the driver's progress.
     archived: AtomicU64,
     /// Orders parked in progress at their worker.
@@ -129,16 +128,6 @@ struct Shared {
     /// Terminals whose connection ended before the run did (closed by the hub, or failed).
     lost: AtomicU64,
     first_lost: Mutex<Option<String>>,
-}
-
-impl Shared {
-    fn error(&self, text: &str) {
-        self.errors.fetch_add(1, Relaxed);
-        let mut f = self.first_errors.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() < 10 {
-            f.push(text.chars().take(300).collect());
-        }
-    }
 }
 
 /// Longest a bot waits before acknowledging what it received.
@@ -230,7 +219,7 @@ async fn bot_loop(
                 continue;
             };
             match msg.kind {
-                "error" => shared.error(&text),
+                "error" => shared.errors.record(&text),
                 "outbox" => {
                     seen = seen.max(msg.seq.unwrap_or(0));
                     let Some(data) = msg.data else { continue };
@@ -428,7 +417,7 @@ async fn city(
                         dispatch(&org, &shared, id, county, &mut out);
                     }
                 }
-                "error" => shared.error(&text),
+                "error" => shared.errors.record(&text),
                 "outbox" => {
                     seen = seen.max(msg.seq.unwrap_or(0));
                     let Some(data) = msg.data else { continue };
@@ -495,8 +484,7 @@ pub async fn run(
         dispatched_at: Mutex::new(HashMap::new()),
         latency: Mutex::new(histogram()),
         transitions: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        first_errors: Mutex::new(Vec::new()),
+        errors: ErrorLog::default(),
         archived: AtomicU64::new(0),
         parked: AtomicU64::new(0),
         lost: AtomicU64::new(0),
@@ -568,7 +556,7 @@ pub async fn run(
         .find_map(|l| l.strip_prefix("gridhub_store_commits_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(f64::NAN);
-    let errors = shared.errors.load(Relaxed);
+    let errors = shared.errors.count();
     Ok(OrdersSummary {
         scenario: "orders",
         machine: Machine::read(),
@@ -580,11 +568,7 @@ pub async fn run(
         transitions_per_s: transitions as f64 / wall.as_secs_f64(),
         transitions,
         errors,
-        first_errors: shared
-            .first_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
+        first_errors: shared.errors.first(),
         terminals_lost: shared.lost.load(Relaxed),
         dispatch_push_latency: latency,
         hub_cpu_s: hub_after.cpu_seconds - cpu0,
