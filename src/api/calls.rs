@@ -49,7 +49,6 @@ pub struct ListQuery {
     /// Paging: calls with ids below this (the previous page's `next`).
     after: Option<u64>,
     limit: Option<usize>,
-    token: Option<String>,
 }
 
 /// `GET /api/v1/calls`: newest first.
@@ -58,7 +57,6 @@ pub async fn list(
     Caller(c): Caller,
     Params(q): Params<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let _ = q.token;
     let node = subtree_of(&hub, &c, q.node.as_deref())?;
     let party = match &q.party {
         None => None,
@@ -150,7 +148,6 @@ pub struct StatsQuery {
     from: Option<u64>,
     /// Calls placed before (Unix ms); default: now.
     to: Option<u64>,
-    token: Option<String>,
 }
 
 /// `GET /api/v1/calls/stats`: answered rate and time to answer for a node's subtree and for
@@ -160,7 +157,6 @@ pub async fn stats(
     Caller(c): Caller,
     Params(q): Params<StatsQuery>,
 ) -> Result<Response, ApiError> {
-    let _ = q.token;
     let node = subtree_of(&hub, &c, q.node.as_deref())?;
     let now = now_ms();
     let to = q.to.unwrap_or(now + 1);

@@ -8,7 +8,7 @@ pub mod orders;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -135,7 +135,8 @@ impl FromRequestParts<Arc<Hub>> for Caller {
 }
 
 /// Query parameters; a query that does not parse is refused with the typed `invalid_query`
-/// error naming what was wrong.
+/// error naming what was wrong. `token` (the credential, for clients that cannot set a header)
+/// is the `Caller` extractor's and is left out, so query types list only their own fields.
 pub struct Params<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for Params<T>
@@ -145,11 +146,17 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params<T>, ApiError> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(q)) => Ok(Params(q)),
-            Err(e) => Err(ApiError::bad_query(e.body_text())),
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Params<T>, ApiError> {
+        let own: Vec<&str> = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("token"))
+            .collect();
+        serde_urlencoded::from_str(&own.join("&"))
+            .map(Params)
+            .map_err(|e| ApiError::bad_query(format!("Failed to deserialize query string: {e}")))
     }
 }
 
@@ -321,7 +328,6 @@ async fn org_node(
 #[serde(deny_unknown_fields)]
 struct SubtreeQuery {
     depth: Option<u8>,
-    token: Option<String>,
 }
 
 async fn org_subtree(
@@ -330,7 +336,6 @@ async fn org_subtree(
     Path(id): Path<String>,
     Params(q): Params<SubtreeQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let _ = q.token;
     let org = &hub.org;
     let n = lookup(org, &id)?;
     require_subtree(&hub, &who, n)?;
@@ -343,7 +348,6 @@ async fn org_subtree(
 struct PresenceQuery {
     node: Option<String>,
     endpoints: Option<bool>,
-    token: Option<String>,
 }
 
 async fn presence(
@@ -351,7 +355,6 @@ async fn presence(
     Caller(who): Caller,
     Params(q): Params<PresenceQuery>,
 ) -> Result<Response, ApiError> {
-    let _ = q.token;
     let id = q
         .node
         .ok_or_else(|| ApiError::bad_query("missing query parameter `node`"))?;

@@ -244,7 +244,6 @@ pub struct ListQuery {
     /// Paging: orders with ids below this (the previous page's `next`).
     after: Option<u64>,
     limit: Option<usize>,
-    token: Option<String>,
 }
 
 /// The subtree a query is about: the given node (checked against scope) or the caller's own.
@@ -359,7 +358,6 @@ pub async fn list(
     let next = (out.len() == limit)
         .then(|| out.last().map(|d| d.id))
         .flatten();
-    let _ = q.token;
     Ok(Json(serde_json::json!({ "orders": out, "next": next })).into_response())
 }
 
@@ -391,7 +389,6 @@ struct ListItem {
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     node: Option<String>,
-    token: Option<String>,
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
@@ -406,7 +403,6 @@ pub async fn stats(
     Caller(c): Caller,
     Params(q): Params<StatsQuery>,
 ) -> Result<Response, ApiError> {
-    let _ = q.token;
     if c.role == Role::Worker {
         return Err(ApiError::out_of_scope(
             "order statistics are for centers and stations",

@@ -175,6 +175,33 @@ async fn presence_snapshot_over_rest() {
         (status, body["error"]["code"].as_str()),
         (400, Some("invalid_query"))
     );
+    // The credential in the query (clients that cannot set a header) beside the parameters.
+    let (status, body) = http_get(
+        &hub,
+        &format!("/api/v1/presence?node={DONGFENG}&token={token}&endpoints=false"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["node"].as_str()),
+        (200, Some(DONGFENG)),
+        "{body}"
+    );
+    let (status, body) = http_get(
+        &hub,
+        &format!("/api/v1/presence?node={DONGFENG}&depth=2"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_query")),
+        "an unknown parameter: {body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("depth"),
+        "{body}"
+    );
     let (status, _) = http_get(&hub, &format!("/api/v1/presence?node={CITY}"), Some(&token)).await;
     assert_eq!(status, 403);
     let worker = hub.token(w);
