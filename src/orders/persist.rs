@@ -1,5 +1,6 @@
 //! The SQL behind orders: what one transition writes, and what start-up reads back.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -15,7 +16,7 @@ pub struct TransitionRows {
     pub created: bool,
     pub order: OrderRow,
     pub event: EventRow,
-    pub outbox: Vec<OutboxRow>,
+    pub outbox: Vec<OutboxRow<'static>>,
 }
 
 pub struct OrderRow {
@@ -50,13 +51,15 @@ pub struct EventRow {
     pub data: String,
 }
 
-pub struct OutboxRow {
-    pub endpoint: String,
+/// One durable message. Borrowed where many recipients share a payload (notices, campaigns),
+/// so the writer thread copies nothing per recipient.
+pub struct OutboxRow<'a> {
+    pub endpoint: Cow<'a, str>,
     pub seq: u64,
     pub at: u64,
     pub kind: &'static str,
     pub reference: Option<u64>,
-    pub payload: String,
+    pub payload: Cow<'a, str>,
 }
 
 impl OrderRow {
@@ -194,17 +197,17 @@ pub fn write_event(c: &Connection, e: &EventRow) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn write_outbox(c: &Connection, m: &OutboxRow) -> rusqlite::Result<()> {
+pub fn write_outbox(c: &Connection, m: &OutboxRow<'_>) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO outbox (endpoint, seq, at, kind, ref, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     st.execute(params![
-        m.endpoint,
+        m.endpoint.as_ref(),
         m.seq as i64,
         m.at as i64,
         m.kind,
         m.reference.map(|r| r as i64),
-        m.payload
+        m.payload.as_ref()
     ])?;
     Ok(())
 }

@@ -313,8 +313,8 @@ impl Service {
         Ok((n, tiers, targets))
     }
 
-    /// Writes one outbox message per recipient with `payload`, plus `extra` rows, atomically;
-    /// then delivers live and runs `after`. Returns the recipients' sequences.
+    /// Writes one outbox message per recipient with `payload`, plus `extra` rows (given each
+    /// recipient's sequence), atomically; then delivers live and runs `after`.
     async fn fan_out(
         &mut self,
         targets: &[NodeIdx],
@@ -338,23 +338,24 @@ impl Service {
         let org = Arc::clone(&self.org);
         let backplane = Arc::clone(&self.backplane);
         let metrics = Arc::clone(&self.metrics);
-        let rows_seqs = seqs.clone();
+        // Shared by the write (writer thread) and the delivery after it (completion thread).
+        let seqs: Arc<[(NodeIdx, u64)]> = seqs.into();
+        let rows_seqs = Arc::clone(&seqs);
         let payload = Arc::new(payload);
         let p2 = Arc::clone(&payload);
-        let org2 = Arc::clone(&org);
         self.store
             .submit_async(Job::new(
                 move |c| {
-                    for &(t, seq) in &rows_seqs {
+                    for &(t, seq) in rows_seqs.iter() {
                         write_outbox(
                             c,
                             &OutboxRow {
-                                endpoint: org2.id(t).to_string(),
+                                endpoint: org.id(t).as_str().into(),
                                 seq,
                                 at: now,
                                 kind,
                                 reference: Some(reference),
-                                payload: p2.to_string(),
+                                payload: p2.as_str().into(),
                             },
                         )?;
                     }
@@ -364,14 +365,13 @@ impl Service {
                     if r.is_ok() {
                         // The payload was serialized once; each recipient's frame differs only
                         // in its sequence number.
-                        for (t, seq) in &seqs {
+                        for (t, seq) in seqs.iter() {
                             backplane.deliver_outbox(*t, *seq, &outbox_frame(*seq, &payload));
                         }
                         metrics
                             .outbox_messages
                             .fetch_add(seqs.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
-                    let _ = &org;
                     after(r);
                 },
             ))

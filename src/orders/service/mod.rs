@@ -741,12 +741,12 @@ impl Service {
             .expect("outbox payloads serialize");
             pushes.push((to, seq, outbox_frame(seq, &payload)));
             outbox.push(OutboxRow {
-                endpoint: org.id(to).to_string(),
+                endpoint: org.id(to).to_string().into(),
                 seq,
                 at: now,
                 kind: why.kind(),
                 reference: Some(id.0),
-                payload,
+                payload: payload.into(),
             });
         }
         // The history is the record; the whole document is stored only where it is read from
