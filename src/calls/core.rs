@@ -178,10 +178,24 @@ impl Call {
 pub enum Signal {
     Offer(String),
     Answer(String),
-    /// An ICE candidate in its standard JSON form (`candidate`, `sdpMid`, `sdpMLineIndex`, …).
-    Candidate(serde_json::Value),
+    Candidate(Candidate),
     EndOfCandidates,
 }
+
+/// An ICE candidate in its standard JSON form (`RTCIceCandidateInit`: `candidate`, `sdpMid`,
+/// `sdpMLineIndex`, …), kept as the terminal wrote it: checked, then relayed verbatim, never
+/// rebuilt.
+#[derive(Clone, Debug)]
+pub struct Candidate(pub Box<serde_json::value::RawValue>);
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Candidate) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+/// Largest candidate relayed: a real one is about 100–200 bytes.
+pub const MAX_CANDIDATE_BYTES: usize = 2048;
 
 /// A message for one party.
 #[derive(Clone, Debug, PartialEq)]
@@ -616,18 +630,22 @@ impl Calls {
                 }
                 self.calls.get_mut(&id).expect("checked by live").offer_from = None;
             }
-            Signal::Candidate(v) => {
-                let ok = v
-                    .as_object()
-                    .is_some_and(|o| o.get("candidate").is_some_and(|c| c.is_string()));
-                if !ok {
+            Signal::Candidate(Candidate(raw)) => {
+                if raw.get().len() > MAX_CANDIDATE_BYTES {
+                    return Err(CallError::Invalid(format!(
+                        "candidate is larger than {MAX_CANDIDATE_BYTES} bytes"
+                    )));
+                }
+                #[derive(Deserialize)]
+                struct Init<'a> {
+                    #[serde(borrow)]
+                    #[allow(dead_code)]
+                    // read only to check that it is there and a string
+                    candidate: std::borrow::Cow<'a, str>,
+                }
+                if serde_json::from_str::<Init<'_>>(raw.get()).is_err() {
                     return Err(CallError::Invalid(
                         "candidate must be an object with a `candidate` string (RTCIceCandidateInit)".into(),
-                    ));
-                }
-                if v.to_string().len() > 2048 {
-                    return Err(CallError::Invalid(
-                        "candidate is larger than 2048 bytes".into(),
                     ));
                 }
             }
@@ -930,6 +948,12 @@ mod tests {
         }
     }
 
+    fn cand(json: &str) -> Signal {
+        Signal::Candidate(Candidate(
+            serde_json::value::RawValue::from_string(json.into()).unwrap(),
+        ))
+    }
+
     fn sent(effects: &[Effect]) -> Vec<(NodeIdx, &Msg)> {
         effects
             .iter()
@@ -975,9 +999,7 @@ mod tests {
         t.c.signal(
             a,
             id,
-            Signal::Candidate(
-                serde_json::json!({"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"}),
-            ),
+            cand(r#"{"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"}"#),
         )
         .unwrap();
         let fx = t.c.hangup(a, id, 63_000).unwrap();
@@ -1110,11 +1132,19 @@ mod tests {
             "illegal_transition"
         );
         assert_eq!(
-            t.c.signal(a, id, Signal::Candidate(serde_json::json!({"no": 1})))
-                .unwrap_err()
-                .code(),
+            t.c.signal(a, id, cand(r#"{"no": 1}"#)).unwrap_err().code(),
             "invalid_data"
         );
+        assert_eq!(
+            t.c.signal(a, id, cand(r#"{"candidate": 7}"#))
+                .unwrap_err()
+                .code(),
+            "invalid_data",
+            "the candidate line must be a string"
+        );
+        let big = format!(r#"{{"candidate": "{}"}}"#, "x".repeat(MAX_CANDIDATE_BYTES));
+        let e = t.c.signal(a, id, cand(&big)).unwrap_err();
+        assert!(e.to_string().contains("2048 bytes"), "{e}");
         assert_eq!(
             t.c.signal(a, id, Signal::Offer("x".repeat(101)))
                 .unwrap_err()

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::core::{CallId, Media, Msg, Outcome, Party, Signal};
+use super::core::{CallId, Candidate, Media, Msg, Outcome, Party, Signal};
 use crate::org::{NodeId, NodeIdx, Org, Tier};
 use crate::transport::protocol::encode;
 
@@ -62,7 +62,7 @@ pub struct SignalIn {
     pub call: CallId,
     pub description: Option<Description>,
     /// An `RTCIceCandidateInit` (`candidate`, `sdpMid`, `sdpMLineIndex`, `usernameFragment`).
-    pub candidate: Option<serde_json::Value>,
+    pub candidate: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     pub end_of_candidates: bool,
 }
@@ -74,7 +74,7 @@ impl SignalIn {
                 SdpType::Offer => Signal::Offer(d.sdp),
                 SdpType::Answer => Signal::Answer(d.sdp),
             },
-            (None, Some(c), false) => Signal::Candidate(c),
+            (None, Some(c), false) => Signal::Candidate(Candidate(c)),
             (None, None, true) => Signal::EndOfCandidates,
             _ => {
                 return Err(
@@ -137,7 +137,7 @@ pub fn encode_msg(org: &Org, msg: &Msg) -> Bytes {
         #[serde(skip_serializing_if = "Option::is_none")]
         description: Option<DescriptionOut<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        candidate: Option<&'a serde_json::Value>,
+        candidate: Option<&'a serde_json::value::RawValue>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         end_of_candidates: bool,
     }
@@ -202,7 +202,7 @@ pub fn encode_msg(org: &Org, msg: &Msg) -> Bytes {
                         sdp,
                     })
                 }
-                Signal::Candidate(c) => out.candidate = Some(c),
+                Signal::Candidate(Candidate(c)) => out.candidate = Some(c),
                 Signal::EndOfCandidates => out.end_of_candidates = true,
             }
             encode("call.signal", None, &out)
@@ -286,6 +286,24 @@ mod tests {
             text(&f),
             serde_json::json!({"v":1,"type":"call.signal","data":{"call":7,"description":{"type":"answer","sdp":"v=0"}}})
         );
+        // A candidate goes out exactly as it came in.
+        let c =
+            r#"{"candidate": "candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host", "sdpMid":"0"}"#;
+        let (_, signal) =
+            serde_json::from_str::<SignalIn>(&format!(r#"{{"call":7,"candidate":{c}}}"#))
+                .unwrap()
+                .into_signal()
+                .unwrap();
+        let f = encode_msg(
+            &org,
+            &Msg::Signal {
+                call: CallId(7),
+                signal,
+            },
+        );
+        let start = if f[1] & 0x7f == 126 { 4 } else { 2 };
+        let out = std::str::from_utf8(&f[start..]).unwrap();
+        assert!(out.ends_with(&format!(r#""candidate":{c}}}}}"#)), "{out}");
         let a = org.lookup("a").unwrap();
         let f = encode_msg(
             &org,
