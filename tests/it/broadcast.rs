@@ -62,8 +62,8 @@ async fn a_notice_reaches_every_worker_of_a_county_with_delivery_and_read_counts
     late.ack(seq).await;
     late.ping_ok().await;
 
-    // Counts: four delivered (acknowledged), one read. Acknowledgements are applied in order
-    // with requests, so asking after a round trip sees them.
+    // Counts: four delivered (acknowledged), one read. Acknowledgements reach the store in
+    // batches (on a timer), so the counts are asked for until they settle.
     let counts = async {
         loop {
             let n = city.call("notice.get", json!({"notice": id})).await;
