@@ -291,8 +291,7 @@ fn act(org: &Org, me: NodeIdx, tier: Tier, o: &Pushed, shared: &Shared, out: &mu
                     shared.transitions.fetch_add(1, Relaxed);
                 }
             } else if let Some(loc) = org.lookup(&o.location.node) {
-                let next = org.children(me).iter().find(|&&c| org.contains(c, loc));
-                if let Some(&next) = next {
+                if let Some(next) = org.child_toward(me, loc) {
                     dispatch(org, shared, id, next, out);
                 }
             }
@@ -411,8 +410,7 @@ async fn city(
                     };
                     let id = c.order.id;
                     if let Some(loc) = org.lookup(&c.order.location.node)
-                        && let Some(&county) =
-                            org.children(me).iter().find(|&&c| org.contains(c, loc))
+                        && let Some(county) = org.child_toward(me, loc)
                     {
                         dispatch(&org, &shared, id, county, &mut out);
                     }

@@ -254,10 +254,9 @@ pub fn stats(
     let children = org.children(node);
     let mut total = Figures::default();
     let mut per_child: Vec<Figures> = children.iter().map(|_| Figures::default()).collect();
-    // Children are in preorder, so the child holding index `i` is found by binary search.
     let child_of = |i: u32| {
-        let k = children.partition_point(|c| c.0 <= i);
-        (k > 0 && org.contains(children[k - 1], NodeIdx(i))).then(|| k - 1)
+        let c = org.child_toward(node, NodeIdx(i))?;
+        children.binary_search(&c).ok()
     };
     let mut st = c.prepare(
         "SELECT caller_pre, callee_pre, outcome, answered_at - created_at, duration_ms

@@ -671,10 +671,8 @@ impl Orders {
         if self.org.parent(to) != Some(from) && !self.policy.rule(p).skip_tiers {
             let example = self
                 .org
-                .children(from)
-                .iter()
-                .find(|&&c| self.org.contains(c, to))
-                .map(|&c| self.name(c))
+                .child_toward(from, to)
+                .map(|c| self.name(c))
                 .unwrap_or_default();
             return Err(OrderError::InvalidTarget(format!(
                 "{} orders go down one tier at a time: {verb} to a direct child of {} (towards {}: {example}); \

@@ -401,6 +401,12 @@ mod tests {
         assert_eq!(anc, ["a1v", "a1", "a", "c"]);
         assert_eq!(org.children(id("c")), &[id("a"), id("b")]);
         assert_eq!(org.parent(id("b")), Some(id("c")));
+        assert_eq!(org.child_toward(id("c"), id("a1vw")), Some(id("a")));
+        assert_eq!(org.child_toward(id("a"), id("a1vw")), Some(id("a1")));
+        assert_eq!(org.child_toward(id("c"), id("b")), Some(id("b")));
+        assert_eq!(org.child_toward(id("c"), id("c")), None, "not below itself");
+        assert_eq!(org.child_toward(id("b"), id("a1")), None, "outside");
+        assert_eq!(org.child_toward(id("a1vw"), id("a1vw")), None, "a leaf");
         assert_eq!(org.lookup("nope"), None);
         assert_eq!(org.lookup("bad id!"), None);
     }

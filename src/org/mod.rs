@@ -233,6 +233,16 @@ impl Org {
         root.0 <= node.0 && node.0 < self.nodes[root.get()].end
     }
 
+    /// The child of `idx` whose subtree holds `node`: the next hop from `idx` towards it. `None`
+    /// when `node` is `idx` itself or outside its subtree. Children are in preorder, so this is a
+    /// binary search.
+    pub fn child_toward(&self, idx: NodeIdx, node: NodeIdx) -> Option<NodeIdx> {
+        let children = self.children(idx);
+        let k = children.partition_point(|c| c.0 <= node.0);
+        let c = *children.get(k.checked_sub(1)?)?;
+        self.contains(c, node).then_some(c)
+    }
+
     /// `idx`'s ancestors, nearest first, excluding `idx` itself (at most four).
     pub fn ancestors(&self, idx: NodeIdx) -> Ancestors<'_> {
         Ancestors {
