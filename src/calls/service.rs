@@ -89,9 +89,8 @@ impl CallsHandle {
         if let Err(e) = self.tx.send(cmd).await
             && let Cmd::Request { conn, re, kind, .. } = e.0
         {
-            let mut p = ProtoError::new(ErrorCode::Unavailable, "calls are shutting down");
-            p.re = re;
-            p.kind = Some(kind.into());
+            let p = ProtoError::new(ErrorCode::Unavailable, "calls are shutting down")
+                .answering(re, kind);
             conn.send(&p.encode());
         }
     }
@@ -328,12 +327,7 @@ impl Service {
             }
             Err(e) => {
                 self.metrics.calls_refused.fetch_add(1, Relaxed);
-                let p = ProtoError {
-                    re,
-                    kind: Some(kind.into()),
-                    code: e.ws_code(),
-                    message: e.to_string(),
-                };
+                let p = ProtoError::new(e.ws_code(), e.to_string()).answering(re, kind);
                 conn.post(&p.encode());
             }
         }

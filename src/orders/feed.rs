@@ -200,12 +200,11 @@ pub fn spawn(org: Arc<Org>, window_ms: u64, max_subs: usize) -> FeedHandle {
                                     }
                                     conns.insert(conn.key, conn);
                                 } else {
-                                    let mut e = ProtoError::new(
+                                    let e = ProtoError::new(
                                         ErrorCode::TooManySubscriptions,
                                         "orders.subscribe: this connection holds the most order feeds allowed",
-                                    );
-                                    e.re = re;
-                                    e.kind = Some("orders.subscribe".into());
+                                    )
+                                    .answering(re, "orders.subscribe");
                                     conn.send(&e.encode());
                                 }
                             }
@@ -215,12 +214,11 @@ pub fn spawn(org: Arc<Org>, window_ms: u64, max_subs: usize) -> FeedHandle {
                                         conn.send(&f);
                                     }
                                 } else {
-                                    let mut e = ProtoError::new(
+                                    let e = ProtoError::new(
                                         ErrorCode::NotSubscribed,
                                         "orders.unsubscribe: no such feed on this connection",
-                                    );
-                                    e.re = re;
-                                    e.kind = Some("orders.unsubscribe".into());
+                                    )
+                                    .answering(re, "orders.unsubscribe");
                                     conn.send(&e.encode());
                                 }
                             }

@@ -226,14 +226,13 @@ impl Actor {
                     self.subscribers.insert(conn.key, conn);
                 }
                 Err(SubscribeError::TooMany(n)) => {
-                    let mut e = ProtoError::new(
+                    let e = ProtoError::new(
                         ErrorCode::TooManySubscriptions,
                         format!(
                             "presence.subscribe: this connection already holds {n} subscriptions, the most allowed; unsubscribe first"
                         ),
-                    );
-                    e.re = re;
-                    e.kind = Some("presence.subscribe".into());
+                    )
+                    .answering(re, "presence.subscribe");
                     conn.send(&e.encode());
                 }
             },
@@ -248,12 +247,11 @@ impl Actor {
                         conn.send(&f);
                     }
                 } else {
-                    let mut e = ProtoError::new(
+                    let e = ProtoError::new(
                         ErrorCode::NotSubscribed,
                         "presence.unsubscribe: no such subscription on this connection",
-                    );
-                    e.re = re;
-                    e.kind = Some("presence.unsubscribe".into());
+                    )
+                    .answering(re, "presence.unsubscribe");
                     conn.send(&e.encode());
                 }
             }

@@ -133,6 +133,13 @@ impl ProtoError {
         }
     }
 
+    /// The error answers request `re` of type `kind` (for services that hold only those).
+    pub fn answering(mut self, re: Option<ReqId>, kind: &str) -> ProtoError {
+        self.re = re;
+        self.kind = Some(kind.into());
+        self
+    }
+
     pub fn to(mut self, req: &Request) -> ProtoError {
         self.re = req.id.clone();
         self.kind = Some(req.body.kind().into());

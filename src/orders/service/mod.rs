@@ -156,9 +156,7 @@ impl Reply {
     pub fn err(self, e: ServiceError) {
         match self {
             Reply::Ws { conn, re, kind } => {
-                let mut p = ProtoError::new(e.ws_code(), e.to_string());
-                p.re = re;
-                p.kind = Some(kind.into());
+                let p = ProtoError::new(e.ws_code(), e.to_string()).answering(re, kind);
                 conn.send(&p.encode());
             }
             Reply::Rest(tx) => {
