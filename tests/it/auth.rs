@@ -84,6 +84,11 @@ async fn a_plain_http_request_to_ws_is_told_to_upgrade() {
 }
 
 /// A minimal HTTP/1.1 GET over a real socket.
+/// A REST answer's status and typed error code, for asserting both at once.
+pub fn error_of(r: &(u16, serde_json::Value)) -> (u16, Option<&str>) {
+    (r.0, r.1["error"]["code"].as_str())
+}
+
 pub async fn http_get(hub: &TestHub, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let (status, _, body) = http_raw(hub, path, token).await;
     (

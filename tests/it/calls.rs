@@ -14,7 +14,7 @@ use webrtc::peer_connection::{
     RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCSessionDescription,
 };
 
-use crate::auth::http_get;
+use crate::auth::{error_of, http_get};
 use crate::support::*;
 
 enum PeerEvent {
@@ -692,21 +692,15 @@ async fn bad_call_requests_get_typed_errors_and_harm_nothing() {
     // Everyone carries on.
     worker.ping_ok().await;
     other.ping_ok().await;
-    let (status, body) = http_get(&hub, "/api/v1/calls/abc", Some(&hub.token(DONGFENG))).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
-    let (status, body) = http_get(
+    let r = http_get(&hub, "/api/v1/calls/abc", Some(&hub.token(DONGFENG))).await;
+    assert_eq!(error_of(&r), (404, Some("not_found")));
+    let r = http_get(
         &hub,
         "/api/v1/calls?outcome=exploded",
         Some(&hub.token(DONGFENG)),
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_query"))
-    );
+    assert_eq!(error_of(&r), (400, Some("invalid_query")));
     // Outside one's scope a call is not found, whether or not it exists.
     let (status, _) = http_get(
         &hub,

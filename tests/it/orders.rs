@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::auth::http_get;
+use crate::auth::{error_of, http_get};
 use crate::support::*;
 
 /// Terminals for every node on the chain city → county → township → village → worker.
@@ -399,16 +399,13 @@ async fn terminals_act_only_within_their_scope() {
     assert_eq!(code(&e), "out_of_scope");
     // REST says the same.
     let token = hub.token(HUANAN);
-    let (status, body) = http_get(
+    let r = http_get(
         &hub,
         &format!("/api/v1/orders?node={DONGFENG}"),
         Some(&token),
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("out_of_scope"))
-    );
+    assert_eq!(error_of(&r), (403, Some("out_of_scope")));
     let (status, _) = http_get(&hub, &format!("/api/v1/orders/{id}"), Some(&token)).await;
     assert_eq!(status, 403);
     // Nothing changed.

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::auth::{http_get, http_raw};
+use crate::auth::{error_of, http_get, http_raw};
 use crate::support::*;
 
 #[tokio::test]
@@ -65,23 +65,16 @@ async fn org_routes_respect_scope() {
     let (status, body) = http_get(&hub, &format!("/api/v1/org/nodes/{CITY}"), Some(&county)).await;
     assert_eq!(status, 200);
     assert_eq!(body["children"], serde_json::Value::Null);
-    let (status, body) =
-        http_get(&hub, &format!("/api/v1/org/nodes/{HUANAN}"), Some(&county)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("out_of_scope"))
-    );
+    let r = http_get(&hub, &format!("/api/v1/org/nodes/{HUANAN}"), Some(&county)).await;
+    assert_eq!(error_of(&r), (403, Some("out_of_scope")));
     assert!(
-        body["error"]["request_id"]
+        r.1["error"]["request_id"]
             .as_str()
             .unwrap()
             .starts_with("req-")
     );
-    let (status, body) = http_get(&hub, "/api/v1/org/nodes/nowhere", Some(&county)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    let r = http_get(&hub, "/api/v1/org/nodes/nowhere", Some(&county)).await;
+    assert_eq!(error_of(&r), (404, Some("not_found")));
 
     let (status, body) = http_get(
         &hub,
@@ -93,16 +86,13 @@ async fn org_routes_respect_scope() {
     let t = &body["tree"];
     assert_eq!(t["children"].as_array().unwrap().len(), 7);
     assert!(t["children"][0]["children_count"].as_u64().unwrap() > 0);
-    let (status, body) = http_get(
+    let r = http_get(
         &hub,
         &format!("/api/v1/org/nodes/{DONGFENG}/subtree?depth=x"),
         Some(&county),
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_query"))
-    );
+    assert_eq!(error_of(&r), (400, Some("invalid_query")));
     let (status, _) = http_get(
         &hub,
         &format!("/api/v1/org/nodes/{CITY}/subtree"),
@@ -111,21 +101,12 @@ async fn org_routes_respect_scope() {
     .await;
     assert_eq!(status, 403);
 
-    let (status, body) = http_get(&hub, "/api/v1/org", None).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("missing_credential"))
-    );
-    let (status, body) = http_get(&hub, "/api/v1/org", Some("nonsense")).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("malformed_credential"))
-    );
-    let (status, body) = http_get(&hub, "/api/v1/nothing-here", Some(&county)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    let r = http_get(&hub, "/api/v1/org", None).await;
+    assert_eq!(error_of(&r), (401, Some("missing_credential")));
+    let r = http_get(&hub, "/api/v1/org", Some("nonsense")).await;
+    assert_eq!(error_of(&r), (401, Some("malformed_credential")));
+    let r = http_get(&hub, "/api/v1/nothing-here", Some(&county)).await;
+    assert_eq!(error_of(&r), (404, Some("not_found")));
 }
 
 #[tokio::test]
@@ -170,11 +151,8 @@ async fn presence_snapshot_over_rest() {
         (status, body["endpoints"].as_array().unwrap().len()),
         (200, 0)
     );
-    let (status, body) = http_get(&hub, "/api/v1/presence", Some(&token)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_query"))
-    );
+    let r = http_get(&hub, "/api/v1/presence", Some(&token)).await;
+    assert_eq!(error_of(&r), (400, Some("invalid_query")));
     // The credential in the query (clients that cannot set a header) beside the parameters.
     let (status, body) = http_get(
         &hub,
