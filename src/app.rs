@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Authority;
 use crate::backplane::{Backplane, Memory};
 use crate::config::{BackplaneKind, Config, ConfigError};
-use crate::hub::{Hub, HubParts, Registry};
+use crate::hub::{Hub, Registry, first_conn_key};
 use crate::orders;
 use crate::org::{LoadError, Org};
 use crate::presence;
@@ -179,7 +179,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         backplane = backplane.name(),
         "gridhub serving; open-file limit {fd_limit}, accepting at most {max_connections} connections"
     );
-    let hub = Arc::new(Hub::new(HubParts {
+    let hub = Arc::new(Hub {
         org,
         config: Arc::new(config),
         metrics,
@@ -193,7 +193,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         calls,
         max_connections,
         max_refusing: refusing,
-    }));
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        accepting: std::sync::atomic::AtomicBool::new(true),
+        refusing: Default::default(),
+        next_conn: first_conn_key(),
+    });
     let router = crate::api::router(Arc::clone(&hub));
     let server = tokio::spawn(crate::transport::server::accept_loop(
         listener,

@@ -84,52 +84,18 @@ pub struct Hub {
     /// Sockets being answered 503 at once, beyond which a refused socket is just closed.
     pub max_refusing: usize,
     pub refusing: std::sync::atomic::AtomicUsize,
-    next_conn: AtomicU64,
+    pub(crate) next_conn: AtomicU64,
 }
 
-/// Everything a hub is made of, built by `app::start`.
-pub struct HubParts {
-    pub org: Arc<Org>,
-    pub config: Arc<Config>,
-    pub metrics: Arc<Metrics>,
-    pub authority: Arc<Authority>,
-    pub presence: PresenceHandle,
-    pub backplane: Arc<dyn Backplane>,
-    pub local: Arc<Registry>,
-    pub store: Arc<Store>,
-    pub orders: OrdersHandle,
-    pub feed: FeedHandle,
-    pub calls: CallsHandle,
-    pub max_connections: usize,
-    pub max_refusing: usize,
+/// The first connection key of this process. Keys must differ across restarts (and, later, hub
+/// nodes): random high bits; within a process they only grow.
+pub(crate) fn first_conn_key() -> AtomicU64 {
+    let mut salt = [0u8; 4];
+    let _ = getrandom::fill(&mut salt);
+    AtomicU64::new((u32::from_le_bytes(salt) as u64) << 32)
 }
 
 impl Hub {
-    pub fn new(p: HubParts) -> Hub {
-        // Connection keys must differ across restarts (and, later, hub nodes): random high bits.
-        let mut salt = [0u8; 4];
-        let _ = getrandom::fill(&mut salt);
-        Hub {
-            org: p.org,
-            config: p.config,
-            metrics: p.metrics,
-            authority: p.authority,
-            presence: p.presence,
-            backplane: p.backplane,
-            local: p.local,
-            store: p.store,
-            orders: p.orders,
-            feed: p.feed,
-            calls: p.calls,
-            shutdown: CancellationToken::new(),
-            accepting: AtomicBool::new(true),
-            max_connections: p.max_connections,
-            max_refusing: p.max_refusing,
-            refusing: Default::default(),
-            next_conn: AtomicU64::new((u32::from_le_bytes(salt) as u64) << 32),
-        }
-    }
-
     /// Takes over an upgraded socket: registers the terminal (closing an older connection of the
     /// same terminal: the newer wins) and runs the connection until it ends.
     pub(crate) async fn run_connection(
