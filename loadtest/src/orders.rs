@@ -290,10 +290,10 @@ fn act(org: &Org, me: NodeIdx, tier: Tier, o: &Pushed, shared: &Shared, out: &mu
                     ));
                     shared.transitions.fetch_add(1, Relaxed);
                 }
-            } else if let Some(loc) = org.lookup(&o.location.node) {
-                if let Some(next) = org.child_toward(me, loc) {
-                    dispatch(org, shared, id, next, out);
-                }
+            } else if let Some(loc) = org.lookup(&o.location.node)
+                && let Some(next) = org.child_toward(me, loc)
+            {
+                dispatch(org, shared, id, next, out);
             }
         }
         "result_reported" => {
