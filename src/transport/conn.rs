@@ -30,7 +30,8 @@ pub enum Close {
     Normal,
     /// 1001: the hub is shutting down; reconnect with backoff.
     GoingAway,
-    /// 1002: the byte stream broke the WebSocket protocol; do not retry unchanged.
+    /// 1002 (1007 for a close reason that is not UTF-8, 1009 for a frame over the limit): the
+    /// byte stream broke the WebSocket protocol; do not retry unchanged.
     Protocol(ProtocolError),
     /// 1008: repeated bad requests or flooding; back off before reconnecting.
     Policy(&'static str),
@@ -50,7 +51,7 @@ impl Close {
         match self {
             Close::Normal => 1000,
             Close::GoingAway => 1001,
-            Close::Protocol(_) => 1002,
+            Close::Protocol(e) => e.close_code(),
             Close::Policy(_) => 1008,
             Close::HeartbeatTimeout => 4000,
             Close::Replaced => 4001,

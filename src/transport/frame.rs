@@ -22,6 +22,10 @@ pub const OP_PONG: u8 = 0xA;
 pub const MAX_HEADER: usize = 14;
 /// Control frames carry at most 125 bytes (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
+/// Largest data frame the decoder will skip through. A refused message's bytes are read and
+/// dropped as they arrive, but a header announcing more than this (up to 2^63 bytes) is a client
+/// that will never finish: the connection is closed with 1009 at once instead.
+pub const MAX_FRAME: u64 = 16 * 1024 * 1024;
 
 /// A complete inbound event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,31 @@ pub enum ProtocolError {
     LengthOverflow,
     #[error("close frame with a one-byte payload")]
     BadClosePayload,
+    #[error("close code {0} may not be sent by an endpoint")]
+    BadCloseCode(u16),
+    #[error("close reason is not valid UTF-8")]
+    BadCloseReason,
+    #[error("a frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
+    FrameTooBig(u64),
+}
+
+impl ProtocolError {
+    /// The close code that answers this violation (RFC 6455 §7.4.1): 1007 for a payload that is
+    /// not what it claims to be, 1009 for a frame too large to take, 1002 for everything else.
+    pub fn close_code(self) -> u16 {
+        match self {
+            ProtocolError::BadCloseReason => 1007,
+            ProtocolError::FrameTooBig(_) => 1009,
+            _ => 1002,
+        }
+    }
+}
+
+/// Whether a peer may send this close code (RFC 6455 §7.4): the defined codes other than those
+/// reserved for reporting (1005, 1006, 1015) or never assigned (1004), and the ranges for
+/// libraries (3000–3999) and applications (4000–4999). 1012–1014 are registered with IANA.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[derive(Debug)]
@@ -145,6 +174,9 @@ pub struct Decoder {
     partial: Partial,
     /// Payload bytes of the current frame still to skip.
     skip: u64,
+    /// Frames read to their end so far, skipped ones included. A connection counts as alive
+    /// only when this moves: bytes of a frame that never ends are not a sign of life.
+    frames: u64,
 }
 
 impl Decoder {
@@ -153,7 +185,13 @@ impl Decoder {
             max_message,
             partial: Partial::None,
             skip: 0,
+            frames: 0,
         }
+    }
+
+    /// Frames completed so far (see the field).
+    pub fn frames(&self) -> u64 {
+        self.frames
     }
 
     /// True when no message is half-received: the connection holds no decoder buffers.
@@ -174,6 +212,7 @@ impl Decoder {
                 if self.skip > 0 {
                     return Ok(pos);
                 }
+                self.frames += 1;
             }
             let Some(h) = parse_header(&buf[pos..])? else {
                 return Ok(pos);
@@ -190,6 +229,9 @@ impl Decoder {
                     return Err(ProtocolError::ControlTooLong);
                 }
             } else {
+                if h.len > MAX_FRAME {
+                    return Err(ProtocolError::FrameTooBig(h.len));
+                }
                 match (h.opcode, &self.partial) {
                     (OP_CONTINUATION, Partial::None) => {
                         return Err(ProtocolError::UnexpectedContinuation);
@@ -219,9 +261,13 @@ impl Decoder {
                 }
                 if matches!(self.partial, Partial::Skipping) {
                     pos += h.header_len;
-                    self.skip = h.len;
                     if h.fin {
                         self.partial = Partial::None;
+                    }
+                    if h.len == 0 {
+                        self.frames += 1;
+                    } else {
+                        self.skip = h.len;
                     }
                     continue;
                 }
@@ -234,6 +280,7 @@ impl Decoder {
             let start = pos + h.header_len;
             let payload = &buf[start..start + h.len as usize];
             pos = start + h.len as usize;
+            self.frames += 1;
             match h.opcode {
                 OP_PING => out.push(Inbound::Ping(unmask(payload, h.mask))),
                 OP_PONG => out.push(Inbound::Pong),
@@ -242,10 +289,15 @@ impl Decoder {
                     let (code, reason) = match body.len() {
                         0 => (None, String::new()),
                         1 => return Err(ProtocolError::BadClosePayload),
-                        _ => (
-                            Some(u16::from_be_bytes([body[0], body[1]])),
-                            String::from_utf8_lossy(&body[2..]).into_owned(),
-                        ),
+                        _ => {
+                            let code = u16::from_be_bytes([body[0], body[1]]);
+                            if !close_code_allowed(code) {
+                                return Err(ProtocolError::BadCloseCode(code));
+                            }
+                            let reason = String::from_utf8(body[2..].to_vec())
+                                .map_err(|_| ProtocolError::BadCloseReason)?;
+                            (Some(code), reason)
+                        }
                     };
                     out.push(Inbound::Close { code, reason });
                 }
@@ -499,6 +551,87 @@ mod tests {
             ),
             Err(ProtocolError::BadClosePayload)
         );
+    }
+
+    #[test]
+    fn close_codes_and_reasons_are_checked() {
+        let close = |payload: &[u8]| {
+            decode_all(
+                &mut Decoder::new(1000),
+                &client_frame(true, OP_CLOSE, payload, M),
+            )
+            .map(|(ev, _)| ev)
+        };
+        for ok in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let mut p = ok.to_be_bytes().to_vec();
+            p.extend_from_slice("再见".as_bytes());
+            assert_eq!(
+                close(&p),
+                Ok(vec![Inbound::Close {
+                    code: Some(ok),
+                    reason: "再见".into()
+                }]),
+                "{ok}"
+            );
+        }
+        for bad in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                close(&bad.to_be_bytes()),
+                Err(ProtocolError::BadCloseCode(bad)),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            close(&[0x03, 0xe8, 0xce, 0xba, 0xe1, 0xbd]),
+            Err(ProtocolError::BadCloseReason)
+        );
+        assert_eq!(ProtocolError::BadCloseReason.close_code(), 1007);
+        assert_eq!(ProtocolError::BadCloseCode(5).close_code(), 1002);
+    }
+
+    #[test]
+    fn a_frame_announcing_more_than_the_limit_is_refused_at_its_header() {
+        // 2^62 bytes announced, nothing sent: skipping it would never end.
+        let mut h = vec![0x81, 0x80 | 127];
+        h.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        h.extend_from_slice(&M);
+        let e = decode_all(&mut Decoder::new(1000), &h).unwrap_err();
+        assert_eq!(e, ProtocolError::FrameTooBig(1 << 62));
+        assert_eq!(e.close_code(), 1009);
+        // At the limit it is refused as too large for a message and skipped.
+        let mut h = vec![0x81, 0x80 | 127];
+        h.extend_from_slice(&MAX_FRAME.to_be_bytes());
+        h.extend_from_slice(&M);
+        let (ev, n) = decode_all(&mut Decoder::new(1000), &h).unwrap();
+        assert_eq!(
+            (ev, n),
+            (
+                vec![Inbound::TooLarge {
+                    declared: MAX_FRAME
+                }],
+                h.len()
+            )
+        );
+    }
+
+    #[test]
+    fn only_finished_frames_count() {
+        let mut d = Decoder::new(10);
+        let big = client_frame(true, OP_TEXT, &[b'x'; 100], M);
+        let (_, n) = decode_all(&mut d, &big[..50]).unwrap();
+        assert_eq!((n, d.frames()), (50, 0), "a refused frame being skipped");
+        let (_, _) = decode_all(&mut d, &big[50..]).unwrap();
+        assert_eq!(d.frames(), 1, "its end counts");
+        let ping = client_frame(true, OP_PING, b"p", M);
+        decode_all(&mut d, &ping[..3]).unwrap();
+        assert_eq!(d.frames(), 1, "an incomplete ping does not");
+        let mut d2 = Decoder::new(10);
+        let (ev, _) = decode_all(&mut d2, &ping).unwrap();
+        assert_eq!((ev.len(), d2.frames()), (1, 1));
     }
 
     #[test]
