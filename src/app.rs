@@ -1,8 +1,13 @@
-//! app — builds a hub from its configuration, serves it, and shuts it down in order.
+//! app — builds a hub node from its configuration, serves it, and shuts it down in order.
 //!
-//! Shutdown is one path: stop accepting (listener dropped, `/readyz` turns 503) → end the calls
-//! still going on → tell every terminal the hub is going away (close 1001) and let their queues
-//! drain → write what the orders decided → stop presence.
+//! Start-up wires the parts once: the backplane (alone, or joined to other nodes through a
+//! broker), the services, and the dispatch table that gives each request type to the service
+//! that owns it — here, or forwarded to the node that runs it.
+//!
+//! Shutdown is one path: stop taking terminals (new ones are told 503 `shutting_down`, `/readyz`
+//! turns 503) → end the calls still going on → tell every terminal the hub is going away (close
+//! 1001) and let their queues drain → close the listener → write what the orders and the outbox
+//! decided → close the store → stop presence.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,14 +18,21 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use crate::auth::Authority;
-use crate::backplane::{Backplane, Memory};
-use crate::config::{BackplaneKind, Config, ConfigError};
-use crate::hub::{Hub, Registry, first_conn_key};
+use crate::backplane::memory::{Broker, JoinError};
+use crate::backplane::{Backplane, Forward, Outbound};
+use crate::calls;
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
+use crate::hub::{Hub, Services};
 use crate::orders;
 use crate::org::{LoadError, Org};
+use crate::outbox;
 use crate::presence;
 use crate::store::Store;
 use crate::telemetry::{Metrics, open_file_limit};
+use crate::transport::dispatch::{HubId, Table};
+use crate::transport::registry::Registry;
+use crate::transport::{Caps, Parts, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -40,43 +52,32 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] JoinError),
 }
 
-/// A hub that is serving.
+/// A hub node that is serving.
 pub struct Running {
     pub hub: Arc<Hub>,
     pub addr: SocketAddr,
+    broker: Option<Arc<Broker>>,
+    tasks: Tasks,
+}
+
+struct Tasks {
     server: JoinHandle<()>,
     sweep: JoinHandle<()>,
     presence: JoinHandle<()>,
+    feed: JoinHandle<()>,
+    inbound: Option<JoinHandle<()>>,
+    services: Option<ServiceTasks>,
+}
+
+struct ServiceTasks {
     orders: JoinHandle<()>,
+    outbox: JoinHandle<()>,
+    outbox_control: outbox::service::OutboxControl,
     calls: JoinHandle<()>,
-}
-
-/// Descriptors kept free: the configured reserve, but at most a quarter of a small limit.
-pub fn fd_reserve(fd_limit: u64, reserve: usize) -> usize {
-    reserve.min(fd_limit as usize / 4)
-}
-
-/// Sockets a process may hold: the open-file limit, less what is already open at start-up
-/// (store, listener, logs), less the reserve (store readers, refusing at capacity); or the
-/// configured cap if lower.
-pub fn connection_cap(
-    fd_limit: u64,
-    open_at_start: usize,
-    reserve: usize,
-    configured: usize,
-) -> usize {
-    let fd_limit = fd_limit.min(usize::MAX as u64) as usize;
-    let from_fds = fd_limit
-        .saturating_sub(open_at_start)
-        .saturating_sub(fd_reserve(fd_limit as u64, reserve))
-        .max(1);
-    if configured == 0 {
-        from_fds
-    } else {
-        configured.min(from_fds)
-    }
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -90,7 +91,17 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Starts a hub node on its own: the embedded default.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_node(config, None).await
+}
+
+/// Starts a hub node; with a broker, it joins the other nodes that joined it (one process, for
+/// tests and demos of a cluster).
+pub async fn start_node(
+    config: Config,
+    broker: Option<Arc<Broker>>,
+) -> Result<Running, StartError> {
     let org = Arc::new(
         Org::load(&config.org.file).map_err(|source| StartError::Org {
             path: config.org.file.display().to_string(),
@@ -99,56 +110,86 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
     let authority = Arc::new(Authority::new(&config.signing_secret()?).map_err(StartError::Auth)?);
     let metrics = Arc::new(Metrics::default());
+    let clock = Clock::system();
+    let hub_id = HubId(config.backplane.hub_id.min(HubId::MAX));
+    let runs_services = config.backplane.runs_services || broker.is_none();
+    let registry = Arc::new(Registry::new(hub_id));
+    let (link, inbound) = match &broker {
+        Some(b) => {
+            let (link, rx) = b.join(hub_id, &org.fingerprint(), runs_services)?;
+            (Some(link), Some(rx))
+        }
+        None => (None, None),
+    };
+    let backplane = Arc::new(Backplane::new(
+        Arc::clone(&org),
+        Arc::clone(&registry),
+        Arc::clone(&metrics),
+        link.clone(),
+    ));
+    let out: Arc<dyn Outbound> = Arc::clone(&backplane) as Arc<dyn Outbound>;
     let (presence, presence_task) = presence::actor::spawn(
         Arc::clone(&org),
-        config.presence.coalesce_ms,
-        config.presence.max_subscriptions,
+        presence::actor::Settings {
+            coalesce_ms: config.presence.coalesce_ms,
+            max_subscriptions: config.presence.max_subscriptions,
+        },
+        Arc::clone(&out),
         Arc::clone(&metrics),
+        clock.clone(),
     );
-    let local = Arc::new(Registry::default());
-    let backplane: Arc<dyn Backplane> = match config.backplane.kind {
-        BackplaneKind::Memory => Arc::new(Memory::new(presence.clone(), Arc::clone(&local))),
-    };
-    let store_path = config.store_path();
-    let store = Arc::new(
-        Store::open(&store_path, Arc::clone(&metrics)).map_err(|source| StartError::Store {
-            path: store_path.display().to_string(),
-            source,
-        })?,
-    );
-    let feed = orders::feed::spawn(
+    let (feed, feed_task) = orders::feed::spawn(
         Arc::clone(&org),
         config.orders.feed_coalesce_ms,
         config.presence.max_subscriptions,
+        Arc::clone(&out),
+        clock.clone(),
     );
-    let (orders, orders_task) = orders::service::start(
-        Arc::clone(&org),
-        config.orders.policy(),
-        Arc::clone(&store),
-        Arc::clone(&backplane),
-        feed.clone(),
-        Arc::clone(&metrics),
-        orders::service::Retention {
-            every: Duration::from_secs(config.store.prune_interval_secs.max(1)),
-            keep_ms: config.store.outbox_keep_secs * 1000,
-        },
-    )
-    .map_err(|source| StartError::Store {
-        path: store_path.display().to_string(),
-        source,
-    })?;
-    let (calls, calls_task) = crate::calls::service::start(
-        Arc::clone(&org),
-        config.calls.rules(),
-        Arc::clone(&store),
-        Arc::clone(&backplane),
-        orders.clone(),
-        Arc::clone(&metrics),
-    )
-    .map_err(|source| StartError::Store {
-        path: store_path.display().to_string(),
-        source,
-    })?;
+    let calls_config = Arc::new(config.calls.clone());
+    let mut table = Table::new();
+    table
+        .route(
+            &presence::handler::KINDS,
+            Arc::new(presence::handler::PresenceHandler {
+                org: Arc::clone(&org),
+                presence: presence.clone(),
+                out: Arc::clone(&out),
+                clock: clock.clone(),
+                max_text_chars: config.presence.max_text_chars,
+            }),
+        )
+        .route(&orders::feed::KINDS, feed)
+        .greet(
+            "calls",
+            calls::handler::greeting(Arc::clone(&org), Arc::clone(&calls_config)),
+        );
+    let (services, service_tasks) = if runs_services {
+        let (s, t) = start_services(&config, &org, &metrics, &clock, &out, &calls_config)?;
+        let forward: Vec<(
+            &[&'static str],
+            Arc<dyn crate::transport::dispatch::Handler>,
+        )> = vec![
+            (&orders::handler::KINDS, t.orders_handler.clone()),
+            (&outbox::KINDS, t.outbox_handler.clone()),
+            (&calls::handler::KINDS, t.calls_handler.clone()),
+        ];
+        for (kinds, h) in forward {
+            table.route(kinds, h);
+        }
+        (Some(s), Some(t.tasks))
+    } else {
+        let fwd = Arc::new(Forward {
+            backplane: Arc::clone(&backplane),
+        });
+        table
+            .route(&orders::handler::KINDS, fwd.clone())
+            .route(&outbox::KINDS, fwd.clone())
+            .route(&calls::handler::KINDS, fwd);
+        (None, None)
+    };
+    let table = Arc::new(table);
+    backplane.serve(Arc::clone(&table));
+    let inbound = inbound.map(|rx| tokio::spawn(Arc::clone(&backplane).run_inbound(rx)));
     let listener =
         bind(config.server.listen, config.server.backlog).map_err(|source| StartError::Bind {
             addr: config.server.listen,
@@ -160,100 +201,192 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .expect("bound listener has an address");
     let fd_limit = open_file_limit();
     let open_at_start = crate::telemetry::ProcessStats::read().open_fds as usize;
-    let tc = &config.transport;
-    let max_connections =
-        connection_cap(fd_limit, open_at_start, tc.fd_reserve, tc.max_connections);
-    let refusing = (fd_reserve(fd_limit, tc.fd_reserve) / 2).max(1);
+    let caps = Caps::from_limits(fd_limit, open_at_start, &config.transport);
     metrics.fd_limit.store(fd_limit, Relaxed);
     metrics
         .max_connections
-        .store(max_connections as u64, Relaxed);
+        .store(caps.terminals as u64, Relaxed);
+    let transport = Arc::new(Transport::new(Parts {
+        org: Arc::clone(&org),
+        config: config.transport.clone(),
+        metrics: Arc::clone(&metrics),
+        authority: Arc::clone(&authority),
+        clock: clock.clone(),
+        registry,
+        table,
+        lifecycle: Arc::clone(&backplane) as _,
+        max_subscriptions: config.presence.max_subscriptions,
+        caps,
+    }));
     let t = org.tier_counts();
     tracing::info!(
         %addr,
+        hub = %hub_id,
         nodes = org.len(),
         tiers = ?t,
         fd_limit,
         open_at_start,
-        max_connections,
+        terminals = caps.terminals,
+        sockets = caps.sockets,
         backplane = backplane.name(),
-        "gridhub serving; open-file limit {fd_limit}, accepting at most {max_connections} connections"
+        services = runs_services,
+        "gridhub serving; open-file limit {fd_limit}, at most {} terminals",
+        caps.terminals
     );
     let hub = Arc::new(Hub {
         org,
         config: Arc::new(config),
         metrics,
         authority,
-        presence,
+        clock,
+        transport: Arc::clone(&transport),
         backplane,
-        local,
-        store,
-        orders,
-        feed,
-        calls,
-        max_connections,
-        max_refusing: refusing,
-        shutdown: tokio_util::sync::CancellationToken::new(),
-        accepting: std::sync::atomic::AtomicBool::new(true),
-        refusing: Default::default(),
-        next_conn: first_conn_key(),
+        presence,
+        services,
     });
     let router = crate::api::router(Arc::clone(&hub));
     let server = tokio::spawn(crate::transport::server::accept_loop(
         listener,
-        Arc::clone(&hub),
+        Arc::clone(&transport),
         router,
     ));
-    let sweep = tokio::spawn(Arc::clone(&hub).sweep());
+    let sweep = tokio::spawn(Arc::clone(&transport).sweep());
     Ok(Running {
         hub,
         addr,
-        server,
-        sweep,
-        presence: presence_task,
-        orders: orders_task,
-        calls: calls_task,
+        broker,
+        tasks: Tasks {
+            server,
+            sweep,
+            presence: presence_task,
+            feed: feed_task,
+            inbound,
+            services: service_tasks,
+        },
     })
+}
+
+struct Started {
+    tasks: ServiceTasks,
+    orders_handler: Arc<dyn crate::transport::dispatch::Handler>,
+    outbox_handler: Arc<dyn crate::transport::dispatch::Handler>,
+    calls_handler: Arc<dyn crate::transport::dispatch::Handler>,
+}
+
+/// Opens the store and starts the stateful services: outbox, orders, calls.
+fn start_services(
+    config: &Config,
+    org: &Arc<Org>,
+    metrics: &Arc<Metrics>,
+    clock: &Clock,
+    out: &Arc<dyn Outbound>,
+    calls_config: &Arc<crate::config::CallsConfig>,
+) -> Result<(Services, Started), StartError> {
+    let store_path = config.store_path();
+    let store_error = |source| StartError::Store {
+        path: store_path.display().to_string(),
+        source,
+    };
+    let store = Arc::new(Store::open(&store_path, Arc::clone(metrics)).map_err(store_error)?);
+    let ob = outbox::service::start(
+        Arc::clone(org),
+        Arc::clone(&store),
+        Arc::clone(out),
+        Arc::clone(metrics),
+        clock.clone(),
+        config.outbox.clone(),
+    )
+    .map_err(store_error)?;
+    let orders = orders::service::start(
+        Arc::clone(org),
+        config.orders.policy(),
+        Arc::clone(&store),
+        ob.outbox.clone(),
+        Arc::clone(out),
+        Arc::clone(metrics),
+        clock.clone(),
+    )
+    .map_err(store_error)?;
+    let (calls, calls_task) = calls::service::start(
+        Arc::clone(org),
+        config.calls.rules(),
+        Arc::clone(&store),
+        Arc::clone(out),
+        ob.outbox.clone(),
+        Arc::clone(metrics),
+        clock.clone(),
+    )
+    .map_err(store_error)?;
+    let started = Started {
+        orders_handler: Arc::new(orders::handler::OrdersHandler {
+            org: Arc::clone(org),
+            orders: orders.handle.clone(),
+            out: Arc::clone(out),
+        }),
+        outbox_handler: ob.handler,
+        calls_handler: Arc::new(calls::handler::CallsHandler {
+            org: Arc::clone(org),
+            calls: calls.clone(),
+            out: Arc::clone(out),
+            config: Arc::clone(calls_config),
+            clock: clock.clone(),
+        }),
+        tasks: ServiceTasks {
+            orders: orders.task,
+            outbox: ob.task,
+            outbox_control: ob.control,
+            calls: calls_task,
+        },
+    };
+    Ok((
+        Services {
+            store,
+            outbox: ob.outbox,
+            orders: orders.handle,
+            calls,
+        },
+        started,
+    ))
 }
 
 impl Running {
     /// Graceful shutdown; returns how many connections had to be cut at the drain deadline.
     pub async fn shutdown(self) -> usize {
         let hub = &self.hub;
-        hub.accepting.store(false, Relaxed);
-        hub.shutdown.cancel();
-        let _ = self.server.await;
-        let _ = self.sweep.await;
+        let t = &hub.transport;
+        t.accepting.store(false, Relaxed);
+        t.shutdown.cancel();
+        let _ = self.tasks.sweep.await;
         // Calls still going on end as interrupted while their parties can still be told.
-        hub.calls.stop().await;
-        let _ = self.calls.await;
-        let deadline = Duration::from_millis(hub.config.transport.shutdown_drain_ms);
-        let left = hub.drain(deadline).await;
-        // Everything decided (missed-call notices included) is written before the store closes.
-        hub.orders.stop().await;
-        let _ = self.orders.await;
-        let store = Arc::clone(&hub.store);
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        if let Some(s) = &hub.services {
+            s.calls.stop().await;
+        }
+        let deadline = Duration::from_millis(t.config.shutdown_drain_ms);
+        let left = t.drain(deadline).await;
+        // The listener stayed open through the drain, telling late terminals `shutting_down`.
+        t.closed.cancel();
+        let _ = self.tasks.server.await;
+        if let (Some(s), Some(tasks)) = (&hub.services, self.tasks.services) {
+            let _ = tasks.calls.await;
+            // Everything decided (missed-call notices included) is written before the store
+            // closes: the orders first, then the outbox that carries their messages.
+            s.orders.stop().await;
+            let _ = tasks.orders.await;
+            tasks.outbox_control.stop().await;
+            let _ = tasks.outbox.await;
+            let store = Arc::clone(&s.store);
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
         hub.presence.stop().await;
-        let _ = self.presence.await;
+        let _ = self.tasks.presence.await;
+        self.tasks.feed.abort();
+        if let Some(b) = &self.broker {
+            b.leave(hub.backplane.hub());
+        }
+        if let Some(i) = self.tasks.inbound {
+            i.abort();
+        }
         tracing::info!(cut = left, "gridhub stopped");
         left
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::connection_cap;
-
-    #[test]
-    fn connection_cap_leaves_a_reserve() {
-        assert_eq!(connection_cap(20_000, 20, 256, 0), 19_724);
-        assert_eq!(connection_cap(20_000, 20, 256, 500), 500);
-        assert_eq!(connection_cap(20_000, 20, 256, 50_000), 19_724);
-        assert_eq!(
-            connection_cap(128, 16, 256, 0),
-            80,
-            "small limits keep a quarter"
-        );
     }
 }

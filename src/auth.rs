@@ -48,6 +48,9 @@ impl Role {
 
 const ISSUER: &str = "gridhub";
 
+/// What a token is for: a credential (no `use` claim), or a connection ticket.
+const TICKET: &str = "ws_ticket";
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
@@ -55,6 +58,15 @@ struct Claims {
     iat: u64,
     exp: u64,
     iss: String,
+    /// `ws_ticket` for a connection ticket; absent for a credential.
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    purpose: Option<String>,
+    /// A ticket's own id, so it opens one connection only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+    /// A ticket's credential's expiry: the connection it opens lasts until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cexp: Option<u64>,
 }
 
 /// A verified credential.
@@ -84,6 +96,18 @@ pub enum AuthError {
         endpoint: String,
         tier: Tier,
     },
+    #[error(
+        "a credential in the URL ends up in logs: send it as `Authorization: Bearer`, or (a browser) open the WebSocket with a ticket from POST /api/v1/tickets (`/ws?ticket=`)"
+    )]
+    InUrl,
+    #[error(
+        "this is a connection ticket: it opens one WebSocket (`/ws?ticket=`) and is not a credential"
+    )]
+    TicketNotCredential,
+    #[error("`ticket` must be a connection ticket from POST /api/v1/tickets, not a credential")]
+    NotATicket,
+    #[error("this connection ticket was already used; get a new one from POST /api/v1/tickets")]
+    TicketUsed,
 }
 
 impl AuthError {
@@ -96,6 +120,10 @@ impl AuthError {
             AuthError::Expired { .. } => "expired_credential",
             AuthError::UnknownEndpoint(_) => "unknown_endpoint",
             AuthError::RoleNotAllowed { .. } => "role_not_allowed",
+            AuthError::InUrl => "credential_in_url",
+            AuthError::TicketNotCredential => "ticket_not_credential",
+            AuthError::NotATicket => "not_a_ticket",
+            AuthError::TicketUsed => "ticket_used",
         }
     }
 }
@@ -204,19 +232,82 @@ impl Authority {
             iat,
             exp,
             iss: ISSUER.to_owned(),
+            purpose: None,
+            jti: None,
+            cexp: None,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &Claims) -> Result<String, MintError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .map_err(|e| MintError::Sign(e.to_string()))
     }
 
-    pub fn verify(&self, org: &Org, token: &str, now: u64) -> Result<Credential, AuthError> {
+    /// A connection ticket for the holder of `cred`: it opens one WebSocket within `ttl_secs`, so
+    /// a browser never puts its long-lived credential in a URL. Returns the ticket and when it
+    /// expires (Unix seconds).
+    pub fn mint_ticket(
+        &self,
+        org: &Org,
+        cred: &Credential,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<(String, u64), MintError> {
+        let mut id = [0u8; 12];
+        getrandom::fill(&mut id).map_err(|e| MintError::Sign(e.to_string()))?;
+        let exp = (now + ttl_secs).min(cred.expires_at);
+        let claims = Claims {
+            sub: org.id(cred.endpoint).to_string(),
+            role: cred.role,
+            iat: now,
+            exp,
+            iss: ISSUER.to_owned(),
+            purpose: Some(TICKET.into()),
+            jti: Some(id.iter().map(|b| format!("{b:02x}")).collect()),
+            cexp: Some(cred.expires_at),
+        };
+        Ok((self.sign(&claims)?, exp))
+    }
+
+    /// Checks a connection ticket; returns the credential it stands for, the ticket's id (for
+    /// the caller's single-use check) and when the ticket itself expires.
+    pub fn verify_ticket(
+        &self,
+        org: &Org,
+        ticket: &str,
+        now: u64,
+    ) -> Result<(Credential, String, u64), AuthError> {
+        let c = self.decode(ticket)?;
+        let (Some(TICKET), Some(jti), Some(cexp)) = (c.purpose.as_deref(), c.jti.clone(), c.cexp)
+        else {
+            return Err(AuthError::NotATicket);
+        };
+        let exp = c.exp;
+        let mut cred = self.check(org, c, now)?;
+        cred.expires_at = cexp;
+        Ok((cred, jti, exp))
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 _ => AuthError::Malformed(e.to_string()),
-            })?;
-        let c = data.claims;
+            })
+    }
+
+    pub fn verify(&self, org: &Org, token: &str, now: u64) -> Result<Credential, AuthError> {
+        let c = self.decode(token)?;
+        if c.purpose.is_some() {
+            return Err(AuthError::TicketNotCredential);
+        }
+        self.check(org, c, now)
+    }
+
+    fn check(&self, org: &Org, c: Claims, now: u64) -> Result<Credential, AuthError> {
         if now >= c.exp {
             return Err(AuthError::Expired {
                 expired_at: c.exp,
@@ -307,6 +398,45 @@ mod tests {
             auth.mint(&org, "w1", Role::Operator, 60, 0),
             Err(MintError::Refused(AuthError::RoleNotAllowed { .. }))
         ));
+    }
+
+    #[test]
+    fn tickets_stand_for_their_credential_and_are_not_credentials() {
+        let (org, auth) = (org(), Authority::new(KEY).unwrap());
+        let cred = Credential {
+            endpoint: org.lookup("a").unwrap(),
+            role: Role::Operator,
+            expires_at: 10_000,
+        };
+        let (t, exp) = auth.mint_ticket(&org, &cred, 30, 1000).unwrap();
+        assert_eq!(exp, 1030);
+        let (back, jti, texp) = auth.verify_ticket(&org, &t, 1029).unwrap();
+        assert_eq!((back, texp), (cred, 1030));
+        let (t2, _) = auth.mint_ticket(&org, &cred, 30, 1000).unwrap();
+        assert_ne!(
+            auth.verify_ticket(&org, &t2, 1000).unwrap().1,
+            jti,
+            "each has its own id"
+        );
+        assert!(matches!(
+            auth.verify_ticket(&org, &t, 1030),
+            Err(AuthError::Expired { .. })
+        ));
+        assert_eq!(
+            auth.verify(&org, &t, 1000),
+            Err(AuthError::TicketNotCredential)
+        );
+        let plain = auth.mint(&org, "a", Role::Operator, 60, 1000).unwrap();
+        assert_eq!(
+            auth.verify_ticket(&org, &plain, 1000),
+            Err(AuthError::NotATicket)
+        );
+        // Never outlives the credential it stands for.
+        let short = Credential {
+            expires_at: 1010,
+            ..cred
+        };
+        assert_eq!(auth.mint_ticket(&org, &short, 30, 1000).unwrap().1, 1010);
     }
 
     #[test]

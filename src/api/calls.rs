@@ -13,7 +13,6 @@ use super::orders::subtree_of;
 use super::{Caller, Params};
 use crate::calls::core::{Media, Outcome};
 use crate::calls::records::{self, Filter};
-use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::orders::service::ServiceError;
 use crate::scope;
@@ -103,8 +102,9 @@ pub async fn list(
         before: q.after,
         limit,
     };
-    hub.calls.settled().await;
+    hub.services()?.calls.settled().await;
     let calls = hub
+        .services()?
         .store
         .read(move |conn| records::list(conn, &filter))
         .await
@@ -122,8 +122,9 @@ pub async fn get(
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|_| ApiError::not_found("call ids are positive integers"))?;
-    hub.calls.settled().await;
+    hub.services()?.calls.settled().await;
     let found = hub
+        .services()?
         .store
         .read(move |conn| records::get(conn, id))
         .await
@@ -158,7 +159,7 @@ pub async fn stats(
     Params(q): Params<StatsQuery>,
 ) -> Result<Response, ApiError> {
     let node = subtree_of(&hub, &c, q.node.as_deref())?;
-    let now = now_ms();
+    let now = hub.clock.now_ms();
     let to = q.to.unwrap_or(now + 1);
     let from = q.from.unwrap_or(to.saturating_sub(24 * 3600 * 1000));
     if from >= to {
@@ -167,8 +168,9 @@ pub async fn stats(
         )));
     }
     let org = Arc::clone(&hub.org);
-    hub.calls.settled().await;
+    hub.services()?.calls.settled().await;
     let s = hub
+        .services()?
         .store
         .read(move |conn| records::stats(conn, &org, node, from, to))
         .await

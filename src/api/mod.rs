@@ -18,8 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize, Serializer};
 
 use self::error::{ApiError, REQUEST_ID};
-use crate::auth::{AuthError, Credential};
-use crate::clock::now_ms;
+use crate::auth::Credential;
 use crate::hub::Hub;
 use crate::org::{GeoPoint, NodeIdx, Org, Tier};
 use crate::presence::Watch;
@@ -27,12 +26,13 @@ use crate::scope;
 use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step).
-pub const ROUTES: [&str; 25] = [
+pub const ROUTES: [&str; 26] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/ws",
     "/api/v1/openapi.json",
+    "/api/v1/tickets",
     "/api/v1/org",
     "/api/v1/org/nodes/{id}",
     "/api/v1/org/nodes/{id}/subtree",
@@ -62,8 +62,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/ws", get(ws_handler))
+        .route(
+            "/ws",
+            get(ws_handler).with_state(Arc::clone(&hub.transport)),
+        )
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/tickets", post(ticket))
         .route("/api/v1/org", get(org_summary))
         .route("/api/v1/org/nodes/{id}", get(org_node))
         .route("/api/v1/org/nodes/{id}/subtree", get(org_subtree))
@@ -124,12 +128,11 @@ impl FromRequestParts<Arc<Hub>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Caller, ApiError> {
-        let token =
-            credential_token(&parts.headers, parts.uri.query()).ok_or(AuthError::Missing)?;
+        let token = credential_token(&parts.headers, parts.uri.query())?;
         Ok(Caller(hub.authority.verify(
             &hub.org,
             token,
-            now_ms() / 1000,
+            hub.clock.now_ms() / 1000,
         )?))
     }
 }
@@ -160,6 +163,29 @@ where
     }
 }
 
+/// `POST /api/v1/tickets`: a connection ticket for the caller, so a browser opens its WebSocket
+/// with `/ws?ticket=…` and never puts its credential in a URL. One use, short-lived.
+async fn ticket(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Response, ApiError> {
+    let now = hub.clock.now_ms() / 1000;
+    let ttl = hub.config.transport.ticket_ttl_secs;
+    let (ticket, expires_at) = hub
+        .authority
+        .mint_ticket(&hub.org, &who, ttl, now)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("no ticket: {e}"),
+            )
+        })?;
+    let body = serde_json::json!({
+        "ticket": ticket,
+        "expires_at": expires_at,
+        "url": format!("/ws?ticket={ticket}"),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
 /// The order taxonomy and deadlines, for consoles building their forms.
 async fn categories(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     let o = &hub.config.orders;
@@ -171,12 +197,15 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
-    if hub.accepting.load(Relaxed) {
+    let t = &hub.transport;
+    if t.accepting.load(Relaxed) {
         Json(serde_json::json!({
             "status": "ready",
-            "connections": hub.local.len(),
-            "max_connections": hub.max_connections,
+            "connections": t.registry.len(),
+            "max_connections": t.caps.terminals,
             "backplane": hub.backplane.name(),
+            "hub": hub.backplane.hub().0,
+            "services": hub.services.is_some(),
         }))
         .into_response()
     } else {

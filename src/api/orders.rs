@@ -16,13 +16,12 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::{Caller, Params};
 use crate::auth::{Credential, Role};
-use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::orders::Who;
 use crate::orders::model::{Action, OrderId, Priority, State as OrderState};
 use crate::orders::persist;
 use crate::orders::service::{
-    CampaignIn, Cmd, NoticeIn, RecordIn, Reply, RestBody, RestResult, ServiceError,
+    CampaignIn, Cmd, NoticeIn, ReadKind, RecordIn, Reply, RestBody, ServiceError,
 };
 use crate::orders::wire::{ActIn, CreateIn, check_key};
 use crate::org::{NodeIdx, Tier};
@@ -65,13 +64,16 @@ fn body_error(e: JsonRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", e.body_text())
 }
 
-async fn ask(hub: &Hub, make: impl FnOnce(Reply) -> Cmd) -> RestResult {
+async fn ask(hub: &Hub, make: impl FnOnce(Reply) -> Cmd) -> Result<(bool, RestBody), ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    hub.orders.send(make(Reply::Rest(tx))).await;
-    rx.await.unwrap_or(Err(ServiceError::Unavailable))
+    hub.services()?
+        .orders
+        .send(make(Reply::Rest(tx)), hub.backplane.as_ref())
+        .await;
+    Ok(rx.await.unwrap_or(Err(ServiceError::Unavailable))?)
 }
 
-fn order_response(r: RestResult) -> Result<Response, ApiError> {
+fn order_response(r: Result<(bool, RestBody), ApiError>) -> Result<Response, ApiError> {
     let (created, body) = r?;
     let status = if created {
         StatusCode::CREATED
@@ -207,6 +209,7 @@ pub async fn history(
     })
     .await?;
     let events = hub
+        .services()?
         .store
         .read(move |conn| {
             let mut st = conn.prepare_cached(
@@ -310,7 +313,7 @@ pub async fn list(
         sql.push_str(
             " AND state NOT IN ('result_reported','rated','published','archived') AND (supervision > 0 OR due_at < ?)",
         );
-        args.push((now_ms() as i64).into());
+        args.push((hub.clock.now_ms() as i64).into());
     }
     if let Some(f) = q.from {
         sql.push_str(" AND created_at >= ?");
@@ -328,6 +331,7 @@ pub async fn list(
     sql.push_str(" ORDER BY id DESC LIMIT ?");
     args.push((limit as i64).into());
     let out: Vec<ListItem> = hub
+        .services()?
         .store
         .read(move |conn| {
             let mut st = conn.prepare(&sql)?;
@@ -416,8 +420,9 @@ pub async fn stats(
         .iter()
         .map(|&ch| (ch, org.subtree(ch)))
         .collect();
-    let now = now_ms() as i64;
+    let now = hub.clock.now_ms() as i64;
     let out = hub
+        .services()?
         .store
         .read(move |conn| {
             let (lo, hi) = (range.start as i64, range.end as i64);
@@ -547,6 +552,7 @@ pub async fn public(
 ) -> Result<Response, ApiError> {
     let id = OrderId(id);
     let doc = hub
+        .services()?
         .store
         .read(move |conn| persist::order_doc(conn, id))
         .await
@@ -620,7 +626,7 @@ pub async fn notice_read(
     order_response(
         ask(&hub, |reply| Cmd::MarkRead {
             who: who(&c),
-            kind: "notice",
+            kind: ReadKind::Notice,
             id,
             reply,
         })
@@ -691,7 +697,7 @@ pub async fn campaign_act_or_records(
         "read" => {
             ask(&hub, |reply| Cmd::MarkRead {
                 who: w,
-                kind: "campaign",
+                kind: ReadKind::Campaign,
                 id,
                 reply,
             })

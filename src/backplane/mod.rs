@@ -1,109 +1,612 @@
-//! backplane — how hub nodes share presence and route messages to terminals.
+//! backplane — the one path to terminals.
 //!
-//! Domains publish presence events and address terminals only through this trait, so running
-//! several hub nodes (Redis) changes the implementation chosen at start-up, not the domains.
-//! The in-process default delivers to this node's presence actor and connection registry.
+//! Domains address terminals and connections; they never hold one. Everything bound for a
+//! terminal leaves through `Outbound`: a frame for one connection (a reply, a subscription's
+//! push), for a terminal wherever it is connected (call signaling), a terminal's outbox message
+//! offered live, a frame for every member of a group (campaign progress watchers). `Bus`
+//! publishes what every node applies or fans out to its own watchers (presence events, terminals
+//! coming and going, order changes), and the directory says which terminal is on which node.
+//!
+//! `Backplane` is this node's side of it, and the only code besides `transport` that touches a
+//! connection. One hub node needs nothing else (the default). Several join through a `Link`:
+//! `memory::Broker` joins nodes in one process (tests), Redis later. Everything that crosses a
+//! link is `wire::Wire`: plain data, terminals by id, checked against one org tree (nodes with
+//! different trees are refused when they meet).
 
-use std::sync::Arc;
+pub mod bus;
+pub mod memory;
+#[cfg(test)]
+pub mod testing;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
+pub use self::bus::{Bus, Topic};
+use self::wire::{OriginWire, Wire};
 use crate::auth::Role;
-use crate::hub::Registry;
-use crate::org::NodeIdx;
-use crate::presence::actor::{Event, PresenceHandle};
-use crate::transport::conn::SendOutcome;
+use crate::org::{NodeId, NodeIdx, Org};
+use crate::telemetry::Metrics;
+use crate::transport::conn::Conn;
+pub use crate::transport::dispatch::{ConnKey, HubId, Origin, hub_of};
+use crate::transport::dispatch::{Handler, Lifecycle, Request, Table};
+use crate::transport::frame;
+use crate::transport::protocol::{ProtoError, ReqId};
+use crate::transport::registry::Registry;
 
-/// What happened to a message addressed to a terminal.
+/// Where a frame goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// Written to (or queued on) the terminal's connection.
-    Sent,
-    /// The terminal is not connected anywhere.
-    Offline,
-    /// The terminal's connection is closing; the message was dropped.
-    Dropped,
-    /// Connected but not resumed yet: the message goes out with the replay.
-    Deferred,
+pub enum To {
+    /// One connection, on whichever node holds it (replies, subscription pushes).
+    Conn(ConnKey),
+    /// A terminal, wherever it is connected now (call signaling).
+    Terminal(NodeIdx),
 }
 
-#[async_trait::async_trait]
-pub trait Backplane: Send + Sync + 'static {
-    /// Sends a presence event to every hub node's presence state, this node's included, in one
-    /// order that every node sees alike.
-    async fn publish_presence(&self, ev: Event);
+/// Who writes it to the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The sender, at once if the socket takes it: the fastest way to fan out to many.
+    Write,
+    /// The connection's own task: for an actor serving many terminals, which must not spend its
+    /// time in socket writes (on loopback and LANs a write also runs the receiver's stack).
+    Post,
+}
 
-    /// Delivers an encoded frame to a terminal wherever it is connected.
-    fn deliver(&self, to: NodeIdx, frame: &Bytes) -> Delivery;
+/// A terminal's live connection, as the directory knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub conn: ConnKey,
+    pub role: Role,
+}
 
-    /// Like `deliver`, but the caller never writes to a socket itself: the frame is queued for
-    /// the terminal's connection task. For relays that serve many terminals from one task.
-    fn relay(&self, to: NodeIdx, frame: &Bytes) -> Delivery;
+impl Located {
+    pub fn hub(&self) -> HubId {
+        hub_of(self.conn)
+    }
+}
 
-    /// Delivers durable outbox message `seq` live, if the terminal is connected and has resumed
-    /// its outbox; otherwise it is replayed when the terminal resumes.
-    fn deliver_outbox(&self, to: NodeIdx, seq: u64, frame: &Bytes) -> Delivery;
+/// Connections that receive the same frames, e.g. the watchers of one campaign.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Group {
+    pub topic: Box<str>,
+    pub id: u64,
+}
 
-    /// The terminal's live connection, if it is connected: its key and role.
-    fn connection(&self, ep: NodeIdx) -> Option<(u64, Role)>;
+impl Group {
+    pub fn new(topic: &str, id: u64) -> Group {
+        Group {
+            topic: topic.into(),
+            id,
+        }
+    }
+}
 
+/// A terminal connected or left, on some node. Published by the node that holds the
+/// connection; every node's directory, presence and calls hear it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TerminalNews {
+    Joined {
+        ep: NodeId,
+        conn: ConnKey,
+        role: Role,
+        at: u64,
+    },
+    Left {
+        ep: NodeId,
+        conn: ConnKey,
+        at: u64,
+    },
+}
+
+impl Topic for TerminalNews {
+    const NAME: &'static str = "terminals";
+}
+
+/// Everything bound for a terminal or a connection leaves through here. Sends never wait: a
+/// frame for a terminal that is not connected is dropped (what must not be lost goes through
+/// the terminal's durable outbox, which replays on resume).
+pub trait Outbound: Send + Sync + 'static {
+    fn send(&self, to: To, frame: &Bytes, via: Via);
+    /// Offers outbox message `seq` live: sent if the terminal is connected and has resumed its
+    /// outbox past `seq - 1`, otherwise left for its next resume.
+    fn offer(&self, ep: NodeIdx, seq: u64, frame: &Bytes);
+    /// Connection `conn` has every outbox message up to `upto`; later ones may flow live.
+    fn resumed(&self, conn: ConnKey, upto: u64);
+    fn join(&self, group: &Group, conn: ConnKey);
+    fn leave(&self, group: &Group, conn: ConnKey);
+    /// Sends to every member of the group, on every node.
+    fn to_group(&self, group: &Group, frame: &Bytes);
+    /// The terminal's live connection, if it is connected anywhere.
+    fn locate(&self, ep: NodeIdx) -> Option<Located>;
+    fn bus(&self) -> &Bus;
+}
+
+/// A connection to the other hub nodes of a cluster. Messages to one node arrive in the order
+/// sent; sends never wait (a node too far behind loses live frames, never durable ones).
+pub trait Link: Send + Sync + 'static {
+    fn send(&self, to: HubId, msg: Wire);
+    fn broadcast(&self, msg: Wire);
+    /// The node that runs the stateful services (orders, outbox, calls).
+    fn owner(&self) -> Option<HubId>;
     fn name(&self) -> &'static str;
 }
 
-/// One hub process: everything stays in memory.
-pub struct Memory {
-    presence: PresenceHandle,
-    local: Arc<Registry>,
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackplaneKind {
+    /// One hub process; nothing crosses to other nodes.
+    #[default]
+    Memory,
 }
 
-impl Memory {
-    pub fn new(presence: PresenceHandle, local: Arc<Registry>) -> Memory {
-        Memory { presence, local }
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackplaneConfig {
+    pub kind: BackplaneKind,
+    /// This node's id in its cluster (0–4095), unique per node; it is also in the low bits of
+    /// every connection key the node mints.
+    pub hub_id: u16,
+    /// Whether this node runs the stateful services (orders, outbox, calls). In a cluster one
+    /// node does; the others forward those requests to it with their origin.
+    pub runs_services: bool,
+}
+
+impl Default for BackplaneConfig {
+    fn default() -> Self {
+        BackplaneConfig {
+            kind: BackplaneKind::Memory,
+            hub_id: 0,
+            runs_services: true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Groups {
+    members: HashMap<Group, Vec<ConnKey>>,
+    of_conn: HashMap<ConnKey, Vec<Group>>,
+}
+
+impl Groups {
+    fn join(&mut self, g: &Group, conn: ConnKey) {
+        let m = self.members.entry(g.clone()).or_default();
+        if !m.contains(&conn) {
+            m.push(conn);
+            self.of_conn.entry(conn).or_default().push(g.clone());
+        }
+    }
+
+    fn leave(&mut self, g: &Group, conn: ConnKey) {
+        if let Some(m) = self.members.get_mut(g) {
+            m.retain(|&c| c != conn);
+            if m.is_empty() {
+                self.members.remove(g);
+            }
+        }
+        if let Some(gs) = self.of_conn.get_mut(&conn) {
+            gs.retain(|x| x != g);
+            if gs.is_empty() {
+                self.of_conn.remove(&conn);
+            }
+        }
+    }
+
+    fn forget(&mut self, conn: ConnKey) {
+        for g in self.of_conn.remove(&conn).unwrap_or_default() {
+            if let Some(m) = self.members.get_mut(&g) {
+                m.retain(|&c| c != conn);
+                if m.is_empty() {
+                    self.members.remove(&g);
+                }
+            }
+        }
+    }
+}
+
+/// This node's side of the backplane.
+pub struct Backplane {
+    hub: HubId,
+    org: Arc<Org>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Every connected terminal of the cluster and where it is.
+    directory: DashMap<NodeIdx, Located>,
+    groups: Mutex<Groups>,
+    bus: Bus,
+    link: Option<Arc<dyn Link>>,
+    /// Services on this node, for requests forwarded here.
+    table: OnceLock<Arc<Table>>,
+}
+
+impl Backplane {
+    pub fn new(
+        org: Arc<Org>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        link: Option<Arc<dyn Link>>,
+    ) -> Backplane {
+        let bus = Bus::new();
+        if let Some(l) = &link {
+            bus.attach(Arc::clone(l));
+        }
+        Backplane {
+            hub: registry.hub(),
+            org,
+            registry,
+            metrics,
+            directory: DashMap::new(),
+            groups: Mutex::default(),
+            bus,
+            link,
+            table: OnceLock::new(),
+        }
+    }
+
+    pub fn hub(&self) -> HubId {
+        self.hub
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.link.as_ref().map_or("memory", |l| l.name())
+    }
+
+    pub fn link(&self) -> Option<&Arc<dyn Link>> {
+        self.link.as_ref()
+    }
+
+    /// The services on this node, for requests other nodes forward here.
+    pub fn serve(&self, table: Arc<Table>) {
+        let _ = self.table.set(table);
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, Groups> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent data.
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn over_link(&self, to: HubId, msg: Wire) {
+        match &self.link {
+            Some(l) => {
+                self.metrics.link_sent.fetch_add(1, Relaxed);
+                l.send(to, msg);
+            }
+            // A key or directory entry naming another node without a link cannot happen.
+            None => {
+                self.metrics.link_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn write(conn: &Conn, frame: &Bytes, via: Via) {
+        match via {
+            Via::Write => conn.send(frame),
+            Via::Post => conn.post(frame),
+        };
+    }
+
+    /// Keeps the directory in step with the news, newest connection first.
+    fn apply(&self, news: &TerminalNews) {
+        match news {
+            TerminalNews::Joined { ep, conn, role, .. } => {
+                if let Some(ep) = self.org.lookup(ep.as_str()) {
+                    let mut e = self.directory.entry(ep).or_insert(Located {
+                        conn: *conn,
+                        role: *role,
+                    });
+                    if e.conn < *conn {
+                        *e = Located {
+                            conn: *conn,
+                            role: *role,
+                        };
+                    }
+                }
+            }
+            TerminalNews::Left { ep, conn, .. } => {
+                if let Some(ep) = self.org.lookup(ep.as_str()) {
+                    self.directory.remove_if(&ep, |_, l| l.conn == *conn);
+                }
+            }
+        }
+    }
+
+    /// Reads what other nodes send this one until the link closes.
+    pub async fn run_inbound(self: Arc<Self>, mut rx: mpsc::Receiver<Vec<u8>>) {
+        while let Some(bytes) = rx.recv().await {
+            self.metrics.link_received.fetch_add(1, Relaxed);
+            match serde_json::from_slice::<Wire>(&bytes) {
+                Ok(msg) => self.inbound(msg).await,
+                Err(e) => {
+                    self.metrics.link_dropped.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "unreadable message from another hub node");
+                }
+            }
+        }
+    }
+
+    async fn inbound(&self, msg: Wire) {
+        match msg {
+            Wire::Conn { conn, via, text } => {
+                if let Some(c) = self.registry.by_key(conn) {
+                    Self::write(&c, &frame::text(text.as_bytes()), via);
+                }
+            }
+            Wire::Terminal { ep, via, text } => {
+                if let Some(c) = self
+                    .org
+                    .lookup(ep.as_str())
+                    .and_then(|e| self.registry.get(e))
+                {
+                    Self::write(&c, &frame::text(text.as_bytes()), via);
+                }
+            }
+            Wire::Offer { ep, seq, text } => {
+                if let Some(c) = self
+                    .org
+                    .lookup(ep.as_str())
+                    .and_then(|e| self.registry.get(e))
+                    && c.outbox_offer(seq)
+                {
+                    c.send(&frame::text(text.as_bytes()));
+                }
+            }
+            Wire::Resumed { conn, upto } => {
+                if let Some(c) = self.registry.by_key(conn) {
+                    c.outbox_resumed(upto);
+                }
+            }
+            Wire::Join { group, conn } => self.groups().join(&group, conn),
+            Wire::Leave { group, conn } => self.groups().leave(&group, conn),
+            Wire::Group { group, text } => self.group_here(&group, &frame::text(text.as_bytes())),
+            Wire::Event { topic, body } => {
+                let delivered = if topic == TerminalNews::NAME {
+                    match serde_json::from_str::<TerminalNews>(&body) {
+                        Ok(news) => {
+                            self.apply(&news);
+                            self.bus.deliver_here(Arc::new(news)).await
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                } else {
+                    self.bus.deliver_encoded(&topic, &body).await
+                };
+                if let Err(e) = delivered {
+                    self.metrics.link_dropped.fetch_add(1, Relaxed);
+                    tracing::error!(topic, error = %e, "unreadable event from another hub node");
+                }
+            }
+            Wire::Request {
+                origin,
+                id,
+                kind,
+                data,
+            } => self.forwarded(origin, id, &kind, &data).await,
+        }
+    }
+
+    /// A request another node forwarded to the service that runs here.
+    async fn forwarded(&self, o: OriginWire, id: Option<ReqId>, kind: &str, data: &str) {
+        let (Some(table), Some(endpoint)) =
+            (self.table.get(), self.org.lookup(o.endpoint.as_str()))
+        else {
+            return;
+        };
+        let Some((kind, handler)) = table.get(kind) else {
+            return;
+        };
+        let req = Request {
+            origin: Origin {
+                conn: o.conn,
+                endpoint,
+                role: o.role,
+                expires_at: o.expires_at,
+            },
+            id,
+            kind,
+            data,
+            at: Instant::now(),
+        };
+        if let Err(e) = handler.handle(req).await {
+            self.send(To::Conn(o.conn), &e.encode(), Via::Post);
+        }
+    }
+
+    fn group_here(&self, group: &Group, frame: &Bytes) {
+        let members = self
+            .groups()
+            .members
+            .get(group)
+            .cloned()
+            .unwrap_or_default();
+        for key in members {
+            if let Some(c) = self.registry.by_key(key) {
+                c.send(frame);
+            }
+        }
+    }
+}
+
+impl Outbound for Backplane {
+    fn send(&self, to: To, frame: &Bytes, via: Via) {
+        match to {
+            To::Conn(key) if hub_of(key) == self.hub => {
+                if let Some(c) = self.registry.by_key(key) {
+                    Self::write(&c, frame, via);
+                }
+            }
+            To::Conn(key) => self.over_link(
+                hub_of(key),
+                Wire::Conn {
+                    conn: key,
+                    via,
+                    text: frame::text_of(frame),
+                },
+            ),
+            To::Terminal(ep) => match self.locate(ep) {
+                Some(l) if l.hub() == self.hub => {
+                    if let Some(c) = self.registry.get(ep) {
+                        Self::write(&c, frame, via);
+                    }
+                }
+                Some(l) => self.over_link(
+                    l.hub(),
+                    Wire::Terminal {
+                        ep: self.org.id(ep).clone(),
+                        via,
+                        text: frame::text_of(frame),
+                    },
+                ),
+                None => {}
+            },
+        }
+    }
+
+    fn offer(&self, ep: NodeIdx, seq: u64, frame: &Bytes) {
+        match self.locate(ep) {
+            Some(l) if l.hub() == self.hub => {
+                if let Some(c) = self.registry.get(ep)
+                    && c.outbox_offer(seq)
+                {
+                    c.send(frame);
+                }
+            }
+            Some(l) => self.over_link(
+                l.hub(),
+                Wire::Offer {
+                    ep: self.org.id(ep).clone(),
+                    seq,
+                    text: frame::text_of(frame),
+                },
+            ),
+            None => {}
+        }
+    }
+
+    fn resumed(&self, conn: ConnKey, upto: u64) {
+        if hub_of(conn) == self.hub {
+            if let Some(c) = self.registry.by_key(conn) {
+                c.outbox_resumed(upto);
+            }
+        } else {
+            self.over_link(hub_of(conn), Wire::Resumed { conn, upto });
+        }
+    }
+
+    fn join(&self, group: &Group, conn: ConnKey) {
+        if hub_of(conn) == self.hub {
+            self.groups().join(group, conn);
+        } else {
+            self.over_link(
+                hub_of(conn),
+                Wire::Join {
+                    group: group.clone(),
+                    conn,
+                },
+            );
+        }
+    }
+
+    fn leave(&self, group: &Group, conn: ConnKey) {
+        if hub_of(conn) == self.hub {
+            self.groups().leave(group, conn);
+        } else {
+            self.over_link(
+                hub_of(conn),
+                Wire::Leave {
+                    group: group.clone(),
+                    conn,
+                },
+            );
+        }
+    }
+
+    fn to_group(&self, group: &Group, frame: &Bytes) {
+        self.group_here(group, frame);
+        if let Some(l) = &self.link {
+            self.metrics.link_sent.fetch_add(1, Relaxed);
+            l.broadcast(Wire::Group {
+                group: group.clone(),
+                text: frame::text_of(frame),
+            });
+        }
+    }
+
+    fn locate(&self, ep: NodeIdx) -> Option<Located> {
+        self.directory.get(&ep).map(|l| *l)
+    }
+
+    fn bus(&self) -> &Bus {
+        &self.bus
     }
 }
 
 #[async_trait::async_trait]
-impl Backplane for Memory {
-    async fn publish_presence(&self, ev: Event) {
-        self.presence.apply(ev).await;
+impl Lifecycle for Backplane {
+    async fn opened(&self, o: Origin, at: u64) {
+        let news = TerminalNews::Joined {
+            ep: self.org.id(o.endpoint).clone(),
+            conn: o.conn,
+            role: o.role,
+            at,
+        };
+        self.apply(&news);
+        self.bus.publish(news).await;
     }
 
-    fn deliver(&self, to: NodeIdx, frame: &Bytes) -> Delivery {
-        match self.local.get(to) {
-            None => Delivery::Offline,
-            Some(conn) => match conn.send(frame) {
-                SendOutcome::Written | SendOutcome::Queued => Delivery::Sent,
-                SendOutcome::Closed => Delivery::Dropped,
+    async fn closed(&self, o: Origin, at: u64) {
+        self.groups().forget(o.conn);
+        let news = TerminalNews::Left {
+            ep: self.org.id(o.endpoint).clone(),
+            conn: o.conn,
+            at,
+        };
+        self.apply(&news);
+        self.bus.publish(news).await;
+    }
+}
+
+/// Routes request types to the node that runs their service, with their origin.
+pub struct Forward {
+    pub backplane: Arc<Backplane>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Forward {
+    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
+        let owner = self.backplane.link().and_then(|l| l.owner());
+        let Some(owner) = owner.filter(|&o| o != self.backplane.hub) else {
+            return Err(req.error(ProtoError::new(
+                crate::transport::protocol::ErrorCode::Unavailable,
+                format!(
+                    "{}: no hub node runs this service at the moment; retry shortly",
+                    req.kind
+                ),
+            )));
+        };
+        let o = req.origin;
+        self.backplane.over_link(
+            owner,
+            Wire::Request {
+                origin: OriginWire {
+                    conn: o.conn,
+                    endpoint: self.backplane.org.id(o.endpoint).clone(),
+                    role: o.role,
+                    expires_at: o.expires_at,
+                },
+                id: req.id,
+                kind: req.kind.into(),
+                data: req.data.into(),
             },
-        }
-    }
-
-    fn relay(&self, to: NodeIdx, frame: &Bytes) -> Delivery {
-        match self.local.get(to) {
-            None => Delivery::Offline,
-            Some(conn) => match conn.post(frame) {
-                SendOutcome::Written | SendOutcome::Queued => Delivery::Sent,
-                SendOutcome::Closed => Delivery::Dropped,
-            },
-        }
-    }
-
-    fn deliver_outbox(&self, to: NodeIdx, seq: u64, frame: &Bytes) -> Delivery {
-        match self.local.get(to) {
-            Some(conn) if conn.outbox_offer(seq) => match conn.send(frame) {
-                SendOutcome::Written | SendOutcome::Queued => Delivery::Sent,
-                SendOutcome::Closed => Delivery::Dropped,
-            },
-            Some(_) => Delivery::Deferred,
-            None => Delivery::Offline,
-        }
-    }
-
-    fn connection(&self, ep: NodeIdx) -> Option<(u64, Role)> {
-        self.local.get(ep).map(|c| (c.key, c.role))
-    }
-
-    fn name(&self) -> &'static str {
-        "memory"
+        );
+        Ok(())
     }
 }

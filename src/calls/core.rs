@@ -65,6 +65,12 @@ pub enum Outcome {
     Glare,
     /// Cut when the hub restarted.
     Interrupted,
+    /// Refused at once: the callee (or the caller) was in another call.
+    Busy,
+    /// Refused at once: the callee was not connected.
+    Offline,
+    /// Refused at once: the caller may not call the callee.
+    OutOfScope,
 }
 
 impl Outcome {
@@ -77,6 +83,9 @@ impl Outcome {
             Outcome::Dropped => "dropped",
             Outcome::Glare => "glare",
             Outcome::Interrupted => "interrupted",
+            Outcome::Busy => "busy",
+            Outcome::Offline => "offline",
+            Outcome::OutOfScope => "out_of_scope",
         }
     }
 }
@@ -124,6 +133,8 @@ pub struct Call {
     offer_from: Option<Party>,
     /// A party whose connection dropped during the call, and since when.
     away: Option<(Party, u64)>,
+    /// Parties whose connection had gone when the call ended: told when they come back.
+    gone: [bool; 2],
     /// The connection each party (caller, callee) is known by in this call. Connection news
     /// about an older or the same connection is stale: a terminal's `connected` can reach the
     /// service after an invite that already found that connection.
@@ -147,6 +158,7 @@ impl Call {
             reason: None,
             offer_from: None,
             away: None,
+            gone: [false; 2],
             conns: [0; 2],
         }
     }
@@ -229,6 +241,11 @@ pub enum Msg {
     },
     /// It is back; a client may need an ICE restart (a new offer).
     PeerBack {
+        call: CallId,
+    },
+    /// Both parties offered at once and the caller's offer won: the callee rolls back its own
+    /// and answers the caller's, which follows.
+    OfferSuperseded {
         call: CallId,
     },
     /// To a terminal that connected again: its answered call goes on. `peer` is the other
@@ -338,6 +355,9 @@ pub struct Calls {
     timers: BTreeSet<(u64, CallId)>,
     /// Ended calls still kept.
     ended: usize,
+    /// Calls that ended while a party was disconnected, per party: it is told when it comes
+    /// back (while the call is still kept).
+    untold: HashMap<NodeIdx, Vec<CallId>>,
     next_id: u64,
 }
 
@@ -350,6 +370,7 @@ impl Calls {
             by_party: HashMap::new(),
             timers: BTreeSet::new(),
             ended: 0,
+            untold: HashMap::new(),
             next_id: next_id.max(1),
         }
     }
@@ -478,6 +499,34 @@ impl Calls {
         self.timers.insert((now + self.rules.ring_timeout_ms, id));
         self.calls.insert(id, call);
         Ok((id, effects))
+    }
+
+    /// The record of an invite refused at once (busy, offline, out of scope, crossing), so every
+    /// attempt is on record; other refusals (a malformed invite) are not attempts.
+    pub fn refused(
+        &mut self,
+        caller: NodeIdx,
+        callee: NodeIdx,
+        media: Media,
+        e: &CallError,
+        now: u64,
+    ) -> Option<Effect> {
+        let outcome = match e {
+            CallError::Busy(_) => Outcome::Busy,
+            CallError::Offline(_) => Outcome::Offline,
+            CallError::OutOfScope(_) => Outcome::OutOfScope,
+            CallError::Glare { .. } => Outcome::Glare,
+            _ => return None,
+        };
+        let id = CallId(self.next_id);
+        self.next_id += 1;
+        Some(Effect::Record(Call {
+            phase: Phase::Ended,
+            ended_at: Some(now),
+            outcome: Some(outcome),
+            reason: Some(e.to_string()),
+            ..Call::new(id, caller, callee, media, now)
+        }))
     }
 
     /// The call and the sender's side of it, if the call is live.
@@ -619,7 +668,23 @@ impl Calls {
                         call: Some(id),
                     });
                 }
+                let superseded = c.offer_from == Some(Party::Callee) && p == Party::Caller;
                 self.calls.get_mut(&id).expect("checked by live").offer_from = Some(p);
+                if superseded {
+                    // The callee's offer reached the hub first and was relayed; the caller's
+                    // still wins. The callee hears so before the caller's offer arrives (the
+                    // caller, holding its own offer, ignores the callee's).
+                    return Ok(vec![
+                        Effect::Send {
+                            to: other,
+                            msg: Msg::OfferSuperseded { call: id },
+                        },
+                        Effect::Send {
+                            to: other,
+                            msg: Msg::Signal { call: id, signal },
+                        },
+                    ]);
+                }
             }
             Signal::Answer(sdp) => {
                 self.check_sdp(sdp)?;
@@ -679,13 +744,16 @@ impl Calls {
                             msg: Msg::PeerAway { call: id },
                         });
                     } else {
-                        // Both sides gone: nothing left to wait for.
+                        // Both sides gone: nothing left to wait for. The media stopped when the
+                        // first left.
+                        let since = c.away.map_or(now, |(_, t)| t);
+                        c.gone[p as usize] = true;
                         out.extend(self.end(
                             id,
                             Outcome::Dropped,
                             Some("both parties disconnected".into()),
                             None,
-                            now,
+                            since,
                         ));
                     }
                 }
@@ -694,6 +762,7 @@ impl Calls {
                         Party::Caller => (Outcome::Cancelled, "the caller disconnected"),
                         Party::Callee => (Outcome::Dropped, "the callee disconnected"),
                     };
+                    self.calls.get_mut(&id).expect("present").gone[p as usize] = true;
                     out.extend(self.end(id, outcome, Some(why.into()), None, now));
                 }
                 Phase::Ended => {}
@@ -707,6 +776,23 @@ impl Calls {
     /// phone changing networks). Its unanswered calls end: the device that rang is gone.
     pub fn connected(&mut self, ep: NodeIdx, conn: u64, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
+        // Calls that ended while it was away: `call.ended` reaches both parties however a
+        // call ends, so it hears now.
+        for id in self.untold.remove(&ep).unwrap_or_default() {
+            if let Some(c) = self.calls.get(&id)
+                && let Some(outcome) = c.outcome
+            {
+                out.push(Effect::Send {
+                    to: ep,
+                    msg: Msg::Ended {
+                        call: id,
+                        outcome,
+                        reason: c.reason.clone(),
+                        replaced_by: None,
+                    },
+                });
+            }
+        }
         for id in self.of(ep).to_vec() {
             let c = self.calls.get_mut(&id).expect("indexed");
             let p = c.party(ep).expect("indexed by party");
@@ -798,17 +884,28 @@ impl Calls {
                     if c.away
                         .is_some_and(|(_, since)| t >= since + self.rules.grace_ms) =>
                 {
+                    // The call ended when the party left: the grace is not talking time.
+                    let since = c.away.map_or(now, |(_, since)| since);
                     out.extend(self.end(
                         id,
                         Outcome::Dropped,
                         Some("a party did not come back".into()),
                         None,
-                        now,
+                        since,
                     ));
                 }
                 Phase::Ended if c.ended_at.is_some_and(|e| t >= e + ENDED_KEPT_MS) => {
+                    let (caller, callee) = (c.caller, c.callee);
                     self.calls.remove(&id);
                     self.ended -= 1;
+                    for ep in [caller, callee] {
+                        if let Some(v) = self.untold.get_mut(&ep) {
+                            v.retain(|&x| x != id);
+                            if v.is_empty() {
+                                self.untold.remove(&ep);
+                            }
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -832,8 +929,9 @@ impl Calls {
         if was_ringing {
             self.timers.remove(&ring_deadline);
         }
-        if let Some((_, since)) = c.away.take() {
+        if let Some((p, since)) = c.away.take() {
             self.timers.remove(&(since + self.rules.grace_ms, id));
+            c.gone[p as usize] = true;
         }
         c.phase = Phase::Ended;
         self.ended += 1;
@@ -842,6 +940,11 @@ impl Calls {
         c.reason = reason.clone();
         let snapshot = c.clone();
         let (caller, callee) = (c.caller, c.callee);
+        for (ep, gone) in [caller, callee].into_iter().zip(c.gone) {
+            if gone {
+                self.untold.entry(ep).or_default().push(id);
+            }
+        }
         for ep in [caller, callee] {
             if let Some(v) = self.by_party.get_mut(&ep) {
                 v.retain(|&x| x != id);

@@ -1,16 +1,17 @@
 //! The async shell around the call state machine.
 //!
-//! One task owns the core and takes every call request, connection change and timer in arrival
-//! order, so the signaling between two parties is relayed in the order it was sent. Effects are
-//! carried out here: frames to the parties through the backplane (encoded once), presence
-//! activity, call records to the store, and missed calls to the callee's durable outbox through
-//! the orders service. Records are written behind the relay, not before it: a call is live
-//! signaling first and a record second, and a record lost to a crash is marked `interrupted` at
-//! the next start-up rather than delaying every SDP by a disk flush.
+//! One task owns the core and takes every call request, terminal coming and going (from the
+//! bus, so from every hub node) and timer in arrival order, so the signaling between two parties
+//! is relayed in the order it was sent. Effects are carried out here: frames to the parties
+//! through the backplane (encoded once, written by the parties' own connection tasks), presence
+//! activity on the bus, call records to the store, and missed calls to the callee's durable
+//! outbox. Records are written behind the relay, not before it: a call is live signaling first
+//! and a record second, and a record lost to a crash is marked `interrupted` at the next start-up
+//! rather than delaying every SDP by a disk flush.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -21,16 +22,16 @@ use super::core::{
 use super::records;
 use super::wire::{Who, encode_msg};
 use crate::auth::Role;
-use crate::backplane::Backplane;
-use crate::clock::now_ms;
-use crate::orders::service::{Cmd as OrdersCmd, OrdersHandle};
+use crate::backplane::{Outbound, TerminalNews, To, Via};
+use crate::clock::Clock;
 use crate::org::{NodeIdx, Org};
+use crate::outbox::Outbox;
 use crate::presence::actor::Event;
 use crate::presence::core::Activity;
-use crate::store::{Job, Store, StoreError};
+use crate::store::{Job, Notifier, Store, StoreError, inbox};
 use crate::telemetry::Metrics;
-use crate::transport::conn::Conn;
-use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, success};
+use crate::transport::dispatch::Origin;
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, reply};
 
 /// Requests waiting for the calls service; senders wait when it is full.
 const QUEUE: usize = 4096;
@@ -52,26 +53,23 @@ pub enum Req {
 
 pub enum Cmd {
     Request {
-        conn: Arc<Conn>,
+        origin: Origin,
         re: Option<ReqId>,
         kind: &'static str,
         req: Req,
         /// When the request was decoded.
         at: Instant,
     },
-    /// A terminal's connection opened (it may be coming back to a call).
-    Connected {
-        ep: NodeIdx,
-        conn: u64,
-    },
-    /// A terminal's connection ended.
-    Disconnected {
-        ep: NodeIdx,
-        conn: u64,
-    },
     /// Answered once every record decided before it is committed (see `CallsHandle::settled`).
     Settled(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
+}
+
+/// What the store says about the service's jobs.
+enum Stored {
+    Record(CallId, Result<(), StoreError>),
+    Missed(CallId, Result<(), StoreError>),
+    Settled(oneshot::Sender<()>),
 }
 
 #[derive(Clone)]
@@ -81,17 +79,20 @@ pub struct CallsHandle {
 }
 
 impl CallsHandle {
-    pub async fn send(&self, cmd: Cmd) {
+    /// Queues a command; a request after the service stopped is answered `unavailable`.
+    pub async fn send(&self, cmd: Cmd, out: &dyn Outbound) {
         self.metrics.calls_queue.store(
             (self.tx.max_capacity() - self.tx.capacity()) as u64,
             Relaxed,
         );
         if let Err(e) = self.tx.send(cmd).await
-            && let Cmd::Request { conn, re, kind, .. } = e.0
+            && let Cmd::Request {
+                origin, re, kind, ..
+            } = e.0
         {
             let p = ProtoError::new(ErrorCode::Unavailable, "calls are shutting down")
                 .answering(re, kind);
-            conn.send(&p.encode());
+            out.send(To::Conn(origin.conn), &p.encode(), Via::Post);
         }
     }
 
@@ -130,16 +131,19 @@ impl CallError {
     }
 }
 
-/// Opens the call records (cutting calls a previous run left open) and starts the service.
+/// Opens the call records (cutting calls a previous run left open) and starts the service on
+/// its own thread.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     org: Arc<Org>,
     rules: Rules,
     store: Arc<Store>,
-    backplane: Arc<dyn Backplane>,
-    orders: OrdersHandle,
+    out: Arc<dyn Outbound>,
+    outbox: Outbox,
     metrics: Arc<Metrics>,
+    clock: Clock,
 ) -> Result<(CallsHandle, tokio::task::JoinHandle<()>), StoreError> {
-    let (next_id, cut) = store.read_sync(|c| records::recover(c, now_ms()))?;
+    let (next_id, cut) = store.read_sync(|c| records::recover(c, clock.now_ms()))?;
     if cut > 0 {
         tracing::warn!(
             calls = cut,
@@ -147,14 +151,17 @@ pub fn start(
         );
     }
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (news, stored) = inbox();
+    let terminals = out.bus().subscribe::<TerminalNews>(QUEUE);
     let svc = Service {
         core: Calls::new(Arc::clone(&org), rules, next_id),
         org,
         store,
-        backplane,
-        orders,
+        out,
+        outbox,
         metrics: Arc::clone(&metrics),
-        rx,
+        clock,
+        news,
     };
     // Its own thread: on the shared runtime the relay waits its turn behind every connection
     // task that has data (thousands in a storm) each time it wakes, which is most of a relayed
@@ -167,7 +174,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("gridhub-calls".into())
         .spawn(move || {
-            rt.block_on(svc.run());
+            rt.block_on(svc.run(rx, terminals, stored));
             let _ = done_tx.send(());
         })
         .map_err(|e| StoreError::Sqlite(format!("cannot start the calls thread: {e}")))?;
@@ -181,38 +188,91 @@ struct Service {
     core: Calls,
     org: Arc<Org>,
     store: Arc<Store>,
-    backplane: Arc<dyn Backplane>,
-    orders: OrdersHandle,
+    out: Arc<dyn Outbound>,
+    outbox: Outbox,
     metrics: Arc<Metrics>,
-    rx: mpsc::Receiver<Cmd>,
+    clock: Clock,
+    news: Notifier<Stored>,
 }
 
 impl Service {
-    async fn run(mut self) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut terminals: mpsc::Receiver<Arc<TerminalNews>>,
+        mut stored: mpsc::UnboundedReceiver<Stored>,
+    ) {
         loop {
-            let cmd = match self.core.next_deadline() {
-                Some(at) => {
-                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
-                    tokio::select! {
-                        cmd = self.rx.recv() => cmd,
-                        _ = tokio::time::sleep(wait) => {
-                            let fx = self.core.tick(now_ms());
-                            self.apply(fx).await;
-                            continue;
-                        }
+            let due = self.core.next_deadline();
+            let t0;
+            tokio::select! {
+                // A terminal's arrival is published before anything it sends can reach here.
+                biased;
+                n = terminals.recv() => {
+                    let Some(n) = n else { return };
+                    t0 = Instant::now();
+                    self.news(&n).await;
+                }
+                s = stored.recv() => {
+                    // The service holds a sender itself, so this never ends first.
+                    let Some(s) = s else { return };
+                    t0 = Instant::now();
+                    self.stored(s);
+                }
+                cmd = rx.recv() => {
+                    t0 = Instant::now();
+                    if !self.handle(cmd).await {
+                        return;
                     }
                 }
-                None => self.rx.recv().await,
-            };
-            let t0 = std::time::Instant::now();
-            let go_on = self.handle(cmd).await;
+                _ = self.clock.sleep_until_ms(due.unwrap_or_default()), if due.is_some() => {
+                    t0 = Instant::now();
+                    let fx = self.core.tick(self.clock.now_ms());
+                    self.apply(fx).await;
+                }
+            }
             self.metrics
                 .calls_busy_us
                 .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
-            if !go_on {
-                return;
-            }
         }
+    }
+
+    fn stored(&mut self, s: Stored) {
+        match s {
+            Stored::Record(id, Err(e)) => {
+                tracing::error!(call = %id, "call record not written: {e}")
+            }
+            Stored::Missed(id, Err(e)) => {
+                tracing::error!(call = %id, "missed-call notice not written: {e}")
+            }
+            Stored::Settled(done) => {
+                let _ = done.send(());
+            }
+            Stored::Record(..) | Stored::Missed(..) => {}
+        }
+    }
+
+    /// A terminal connected (it may be coming back to a call) or left, on any hub node.
+    async fn news(&mut self, n: &TerminalNews) {
+        let now = self.clock.now_ms();
+        let fx = match n {
+            TerminalNews::Joined { ep, conn, .. } => match self.org.lookup(ep.as_str()) {
+                Some(ep) => self.core.connected(ep, *conn, now),
+                None => return,
+            },
+            TerminalNews::Left { ep, conn, .. } => {
+                let Some(ep) = self.org.lookup(ep.as_str()) else {
+                    return;
+                };
+                // A newer connection of the terminal took over: its calls go on there.
+                let replaced = self.out.locate(ep).is_some_and(|l| l.conn != *conn);
+                if replaced || self.core.of(ep).is_empty() {
+                    return;
+                }
+                self.core.disconnected(ep, *conn, now)
+            }
+        };
+        self.apply(fx).await;
     }
 
     /// One command; `false` when the service is to stop.
@@ -220,7 +280,7 @@ impl Service {
         match cmd {
             None => return false,
             Some(Cmd::Stop(done)) => {
-                let fx = self.core.interrupt_all(now_ms());
+                let fx = self.core.interrupt_all(self.clock.now_ms());
                 self.apply(fx).await;
                 let _ = done.send(());
                 return false;
@@ -229,71 +289,55 @@ impl Service {
                 // The writer commits jobs in the order queued, so this one's completion follows
                 // every record queued before it.
                 self.store
-                    .submit_async(Job::new(
-                        |_| Ok(()),
-                        move |_| {
-                            let _ = done.send(());
-                        },
-                    ))
+                    .submit_async(
+                        Job::new(|_| Ok(())).notify(&self.news, move |_| Stored::Settled(done)),
+                    )
                     .await;
             }
             Some(Cmd::Request {
-                conn,
+                origin,
                 re,
                 kind,
                 req,
                 at,
-            }) => self.request(conn, re, kind, req, at).await,
-            Some(Cmd::Connected { ep, conn }) => {
-                if !self.core.of(ep).is_empty() {
-                    let fx = self.core.connected(ep, conn, now_ms());
-                    self.apply(fx).await;
-                }
-            }
-            Some(Cmd::Disconnected { ep, conn }) => {
-                // A newer connection of the terminal took over: its calls go on there.
-                let replaced = self
-                    .backplane
-                    .connection(ep)
-                    .is_some_and(|(key, _)| key != conn);
-                if !replaced && !self.core.of(ep).is_empty() {
-                    let fx = self.core.disconnected(ep, conn, now_ms());
-                    self.apply(fx).await;
-                }
-            }
+            }) => self.request(origin, re, kind, req, at).await,
         }
         true
     }
 
     async fn request(
         &mut self,
-        conn: Arc<Conn>,
+        origin: Origin,
         re: Option<ReqId>,
         kind: &'static str,
         req: Req,
         at: Instant,
     ) {
-        let who = conn.endpoint;
-        let now = now_ms();
+        let who = origin.endpoint;
+        let now = self.clock.now_ms();
+        let mut refusal = None;
         let result = match req {
             Req::Invite { to, media, offer } => {
-                let callee = self.backplane.connection(to);
+                let callee = self.out.locate(to);
                 let from = Terminal {
                     node: who,
-                    role: conn.role,
-                    conn: Some(conn.key),
+                    role: origin.role,
+                    conn: Some(origin.conn),
                 };
+                let callee_node = to;
                 let to = Terminal {
                     node: to,
-                    role: callee.map_or_else(|| Role::default_for(self.org.tier(to)), |(_, r)| r),
-                    conn: callee.map(|(key, _)| key),
+                    role: callee.map_or_else(|| Role::default_for(self.org.tier(to)), |l| l.role),
+                    conn: callee.map(|l| l.conn),
                 };
-                self.core
-                    .invite(from, to, media, offer, now)
-                    .map(|(id, fx)| {
+                let r = self.core.invite(from, to, media, offer, now);
+                match &r {
+                    Ok(_) => {
                         self.metrics.calls_placed.fetch_add(1, Relaxed);
-                        (id, fx)
-                    })
+                    }
+                    Err(e) => refusal = self.core.refused(who, callee_node, media, e, now),
+                }
+                r
             }
             Req::Ring(id) => self.core.ring(who, id, now).map(|fx| (id, fx)),
             Req::Accept(id, answer) => self.core.accept(who, id, answer, now).map(|fx| {
@@ -319,16 +363,21 @@ impl Service {
                     state: phase_str(c.phase),
                     to: (kind == "call.invite").then(|| Who::of(&self.org, c.callee)),
                 };
-                // The requester hears its answer before anything the call causes.
-                if let Some(f) = success(re.as_ref(), kind, &data) {
-                    conn.post(&f);
+                // The requester hears its answer before anything the call causes. An invite is
+                // always answered: the caller needs the call's number.
+                if re.is_some() || kind == "call.invite" {
+                    self.out
+                        .send(To::Conn(origin.conn), &reply(re.as_ref(), &data), Via::Post);
                 }
                 self.apply_for(fx, Some(at)).await;
             }
             Err(e) => {
                 self.metrics.calls_refused.fetch_add(1, Relaxed);
                 let p = ProtoError::new(e.ws_code(), e.to_string()).answering(re, kind);
-                conn.post(&p.encode());
+                self.out.send(To::Conn(origin.conn), &p.encode(), Via::Post);
+                if let Some(record) = refusal {
+                    self.apply(vec![record]).await;
+                }
             }
         }
     }
@@ -339,7 +388,7 @@ impl Service {
 
     /// Carries out effects; `at`: when the request that caused them was decoded.
     async fn apply_for(&mut self, effects: Vec<Effect>, at: Option<Instant>) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for e in effects {
             match e {
                 Effect::Send { to, msg } => {
@@ -347,7 +396,8 @@ impl Service {
                         self.metrics.call_signals.fetch_add(1, Relaxed);
                     }
                     // Undeliverable means the party is gone; its disconnect reaches the core next.
-                    self.backplane.relay(to, &encode_msg(&self.org, &msg));
+                    self.out
+                        .send(To::Terminal(to), &encode_msg(&self.org, &msg), Via::Post);
                     if let Some(at) = at {
                         self.metrics.call_relay_latency.observe(at.elapsed());
                     }
@@ -358,9 +408,10 @@ impl Service {
                     } else {
                         Activity::Idle
                     };
-                    self.backplane
-                        .publish_presence(Event::Activity {
-                            ep: ep.0,
+                    self.out
+                        .bus()
+                        .publish(Event::Activity {
+                            ep: self.org.id(ep).clone(),
                             activity,
                             at: now,
                         })
@@ -370,14 +421,10 @@ impl Service {
                     let org = Arc::clone(&self.org);
                     let id = call.id;
                     self.store
-                        .submit_async(Job::new(
-                            move |c| records::write(c, &org, &call),
-                            move |r| {
-                                if let Err(e) = r {
-                                    tracing::error!(call = %id, "call record not written: {e}");
-                                }
-                            },
-                        ))
+                        .submit_async(
+                            Job::new(move |c| records::write(c, &org, &call))
+                                .notify(&self.news, move |r| Stored::Record(id, r)),
+                        )
                         .await;
                 }
                 Effect::Missed {
@@ -403,13 +450,13 @@ impl Service {
                         at,
                     })
                     .expect("missed-call notices serialize");
-                    self.orders
-                        .send(OrdersCmd::Deliver {
-                            to: callee,
-                            kind: "call.missed",
-                            reference: call.0,
-                            payload,
-                        })
+                    let mut batch = self.outbox.batch().await;
+                    batch.push(callee, "call.missed", Some(call.0), payload.into());
+                    batch
+                        .commit(
+                            Job::new(|_| Ok(()))
+                                .notify(&self.news, move |r| Stored::Missed(call, r)),
+                        )
                         .await;
                 }
             }

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha1::Sha1;
 
-use crate::config::CallsConfig;
+use super::config::CallsConfig;
 
 /// One entry of `RTCConfiguration.iceServers`, in the form browsers and webrtc-rs accept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -174,6 +174,9 @@ pub fn encode_msg(org: &Org, msg: &Msg) -> Bytes {
             },
         ),
         Msg::Ringing { call } => encode("call.ringing", None, &Bare { call: *call }),
+        Msg::OfferSuperseded { call } => {
+            encode("call.offer_superseded", None, &Bare { call: *call })
+        }
         Msg::Accepted { call, answer } => encode(
             "call.accepted",
             None,

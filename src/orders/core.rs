@@ -231,6 +231,18 @@ impl OrderError {
     }
 }
 
+/// May `viewer` see this order at all? Those handling it (its dispatch and report chains, its
+/// holder), and centers whose subtree holds its holder, its place or its intake node.
+pub fn can_view(org: &Org, o: &Order, viewer: NodeIdx, role: Role) -> bool {
+    if o.chain.contains(&viewer) || o.report_chain.contains(&viewer) || o.holder == viewer {
+        return true;
+    }
+    role != Role::Worker
+        && (org.contains(viewer, o.holder)
+            || org.contains(viewer, o.place.node)
+            || org.contains(viewer, o.intake()))
+}
+
 /// Actions possible in an order's present state, whoever asks.
 pub fn allowed(o: &Order) -> Vec<Action> {
     use Action::*;
@@ -698,6 +710,10 @@ impl Orders {
         now: u64,
     ) -> Result<Applied, OrderError> {
         let o = self.open.get(&id).ok_or(OrderError::NotFound(id))?;
+        // Someone who may not see the order learns nothing about it, not even that it exists.
+        if !can_view(&self.org, o, who.node, who.role) {
+            return Err(OrderError::NotFound(id));
+        }
         if let Some(v) = expect
             && v != o.version
         {
@@ -1188,8 +1204,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code(), "out_of_scope");
         assert!(e.to_string().contains("only the holder a"), "{e}");
+        // Another county may not even see it: it learns nothing, not the state, not the holder.
         let e = t.act("b", id, Act::Acknowledge, 2).unwrap_err();
-        assert_eq!(e.code(), "out_of_scope");
+        assert_eq!(e, OrderError::NotFound(id));
+        let e = t.act("b", id, Act::Archive, 2).unwrap_err();
+        assert_eq!(
+            e,
+            OrderError::NotFound(id),
+            "not illegal_transition naming the state"
+        );
         let w2 = t.n("w2");
         let e = t
             .act(

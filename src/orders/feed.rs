@@ -1,24 +1,39 @@
 //! The live order feed for consoles: "every console watching an ancestor node sees the change".
 //!
-//! Committed changes arrive from the store's writer thread. The core keeps the latest summary of
-//! each changed order and, at most once per window, gives every subscribed node one batch: the
-//! orders whose location or holder lies in its subtree. Each batch is encoded once and written to
-//! every console subscribed to that node. The feed is a live view; a console that connects late
-//! or drops a frame lists orders over REST (or `order.get`) to resync.
+//! Committed changes arrive on the bus from the orders service (wherever it runs). The core keeps
+//! the latest summary of each changed order and, at most once per window, gives every subscribed
+//! node one batch: the orders whose location or holder lies in its subtree. Each batch is encoded
+//! once and sent to every console subscribed to that node on this hub node. The feed is a live
+//! view; a console that connects late or drops a frame lists orders over REST (or `order.get`)
+//! to resync.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::model::OrderId;
 use super::wire::Summary;
-use crate::clock::now_ms;
+use crate::backplane::{ConnKey, Outbound, TerminalNews, To, Topic, Via};
+use crate::clock::Clock;
 use crate::org::{NodeIdx, Org};
-use crate::presence::ConnKey;
-use crate::transport::conn::Conn;
-use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, encode, success};
+use crate::presence::Watch;
+use crate::presence::handler::watch_for;
+use crate::presence::wire::Target;
+use crate::transport::dispatch::{Handler, Request};
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, ack, encode, parse_data};
+
+/// A committed change to an order, as every hub node hears it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderChanged {
+    pub summary: Summary,
+}
+
+impl Topic for OrderChanged {
+    const NAME: &'static str = "orders";
+}
 
 /// One committed change: the summary, and where the order is and who holds it.
 pub struct Item {
@@ -139,114 +154,165 @@ impl Feed {
     }
 }
 
-pub enum Cmd {
-    Item(Item),
+/// The request types the feed owns (on every hub node, for its own consoles).
+pub const KINDS: [&str; 2] = ["orders.subscribe", "orders.unsubscribe"];
+
+enum Cmd {
     Subscribe {
-        conn: Arc<Conn>,
+        conn: ConnKey,
         node: NodeIdx,
         re: Option<ReqId>,
     },
     Unsubscribe {
-        conn: Arc<Conn>,
+        conn: ConnKey,
         node: NodeIdx,
         re: Option<ReqId>,
     },
-    Forget(ConnKey),
 }
 
-#[derive(Clone)]
-pub struct FeedHandle {
+/// Takes `orders.subscribe` / `orders.unsubscribe`: the same scope as a presence subscription.
+pub struct FeedHandler {
+    org: Arc<Org>,
     tx: mpsc::Sender<Cmd>,
 }
 
-impl FeedHandle {
-    /// From the store's writer thread (not a runtime thread): waits while the feed is full.
-    pub fn publish_blocking(&self, item: Item) {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // On a runtime thread (tests driving the writer inline): never block it.
-            let _ = self.tx.try_send(Cmd::Item(item));
-        } else {
-            let _ = self.tx.blocking_send(Cmd::Item(item));
-        }
-    }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRef {
+    node: crate::org::NodeId,
+}
 
-    pub async fn send(&self, cmd: Cmd) {
-        let _ = self.tx.send(cmd).await;
+#[async_trait::async_trait]
+impl Handler for FeedHandler {
+    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
+        let n: NodeRef = parse_data(req.kind, req.data).map_err(|e| req.error(e))?;
+        let Watch::Subtree(node) =
+            watch_for(&self.org, &req.origin, &Target::Node(n.node)).map_err(|e| req.error(e))?
+        else {
+            unreachable!("a node target is a subtree")
+        };
+        let (conn, re) = (req.origin.conn, req.id.clone());
+        let cmd = if req.kind == "orders.subscribe" {
+            Cmd::Subscribe { conn, node, re }
+        } else {
+            Cmd::Unsubscribe { conn, node, re }
+        };
+        self.tx.send(cmd).await.map_err(|_| {
+            req.error(ProtoError::new(
+                ErrorCode::Unavailable,
+                "the order feed is shutting down",
+            ))
+        })
     }
 }
 
-pub fn spawn(org: Arc<Org>, window_ms: u64, max_subs: usize) -> FeedHandle {
-    let (tx, mut rx) = mpsc::channel::<Cmd>(65_536);
-    let mut feed = Feed::new(org, window_ms, max_subs);
-    let mut conns: HashMap<ConnKey, Arc<Conn>> = HashMap::new();
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(256);
+/// Inputs per wake-up, and the bound of each input channel.
+const BURST: usize = 4096;
+const INBOX: usize = 65_536;
+
+/// Starts this node's feed.
+pub fn spawn(
+    org: Arc<Org>,
+    window_ms: u64,
+    max_subs: usize,
+    out: Arc<dyn Outbound>,
+    clock: Clock,
+) -> (Arc<FeedHandler>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Cmd>(INBOX);
+    let mut changes = out.bus().subscribe::<OrderChanged>(INBOX);
+    let mut news = out.bus().subscribe::<TerminalNews>(INBOX);
+    let mut feed = Feed::new(Arc::clone(&org), window_ms, max_subs);
+    let handler = Arc::new(FeedHandler {
+        org: Arc::clone(&org),
+        tx,
+    });
+    let task = tokio::spawn(async move {
+        let (mut cmds, mut items, mut left) = (Vec::new(), Vec::new(), Vec::new());
         loop {
-            let wait = feed
-                .next_flush_at()
-                .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+            let due = feed.next_flush_at();
             tokio::select! {
-                n = rx.recv_many(&mut batch, 4096) => {
+                n = news.recv_many(&mut left, BURST) => {
                     if n == 0 {
                         return;
                     }
-                    for cmd in batch.drain(..) {
-                        match cmd {
-                            Cmd::Item(item) => feed.publish(item),
-                            Cmd::Subscribe { conn, node, re } => {
-                                if feed.subscribe(conn.key, node) {
-                                    if let Some(f) = success(re.as_ref(), "orders.subscribe", &serde_json::json!({})) {
-                                        conn.send(&f);
-                                    }
-                                    conns.insert(conn.key, conn);
-                                } else {
-                                    let e = ProtoError::new(
-                                        ErrorCode::TooManySubscriptions,
-                                        "orders.subscribe: this connection holds the most order feeds allowed",
-                                    )
-                                    .answering(re, "orders.subscribe");
-                                    conn.send(&e.encode());
-                                }
-                            }
-                            Cmd::Unsubscribe { conn, node, re } => {
-                                if feed.unsubscribe(conn.key, node) {
-                                    if let Some(f) = success(re.as_ref(), "orders.unsubscribe", &serde_json::json!({})) {
-                                        conn.send(&f);
-                                    }
-                                } else {
-                                    let e = ProtoError::new(
-                                        ErrorCode::NotSubscribed,
-                                        "orders.unsubscribe: no such feed on this connection",
-                                    )
-                                    .answering(re, "orders.unsubscribe");
-                                    conn.send(&e.encode());
-                                }
-                            }
-                            Cmd::Forget(key) => {
-                                feed.forget(key);
-                                conns.remove(&key);
-                            }
+                    for l in left.drain(..) {
+                        if let TerminalNews::Left { conn, .. } = &*l {
+                            feed.forget(*conn);
                         }
                     }
                 }
-                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+                n = changes.recv_many(&mut items, BURST) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for c in items.drain(..) {
+                        let s = &c.summary;
+                        if let (Some(node), Some(holder)) = (org.lookup(&s.node), org.lookup(&s.holder)) {
+                            feed.publish(Item { summary: s.clone(), node, holder });
+                        }
+                    }
+                }
+                n = rx.recv_many(&mut cmds, BURST) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for cmd in cmds.drain(..) {
+                        command(&mut feed, out.as_ref(), cmd);
+                    }
+                }
+                _ = clock.sleep_until_ms(due.unwrap_or_default()), if due.is_some() => {}
             }
-            let org = Arc::clone(&feed.org);
-            for (node, recipients, orders) in feed.flush(now_ms()) {
+            for (node, recipients, orders) in feed.flush(clock.now_ms()) {
                 let frame = encode(
                     "orders.delta",
                     None,
-                    &serde_json::json!({ "node": org.id(node), "orders": orders }),
+                    &json!({ "node": org.id(node), "orders": orders }),
                 );
                 for key in recipients {
-                    if let Some(c) = conns.get(&key) {
-                        c.send(&frame);
-                    }
+                    out.send(To::Conn(key), &frame, Via::Write);
                 }
             }
         }
     });
-    FeedHandle { tx }
+    (handler, task)
+}
+
+fn command(feed: &mut Feed, out: &dyn Outbound, cmd: Cmd) {
+    let (conn, frame) = match cmd {
+        Cmd::Subscribe { conn, node, re } => (
+            conn,
+            if feed.subscribe(conn, node) {
+                ack(re.as_ref(), &json!({}))
+            } else {
+                Some(
+                    ProtoError::new(
+                        ErrorCode::TooManySubscriptions,
+                        "orders.subscribe: this connection holds the most order feeds allowed",
+                    )
+                    .answering(re, "orders.subscribe")
+                    .encode(),
+                )
+            },
+        ),
+        Cmd::Unsubscribe { conn, node, re } => (
+            conn,
+            if feed.unsubscribe(conn, node) {
+                ack(re.as_ref(), &json!({}))
+            } else {
+                Some(
+                    ProtoError::new(
+                        ErrorCode::NotSubscribed,
+                        "orders.unsubscribe: no such feed on this connection",
+                    )
+                    .answering(re, "orders.unsubscribe")
+                    .encode(),
+                )
+            },
+        ),
+    };
+    if let Some(f) = frame {
+        out.send(To::Conn(conn), &f, Via::Write);
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! The SQL behind orders: what one transition writes, and what start-up reads back.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -8,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::core::evolve;
 use super::model::{Action, Event, Order, OrderId};
 use super::wire::OrderDoc;
-use crate::org::{NodeIdx, Org};
+use crate::org::Org;
 
 /// Everything one transition writes, prepared outside the writer thread.
 pub struct TransitionRows {
@@ -16,7 +15,6 @@ pub struct TransitionRows {
     pub created: bool,
     pub order: OrderRow,
     pub event: EventRow,
-    pub outbox: Vec<OutboxRow<'static>>,
 }
 
 pub struct OrderRow {
@@ -49,17 +47,6 @@ pub struct EventRow {
     pub actor: String,
     pub kind: &'static str,
     pub data: String,
-}
-
-/// One durable message. Borrowed where many recipients share a payload (notices, campaigns),
-/// so the writer thread copies nothing per recipient.
-pub struct OutboxRow<'a> {
-    pub endpoint: Cow<'a, str>,
-    pub seq: u64,
-    pub at: u64,
-    pub kind: &'static str,
-    pub reference: Option<u64>,
-    pub payload: Cow<'a, str>,
 }
 
 impl OrderRow {
@@ -119,9 +106,6 @@ pub fn write_transition(c: &Connection, t: &TransitionRows) -> rusqlite::Result<
         update_order(c, &t.order)?;
     }
     write_event(c, &t.event)?;
-    for m in &t.outbox {
-        write_outbox(c, m)?;
-    }
     Ok(())
 }
 
@@ -197,46 +181,6 @@ pub fn write_event(c: &Connection, e: &EventRow) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn write_outbox(c: &Connection, m: &OutboxRow<'_>) -> rusqlite::Result<()> {
-    let mut st = c.prepare_cached(
-        "INSERT INTO outbox (endpoint, seq, at, kind, ref, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    st.execute(params![
-        m.endpoint.as_ref(),
-        m.seq as i64,
-        m.at as i64,
-        m.kind,
-        m.reference.map(|r| r as i64),
-        m.payload.as_ref()
-    ])?;
-    Ok(())
-}
-
-/// Rows deleted per pruning job, so one job never holds the writer long.
-pub const PRUNE_CHUNK: usize = 5_000;
-
-/// Deletes up to `PRUNE_CHUNK` outbox messages that were acknowledged and are older than
-/// `before` (Unix ms); returns how many. Unacknowledged messages are never pruned.
-pub fn prune_outbox(c: &Connection, before: u64) -> rusqlite::Result<usize> {
-    c.prepare_cached(
-        "DELETE FROM outbox WHERE id IN (
-           SELECT o.id FROM acks a JOIN outbox o ON o.endpoint = a.endpoint AND o.seq <= a.seq
-           WHERE o.at < ?1 LIMIT ?2)",
-    )?
-    .execute(params![before as i64, PRUNE_CHUNK as i64])
-}
-
-pub fn write_acks(c: &Connection, acks: &[(String, u64)], at: u64) -> rusqlite::Result<()> {
-    let mut st = c.prepare_cached(
-        "INSERT INTO acks (endpoint, seq, at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(endpoint) DO UPDATE SET seq = max(seq, excluded.seq), at = excluded.at",
-    )?;
-    for (e, s) in acks {
-        st.execute(params![e, *s as i64, at as i64])?;
-    }
-    Ok(())
-}
-
 pub fn write_read(
     c: &Connection,
     kind: &str,
@@ -252,22 +196,6 @@ pub fn write_read(
     Ok(())
 }
 
-/// Outbox messages of one terminal after `after`, in order, at most `limit`.
-pub fn outbox_after(
-    c: &Connection,
-    endpoint: &str,
-    after: u64,
-    limit: usize,
-) -> rusqlite::Result<Vec<(u64, String)>> {
-    let mut st = c.prepare_cached(
-        "SELECT seq, payload FROM outbox WHERE endpoint = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )?;
-    let rows = st.query_map(params![endpoint, after as i64, limit as i64], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-    })?;
-    rows.collect()
-}
-
 /// A closed (published or archived) order's document; open orders live in the service.
 pub fn order_doc(c: &Connection, id: OrderId) -> rusqlite::Result<Option<OrderDoc>> {
     let doc: Option<Option<String>> = c
@@ -278,14 +206,12 @@ pub fn order_doc(c: &Connection, id: OrderId) -> rusqlite::Result<Option<OrderDo
     Ok(doc.flatten().and_then(|d| serde_json::from_str(&d).ok()))
 }
 
-/// What start-up needs: open orders, the next id, recent idempotency keys, outbox positions.
+/// What start-up needs: open orders, the next id, recent idempotency keys.
 pub struct Loaded {
     pub open: Vec<Order>,
     pub skipped: Vec<String>,
     pub next_id: u64,
     pub keys: Vec<(Box<str>, OrderId, u64, u64)>,
-    pub last_seq: Vec<(NodeIdx, u64)>,
-    pub acked: Vec<(NodeIdx, u64)>,
 }
 
 /// Rebuilds every open order by folding its history through `evolve`, and puts back the read
@@ -416,32 +342,11 @@ pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Load
         let hash = u64::from_str_radix(&h, 16).unwrap_or(0);
         keys.push((k.into_boxed_str(), OrderId(id as u64), hash, at as u64));
     }
-    let per_endpoint = |sql: &str| -> rusqlite::Result<Vec<(NodeIdx, u64)>> {
-        let mut st = c.prepare(sql)?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (e, s) = row?;
-            if let Some(n) = org.lookup(&e) {
-                out.push((n, s as u64));
-            }
-        }
-        Ok(out)
-    };
     Ok(Loaded {
         open,
         skipped,
         next_id: next_id as u64,
         keys,
-        // Pruning removes only acknowledged messages, so a terminal's last sequence is the larger
-        // of its newest kept message and its acknowledgement: numbers never repeat.
-        last_seq: per_endpoint(
-            "SELECT endpoint, MAX(seq) FROM (
-               SELECT endpoint, MAX(seq) AS seq FROM outbox GROUP BY endpoint
-               UNION ALL SELECT endpoint, seq FROM acks)
-             GROUP BY endpoint",
-        )?,
-        acked: per_endpoint("SELECT endpoint, seq FROM acks")?,
     })
 }
 

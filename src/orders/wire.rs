@@ -381,7 +381,7 @@ impl Serialize for DocView<'_> {
 }
 
 /// What consoles watching a subtree receive for each changed order.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub id: OrderId,
     pub state: State,

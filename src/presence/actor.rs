@@ -1,14 +1,13 @@
 //! The async shell around the presence core: one task owns the state, so there are no locks.
 //!
-//! Inputs arrive on one bounded channel: presence events (from the backplane, i.e. from every
-//! hub node) and subscription requests (from this node's connections). After each burst of
-//! inputs the core is asked for due deltas; each delta is encoded once and the same frame is
-//! written to every recipient's socket. Snapshots are sent from here too, which guarantees that a
-//! subscriber sees its snapshot before any delta that follows it.
+//! Inputs: terminals coming and going and presence events from the bus (from every hub node, so
+//! every node holds the whole picture), and this node's subscription requests. After each burst
+//! of inputs the core is asked for due deltas; each delta is encoded once and the same frame goes
+//! to every subscriber through the backplane. Snapshots are sent from here too, which guarantees
+//! that a subscriber sees its snapshot before any delta that follows it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -16,53 +15,47 @@ use tokio::task::JoinHandle;
 
 use super::core::{Activity, ConnKey, Fanout, Presence, SubscribeError, Update, Watch};
 use super::wire;
-use crate::clock::now_ms;
-use crate::org::{NodeIdx, Org};
+use crate::backplane::{Outbound, TerminalNews, To, Topic, Via};
+use crate::clock::Clock;
+use crate::org::{NodeId, Org};
 use crate::telemetry::Metrics;
-use crate::transport::conn::Conn;
-use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, success};
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, ack};
 
-/// A presence change, as carried between hub nodes by the backplane.
+/// A presence change, as every hub node hears it. Terminals are named by id.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    Connected {
-        ep: u32,
-        conn: ConnKey,
-        at: u64,
-    },
-    Disconnected {
-        ep: u32,
-        conn: ConnKey,
-        at: u64,
-    },
+    /// A terminal's own change, from its connection `conn`.
     Updated {
-        ep: u32,
+        ep: NodeId,
         conn: ConnKey,
         update: Update,
         at: u64,
     },
+    /// What the hub knows it is doing (calls and sessions set it).
     Activity {
-        ep: u32,
+        ep: NodeId,
         activity: Activity,
         at: u64,
     },
 }
 
+impl Topic for Event {
+    const NAME: &'static str = "presence";
+}
+
 enum Command {
-    Event(Event, Instant),
     Subscribe {
-        conn: Arc<Conn>,
+        conn: ConnKey,
         watch: Watch,
         endpoints: bool,
         re: Option<ReqId>,
     },
     Unsubscribe {
-        conn: Arc<Conn>,
+        conn: ConnKey,
         watch: Watch,
         re: Option<ReqId>,
     },
-    Forget(ConnKey),
     Snapshot {
         watch: Watch,
         endpoints: bool,
@@ -73,48 +66,36 @@ enum Command {
 
 /// Inputs taken per wake-up before flushing, so a burst is coalesced but the loop stays fair.
 const BURST: usize = 4096;
-/// Bound of the input channel; senders wait (backpressure) when it is full.
+/// Bound of each input channel; senders wait (backpressure) when it is full.
 pub const INBOX: usize = 65_536;
 
-/// Cheap to clone; every connection and the backplane hold one.
+/// Cheap to clone; the presence handler and REST hold one.
 #[derive(Clone)]
 pub struct PresenceHandle {
     tx: mpsc::Sender<Command>,
 }
 
 impl PresenceHandle {
-    /// Applies a presence event. Waits only if the actor is `INBOX` commands behind.
-    pub async fn apply(&self, ev: Event) {
-        // Fails only after `stop`, when nothing is listening any more.
-        let _ = self.tx.send(Command::Event(ev, Instant::now())).await;
-    }
-
-    /// The actor replies to the connection itself: the snapshot, or a typed error.
+    /// The actor answers the connection itself: the snapshot, or a typed error.
     pub async fn subscribe(
         &self,
-        conn: Arc<Conn>,
+        conn: ConnKey,
         watch: Watch,
         endpoints: bool,
         re: Option<ReqId>,
-    ) {
-        let _ = self
-            .tx
-            .send(Command::Subscribe {
-                conn,
-                watch,
-                endpoints,
-                re,
-            })
-            .await;
+    ) -> bool {
+        let cmd = Command::Subscribe {
+            conn,
+            watch,
+            endpoints,
+            re,
+        };
+        self.tx.send(cmd).await.is_ok()
     }
 
-    pub async fn unsubscribe(&self, conn: Arc<Conn>, watch: Watch, re: Option<ReqId>) {
-        let _ = self.tx.send(Command::Unsubscribe { conn, watch, re }).await;
-    }
-
-    /// Drops every subscription of a connection that ended.
-    pub async fn forget(&self, conn: ConnKey) {
-        let _ = self.tx.send(Command::Forget(conn)).await;
+    pub async fn unsubscribe(&self, conn: ConnKey, watch: Watch, re: Option<ReqId>) -> bool {
+        let cmd = Command::Unsubscribe { conn, watch, re };
+        self.tx.send(cmd).await.is_ok()
     }
 
     /// A snapshot as JSON (for REST); `None` if the actor has stopped.
@@ -138,92 +119,156 @@ impl PresenceHandle {
 
 struct Actor {
     core: Presence,
-    /// This node's subscribed connections.
-    subscribers: HashMap<ConnKey, Arc<Conn>>,
+    out: Arc<dyn Outbound>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     /// When each event applied since the last flush arrived, for the fan-out latency histogram.
     pending: Vec<Instant>,
 }
 
+pub struct Settings {
+    pub coalesce_ms: u64,
+    pub max_subscriptions: usize,
+}
+
 pub fn spawn(
     org: Arc<Org>,
-    coalesce_ms: u64,
-    max_subscriptions: usize,
+    settings: Settings,
+    out: Arc<dyn Outbound>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 ) -> (PresenceHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INBOX);
+    let news = out.bus().subscribe::<TerminalNews>(INBOX);
+    let events = out.bus().subscribe::<Event>(INBOX);
     let actor = Actor {
-        core: Presence::new(org, coalesce_ms, max_subscriptions),
-        subscribers: HashMap::new(),
+        core: Presence::new(org, settings.coalesce_ms, settings.max_subscriptions),
+        out,
         metrics,
+        clock,
         pending: Vec::new(),
     };
-    (PresenceHandle { tx }, tokio::spawn(actor.run(rx)))
+    (
+        PresenceHandle { tx },
+        tokio::spawn(actor.run(rx, news, events)),
+    )
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(64);
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut news: mpsc::Receiver<Arc<TerminalNews>>,
+        mut events: mpsc::Receiver<Arc<Event>>,
+    ) {
+        let mut commands = Vec::with_capacity(64);
+        let mut joins = Vec::with_capacity(64);
+        let mut changes = Vec::with_capacity(64);
         loop {
-            let wait = self
-                .core
-                .next_flush_at()
-                .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+            let due = self.core.next_flush_at();
             tokio::select! {
-                n = rx.recv_many(&mut batch, BURST) => {
+                // A terminal's news is always published before the events of its connection, so
+                // it is taken first: an update never finds its connection not yet known.
+                biased;
+                n = news.recv_many(&mut joins, BURST) => {
                     if n == 0 {
                         return;
                     }
-                    for cmd in batch.drain(..) {
-                        if !self.handle(cmd) {
+                    for j in joins.drain(..) {
+                        self.news(&j);
+                    }
+                }
+                n = events.recv_many(&mut changes, BURST) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for e in changes.drain(..) {
+                        self.event(&e);
+                    }
+                }
+                n = rx.recv_many(&mut commands, BURST) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for cmd in commands.drain(..) {
+                        if !self.command(cmd) {
                             return;
                         }
                     }
                 }
-                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+                _ = self.clock.sleep_until_ms(due.unwrap_or_default()), if due.is_some() => {}
             }
             self.flush();
         }
     }
 
-    /// Returns false on `Stop`.
-    fn handle(&mut self, cmd: Command) -> bool {
-        match cmd {
-            Command::Event(ev, received) => {
-                let changed = match ev {
-                    Event::Connected { ep, conn, at } => self.core.connect(NodeIdx(ep), conn, at),
-                    Event::Disconnected { ep, conn, at } => {
-                        self.core.disconnect(NodeIdx(ep), conn, at)
-                    }
-                    Event::Updated {
-                        ep,
-                        conn,
-                        update,
-                        at,
-                    } => self.core.update(NodeIdx(ep), conn, &update, at),
-                    Event::Activity { ep, activity, at } => {
-                        self.core.set_activity(NodeIdx(ep), activity, at)
-                    }
-                };
-                if changed {
-                    self.metrics
-                        .presence_changes
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                if self.core.next_flush_at().is_some() {
-                    self.pending.push(received);
+    fn changed(&mut self, changed: bool) {
+        if changed {
+            self.metrics
+                .presence_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.core.next_flush_at().is_some() {
+            self.pending.push(Instant::now());
+        }
+    }
+
+    fn news(&mut self, n: &TerminalNews) {
+        let org = Arc::clone(self.core.org());
+        let changed = match n {
+            TerminalNews::Joined { ep, conn, at, .. } => match org.lookup(ep.as_str()) {
+                Some(ep) => self.core.connect(ep, *conn, *at),
+                None => false,
+            },
+            TerminalNews::Left { ep, conn, at } => {
+                // Subscriptions here are this node's connections'; for others this finds none.
+                self.core.drop_subscriber(*conn);
+                match org.lookup(ep.as_str()) {
+                    Some(ep) => self.core.disconnect(ep, *conn, *at),
+                    None => false,
                 }
             }
+        };
+        self.changed(changed);
+    }
+
+    fn event(&mut self, e: &Event) {
+        let org = Arc::clone(self.core.org());
+        let changed = match e {
+            Event::Updated {
+                ep,
+                conn,
+                update,
+                at,
+            } => org
+                .lookup(ep.as_str())
+                .is_some_and(|ep| self.core.update(ep, *conn, update, *at)),
+            Event::Activity { ep, activity, at } => org
+                .lookup(ep.as_str())
+                .is_some_and(|ep| self.core.set_activity(ep, *activity, *at)),
+        };
+        self.changed(changed);
+    }
+
+    fn reply(&self, conn: ConnKey, frame: &bytes::Bytes) {
+        self.out.send(To::Conn(conn), frame, Via::Write);
+    }
+
+    /// Returns false on `Stop`.
+    fn command(&mut self, cmd: Command) -> bool {
+        match cmd {
             Command::Subscribe {
                 conn,
                 watch,
                 endpoints,
                 re,
-            } => match self.core.subscribe(conn.key, watch, endpoints, now_ms()) {
+            } => match self
+                .core
+                .subscribe(conn, watch, endpoints, self.clock.now_ms())
+            {
                 Ok((snap, earlier)) => {
                     self.deliver(&earlier);
-                    conn.send(&wire::snapshot_reply(&self.core, &snap, re.as_ref()));
-                    self.subscribers.insert(conn.key, conn);
+                    self.reply(conn, &wire::snapshot_reply(&self.core, &snap, re.as_ref()));
                 }
                 Err(SubscribeError::TooMany(n)) => {
                     let e = ProtoError::new(
@@ -233,18 +278,13 @@ impl Actor {
                         ),
                     )
                     .answering(re, "presence.subscribe");
-                    conn.send(&e.encode());
+                    self.reply(conn, &e.encode());
                 }
             },
             Command::Unsubscribe { conn, watch, re } => {
-                if self.core.unsubscribe(conn.key, watch) {
-                    if self.core.subscriptions(conn.key) == 0 {
-                        self.subscribers.remove(&conn.key);
-                    }
-                    if let Some(f) =
-                        success(re.as_ref(), "presence.unsubscribe", &serde_json::json!({}))
-                    {
-                        conn.send(&f);
+                if self.core.unsubscribe(conn, watch) {
+                    if let Some(f) = ack(re.as_ref(), &serde_json::json!({})) {
+                        self.reply(conn, &f);
                     }
                 } else {
                     let e = ProtoError::new(
@@ -252,12 +292,8 @@ impl Actor {
                         "presence.unsubscribe: no such subscription on this connection",
                     )
                     .answering(re, "presence.unsubscribe");
-                    conn.send(&e.encode());
+                    self.reply(conn, &e.encode());
                 }
-            }
-            Command::Forget(key) => {
-                self.core.drop_subscriber(key);
-                self.subscribers.remove(&key);
             }
             Command::Snapshot {
                 watch,
@@ -273,7 +309,7 @@ impl Actor {
     }
 
     fn flush(&mut self) {
-        let fanouts = self.core.flush(now_ms());
+        let fanouts = self.core.flush(self.clock.now_ms());
         if fanouts.is_empty() && self.core.next_flush_at().is_some() {
             return;
         }
@@ -284,10 +320,8 @@ impl Actor {
     fn deliver(&mut self, fanouts: &[Fanout]) {
         for f in fanouts {
             let frame = wire::delta_frame(&self.core, f);
-            for key in &f.recipients {
-                if let Some(conn) = self.subscribers.get(key) {
-                    conn.send(&frame);
-                }
+            for &key in &f.recipients {
+                self.out.send(To::Conn(key), &frame, Via::Write);
             }
             self.metrics
                 .presence_batches

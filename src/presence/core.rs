@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::org::{GeoPoint, NodeIdx, Org};
 
 /// Identifies a connection, unique across hub nodes and restarts within a run.
-pub type ConnKey = u64;
+pub use crate::backplane::ConnKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -315,25 +315,32 @@ impl Presence {
     }
 
     /// A terminal connected (on any hub node). A fresh connection starts `online` with no text.
+    /// One that replaces a live connection (a phone moving networks before the hub saw the old
+    /// one die), or comes back while the terminal is still in a call or session, resumes: the
+    /// status and text the terminal chose and what it is doing stay, so it never shows `online`
+    /// for a moment mid-call. News of an older connection than the current one is stale.
     pub fn connect(&mut self, ep: NodeIdx, conn: ConnKey, now: u64) -> bool {
+        if self.entries[ep.get()].conn.is_some_and(|c| c > conn) {
+            return false;
+        }
         self.change(ep, now, |e| {
+            let resuming = e.conn.is_some() || e.activity != Activity::Idle;
             e.conn = Some(conn);
-            e.chosen = Chosen::Online;
-            e.activity = Activity::Idle;
-            e.text = None;
+            if !resuming {
+                e.chosen = Chosen::Online;
+                e.text = None;
+            }
         })
     }
 
     /// A connection ended. Ignored when a newer connection of the same terminal already
-    /// replaced it, so the replaced one's late goodbye cannot mark a live terminal offline.
+    /// replaced it, so the replaced one's late goodbye cannot mark a live terminal offline. What
+    /// the terminal is doing stays: the call or session it is in ends it, or takes it back.
     pub fn disconnect(&mut self, ep: NodeIdx, conn: ConnKey, now: u64) -> bool {
         if self.entries[ep.get()].conn != Some(conn) {
             return false;
         }
-        self.change(ep, now, |e| {
-            e.conn = None;
-            e.activity = Activity::Idle;
-        })
+        self.change(ep, now, |e| e.conn = None)
     }
 
     /// A terminal's own update; ignored unless `conn` is its current connection.

@@ -24,6 +24,8 @@ use rusqlite::Connection;
 
 use crate::telemetry::Metrics;
 
+pub mod config;
+
 /// Schema version this build writes; older databases are migrated on open.
 pub const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_V1: &str = include_str!("schema.sql");
@@ -53,20 +55,83 @@ impl From<rusqlite::Error> for StoreError {
 type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
 type DoneFn = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-/// One atomic unit of writes, and what to do once it is committed (or failed).
+/// Where the store tells an actor how its jobs ended: the actor's own inbox for store news.
+/// Unbounded by type but bounded by construction — one message per job, and jobs in flight are
+/// bounded by `QUEUE` plus the batches being committed — so the completion thread never waits
+/// on an actor that may itself be waiting to submit.
+pub type Notifier<M> = tokio::sync::mpsc::UnboundedSender<M>;
+
+/// A new inbox for store news.
+pub fn inbox<M>() -> (Notifier<M>, tokio::sync::mpsc::UnboundedReceiver<M>) {
+    tokio::sync::mpsc::unbounded_channel()
+}
+
+/// One atomic unit of writes, and who is told once it is committed (or failed). All that runs
+/// after the commit is posting those messages: replies, pushes and domain state stay with the
+/// actors that own them.
 pub struct Job {
     write: WriteFn,
-    done: DoneFn,
+    done: Vec<DoneFn>,
 }
 
 impl Job {
-    pub fn new(
-        write: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
-        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
-    ) -> Job {
+    pub fn new(write: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) -> Job {
         Job {
             write: Box::new(write),
-            done: Box::new(done),
+            done: Vec::new(),
+        }
+    }
+
+    /// A job that reads (or reads and writes) and hands what it read to an actor. It runs on the
+    /// writer in submission order, so it sees every job submitted before it.
+    pub fn query<T: Send + 'static, M: Send + 'static>(
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        to: &Notifier<M>,
+        msg: impl FnOnce(Result<T, StoreError>) -> M + Send + 'static,
+    ) -> Job {
+        let slot: Arc<Mutex<Option<T>>> = Arc::default();
+        let fill = Arc::clone(&slot);
+        Job::new(move |c| {
+            let v = work(c)?;
+            *fill.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            Ok(())
+        })
+        .notify(to, move |r| {
+            let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            msg(r.and_then(|()| taken.ok_or(StoreError::Closed)))
+        })
+    }
+
+    /// Tells an actor how the job ended, as a message in its inbox.
+    pub fn notify<M: Send + 'static>(
+        mut self,
+        to: &Notifier<M>,
+        msg: impl FnOnce(Result<(), StoreError>) -> M + Send + 'static,
+    ) -> Job {
+        let to = to.clone();
+        // A closed inbox means its actor has stopped; nobody is left to tell.
+        self.done.push(Box::new(move |r| drop(to.send(msg(r)))));
+        self
+    }
+
+    /// More writes in the same transaction, after this job's own.
+    pub fn and(
+        self,
+        more: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Job {
+        let first = self.write;
+        Job {
+            write: Box::new(move |c| {
+                first(c)?;
+                more(c)
+            }),
+            done: self.done,
+        }
+    }
+
+    fn finish(self, r: Result<(), StoreError>) {
+        for d in self.done {
+            d(r.clone());
         }
     }
 }
@@ -198,10 +263,10 @@ impl Store {
         match tx {
             Some(tx) => {
                 if let Err(e) = tx.send(job) {
-                    (e.0.done)(Err(StoreError::Closed));
+                    e.0.finish(Err(StoreError::Closed));
                 }
             }
-            None => (job.done)(Err(StoreError::Closed)),
+            None => job.finish(Err(StoreError::Closed)),
         }
     }
 
@@ -210,7 +275,7 @@ impl Store {
         self.metrics.store_queue.fetch_add(1, Relaxed);
         let tx = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(tx) = tx else {
-            return (job.done)(Err(StoreError::Closed));
+            return job.finish(Err(StoreError::Closed));
         };
         let mut pause = std::time::Duration::from_micros(100);
         loop {
@@ -221,7 +286,7 @@ impl Store {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(5));
                 }
-                Err(TrySendError::Disconnected(j)) => return (j.done)(Err(StoreError::Closed)),
+                Err(TrySendError::Disconnected(j)) => return j.finish(Err(StoreError::Closed)),
             }
         }
     }
@@ -303,12 +368,12 @@ fn writer_loop(
     while let Ok(first) = rx.recv() {
         let mut dones: Vec<DoneFn> = Vec::with_capacity(64);
         writes.push(first.write);
-        dones.push(first.done);
+        dones.extend(first.done);
         while writes.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => {
                     writes.push(j.write);
-                    dones.push(j.done);
+                    dones.extend(j.done);
                 }
                 Err(_) => break,
             }
@@ -407,22 +472,25 @@ mod tests {
     fn jobs_commit_together_and_report_after_commit() {
         let path = temp("commit");
         let store = Store::open(&path, Arc::default()).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, mut rx) = inbox();
         for i in 0..100 {
-            let tx = tx.clone();
-            store.submit(Job::new(
-                move |c| {
+            store.submit(
+                Job::new(move |c| {
                     c.execute(
                         "INSERT INTO meta(key, value) VALUES (?1, 'x')",
                         [format!("k{i}")],
                     )
                     .map(drop)
-                },
-                move |r| tx.send(r).unwrap(),
-            ));
+                })
+                .notify(&tx, move |r| (i, r)),
+            );
         }
-        for _ in 0..100 {
-            assert_eq!(rx.recv().unwrap(), Ok(()));
+        for i in 0..100 {
+            assert_eq!(
+                rx.blocking_recv().unwrap(),
+                (i, Ok(())),
+                "in submission order"
+            );
         }
         let n: i64 = store
             .read_sync(|c| c.query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0)))
@@ -436,46 +504,78 @@ mod tests {
     fn a_failing_job_rolls_back_its_whole_batch() {
         let path = temp("rollback");
         let store = Store::open(&path, Arc::default()).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let t1 = tx.clone();
+        let (tx, mut rx) = inbox();
         // Hold the writer inside an earlier batch, so the next two jobs queue up and land in
         // one batch together.
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
         let (inside_tx, inside_rx) = std::sync::mpsc::channel::<()>();
-        store.submit(Job::new(
-            move |_| {
-                inside_tx.send(()).unwrap();
-                gate_rx.recv().ok();
-                Ok(())
-            },
-            |_| {},
-        ));
+        store.submit(Job::new(move |_| {
+            inside_tx.send(()).unwrap();
+            gate_rx.recv().ok();
+            Ok(())
+        }));
         inside_rx.recv().unwrap();
-        store.submit(Job::new(
-            |c| {
+        store.submit(
+            Job::new(|c| {
                 c.execute("INSERT INTO meta(key, value) VALUES ('a', '1')", [])
                     .map(drop)
-            },
-            move |r| t1.send(r).unwrap(),
-        ));
-        store.submit(Job::new(
-            |c| {
+            })
+            .notify(&tx, |r| r),
+        );
+        store.submit(
+            Job::new(|c| {
                 c.execute("INSERT INTO no_such_table VALUES (1)", [])
                     .map(drop)
-            },
-            move |r| tx.send(r).unwrap(),
-        ));
+            })
+            .notify(&tx, |r| r),
+        );
         gate_tx.send(()).unwrap();
-        assert!(rx.recv().unwrap().is_err());
-        assert!(rx.recv().unwrap().is_err());
+        assert!(rx.blocking_recv().unwrap().is_err());
+        assert!(rx.blocking_recv().unwrap().is_err());
         let n: i64 = store
             .read_sync(|c| c.query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(n, 0, "the good job was rolled back with its batch");
         store.close();
-        let (tx, rx) = std::sync::mpsc::channel();
-        store.submit(Job::new(|_| Ok(()), move |r| tx.send(r).unwrap()));
-        assert_eq!(rx.recv().unwrap(), Err(StoreError::Closed));
+        store.submit(Job::new(|_| Ok(())).notify(&tx, |r| r));
+        assert_eq!(rx.blocking_recv().unwrap(), Err(StoreError::Closed));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_query_hands_what_it_read_to_the_actor_in_order_with_writes() {
+        let path = temp("query");
+        let store = Store::open(&path, Arc::default()).unwrap();
+        let (tx, mut rx) = inbox();
+        store.submit(Job::new(|c| {
+            c.execute("INSERT INTO meta VALUES ('k', 'v1')", [])
+                .map(drop)
+        }));
+        store.submit(Job::query(
+            |c| {
+                c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| {
+                    r.get::<_, String>(0)
+                })
+            },
+            &tx,
+            |r| r,
+        ));
+        assert_eq!(rx.blocking_recv().unwrap(), Ok("v1".to_string()));
+        // Alone in its batch, so that its failure rolls back nothing else.
+        store.submit(Job::query(
+            |c| {
+                c.query_row("SELECT value FROM no_such_table", [], |r| {
+                    r.get::<_, String>(0)
+                })
+            },
+            &tx,
+            |r| r,
+        ));
+        assert!(matches!(
+            rx.blocking_recv().unwrap(),
+            Err(StoreError::Sqlite(_))
+        ));
+        store.close();
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
@@ -484,15 +584,15 @@ mod tests {
         let path = temp("reopen");
         {
             let store = Store::open(&path, Arc::default()).unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            store.submit(Job::new(
-                |c| {
+            let (tx, mut rx) = inbox();
+            store.submit(
+                Job::new(|c| {
                     c.execute("INSERT INTO meta VALUES ('k', 'v')", [])
                         .map(drop)
-                },
-                move |r| tx.send(r).unwrap(),
-            ));
-            rx.recv().unwrap().unwrap();
+                })
+                .notify(&tx, |r| r),
+            );
+            rx.blocking_recv().unwrap().unwrap();
         }
         let store = Store::open(&path, Arc::default()).unwrap();
         let v: String = store

@@ -139,6 +139,10 @@ pub struct Metrics {
     /// Microseconds the calls service spent working (not waiting): its saturation.
     pub calls_busy_us: AtomicU64,
     /// Set once at start-up.
+    /// Messages sent to, received from, and lost between hub nodes.
+    pub link_sent: AtomicU64,
+    pub link_received: AtomicU64,
+    pub link_dropped: AtomicU64,
     pub fd_limit: AtomicU64,
     pub max_connections: AtomicU64,
 }
@@ -187,7 +191,7 @@ impl Metrics {
             ),
             (
                 "gridhub_store_completions_queue",
-                "Committed batches waiting to answer and push.",
+                "Committed batches whose owners are still to be told.",
                 &self.store_completions_queue,
             ),
             (
@@ -214,7 +218,22 @@ impl Metrics {
         for (name, help, v) in gauges {
             gauge(&mut out, name, help, v.load(Relaxed) as f64);
         }
-        let counters: [(&str, &str, &AtomicU64); 24] = [
+        let counters: [(&str, &str, &AtomicU64); 27] = [
+            (
+                "gridhub_link_sent_total",
+                "Messages sent to other hub nodes.",
+                &self.link_sent,
+            ),
+            (
+                "gridhub_link_received_total",
+                "Messages received from other hub nodes.",
+                &self.link_received,
+            ),
+            (
+                "gridhub_link_dropped_total",
+                "Messages between hub nodes lost (a peer too far behind, or unreadable).",
+                &self.link_dropped,
+            ),
             (
                 "gridhub_connections_opened_total",
                 "WebSocket connections authenticated and opened.",

@@ -16,18 +16,18 @@ use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::dispatch::ConnKey;
 use super::frame::{ProtocolError, close_frame};
 use crate::auth::Role;
 use crate::org::NodeIdx;
-use crate::presence::ConnKey;
 use crate::telemetry::{EndReason, Metrics};
 
 /// Why the hub closes a connection. Codes and reconnect advice are documented in
 /// docs/protocol.md; 4000–4099 are gridhub's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Close {
-    /// 1000: the terminal asked to close.
-    Normal,
+    /// The terminal closed: its close is answered with the code it sent (none if it sent none).
+    Peer(Option<u16>),
     /// 1001: the hub is shutting down; reconnect with backoff.
     GoingAway,
     /// 1002 (1007 for a close reason that is not UTF-8, 1009 for a frame over the limit): the
@@ -49,7 +49,7 @@ pub enum Close {
 impl Close {
     pub fn code(self) -> u16 {
         match self {
-            Close::Normal => 1000,
+            Close::Peer(code) => code.unwrap_or(1005),
             Close::GoingAway => 1001,
             Close::Protocol(e) => e.close_code(),
             Close::Policy(_) => 1008,
@@ -62,7 +62,7 @@ impl Close {
 
     pub fn reason(self) -> String {
         match self {
-            Close::Normal => "closed".into(),
+            Close::Peer(_) => "closed".into(),
             Close::GoingAway => "hub shutting down; reconnect".into(),
             Close::Protocol(e) => format!("protocol error: {e}"),
             Close::Policy(why) => format!("policy violation: {why}"),
@@ -73,9 +73,18 @@ impl Close {
         }
     }
 
+    /// The close frame that says it. An answer to a close without a code carries none either
+    /// (1005 is never sent: it stands for "no code" only).
+    pub fn frame(self) -> Bytes {
+        match self {
+            Close::Peer(None) => super::frame::frame(super::frame::OP_CLOSE, &[]),
+            _ => close_frame(self.code(), &self.reason()),
+        }
+    }
+
     pub fn end_reason(self) -> EndReason {
         match self {
-            Close::Normal => EndReason::Normal,
+            Close::Peer(_) => EndReason::Normal,
             Close::GoingAway => EndReason::Shutdown,
             Close::Protocol(_) => EndReason::Protocol,
             Close::Policy(_) => EndReason::Policy,
@@ -107,6 +116,9 @@ pub struct QueueLimits {
 struct Outbox {
     queue: VecDeque<Bytes>,
     bytes: usize,
+    /// The front frame is partly in the socket already: whatever happens, the rest of it goes
+    /// out before anything else, or the byte stream would break mid-frame.
+    front_started: bool,
     closing: Option<Close>,
     broken: bool,
 }
@@ -186,6 +198,7 @@ impl Conn {
                     self.metrics.bytes_out.fetch_add(n as u64, Relaxed);
                     out.bytes += frame.len() - n;
                     out.queue.push_back(frame.slice(n..));
+                    out.front_started = n > 0;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     out.bytes += frame.len();
@@ -238,16 +251,19 @@ impl Conn {
 
     /// A slow consumer: past either queue limit, closes the connection instead of queueing.
     /// What is queued is lost to this consumer either way; it is dropped so the close frame goes
-    /// out next, and the terminal resyncs when it reconnects.
+    /// out next — after the rest of a frame the socket has already taken part of, so the
+    /// consumer reads whole frames and then a clean close — and the terminal resyncs when it
+    /// reconnects.
     fn overflows(&self, out: &mut Outbox, len: usize) -> bool {
         if out.queue.len() < self.limits.frames && out.bytes + len <= self.limits.bytes {
             return false;
         }
+        let keep = usize::from(out.front_started);
         self.metrics
             .queue_drops
-            .fetch_add(out.queue.len() as u64 + 1, Relaxed);
-        out.queue.clear();
-        out.bytes = 0;
+            .fetch_add((out.queue.len() - keep) as u64 + 1, Relaxed);
+        out.queue.truncate(keep);
+        out.bytes = out.queue.front().map_or(0, Bytes::len);
         self.begin_close(out, Close::Slow);
         true
     }
@@ -264,7 +280,7 @@ impl Conn {
             return;
         }
         out.closing = Some(why);
-        let frame = close_frame(why.code(), &why.reason());
+        let frame = why.frame();
         out.bytes += frame.len();
         out.queue.push_back(frame);
         self.wake.notify_one();
@@ -321,9 +337,11 @@ impl Conn {
                 if front.len() <= left {
                     left -= front.len();
                     out.queue.pop_front();
+                    out.front_started = false;
                 } else {
                     front.advance(left);
                     left = 0;
+                    out.front_started = true;
                 }
             }
         }

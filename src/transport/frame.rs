@@ -369,6 +369,22 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
+/// A text frame carrying `payload`.
+pub fn text(payload: &[u8]) -> Bytes {
+    frame(OP_TEXT, payload)
+}
+
+/// The payload of a frame this side encoded (unmasked), as text: what crosses to another hub
+/// node, which frames it again.
+pub fn text_of(f: &[u8]) -> String {
+    let header = match f.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    String::from_utf8_lossy(f.get(header..).unwrap_or_default()).into_owned()
+}
+
 /// A close frame; the reason is cut to the 123 bytes a control frame allows, at a char boundary.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut cut = reason.len().min(123);
@@ -643,6 +659,10 @@ mod tests {
             assert_eq!(f[0], 0x81);
             assert_eq!(&f[header_len(len)..], &payload[..]);
             assert_eq!(f, frame(OP_TEXT, &payload));
+        }
+        for len in [0usize, 125, 126, 70_000] {
+            let t = "页".repeat(len / 3);
+            assert_eq!(text_of(&text(t.as_bytes())), t);
         }
         let c = close_frame(4001, &"长".repeat(100));
         assert!(c.len() <= 2 + 125);

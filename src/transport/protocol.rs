@@ -1,9 +1,10 @@
 //! Protocol v1: JSON text frames in a versioned envelope.
 //!
-//! Inbound: `{"v":1,"id":<string|number>,"type":"<kind>","data":{...}}`. The envelope is parsed
-//! first, borrowing `data` as raw JSON, and then `data` is parsed for its kind — so an error can
-//! say exactly which part was wrong and echo the request id. Outbound frames are encoded once,
-//! straight into a WebSocket frame buffer. docs/protocol.md documents every message.
+//! Inbound: `{"v":1,"id":<string|number>,"type":"<kind>","data":{...}}`. Transport parses the
+//! envelope, borrowing `data` as raw JSON; the service that owns the type parses `data` (with
+//! `parse_data`) — so an error can say exactly which part was wrong and echo the request id.
+//! Outbound frames are encoded once, straight into a WebSocket frame buffer, and the same bytes
+//! go to every recipient. docs/protocol.md documents every message.
 
 use std::borrow::Cow;
 
@@ -12,11 +13,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::frame::text_frame_with;
-use crate::orders::model::{Action, OrderId};
-use crate::orders::service::{CampaignIn, NoticeIn, RecordIn};
-use crate::orders::wire::{ActIn, CreateIn};
-use crate::org::NodeId;
-use crate::presence::wire::{SetRequest, SubscribeRequest, UnsubscribeRequest, from_data};
 
 pub const VERSION: u32 = 1;
 /// Longest request id echoed back; longer ones are refused so replies stay small.
@@ -140,12 +136,6 @@ impl ProtoError {
         self
     }
 
-    pub fn to(mut self, req: &Request) -> ProtoError {
-        self.re = req.id.clone();
-        self.kind = Some(req.body.kind().into());
-        self
-    }
-
     pub fn encode(&self) -> Bytes {
         #[derive(Serialize)]
         struct Data<'a> {
@@ -166,200 +156,34 @@ impl ProtoError {
     }
 }
 
-#[derive(Debug)]
-pub struct Request {
-    pub id: Option<ReqId>,
-    pub body: Body,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderRef {
-    pub order: OrderId,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeRef {
-    pub node: NodeId,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoticeRef {
-    pub notice: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CampaignRef {
-    pub campaign: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecordsIn {
-    pub campaign: u64,
-    pub records: Vec<RecordIn>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResumeIn {
-    /// The last sequence the terminal has; 0 for everything still kept.
-    #[serde(default)]
-    pub after: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckIn {
-    pub seq: u64,
-}
-
-/// A request that takes no data: `{}` or none at all.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
-/// Every request a terminal may send.
-#[derive(Debug)]
-pub enum Body {
-    Ping,
-    PresenceSet(SetRequest),
-    PresenceSubscribe(SubscribeRequest),
-    PresenceUnsubscribe(UnsubscribeRequest),
-    OrderCreate(Box<CreateIn>),
-    OrderAct(Action, Box<ActIn>),
-    OrderGet(OrderRef),
-    OrderRead(OrderRef),
-    OrdersSubscribe(NodeRef),
-    OrdersUnsubscribe(NodeRef),
-    OutboxResume(ResumeIn),
-    OutboxAck(AckIn),
-    NoticeSend(Box<NoticeIn>),
-    NoticeGet(NoticeRef),
-    NoticeRead(NoticeRef),
-    CampaignStart(Box<CampaignIn>),
-    CampaignGet(CampaignRef),
-    CampaignRecord(RecordsIn),
-    CampaignDone(CampaignRef),
-    CampaignWatch(CampaignRef),
-    CampaignUnwatch(CampaignRef),
-    CampaignClose(CampaignRef),
-    CallInvite(Box<crate::calls::wire::InviteIn>),
-    CallRing(crate::calls::wire::CallRef),
-    CallAccept(Box<crate::calls::wire::AcceptIn>),
-    CallReject(crate::calls::wire::RejectIn),
-    CallHangup(crate::calls::wire::CallRef),
-    CallSignal(Box<crate::calls::wire::SignalIn>),
-    CallIceServers,
-}
-
-/// The order actions, by request type.
-const ORDER_ACTIONS: [(&str, Action); 10] = [
-    ("order.dispatch", Action::Dispatch),
-    ("order.acknowledge", Action::Acknowledge),
-    ("order.return", Action::Return),
-    ("order.reassign", Action::Reassign),
-    ("order.escalate", Action::Escalate),
-    ("order.report", Action::Report),
-    ("order.review", Action::Review),
-    ("order.rate", Action::Rate),
-    ("order.publish", Action::Publish),
-    ("order.archive", Action::Archive),
-];
-
-impl Body {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Body::Ping => "ping",
-            Body::PresenceSet(_) => "presence.set",
-            Body::PresenceSubscribe(_) => "presence.subscribe",
-            Body::PresenceUnsubscribe(_) => "presence.unsubscribe",
-            Body::OrderCreate(_) => "order.create",
-            Body::OrderAct(a, _) => ORDER_ACTIONS
-                .iter()
-                .find(|(_, x)| x == a)
-                .map_or("order.act", |(k, _)| k),
-            Body::OrderGet(_) => "order.get",
-            Body::OrderRead(_) => "order.read",
-            Body::OrdersSubscribe(_) => "orders.subscribe",
-            Body::OrdersUnsubscribe(_) => "orders.unsubscribe",
-            Body::OutboxResume(_) => "outbox.resume",
-            Body::OutboxAck(_) => "outbox.ack",
-            Body::NoticeSend(_) => "notice.send",
-            Body::NoticeGet(_) => "notice.get",
-            Body::NoticeRead(_) => "notice.read",
-            Body::CampaignStart(_) => "campaign.start",
-            Body::CampaignGet(_) => "campaign.get",
-            Body::CampaignRecord(_) => "campaign.record",
-            Body::CampaignDone(_) => "campaign.done",
-            Body::CampaignWatch(_) => "campaign.watch",
-            Body::CampaignUnwatch(_) => "campaign.unwatch",
-            Body::CampaignClose(_) => "campaign.close",
-            Body::CallInvite(_) => "call.invite",
-            Body::CallRing(_) => "call.ring",
-            Body::CallAccept(_) => "call.accept",
-            Body::CallReject(_) => "call.reject",
-            Body::CallHangup(_) => "call.hangup",
-            Body::CallSignal(_) => "call.signal",
-            Body::CallIceServers => "call.ice_servers",
-        }
-    }
-}
-
-/// The request types, for `unknown_type` messages.
-pub const KINDS: [&str; 38] = [
-    "ping",
-    "presence.set",
-    "presence.subscribe",
-    "presence.unsubscribe",
-    "order.create",
-    "order.dispatch",
-    "order.acknowledge",
-    "order.return",
-    "order.reassign",
-    "order.escalate",
-    "order.report",
-    "order.review",
-    "order.rate",
-    "order.publish",
-    "order.archive",
-    "order.get",
-    "order.read",
-    "orders.subscribe",
-    "orders.unsubscribe",
-    "outbox.resume",
-    "outbox.ack",
-    "notice.send",
-    "notice.get",
-    "notice.read",
-    "campaign.start",
-    "campaign.get",
-    "campaign.record",
-    "campaign.done",
-    "campaign.watch",
-    "campaign.unwatch",
-    "campaign.close",
-    "call.invite",
-    "call.ring",
-    "call.accept",
-    "call.reject",
-    "call.hangup",
-    "call.signal",
-    "call.ice_servers",
-];
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope<'a> {
+struct RawEnvelope<'a> {
     v: Option<u32>,
-    id: Option<ReqId>,
+    /// Absent: a notification. Present, it must be a string or a number; `null` is refused
+    /// rather than read as "no id", so a client that meant to send one learns it did not.
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Option<ReqId>>,
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// One request's envelope; `data` is left for the service that owns `kind` to parse.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    pub id: Option<ReqId>,
+    pub kind: Cow<'a, str>,
+    /// The raw JSON of `data`; `{}` when absent, so "missing field" errors name the field.
+    pub data: &'a str,
 }
 
 /// Salvages the id from an envelope that failed strict parsing, so the error can echo it.
@@ -371,15 +195,15 @@ fn salvage_id(text: &str) -> Option<ReqId> {
     serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id)
 }
 
-/// Parses one text message into a request. Pure: fuzzable, no IO.
-pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
+/// Parses one text message's envelope. Pure: fuzzable, no IO.
+pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, ProtoError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ProtoError::new(
             ErrorCode::BadUtf8,
             format!("text frame is not valid UTF-8 ({e})"),
         )
     })?;
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+    let env: RawEnvelope<'_> = serde_json::from_str(text).map_err(|e| {
         let (code, what) = if e.is_syntax() || e.is_eof() {
             (ErrorCode::BadJson, "message is not valid JSON")
         } else {
@@ -392,12 +216,20 @@ pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
             message: format!("{what}: {e}"),
         }
     })?;
+    let null_id = matches!(env.id, Some(None));
+    let id = env.id.flatten();
     let fail = |code, message: String| ProtoError {
-        re: env.id.clone(),
+        re: id.clone(),
         kind: env.kind.as_deref().map(Into::into),
         code,
         message,
     };
+    if null_id {
+        return Err(fail(
+            ErrorCode::BadEnvelope,
+            "`id` is null: give a string or a non-negative integer, or leave `id` out for a notification".into(),
+        ));
+    }
     match env.v {
         Some(VERSION) => {}
         Some(v) => {
@@ -413,75 +245,31 @@ pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
             ));
         }
     }
-    let Some(kind) = env.kind.as_deref() else {
+    let Some(kind) = env.kind else {
         return Err(fail(ErrorCode::BadEnvelope, "missing field `type`".into()));
     };
-    let invalid = |m: String| fail(ErrorCode::InvalidData, m);
-    // An absent `data` reads as an empty object, so "missing field" errors name the field.
-    let data = env.data.map_or("{}", RawValue::get);
-    let body = match kind {
-        "ping" => Body::Ping,
-        "presence.set" => Body::PresenceSet(SetRequest::parse(data).map_err(invalid)?),
-        "presence.subscribe" => {
-            Body::PresenceSubscribe(SubscribeRequest::parse(data).map_err(invalid)?)
-        }
-        "presence.unsubscribe" => {
-            Body::PresenceUnsubscribe(UnsubscribeRequest::parse(data).map_err(invalid)?)
-        }
-        "order.create" => Body::OrderCreate(from_data(kind, data).map_err(invalid)?),
-        "order.get" => Body::OrderGet(from_data(kind, data).map_err(invalid)?),
-        "order.read" => Body::OrderRead(from_data(kind, data).map_err(invalid)?),
-        "orders.subscribe" => Body::OrdersSubscribe(from_data(kind, data).map_err(invalid)?),
-        "orders.unsubscribe" => Body::OrdersUnsubscribe(from_data(kind, data).map_err(invalid)?),
-        "outbox.resume" => Body::OutboxResume(from_data(kind, data).map_err(invalid)?),
-        "outbox.ack" => Body::OutboxAck(from_data(kind, data).map_err(invalid)?),
-        "notice.send" => Body::NoticeSend(from_data(kind, data).map_err(invalid)?),
-        "notice.get" => Body::NoticeGet(from_data(kind, data).map_err(invalid)?),
-        "notice.read" => Body::NoticeRead(from_data(kind, data).map_err(invalid)?),
-        "campaign.start" => Body::CampaignStart(from_data(kind, data).map_err(invalid)?),
-        "campaign.get" => Body::CampaignGet(from_data(kind, data).map_err(invalid)?),
-        "campaign.record" => Body::CampaignRecord(from_data(kind, data).map_err(invalid)?),
-        "campaign.done" => Body::CampaignDone(from_data(kind, data).map_err(invalid)?),
-        "campaign.watch" => Body::CampaignWatch(from_data(kind, data).map_err(invalid)?),
-        "campaign.unwatch" => Body::CampaignUnwatch(from_data(kind, data).map_err(invalid)?),
-        "campaign.close" => Body::CampaignClose(from_data(kind, data).map_err(invalid)?),
-        "call.invite" => Body::CallInvite(from_data(kind, data).map_err(invalid)?),
-        "call.ring" => Body::CallRing(from_data(kind, data).map_err(invalid)?),
-        "call.accept" => Body::CallAccept(from_data(kind, data).map_err(invalid)?),
-        "call.reject" => Body::CallReject(from_data(kind, data).map_err(invalid)?),
-        "call.hangup" => Body::CallHangup(from_data(kind, data).map_err(invalid)?),
-        "call.signal" => Body::CallSignal(from_data(kind, data).map_err(invalid)?),
-        "call.ice_servers" => {
-            from_data::<Empty>(kind, data).map_err(invalid)?;
-            Body::CallIceServers
-        }
-        other if other.starts_with("order.") && ORDER_ACTIONS.iter().any(|(k, _)| *k == other) => {
-            let action = ORDER_ACTIONS
-                .iter()
-                .find(|(k, _)| *k == other)
-                .map(|&(_, a)| a)
-                .expect("checked by the guard");
-            let a: Box<ActIn> = from_data(kind, data).map_err(invalid)?;
-            if a.order.is_none() {
-                return Err(fail(
-                    ErrorCode::InvalidData,
-                    format!("{other}: missing field `order`"),
-                ));
-            }
-            Body::OrderAct(action, a)
-        }
-        other => {
-            return Err(fail(
-                ErrorCode::UnknownType,
-                format!(
-                    "unknown message type {other:?}; known types: {}",
-                    KINDS.join(", ")
-                ),
-            ));
-        }
-    };
-    Ok(Request { id: env.id, body })
+    Ok(Envelope {
+        id,
+        kind,
+        data: env.data.map_or("{}", RawValue::get),
+    })
 }
+
+/// Parses a request's `data` for `kind`, prefixing serde's message (which names the field) with
+/// the kind: `invalid_data` when it does not fit.
+pub fn parse_data<'a, T: Deserialize<'a>>(kind: &str, data: &'a str) -> Result<T, ProtoError> {
+    serde_json::from_str(data).map_err(|e| {
+        // The position serde reports is within `data`, not the frame: drop it.
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg);
+        ProtoError::new(ErrorCode::InvalidData, format!("{kind}: {msg}"))
+    })
+}
+
+/// A request that takes no data: `{}` or none at all; anything else is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
 
 #[derive(Serialize)]
 struct Out<'a, T: Serialize> {
@@ -511,41 +299,10 @@ pub fn encode<T: Serialize>(kind: &str, re: Option<&ReqId>, data: &T) -> Bytes {
     })
 }
 
-/// A durable outbox message: `{"v":1,"type":"outbox","seq":N,"data":<payload>}`. The payload is
-/// stored JSON, copied in once.
-pub fn outbox_frame(seq: u64, payload: &str) -> Bytes {
-    text_frame_with(payload.len() + 48, |buf| {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            buf,
-            r#"{{"v":{VERSION},"type":"outbox","seq":{seq},"data":"#
-        );
-        buf.extend_from_slice(payload.as_bytes());
-        buf.push(b'}');
-    })
-}
-
-/// Requests whose reply carries data the client asked for: always answered.
-const RETURNS_DATA: [&str; 12] = [
-    "presence.subscribe",
-    "order.create",
-    "order.get",
-    "order.read",
-    "outbox.resume",
-    "notice.send",
-    "notice.get",
-    "campaign.start",
-    "campaign.get",
-    "campaign.watch",
-    "call.invite",
-    "call.ice_servers",
-];
-
-/// The success reply to a request, or nothing for a notification: like JSON-RPC, a request
-/// that only changes something and carries no `id` is answered only if it fails.
-pub fn success<T: Serialize>(re: Option<&ReqId>, kind: &str, data: &T) -> Option<Bytes> {
-    (re.is_some() || RETURNS_DATA.contains(&kind)).then(|| reply(re, data))
+/// The reply to a request that only changes something: sent only when the request carried an
+/// `id`. Like JSON-RPC, a request without one is a notification, answered only if it fails.
+pub fn ack<T: Serialize>(re: Option<&ReqId>, data: &T) -> Option<Bytes> {
+    re.map(|re| reply(Some(re), data))
 }
 
 /// A successful reply to request `re`.
@@ -562,20 +319,16 @@ mod tests {
     }
 
     #[test]
-    fn decodes_requests() {
+    fn decodes_envelopes() {
         let r = decode(br#"{"v":1,"id":"a1","type":"ping"}"#).unwrap();
         assert_eq!(r.id, Some(ReqId::Str("a1".into())));
-        assert!(matches!(r.body, Body::Ping));
+        assert_eq!((&*r.kind, r.data), ("ping", "{}"));
         let r = decode(br#"{"v":1,"id":7,"type":"presence.subscribe","data":{"node":"230805"}}"#)
             .unwrap();
         assert_eq!(r.id, Some(ReqId::Num(7)));
-        let Body::PresenceSubscribe(s) = r.body else {
-            panic!("{:?}", r.body)
-        };
-        assert_eq!(
-            s.target,
-            crate::presence::wire::Target::Node(crate::org::NodeId::parse("230805").unwrap())
-        );
+        assert_eq!(r.data, r#"{"node":"230805"}"#);
+        let r = decode(br#"{"v":1,"type":"presence.set","data":{}}"#).unwrap();
+        assert_eq!(r.id, None, "a notification");
     }
 
     #[test]
@@ -594,19 +347,34 @@ mod tests {
         );
         let e = err(r#"{"v":2,"id":"x","type":"ping"}"#);
         assert_eq!(e.code, ErrorCode::UnsupportedVersion);
-        let e = err(r#"{"v":1,"id":"x","type":"teleport"}"#);
-        assert_eq!(e.code, ErrorCode::UnknownType);
-        assert!(e.message.contains("presence.set"));
-        let e = err(r#"{"v":1,"id":"x","type":"presence.subscribe","data":{}}"#);
-        assert_eq!(e.code, ErrorCode::InvalidData);
-        assert_eq!(e.kind.as_deref(), Some("presence.subscribe"));
-        let e = err(r#"{"v":1,"id":"x","type":"presence.set","data":{"status":"sleeping"}}"#);
-        assert_eq!(e.code, ErrorCode::InvalidData);
-        assert!(e.message.contains("sleeping"), "{}", e.message);
         let long = "y".repeat(65);
         let e = err(&format!(r#"{{"v":1,"id":"{long}","type":"ping"}}"#));
         assert_eq!(e.code, ErrorCode::BadEnvelope);
         assert_eq!(err("[1,2]").code, ErrorCode::BadEnvelope);
+        let e = err(r#"{"v":1,"id":null,"type":"ping"}"#);
+        assert_eq!((e.code, e.re), (ErrorCode::BadEnvelope, None));
+        assert!(e.message.contains("null"), "{}", e.message);
+        assert_eq!(
+            err(r#"{"v":1,"id":-1,"type":"ping"}"#).code,
+            ErrorCode::BadEnvelope
+        );
+        assert_eq!(
+            err(r#"{"v":1,"id":1.5,"type":"ping"}"#).code,
+            ErrorCode::BadEnvelope
+        );
+    }
+
+    #[test]
+    fn data_errors_name_the_kind_and_field() {
+        let e = parse_data::<Empty>("ping", r#"{"x":1}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidData);
+        assert!(
+            e.message.starts_with("ping: ") && e.message.contains('x'),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("line"), "{}", e.message);
+        assert!(parse_data::<Empty>("ping", "{}").is_ok());
     }
 
     #[test]
@@ -620,6 +388,8 @@ mod tests {
                 .unwrap()
                 .contains(r#""code":"out_of_scope""#)
         );
+        assert!(ack(None, &serde_json::json!({})).is_none());
+        assert!(ack(Some(&ReqId::Num(1)), &serde_json::json!({})).is_some());
     }
 
     /// Random mutations of valid requests never panic the decoder.

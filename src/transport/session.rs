@@ -14,16 +14,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::Transport;
 use super::conn::{Close, Conn};
+use super::dispatch::Request;
 use super::frame::{Decoder, Inbound, OP_PONG, ProtocolError, frame};
-use super::protocol::{self, Body, ErrorCode, ProtoError, Request, encode, success};
-use crate::auth::Credential;
-use crate::clock::now_ms;
-use crate::hub::Hub;
-use crate::presence::Watch;
-use crate::presence::actor::Event;
-use crate::presence::wire::Target;
-use crate::scope;
+use super::protocol::{self, Empty, ErrorCode, ProtoError, ack, encode, parse_data};
 use crate::telemetry::EndReason;
 
 /// Bytes read per `read` call; one buffer per worker thread, shared by all its connections.
@@ -32,7 +27,11 @@ const SCRATCH: usize = 64 * 1024;
 const READS_PER_WAKE: usize = 16;
 /// A partial-frame buffer larger than this is freed once it empties.
 const KEEP_PENDING: usize = 4 * 1024;
-/// How long the closing handshake may take per direction.
+/// How long the close frame (and what is queued before it) may take to leave: long enough for a
+/// consumer that fell behind to catch up and read a clean close, bounded so it cannot hold the
+/// socket.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+/// How long the peer then has to close its side.
 const LINGER: Duration = Duration::from_secs(1);
 
 thread_local! {
@@ -57,14 +56,8 @@ struct Bucket {
     last: u64,
 }
 
-/// Where an orders-family request goes.
-enum Routed {
-    Orders(crate::orders::service::Cmd),
-    Feed(crate::orders::feed::Cmd),
-}
-
 struct Session {
-    hub: Arc<Hub>,
+    transport: Arc<Transport>,
     conn: Arc<Conn>,
     decoder: Decoder,
     pending: Vec<u8>,
@@ -72,12 +65,14 @@ struct Session {
     errors: ErrorWindow,
     bucket: Bucket,
     peer_closed: bool,
+    /// Frames the decoder had finished at the last look: only finished frames are a sign of life.
+    frames_seen: u64,
 }
 
 /// Runs a registered connection to its end and says why it ended.
-pub(crate) async fn run(hub: Arc<Hub>, conn: Arc<Conn>, early: Vec<u8>) -> EndReason {
-    let t = &hub.config.transport;
-    let now = now_ms();
+pub(crate) async fn run(transport: Arc<Transport>, conn: Arc<Conn>, early: Vec<u8>) -> EndReason {
+    let t = &transport.config;
+    let now = transport.clock.now_ms();
     let mut s = Session {
         decoder: Decoder::new(t.max_message_bytes),
         pending: Vec::new(),
@@ -91,17 +86,16 @@ pub(crate) async fn run(hub: Arc<Hub>, conn: Arc<Conn>, early: Vec<u8>) -> EndRe
             last: now,
         },
         peer_closed: false,
-        hub,
+        frames_seen: 0,
+        transport,
         conn,
     };
-    // Cold paths (once per connection, or rare requests) are boxed so that their state does not
-    // sit inside every idle connection's task for its whole life.
-    Box::pin(s.open()).await;
     if !early.is_empty() {
         s.pending = early;
         if let Err(e) = s.decode_pending() {
             s.conn.close(Close::Protocol(e));
         }
+        s.seen_alive();
         s.handle_events().await;
     }
     match s.serve().await {
@@ -119,16 +113,10 @@ struct Hello<'a> {
     heartbeat: Heartbeat,
     limits: Limits,
     expires_at: u64,
-    calls: CallsInfo,
-    server: ServerInfo,
-}
-
-#[derive(Serialize)]
-struct CallsInfo {
-    ring_timeout_ms: u64,
-    max_sdp_bytes: usize,
+    /// Sections the services add (`calls`: ICE servers for this terminal).
     #[serde(flatten)]
-    ice: crate::calls::turn::IceConfig,
+    sections: serde_json::Map<String, serde_json::Value>,
+    server: ServerInfo,
 }
 
 #[derive(Serialize)]
@@ -159,72 +147,50 @@ struct ServerInfo {
     version: &'static str,
 }
 
+/// Sends `hello`, the first thing a terminal hears: before the services learn it is here, so
+/// nothing they say to it (a call it is coming back to) can come first.
+pub(crate) fn hello(t: &Transport, conn: &Conn) {
+    let node = t.org.node(conn.endpoint);
+    let c = &t.config;
+    let now = t.clock.now_ms();
+    let origin = conn.origin();
+    let sections = t
+        .table
+        .greetings()
+        .iter()
+        .map(|(name, g)| ((*name).to_owned(), g(&origin, now)))
+        .collect();
+    let hello = Hello {
+        protocol: protocol::VERSION,
+        conn: format!("{:016x}", conn.key),
+        endpoint: EndpointInfo {
+            id: node.id.as_str(),
+            name: &node.name,
+            name_en: &node.name_en,
+            tier: node.tier,
+        },
+        role: conn.role.as_str(),
+        heartbeat: Heartbeat {
+            interval_ms: c.heartbeat_interval_ms,
+            timeout_ms: c.heartbeat_timeout_ms,
+        },
+        limits: Limits {
+            max_message_bytes: c.max_message_bytes,
+            rate_per_sec: c.rate_per_sec,
+            rate_burst: c.rate_burst,
+            max_subscriptions: t.max_subscriptions,
+        },
+        expires_at: conn.expires_at,
+        sections,
+        server: ServerInfo {
+            name: "gridhub",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    };
+    conn.send(&encode("hello", None, &hello));
+}
+
 impl Session {
-    fn credential(&self) -> Credential {
-        Credential {
-            endpoint: self.conn.endpoint,
-            role: self.conn.role,
-            expires_at: self.conn.expires_at,
-        }
-    }
-
-    async fn open(&mut self) {
-        self.hub
-            .backplane
-            .publish_presence(Event::Connected {
-                ep: self.conn.endpoint.0,
-                conn: self.conn.key,
-                at: now_ms(),
-            })
-            .await;
-        let node = self.hub.org.node(self.conn.endpoint);
-        let c = &self.hub.config;
-        let hello = Hello {
-            protocol: protocol::VERSION,
-            conn: format!("{:016x}", self.conn.key),
-            endpoint: EndpointInfo {
-                id: node.id.as_str(),
-                name: &node.name,
-                name_en: &node.name_en,
-                tier: node.tier,
-            },
-            role: self.conn.role.as_str(),
-            heartbeat: Heartbeat {
-                interval_ms: c.transport.heartbeat_interval_ms,
-                timeout_ms: c.transport.heartbeat_timeout_ms,
-            },
-            limits: Limits {
-                max_message_bytes: c.transport.max_message_bytes,
-                rate_per_sec: c.transport.rate_per_sec,
-                rate_burst: c.transport.rate_burst,
-                max_subscriptions: c.presence.max_subscriptions,
-            },
-            expires_at: self.conn.expires_at,
-            calls: CallsInfo {
-                ring_timeout_ms: c.calls.ring_timeout_ms,
-                max_sdp_bytes: c.calls.max_sdp_bytes,
-                ice: crate::calls::turn::ice_config(
-                    &c.calls,
-                    node.id.as_str(),
-                    now_ms() / 1000,
-                    self.conn.expires_at,
-                ),
-            },
-            server: ServerInfo {
-                name: "gridhub",
-                version: env!("CARGO_PKG_VERSION"),
-            },
-        };
-        self.conn.send(&encode("hello", None, &hello));
-        self.hub
-            .calls
-            .send(crate::calls::service::Cmd::Connected {
-                ep: self.conn.endpoint,
-                conn: self.conn.key,
-            })
-            .await;
-    }
-
     /// The main loop. `Some(reason)` if the peer vanished (nothing left to say to it), `None`
     /// when a close was started and `finish` should complete the handshake.
     async fn serve(&mut self) -> Option<EndReason> {
@@ -262,6 +228,7 @@ impl Session {
     async fn read(&mut self) -> Result<bool, ProtocolError> {
         for _ in 0..READS_PER_WAKE {
             let step = SCRATCH_BUF.with_borrow_mut(|buf| self.read_once(buf));
+            self.seen_alive();
             let step = match step {
                 Ok(s) => s,
                 Err(e) => {
@@ -286,6 +253,17 @@ impl Session {
         Ok(true)
     }
 
+    /// Counts the terminal as alive if a frame was finished since the last look. Bytes alone do
+    /// not count: a frame announced and trickled a byte at a time never ends, and its sender must
+    /// not outlive the heartbeat timeout.
+    fn seen_alive(&mut self) {
+        let frames = self.decoder.frames();
+        if frames != self.frames_seen {
+            self.frames_seen = frames;
+            self.conn.touch(self.transport.clock.now_ms());
+        }
+    }
+
     /// One non-blocking read into the thread's scratch buffer, decoded in place; only an
     /// incomplete frame's tail is copied into `pending`.
     fn read_once(&mut self, buf: &mut [u8]) -> Result<ReadOnce, ProtocolError> {
@@ -295,8 +273,7 @@ impl Session {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOnce::Drained),
             Err(_) => return Ok(ReadOnce::Eof),
         };
-        self.hub.metrics.bytes_in.fetch_add(n as u64, Relaxed);
-        self.conn.touch(now_ms());
+        self.transport.metrics.bytes_in.fetch_add(n as u64, Relaxed);
         if self.pending.is_empty() {
             let used = self.decoder.decode(&buf[..n], &mut self.events)?;
             self.pending.extend_from_slice(&buf[used..n]);
@@ -328,13 +305,13 @@ impl Session {
     }
 
     async fn on_event(&mut self, ev: Inbound) {
-        let m = &self.hub.metrics;
+        let m = &self.transport.metrics;
         match ev {
             Inbound::Text(bytes) => {
                 m.messages_in.fetch_add(1, Relaxed);
                 let t0 = Instant::now();
                 self.on_text(&bytes).await;
-                self.hub.metrics.request_latency.observe(t0.elapsed());
+                self.transport.metrics.request_latency.observe(t0.elapsed());
             }
             Inbound::Binary => {
                 m.messages_in.fetch_add(1, Relaxed);
@@ -345,7 +322,7 @@ impl Session {
             }
             Inbound::TooLarge { declared } => {
                 m.messages_in.fetch_add(1, Relaxed);
-                let max = self.hub.config.transport.max_message_bytes;
+                let max = self.transport.config.max_message_bytes;
                 self.error(ProtoError::new(
                     ErrorCode::MessageTooLarge,
                     format!("a message of at least {declared} bytes exceeds the {max}-byte limit and was discarded"),
@@ -355,334 +332,70 @@ impl Session {
                 self.conn.send(&frame(OP_PONG, &payload));
             }
             Inbound::Pong => {}
-            Inbound::Close { .. } => {
+            Inbound::Close { code, .. } => {
+                // Nothing after a close is read (RFC 6455 §5.5.1); it is answered with its code.
                 self.peer_closed = true;
-                self.conn.close(Close::Normal);
+                self.conn.close(Close::Peer(code));
             }
         }
     }
 
     async fn on_text(&mut self, bytes: &[u8]) {
-        let req = match protocol::decode(bytes) {
+        let env = match protocol::decode(bytes) {
             Ok(r) => r,
             Err(e) => return self.error(e),
         };
-        let now = now_ms();
+        let now = self.transport.clock.now_ms();
+        let kind = env.kind.as_ref();
         if !self.take_token(now) {
-            let rate = self.hub.config.transport.rate_per_sec;
+            let rate = self.transport.config.rate_per_sec;
             return self.error(
                 ProtoError::new(
                     ErrorCode::RateLimited,
                     format!("more than {rate} messages per second; this one was not processed"),
                 )
-                .to(&req),
+                .answering(env.id, kind),
             );
         }
-        self.dispatch(req, now).await;
-    }
-
-    async fn dispatch(&mut self, req: Request, now: u64) {
-        let Request { id: re, body } = req;
-        let kind = body.kind();
-        let err = |code, message: String| ProtoError {
-            re: re.clone(),
-            kind: Some(kind.into()),
-            code,
-            message,
-        };
-        match body {
-            Body::Ping => {
-                if let Some(f) = success(re.as_ref(), kind, &serde_json::json!({ "now": now })) {
-                    self.conn.send(&f);
-                }
-            }
-            Body::PresenceSet(set) => {
-                let max = self.hub.config.presence.max_text_chars;
-                match set.validate(max, now) {
-                    Err(m) => self.error(err(ErrorCode::InvalidData, m)),
-                    Ok(update) => {
-                        self.hub
-                            .backplane
-                            .publish_presence(Event::Updated {
-                                ep: self.conn.endpoint.0,
-                                conn: self.conn.key,
-                                update,
-                                at: now,
-                            })
-                            .await;
-                        if let Some(f) = success(re.as_ref(), kind, &serde_json::json!({})) {
-                            self.conn.send(&f);
-                        }
+        if kind == "ping" {
+            // Answered only when it carries an id, like any notification: a client that wants
+            // its heartbeat to detect a dead hub sends one.
+            return match parse_data::<Empty>("ping", env.data) {
+                Ok(Empty {}) => {
+                    if let Some(f) = ack(env.id.as_ref(), &serde_json::json!({ "now": now })) {
+                        self.conn.send(&f);
                     }
                 }
-            }
-            Body::PresenceSubscribe(sub) => match self.watch_for(&sub.target) {
-                Err((code, m)) => self.error(err(code, m)),
-                Ok(w) => {
-                    let conn = Arc::clone(&self.conn);
-                    let presence = &self.hub.presence;
-                    Box::pin(presence.subscribe(conn, w, sub.endpoints, re.clone())).await
-                }
-            },
-            Body::PresenceUnsubscribe(unsub) => match self.watch_for(&unsub.target) {
-                Err((code, m)) => self.error(err(code, m)),
-                Ok(w) => {
-                    let conn = Arc::clone(&self.conn);
-                    Box::pin(self.hub.presence.unsubscribe(conn, w, re.clone())).await
-                }
-            },
-            Body::CallIceServers => {
-                let c = &self.hub.config.calls;
-                let ice = crate::calls::turn::ice_config(
-                    c,
-                    self.hub.org.id(self.conn.endpoint).as_str(),
-                    now / 1000,
-                    self.conn.expires_at,
-                );
-                if let Some(f) = success(re.as_ref(), kind, &ice) {
-                    self.conn.send(&f);
-                }
-            }
-            body @ (Body::CallInvite(_)
-            | Body::CallRing(_)
-            | Body::CallAccept(_)
-            | Body::CallReject(_)
-            | Body::CallHangup(_)
-            | Body::CallSignal(_)) => match self.call_request(body) {
-                Ok(req) => {
-                    let cmd = crate::calls::service::Cmd::Request {
-                        conn: Arc::clone(&self.conn),
-                        re: re.clone(),
-                        kind,
-                        req,
-                        at: Instant::now(),
-                    };
-                    Box::pin(self.hub.calls.send(cmd)).await
-                }
-                Err((code, m)) => self.error(err(code, m)),
-            },
-            body => {
-                // Orders and their feed: rarer per connection than heartbeats, and their
-                // commands are large, so the send is boxed rather than kept in every task.
-                match self.orders_command(body, re.clone(), kind) {
-                    Ok(Routed::Orders(cmd)) => Box::pin(self.hub.orders.send(cmd)).await,
-                    Ok(Routed::Feed(cmd)) => Box::pin(self.hub.feed.send(cmd)).await,
-                    Err((code, m)) => self.error(err(code, m)),
-                }
-            }
-        }
-    }
-
-    /// Turns an order or feed request into a command for its service.
-    fn orders_command(
-        &self,
-        body: Body,
-        re: Option<crate::transport::protocol::ReqId>,
-        kind: &'static str,
-    ) -> Result<Routed, (ErrorCode, String)> {
-        use crate::orders::service::{Cmd, Reply};
-        let org = &self.hub.org;
-        let who = crate::orders::Who {
-            node: self.conn.endpoint,
-            role: self.conn.role,
-        };
-        let reply = Reply::Ws {
-            conn: Arc::clone(&self.conn),
-            re: re.clone(),
-            kind,
-        };
-        let at = Instant::now();
-        Ok(match body {
-            Body::OrderCreate(c) => {
-                let (new, key) = c
-                    .into_new(org)
-                    .map_err(|m| (ErrorCode::InvalidData, format!("order.create: {m}")))?;
-                Routed::Orders(Cmd::Create {
-                    who,
-                    new,
-                    key,
-                    reply,
-                    at,
-                })
-            }
-            Body::OrderAct(action, a) => {
-                let id = a.order.expect("checked when decoded");
-                let expect = a.version;
-                let act = a
-                    .into_act(action, org)
-                    .map_err(|m| (ErrorCode::InvalidData, m))?;
-                Routed::Orders(Cmd::Act {
-                    who,
-                    id,
-                    expect,
-                    act,
-                    reply,
-                    at,
-                })
-            }
-            Body::OrderGet(r) => Routed::Orders(Cmd::Get {
-                who,
-                id: r.order,
-                reply,
-            }),
-            Body::OrderRead(r) => Routed::Orders(Cmd::Read {
-                who,
-                id: r.order,
-                reply,
-            }),
-            Body::OutboxResume(r) => Routed::Orders(Cmd::Resume {
-                conn: Arc::clone(&self.conn),
-                after: r.after,
-                re,
-            }),
-            Body::OutboxAck(a) => Routed::Orders(Cmd::Ack {
-                conn: Arc::clone(&self.conn),
-                seq: a.seq,
-                re,
-            }),
-            Body::NoticeSend(n) => Routed::Orders(Cmd::NoticeSend {
-                who,
-                notice: *n,
-                reply,
-            }),
-            Body::NoticeGet(n) => Routed::Orders(Cmd::NoticeGet {
-                who,
-                id: n.notice,
-                reply,
-            }),
-            Body::NoticeRead(n) => Routed::Orders(Cmd::MarkRead {
-                who,
-                kind: "notice",
-                id: n.notice,
-                reply,
-            }),
-            Body::CampaignStart(c) => Routed::Orders(Cmd::CampaignStart {
-                who,
-                campaign: *c,
-                reply,
-            }),
-            Body::CampaignGet(c) => Routed::Orders(Cmd::CampaignGet {
-                who,
-                id: c.campaign,
-                reply,
-            }),
-            Body::CampaignRecord(r) => Routed::Orders(Cmd::CampaignRecord {
-                who,
-                id: r.campaign,
-                records: r.records,
-                reply,
-            }),
-            Body::CampaignDone(c) => Routed::Orders(Cmd::CampaignDone {
-                who,
-                id: c.campaign,
-                reply,
-            }),
-            Body::CampaignClose(c) => Routed::Orders(Cmd::CampaignClose {
-                who,
-                id: c.campaign,
-                reply,
-            }),
-            Body::CampaignWatch(c) | Body::CampaignUnwatch(c) => {
-                Routed::Orders(Cmd::CampaignWatch {
-                    conn: Arc::clone(&self.conn),
-                    id: c.campaign,
-                    watch: kind == "campaign.watch",
-                    re,
-                })
-            }
-            Body::OrdersSubscribe(n) | Body::OrdersUnsubscribe(n) => {
-                let target = crate::presence::wire::Target::Node(n.node);
-                let Watch::Subtree(node) = self.watch_for(&target)? else {
-                    unreachable!("a node target is a subtree")
-                };
-                let conn = Arc::clone(&self.conn);
-                Routed::Feed(if kind == "orders.subscribe" {
-                    crate::orders::feed::Cmd::Subscribe { conn, node, re }
-                } else {
-                    crate::orders::feed::Cmd::Unsubscribe { conn, node, re }
-                })
-            }
-            Body::Ping
-            | Body::PresenceSet(_)
-            | Body::PresenceSubscribe(_)
-            | Body::PresenceUnsubscribe(_)
-            | Body::CallInvite(_)
-            | Body::CallRing(_)
-            | Body::CallAccept(_)
-            | Body::CallReject(_)
-            | Body::CallHangup(_)
-            | Body::CallSignal(_)
-            | Body::CallIceServers => {
-                unreachable!("handled by dispatch")
-            }
-        })
-    }
-
-    /// Turns a call request into a request for the calls service.
-    fn call_request(&self, body: Body) -> Result<crate::calls::service::Req, (ErrorCode, String)> {
-        use crate::calls::service::Req;
-        Ok(match body {
-            Body::CallInvite(i) => {
-                let to = self.hub.org.lookup(i.to.as_str()).ok_or_else(|| {
-                    (
-                        ErrorCode::NotFound,
-                        format!("call.invite: no node {} in the org tree", i.to),
-                    )
-                })?;
-                Req::Invite {
-                    to,
-                    media: i.media,
-                    offer: i.offer,
-                }
-            }
-            Body::CallRing(r) => Req::Ring(r.call),
-            Body::CallAccept(a) => Req::Accept(a.call, a.answer),
-            Body::CallReject(r) => Req::Reject(r.call, r.reason),
-            Body::CallHangup(r) => Req::Hangup(r.call),
-            Body::CallSignal(sig) => {
-                let (id, signal) = sig.into_signal().map_err(|m| (ErrorCode::InvalidData, m))?;
-                Req::Signal(id, signal)
-            }
-            _ => unreachable!("only call requests are routed here"),
-        })
-    }
-
-    /// Resolves a subscription target and checks it against the caller's scope.
-    fn watch_for(&self, target: &Target) -> Result<Watch, (ErrorCode, String)> {
-        let org = &self.hub.org;
-        let node = match target {
-            Target::Chain => {
-                return Ok(Watch::Chain {
-                    of: self.conn.endpoint,
-                });
-            }
-            Target::Node(id) => org
-                .lookup(id.as_str())
-                .ok_or_else(|| (ErrorCode::NotFound, format!("no node {id} in the org tree")))?,
-        };
-        if !scope::can_watch_subtree(org, &self.credential(), node) {
-            let me = org.node(self.conn.endpoint);
-            let it = org.node(node);
-            let allowed = match self.conn.role {
-                crate::auth::Role::Worker => format!(
-                    "a worker may watch only its own node ({}) or its chain of command (`chain: true`)",
-                    me.id
-                ),
-                _ => format!("you may watch the subtree of {} ({})", me.id, me.name),
+                Err(e) => self.error(e.answering(env.id, "ping")),
             };
-            return Err((
-                ErrorCode::OutOfScope,
-                format!(
-                    "node {} ({}) is outside your scope: {allowed}",
-                    it.id, it.name
-                ),
-            ));
         }
-        Ok(Watch::Subtree(node))
+        let transport = Arc::clone(&self.transport);
+        let Some((kind, handler)) = transport.table.get(kind) else {
+            let known = std::iter::once("ping")
+                .chain(transport.table.kinds().iter().copied())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let e = ProtoError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type {kind:?}; known types: {known}"),
+            )
+            .answering(env.id, kind);
+            return self.error(e);
+        };
+        let req = Request {
+            origin: self.conn.origin(),
+            id: env.id,
+            kind,
+            data: env.data,
+            at: Instant::now(),
+        };
+        if let Err(e) = handler.handle(req).await {
+            self.error(e);
+        }
     }
 
     fn take_token(&mut self, now: u64) -> bool {
-        let t = &self.hub.config.transport;
+        let t = &self.transport.config;
         let cap = t.rate_burst as u64 * 1000;
         let b = &mut self.bucket;
         b.milli = (b.milli + now.saturating_sub(b.last) * t.rate_per_sec as u64).min(cap);
@@ -695,12 +408,16 @@ impl Session {
         }
     }
 
-    /// Sends a typed error; too many within the window closes the connection with 1008.
+    /// Sends a typed error; too many within the window closes the connection with 1008. Being
+    /// throttled is not misbehaving: `rate_limited` slows a client down and never counts here.
     fn error(&mut self, e: ProtoError) {
-        self.hub.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.transport.metrics.errors_sent.fetch_add(1, Relaxed);
         self.conn.send(&e.encode());
-        let t = &self.hub.config.transport;
-        let now = now_ms();
+        if e.code == ErrorCode::RateLimited {
+            return;
+        }
+        let t = &self.transport.config;
+        let now = self.transport.clock.now_ms();
         if now.saturating_sub(self.errors.start) > t.abuse_window_ms {
             self.errors = ErrorWindow {
                 start: now,
@@ -719,7 +436,7 @@ impl Session {
         // `serve` returns `None` only once a close has begun.
         let why = self.conn.closing().unwrap_or(Close::GoingAway);
         let conn = Arc::clone(&self.conn);
-        let flushed = tokio::time::timeout(LINGER, async {
+        let flushed = tokio::time::timeout(CLOSE_FLUSH, async {
             loop {
                 match conn.flush() {
                     Ok(true) => return true,

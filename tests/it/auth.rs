@@ -63,16 +63,135 @@ async fn missing_forged_expired_unknown_and_misrouted_credentials_get_401() {
     );
     let m = &hub.hub().metrics;
     assert_eq!(m.refused_auth.load(std::sync::atomic::Ordering::Relaxed), 6);
-    assert_eq!(hub.hub().local.len(), 0);
+    assert_eq!(hub.hub().transport.registry.len(), 0);
+}
+
+/// Sends a raw request and reads the response's head and (by its `content-length`) body; a
+/// 101 has no body and the socket is left to the hub.
+pub async fn raw_exchange(addr: std::net::SocketAddr, req: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if buf.len() >= end + 4 + len {
+                    return;
+                }
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("an answer");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Upgrades with a raw request, returning the status code and the whole answer.
+async fn raw_upgrade(hub: &TestHub, path_and_query: &str, extra: &str) -> (u16, String) {
+    let req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+        hub.addr
+    );
+    let text = raw_exchange(hub.addr, &req).await;
+    let code = text[9..12].parse().unwrap();
+    (code, text)
 }
 
 #[tokio::test]
-async fn the_token_may_come_in_the_query_string() {
+async fn a_credential_in_the_url_is_refused_and_browsers_connect_with_a_one_time_ticket() {
     let hub = spawn_app(|_| {}).await;
-    let url = format!("{}?token={}", hub.ws_url(), hub.token(HUANAN));
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let token = hub.token(HUANAN);
+    let (code, text) = raw_upgrade(&hub, &format!("/ws?token={token}"), "").await;
+    assert_eq!(code, 401);
+    assert!(text.contains("credential_in_url"), "{text}");
+
+    // A ticket from REST opens one connection.
+    let (status, body) = try_post(hub.addr, "/api/v1/tickets", &token, "", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let ticket = body["ticket"].as_str().unwrap().to_owned();
+    assert!(body["expires_at"].as_u64().unwrap() <= now_s() + 30);
+    assert_eq!(body["url"], format!("/ws?ticket={ticket}"));
+    let url = format!("{}?ticket={ticket}", hub.ws_url());
+    let (ws, _) = tokio_tungstenite::connect_async(url.clone()).await.unwrap();
     let mut t = TestTerminal::new(ws);
-    assert_eq!(t.recv().await["data"]["endpoint"]["id"], HUANAN);
+    let hello = t.recv().await;
+    assert_eq!(hello["data"]["endpoint"]["id"], HUANAN);
+    assert_eq!(hello["data"]["role"], "operator");
+    // The connection lasts as long as the credential, not the ticket.
+    assert!(hello["data"]["expires_at"].as_u64().unwrap() > now_s() + 3000);
+    let (code, text) = raw_upgrade(&hub, &format!("/ws?ticket={ticket}"), "").await;
+    assert_eq!(code, 401);
+    assert!(text.contains("ticket_used"), "{text}");
+    // A ticket is not a credential, and a credential is not a ticket.
+    let r = http_get(&hub, "/api/v1/org", Some(&ticket)).await;
+    assert_eq!(error_of(&r), (401, Some("ticket_not_credential")));
+    let (code, text) = raw_upgrade(&hub, &format!("/ws?ticket={token}"), "").await;
+    assert_eq!(code, 401);
+    assert!(text.contains("not_a_ticket"), "{text}");
+    // Without a credential, no ticket.
+    let (status, body) = try_post(hub.addr, "/api/v1/tickets", "", "", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn browsers_connect_only_from_allowed_origins() {
+    let hub = spawn_app(|c| {
+        c.transport.allowed_origins = vec!["https://wall.grid.example".into()];
+    })
+    .await;
+    let auth = format!("Authorization: Bearer {}\r\n", hub.token(HUANAN));
+    let (code, text) = raw_upgrade(
+        &hub,
+        "/ws",
+        &format!("{auth}Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(code, 403);
+    assert!(
+        text.contains("origin_not_allowed") && text.contains("evil.example"),
+        "{text}"
+    );
+    for ok in [
+        "https://wall.grid.example".to_owned(),
+        format!("http://{}", hub.addr),
+    ] {
+        let (code, text) = raw_upgrade(&hub, "/ws", &format!("{auth}Origin: {ok}\r\n")).await;
+        assert_eq!(code, 101, "{ok}: {text}");
+    }
+    let (code, _) = raw_upgrade(&hub, "/ws", &auth).await;
+    assert_eq!(code, 101, "devices send no Origin");
+}
+
+#[tokio::test]
+async fn a_malformed_websocket_key_is_refused() {
+    let hub = spawn_app(|_| {}).await;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\nAuthorization: Bearer {}\r\n\r\n",
+        hub.addr,
+        hub.token(HUANAN)
+    );
+    let text = raw_exchange(hub.addr, &req).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.contains("bad_handshake") && text.contains("Sec-WebSocket-Key"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

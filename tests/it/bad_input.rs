@@ -126,7 +126,7 @@ async fn each_bad_input_gets_its_typed_error_and_the_connection_carries_on() {
     // Still up, and the bystander never noticed.
     t.ping_ok().await;
     bystander.ping_ok().await;
-    assert_eq!(hub.hub().local.len(), 2);
+    assert_eq!(hub.hub().transport.registry.len(), 2);
 }
 
 #[tokio::test]

@@ -136,7 +136,7 @@ async fn notices_are_refused_outside_scope_and_when_malformed() {
         .await;
     assert_eq!(e["code"], "out_of_scope");
     let e = county.refused("notice.get", json!({"notice": 999})).await;
-    assert_eq!(e["code"], "invalid_data");
+    assert_eq!(e["code"], "not_found");
 }
 
 #[tokio::test]
@@ -232,7 +232,8 @@ async fn a_campaign_collects_records_with_live_progress() {
         "15 households, the correction replaced one"
     );
 
-    // Refusals: a worker of another township, a bad outcome, too many records, data not an object.
+    // Refusals: a worker of another township (who learns nothing of the campaign), a bad
+    // outcome, too many records, data not an object.
     let stranger = workers_under(&hub.org, DONGFENG, 1).remove(0);
     let mut s = hub.connect(&stranger).await;
     let e = s
@@ -241,7 +242,7 @@ async fn a_campaign_collects_records_with_live_progress() {
             json!({"campaign": id, "records": [{"key": "x", "outcome": "verified"}]}),
         )
         .await;
-    assert_eq!(e["code"], "out_of_scope");
+    assert_eq!(e["code"], "not_found");
     let e = terms[1]
         .refused(
             "campaign.record",
@@ -272,7 +273,21 @@ async fn a_campaign_collects_records_with_live_progress() {
             json!({"campaign": id, "records": [{"key": "late", "outcome": "verified"}]}),
         )
         .await;
-    assert!(e["message"].as_str().unwrap().contains("no open campaign"));
+    assert_eq!(e["code"], "illegal_transition", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("closed"), "{e}");
+    // Closed, it can still be read, watched and unwatched, with its final counts.
+    let r = county.call("campaign.get", json!({"campaign": id})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    assert!(r["data"]["campaign"]["closed_at"].as_u64().is_some(), "{r}");
+    assert_eq!(r["data"]["campaign"]["records"], 15, "{r}");
+    let r = county
+        .call("campaign.unwatch", json!({"campaign": id}))
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let token = hub.token(HUANAN);
+    let (status, body) = http_get(&hub, &format!("/api/v1/campaigns/{id}"), Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["campaign"]["records"], 15);
 }
 
 #[tokio::test]

@@ -191,8 +191,8 @@ async fn delivered_outbox_messages_are_pruned_and_sequences_never_repeat() {
     let cfg = |d: std::path::PathBuf| {
         move |c: &mut gridhub::config::Config| {
             c.server.data_dir = d;
-            c.store.prune_interval_secs = 1;
-            c.store.outbox_keep_secs = 0;
+            c.outbox.prune_interval_secs = 1;
+            c.outbox.keep_secs = 0;
         }
     };
     let mut hub = spawn_app(cfg(data.clone())).await;

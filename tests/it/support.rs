@@ -141,7 +141,8 @@ impl TestHub {
 impl Drop for TestHub {
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
-            r.hub.shutdown.cancel();
+            r.hub.transport.shutdown.cancel();
+            r.hub.transport.closed.cancel();
         }
         if let Some(d) = self.data_dir.take() {
             let _ = std::fs::remove_dir_all(d);

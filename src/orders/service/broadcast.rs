@@ -1,23 +1,22 @@
 //! Notices and campaigns in the orders service: both reach many terminals through their durable
-//! outboxes, so they share the service's per-terminal sequence numbers.
+//! outboxes. A campaign's state lives in the service's task and changes only there, when the
+//! store reports that what changes it was written.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Reply, Service, ServiceError};
+use super::{Answer, Effect, Read, ReadKind, Reply, Service, ServiceError};
 use crate::auth::Role;
-use crate::clock::now_ms;
+use crate::backplane::{ConnKey, Group};
 use crate::orders::campaigns::{Outcome, Progress, recipients};
-use crate::orders::persist::{OutboxRow, write_outbox};
 use crate::orders::{OrderError, Who};
 use crate::org::{NodeIdx, Org, Tier};
 use crate::scope;
-use crate::store::{Job, StoreError};
-use crate::transport::conn::Conn;
-use crate::transport::protocol::{ReqId, encode, outbox_frame, success};
+use crate::store::Job;
+use crate::transport::protocol::{ReqId, encode};
 
 /// Longest texts, in characters.
 const TITLE: usize = 100;
@@ -98,8 +97,6 @@ pub struct CampaignState {
     pub closed_at: Option<u64>,
     pub recipients: u64,
     pub progress: Progress,
-    /// Consoles watching its progress.
-    pub watchers: Vec<Arc<Conn>>,
 }
 
 impl CampaignState {
@@ -142,26 +139,35 @@ impl CampaignState {
 }
 
 /// What a key held before a record, and what it holds now.
-type Correction = (Option<Outcome>, Outcome);
+pub type Correction = (Option<Outcome>, Outcome);
 
-/// Campaigns under their own lock: the store's completion thread updates progress directly
-/// when records commit, never through the service's inbox (which could wait on the store).
-pub type Campaigns = Arc<Mutex<HashMap<u64, CampaignState>>>;
-
-pub fn lock(c: &Campaigns) -> std::sync::MutexGuard<'_, HashMap<u64, CampaignState>> {
-    // Nothing panics while holding this lock; a poisoned map is still consistent.
-    c.lock().unwrap_or_else(|e| e.into_inner())
+/// A notice as stored: its head, its recipients with their sequences, and how many read it.
+pub struct NoticeRow {
+    sender: String,
+    node: String,
+    tiers: String,
+    title: String,
+    body: String,
+    created_at: i64,
+    recipients: Vec<(String, u64)>,
+    reads: i64,
 }
 
-/// Loads open campaigns and their progress from the store.
+/// The group of consoles watching a campaign's progress.
+fn watchers(id: u64) -> Group {
+    Group::new("campaign", id)
+}
+
+/// Loads every campaign (closed ones stay readable) and its progress from the store.
 pub fn load_campaigns(
     c: &rusqlite::Connection,
     org: &Arc<Org>,
 ) -> rusqlite::Result<(HashMap<u64, CampaignState>, u64, u64)> {
     let mut out = HashMap::new();
     let mut st = c.prepare(
-        "SELECT id, sender, node, tiers, title, instructions, created_at, due_at, recipients
-         FROM campaigns WHERE closed_at IS NULL",
+        "SELECT id, sender, node, tiers, title, instructions, created_at, due_at, recipients,
+                closed_at
+         FROM campaigns",
     )?;
     let rows = st.query_map([], |r| {
         Ok((
@@ -174,10 +180,11 @@ pub fn load_campaigns(
             r.get::<_, i64>(6)? as u64,
             r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
             r.get::<_, i64>(8)? as u64,
+            r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
         ))
     })?;
     for row in rows {
-        let (id, sender, node, tiers, title, instructions, created_at, due_at, n) = row?;
+        let (id, sender, node, tiers, title, instructions, created_at, due_at, n, closed_at) = row?;
         let (Some(sender), Some(node)) = (org.lookup(&sender), org.lookup(&node)) else {
             tracing::error!(
                 campaign = id,
@@ -221,10 +228,9 @@ pub fn load_campaigns(
                 instructions,
                 created_at,
                 due_at,
-                closed_at: None,
+                closed_at,
                 recipients: n,
                 progress,
-                watchers: Vec::new(),
             },
         );
     }
@@ -279,7 +285,7 @@ impl Service {
         let n = self
             .org
             .lookup(node.as_str())
-            .ok_or_else(|| ServiceError::Invalid(format!("node {node} is not in the org tree")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no node {node} in the org tree")))?;
         let cred = crate::auth::Credential {
             endpoint: who.node,
             role: who.role,
@@ -313,91 +319,42 @@ impl Service {
         Ok((n, tiers, targets))
     }
 
-    /// Writes one outbox message per recipient with `payload`, plus `extra` rows (given each
-    /// recipient's sequence), atomically; then delivers live and runs `after`.
+    /// Writes one outbox message per recipient, all sharing `payload`, together with `rows`
+    /// (given each recipient's sequence), in one job whose turn in the pipeline is `effect`.
     async fn fan_out(
         &mut self,
         targets: &[NodeIdx],
         kind: &'static str,
         reference: u64,
         payload: String,
-        extra: impl FnOnce(&rusqlite::Connection, &[(NodeIdx, u64)]) -> rusqlite::Result<()>
+        rows: impl FnOnce(&rusqlite::Connection, &[(NodeIdx, u64)]) -> rusqlite::Result<()>
         + Send
         + 'static,
-        after: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+        effect: Effect,
     ) {
-        let now = now_ms();
+        let outbox = self.outbox.clone();
+        let mut batch = outbox.batch().await;
+        // Serialized once; each recipient's frame differs only in its sequence number.
+        let payload: Arc<str> = payload.into();
         let seqs: Vec<(NodeIdx, u64)> = targets
             .iter()
             .map(|&t| {
-                let s = &mut self.last_seq[t.get()];
-                *s += 1;
-                (t, *s)
+                (
+                    t,
+                    batch.push(t, kind, Some(reference), Arc::clone(&payload)),
+                )
             })
             .collect();
-        let org = Arc::clone(&self.org);
-        let backplane = Arc::clone(&self.backplane);
-        let metrics = Arc::clone(&self.metrics);
-        // Shared by the write (writer thread) and the delivery after it (completion thread).
-        let seqs: Arc<[(NodeIdx, u64)]> = seqs.into();
-        let rows_seqs = Arc::clone(&seqs);
-        let payload = Arc::new(payload);
-        let p2 = Arc::clone(&payload);
-        self.store
-            .submit_async(Job::new(
-                move |c| {
-                    for &(t, seq) in rows_seqs.iter() {
-                        write_outbox(
-                            c,
-                            &OutboxRow {
-                                endpoint: org.id(t).as_str().into(),
-                                seq,
-                                at: now,
-                                kind,
-                                reference: Some(reference),
-                                payload: p2.as_str().into(),
-                            },
-                        )?;
-                    }
-                    extra(c, &rows_seqs)
-                },
-                move |r| {
-                    if r.is_ok() {
-                        // The payload was serialized once; each recipient's frame differs only
-                        // in its sequence number.
-                        for (t, seq) in seqs.iter() {
-                            backplane.deliver_outbox(*t, *seq, &outbox_frame(*seq, &payload));
-                        }
-                        metrics
-                            .outbox_messages
-                            .fetch_add(seqs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    after(r);
-                },
-            ))
+        let t = self.pipeline.wait(effect);
+        let news = self.news.clone();
+        batch
+            .commit(
+                Job::new(move |c| rows(c, &seqs)).notify(&news, move |r| super::Stored {
+                    ticket: t,
+                    result: r.map(|()| Read::Nothing),
+                }),
+            )
             .await;
-    }
-
-    pub(super) async fn deliver(
-        &mut self,
-        to: NodeIdx,
-        kind: &'static str,
-        reference: u64,
-        payload: String,
-    ) {
-        self.fan_out(
-            &[to],
-            kind,
-            reference,
-            payload,
-            |_, _| Ok(()),
-            move |r| {
-                if let Err(e) = r {
-                    tracing::error!(kind, reference, "outbox message not written: {e}");
-                }
-            },
-        )
-        .await;
     }
 
     pub(super) async fn notice_send(&mut self, who: Who, n: NoticeIn, reply: Reply) {
@@ -415,7 +372,7 @@ impl Service {
         };
         let id = self.next_notice;
         self.next_notice += 1;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let (from, at) = (
             self.org.id(who.node).to_string(),
             self.org.id(node).to_string(),
@@ -435,11 +392,10 @@ impl Service {
         let count = targets.len() as u64;
         let org = Arc::clone(&self.org);
         let (title, body, tiers_s) = (n.title.clone(), n.body.clone(), tiers_str(&tiers));
-        let summary = serde_json::json!({
+        let summary = serde_json::json!({ "notice": {
             "id": id, "from": from, "node": at, "tiers": tiers, "title": n.title,
             "created_at": now, "recipients": count,
-        });
-        let (from2, at2) = (from.clone(), at.clone());
+        }});
         self.fan_out(
             &targets,
             "notice",
@@ -450,7 +406,7 @@ impl Service {
                     "INSERT INTO notices (id, sender, node, tiers, title, body, created_at, recipients)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![id as i64, from2, at2, tiers_s, title, body, now as i64, count as i64])?;
+                .execute(params![id as i64, from, at, tiers_s, title, body, now as i64, count as i64])?;
                 let mut st = c.prepare_cached(
                     "INSERT INTO notice_recipients (notice_id, endpoint, seq) VALUES (?1, ?2, ?3)",
                 )?;
@@ -459,104 +415,108 @@ impl Service {
                 }
                 Ok(())
             },
-            move |r| match r {
-                Ok(()) => reply.ok_value(true, serde_json::json!({ "notice": summary })),
-                Err(e) => reply.err(e.into()),
-            },
+            Effect::Written(reply, true, Answer::Value(summary)),
         )
         .await;
     }
 
-    /// A notice with its delivery and read counts (delivered = acknowledged by the terminal).
+    /// A notice with its delivery and read counts (delivered = acknowledged by the terminal),
+    /// read in order with everything written before it.
     pub(super) async fn notice_get(&mut self, who: Who, id: u64, reply: Reply) {
-        let org = Arc::clone(&self.org);
-        let read = self
-            .store
-            .read(move |c| {
-                let head = c.query_row(
-                    "SELECT sender, node, tiers, title, body, created_at, recipients FROM notices WHERE id = ?1",
-                    [id as i64],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, i64>(5)?,
-                            r.get::<_, i64>(6)?,
-                        ))
-                    },
-                );
-                let head = match head {
-                    Ok(h) => h,
-                    Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                let mut st = c.prepare_cached("SELECT endpoint, seq FROM notice_recipients WHERE notice_id = ?1")?;
-                let rs: Vec<(String, u64)> = st
-                    .query_map([id as i64], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-                    .collect::<Result<_, _>>()?;
-                let reads: i64 = c.query_row(
-                    "SELECT COUNT(*) FROM reads WHERE kind = 'notice' AND ref = ?1",
-                    [id as i64],
-                    |r| r.get(0),
-                )?;
-                Ok(Some((head, rs, reads)))
-            })
+        let t = self.pipeline.wait(Effect::NoticeGet(reply, who, id));
+        self.query(t, move |c| read_notice(c, id), Read::Notice)
             .await;
-        let (head, rs, reads) = match read {
-            Ok(Some(x)) => x,
-            Ok(None) => {
-                return self
-                    .reject(reply, ServiceError::Invalid(format!("no notice {id}")))
-                    .await;
-            }
-            Err(e) => return self.reject(reply, e.into()).await,
-        };
-        let (sender, node, tiers, title, body, created_at, count) = head;
-        let sender_n = org.lookup(&sender);
-        let node_n = org.lookup(&node);
-        let mine = rs.iter().any(|(e, _)| org.lookup(e) == Some(who.node));
-        let visible = mine
-            || sender_n == Some(who.node)
-            || (who.role != Role::Worker && node_n.is_some_and(|n| org.contains(who.node, n)));
-        if !visible {
-            return self
-                .reject(
-                    reply,
-                    OrderError::OutOfScope(format!("notice {id} is outside your scope")).into(),
-                )
-                .await;
-        }
-        let delivered = rs
-            .iter()
-            .filter(|(e, seq)| org.lookup(e).is_some_and(|n| self.acked[n.get()] >= *seq))
-            .count();
-        let v = serde_json::json!({ "notice": {
-            "id": id, "from": sender, "node": node, "tiers": parse_tiers(&tiers), "title": title,
-            "body": body, "created_at": created_at, "recipients": count,
-            "delivered": delivered, "read": reads,
-        }});
-        self.after_commit(move || reply.ok_value(false, v)).await;
     }
 
-    pub(super) async fn mark_read(&mut self, who: Who, kind: &'static str, id: u64, reply: Reply) {
+    /// The notice as `who` may see it: its recipients, its sender, and centers above it; to
+    /// anyone else it does not exist.
+    pub(super) fn notice_view(
+        &self,
+        who: Who,
+        id: u64,
+        n: Option<NoticeRow>,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let missing = || ServiceError::NotFound(format!("no notice {id}"));
+        let n = n.ok_or_else(missing)?;
+        let org = &self.org;
+        let mine = n
+            .recipients
+            .iter()
+            .any(|(e, _)| org.lookup(e) == Some(who.node));
+        let visible = mine
+            || org.lookup(&n.sender) == Some(who.node)
+            || (who.role != Role::Worker
+                && org
+                    .lookup(&n.node)
+                    .is_some_and(|x| org.contains(who.node, x)));
+        if !visible {
+            return Err(missing());
+        }
+        let delivered = n
+            .recipients
+            .iter()
+            .filter(|(e, seq)| org.lookup(e).is_some_and(|x| self.acked_of(x) >= *seq))
+            .count();
+        Ok(serde_json::json!({ "notice": {
+            "id": id, "from": n.sender, "node": n.node, "tiers": parse_tiers(&n.tiers),
+            "title": n.title, "body": n.body, "created_at": n.created_at,
+            "recipients": n.recipients.len(), "delivered": delivered, "read": n.reads,
+        }}))
+    }
+
+    /// A read receipt: only a recipient may give one; anyone else is told there is no such
+    /// notice or campaign, and nothing is counted.
+    pub(super) async fn mark_read(&mut self, who: Who, kind: ReadKind, id: u64, reply: Reply) {
         let endpoint = self.org.id(who.node).to_string();
-        let now = now_ms();
-        self.store
-            .submit_async(Job::new(
-                move |c| crate::orders::persist::write_read(c, kind, id, &endpoint, now),
-                move |r| match r {
-                    Ok(()) => reply.ok_value(false, serde_json::json!({})),
-                    Err(e) => reply.err(e.into()),
-                },
-            ))
-            .await;
+        let now = self.clock.now_ms();
+        match kind {
+            ReadKind::Notice => {
+                let t = self.pipeline.wait(Effect::Receipt(reply, kind, id));
+                self.query(
+                    t,
+                    move |c| {
+                        let recipient = c
+                            .query_row(
+                                "SELECT 1 FROM notice_recipients WHERE notice_id = ?1 AND endpoint = ?2",
+                                params![id as i64, endpoint],
+                                |_| Ok(()),
+                            )
+                            .optional()?
+                            .is_some();
+                        if recipient {
+                            crate::orders::persist::write_read(c, "notice", id, &endpoint, now)?;
+                        }
+                        Ok(recipient)
+                    },
+                    Read::Recipient,
+                )
+                .await;
+            }
+            ReadKind::Campaign => {
+                let recipient = self
+                    .campaigns
+                    .get(&id)
+                    .is_some_and(|c| c.takes_records_from(&self.org, who.node));
+                if !recipient {
+                    let e = ServiceError::NotFound(format!("no campaign {id}"));
+                    return self.reject(reply, e).await;
+                }
+                let t = self.pipeline.wait(Effect::Receipt(reply, kind, id));
+                self.query(
+                    t,
+                    move |c| {
+                        crate::orders::persist::write_read(c, "campaign", id, &endpoint, now)
+                            .map(|()| true)
+                    },
+                    Read::Recipient,
+                )
+                .await;
+            }
+        }
     }
 
     pub(super) async fn campaign_start(&mut self, who: Who, n: CampaignIn, reply: Reply) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let checked = check_text("title", &n.title, TITLE)
             .and_then(|_| check_text("instructions", &n.instructions, BODY))
             .and_then(|_| {
@@ -600,10 +560,10 @@ impl Service {
             closed_at: None,
             recipients: count,
             progress: Progress::new(Arc::clone(&self.org), node),
-            watchers: Vec::new(),
         };
         let status = state.status(&self.org, id);
-        lock(&self.campaigns).insert(id, state);
+        // Decided now, so requests after this one see it; taken back if the write fails.
+        self.campaigns.insert(id, state);
         let (title, instructions, tiers_s, due) =
             (n.title, n.instructions, tiers_str(&tiers), n.due_at);
         self.fan_out(
@@ -622,32 +582,45 @@ impl Service {
                 ])?;
                 Ok(())
             },
-            move |r| match r {
-                Ok(()) => reply.ok_value(true, serde_json::json!({ "campaign": status })),
-                Err(e) => reply.err(e.into()),
-            },
+            Effect::CampaignStarted(reply, id, status),
         )
         .await;
     }
 
-    pub(super) async fn campaign_get(&mut self, who: Who, id: u64, reply: Reply) {
-        let v = {
-            let map = lock(&self.campaigns);
-            match map.get(&id) {
-                Some(c) if c.visible_to(&self.org, who) => {
-                    Ok(serde_json::json!({ "campaign": c.status(&self.org, id) }))
-                }
-                Some(_) => Err(OrderError::OutOfScope(format!(
-                    "campaign {id} is outside your scope"
-                ))
-                .into()),
-                None => Err(ServiceError::Invalid(format!("no open campaign {id}"))),
-            }
-        };
-        match v {
-            Ok(v) => self.after_commit(move || reply.ok_value(false, v)).await,
-            Err(e) => self.reject(reply, e).await,
+    /// The campaign, if `who` may know of it: not found otherwise, whether or not it exists.
+    fn visible_campaign(&self, who: Who, id: u64) -> Result<&CampaignState, ServiceError> {
+        self.campaigns
+            .get(&id)
+            .filter(|c| c.visible_to(&self.org, who))
+            .ok_or_else(|| ServiceError::NotFound(format!("no campaign {id}")))
+    }
+
+    /// An open campaign `who` is a recipient of.
+    fn recipient_of(&self, who: Who, id: u64) -> Result<&CampaignState, ServiceError> {
+        let c = self.visible_campaign(who, id)?;
+        if !c.takes_records_from(&self.org, who.node) {
+            return Err(OrderError::OutOfScope(format!(
+                "{} is not one of campaign {id}'s recipients",
+                self.org.id(who.node)
+            ))
+            .into());
         }
+        if c.closed_at.is_some() {
+            return Err(ServiceError::Closed(format!(
+                "campaign {id} is closed; it takes no more records"
+            )));
+        }
+        Ok(c)
+    }
+
+    pub(super) async fn campaign_get(&mut self, who: Who, id: u64, reply: Reply) {
+        let r = self.visible_campaign(who, id).map(|c| {
+            (
+                false,
+                Answer::Value(serde_json::json!({ "campaign": c.status(&self.org, id) })),
+            )
+        });
+        self.now_or_later(Effect::Ready(reply, r)).await;
     }
 
     pub(super) async fn campaign_record(
@@ -657,266 +630,147 @@ impl Service {
         records: Vec<RecordIn>,
         reply: Reply,
     ) {
-        let checked = (|| {
-            let map = lock(&self.campaigns);
-            let c = map
-                .get(&id)
-                .ok_or_else(|| ServiceError::Invalid(format!("no open campaign {id}")))?;
-            if !c.takes_records_from(&self.org, who.node) {
-                return Err(OrderError::OutOfScope(format!(
-                    "{} is not one of campaign {id}'s recipients",
-                    self.org.id(who.node)
-                ))
-                .into());
-            }
-            if records.is_empty() || records.len() > RECORDS_PER_REQUEST {
-                return Err(ServiceError::Invalid(format!(
-                    "send 1 to {RECORDS_PER_REQUEST} records per request, not {}",
-                    records.len()
-                )));
-            }
-            let mut rows = Vec::with_capacity(records.len());
-            for (i, r) in records.iter().enumerate() {
-                if r.key.is_empty()
-                    || r.key.len() > KEY
-                    || !r.key.chars().all(|ch| !ch.is_control())
-                {
-                    return Err(ServiceError::Invalid(format!(
-                        "records[{i}].key must be 1–{KEY} bytes without control characters"
-                    )));
-                }
-                let data = match &r.data {
-                    None => None,
-                    Some(serde_json::Value::Object(_)) => {
-                        let s = r.data.as_ref().map(|d| d.to_string()).unwrap_or_default();
-                        if s.len() > RECORD_DATA {
-                            return Err(ServiceError::Invalid(format!(
-                                "records[{i}].data is {} bytes; at most {RECORD_DATA}",
-                                s.len()
-                            )));
-                        }
-                        Some(s)
-                    }
-                    Some(_) => {
-                        return Err(ServiceError::Invalid(format!(
-                            "records[{i}].data must be an object"
-                        )));
-                    }
-                };
-                rows.push((r.key.clone(), r.outcome, data));
-            }
-            Ok(rows)
-        })();
+        let checked = self
+            .recipient_of(who, id)
+            .and_then(|_| check_records(&records));
         let rows = match checked {
             Ok(r) => r,
             Err(e) => return self.reject(reply, e).await,
         };
         let worker = who.node;
         let worker_id = self.org.id(worker).to_string();
-        let now = now_ms();
-        let slot: Arc<Mutex<Vec<Correction>>> = Arc::default();
-        let fill = Arc::clone(&slot);
-        let campaigns = Arc::clone(&self.campaigns);
+        let now = self.clock.now_ms();
         let n = rows.len();
-        self.store
-            .submit_async(Job::new(
-                move |c| {
-                    // The store decides what a key held before, so corrections count exactly.
-                    let mut old = c.prepare_cached(
-                        "SELECT outcome FROM campaign_records WHERE campaign_id = ?1 AND key = ?2",
-                    )?;
-                    let mut put = c.prepare_cached(
-                        "INSERT INTO campaign_records (campaign_id, key, worker, outcome, data, at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT(campaign_id, key) DO UPDATE SET worker = excluded.worker,
-                           outcome = excluded.outcome, data = excluded.data, at = excluded.at",
-                    )?;
-                    let mut changes = Vec::with_capacity(rows.len());
-                    for (key, outcome, data) in &rows {
-                        let before: Option<String> =
-                            match old.query_row(params![id as i64, key], |r| r.get(0)) {
-                                Ok(v) => Some(v),
-                                Err(rusqlite::Error::QueryReturnedNoRows) => None,
-                                Err(e) => return Err(e),
-                            };
-                        put.execute(params![
-                            id as i64,
-                            key,
-                            worker_id,
-                            outcome.as_str(),
-                            data,
-                            now as i64
-                        ])?;
-                        changes.push((before.as_deref().and_then(Outcome::parse), *outcome));
-                    }
-                    *fill.lock().unwrap_or_else(|e| e.into_inner()) = changes;
-                    Ok(())
-                },
-                move |r| match r {
-                    Ok(()) => {
-                        let changes =
-                            std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
-                        if let Some(c) = lock(&campaigns).get_mut(&id) {
-                            for (before, after) in changes {
-                                c.progress.record(worker, before, after);
-                            }
-                        }
-                        reply.ok_value(false, serde_json::json!({ "accepted": n }));
-                    }
-                    Err(e) => reply.err(e.into()),
-                },
-            ))
-            .await;
+        let t = self.pipeline.wait(Effect::Records(reply, id, worker, n));
+        self.query(
+            t,
+            move |c| {
+                // The store decides what a key held before, so corrections count exactly.
+                let mut old = c.prepare_cached(
+                    "SELECT outcome FROM campaign_records WHERE campaign_id = ?1 AND key = ?2",
+                )?;
+                let mut put = c.prepare_cached(
+                    "INSERT INTO campaign_records (campaign_id, key, worker, outcome, data, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(campaign_id, key) DO UPDATE SET worker = excluded.worker,
+                       outcome = excluded.outcome, data = excluded.data, at = excluded.at",
+                )?;
+                let mut changes = Vec::with_capacity(rows.len());
+                for (key, outcome, data) in &rows {
+                    let before: Option<String> = old
+                        .query_row(params![id as i64, key], |r| r.get(0))
+                        .optional()?;
+                    put.execute(params![
+                        id as i64,
+                        key,
+                        worker_id,
+                        outcome.as_str(),
+                        data,
+                        now as i64
+                    ])?;
+                    changes.push((before.as_deref().and_then(Outcome::parse), *outcome));
+                }
+                Ok(changes)
+            },
+            Read::Corrections,
+        )
+        .await;
     }
 
     pub(super) async fn campaign_done(&mut self, who: Who, id: u64, reply: Reply) {
-        let ok = lock(&self.campaigns)
-            .get(&id)
-            .map(|c| c.takes_records_from(&self.org, who.node));
-        match ok {
-            None => {
-                return self
-                    .reject(
-                        reply,
-                        ServiceError::Invalid(format!("no open campaign {id}")),
-                    )
-                    .await;
-            }
-            Some(false) => {
-                let e = OrderError::OutOfScope(format!(
-                    "{} is not one of campaign {id}'s recipients",
-                    self.org.id(who.node)
-                ));
-                return self.reject(reply, e.into()).await;
-            }
-            Some(true) => {}
+        if let Err(e) = self.recipient_of(who, id) {
+            return self.reject(reply, e).await;
         }
         let worker = self.org.id(who.node).to_string();
-        let now = now_ms();
-        let campaigns = Arc::clone(&self.campaigns);
-        let node = who.node;
-        self.store
-            .submit_async(Job::new(
-                move |c| {
-                    c.prepare_cached(
-                        "INSERT OR IGNORE INTO campaign_done (campaign_id, worker, at) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![id as i64, worker, now as i64])
-                    .map(drop)
-                },
-                move |r| match r {
-                    Ok(()) => {
-                        if let Some(c) = lock(&campaigns).get_mut(&id) {
-                            c.progress.done(node);
-                        }
-                        reply.ok_value(false, serde_json::json!({}))
-                    }
-                    Err(e) => reply.err(e.into()),
-                },
-            ))
-            .await;
+        let now = self.clock.now_ms();
+        let t = self.pipeline.wait(Effect::Done(reply, id, who.node));
+        self.submit(
+            t,
+            Job::new(move |c| {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO campaign_done (campaign_id, worker, at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id as i64, worker, now as i64])
+                .map(drop)
+            }),
+        )
+        .await;
     }
 
     pub(super) async fn campaign_watch(
         &mut self,
-        conn: Arc<Conn>,
+        who: Who,
+        conn: ConnKey,
         id: u64,
         watch: bool,
         re: Option<ReqId>,
     ) {
-        let who = Who {
-            node: conn.endpoint,
-            role: conn.role,
-        };
         let kind = if watch {
             "campaign.watch"
         } else {
             "campaign.unwatch"
         };
-        let result = {
-            let mut map = lock(&self.campaigns);
-            match map.get_mut(&id) {
-                Some(c) if c.visible_to(&self.org, who) => {
-                    c.watchers.retain(|w| w.key != conn.key);
-                    if watch {
-                        c.watchers.push(Arc::clone(&conn));
-                    }
-                    Ok(c.status(&self.org, id))
-                }
-                Some(_) => Err(ServiceError::from(OrderError::OutOfScope(format!(
-                    "campaign {id} is outside your scope"
-                )))),
-                None => Err(ServiceError::Invalid(format!("no open campaign {id}"))),
+        let r = self
+            .visible_campaign(who, id)
+            .map(|c| c.status(&self.org, id));
+        if r.is_ok() {
+            let group = watchers(id);
+            if watch {
+                self.out.join(&group, conn);
+            } else {
+                self.out.leave(&group, conn);
             }
-        };
-        let reply = Reply::Ws { conn, re, kind };
-        match result {
-            Ok(status) => reply.ok_value(false, serde_json::json!({ "campaign": status })),
-            Err(e) => self.reject(reply, e).await,
         }
+        let reply = Reply::Terminal { conn, re, kind };
+        let r = r.map(|status| {
+            (
+                false,
+                Answer::Value(serde_json::json!({ "campaign": status })),
+            )
+        });
+        self.now_or_later(Effect::Ready(reply, r)).await;
     }
 
     pub(super) async fn campaign_close(&mut self, who: Who, id: u64, reply: Reply) {
-        let allowed = {
-            let map = lock(&self.campaigns);
-            map.get(&id).map(|c| {
-                who.node == c.sender
-                    || (who.role != Role::Worker && self.org.contains(who.node, c.sender))
-            })
-        };
-        match allowed {
-            None => {
-                return self
-                    .reject(
-                        reply,
-                        ServiceError::Invalid(format!("no open campaign {id}")),
-                    )
-                    .await;
-            }
-            Some(false) => {
-                let e = OrderError::OutOfScope(format!(
+        let checked = self.visible_campaign(who, id).and_then(|c| {
+            let may = who.node == c.sender
+                || (who.role != Role::Worker && self.org.contains(who.node, c.sender));
+            if !may {
+                return Err(OrderError::OutOfScope(format!(
                     "only the sender of campaign {id} or a center above it may close it"
-                ));
-                return self.reject(reply, e.into()).await;
+                ))
+                .into());
             }
-            Some(true) => {}
+            if c.closed_at.is_some() {
+                return Err(ServiceError::Closed(format!(
+                    "campaign {id} is closed already"
+                )));
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            return self.reject(reply, e).await;
         }
-        let now = now_ms();
-        let campaigns = Arc::clone(&self.campaigns);
-        let org = Arc::clone(&self.org);
-        self.store
-            .submit_async(Job::new(
-                move |c| {
-                    c.execute(
-                        "UPDATE campaigns SET closed_at = ?2 WHERE id = ?1",
-                        params![id as i64, now as i64],
-                    )
-                    .map(drop)
-                },
-                move |r| match r {
-                    Ok(()) => {
-                        let status = lock(&campaigns).remove(&id).map(|mut c| {
-                            c.closed_at = Some(now);
-                            c.status(&org, id)
-                        });
-                        reply.ok_value(false, serde_json::json!({ "campaign": status }))
-                    }
-                    Err(e) => reply.err(e.into()),
-                },
-            ))
-            .await;
+        let now = self.clock.now_ms();
+        let t = self.pipeline.wait(Effect::Closed(reply, id, now));
+        self.submit(
+            t,
+            Job::new(move |c| {
+                c.execute(
+                    "UPDATE campaigns SET closed_at = ?2 WHERE id = ?1",
+                    params![id as i64, now as i64],
+                )
+                .map(drop)
+            }),
+        )
+        .await;
     }
 
-    /// Live progress: each watched campaign whose counts changed sends one frame to its
-    /// watchers — totals and the changed centers (workers' own counts stay out of it).
+    /// Live progress: each campaign whose counts changed sends one frame to its watchers on
+    /// every node — totals and the changed centers (workers' own counts stay out of it).
     pub(super) fn flush_progress(&mut self) {
         let org = Arc::clone(&self.org);
-        let mut map = lock(&self.campaigns);
-        for (id, c) in map.iter_mut() {
-            c.watchers.retain(|w| w.is_open());
-            if c.watchers.is_empty() {
-                continue;
-            }
+        for (id, c) in self.campaigns.iter_mut() {
             let changed = c.progress.take_changed();
             if changed.is_empty() {
                 continue;
@@ -931,26 +785,89 @@ impl Service {
                 None,
                 &serde_json::json!({ "campaign": id, "totals": c.progress.totals(), "nodes": nodes }),
             );
-            for w in &c.watchers {
-                w.send(&frame);
-            }
+            self.out.to_group(&watchers(*id), &frame);
         }
     }
 }
 
-/// Why an answer carries a JSON value; helpers for replies other than orders.
-impl Reply {
-    pub fn ok_value(self, created: bool, v: serde_json::Value) {
-        match self {
-            Reply::Ws { conn, re, kind } => {
-                if let Some(f) = success(re.as_ref(), kind, &v) {
-                    conn.send(&f);
-                }
-            }
-            Reply::Rest(tx) => {
-                let _ = tx.send(Ok((created, super::RestBody::Value(v))));
-            }
-            Reply::None => {}
-        }
+/// Checks records' keys and data; returns them as rows to write.
+fn check_records(
+    records: &[RecordIn],
+) -> Result<Vec<(String, Outcome, Option<String>)>, ServiceError> {
+    if records.is_empty() || records.len() > RECORDS_PER_REQUEST {
+        return Err(ServiceError::Invalid(format!(
+            "send 1 to {RECORDS_PER_REQUEST} records per request, not {}",
+            records.len()
+        )));
     }
+    let mut rows = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        if r.key.is_empty() || r.key.len() > KEY || r.key.chars().any(char::is_control) {
+            return Err(ServiceError::Invalid(format!(
+                "records[{i}].key must be 1–{KEY} bytes without control characters"
+            )));
+        }
+        let data = match &r.data {
+            None => None,
+            Some(v @ serde_json::Value::Object(_)) => {
+                let s = v.to_string();
+                if s.len() > RECORD_DATA {
+                    return Err(ServiceError::Invalid(format!(
+                        "records[{i}].data is {} bytes; at most {RECORD_DATA}",
+                        s.len()
+                    )));
+                }
+                Some(s)
+            }
+            Some(_) => {
+                return Err(ServiceError::Invalid(format!(
+                    "records[{i}].data must be an object"
+                )));
+            }
+        };
+        rows.push((r.key.clone(), r.outcome, data));
+    }
+    Ok(rows)
+}
+
+fn read_notice(c: &rusqlite::Connection, id: u64) -> rusqlite::Result<Option<NoticeRow>> {
+    let head = c
+        .query_row(
+            "SELECT sender, node, tiers, title, body, created_at FROM notices WHERE id = ?1",
+            [id as i64],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((sender, node, tiers, title, body, created_at)) = head else {
+        return Ok(None);
+    };
+    let mut st =
+        c.prepare_cached("SELECT endpoint, seq FROM notice_recipients WHERE notice_id = ?1")?;
+    let recipients: Vec<(String, u64)> = st
+        .query_map([id as i64], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<_, _>>()?;
+    let reads: i64 = c.query_row(
+        "SELECT COUNT(*) FROM reads WHERE kind = 'notice' AND ref = ?1",
+        [id as i64],
+        |r| r.get(0),
+    )?;
+    Ok(Some(NoticeRow {
+        sender,
+        node,
+        tiers,
+        title,
+        body,
+        created_at,
+        recipients,
+        reads,
+    }))
 }

@@ -1,42 +1,43 @@
 //! The async shell around the orders core.
 //!
-//! One task owns the core and decides every request in arrival order. A decision becomes one
-//! store job: the order row, the history event and the outbox messages it causes, written
-//! atomically. The job's completion runs on the store's writer thread right after the commit:
-//! it answers the requester, pushes the outbox messages to connected holders and feeds the
-//! consoles. Nothing is said to anyone before it is durable. Refusals and reads are answered
-//! through the same queue, so a terminal's replies come in the order it asked.
+//! One task owns the core and the campaigns and decides every request in arrival order. A
+//! decision becomes one store job — the order row, its history event and the outbox messages it
+//! causes (through an outbox batch), written atomically — and an entry in the answer pipeline.
+//! The store tells the task of each commit, in order; only then is the requester answered and
+//! the change published to every node's consoles. Refusals and reads join the same pipeline, so
+//! a terminal's replies come in the order it asked, and nothing is said before it is durable.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 mod broadcast;
+#[cfg(test)]
+mod tests;
 
-use broadcast::Campaigns;
 pub use broadcast::{CampaignIn, NoticeIn, RECORDS_PER_REQUEST, RecordIn};
+use broadcast::{CampaignState, Correction, NoticeRow};
 
-use super::core::{Act, Applied, Created, NewOrder, Notify, OrderError, Orders, Policy, Who};
-use super::feed::{FeedHandle, Item};
+use super::core::{
+    Act, Applied, Created, NewOrder, Notify, OrderError, Orders, Policy, Who, can_view,
+};
+use super::feed::OrderChanged;
 use super::model::{Action, Order, OrderId, State};
-use super::persist::{self, EventRow, OrderRow, OutboxRow, TransitionRows};
+use super::persist::{self, EventRow, OrderRow, TransitionRows};
 use super::wire::{DocView, OrderDoc, Summary, request_hash};
 use crate::auth::Role;
-use crate::backplane::Backplane;
-use crate::clock::now_ms;
+use crate::backplane::{ConnKey, Outbound, To, Via};
+use crate::clock::Clock;
 use crate::org::{NodeIdx, Org};
-use crate::store::{Job, Store, StoreError};
+use crate::outbox::Outbox;
+use crate::store::{Job, Notifier, Store, StoreError, inbox};
 use crate::telemetry::Metrics;
-use crate::transport::conn::Conn;
-use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, outbox_frame, reply, success};
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, reply};
 
-/// Outbox messages replayed per `outbox.resume`; the reply says when there are more.
-pub const REPLAY_MAX: usize = 1000;
-/// Acknowledgements are written at most this often (the latest per terminal).
-const ACK_FLUSH: Duration = Duration::from_millis(100);
 /// Campaign progress reaches watching consoles at most this often.
 const PROGRESS_FLUSH: Duration = Duration::from_millis(250);
 
@@ -46,6 +47,12 @@ pub enum ServiceError {
     Order(#[from] OrderError),
     #[error("{0}")]
     Invalid(String),
+    /// No such notice or campaign — or one the caller may not know of.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not possible in the campaign's state (it is closed).
+    #[error("{0}")]
+    Closed(String),
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
     #[error("orders are shutting down")]
@@ -57,6 +64,8 @@ impl ServiceError {
         match self {
             ServiceError::Order(e) => e.code(),
             ServiceError::Invalid(_) => "invalid_data",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Closed(_) => "illegal_transition",
             ServiceError::Store(_) => "store_unavailable",
             ServiceError::Unavailable => "unavailable",
         }
@@ -87,8 +96,9 @@ pub type RestResult = Result<(bool, RestBody), ServiceError>;
 
 /// Where an answer goes.
 pub enum Reply {
-    Ws {
-        conn: Arc<Conn>,
+    /// A terminal's request, answered on the connection it came from.
+    Terminal {
+        conn: ConnKey,
         re: Option<ReqId>,
         kind: &'static str,
     },
@@ -103,6 +113,8 @@ pub enum Answer {
     Full(Box<OrderDoc>),
     /// Its summary: enough to confirm a WebSocket transition, a tenth of the size.
     Brief(Summary),
+    /// A notice's or a campaign's JSON.
+    Value(serde_json::Value),
 }
 
 #[derive(PartialEq, Eq)]
@@ -117,52 +129,79 @@ impl Reply {
         match self {
             Reply::Rest(_) => Wants::Full,
             Reply::None => Wants::Nothing,
-            Reply::Ws { kind, .. }
+            Reply::Terminal { kind, .. }
                 if matches!(*kind, "order.create" | "order.get" | "order.read") =>
             {
                 Wants::Full
             }
             // A notification (no id) is answered only if it fails.
-            Reply::Ws { re: None, .. } => Wants::Nothing,
-            Reply::Ws { .. } => Wants::Brief,
+            Reply::Terminal { re: None, .. } => Wants::Nothing,
+            Reply::Terminal { .. } => Wants::Brief,
         }
     }
 
-    /// `created`: a new order (REST answers 201).
-    pub fn ok(self, created: bool, answer: Answer) {
+    /// `created`: a new order, notice or campaign (REST answers 201).
+    fn ok(self, out: &dyn Outbound, created: bool, answer: Answer) {
         #[derive(serde::Serialize)]
         struct Data<'a, T> {
             order: &'a T,
         }
-        match (self, answer) {
-            (Reply::Ws { conn, re, kind }, Answer::Full(doc)) => {
-                if let Some(f) = success(re.as_ref(), kind, &Data { order: &doc }) {
-                    conn.send(&f);
+        match self {
+            Reply::Terminal { conn, re, kind } => {
+                // Reads and creates return data and are always answered; the rest only when
+                // they carried an id.
+                let always = matches!(
+                    kind,
+                    "order.create"
+                        | "order.get"
+                        | "order.read"
+                        | "notice.send"
+                        | "notice.get"
+                        | "campaign.start"
+                        | "campaign.get"
+                        | "campaign.watch"
+                );
+                if re.is_none() && !always {
+                    return;
                 }
+                let f: Bytes = match &answer {
+                    Answer::Full(doc) => reply(re.as_ref(), &Data { order: doc }),
+                    Answer::Brief(s) => reply(re.as_ref(), &Data { order: s }),
+                    Answer::Value(v) => reply(re.as_ref(), v),
+                };
+                out.send(To::Conn(conn), &f, Via::Post);
             }
-            (Reply::Ws { conn, re, kind }, Answer::Brief(summary)) => {
-                if let Some(f) = success(re.as_ref(), kind, &Data { order: &summary }) {
-                    conn.send(&f);
-                }
+            Reply::Rest(tx) => {
+                let body = match answer {
+                    Answer::Full(doc) => RestBody::Order(doc),
+                    Answer::Value(v) => RestBody::Value(v),
+                    // `wants` asks REST for the whole order.
+                    Answer::Brief(s) => RestBody::Value(serde_json::json!({ "order": s })),
+                };
+                let _ = tx.send(Ok((created, body)));
             }
-            (Reply::Rest(tx), Answer::Full(doc)) => {
-                let _ = tx.send(Ok((created, RestBody::Order(doc))));
-            }
-            // `wants` asks REST for the whole order; nothing else reaches here.
-            (Reply::Rest(_), Answer::Brief(_)) | (Reply::None, _) => {}
+            Reply::None => {}
         }
     }
 
-    pub fn err(self, e: ServiceError) {
+    fn err(self, out: &dyn Outbound, e: ServiceError) {
         match self {
-            Reply::Ws { conn, re, kind } => {
+            Reply::Terminal { conn, re, kind } => {
                 let p = ProtoError::new(e.ws_code(), e.to_string()).answering(re, kind);
-                conn.send(&p.encode());
+                out.send(To::Conn(conn), &p.encode(), Via::Post);
             }
             Reply::Rest(tx) => {
                 let _ = tx.send(Err(e));
             }
             Reply::None => {}
+        }
+    }
+
+    /// `ok` for `Ok`, `err` for `Err`.
+    fn answer(self, out: &dyn Outbound, r: Result<(bool, Answer), ServiceError>) {
+        match r {
+            Ok((created, a)) => self.ok(out, created, a),
+            Err(e) => self.err(out, e),
         }
     }
 }
@@ -193,20 +232,6 @@ pub enum Cmd {
         id: OrderId,
         reply: Reply,
     },
-    Resume {
-        conn: Arc<Conn>,
-        after: u64,
-        re: Option<ReqId>,
-    },
-    Ack {
-        conn: Arc<Conn>,
-        seq: u64,
-        re: Option<ReqId>,
-    },
-    /// Writes for these orders failed: take them back from the store.
-    Reload(Vec<OrderId>),
-    /// Prune more delivered outbox messages (the last chunk was full).
-    Prune,
     NoticeSend {
         who: Who,
         notice: NoticeIn,
@@ -217,10 +242,10 @@ pub enum Cmd {
         id: u64,
         reply: Reply,
     },
-    /// A read receipt for a notice or a campaign task.
+    /// A read receipt for a notice or a campaign task: only its recipients may give one.
     MarkRead {
         who: Who,
-        kind: &'static str,
+        kind: ReadKind,
         id: u64,
         reply: Reply,
     },
@@ -246,7 +271,8 @@ pub enum Cmd {
         reply: Reply,
     },
     CampaignWatch {
-        conn: Arc<Conn>,
+        who: Who,
+        conn: ConnKey,
         id: u64,
         watch: bool,
         re: Option<ReqId>,
@@ -256,15 +282,22 @@ pub enum Cmd {
         id: u64,
         reply: Reply,
     },
-    /// A durable message for one terminal from another domain (a missed call): written to its
-    /// outbox like any order message, pushed if it is connected, replayed if not.
-    Deliver {
-        to: NodeIdx,
-        kind: &'static str,
-        reference: u64,
-        payload: String,
-    },
     Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadKind {
+    Notice,
+    Campaign,
+}
+
+impl ReadKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReadKind::Notice => "notice",
+            ReadKind::Campaign => "campaign",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -274,13 +307,13 @@ pub struct OrdersHandle {
 }
 
 impl OrdersHandle {
-    pub async fn send(&self, cmd: Cmd) {
+    /// Queues a command; if the service has stopped (shutdown), says so to whoever asked.
+    pub async fn send(&self, cmd: Cmd, out: &dyn Outbound) {
         self.metrics.orders_queue.store(
             (self.tx.max_capacity() - self.tx.capacity()) as u64,
             Relaxed,
         );
         if let Err(e) = self.tx.send(cmd).await {
-            // The service has stopped (shutdown): say so to whoever asked.
             match e.0 {
                 Cmd::Create { reply, .. }
                 | Cmd::Act { reply, .. }
@@ -293,8 +326,20 @@ impl OrdersHandle {
                 | Cmd::CampaignGet { reply, .. }
                 | Cmd::CampaignRecord { reply, .. }
                 | Cmd::CampaignDone { reply, .. }
-                | Cmd::CampaignClose { reply, .. } => reply.err(ServiceError::Unavailable),
-                _ => {}
+                | Cmd::CampaignClose { reply, .. } => reply.err(out, ServiceError::Unavailable),
+                Cmd::CampaignWatch {
+                    conn, re, watch, ..
+                } => Reply::Terminal {
+                    conn,
+                    re,
+                    kind: if watch {
+                        "campaign.watch"
+                    } else {
+                        "campaign.unwatch"
+                    },
+                }
+                .err(out, ServiceError::Unavailable),
+                Cmd::Stop(_) => {}
             }
         }
     }
@@ -306,17 +351,6 @@ impl OrdersHandle {
             let _ = rx.await;
         }
     }
-}
-
-/// May `viewer` see this order at all?
-pub fn can_view(org: &Org, o: &Order, viewer: NodeIdx, role: Role) -> bool {
-    if o.chain.contains(&viewer) || o.report_chain.contains(&viewer) || o.holder == viewer {
-        return true;
-    }
-    role != Role::Worker
-        && (org.contains(viewer, o.holder)
-            || org.contains(viewer, o.place.node)
-            || org.contains(viewer, o.intake()))
 }
 
 /// The order as `viewer` may see it: the reporter's contact is shown to those handling the
@@ -339,44 +373,152 @@ pub fn sees_contact(org: &Org, o: &Order, v: NodeIdx, role: Role) -> bool {
         || (role != Role::Worker && org.contains(v, o.intake()))
 }
 
+/// What a store job of this service hands back.
+enum Read {
+    Nothing,
+    Doc(Option<Box<OrderDoc>>),
+    Notice(Option<NoticeRow>),
+    Corrections(Vec<Correction>),
+    /// Whether the reader was a recipient (its receipt was written).
+    Recipient(bool),
+}
+
+/// The store's word on one job, in commit order.
+struct Stored {
+    ticket: u64,
+    result: Result<Read, StoreError>,
+}
+
+/// What to do once a request's turn comes (its job committed, or at once if nothing waits).
+enum Effect {
+    /// An order transition was written.
+    Transition {
+        reply: Reply,
+        answer: Option<Answer>,
+        created: bool,
+        changed: Box<Summary>,
+        id: OrderId,
+        at: Instant,
+    },
+    /// An answer decided already (a refusal, a read of an open order, a campaign's state).
+    Ready(Reply, Result<(bool, Answer), ServiceError>),
+    /// Written, then answered with this (or the failure).
+    Written(Reply, bool, Answer),
+    /// A closed order read from the store, for `who`.
+    Stored(Reply, Who, OrderId),
+    /// An action on an order that is not open: why it cannot be done.
+    NotOpen(Reply, Who, OrderId, Action),
+    /// A write failed: the order is read back from the store.
+    Reload(OrderId),
+    NoticeGet(Reply, Who, u64),
+    Receipt(Reply, ReadKind, u64),
+    Records(Reply, u64, NodeIdx, usize),
+    Done(Reply, u64, NodeIdx),
+    Closed(Reply, u64, u64),
+    CampaignStarted(Reply, u64, serde_json::Value),
+    Stop(oneshot::Sender<()>),
+}
+
+/// One answer in line: the job it waits for (none: it waits only for those before it), what to
+/// do, and, once the job is done, how it went.
+struct Entry {
+    ticket: Option<u64>,
+    effect: Effect,
+    result: Option<Result<Read, StoreError>>,
+}
+
+/// Answers in the order requests arrived: an answer waits for every job queued before it.
+struct Pipeline {
+    next: u64,
+    queue: VecDeque<Entry>,
+}
+
+impl Pipeline {
+    fn new() -> Pipeline {
+        Pipeline {
+            next: 0,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// An effect waiting for a job; returns the job's ticket.
+    fn wait(&mut self, e: Effect) -> u64 {
+        self.next += 1;
+        self.queue.push_back(Entry {
+            ticket: Some(self.next),
+            effect: e,
+            result: None,
+        });
+        self.next
+    }
+
+    /// An effect with nothing of its own to wait for: due at once unless others wait.
+    fn ready(&mut self, e: Effect) -> Option<Effect> {
+        if self.queue.is_empty() {
+            Some(e)
+        } else {
+            self.queue.push_back(Entry {
+                ticket: None,
+                effect: e,
+                result: None,
+            });
+            None
+        }
+    }
+
+    /// A job is done; returns the effects now due, in order.
+    fn done(
+        &mut self,
+        ticket: u64,
+        r: Result<Read, StoreError>,
+    ) -> Vec<(Effect, Option<Result<Read, StoreError>>)> {
+        if let Some(slot) = self.queue.iter_mut().find(|e| e.ticket == Some(ticket)) {
+            slot.result = Some(r);
+        }
+        let mut due = Vec::new();
+        while let Some(front) = self.queue.front() {
+            if front.ticket.is_some() && front.result.is_none() {
+                break;
+            }
+            let e = self.queue.pop_front().expect("checked above");
+            due.push((e.effect, e.result));
+        }
+        due
+    }
+}
+
 struct Service {
     core: Orders,
     org: Arc<Org>,
     store: Arc<Store>,
-    backplane: Arc<dyn Backplane>,
-    feed: FeedHandle,
+    outbox: Outbox,
+    out: Arc<dyn Outbound>,
     metrics: Arc<Metrics>,
-    me: mpsc::Sender<Cmd>,
-    /// Per endpoint: last outbox sequence written, last acknowledged.
-    last_seq: Vec<u64>,
-    acked: Vec<u64>,
-    campaigns: Campaigns,
-    retention: Retention,
+    clock: Clock,
+    news: Notifier<Stored>,
+    pipeline: Pipeline,
+    campaigns: HashMap<u64, CampaignState>,
     next_notice: u64,
     next_campaign: u64,
-    /// Endpoints whose acknowledgement changed since the last write, each once.
-    dirty_acks: Vec<NodeIdx>,
-    ack_dirty: Vec<bool>,
 }
 
-/// How long delivered outbox messages are kept, and how often they are pruned.
-#[derive(Clone, Copy, Debug)]
-pub struct Retention {
-    pub every: Duration,
-    pub keep_ms: u64,
+pub struct Started {
+    pub handle: OrdersHandle,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     org: Arc<Org>,
     policy: Policy,
     store: Arc<Store>,
-    backplane: Arc<dyn Backplane>,
-    feed: FeedHandle,
+    outbox: Outbox,
+    out: Arc<dyn Outbound>,
     metrics: Arc<Metrics>,
-    retention: Retention,
-) -> Result<(OrdersHandle, tokio::task::JoinHandle<()>), StoreError> {
+    clock: Clock,
+) -> Result<Started, StoreError> {
     let fingerprint = org.fingerprint();
-    let keys_since = now_ms().saturating_sub(policy.idempotency_ms);
+    let keys_since = clock.now_ms().saturating_sub(policy.idempotency_ms);
     let (loaded, (campaigns, next_notice, next_campaign)) = store.read_sync(|c| {
         let moved = persist::reindex_nodes(c, &org, &fingerprint)?;
         if moved > 0 {
@@ -396,40 +538,27 @@ pub fn start(
     let mut core = Orders::new(Arc::clone(&org), policy);
     let open = loaded.open.len();
     core.restore(loaded.open, loaded.next_id, loaded.keys);
-    let mut last_seq = vec![0; org.len()];
-    for (n, s) in loaded.last_seq {
-        last_seq[n.get()] = s;
-    }
-    let mut acked = vec![0; org.len()];
-    for (n, s) in loaded.acked {
-        acked[n.get()] = s;
-    }
     tracing::info!(open, next_id = loaded.next_id, "orders loaded");
     let (tx, rx) = mpsc::channel(crate::store::QUEUE);
+    let (news, news_rx) = inbox();
     let svc = Service {
         core,
         org,
         store,
-        backplane,
-        feed,
-        metrics,
-        me: tx.clone(),
-        last_seq,
-        ack_dirty: vec![false; acked.len()],
-        acked,
-        campaigns: Arc::new(std::sync::Mutex::new(campaigns)),
-        retention,
+        outbox,
+        out,
+        metrics: Arc::clone(&metrics),
+        clock,
+        news,
+        pipeline: Pipeline::new(),
+        campaigns,
         next_notice,
         next_campaign,
-        dirty_acks: Vec::new(),
     };
-    Ok((
-        OrdersHandle {
-            tx,
-            metrics: Arc::clone(&svc.metrics),
-        },
-        tokio::spawn(svc.run(rx)),
-    ))
+    Ok(Started {
+        handle: OrdersHandle { tx, metrics },
+        task: tokio::spawn(svc.run(rx, news_rx)),
+    })
 }
 
 fn role_of(org: &Org, n: NodeIdx) -> Role {
@@ -437,65 +566,96 @@ fn role_of(org: &Org, n: NodeIdx) -> Role {
 }
 
 impl Service {
-    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut stored: mpsc::UnboundedReceiver<Stored>,
+    ) {
         let mut buf = Vec::with_capacity(256);
-        let mut ack_tick = tokio::time::interval(ACK_FLUSH);
-        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress_tick = tokio::time::interval(PROGRESS_FLUSH);
         progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut prune_tick = tokio::time::interval(self.retention.every);
-        prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        prune_tick.tick().await;
+        let mut stopping = false;
         loop {
-            let wait = self
-                .core
-                .next_deadline()
-                .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
+            let due = self.core.next_deadline();
             tokio::select! {
-                n = rx.recv_many(&mut buf, 1024) => {
+                biased;
+                s = stored.recv() => {
+                    // The service holds a sender itself, so this never ends first.
+                    let Some(s) = s else { return };
+                    for (effect, result) in self.pipeline.done(s.ticket, s.result) {
+                        if !self.perform(effect, result).await {
+                            return;
+                        }
+                    }
+                }
+                n = rx.recv_many(&mut buf, 1024), if !stopping => {
                     if n == 0 {
                         return;
                     }
                     for cmd in buf.drain(..) {
                         if let Cmd::Stop(done) = cmd {
-                            self.flush_acks().await;
                             // Completes after every job queued before it has committed.
-                            self.after_commit(move || { let _ = done.send(()); }).await;
-                            return;
+                            let t = self.pipeline.wait(Effect::Stop(done));
+                            self.submit(t, Job::new(|_| Ok(()))).await;
+                            stopping = true;
+                            break;
                         }
                         self.handle(cmd).await;
                     }
                 }
-                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
-                    for applied in self.core.tick(now_ms()) {
+                _ = self.clock.sleep_until_ms(due.unwrap_or_default()), if due.is_some() && !stopping => {
+                    for applied in self.core.tick(self.clock.now_ms()) {
                         self.persist(applied, None, Reply::None, Instant::now(), false).await;
                     }
                 }
-                _ = ack_tick.tick(), if !self.dirty_acks.is_empty() => self.flush_acks().await,
                 _ = progress_tick.tick() => self.flush_progress(),
-                _ = prune_tick.tick() => self.prune().await,
             }
         }
     }
 
-    fn acked_of(&self, n: NodeIdx) -> u64 {
-        self.acked[n.get()]
-    }
-
-    /// Runs `f` on the writer thread once every job queued before it has committed.
-    async fn after_commit(&self, f: impl FnOnce() + Send + 'static) {
+    /// Queues a job that tells this service, with its ticket, when it is done.
+    async fn submit(&self, ticket: u64, job: Job) {
         self.store
-            .submit_async(Job::new(|_| Ok(()), move |_| f()))
+            .submit_async(job.notify(&self.news, move |r| Stored {
+                ticket,
+                result: r.map(|()| Read::Nothing),
+            }))
             .await;
     }
 
-    async fn reject(&self, reply: Reply, e: ServiceError) {
+    /// Queues a job that reads something for its effect.
+    async fn query<T: Send + 'static>(
+        &self,
+        ticket: u64,
+        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        read: fn(T) -> Read,
+    ) {
+        self.store
+            .submit_async(Job::query(work, &self.news, move |r| Stored {
+                ticket,
+                result: r.map(read),
+            }))
+            .await;
+    }
+
+    /// Carries out an effect now or, if answers wait before it, when its turn comes.
+    async fn now_or_later(&mut self, e: Effect) {
+        if let Some(e) = self.pipeline.ready(e) {
+            self.perform(e, None).await;
+        }
+    }
+
+    async fn reject(&mut self, reply: Reply, e: ServiceError) {
         self.metrics.orders_rejected.fetch_add(1, Relaxed);
-        self.after_commit(move || reply.err(e)).await;
+        self.now_or_later(Effect::Ready(reply, Err(e))).await;
+    }
+
+    fn acked_of(&self, n: NodeIdx) -> u64 {
+        self.outbox.acked(n)
     }
 
     async fn handle(&mut self, cmd: Cmd) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match cmd {
             Cmd::Create {
                 who,
@@ -527,7 +687,17 @@ impl Service {
                 at,
             } => match self.core.act(who, id, expect, act.clone(), now) {
                 Ok(applied) => self.persist(applied, None, reply, at, false).await,
-                Err(OrderError::NotFound(id)) => self.not_open(who, id, act, reply).await,
+                Err(OrderError::NotFound(id)) if self.core.get(id).is_none() => {
+                    let t = self
+                        .pipeline
+                        .wait(Effect::NotOpen(reply, who, id, act.action()));
+                    self.query(
+                        t,
+                        move |c| persist::order_doc(c, id),
+                        |d| Read::Doc(d.map(Box::new)),
+                    )
+                    .await;
+                }
                 Err(e) => self.reject(reply, e.into()).await,
             },
             Cmd::Get { who, id, reply } => self.answer_existing(who, id, reply).await,
@@ -545,59 +715,15 @@ impl Service {
                     Some((who.node, who.role)),
                 );
                 let endpoint = self.org.id(who.node).to_string();
-                self.store
-                    .submit_async(Job::new(
-                        move |c| persist::write_read(c, "order", id.0, &endpoint, now),
-                        move |r| match r {
-                            Ok(()) => reply.ok(false, Answer::Full(Box::new(doc))),
-                            Err(e) => reply.err(e.into()),
-                        },
-                    ))
-                    .await;
+                let t =
+                    self.pipeline
+                        .wait(Effect::Written(reply, false, Answer::Full(Box::new(doc))));
+                self.submit(
+                    t,
+                    Job::new(move |c| persist::write_read(c, "order", id.0, &endpoint, now)),
+                )
+                .await;
             }
-            Cmd::Resume { conn, after, re } => self.resume(conn, after, re).await,
-            Cmd::Ack { conn, seq, re } => {
-                let n = conn.endpoint;
-                if seq > self.last_seq[n.get()] {
-                    let reply = Reply::Ws {
-                        conn,
-                        re,
-                        kind: "outbox.ack",
-                    };
-                    let last = self.last_seq[n.get()];
-                    return self
-                        .reject(
-                            reply,
-                            ServiceError::Invalid(format!(
-                                "outbox.ack: sequence {seq} was never sent; the last is {last}"
-                            )),
-                        )
-                        .await;
-                }
-                if seq > self.acked[n.get()] {
-                    if !self.ack_dirty[n.get()] {
-                        self.ack_dirty[n.get()] = true;
-                        self.dirty_acks.push(n);
-                    }
-                    self.acked[n.get()] = seq;
-                }
-            }
-            Cmd::Reload(ids) => {
-                for id in ids {
-                    let doc = self.store.read(move |c| persist::order_doc(c, id)).await;
-                    match doc.ok().flatten().map(|d| d.to_order(&self.org)) {
-                        Some(Ok(o)) => self.core.reload(o),
-                        _ => self.core.forget(id),
-                    }
-                }
-            }
-            Cmd::Prune => self.prune().await,
-            Cmd::Deliver {
-                to,
-                kind,
-                reference,
-                payload,
-            } => self.deliver(to, kind, reference, payload).await,
             Cmd::NoticeSend { who, notice, reply } => self.notice_send(who, notice, reply).await,
             Cmd::NoticeGet { who, id, reply } => self.notice_get(who, id, reply).await,
             Cmd::MarkRead {
@@ -620,75 +746,44 @@ impl Service {
             } => self.campaign_record(who, id, records, reply).await,
             Cmd::CampaignDone { who, id, reply } => self.campaign_done(who, id, reply).await,
             Cmd::CampaignWatch {
+                who,
                 conn,
                 id,
                 watch,
                 re,
-            } => self.campaign_watch(conn, id, watch, re).await,
+            } => self.campaign_watch(who, conn, id, watch, re).await,
             Cmd::CampaignClose { who, id, reply } => self.campaign_close(who, id, reply).await,
             Cmd::Stop(_) => unreachable!("handled in run"),
         }
     }
 
-    /// An action on an order that is not open: archived (closed), or no such order.
-    async fn not_open(&self, who: Who, id: OrderId, act: Act, reply: Reply) {
-        let org = Arc::clone(&self.org);
-        let doc = self.store.read(move |c| persist::order_doc(c, id)).await;
-        let e = match doc {
-            Ok(Some(d)) => match d.to_order(&org) {
-                Ok(o) if can_view(&org, &o, who.node, who.role) => OrderError::IllegalTransition {
-                    action: act.action(),
-                    state: o.state,
-                    allowed: Vec::new(),
-                },
-                _ => OrderError::NotFound(id),
-            },
-            Ok(None) => OrderError::NotFound(id),
-            Err(e) => return self.reject(reply, e.into()).await,
-        };
-        self.reject(reply, e.into()).await;
-    }
-
-    /// Answers with an order's current (committed) state, from memory or from the store.
-    async fn answer_existing(&self, who: Who, id: OrderId, reply: Reply) {
+    /// Answers with an order's current (committed) state, from memory or from the store. Anyone
+    /// who may not see it is told there is no such order.
+    async fn answer_existing(&mut self, who: Who, id: OrderId, reply: Reply) {
         if let Some(o) = self.core.get(id) {
-            if !can_view(&self.org, o, who.node, who.role) {
-                let e = OrderError::OutOfScope(format!("order {id} is outside your scope"));
-                return self.reject(reply, e.into()).await;
-            }
-            let doc = view_for(
-                &self.org,
-                o,
-                self.acked_of(o.holder),
-                Some((who.node, who.role)),
-            );
-            return self
-                .after_commit(move || reply.ok(false, Answer::Full(Box::new(doc))))
-                .await;
+            let r = if can_view(&self.org, o, who.node, who.role) {
+                let doc = view_for(
+                    &self.org,
+                    o,
+                    self.acked_of(o.holder),
+                    Some((who.node, who.role)),
+                );
+                Ok((false, Answer::Full(Box::new(doc))))
+            } else {
+                Err(OrderError::NotFound(id).into())
+            };
+            return self.now_or_later(Effect::Ready(reply, r)).await;
         }
-        let org = Arc::clone(&self.org);
-        let store = Arc::clone(&self.store);
-        tokio::spawn(async move {
-            match store.read(move |c| persist::order_doc(c, id)).await {
-                Ok(Some(d)) => match d.to_order(&org) {
-                    Ok(o) if can_view(&org, &o, who.node, who.role) => reply.ok(
-                        false,
-                        Answer::Full(Box::new(view_for(
-                            &org,
-                            &o,
-                            u64::MAX,
-                            Some((who.node, who.role)),
-                        ))),
-                    ),
-                    _ => reply.err(OrderError::NotFound(id).into()),
-                },
-                Ok(None) => reply.err(OrderError::NotFound(id).into()),
-                Err(e) => reply.err(e.into()),
-            }
-        });
+        let t = self.pipeline.wait(Effect::Stored(reply, who, id));
+        self.query(
+            t,
+            move |c| persist::order_doc(c, id),
+            |d| Read::Doc(d.map(Box::new)),
+        )
+        .await;
     }
 
-    /// Makes a decision durable, then (on the writer thread) answers, pushes and feeds.
+    /// Makes a decision durable: the order's rows and the outbox messages it causes, in one job.
     async fn persist(
         &mut self,
         mut applied: Applied,
@@ -698,16 +793,13 @@ impl Service {
         created: bool,
     ) {
         let org = Arc::clone(&self.org);
-        let now = applied.event.at;
         let id = applied.order.id;
+        let outbox = self.outbox.clone();
+        let mut batch = outbox.batch().await;
         // Sequence numbers first: the holder's copy, and the event, record which message told it.
         let mut messages = Vec::with_capacity(applied.notify.len());
         for &(to, why) in &applied.notify {
-            let seq = {
-                let s = &mut self.last_seq[to.get()];
-                *s += 1;
-                *s
-            };
+            let seq = batch.next(to);
             if why == Notify::Assigned && to == applied.order.holder {
                 applied.order.assigned_seq = Some(seq);
                 applied.event.detail.message = Some(seq);
@@ -717,8 +809,6 @@ impl Service {
         }
         let o = &applied.order;
         let acked = self.acked_of(o.holder);
-        let mut outbox = Vec::with_capacity(messages.len());
-        let mut pushes: Vec<(NodeIdx, u64, Bytes)> = Vec::with_capacity(messages.len());
         #[derive(serde::Serialize)]
         struct Payload<'a> {
             kind: &'static str,
@@ -737,15 +827,7 @@ impl Service {
                 order,
             })
             .expect("outbox payloads serialize");
-            pushes.push((to, seq, outbox_frame(seq, &payload)));
-            outbox.push(OutboxRow {
-                endpoint: org.id(to).to_string().into(),
-                seq,
-                at: now,
-                kind: why.kind(),
-                reference: Some(id.0),
-                payload: payload.into(),
-            });
+            batch.add(to, seq, why.kind(), Some(id.0), payload.into());
         }
         // The history is the record; the whole document is stored only where it is read from
         // the store: the creation (in its event), publication and archiving.
@@ -760,8 +842,9 @@ impl Service {
             Wants::Nothing => None,
             Wants::Brief => Some(Answer::Brief(Summary::of(&org, o))),
             Wants::Full => Some(Answer::Full(Box::new(match &reply {
-                Reply::Ws { conn, .. } => {
-                    view_for(&org, o, acked, Some((conn.endpoint, conn.role)))
+                Reply::Terminal { .. } => {
+                    let who = applied.event.actor.map(|a| (a, role_of(&org, a)));
+                    view_for(&org, o, acked, who)
                 }
                 _ => full.clone().unwrap_or_else(|| OrderDoc::of(&org, o, acked)),
             }))),
@@ -775,139 +858,191 @@ impl Service {
                 full.as_ref()
                     .filter(|_| applied.event.action == Action::Create),
             ),
-            outbox,
         };
-        let item = Item {
-            summary: Summary::of(&org, o),
-            node: o.place.node,
-            holder: o.holder,
-        };
-        let (backplane, feed, metrics, me) = (
-            Arc::clone(&self.backplane),
-            self.feed.clone(),
-            Arc::clone(&self.metrics),
-            self.me.clone(),
-        );
-        let n_out = pushes.len() as u64;
-        let job = Job::new(
-            move |c| persist::write_transition(c, &rows),
-            move |r| match r {
-                Ok(()) => {
+        let t = self.pipeline.wait(Effect::Transition {
+            reply,
+            answer,
+            created,
+            changed: Box::new(Summary::of(&org, o)),
+            id,
+            at,
+        });
+        let news = self.news.clone();
+        batch
+            .commit(
+                Job::new(move |c| persist::write_transition(c, &rows)).notify(&news, move |r| {
+                    Stored {
+                        ticket: t,
+                        result: r.map(|()| Read::Nothing),
+                    }
+                }),
+            )
+            .await;
+    }
+
+    /// Carries out one effect whose turn has come; false when the service is to stop.
+    async fn perform(&mut self, effect: Effect, result: Option<Result<Read, StoreError>>) -> bool {
+        let out = Arc::clone(&self.out);
+        let out = out.as_ref();
+        let result = result.unwrap_or(Ok(Read::Nothing));
+        match effect {
+            Effect::Transition {
+                reply,
+                answer,
+                created,
+                changed,
+                id,
+                at,
+            } => match result {
+                Ok(_) => {
                     if let Some(a) = answer {
-                        reply.ok(created, a);
+                        reply.ok(out, created, a);
                     }
-                    for (to, seq, frame) in &pushes {
-                        backplane.deliver_outbox(*to, *seq, frame);
-                    }
-                    metrics.push_latency.observe(at.elapsed());
-                    metrics.orders_transitions.fetch_add(1, Relaxed);
-                    metrics.outbox_messages.fetch_add(n_out, Relaxed);
-                    feed.publish_blocking(item);
+                    self.metrics.push_latency.observe(at.elapsed());
+                    self.metrics.orders_transitions.fetch_add(1, Relaxed);
+                    self.out
+                        .bus()
+                        .publish(OrderChanged { summary: *changed })
+                        .await;
                 }
                 Err(e) => {
-                    reply.err(e.into());
-                    let _ = me.try_send(Cmd::Reload(vec![id]));
+                    reply.err(out, e.into());
+                    // The core moved on before the write failed: take the order back as stored.
+                    let t = self.pipeline.wait(Effect::Reload(id));
+                    self.query(
+                        t,
+                        move |c| persist::order_doc(c, id),
+                        |d| Read::Doc(d.map(Box::new)),
+                    )
+                    .await;
                 }
             },
-        );
-        self.store.submit_async(job).await;
-    }
-
-    async fn resume(&mut self, conn: Arc<Conn>, after: u64, re: Option<ReqId>) {
-        let last = self.last_seq[conn.endpoint.get()];
-        if after > last {
-            let reply = Reply::Ws {
-                conn,
-                re,
-                kind: "outbox.resume",
-            };
-            return self
-                .reject(reply, ServiceError::Invalid(format!(
-                    "outbox.resume: after {after} is beyond the last sequence {last}; resume from {last} or earlier"
-                )))
-                .await;
-        }
-        let endpoint = self.org.id(conn.endpoint).to_string();
-        let slot: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
-        let fill = Arc::clone(&slot);
-        let job = Job::new(
-            move |c| {
-                let rows = persist::outbox_after(c, &endpoint, after, REPLAY_MAX)?;
-                *fill.lock().unwrap_or_else(|e| e.into_inner()) = rows;
-                Ok(())
+            Effect::Ready(reply, r) => reply.answer(out, r),
+            Effect::Written(reply, created, answer) => match result {
+                Ok(_) => reply.ok(out, created, answer),
+                Err(e) => reply.err(out, e.into()),
             },
-            move |r| {
-                if let Err(e) = r {
-                    return Reply::Ws {
-                        conn,
-                        re,
-                        kind: "outbox.resume",
-                    }
-                    .err(e.into());
-                }
-                let rows = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
-                let more = rows.len() == REPLAY_MAX;
-                let upto = rows.last().map_or(after, |r| r.0);
-                for (seq, payload) in &rows {
-                    conn.send(&outbox_frame(*seq, payload));
-                }
-                if !more {
-                    // Live messages flow from here; anything older was just replayed.
-                    conn.outbox_resumed(upto);
-                }
-                conn.send(&reply(
-                    re.as_ref(),
-                    &serde_json::json!({ "replayed": rows.len(), "last_seq": upto, "more": more }),
-                ));
-            },
-        );
-        self.store.submit_async(job).await;
-    }
-
-    /// Deletes delivered outbox messages past the retention period, a chunk per job; a full
-    /// chunk queues the next one behind whatever arrived meanwhile.
-    async fn prune(&mut self) {
-        let before = now_ms().saturating_sub(self.retention.keep_ms);
-        let (me, metrics) = (self.me.clone(), Arc::clone(&self.metrics));
-        let deleted: Arc<AtomicUsize> = Arc::default();
-        let d2 = Arc::clone(&deleted);
-        self.store
-            .submit_async(Job::new(
-                move |c| {
-                    d2.store(persist::prune_outbox(c, before)?, Relaxed);
-                    Ok(())
+            Effect::Stored(reply, who, id) => {
+                let r = match result {
+                    Ok(Read::Doc(Some(d))) => match d.to_order(&self.org) {
+                        Ok(o) if can_view(&self.org, &o, who.node, who.role) => Ok((
+                            false,
+                            Answer::Full(Box::new(view_for(
+                                &self.org,
+                                &o,
+                                u64::MAX,
+                                Some((who.node, who.role)),
+                            ))),
+                        )),
+                        _ => Err(OrderError::NotFound(id).into()),
+                    },
+                    Ok(_) => Err(OrderError::NotFound(id).into()),
+                    Err(e) => Err(e.into()),
+                };
+                reply.answer(out, r);
+            }
+            Effect::NotOpen(reply, who, id, action) => {
+                let e = match result {
+                    Ok(Read::Doc(Some(d))) => match d.to_order(&self.org) {
+                        Ok(o) if can_view(&self.org, &o, who.node, who.role) => {
+                            OrderError::IllegalTransition {
+                                action,
+                                state: o.state,
+                                allowed: Vec::new(),
+                            }
+                            .into()
+                        }
+                        _ => OrderError::NotFound(id).into(),
+                    },
+                    Ok(_) => OrderError::NotFound(id).into(),
+                    Err(e) => e.into(),
+                };
+                self.metrics.orders_rejected.fetch_add(1, Relaxed);
+                reply.err(out, e);
+            }
+            Effect::Reload(id) => match result {
+                Ok(Read::Doc(Some(d))) => match d.to_order(&self.org) {
+                    Ok(o) => self.core.reload(o),
+                    Err(_) => self.core.forget(id),
                 },
-                move |r| {
-                    let n = deleted.load(Relaxed);
-                    if r.is_ok() {
-                        metrics.outbox_pruned.fetch_add(n as u64, Relaxed);
-                        if n == persist::PRUNE_CHUNK {
-                            let _ = me.try_send(Cmd::Prune);
+                _ => self.core.forget(id),
+            },
+            Effect::NoticeGet(reply, who, id) => {
+                let r = match result {
+                    Ok(Read::Notice(n)) => self.notice_view(who, id, n),
+                    Ok(_) => Err(ServiceError::NotFound(format!("no notice {id}"))),
+                    Err(e) => Err(e.into()),
+                };
+                reply.answer(out, r.map(|v| (false, Answer::Value(v))));
+            }
+            Effect::Receipt(reply, kind, id) => {
+                let r = match result {
+                    Ok(Read::Recipient(true)) => Ok((false, Answer::Value(serde_json::json!({})))),
+                    Ok(_) => Err(ServiceError::NotFound(format!("no {} {id}", kind.as_str()))),
+                    Err(e) => Err(e.into()),
+                };
+                reply.answer(out, r);
+            }
+            Effect::Records(reply, id, worker, n) => match result {
+                Ok(Read::Corrections(changes)) => {
+                    if let Some(c) = self.campaigns.get_mut(&id) {
+                        for (before, after) in changes {
+                            c.progress.record(worker, before, after);
                         }
                     }
-                },
-            ))
-            .await;
-    }
-
-    async fn flush_acks(&mut self) {
-        if self.dirty_acks.is_empty() {
-            return;
+                    reply.ok(
+                        out,
+                        false,
+                        Answer::Value(serde_json::json!({ "accepted": n })),
+                    );
+                }
+                Ok(_) => reply.ok(
+                    out,
+                    false,
+                    Answer::Value(serde_json::json!({ "accepted": n })),
+                ),
+                Err(e) => reply.err(out, e.into()),
+            },
+            Effect::Done(reply, id, worker) => match result {
+                Ok(_) => {
+                    if let Some(c) = self.campaigns.get_mut(&id) {
+                        c.progress.done(worker);
+                    }
+                    reply.ok(out, false, Answer::Value(serde_json::json!({})));
+                }
+                Err(e) => reply.err(out, e.into()),
+            },
+            Effect::Closed(reply, id, at) => match result {
+                Ok(_) => {
+                    let status = self.campaigns.get_mut(&id).map(|c| {
+                        c.closed_at = Some(at);
+                        c.status(&self.org, id)
+                    });
+                    reply.ok(
+                        out,
+                        false,
+                        Answer::Value(serde_json::json!({ "campaign": status })),
+                    );
+                }
+                Err(e) => reply.err(out, e.into()),
+            },
+            Effect::CampaignStarted(reply, id, status) => match result {
+                Ok(_) => reply.ok(
+                    out,
+                    true,
+                    Answer::Value(serde_json::json!({ "campaign": status })),
+                ),
+                Err(e) => {
+                    // It was never written: it never was.
+                    self.campaigns.remove(&id);
+                    reply.err(out, e.into());
+                }
+            },
+            Effect::Stop(done) => {
+                let _ = done.send(());
+                return false;
+            }
         }
-        let acks: Vec<(String, u64)> = self
-            .dirty_acks
-            .drain(..)
-            .map(|n| {
-                self.ack_dirty[n.get()] = false;
-                (self.org.id(n).to_string(), self.acked[n.get()])
-            })
-            .collect();
-        let now = now_ms();
-        self.store
-            .submit_async(Job::new(
-                move |c| persist::write_acks(c, &acks, now),
-                |_| {},
-            ))
-            .await;
+        true
     }
 }

@@ -1,0 +1,126 @@
+//! A fake `Outbound` for the shells' unit tests: it records what a service sends, and holds a
+//! directory the test sets, with no sockets.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::{Bus, ConnKey, Group, Located, Outbound, To, Via};
+use crate::org::NodeIdx;
+use crate::transport::frame;
+
+/// One thing a service sent, as text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sent {
+    Frame { to: To, text: String, via: Via },
+    Offer { ep: NodeIdx, seq: u64, text: String },
+    Resumed { conn: ConnKey, upto: u64 },
+    Join { group: Group, conn: ConnKey },
+    Leave { group: Group, conn: ConnKey },
+    Group { group: Group, text: String },
+}
+
+impl Sent {
+    /// The message as JSON (frames only).
+    pub fn json(&self) -> Option<serde_json::Value> {
+        match self {
+            Sent::Frame { text, .. } | Sent::Offer { text, .. } | Sent::Group { text, .. } => {
+                serde_json::from_str(text).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Recorder {
+    sent: Mutex<Vec<Sent>>,
+    directory: Mutex<HashMap<NodeIdx, Located>>,
+    bus: Bus,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder::default()
+    }
+
+    /// Says a terminal is connected (or not, with `None`).
+    pub fn place(&self, ep: NodeIdx, at: Option<Located>) {
+        let mut d = self.directory.lock().unwrap();
+        match at {
+            Some(l) => d.insert(ep, l),
+            None => d.remove(&ep),
+        };
+    }
+
+    /// Everything sent since the last call.
+    pub fn take(&self) -> Vec<Sent> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+
+    /// The JSON messages sent to `to` since the last call, leaving the others recorded.
+    pub fn take_to(&self, to: To) -> Vec<serde_json::Value> {
+        let mut sent = self.sent.lock().unwrap();
+        let (mine, rest): (Vec<Sent>, Vec<Sent>) = sent
+            .drain(..)
+            .partition(|s| matches!(s, Sent::Frame { to: t, .. } if *t == to));
+        *sent = rest;
+        mine.iter().filter_map(Sent::json).collect()
+    }
+
+    fn push(&self, s: Sent) {
+        self.sent.lock().unwrap().push(s);
+    }
+}
+
+impl Outbound for Recorder {
+    fn send(&self, to: To, f: &Bytes, via: Via) {
+        self.push(Sent::Frame {
+            to,
+            text: frame::text_of(f),
+            via,
+        });
+    }
+
+    fn offer(&self, ep: NodeIdx, seq: u64, f: &Bytes) {
+        self.push(Sent::Offer {
+            ep,
+            seq,
+            text: frame::text_of(f),
+        });
+    }
+
+    fn resumed(&self, conn: ConnKey, upto: u64) {
+        self.push(Sent::Resumed { conn, upto });
+    }
+
+    fn join(&self, group: &Group, conn: ConnKey) {
+        self.push(Sent::Join {
+            group: group.clone(),
+            conn,
+        });
+    }
+
+    fn leave(&self, group: &Group, conn: ConnKey) {
+        self.push(Sent::Leave {
+            group: group.clone(),
+            conn,
+        });
+    }
+
+    fn to_group(&self, group: &Group, f: &Bytes) {
+        self.push(Sent::Group {
+            group: group.clone(),
+            text: frame::text_of(f),
+        });
+    }
+
+    fn locate(&self, ep: NodeIdx) -> Option<Located> {
+        self.directory.lock().unwrap().get(&ep).copied()
+    }
+
+    fn bus(&self) -> &Bus {
+        &self.bus
+    }
+}

@@ -1,0 +1,112 @@
+//! What crosses between hub nodes: plain data, terminals named by id (never by a node's local
+//! index), frames carried as their JSON text and framed again on arrival.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Group, Via};
+use crate::auth::Role;
+use crate::org::NodeId;
+use crate::transport::dispatch::ConnKey;
+use crate::transport::protocol::ReqId;
+
+/// A request's origin between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginWire {
+    pub conn: ConnKey,
+    pub endpoint: NodeId,
+    pub role: Role,
+    pub expires_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "w", rename_all = "snake_case")]
+pub enum Wire {
+    /// A message for one connection held by the receiving node.
+    Conn {
+        conn: ConnKey,
+        via: Via,
+        text: String,
+    },
+    /// A message for a terminal connected to the receiving node.
+    Terminal {
+        ep: NodeId,
+        via: Via,
+        text: String,
+    },
+    /// Outbox message `seq`, offered live to a terminal connected to the receiving node.
+    Offer {
+        ep: NodeId,
+        seq: u64,
+        text: String,
+    },
+    /// A connection has everything up to `upto`: live outbox messages after it may flow.
+    Resumed {
+        conn: ConnKey,
+        upto: u64,
+    },
+    Join {
+        group: Group,
+        conn: ConnKey,
+    },
+    Leave {
+        group: Group,
+        conn: ConnKey,
+    },
+    /// A message for every member of a group on the receiving node.
+    Group {
+        group: Group,
+        text: String,
+    },
+    /// A published event (see `Bus`).
+    Event {
+        topic: String,
+        body: String,
+    },
+    /// A request for a service that runs on the receiving node.
+    Request {
+        origin: OriginWire,
+        id: Option<ReqId>,
+        kind: String,
+        data: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips_as_json() {
+        let msgs = [
+            Wire::Conn {
+                conn: 7,
+                via: Via::Post,
+                text: r#"{"v":1}"#.into(),
+            },
+            Wire::Offer {
+                ep: NodeId::parse("230805001").unwrap(),
+                seq: 3,
+                text: "{}".into(),
+            },
+            Wire::Join {
+                group: Group::new("campaign", 9),
+                conn: 1,
+            },
+            Wire::Request {
+                origin: OriginWire {
+                    conn: 5,
+                    endpoint: NodeId::parse("230805").unwrap(),
+                    role: Role::Operator,
+                    expires_at: 99,
+                },
+                id: Some(ReqId::Num(4)),
+                kind: "order.get".into(),
+                data: r#"{"order":1}"#.into(),
+            },
+        ];
+        for m in msgs {
+            let text = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<Wire>(&text).unwrap(), m, "{text}");
+        }
+    }
+}

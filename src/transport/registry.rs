@@ -1,0 +1,117 @@
+//! This node's live connections, found by terminal and by connection key, and the keys minted
+//! for new ones.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use super::conn::Conn;
+use super::dispatch::{ConnKey, HUB_BITS, HubId};
+use crate::org::NodeIdx;
+
+/// One connection per terminal on this node (the newer wins), indexed both ways.
+pub struct Registry {
+    hub: HubId,
+    by_endpoint: DashMap<NodeIdx, Arc<Conn>>,
+    by_key: DashMap<ConnKey, Arc<Conn>>,
+    /// The last key minted; keys only grow.
+    last_key: AtomicU64,
+    /// Signalled whenever a connection leaves; the drain waits on it.
+    pub(super) left: Notify,
+}
+
+impl Registry {
+    pub fn new(hub: HubId) -> Registry {
+        Registry {
+            hub,
+            by_endpoint: DashMap::new(),
+            by_key: DashMap::new(),
+            last_key: AtomicU64::new(0),
+            left: Notify::new(),
+        }
+    }
+
+    pub fn hub(&self) -> HubId {
+        self.hub
+    }
+
+    /// A key for a new connection opened at `now_us` (Unix microseconds): later than every key
+    /// this node minted before, and than any minted at an earlier time by any node.
+    pub fn mint_key(&self, now_us: u64) -> ConnKey {
+        let candidate = (now_us << HUB_BITS) | self.hub.0 as u64;
+        let step = 1 << HUB_BITS;
+        let mut last = self.last_key.load(Relaxed);
+        loop {
+            let key = candidate.max(last + step);
+            match self
+                .last_key
+                .compare_exchange_weak(last, key, Relaxed, Relaxed)
+            {
+                Ok(_) => return key,
+                Err(now) => last = now,
+            }
+        }
+    }
+
+    pub fn get(&self, ep: NodeIdx) -> Option<Arc<Conn>> {
+        self.by_endpoint.get(&ep).map(|c| Arc::clone(&c))
+    }
+
+    pub fn by_key(&self, key: ConnKey) -> Option<Arc<Conn>> {
+        self.by_key.get(&key).map(|c| Arc::clone(&c))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_endpoint.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_endpoint.is_empty()
+    }
+
+    /// Registers `conn`; returns the connection it replaces, if the terminal was connected.
+    pub(super) fn insert(&self, conn: Arc<Conn>) -> Option<Arc<Conn>> {
+        self.by_key.insert(conn.key, Arc::clone(&conn));
+        self.by_endpoint.insert(conn.endpoint, conn)
+    }
+
+    /// Unregisters `conn`; its terminal stays registered if a newer connection took its place.
+    pub(super) fn remove(&self, conn: &Conn) {
+        self.by_key.remove(&conn.key);
+        self.by_endpoint
+            .remove_if(&conn.endpoint, |_, c| c.key == conn.key);
+        self.left.notify_waiters();
+    }
+
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Conn>)) {
+        for c in self.by_key.iter() {
+            f(c.value());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_grow_and_carry_the_hub() {
+        let r = Registry::new(HubId(5));
+        let a = r.mint_key(1_000);
+        let b = r.mint_key(1_000);
+        let c = r.mint_key(999);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert!(
+            [a, b, c]
+                .iter()
+                .all(|&k| super::super::dispatch::hub_of(k) == HubId(5))
+        );
+        let other = Registry::new(HubId(6));
+        assert!(
+            other.mint_key(2_000) > c,
+            "a later connection elsewhere has a larger key"
+        );
+    }
+}
