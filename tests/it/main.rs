@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod broadcast;
 mod calls;
+mod cluster;
 mod connect;
 mod durability;
 mod orders;

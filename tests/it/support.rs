@@ -76,6 +76,29 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestHub {
     }
 }
 
+/// A hub node of an in-process cluster joined by `broker`: `hub_id`, running the stateful
+/// services or forwarding them to the node that does.
+pub async fn spawn_node(
+    broker: &Arc<gridhub::backplane::memory::Broker>,
+    hub_id: u16,
+    runs_services: bool,
+) -> TestHub {
+    let mut config = test_config();
+    config.backplane.hub_id = hub_id;
+    config.backplane.runs_services = runs_services;
+    let data_dir = Some(config.server.data_dir.clone());
+    let running = gridhub::app::start_node(config, Some(Arc::clone(broker)))
+        .await
+        .expect("node starts");
+    TestHub {
+        data_dir,
+        addr: running.addr,
+        org: Arc::clone(&running.hub.org),
+        running: Some(running),
+        auth: Authority::new(SECRET.as_bytes()).unwrap(),
+    }
+}
+
 pub fn now_s() -> u64 {
     gridhub::clock::now_ms() / 1000
 }
