@@ -62,6 +62,8 @@ pub enum Cmd {
     },
     /// Answered once every record decided before it is committed (see `CallsHandle::settled`).
     Settled(oneshot::Sender<()>),
+    /// Answered once everything sent before it is decided (see `CallsHandle::caught_up`).
+    Barrier(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -106,6 +108,15 @@ impl CallsHandle {
         }
     }
 
+    /// Waits until the service has decided everything sent to it before (its effects sent; the
+    /// records may still be on their way to the store).
+    pub async fn caught_up(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Ends the calls still going on (recorded as interrupted) and stops.
     pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();
@@ -143,6 +154,40 @@ pub fn start(
     metrics: Arc<Metrics>,
     clock: Clock,
 ) -> Result<(CallsHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let (handle, service) = prepare(org, rules, store, out, outbox, metrics, clock)?;
+    // Its own thread: on the shared runtime the relay waits its turn behind every connection
+    // task that has data (thousands in a storm) each time it wakes, which is most of a relayed
+    // message's time in the hub; here it is scheduled as soon as a request arrives.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls runtime: {e}")))?;
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("gridhub-calls".into())
+        .spawn(move || {
+            rt.block_on(service);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls thread: {e}")))?;
+    let task = tokio::spawn(async move {
+        let _ = done_rx.await;
+    });
+    Ok((handle, task))
+}
+
+/// The service as a future to run wherever the caller likes (its own thread in `start`; the
+/// test's paused runtime in tests).
+#[allow(clippy::too_many_arguments)]
+pub fn prepare(
+    org: Arc<Org>,
+    rules: Rules,
+    store: Arc<Store>,
+    out: Arc<dyn Outbound>,
+    outbox: Outbox,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+) -> Result<(CallsHandle, impl std::future::Future<Output = ()> + Send), StoreError> {
     let (next_id, cut) = store.read_sync(|c| records::recover(c, clock.now_ms()))?;
     if cut > 0 {
         tracing::warn!(
@@ -163,25 +208,7 @@ pub fn start(
         clock,
         news,
     };
-    // Its own thread: on the shared runtime the relay waits its turn behind every connection
-    // task that has data (thousands in a storm) each time it wakes, which is most of a relayed
-    // message's time in the hub; here it is scheduled as soon as a request arrives.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls runtime: {e}")))?;
-    let (done_tx, done_rx) = oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("gridhub-calls".into())
-        .spawn(move || {
-            rt.block_on(svc.run(rx, terminals, stored));
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls thread: {e}")))?;
-    let task = tokio::spawn(async move {
-        let _ = done_rx.await;
-    });
-    Ok((CallsHandle { tx, metrics }, task))
+    Ok((CallsHandle { tx, metrics }, svc.run(rx, terminals, stored)))
 }
 
 struct Service {
@@ -284,6 +311,9 @@ impl Service {
                 self.apply(fx).await;
                 let _ = done.send(());
                 return false;
+            }
+            Some(Cmd::Barrier(done)) => {
+                let _ = done.send(());
             }
             Some(Cmd::Settled(done)) => {
                 // The writer commits jobs in the order queued, so this one's completion follows
@@ -464,5 +494,262 @@ impl Service {
         self.metrics
             .calls_live
             .store(self.core.live_count() as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::backplane::Located;
+    use crate::backplane::testing::{Recorder, Sent};
+    use crate::outbox::config::OutboxConfig;
+
+    struct Fixture {
+        org: Arc<Org>,
+        out: Arc<Recorder>,
+        calls: CallsHandle,
+        outbox: crate::outbox::service::OutboxControl,
+        store: Arc<Store>,
+        dir: std::path::PathBuf,
+    }
+
+    const RULES: Rules = Rules {
+        ring_timeout_ms: 30_000,
+        grace_ms: 20_000,
+        max_sdp_bytes: 16_384,
+        max_calls: 1,
+        operator_max_calls: 1,
+    };
+
+    impl Fixture {
+        fn new(tag: &str) -> Fixture {
+            let org = Arc::new(crate::org::fixture());
+            let dir =
+                std::env::temp_dir().join(format!("gridhub-calls-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = Arc::new(Store::open(&dir.join("t.db"), Arc::default()).unwrap());
+            let out = Arc::new(Recorder::new());
+            let dyn_out = Arc::clone(&out) as Arc<dyn Outbound>;
+            let clock = Clock::following_tokio(1_764_000_000_000);
+            let ob = crate::outbox::service::start(
+                Arc::clone(&org),
+                Arc::clone(&store),
+                Arc::clone(&dyn_out),
+                Arc::default(),
+                clock.clone(),
+                OutboxConfig::default(),
+            )
+            .unwrap();
+            let (calls, service) = prepare(
+                Arc::clone(&org),
+                RULES,
+                Arc::clone(&store),
+                dyn_out,
+                ob.outbox,
+                Arc::default(),
+                clock,
+            )
+            .unwrap();
+            tokio::spawn(service);
+            Fixture {
+                org,
+                out,
+                calls,
+                outbox: ob.control,
+                store,
+                dir,
+            }
+        }
+
+        fn n(&self, id: &str) -> NodeIdx {
+            self.org.lookup(id).unwrap()
+        }
+
+        /// The terminal connects on connection `conn`: the directory and the bus say so.
+        async fn join(&self, id: &str, conn: u64) {
+            let role = Role::default_for(self.org.tier(self.n(id)));
+            self.out.place(self.n(id), Some(Located { conn, role }));
+            self.out
+                .bus()
+                .publish(TerminalNews::Joined {
+                    ep: self.org.id(self.n(id)).clone(),
+                    conn,
+                    role,
+                    at: 0,
+                })
+                .await;
+        }
+
+        async fn leave(&self, id: &str, conn: u64) {
+            self.out.place(self.n(id), None);
+            self.out
+                .bus()
+                .publish(TerminalNews::Left {
+                    ep: self.org.id(self.n(id)).clone(),
+                    conn,
+                    at: 0,
+                })
+                .await;
+        }
+
+        async fn ask(&self, id: &str, conn: u64, kind: &'static str, req: Req) {
+            let n = self.n(id);
+            let origin = Origin {
+                conn,
+                endpoint: n,
+                role: Role::default_for(self.org.tier(n)),
+                expires_at: u64::MAX,
+            };
+            let cmd = Cmd::Request {
+                origin,
+                re: Some(ReqId::Num(1)),
+                kind,
+                req,
+                at: Instant::now(),
+            };
+            self.calls.send(cmd, self.out.as_ref()).await;
+        }
+
+        /// Everything asked so far is decided and its messages sent; nothing waited on the store,
+        /// so tokio's paused clock has not moved.
+        async fn caught_up(&self) {
+            self.calls.caught_up().await;
+        }
+
+        /// Everything asked so far is decided, recorded and offered.
+        async fn settle(&self) {
+            self.calls.settled().await;
+            self.outbox.settled().await;
+        }
+
+        fn record(&self, id: u64) -> (String, Option<i64>, Option<String>) {
+            self.store
+                .read_sync(|c| {
+                    c.query_row(
+                        "SELECT outcome, duration_ms, reason FROM calls WHERE id = ?1",
+                        [id as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                })
+                .unwrap()
+        }
+
+        fn finish(self) {
+            self.store.close();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn kinds(msgs: &[Value]) -> Vec<&str> {
+        msgs.iter().map(|m| m["type"].as_str().unwrap()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_call_is_missed_when_the_ring_timeout_passes() {
+        let f = Fixture::new("missed");
+        f.join("a", 10).await;
+        f.join("w1", 11).await;
+        let w1 = f.n("w1");
+        let invite = Req::Invite {
+            to: w1,
+            media: Media::Audio,
+            offer: None,
+        };
+        f.ask("a", 10, "call.invite", invite).await;
+        f.settle().await;
+        let caller = f.out.take_to(To::Conn(10));
+        assert_eq!(caller[0]["data"]["state"], "inviting", "{caller:?}");
+        assert_eq!(kinds(&f.out.take_to(To::Terminal(w1))), ["call.incoming"]);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        f.settle().await;
+        let ended = f.out.take_to(To::Terminal(w1));
+        assert_eq!(ended[0]["data"]["outcome"], "no_answer", "{ended:?}");
+        let missed: Vec<Sent> = f
+            .out
+            .take()
+            .into_iter()
+            .filter(|s| matches!(s, Sent::Offer { ep, .. } if *ep == w1))
+            .collect();
+        assert_eq!(missed.len(), 1);
+        assert_eq!(missed[0].json().unwrap()["data"]["kind"], "call.missed");
+        assert_eq!(f.record(1).0, "no_answer");
+        f.finish();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_invites_are_on_record() {
+        let f = Fixture::new("refused");
+        f.join("a", 10).await;
+        let invite = |to| Req::Invite {
+            to,
+            media: Media::Video,
+            offer: None,
+        };
+        // Off line, then out of scope (a county calling another county's worker is fine, so:
+        // a worker calling a sibling worker).
+        f.ask("a", 10, "call.invite", invite(f.n("w1"))).await;
+        f.caught_up().await;
+        f.join("w1", 11).await;
+        f.join("w2", 12).await;
+        f.ask("w1", 11, "call.invite", invite(f.n("w2"))).await;
+        f.settle().await;
+        let codes: Vec<Value> = f.out.take_to(To::Conn(10));
+        assert_eq!(codes[0]["data"]["code"], "offline", "{codes:?}");
+        assert_eq!(
+            f.out.take_to(To::Conn(11))[0]["data"]["code"],
+            "out_of_scope"
+        );
+        assert_eq!(f.record(1).0, "offline");
+        let (outcome, duration, reason) = f.record(2);
+        assert_eq!((outcome.as_str(), duration), ("out_of_scope", None));
+        assert!(reason.unwrap().contains("chain of command"));
+        f.finish();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_party_back_after_its_call_dropped_is_told_and_the_grace_is_not_talking_time() {
+        let f = Fixture::new("dropped");
+        f.join("a", 10).await;
+        f.join("w1", 11).await;
+        let (w1, a) = (f.n("w1"), f.n("a"));
+        let invite = Req::Invite {
+            to: w1,
+            media: Media::Audio,
+            offer: Some("v=0".into()),
+        };
+        // No waiting on the store until the call has ended, so the paused clock moves only
+        // where the test moves it: answered at 0 s, the callee gone at 5 s.
+        f.ask("a", 10, "call.invite", invite).await;
+        f.ask(
+            "w1",
+            11,
+            "call.accept",
+            Req::Accept(CallId(1), Some("v=0".into())),
+        )
+        .await;
+        f.caught_up().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        f.leave("w1", 11).await;
+        f.caught_up().await;
+        assert!(kinds(&f.out.take_to(To::Terminal(a))).contains(&"call.peer_away"));
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        f.settle().await;
+        let ended = f.out.take_to(To::Terminal(a));
+        assert_eq!(ended.last().unwrap()["data"]["outcome"], "dropped");
+        f.out.take();
+        // Back after the grace: it hears how its call ended.
+        f.join("w1", 13).await;
+        f.settle().await;
+        let told = f.out.take_to(To::Terminal(w1));
+        assert_eq!(kinds(&told), ["call.ended"], "{told:?}");
+        assert_eq!(told[0]["data"]["outcome"], "dropped");
+        // Talking time: from the answer until the party left, not until the grace ran out.
+        let (outcome, duration, _) = f.record(1);
+        assert_eq!((outcome.as_str(), duration), ("dropped", Some(5_000)));
+        f.finish();
     }
 }

@@ -370,6 +370,73 @@ mod tests {
         assert_eq!(f.next_flush_at(), None, "nobody watching: nothing kept");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn committed_changes_reach_this_nodes_consoles_and_leave_with_them() {
+        use crate::auth::Role;
+        use crate::backplane::testing::Recorder;
+        use crate::transport::dispatch::Origin;
+        let org = Arc::new(crate::org::fixture());
+        let out = Arc::new(Recorder::new());
+        let (handler, _) = spawn(
+            Arc::clone(&org),
+            50,
+            4,
+            Arc::clone(&out) as Arc<dyn Outbound>,
+            Clock::following_tokio(0),
+        );
+        let ask = |node: &str, ep: &str, id: u64| {
+            let origin = Origin {
+                conn: 5,
+                endpoint: org.lookup(ep).unwrap(),
+                role: Role::Operator,
+                expires_at: u64::MAX,
+            };
+            let data = format!(r#"{{"node":"{node}"}}"#);
+            let h = Arc::clone(&handler);
+            async move {
+                h.handle(Request {
+                    origin,
+                    id: Some(ReqId::Num(id)),
+                    kind: "orders.subscribe",
+                    data: &data,
+                    at: std::time::Instant::now(),
+                })
+                .await
+            }
+        };
+        let e = ask("c", "a", 1).await.unwrap_err();
+        assert_eq!(
+            e.code,
+            ErrorCode::OutOfScope,
+            "a county may not watch the city"
+        );
+        ask("a", "a", 2).await.unwrap();
+        // Paused time moves only once every task waits: the subscription is in before the change.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let change = |id: u64| {
+            let s = item(&org, id, "w1", "v", crate::orders::model::State::Dispatched).summary;
+            OrderChanged { summary: s }
+        };
+        out.bus().publish(change(7)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        let got = out.take_to(To::Conn(5));
+        assert_eq!(got[0]["re"], 2, "the subscription's reply first");
+        assert_eq!(got[1]["type"], "orders.delta");
+        assert_eq!(got[1]["data"]["orders"][0]["id"], 7);
+        let left = TerminalNews::Left {
+            ep: crate::org::NodeId::parse("a").unwrap(),
+            conn: 5,
+            at: 0,
+        };
+        out.bus().publish(left).await;
+        out.bus().publish(change(8)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert!(
+            out.take_to(To::Conn(5)).is_empty(),
+            "gone with its connection"
+        );
+    }
+
     #[test]
     fn subscriptions_are_bounded_and_idempotent() {
         let org = Arc::new(crate::org::fixture());

@@ -332,3 +332,171 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::auth::Role;
+    use crate::backplane::testing::Recorder;
+    use crate::presence::core::Chosen;
+
+    struct Fixture {
+        org: Arc<Org>,
+        out: Arc<Recorder>,
+        presence: PresenceHandle,
+    }
+
+    fn fixture(coalesce_ms: u64) -> Fixture {
+        let org = Arc::new(crate::org::fixture());
+        let out = Arc::new(Recorder::new());
+        let (presence, _) = spawn(
+            Arc::clone(&org),
+            Settings {
+                coalesce_ms,
+                max_subscriptions: 2,
+            },
+            Arc::clone(&out) as Arc<dyn Outbound>,
+            Arc::default(),
+            Clock::following_tokio(1_000_000),
+        );
+        Fixture { org, out, presence }
+    }
+
+    impl Fixture {
+        fn id(&self, s: &str) -> NodeId {
+            NodeId::parse(s).unwrap()
+        }
+
+        async fn joined(&self, ep: &str, conn: ConnKey) {
+            let news = TerminalNews::Joined {
+                ep: self.id(ep),
+                conn,
+                role: Role::Worker,
+                at: 1_000_000,
+            };
+            self.out.bus().publish(news).await;
+        }
+
+        async fn set(&self, ep: &str, conn: ConnKey, status: Chosen) {
+            let update = Update {
+                status: Some(status),
+                ..Default::default()
+            };
+            let ev = Event::Updated {
+                ep: self.id(ep),
+                conn,
+                update,
+                at: 1_000_000,
+            };
+            self.out.bus().publish(ev).await;
+        }
+
+        /// A round trip through the actor: everything published or asked before is applied.
+        async fn caught_up(&self) {
+            self.presence
+                .snapshot(
+                    Watch::Chain {
+                        of: self.org.root(),
+                    },
+                    false,
+                )
+                .await;
+        }
+
+        fn to(&self, conn: ConnKey) -> Vec<Value> {
+            self.out.take_to(To::Conn(conn))
+        }
+    }
+
+    fn entry<'a>(m: &'a Value, id: &str) -> Option<&'a Value> {
+        m["data"]["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["id"] == id)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_gets_its_snapshot_then_coalesced_deltas_through_the_backplane() {
+        let f = fixture(100);
+        let a = f.org.lookup("a").unwrap();
+        f.joined("w1", 11).await;
+        assert!(
+            f.presence
+                .subscribe(5, Watch::Subtree(a), true, Some(ReqId::Num(1)))
+                .await
+        );
+        f.caught_up().await;
+        let snap = f.to(5);
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0]["re"], 1);
+        assert_eq!(entry(&snap[0], "w1").unwrap()["status"], "online");
+        // Two changes inside one window: one delta, with the latest.
+        f.set("w1", 11, Chosen::Busy).await;
+        f.joined("w2", 12).await;
+        f.set("w1", 11, Chosen::Away).await;
+        f.caught_up().await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        f.caught_up().await;
+        let deltas = f.to(5);
+        assert_eq!(deltas.len(), 1, "{deltas:?}");
+        assert_eq!(entry(&deltas[0], "w1").unwrap()["status"], "away");
+        assert_eq!(entry(&deltas[0], "w2").unwrap()["status"], "online");
+        // An update from a connection that is not the terminal's is ignored.
+        f.set("w1", 99, Chosen::Busy).await;
+        f.caught_up().await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        f.caught_up().await;
+        assert!(f.to(5).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_leaves_loses_its_subscriptions_and_limits_hold() {
+        let f = fixture(20);
+        let (a, t) = (f.org.lookup("a").unwrap(), f.org.lookup("t").unwrap());
+        for (w, re) in [
+            (Watch::Subtree(a), 1),
+            (Watch::Subtree(t), 2),
+            (Watch::Chain { of: t }, 3),
+        ] {
+            f.presence
+                .subscribe(5, w, false, Some(ReqId::Num(re)))
+                .await;
+        }
+        assert!(
+            f.presence
+                .unsubscribe(5, Watch::Subtree(a), Some(ReqId::Num(4)))
+                .await
+        );
+        assert!(
+            f.presence
+                .unsubscribe(5, Watch::Subtree(a), Some(ReqId::Num(5)))
+                .await
+        );
+        f.caught_up().await;
+        let replies = f.to(5);
+        let codes: Vec<&str> = replies
+            .iter()
+            .map(|m| m["data"]["code"].as_str().unwrap_or("ok"))
+            .collect();
+        assert_eq!(
+            codes,
+            ["ok", "ok", "too_many_subscriptions", "ok", "not_subscribed"]
+        );
+        // The subscriber's connection ends: its subscription goes with it.
+        let news = TerminalNews::Left {
+            ep: f.id("t"),
+            conn: 5,
+            at: 1_000_000,
+        };
+        f.out.bus().publish(news).await;
+        f.joined("w1", 11).await;
+        f.caught_up().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        f.caught_up().await;
+        assert!(f.to(5).is_empty(), "no deltas to a connection that left");
+    }
+}

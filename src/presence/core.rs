@@ -654,6 +654,39 @@ mod tests {
     }
 
     #[test]
+    fn a_terminal_that_comes_back_mid_call_stays_in_call_and_keeps_its_chosen_status() {
+        let mut p = Presence::new(small(), 20, 4);
+        let w1 = id(&p, "w1");
+        let busy = Update {
+            status: Some(Chosen::Busy),
+            text: Some(Some("入户走访".into())),
+            ..Default::default()
+        };
+        p.connect(w1, 1, 0);
+        p.update(w1, 1, &busy, 1);
+        p.set_activity(w1, Activity::InCall, 2);
+        // Its connection replaced (a phone moving networks before the old one was seen to die):
+        // never `online` for a moment.
+        assert!(!p.connect(w1, 2, 3), "nothing visible changed");
+        assert_eq!(p.entry(w1).status(), Status::InCall);
+        assert!(!p.connect(w1, 1, 4), "news of an older connection is stale");
+        // Dropped, then back within the call's grace: in_call again at once.
+        assert!(p.disconnect(w1, 2, 5));
+        assert_eq!(p.entry(w1).status(), Status::Offline);
+        assert!(p.connect(w1, 3, 6));
+        assert_eq!(p.entry(w1).status(), Status::InCall);
+        // After the call: the status it chose, text and all.
+        assert!(p.set_activity(w1, Activity::Idle, 7));
+        assert_eq!(p.entry(w1).status(), Status::Busy);
+        assert_eq!(p.entry(w1).text.as_deref(), Some("入户走访"));
+        // A fresh connection after being off line with nothing going on starts `online`.
+        p.disconnect(w1, 3, 8);
+        p.connect(w1, 4, 9);
+        assert_eq!(p.entry(w1).status(), Status::Online);
+        assert_eq!(p.entry(w1).text, None);
+    }
+
+    #[test]
     fn deltas_reach_only_subscribers_whose_subtree_changed() {
         let mut p = Presence::new(small(), 20, 4);
         let (c, a, b, t, v, w1) = (

@@ -401,3 +401,130 @@ impl Drop for SocketGuard {
         self.0.sockets_open.fetch_sub(1, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::transport::frame::{OP_CLOSE, OP_TEXT, frame};
+
+    fn shrink(fd: &impl AsRawFd, opt: libc::c_int) {
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
+    /// A loopback pair with small buffers, so a few frames fill them.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        shrink(&server, libc::SO_SNDBUF);
+        shrink(&client, libc::SO_RCVBUF);
+        (server, client)
+    }
+
+    /// Splits a byte stream of unmasked frames into (opcode, payload), or says where it broke.
+    fn frames(mut b: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            if b.len() < 2 {
+                return Err(format!("{} stray bytes", b.len()));
+            }
+            let (len, at) = match b[1] & 0x7F {
+                126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            if b.len() < at + len {
+                return Err(format!("a frame of {len} bytes cut at {}", b.len() - at));
+            }
+            out.push((b[0] & 0x0F, b[at..at + len].to_vec()));
+            b = &b[at + len..];
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_reads_whole_frames_then_a_clean_4002() {
+        let (server, mut client) = pair().await;
+        let conn = Arc::new(Conn::new(
+            1,
+            NodeIdx(0),
+            Role::Worker,
+            u64::MAX,
+            server,
+            Arc::default(),
+            QueueLimits {
+                frames: 8,
+                bytes: 300_000,
+            },
+            0,
+        ));
+        // An odd size, so the socket's buffer fills in the middle of one.
+        let payload = vec![b'x'; 99_991];
+        let f = frame(OP_TEXT, &payload);
+        let mut accepted = 0;
+        for _ in 0..100 {
+            if conn.send(&f) == SendOutcome::Closed {
+                break;
+            }
+            accepted += 1;
+        }
+        assert_eq!(conn.closing(), Some(Close::Slow));
+        assert!(accepted >= 1);
+        // The consumer catches up: what reaches it is whole frames, then the close.
+        let flusher = {
+            let conn = Arc::clone(&conn);
+            tokio::spawn(async move {
+                while let Ok(false) = conn.flush() {
+                    if conn.stream.writable().await.is_err() {
+                        break;
+                    }
+                }
+                conn.shutdown_write();
+            })
+        };
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+            .await
+            .expect("the hub side finishes")
+            .unwrap();
+        flusher.await.unwrap();
+        let fs = frames(&got).expect("no frame is cut");
+        let (close, data) = fs.split_last().unwrap();
+        assert_eq!(close.0, OP_CLOSE);
+        assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 4002);
+        assert!(!data.is_empty() && data.len() <= accepted);
+        assert!(
+            data.iter()
+                .all(|(op, p)| *op == OP_TEXT && p.len() == payload.len())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_close_is_answered_with_its_own_code_or_none() {
+        assert_eq!(Close::Peer(Some(4321)).frame()[..4], [0x88, 8, 0x10, 0xE1]);
+        assert_eq!(&Close::Peer(None).frame()[..], &[0x88, 0]);
+        assert_eq!(
+            Close::Protocol(ProtocolError::BadCloseReason).code(),
+            1007,
+            "a close reason that is not UTF-8"
+        );
+    }
+}

@@ -588,7 +588,11 @@ impl Service {
     }
 
     /// The campaign, if `who` may know of it: not found otherwise, whether or not it exists.
-    fn visible_campaign(&self, who: Who, id: u64) -> Result<&CampaignState, ServiceError> {
+    pub(super) fn visible_campaign(
+        &self,
+        who: Who,
+        id: u64,
+    ) -> Result<&CampaignState, ServiceError> {
         self.campaigns
             .get(&id)
             .filter(|c| c.visible_to(&self.org, who))
@@ -614,13 +618,8 @@ impl Service {
     }
 
     pub(super) async fn campaign_get(&mut self, who: Who, id: u64, reply: Reply) {
-        let r = self.visible_campaign(who, id).map(|c| {
-            (
-                false,
-                Answer::Value(serde_json::json!({ "campaign": c.status(&self.org, id) })),
-            )
-        });
-        self.now_or_later(Effect::Ready(reply, r)).await;
+        self.now_or_later(Effect::CampaignStatus(reply, who, id))
+            .await;
     }
 
     pub(super) async fn campaign_record(
@@ -710,10 +709,7 @@ impl Service {
         } else {
             "campaign.unwatch"
         };
-        let r = self
-            .visible_campaign(who, id)
-            .map(|c| c.status(&self.org, id));
-        if r.is_ok() {
+        if self.visible_campaign(who, id).is_ok() {
             let group = watchers(id);
             if watch {
                 self.out.join(&group, conn);
@@ -722,13 +718,8 @@ impl Service {
             }
         }
         let reply = Reply::Terminal { conn, re, kind };
-        let r = r.map(|status| {
-            (
-                false,
-                Answer::Value(serde_json::json!({ "campaign": status })),
-            )
-        });
-        self.now_or_later(Effect::Ready(reply, r)).await;
+        self.now_or_later(Effect::CampaignStatus(reply, who, id))
+            .await;
     }
 
     pub(super) async fn campaign_close(&mut self, who: Who, id: u64, reply: Reply) {
@@ -752,7 +743,11 @@ impl Service {
             return self.reject(reply, e).await;
         }
         let now = self.clock.now_ms();
-        let t = self.pipeline.wait(Effect::Closed(reply, id, now));
+        // Decided now, so requests after this one find it closed; reopened if the write fails.
+        if let Some(c) = self.campaigns.get_mut(&id) {
+            c.closed_at = Some(now);
+        }
+        let t = self.pipeline.wait(Effect::Closed(reply, id));
         self.submit(
             t,
             Job::new(move |c| {

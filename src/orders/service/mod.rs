@@ -414,8 +414,11 @@ enum Effect {
     Receipt(Reply, ReadKind, u64),
     Records(Reply, u64, NodeIdx, usize),
     Done(Reply, u64, NodeIdx),
-    Closed(Reply, u64, u64),
+    Closed(Reply, u64),
     CampaignStarted(Reply, u64, serde_json::Value),
+    /// A campaign's state as `who` may see it, when its turn comes: after everything asked
+    /// before it took effect (records counted, a close written).
+    CampaignStatus(Reply, Who, u64),
     Stop(oneshot::Sender<()>),
 }
 
@@ -1012,20 +1015,27 @@ impl Service {
                 }
                 Err(e) => reply.err(out, e.into()),
             },
-            Effect::Closed(reply, id, at) => match result {
+            Effect::Closed(reply, id) => match result {
                 Ok(_) => {
-                    let status = self.campaigns.get_mut(&id).map(|c| {
-                        c.closed_at = Some(at);
-                        c.status(&self.org, id)
-                    });
-                    reply.ok(
-                        out,
-                        false,
-                        Answer::Value(serde_json::json!({ "campaign": status })),
-                    );
+                    let status = self.campaigns.get(&id).map(|c| c.status(&self.org, id));
+                    let v = serde_json::json!({ "campaign": status });
+                    reply.ok(out, false, Answer::Value(v));
                 }
-                Err(e) => reply.err(out, e.into()),
+                Err(e) => {
+                    // Not written: it is open after all.
+                    if let Some(c) = self.campaigns.get_mut(&id) {
+                        c.closed_at = None;
+                    }
+                    reply.err(out, e.into());
+                }
             },
+            Effect::CampaignStatus(reply, who, id) => {
+                let r = self.visible_campaign(who, id).map(|c| {
+                    let status = serde_json::json!({ "campaign": c.status(&self.org, id) });
+                    (false, Answer::Value(status))
+                });
+                reply.answer(out, r);
+            }
             Effect::CampaignStarted(reply, id, status) => match result {
                 Ok(_) => reply.ok(
                     out,
