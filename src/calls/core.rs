@@ -1276,6 +1276,44 @@ mod tests {
     }
 
     #[test]
+    fn crossing_offers_the_callers_wins_whichever_reaches_the_hub_first() {
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        let (id, _) = t.call("a", "w1", 0).unwrap();
+        t.c.accept(w1, id, Some("answer".into()), 1).unwrap();
+        // The callee's renegotiation offer arrives first and is relayed; then the caller's.
+        t.c.signal(w1, id, Signal::Offer("callee".into())).unwrap();
+        let fx = t.c.signal(a, id, Signal::Offer("caller".into())).unwrap();
+        assert_eq!(
+            sent(&fx),
+            [
+                (w1, &Msg::OfferSuperseded { call: id }),
+                (
+                    w1,
+                    &Msg::Signal {
+                        call: id,
+                        signal: Signal::Offer("caller".into())
+                    }
+                )
+            ],
+            "the callee is told to roll back, then gets the winning offer"
+        );
+        // The caller's offer is the one pending: the callee answers it; the caller may not
+        // answer the superseded one.
+        assert!(matches!(
+            t.c.signal(a, id, Signal::Answer("late".into())),
+            Err(CallError::Illegal(_))
+        ));
+        t.c.signal(w1, id, Signal::Answer("ok".into())).unwrap();
+        // The other way round: the caller's arrives first, the callee's is refused with glare.
+        t.c.signal(a, id, Signal::Offer("caller 2".into())).unwrap();
+        assert!(matches!(
+            t.c.signal(w1, id, Signal::Offer("callee 2".into())),
+            Err(CallError::Glare { .. })
+        ));
+    }
+
+    #[test]
     fn crossing_invites_resolve_to_the_lower_node() {
         let mut t = T::new();
         let (a, w1) = (t.n("a"), t.n("w1"));

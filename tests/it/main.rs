@@ -10,5 +10,6 @@ mod durability;
 mod orders;
 mod presence;
 mod rest;
+mod rfc6455;
 mod shutdown;
 mod support;
