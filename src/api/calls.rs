@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -90,7 +89,7 @@ pub async fn list(
             "from ({f}) must be before to ({t})"
         )));
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let limit = super::bounded("limit", q.limit, 100, 1, 500)?;
     let filter = Filter {
         range: hub.org.subtree(node),
         party,
@@ -119,9 +118,8 @@ pub async fn list(
 pub async fn get(
     State(hub): State<Arc<Hub>>,
     Caller(c): Caller,
-    id: Result<Path<u64>, PathRejection>,
+    Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let Path(id) = id.map_err(|_| ApiError::not_found("call ids are positive integers"))?;
     hub.services()?.calls.settled().await;
     let found = hub
         .services()?

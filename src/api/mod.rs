@@ -6,7 +6,7 @@ pub mod error;
 pub mod orders;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize, Serializer};
 
-use self::error::{ApiError, REQUEST_ID};
+use self::error::{ApiError, REQUEST_ID, next_request_id};
 use crate::auth::Credential;
 use crate::hub::Hub;
 use crate::org::{GeoPoint, NodeIdx, Org, Tier};
@@ -93,14 +93,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/calls/{id}", get(calls::get))
         .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&hub),
             request_id,
         ))
         .with_state(hub)
 }
-
-static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 /// Echoes a sane `X-Request-Id` or assigns one, for the handler (errors carry it) and the reply.
 async fn request_id(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
@@ -110,7 +110,7 @@ async fn request_id(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Re
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("req-{:x}", NEXT_REQUEST.fetch_add(1, Relaxed)));
+        .unwrap_or_else(next_request_id);
     if req.uri().path() != "/ws" {
         hub.metrics.http_requests.fetch_add(1, Relaxed);
     }
@@ -119,6 +119,87 @@ async fn request_id(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Re
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// Every failure answers JSON. Extractors that refuse a request (a path id that is not a number,
+/// a body that is not JSON) answer plain text from axum; here that becomes the hub's error body,
+/// with the code its status means.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "message_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_client_error() => "invalid_data",
+        _ => "internal",
+    };
+    let message = String::from_utf8_lossy(&text);
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("refused").into()
+    } else {
+        message
+    };
+    ApiError::new(status, code, message).into_response()
+}
+
+/// Bodies read and dropped before a 413, at most: a client still sending a body the hub will not
+/// take gets the answer instead of a reset (closing with unread bytes resets the connection).
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
+
+/// A body announced larger than any route takes is refused before a handler sees it.
+async fn refuse_large_bodies(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(len) = declared.filter(|&n| n > orders::MAX_BODY as u64) else {
+        return next.run(req).await;
+    };
+    if len <= DRAIN_MAX as u64 {
+        use http_body_util::BodyExt;
+        let mut body = req.into_body();
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "message_too_large",
+        format!(
+            "the request body is {len} bytes; at most {} are accepted",
+            orders::MAX_BODY
+        ),
+    )
+    .into_response()
+}
+
+/// A paging or depth parameter within its documented bounds (the default when absent).
+pub fn bounded(
+    name: &str,
+    v: Option<usize>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_query(format!(
+            "`{name}` is {n}; it must be {min} to {max}"
+        ))),
+    }
 }
 
 /// The authenticated caller of an `/api/v1` route.
@@ -356,7 +437,7 @@ async fn org_node(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubtreeQuery {
-    depth: Option<u8>,
+    depth: Option<usize>,
 }
 
 async fn org_subtree(
@@ -368,7 +449,7 @@ async fn org_subtree(
     let org = &hub.org;
     let n = lookup(org, &id)?;
     require_subtree(&hub, &who, n)?;
-    let depth = q.depth.unwrap_or(4).min(4);
+    let depth = bounded("depth", q.depth, 4, 0, 4)? as u8;
     Ok(Json(serde_json::json!({ "tree": TreeView(org, n, depth) })))
 }
 

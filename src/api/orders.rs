@@ -327,7 +327,7 @@ pub async fn list(
         sql.push_str(" AND id < ?");
         args.push((a as i64).into());
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let limit = super::bounded("limit", q.limit, 100, 1, 500)?;
     sql.push_str(" ORDER BY id DESC LIMIT ?");
     args.push((limit as i64).into());
     let out: Vec<ListItem> = hub

@@ -57,6 +57,24 @@ async fn each_bad_input_gets_its_typed_error_and_the_connection_carries_on() {
     .await;
     assert_eq!(e["data"]["code"], "invalid_data");
 
+    // `"id": null` is not "no id": the client meant to send one.
+    let e = error_for(&mut t, Message::text(r#"{"v":1,"id":null,"type":"ping"}"#)).await;
+    assert_eq!(e["data"]["code"], "bad_envelope", "{e}");
+    assert!(
+        e["data"]["message"].as_str().unwrap().contains("null"),
+        "{e}"
+    );
+    // A ping takes no data; an unknown field is an error, as for every other request.
+    let e = error_for(
+        &mut t,
+        Message::text(r#"{"v":1,"id":"p","type":"ping","data":{"echo":1}}"#),
+    )
+    .await;
+    assert_eq!(
+        (e["data"]["code"].as_str(), e["re"].as_str()),
+        (Some("invalid_data"), Some("p"))
+    );
+
     let e = error_for(&mut t, Message::text(r#"{"v":9,"id":"e","type":"ping"}"#)).await;
     assert_eq!(e["data"]["code"], "unsupported_version");
 

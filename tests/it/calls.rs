@@ -693,7 +693,7 @@ async fn bad_call_requests_get_typed_errors_and_harm_nothing() {
     worker.ping_ok().await;
     other.ping_ok().await;
     let r = http_get(&hub, "/api/v1/calls/abc", Some(&hub.token(DONGFENG))).await;
-    assert_eq!(error_of(&r), (404, Some("not_found")));
+    assert_eq!(error_of(&r), (400, Some("invalid_data")));
     let r = http_get(
         &hub,
         "/api/v1/calls?outcome=exploded",

@@ -218,3 +218,94 @@ async fn openapi_documents_exactly_the_routes_that_exist() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_refusal_is_json_with_its_code_and_documented_bounds_hold() {
+    let hub = spawn_app(|_| {}).await;
+    let token = hub.token(DONGFENG);
+    // A path id that is not a number: the JSON error body naming what was wrong, never
+    // axum's plain text.
+    for path in [
+        "/api/v1/orders/abc",
+        "/api/v1/notices/x",
+        "/api/v1/campaigns/-1",
+        "/api/v1/calls/1.5",
+    ] {
+        let (status, head, body) = crate::auth::http_raw(&hub, path, Some(&token)).await;
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(
+            head.to_ascii_lowercase().contains("application/json"),
+            "{path}: {head}"
+        );
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_data")),
+            "{path}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Cannot parse"),
+            "{body}"
+        );
+        assert!(body["error"]["request_id"].is_string(), "{body}");
+    }
+    // Unknown notices, campaigns and nodes are not found (404), not invalid data.
+    for path in ["/api/v1/notices/999", "/api/v1/campaigns/999"] {
+        let r = http_get(&hub, path, Some(&token)).await;
+        assert_eq!(error_of(&r), (404, Some("not_found")), "{path}");
+    }
+    let (status, body) = try_post(
+        hub.addr,
+        "/api/v1/notices",
+        &token,
+        r#"{"node":"230805999","title":"t","body":"b"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    // Bounds the OpenAPI document gives are enforced, not silently clamped.
+    for (path, ok) in [
+        ("/api/v1/org/nodes/230805/subtree?depth=4", true),
+        ("/api/v1/org/nodes/230805/subtree?depth=5", false),
+        ("/api/v1/orders?node=230805&limit=500", true),
+        ("/api/v1/orders?node=230805&limit=0", false),
+        ("/api/v1/orders?node=230805&limit=501", false),
+        ("/api/v1/calls?node=230805&limit=1000", false),
+    ] {
+        let r = http_get(&hub, path, Some(&token)).await;
+        if ok {
+            assert_eq!(r.0, 200, "{path}: {}", r.1);
+        } else {
+            assert_eq!(
+                error_of(&r),
+                (400, Some("invalid_query")),
+                "{path}: {}",
+                r.1
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_answered_413_not_reset() {
+    let hub = spawn_app(|_| {}).await;
+    let token = hub.token(CITY);
+    let big = format!(r#"{{"description":"{}"}}"#, "x".repeat(3 << 20));
+    for _ in 0..5 {
+        let (status, body) = try_post(hub.addr, "/api/v1/orders", &token, &big, None)
+            .await
+            .expect("an answer, not a reset");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (413, Some("message_too_large")),
+            "{body}"
+        );
+    }
+}

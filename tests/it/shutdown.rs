@@ -41,6 +41,68 @@ async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
 }
 
 #[tokio::test]
+async fn a_terminal_that_comes_during_the_drain_is_told_the_hub_is_shutting_down() {
+    let mut hub = spawn_app(|c| c.transport.shutdown_drain_ms = 8_000).await;
+    // A console that asked for the whole city's aggregates and reads nothing, through a tiny
+    // receive window: its close frame cannot go out, so the drain waits on it a few seconds.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(hub.addr).await.unwrap();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        hub.ws_url(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", hub.token(CITY)).parse().unwrap(),
+    );
+    let (mut stubborn, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    use futures_util::SinkExt;
+    let ask = serde_json::json!({"v":1,"type":"presence.subscribe","data":{"node": CITY, "endpoints": false}})
+        .to_string();
+    for _ in 0..10 {
+        stubborn
+            .send(tokio_tungstenite::tungstenite::Message::text(ask.clone()))
+            .await
+            .unwrap();
+    }
+    let addr = hub.addr;
+    let running = hub.running.take().unwrap();
+    let shutdown = tokio::spawn(running.shutdown());
+    // Ready no more...
+    let draining = async {
+        loop {
+            let (status, _) = http_get(&hub, "/readyz", None).await;
+            if status == 503 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, draining).await.unwrap();
+    // ...but still answering: a terminal that comes now is told why it cannot stay.
+    let e = hub
+        .open(Some(&hub.token(HUANAN)))
+        .await
+        .expect_err("refused");
+    let (status, body) = refusal(e);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("shutting_down")),
+        "{body}"
+    );
+    drop(stubborn);
+    tokio::time::timeout(PATIENCE, shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener closed after the drain"
+    );
+}
+
+#[tokio::test]
 async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_carry_on() {
     // 128 open files: the hub subtracts what it has open at start-up and keeps a quarter of the
     // limit in reserve.
@@ -77,6 +139,29 @@ async fn at_the_open_file_limit_new_connections_are_refused_and_existing_ones_ca
     let (status, body) = refusal_seen.expect("refused at the cap");
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "at_capacity");
+    // Every terminal refused at the cap is told so, with when to retry — none gets a bare EOF.
+    for w in &ws[open.len() + 1..open.len() + 16] {
+        let e = hub.open(Some(&hub.token(w))).await.expect_err("still full");
+        let (status, retry, body) = refusal_with_headers(e);
+        assert_eq!((status, retry.as_deref()), (503, Some("5")), "{body}");
+        assert_eq!(body["error"]["code"], "at_capacity");
+        assert!(body["error"]["request_id"].is_string(), "{body}");
+    }
+    // The cap is for terminals: probes, metrics and REST (the hotline's intake) keep room.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _, _) = crate::auth::http_raw(&hub, path, None).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let (status, body) = try_post(
+        hub.addr,
+        "/api/v1/orders",
+        &hub.token(CITY),
+        &new_order(&ws[0], "at capacity").to_string(),
+        Some("at-capacity-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
     // Sockets still finishing an upgrade count twice for a moment, so a few fewer may fit.
     assert!(
         (cap - 8..=cap).contains(&open.len()),

@@ -321,11 +321,26 @@ impl TestTerminal {
 
 /// The HTTP status and JSON body of a refused WebSocket handshake.
 pub fn refusal(e: tungstenite::Error) -> (u16, Value) {
+    let (status, _, body) = refusal_with_headers(e);
+    (status, body)
+}
+
+/// The same, with the response's `Retry-After` header.
+pub fn refusal_with_headers(e: tungstenite::Error) -> (u16, Option<String>, Value) {
     match e {
         tungstenite::Error::Http(resp) => {
             let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = resp.into_body().unwrap_or_default();
-            (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+            (
+                status,
+                retry,
+                serde_json::from_slice(&body).unwrap_or(Value::Null),
+            )
         }
         other => panic!("expected an HTTP refusal, got {other}"),
     }
