@@ -11,5 +11,6 @@ mod orders;
 mod presence;
 mod rest;
 mod rfc6455;
+mod scope;
 mod shutdown;
 mod support;

@@ -709,3 +709,31 @@ async fn listing_filters_and_pages() {
     assert_eq!(dongfeng["received"], 3);
     assert_eq!(st["open_by_holder_tier"]["city"], 5);
 }
+
+#[tokio::test]
+async fn pipelined_replies_come_in_the_order_asked() {
+    let hub = spawn_app(|_| {}).await;
+    let mut city = hub.connect(CITY).await;
+    let w = workers_under(&hub.org, DONGFENG, 1).remove(0);
+    // Sent without waiting: a create (answered once durable), reads the store must answer (an
+    // order, a notice that never existed), refusals decided at once.
+    let mut ids = Vec::new();
+    for round in 0..5 {
+        ids.push(
+            city.request("order.create", new_order(&w, &format!("管道 {round}")))
+                .await,
+        );
+        ids.push(city.request("order.get", json!({"order": 999_999})).await);
+        ids.push(city.request("notice.get", json!({"notice": 999})).await);
+        ids.push(city.request("campaign.get", json!({"campaign": 999})).await);
+        ids.push(
+            city.request("order.acknowledge", json!({"order": 999_999}))
+                .await,
+        );
+    }
+    let mut got = Vec::new();
+    for _ in 0..ids.len() {
+        got.push(city.recv().await["re"].clone());
+    }
+    assert_eq!(got, ids);
+}
