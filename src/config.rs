@@ -355,6 +355,33 @@ mod tests {
         assert!(e.to_string().contains("must exceed"), "{e}");
     }
 
+    /// The shipped file lists every setting, with its default: nothing an operator can set is
+    /// missing from it.
+    #[test]
+    fn the_shipped_config_file_lists_every_setting_with_its_default() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PATH);
+        let shipped: toml::Table = toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        fn missing(d: &toml::Table, s: &toml::Table, at: &str, out: &mut Vec<String>) {
+            for (k, v) in d {
+                match (v, s.get(k)) {
+                    (toml::Value::Table(dt), Some(toml::Value::Table(st))) => {
+                        missing(dt, st, &format!("{at}{k}."), out)
+                    }
+                    (_, None) => out.push(format!("{at}{k}")),
+                    (dv, Some(sv)) if dv != sv => out.push(format!("{at}{k} (differs)")),
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        missing(&defaults, &shipped, "", &mut out);
+        assert!(
+            out.is_empty(),
+            "not in config/gridhub.toml as defaults: {out:?}"
+        );
+    }
+
     #[test]
     fn the_shipped_config_file_loads() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PATH);

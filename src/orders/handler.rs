@@ -29,7 +29,7 @@ pub const ACTIONS: [(&str, Action); 10] = [
 ];
 
 /// The request types the orders service owns.
-pub const KINDS: [&str; 23] = [
+pub const KINDS: [&str; 24] = [
     "order.create",
     "order.dispatch",
     "order.acknowledge",
@@ -53,6 +53,7 @@ pub const KINDS: [&str; 23] = [
     "campaign.watch",
     "campaign.unwatch",
     "campaign.close",
+    "campaign.read",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -171,7 +172,7 @@ impl OrdersHandler {
                 }
             }
             "campaign.get" | "campaign.done" | "campaign.close" | "campaign.watch"
-            | "campaign.unwatch" => {
+            | "campaign.unwatch" | "campaign.read" => {
                 let id = parse_data::<CampaignRef>(kind, data)?.campaign;
                 match kind {
                     "campaign.get" => Cmd::CampaignGet {
@@ -186,6 +187,12 @@ impl OrdersHandler {
                     },
                     "campaign.close" => Cmd::CampaignClose {
                         who,
+                        id,
+                        reply: reply(),
+                    },
+                    "campaign.read" => Cmd::MarkRead {
+                        who,
+                        kind: ReadKind::Campaign,
                         id,
                         reply: reply(),
                     },

@@ -265,17 +265,13 @@ async fn a_consumer_that_does_not_read_is_closed_as_slow_and_nobody_else_waits()
         .expect("its queue overflowed");
     // It reads again: whole frames (the one the socket had taken part of is finished), then a
     // clean close with 4002 — never a cut frame or a bare EOF.
-    let mut code = None;
-    loop {
+    let code = loop {
         match tokio::time::timeout(PATIENCE, slow.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => {
-                code = f.map(|f| u16::from(f.code));
-                break;
-            }
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
             Ok(Some(Ok(_))) => {}
             other => panic!("the stream broke before its close frame: {other:?}"),
         }
-    }
+    };
     assert_eq!(code, Some(4002));
     bystander.ping_ok().await;
     let ended = async {

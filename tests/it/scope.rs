@@ -223,6 +223,23 @@ async fn roles_actions_and_targets_over_websocket_and_rest() {
             "ok",
         ),
         case(&wa1, "campaign.done", cd.clone(), cp("done"), "{}", "ok"),
+        case(
+            &wb,
+            "campaign.read",
+            cd.clone(),
+            cp("read"),
+            "{}",
+            "not_found",
+        ),
+        case(
+            DONGFENG,
+            "campaign.read",
+            cd.clone(),
+            cp("read"),
+            "{}",
+            "not_found",
+        ),
+        case(&wa2, "campaign.read", cd.clone(), cp("read"), "{}", "ok"),
         // Orders: outsiders are told there is no such order; those who see it but do not hold
         // it are out of scope; the holder acts.
         case(
