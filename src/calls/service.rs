@@ -660,7 +660,8 @@ mod tests {
             offer: None,
         };
         f.ask("a", 10, "call.invite", invite).await;
-        f.settle().await;
+        // Not waiting on the store yet: paused time would run on to the ring timeout meanwhile.
+        f.caught_up().await;
         let caller = f.out.take_to(To::Conn(10));
         assert_eq!(caller[0]["data"]["state"], "inviting", "{caller:?}");
         assert_eq!(kinds(&f.out.take_to(To::Terminal(w1))), ["call.incoming"]);

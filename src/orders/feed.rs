@@ -231,6 +231,8 @@ pub fn spawn(
         loop {
             let due = feed.next_flush_at();
             tokio::select! {
+                // Terminals' news first: a change published after a console left is not for it.
+                biased;
                 n = news.recv_many(&mut left, BURST) => {
                     if n == 0 {
                         return;
