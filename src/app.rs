@@ -307,7 +307,7 @@ fn start_services(
         clock.clone(),
     )
     .map_err(store_error)?;
-    let (calls, calls_task) = calls::service::start(
+    let (calls, service) = calls::service::prepare(
         Arc::clone(org),
         config.calls.rules(),
         Arc::clone(&store),
@@ -317,6 +317,11 @@ fn start_services(
         clock.clone(),
     )
     .map_err(store_error)?;
+    let calls_task = calls::service::on_own_thread(service).map_err(|e| {
+        store_error(crate::store::StoreError::Sqlite(format!(
+            "cannot start the calls thread: {e}"
+        )))
+    })?;
     let started = Started {
         orders_handler: Arc::new(orders::handler::OrdersHandler {
             org: Arc::clone(org),

@@ -142,42 +142,31 @@ impl CallError {
     }
 }
 
-/// Opens the call records (cutting calls a previous run left open) and starts the service on
-/// its own thread.
-#[allow(clippy::too_many_arguments)]
-pub fn start(
-    org: Arc<Org>,
-    rules: Rules,
-    store: Arc<Store>,
-    out: Arc<dyn Outbound>,
-    outbox: Outbox,
-    metrics: Arc<Metrics>,
-    clock: Clock,
-) -> Result<(CallsHandle, tokio::task::JoinHandle<()>), StoreError> {
-    let (handle, service) = prepare(org, rules, store, out, outbox, metrics, clock)?;
-    // Its own thread: on the shared runtime the relay waits its turn behind every connection
-    // task that has data (thousands in a storm) each time it wakes, which is most of a relayed
-    // message's time in the hub; here it is scheduled as soon as a request arrives.
+/// Runs the service on a thread of its own. On the shared runtime the relay would wait its turn
+/// behind every connection task that has data (thousands in a storm) each time it wakes, which
+/// was most of a relayed message's time in the hub; here it is scheduled as soon as a request
+/// arrives. The returned task ends when the service does.
+pub fn on_own_thread(
+    service: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls runtime: {e}")))?;
+        .build()?;
     let (done_tx, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("gridhub-calls".into())
         .spawn(move || {
             rt.block_on(service);
             let _ = done_tx.send(());
-        })
-        .map_err(|e| StoreError::Sqlite(format!("cannot start the calls thread: {e}")))?;
-    let task = tokio::spawn(async move {
+        })?;
+    Ok(tokio::spawn(async move {
         let _ = done_rx.await;
-    });
-    Ok((handle, task))
+    }))
 }
 
-/// The service as a future to run wherever the caller likes (its own thread in `start`; the
-/// test's paused runtime in tests).
+/// Opens the call records (cutting calls a previous run left open) and makes the service: a
+/// future to run wherever the caller likes (`on_own_thread` in the hub; the test's paused
+/// runtime in tests).
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
     org: Arc<Org>,
@@ -505,16 +494,12 @@ mod tests {
 
     use super::*;
     use crate::backplane::Located;
-    use crate::backplane::testing::{Recorder, Sent};
-    use crate::outbox::config::OutboxConfig;
+    use crate::backplane::testing::Sent;
+    use crate::outbox::testing::Bench;
 
     struct Fixture {
-        org: Arc<Org>,
-        out: Arc<Recorder>,
+        bench: Bench,
         calls: CallsHandle,
-        outbox: crate::outbox::service::OutboxControl,
-        store: Arc<Store>,
-        dir: std::path::PathBuf,
     }
 
     const RULES: Rules = Rules {
@@ -527,56 +512,36 @@ mod tests {
 
     impl Fixture {
         fn new(tag: &str) -> Fixture {
-            let org = Arc::new(crate::org::fixture());
-            let dir =
-                std::env::temp_dir().join(format!("gridhub-calls-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            let store = Arc::new(Store::open(&dir.join("t.db"), Arc::default()).unwrap());
-            let out = Arc::new(Recorder::new());
-            let dyn_out = Arc::clone(&out) as Arc<dyn Outbound>;
-            let clock = Clock::following_tokio(1_764_000_000_000);
-            let ob = crate::outbox::service::start(
-                Arc::clone(&org),
-                Arc::clone(&store),
-                Arc::clone(&dyn_out),
-                Arc::default(),
-                clock.clone(),
-                OutboxConfig::default(),
-            )
-            .unwrap();
+            let bench = Bench::new(&format!("calls-{tag}"));
             let (calls, service) = prepare(
-                Arc::clone(&org),
+                Arc::clone(&bench.org),
                 RULES,
-                Arc::clone(&store),
-                dyn_out,
-                ob.outbox,
+                Arc::clone(&bench.store),
+                bench.outbound(),
+                bench.outbox.outbox.clone(),
                 Arc::default(),
-                clock,
+                bench.clock.clone(),
             )
             .unwrap();
             tokio::spawn(service);
-            Fixture {
-                org,
-                out,
-                calls,
-                outbox: ob.control,
-                store,
-                dir,
-            }
+            Fixture { bench, calls }
         }
 
         fn n(&self, id: &str) -> NodeIdx {
-            self.org.lookup(id).unwrap()
+            self.bench.n(id)
         }
 
         /// The terminal connects on connection `conn`: the directory and the bus say so.
         async fn join(&self, id: &str, conn: u64) {
-            let role = Role::default_for(self.org.tier(self.n(id)));
-            self.out.place(self.n(id), Some(Located { conn, role }));
-            self.out
+            let role = Role::default_for(self.bench.org.tier(self.n(id)));
+            self.bench
+                .out
+                .place(self.n(id), Some(Located { conn, role }));
+            self.bench
+                .out
                 .bus()
                 .publish(TerminalNews::Joined {
-                    ep: self.org.id(self.n(id)).clone(),
+                    ep: self.bench.org.id(self.n(id)).clone(),
                     conn,
                     role,
                     at: 0,
@@ -585,11 +550,12 @@ mod tests {
         }
 
         async fn leave(&self, id: &str, conn: u64) {
-            self.out.place(self.n(id), None);
-            self.out
+            self.bench.out.place(self.n(id), None);
+            self.bench
+                .out
                 .bus()
                 .publish(TerminalNews::Left {
-                    ep: self.org.id(self.n(id)).clone(),
+                    ep: self.bench.org.id(self.n(id)).clone(),
                     conn,
                     at: 0,
                 })
@@ -601,7 +567,7 @@ mod tests {
             let origin = Origin {
                 conn,
                 endpoint: n,
-                role: Role::default_for(self.org.tier(n)),
+                role: Role::default_for(self.bench.org.tier(n)),
                 expires_at: u64::MAX,
             };
             let cmd = Cmd::Request {
@@ -611,7 +577,7 @@ mod tests {
                 req,
                 at: Instant::now(),
             };
-            self.calls.send(cmd, self.out.as_ref()).await;
+            self.calls.send(cmd, self.bench.out.as_ref()).await;
         }
 
         /// Everything asked so far is decided and its messages sent; nothing waited on the store,
@@ -623,11 +589,12 @@ mod tests {
         /// Everything asked so far is decided, recorded and offered.
         async fn settle(&self) {
             self.calls.settled().await;
-            self.outbox.settled().await;
+            self.bench.outbox.control.settled().await;
         }
 
         fn record(&self, id: u64) -> (String, Option<i64>, Option<String>) {
-            self.store
+            self.bench
+                .store
                 .read_sync(|c| {
                     c.query_row(
                         "SELECT outcome, duration_ms, reason FROM calls WHERE id = ?1",
@@ -636,11 +603,6 @@ mod tests {
                     )
                 })
                 .unwrap()
-        }
-
-        fn finish(self) {
-            self.store.close();
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
@@ -662,14 +624,18 @@ mod tests {
         f.ask("a", 10, "call.invite", invite).await;
         // Not waiting on the store yet: paused time would run on to the ring timeout meanwhile.
         f.caught_up().await;
-        let caller = f.out.take_to(To::Conn(10));
+        let caller = f.bench.out.take_to(To::Conn(10));
         assert_eq!(caller[0]["data"]["state"], "inviting", "{caller:?}");
-        assert_eq!(kinds(&f.out.take_to(To::Terminal(w1))), ["call.incoming"]);
+        assert_eq!(
+            kinds(&f.bench.out.take_to(To::Terminal(w1))),
+            ["call.incoming"]
+        );
         tokio::time::sleep(Duration::from_secs(31)).await;
         f.settle().await;
-        let ended = f.out.take_to(To::Terminal(w1));
+        let ended = f.bench.out.take_to(To::Terminal(w1));
         assert_eq!(ended[0]["data"]["outcome"], "no_answer", "{ended:?}");
         let missed: Vec<Sent> = f
+            .bench
             .out
             .take()
             .into_iter()
@@ -678,7 +644,6 @@ mod tests {
         assert_eq!(missed.len(), 1);
         assert_eq!(missed[0].json().unwrap()["data"]["kind"], "call.missed");
         assert_eq!(f.record(1).0, "no_answer");
-        f.finish();
     }
 
     #[tokio::test(start_paused = true)]
@@ -698,17 +663,16 @@ mod tests {
         f.join("w2", 12).await;
         f.ask("w1", 11, "call.invite", invite(f.n("w2"))).await;
         f.settle().await;
-        let codes: Vec<Value> = f.out.take_to(To::Conn(10));
+        let codes: Vec<Value> = f.bench.out.take_to(To::Conn(10));
         assert_eq!(codes[0]["data"]["code"], "offline", "{codes:?}");
         assert_eq!(
-            f.out.take_to(To::Conn(11))[0]["data"]["code"],
+            f.bench.out.take_to(To::Conn(11))[0]["data"]["code"],
             "out_of_scope"
         );
         assert_eq!(f.record(1).0, "offline");
         let (outcome, duration, reason) = f.record(2);
         assert_eq!((outcome.as_str(), duration), ("out_of_scope", None));
         assert!(reason.unwrap().contains("chain of command"));
-        f.finish();
     }
 
     #[tokio::test(start_paused = true)]
@@ -736,21 +700,20 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         f.leave("w1", 11).await;
         f.caught_up().await;
-        assert!(kinds(&f.out.take_to(To::Terminal(a))).contains(&"call.peer_away"));
+        assert!(kinds(&f.bench.out.take_to(To::Terminal(a))).contains(&"call.peer_away"));
         tokio::time::sleep(Duration::from_secs(21)).await;
         f.settle().await;
-        let ended = f.out.take_to(To::Terminal(a));
+        let ended = f.bench.out.take_to(To::Terminal(a));
         assert_eq!(ended.last().unwrap()["data"]["outcome"], "dropped");
-        f.out.take();
+        f.bench.out.take();
         // Back after the grace: it hears how its call ended.
         f.join("w1", 13).await;
         f.settle().await;
-        let told = f.out.take_to(To::Terminal(w1));
+        let told = f.bench.out.take_to(To::Terminal(w1));
         assert_eq!(kinds(&told), ["call.ended"], "{told:?}");
         assert_eq!(told[0]["data"]["outcome"], "dropped");
         // Talking time: from the answer until the party left, not until the grace ran out.
         let (outcome, duration, _) = f.record(1);
         assert_eq!((outcome.as_str(), duration), ("dropped", Some(5_000)));
-        f.finish();
     }
 }

@@ -20,6 +20,8 @@
 pub mod config;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+pub mod testing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

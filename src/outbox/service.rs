@@ -405,39 +405,9 @@ impl Service {
 mod tests {
     use super::*;
     use crate::auth::Role;
-    use crate::backplane::testing::{Recorder, Sent};
+    use crate::backplane::testing::Sent;
 
-    struct Fixture {
-        started: Started,
-        out: Arc<Recorder>,
-        org: Arc<Org>,
-        store: Arc<Store>,
-        dir: std::path::PathBuf,
-    }
-
-    fn fixture(tag: &str) -> Fixture {
-        let org = Arc::new(crate::org::fixture());
-        let dir = std::env::temp_dir().join(format!("gridhub-outbox-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(Store::open(&dir.join("t.db"), Arc::default()).unwrap());
-        let out = Arc::new(Recorder::new());
-        let started = start(
-            Arc::clone(&org),
-            Arc::clone(&store),
-            Arc::clone(&out) as Arc<dyn Outbound>,
-            Arc::default(),
-            Clock::following_tokio(1_000_000),
-            OutboxConfig::default(),
-        )
-        .unwrap();
-        Fixture {
-            started,
-            out,
-            org,
-            store,
-            dir,
-        }
-    }
+    use crate::outbox::testing::Bench;
 
     fn origin(org: &Org, ep: &str, conn: ConnKey) -> Origin {
         Origin {
@@ -448,12 +418,12 @@ mod tests {
         }
     }
 
-    async fn settle(f: &Fixture) {
-        f.started.control.settled().await;
+    async fn settle(f: &Bench) {
+        f.outbox.control.settled().await;
     }
 
-    async fn ask(f: &Fixture, kind: &'static str, data: &str, o: Origin) -> Result<(), ProtoError> {
-        f.started
+    async fn ask(f: &Bench, kind: &'static str, data: &str, o: Origin) -> Result<(), ProtoError> {
+        f.outbox
             .handler
             .handle(Request {
                 origin: o,
@@ -467,12 +437,12 @@ mod tests {
 
     #[tokio::test]
     async fn committed_messages_are_offered_in_sequence_then_replayed_on_resume() {
-        let f = fixture("offer");
+        let f = Bench::new("outbox-offer");
         let w1 = f.org.lookup("w1").unwrap();
         for text in ["a", "b"] {
-            let mut b = f.started.outbox.batch().await;
+            let mut b = f.outbox.outbox.batch().await;
             let seq = b.push(w1, "notice", Some(7), format!(r#"{{"t":"{text}"}}"#).into());
-            assert_eq!(seq, f.started.outbox.last(w1));
+            assert_eq!(seq, f.outbox.outbox.last(w1));
             b.commit(Job::new(|_| Ok(()))).await;
         }
         settle(&f).await;
@@ -502,15 +472,13 @@ mod tests {
             r["data"],
             json!({"replayed": 1, "last_seq": 2, "more": false})
         );
-        f.store.close();
-        let _ = std::fs::remove_dir_all(&f.dir);
     }
 
     #[tokio::test]
     async fn bad_positions_are_refused_and_acks_are_written() {
-        let f = fixture("acks");
+        let f = Bench::new("outbox-acks");
         let w1 = f.org.lookup("w1").unwrap();
-        let mut b = f.started.outbox.batch().await;
+        let mut b = f.outbox.outbox.batch().await;
         b.push(w1, "notice", None, "{}".into());
         b.commit(Job::new(|_| Ok(()))).await;
         settle(&f).await;
@@ -538,8 +506,8 @@ mod tests {
                 .contains("never sent")
         );
         assert_eq!(replies[2]["type"], "reply");
-        assert_eq!(f.started.outbox.acked(w1), 1);
-        f.started.control.stop().await;
+        assert_eq!(f.outbox.outbox.acked(w1), 1);
+        f.outbox.control.stop().await;
         let stored: i64 = f
             .store
             .read_sync(|c| {
@@ -547,7 +515,5 @@ mod tests {
             })
             .unwrap();
         assert_eq!(stored, 1, "written by the stop at the latest");
-        f.store.close();
-        let _ = std::fs::remove_dir_all(&f.dir);
     }
 }

@@ -223,7 +223,7 @@ async fn protocol_violations_close_with_1002() {
 
 #[tokio::test]
 async fn a_consumer_that_does_not_read_is_closed_as_slow_and_nobody_else_waits() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     let hub = spawn_app(|c| {
         c.transport.max_message_bytes = 1024;
         c.transport.send_queue_frames = 64;
@@ -232,25 +232,8 @@ async fn a_consumer_that_does_not_read_is_closed_as_slow_and_nobody_else_waits()
     .await;
     let mut bystander = hub.connect(HUANAN).await;
 
-    // A console with a tiny receive window that asks for the whole city's aggregates (~150 KB)
-    // over and over and never reads the answers.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(hub.addr).await.unwrap();
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        hub.ws_url(),
-    )
-    .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", hub.token(CITY)).parse().unwrap(),
-    );
-    let (mut slow, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-    let ask = json!({"v":1,"type":"presence.subscribe","data":{"node": CITY, "endpoints": false}})
-        .to_string();
-    for _ in 0..150 {
-        slow.send(Message::text(ask.clone())).await.unwrap();
-    }
+    // A console that asks for the whole city's aggregates over and over and reads nothing.
+    let mut slow = slow_console(&hub, 150).await;
     // The bystander is served at once while the slow one's queue fills.
     bystander.ping_ok().await;
     let m = &hub.hub().metrics;

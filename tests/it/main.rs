@@ -7,6 +7,7 @@ mod calls;
 mod cluster;
 mod connect;
 mod durability;
+mod openapi;
 mod orders;
 mod presence;
 mod rest;

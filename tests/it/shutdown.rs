@@ -43,29 +43,9 @@ async fn sigterm_closes_terminals_with_going_away_and_exits_cleanly() {
 #[tokio::test]
 async fn a_terminal_that_comes_during_the_drain_is_told_the_hub_is_shutting_down() {
     let mut hub = spawn_app(|c| c.transport.shutdown_drain_ms = 8_000).await;
-    // A console that asked for the whole city's aggregates and reads nothing, through a tiny
-    // receive window: its close frame cannot go out, so the drain waits on it a few seconds.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(hub.addr).await.unwrap();
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        hub.ws_url(),
-    )
-    .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", hub.token(CITY)).parse().unwrap(),
-    );
-    let (mut stubborn, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-    use futures_util::SinkExt;
-    let ask = serde_json::json!({"v":1,"type":"presence.subscribe","data":{"node": CITY, "endpoints": false}})
-        .to_string();
-    for _ in 0..10 {
-        stubborn
-            .send(tokio_tungstenite::tungstenite::Message::text(ask.clone()))
-            .await
-            .unwrap();
-    }
+    // A console that asked for the whole city's aggregates and reads nothing: its close frame
+    // cannot go out, so the drain waits on it a few seconds.
+    let stubborn = slow_console(&hub, 10).await;
     let addr = hub.addr;
     let running = hub.running.take().unwrap();
     let shutdown = tokio::spawn(running.shutdown());

@@ -65,8 +65,14 @@ pub struct TestHub {
 pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestHub {
     let mut config = test_config();
     tweak(&mut config);
+    start(config, None).await
+}
+
+async fn start(config: Config, broker: Option<Arc<gridhub::backplane::memory::Broker>>) -> TestHub {
     let data_dir = Some(config.server.data_dir.clone());
-    let running = gridhub::app::start(config).await.expect("hub starts");
+    let running = gridhub::app::start_node(config, broker)
+        .await
+        .expect("hub starts");
     TestHub {
         data_dir,
         addr: running.addr,
@@ -86,17 +92,32 @@ pub async fn spawn_node(
     let mut config = test_config();
     config.backplane.hub_id = hub_id;
     config.backplane.runs_services = runs_services;
-    let data_dir = Some(config.server.data_dir.clone());
-    let running = gridhub::app::start_node(config, Some(Arc::clone(broker)))
+    start(config, Some(Arc::clone(broker))).await
+}
+
+/// A console that asks `requests` times for the whole city's aggregates (~150 KB each) through a
+/// 4 KiB receive window and reads nothing: a consumer the hub cannot keep up with.
+pub async fn slow_console(
+    hub: &TestHub,
+    requests: usize,
+) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(hub.addr).await.unwrap();
+    let mut req = hub.ws_url().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", hub.token(CITY)).parse().unwrap(),
+    );
+    let (mut slow, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
         .await
-        .expect("node starts");
-    TestHub {
-        data_dir,
-        addr: running.addr,
-        org: Arc::clone(&running.hub.org),
-        running: Some(running),
-        auth: Authority::new(SECRET.as_bytes()).unwrap(),
+        .unwrap();
+    let ask = json!({"v":1,"type":"presence.subscribe","data":{"node": CITY, "endpoints": false}})
+        .to_string();
+    for _ in 0..requests {
+        slow.send(Message::text(ask.clone())).await.unwrap();
     }
+    slow
 }
 
 pub fn now_s() -> u64 {

@@ -8,77 +8,55 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::backplane::Group;
+use crate::backplane::To;
 use crate::backplane::testing::{Recorder, Sent};
-use crate::backplane::{Group, Outbound, To};
 use crate::orders::model::{Priority, Source};
 use crate::orders::{Act, NewOrder};
-use crate::outbox::config::OutboxConfig;
+use crate::outbox::testing::Bench;
 
 struct Fixture {
-    org: Arc<Org>,
-    out: Arc<Recorder>,
+    bench: Bench,
     orders: OrdersHandle,
-    outbox: crate::outbox::service::OutboxControl,
-    store: Arc<Store>,
-    dir: std::path::PathBuf,
 }
 
 impl Fixture {
     async fn new(tag: &str, deadline_secs: u64) -> Fixture {
-        let org = Arc::new(crate::org::fixture());
-        let dir = std::env::temp_dir().join(format!("gridhub-orders-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(Store::open(&dir.join("t.db"), Arc::default()).unwrap());
-        let out = Arc::new(Recorder::new());
-        let dyn_out = Arc::clone(&out) as Arc<dyn Outbound>;
-        let clock = Clock::following_tokio(1_764_000_000_000);
-        let ob = crate::outbox::service::start(
-            Arc::clone(&org),
-            Arc::clone(&store),
-            Arc::clone(&dyn_out),
-            Arc::default(),
-            clock.clone(),
-            OutboxConfig::default(),
-        )
-        .unwrap();
+        let bench = Bench::new(&format!("orders-{tag}"));
         let mut policy = crate::orders::config::OrdersConfig::default().policy();
         for p in policy.priorities.iter_mut() {
             p.deadline_secs = deadline_secs;
         }
         let started = start(
-            Arc::clone(&org),
+            Arc::clone(&bench.org),
             policy,
-            Arc::clone(&store),
-            ob.outbox,
-            dyn_out,
+            Arc::clone(&bench.store),
+            bench.outbox.outbox.clone(),
+            bench.outbound(),
             Arc::default(),
-            clock,
+            bench.clock.clone(),
         )
         .unwrap();
         Fixture {
-            org,
-            out,
+            bench,
             orders: started.handle,
-            outbox: ob.control,
-            store,
-            dir,
         }
     }
 
     fn n(&self, id: &str) -> NodeIdx {
-        self.org.lookup(id).unwrap()
+        self.bench.n(id)
     }
 
     fn who(&self, id: &str) -> Who {
         let n = self.n(id);
         Who {
             node: n,
-            role: Role::default_for(self.org.tier(n)),
+            role: Role::default_for(self.bench.org.tier(n)),
         }
     }
 
     async fn send(&self, cmd: Cmd) {
-        self.orders.send(cmd, self.out.as_ref()).await;
+        self.orders.send(cmd, self.bench.out.as_ref()).await;
     }
 
     /// Asks as REST does, and waits for the answer: a point the test knows is behind it.
@@ -91,10 +69,8 @@ impl Fixture {
     /// Stops the services: everything asked before is decided, written, answered and offered.
     async fn finish(self) -> Arc<Recorder> {
         self.orders.stop().await;
-        self.outbox.stop().await;
-        self.store.close();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        self.out
+        self.bench.outbox.control.stop().await;
+        Arc::clone(&self.bench.out)
     }
 }
 
