@@ -80,7 +80,9 @@ pub struct Credential {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no credential: send `Authorization: Bearer <token>` or `?token=<token>`")]
+    #[error(
+        "no credential: send `Authorization: Bearer <token>` (a browser opens its WebSocket with a ticket from POST /api/v1/tickets: `/ws?ticket=`)"
+    )]
     Missing,
     #[error("credential is not a well-formed token: {0}")]
     Malformed(String),

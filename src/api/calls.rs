@@ -20,16 +20,6 @@ fn store_error(e: crate::store::StoreError) -> ApiError {
     ApiError::from(ServiceError::from(e))
 }
 
-const OUTCOMES: [Outcome; 7] = [
-    Outcome::Completed,
-    Outcome::Rejected,
-    Outcome::Cancelled,
-    Outcome::NoAnswer,
-    Outcome::Dropped,
-    Outcome::Glare,
-    Outcome::Interrupted,
-];
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -69,13 +59,13 @@ pub async fn list(
         Some("live") => (None, true),
         Some(o) => (
             Some(
-                OUTCOMES
+                Outcome::ALL
                     .into_iter()
                     .find(|x| x.as_str() == o)
                     .ok_or_else(|| {
                         ApiError::bad_query(format!(
                             "unknown outcome {o:?}; outcomes: live, {}",
-                            OUTCOMES.map(Outcome::as_str).join(", ")
+                            Outcome::ALL.map(Outcome::as_str).join(", ")
                         ))
                     })?,
             ),

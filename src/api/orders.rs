@@ -147,18 +147,25 @@ pub async fn act(
     State(hub): State<Arc<Hub>>,
     Caller(c): Caller,
     Path((id, action)): Path<(u64, String)>,
-    body: Result<Json<ActIn>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let action = Action::parse(&action).filter(|a| *a != Action::Create).ok_or_else(|| {
         ApiError::not_found(format!(
             "no order action {action:?}; actions: dispatch, acknowledge, return, reassign, escalate, report, review, rate, publish, archive"
         ))
     })?;
-    // An empty body is fine for actions without fields (acknowledge, archive).
-    let a = match body {
-        Ok(Json(a)) => a,
-        Err(JsonRejection::MissingJsonContentType(_)) => ActIn::default(),
-        Err(e) => return Err(body_error(e)),
+    // An empty body is fine for actions without fields (acknowledge, archive); any other body
+    // is read as JSON whatever its content type says, so its fields (`version`) are never lost.
+    let a: ActIn = if body.iter().all(u8::is_ascii_whitespace) {
+        ActIn::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_data",
+                format!("the request body is not a valid action: {e}"),
+            )
+        })?
     };
     if a.order.is_some_and(|o| o.0 != id) {
         return Err(ApiError::new(
@@ -201,13 +208,19 @@ pub async fn history(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let id = OrderId(id);
-    // The service knows open orders and checks scope; it reads closed ones from the store.
-    ask(&hub, |reply| Cmd::Get {
+    // The service knows open orders and checks scope; it reads closed ones from the store. Its
+    // answer shows the reporter as this caller may see it (masked unless it handles the order
+    // or is a center above its intake), and so does the history below.
+    let (_, seen) = ask(&hub, |reply| Cmd::Get {
         who: who(&c),
         id,
         reply,
     })
     .await?;
+    let reporter = match &seen {
+        RestBody::Order(doc) => serde_json::to_value(&doc.reporter).ok(),
+        RestBody::Value(_) => None,
+    };
     let events = hub
         .services()?
         .store
@@ -228,6 +241,16 @@ pub async fn history(
         })
         .await
         .map_err(|e| ApiError::from(ServiceError::from(e)))?;
+    let events: Vec<EventOut> = events
+        .into_iter()
+        .map(|mut e| {
+            // The creation event carries the whole order as it was taken in.
+            if let (Some(r), Some(slot)) = (&reporter, e.detail.get_mut("reporter")) {
+                *slot = r.clone();
+            }
+            e
+        })
+        .collect();
     Ok(Json(serde_json::json!({ "order": id, "events": events })).into_response())
 }
 
@@ -309,11 +332,20 @@ pub async fn list(
         sql.push_str(" AND holder = ?");
         args.push(h.clone().into());
     }
-    if q.late == Some(true) {
-        sql.push_str(
-            " AND state NOT IN ('result_reported','rated','published','archived') AND (supervision > 0 OR due_at < ?)",
-        );
+    if let Some(late) = q.late {
+        // Late: still being worked on, and supervised already or past its deadline.
+        let is_late = "(state NOT IN ('result_reported','rated','published','archived') \
+                       AND (supervision > 0 OR due_at < ?))";
+        sql.push_str(if late { " AND " } else { " AND NOT " });
+        sql.push_str(is_late);
         args.push((hub.clock.now_ms() as i64).into());
+    }
+    if let (Some(f), Some(t)) = (q.from, q.to)
+        && f >= t
+    {
+        return Err(ApiError::bad_query(format!(
+            "from ({f}) must be before to ({t})"
+        )));
     }
     if let Some(f) = q.from {
         sql.push_str(" AND created_at >= ?");

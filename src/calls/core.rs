@@ -74,6 +74,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Completed,
+        Outcome::Rejected,
+        Outcome::Cancelled,
+        Outcome::NoAnswer,
+        Outcome::Dropped,
+        Outcome::Glare,
+        Outcome::Interrupted,
+        Outcome::Busy,
+        Outcome::Offline,
+        Outcome::OutOfScope,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",

@@ -178,17 +178,22 @@ pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Record>> {
 pub struct Figures {
     /// Calls the group's terminals placed.
     pub placed: u64,
-    /// Calls to the group's terminals, and how they went.
+    /// Calls to the group's terminals that reached them (rang, or were on their way), and how
+    /// they went; invites refused at once are in `refused` instead.
     pub received: u64,
     pub answered: u64,
-    /// Answered ÷ received, over calls that have ended or been answered.
+    /// Answered ÷ received, over calls that have ended or been answered (a call superseded by a
+    /// crossing one, `glare`, is the same conversation in another call and is not counted).
     pub answered_rate: Option<f64>,
     /// From invite to answer, for answered calls.
     pub mean_answer_ms: Option<u64>,
     pub mean_duration_ms: Option<u64>,
     pub missed: u64,
     pub rejected: u64,
-    pub busy_or_dropped: u64,
+    /// Ended because a party's connection dropped, or the hub stopped.
+    pub dropped: u64,
+    /// Invites to the group's terminals refused at once: busy, off line, out of scope.
+    pub refused: u64,
     pub live: u64,
     #[serde(skip)]
     decided: u64,
@@ -202,6 +207,10 @@ pub struct Figures {
 
 impl Figures {
     fn receive(&mut self, outcome: Option<&str>, answer_ms: Option<u64>, duration: Option<u64>) {
+        if matches!(outcome, Some("busy" | "offline" | "out_of_scope")) {
+            self.refused += 1;
+            return;
+        }
         self.received += 1;
         if let Some(ms) = answer_ms {
             self.answered += 1;
@@ -215,11 +224,11 @@ impl Figures {
             None => self.live += 1,
             Some("no_answer") => self.missed += 1,
             Some("rejected") => self.rejected += 1,
-            Some("dropped") | Some("interrupted") => self.busy_or_dropped += 1,
+            Some("dropped") | Some("interrupted") => self.dropped += 1,
             _ => {}
         }
         // A call still ringing has not been decided yet; an answered one has.
-        if outcome.is_some() || answer_ms.is_some() {
+        if (outcome.is_some() && outcome != Some("glare")) || answer_ms.is_some() {
             self.decided += 1;
         }
     }

@@ -137,6 +137,15 @@ async fn notices_are_refused_outside_scope_and_when_malformed() {
     assert_eq!(e["code"], "out_of_scope");
     let e = county.refused("notice.get", json!({"notice": 999})).await;
     assert_eq!(e["code"], "not_found");
+    // A notice nobody would receive is refused, not sent to no one.
+    let e = county
+        .refused(
+            "notice.send",
+            json!({"node": DONGFENG, "tiers": ["city"], "title": "t", "body": "b"}),
+        )
+        .await;
+    assert_eq!(e["code"], "invalid_data");
+    assert!(e["message"].as_str().unwrap().contains("nobody"), "{e}");
 }
 
 #[tokio::test]

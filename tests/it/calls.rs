@@ -701,6 +701,24 @@ async fn bad_call_requests_get_typed_errors_and_harm_nothing() {
     )
     .await;
     assert_eq!(error_of(&r), (400, Some("invalid_query")));
+    // Refused invites are on record and can be listed by their outcome.
+    for outcome in ["busy", "offline", "out_of_scope", "glare"] {
+        let (status, body) = http_get(
+            &hub,
+            &format!("/api/v1/calls?node={DONGFENG}&outcome={outcome}"),
+            Some(&hub.token(DONGFENG)),
+        )
+        .await;
+        assert_eq!(status, 200, "{outcome}: {body}");
+        assert!(
+            body["calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["outcome"] == outcome),
+            "{body}"
+        );
+    }
     // Outside one's scope a call is not found, whether or not it exists.
     let (status, _) = http_get(
         &hub,

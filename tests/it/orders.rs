@@ -737,3 +737,74 @@ async fn pipelined_replies_come_in_the_order_asked() {
     }
     assert_eq!(got, ids);
 }
+
+#[tokio::test]
+async fn rest_shows_history_as_the_caller_may_see_it_and_never_drops_a_body() {
+    let hub = spawn_app(|_| {}).await;
+    let w = workers_under(&hub.org, DONGFENG, 1).remove(0);
+    let city = hub.token(CITY);
+    let (status, body) = try_post(
+        hub.addr,
+        "/api/v1/orders",
+        &city,
+        &new_order(&w, "井盖缺失").to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let id = body["order"]["id"].as_u64().unwrap();
+    // The county may see the order but not the reporter's contact: not in the history either.
+    let county = hub.token(DONGFENG);
+    let (_, o) = http_get(&hub, &format!("/api/v1/orders/{id}"), Some(&county)).await;
+    assert_eq!(o["order"]["reporter"]["phone"], "138****5678", "{o}");
+    let (_, h) = http_get(&hub, &format!("/api/v1/orders/{id}/history"), Some(&county)).await;
+    let created = &h["events"][0];
+    assert_eq!(created["action"], "create", "{h}");
+    assert_eq!(created["reporter"], o["order"]["reporter"], "{h}");
+    assert!(!h.to_string().contains("13812345678"), "{h}");
+    let (_, h) = http_get(&hub, &format!("/api/v1/orders/{id}/history"), Some(&city)).await;
+    assert_eq!(
+        h["events"][0]["reporter"]["phone"], "13812345678",
+        "the intake sees it"
+    );
+    // A body sent without a JSON content type is still read: its `version` is checked.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let body = r#"{"version":999}"#;
+    s.write_all(
+        format!(
+            "POST /api/v1/orders/{id}/acknowledge HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {city}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert!(answer.contains("version_conflict"), "{answer}");
+    // `late=false` lists the orders on time; a window that ends before it starts is refused.
+    let (_, on_time) = http_get(
+        &hub,
+        &format!("/api/v1/orders?node={DONGFENG}&late=false"),
+        Some(&county),
+    )
+    .await;
+    assert_eq!(on_time["orders"].as_array().unwrap().len(), 1, "{on_time}");
+    let (_, late) = http_get(
+        &hub,
+        &format!("/api/v1/orders?node={DONGFENG}&late=true"),
+        Some(&county),
+    )
+    .await;
+    assert!(late["orders"].as_array().unwrap().is_empty(), "{late}");
+    let r = http_get(
+        &hub,
+        &format!("/api/v1/orders?node={DONGFENG}&from=10&to=10"),
+        Some(&county),
+    )
+    .await;
+    assert_eq!(crate::auth::error_of(&r), (400, Some("invalid_query")));
+}

@@ -316,6 +316,12 @@ impl Service {
             return Err(ServiceError::Invalid("tiers is empty".into()));
         }
         let targets = recipients(&self.org, n, &tiers, who.node);
+        if targets.is_empty() {
+            return Err(ServiceError::Invalid(format!(
+                "no terminal of tiers {} below {node}: nobody to send to",
+                tiers_str(&tiers)
+            )));
+        }
         Ok((n, tiers, targets))
     }
 
