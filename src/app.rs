@@ -111,7 +111,7 @@ pub async fn start_node(
     let authority = Arc::new(Authority::new(&config.signing_secret()?).map_err(StartError::Auth)?);
     let metrics = Arc::new(Metrics::default());
     let clock = Clock::system();
-    let hub_id = HubId(config.backplane.hub_id.min(HubId::MAX));
+    let hub_id = HubId(config.backplane.hub_id);
     let runs_services = config.backplane.runs_services || broker.is_none();
     let registry = Arc::new(Registry::new(hub_id));
     let (link, inbound) = match &broker {

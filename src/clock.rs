@@ -14,19 +14,26 @@ pub struct Clock {
     /// `None`: the system's wall clock. `Some`: wall time that follows tokio's clock from a fixed
     /// start, so pausing and advancing tokio's time moves it too.
     follows: Option<(u64, Instant)>,
+    /// Where `mono_ms` counts from.
+    base: Instant,
 }
 
 impl Clock {
     /// The real clock.
     pub fn system() -> Clock {
-        Clock { follows: None }
+        Clock {
+            follows: None,
+            base: Instant::now(),
+        }
     }
 
     /// A clock whose wall time starts at `wall_ms` and then moves with tokio's (possibly paused)
     /// clock. For tests of shells: `tokio::time::pause()`, then `advance` past a deadline.
     pub fn following_tokio(wall_ms: u64) -> Clock {
+        let now = Instant::now();
         Clock {
-            follows: Some((wall_ms, Instant::now())),
+            follows: Some((wall_ms, now)),
+            base: now,
         }
     }
 
@@ -41,6 +48,12 @@ impl Clock {
     /// Monotonic time, for timers and latency.
     pub fn instant(&self) -> Instant {
         Instant::now()
+    }
+
+    /// Monotonic milliseconds since the clock was made: for silences and rates, which a step
+    /// of the wall clock (NTP) must not stretch or cut.
+    pub fn mono_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
     }
 
     /// Sleeps until wall time `at_ms` (at once if it has passed).
@@ -73,5 +86,6 @@ mod tests {
         c.sleep_until_ms(1_100_000).await;
         assert_eq!(c.now_ms(), 1_100_000);
         assert_eq!(c.instant() - t0, Duration::from_secs(10));
+        assert_eq!(c.mono_ms(), 100_000);
     }
 }

@@ -234,6 +234,13 @@ impl Config {
             return Err(ConfigError::Invalid("orders.categories is empty".into()));
         }
         self.calls.validate(t.max_message_bytes)?;
+        let max_hub = crate::transport::dispatch::HubId::MAX;
+        if self.backplane.hub_id > max_hub {
+            return Err(ConfigError::Invalid(format!(
+                "backplane.hub_id ({}) must be at most {max_hub}: connection keys hold it in 12 bits",
+                self.backplane.hub_id
+            )));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log.format must be \"text\" or \"json\", not {:?}",
@@ -353,6 +360,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("must exceed"), "{e}");
+        let e = Config::load(None, env(&[("GRIDHUB_BACKPLANE__HUB_ID", "4096")])).unwrap_err();
+        assert!(e.to_string().contains("at most 4095"), "{e}");
     }
 
     /// The shipped file lists every setting, with its default: nothing an operator can set is

@@ -36,9 +36,9 @@ use crate::org::{NodeId, NodeIdx, Org};
 use crate::telemetry::Metrics;
 use crate::transport::conn::Conn;
 pub use crate::transport::dispatch::{ConnKey, HubId, Origin, hub_of};
-use crate::transport::dispatch::{Handler, Lifecycle, Request, Table};
+use crate::transport::dispatch::{Handler, Lifecycle, Refused, Request, Table};
 use crate::transport::frame;
-use crate::transport::protocol::{ProtoError, ReqId};
+use crate::transport::protocol::{ProtoError, ReqId, outbox_frame};
 use crate::transport::registry::Registry;
 
 /// Where a frame goes.
@@ -117,9 +117,10 @@ impl Topic for TerminalNews {
 /// the terminal's durable outbox, which replays on resume).
 pub trait Outbound: Send + Sync + 'static {
     fn send(&self, to: To, frame: &Bytes, via: Via);
-    /// Offers outbox message `seq` live: sent if the terminal is connected and has resumed its
-    /// outbox past `seq - 1`, otherwise left for its next resume.
-    fn offer(&self, ep: NodeIdx, seq: u64, frame: &Bytes);
+    /// Offers outbox message `seq` (its stored payload) live: sent if the terminal is connected
+    /// and has resumed its outbox, otherwise left for its next resume. The frame is built only
+    /// for a terminal that takes it.
+    fn offer(&self, ep: NodeIdx, seq: u64, payload: &str);
     /// Connection `conn` has every outbox message up to `upto`; later ones may flow live.
     fn resumed(&self, conn: ConnKey, upto: u64);
     fn join(&self, group: &Group, conn: ConnKey);
@@ -128,11 +129,19 @@ pub trait Outbound: Send + Sync + 'static {
     fn to_group(&self, group: &Group, frame: &Bytes);
     /// The terminal's live connection, if it is connected anywhere.
     fn locate(&self, ep: NodeIdx) -> Option<Located>;
+    /// Whether connection `conn` may still be open: false once it is known to have closed. A
+    /// subscription asked for just before its connection closed may be decided after the
+    /// connection's goodbye; it is dropped rather than kept for a connection that is gone.
+    fn alive(&self, conn: ConnKey) -> bool;
     fn bus(&self) -> &Bus;
 }
 
 /// A connection to the other hub nodes of a cluster. Messages to one node arrive in the order
-/// sent; sends never wait (a node too far behind loses live frames, never durable ones).
+/// sent. Sends never wait: a node so far behind that its queue is full loses what is sent to it
+/// meanwhile — live frames, but also forwarded requests (never answered) and news of terminals
+/// (its directory and presence stay wrong until the terminal's next news) — and the loss is
+/// counted (`gridhub_link_dropped_total`). Durable messages are not lost: they are in the
+/// outbox and come back on resume.
 pub trait Link: Send + Sync + 'static {
     fn send(&self, to: HubId, msg: Wire);
     fn broadcast(&self, msg: Wire);
@@ -214,6 +223,11 @@ impl Groups {
 }
 
 /// This node's side of the backplane.
+enum Found {
+    Here(Arc<Conn>),
+    There(HubId),
+}
+
 pub struct Backplane {
     hub: HubId,
     org: Arc<Org>,
@@ -287,6 +301,20 @@ impl Backplane {
         }
     }
 
+    /// Where a terminal's live connection is. Alone, this node needs no directory: its own
+    /// registry is the whole truth (and one lookup on the relay's hot path, not two).
+    fn find(&self, ep: NodeIdx) -> Option<Found> {
+        if self.link.is_none() {
+            return self.registry.get(ep).map(Found::Here);
+        }
+        let l = self.locate(ep)?;
+        if l.hub() == self.hub {
+            self.registry.get(ep).map(Found::Here)
+        } else {
+            Some(Found::There(l.hub()))
+        }
+    }
+
     fn write(conn: &Conn, frame: &Bytes, via: Via) {
         match via {
             Via::Write => conn.send(frame),
@@ -316,6 +344,20 @@ impl Backplane {
                     self.directory.remove_if(&ep, |_, l| l.conn == *conn);
                 }
             }
+        }
+    }
+
+    /// One connection per terminal, across nodes too: a terminal that connected again on another
+    /// node closes its older connection here, as a second connection on this node would.
+    fn replaced_elsewhere(&self, news: &TerminalNews) {
+        if let TerminalNews::Joined { ep, conn, .. } = news
+            && let Some(c) = self
+                .org
+                .lookup(ep.as_str())
+                .and_then(|e| self.registry.get(e))
+            && c.key < *conn
+        {
+            c.close(crate::transport::conn::Close::Replaced);
         }
     }
 
@@ -349,14 +391,14 @@ impl Backplane {
                     Self::write(&c, &frame::text(text.as_bytes()), via);
                 }
             }
-            Wire::Offer { ep, seq, text } => {
+            Wire::Offer { ep, seq, payload } => {
                 if let Some(c) = self
                     .org
                     .lookup(ep.as_str())
                     .and_then(|e| self.registry.get(e))
                     && c.outbox_offer(seq)
                 {
-                    c.send(&frame::text(text.as_bytes()));
+                    c.send(&outbox_frame(seq, &payload));
                 }
             }
             Wire::Resumed { conn, upto } => {
@@ -364,13 +406,14 @@ impl Backplane {
                     c.outbox_resumed(upto);
                 }
             }
-            Wire::Join { group, conn } => self.groups().join(&group, conn),
+            Wire::Join { group, conn } => self.join(&group, conn),
             Wire::Leave { group, conn } => self.groups().leave(&group, conn),
             Wire::Group { group, text } => self.group_here(&group, &frame::text(text.as_bytes())),
             Wire::Event { topic, body } => {
                 let delivered = if topic == TerminalNews::NAME {
                     match serde_json::from_str::<TerminalNews>(&body) {
                         Ok(news) => {
+                            self.replaced_elsewhere(&news);
                             self.apply(&news);
                             self.bus.deliver_here(Arc::new(news)).await
                         }
@@ -415,7 +458,9 @@ impl Backplane {
             data,
             at: Instant::now(),
         };
-        if let Err(e) = handler.handle(req).await {
+        // Refused: answered to the connection on its node (where it is not counted against the
+        // abuse limit: that node only forwarded it).
+        if let Err(Refused::Now(e)) = handler.handle(req).await {
             self.send(To::Conn(o.conn), &e.encode(), Via::Post);
         }
     }
@@ -451,14 +496,10 @@ impl Outbound for Backplane {
                     text: frame::text_of(frame),
                 },
             ),
-            To::Terminal(ep) => match self.locate(ep) {
-                Some(l) if l.hub() == self.hub => {
-                    if let Some(c) = self.registry.get(ep) {
-                        Self::write(&c, frame, via);
-                    }
-                }
-                Some(l) => self.over_link(
-                    l.hub(),
+            To::Terminal(ep) => match self.find(ep) {
+                Some(Found::Here(c)) => Self::write(&c, frame, via),
+                Some(Found::There(hub)) => self.over_link(
+                    hub,
                     Wire::Terminal {
                         ep: self.org.id(ep).clone(),
                         via,
@@ -470,21 +511,18 @@ impl Outbound for Backplane {
         }
     }
 
-    fn offer(&self, ep: NodeIdx, seq: u64, frame: &Bytes) {
-        match self.locate(ep) {
-            Some(l) if l.hub() == self.hub => {
-                if let Some(c) = self.registry.get(ep)
-                    && c.outbox_offer(seq)
-                {
-                    c.send(frame);
-                }
+    fn offer(&self, ep: NodeIdx, seq: u64, payload: &str) {
+        match self.find(ep) {
+            Some(Found::Here(c)) if c.outbox_offer(seq) => {
+                c.send(&outbox_frame(seq, payload));
             }
-            Some(l) => self.over_link(
-                l.hub(),
+            Some(Found::Here(_)) => {}
+            Some(Found::There(hub)) => self.over_link(
+                hub,
                 Wire::Offer {
                     ep: self.org.id(ep).clone(),
                     seq,
-                    text: frame::text_of(frame),
+                    payload: payload.into(),
                 },
             ),
             None => {}
@@ -503,7 +541,12 @@ impl Outbound for Backplane {
 
     fn join(&self, group: &Group, conn: ConnKey) {
         if hub_of(conn) == self.hub {
-            self.groups().join(group, conn);
+            // Under the groups' lock: a connection that closed meanwhile (its memberships are
+            // forgotten under the same lock) does not join again.
+            let mut groups = self.groups();
+            if self.registry.by_key(conn).is_some() {
+                groups.join(group, conn);
+            }
         } else {
             self.over_link(
                 hub_of(conn),
@@ -544,6 +587,11 @@ impl Outbound for Backplane {
         self.directory.get(&ep).map(|l| *l)
     }
 
+    fn alive(&self, conn: ConnKey) -> bool {
+        // Another node's connections: its own node decides what to keep for them.
+        hub_of(conn) != self.hub || self.registry.by_key(conn).is_some()
+    }
+
     fn bus(&self) -> &Bus {
         &self.bus
     }
@@ -581,16 +629,16 @@ pub struct Forward {
 
 #[async_trait::async_trait]
 impl Handler for Forward {
-    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
+    async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
         let owner = self.backplane.link().and_then(|l| l.owner());
         let Some(owner) = owner.filter(|&o| o != self.backplane.hub) else {
-            return Err(req.error(ProtoError::new(
+            return Err(Refused::Now(req.error(ProtoError::new(
                 crate::transport::protocol::ErrorCode::Unavailable,
                 format!(
                     "{}: no hub node runs this service at the moment; retry shortly",
                     req.kind
                 ),
-            )));
+            ))));
         };
         let o = req.origin;
         self.backplane.over_link(

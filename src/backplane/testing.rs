@@ -37,6 +37,7 @@ impl Sent {
 pub struct Recorder {
     sent: Mutex<Vec<Sent>>,
     directory: Mutex<HashMap<NodeIdx, Located>>,
+    closed: Mutex<Vec<ConnKey>>,
     bus: Bus,
 }
 
@@ -52,6 +53,11 @@ impl Recorder {
             Some(l) => d.insert(ep, l),
             None => d.remove(&ep),
         };
+    }
+
+    /// Says connection `conn` has closed.
+    pub fn close(&self, conn: ConnKey) {
+        self.closed.lock().unwrap().push(conn);
     }
 
     /// Everything sent since the last call.
@@ -83,11 +89,11 @@ impl Outbound for Recorder {
         });
     }
 
-    fn offer(&self, ep: NodeIdx, seq: u64, f: &Bytes) {
+    fn offer(&self, ep: NodeIdx, seq: u64, payload: &str) {
         self.push(Sent::Offer {
             ep,
             seq,
-            text: frame::text_of(f),
+            text: frame::text_of(&crate::transport::protocol::outbox_frame(seq, payload)),
         });
     }
 
@@ -118,6 +124,10 @@ impl Outbound for Recorder {
 
     fn locate(&self, ep: NodeIdx) -> Option<Located> {
         self.directory.lock().unwrap().get(&ep).copied()
+    }
+
+    fn alive(&self, conn: ConnKey) -> bool {
+        !self.closed.lock().unwrap().contains(&conn)
     }
 
     fn bus(&self) -> &Bus {

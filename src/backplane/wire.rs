@@ -33,11 +33,12 @@ pub enum Wire {
         via: Via,
         text: String,
     },
-    /// Outbox message `seq`, offered live to a terminal connected to the receiving node.
+    /// Outbox message `seq` (its stored payload), offered live to a terminal connected to the
+    /// receiving node.
     Offer {
         ep: NodeId,
         seq: u64,
-        text: String,
+        payload: String,
     },
     /// A connection has everything up to `upto`: live outbox messages after it may flow.
     Resumed {
@@ -86,7 +87,7 @@ mod tests {
             Wire::Offer {
                 ep: NodeId::parse("230805001").unwrap(),
                 seq: 3,
-                text: "{}".into(),
+                payload: "{}".into(),
             },
             Wire::Join {
                 group: Group::new("campaign", 9),

@@ -405,13 +405,14 @@ impl Calls {
         format!("{} ({})", node.id, node.name)
     }
 
-    fn busy(&self, ep: NodeIdx, role: Role) -> bool {
+    /// Whether `ep` is in as many calls as it may be, not counting `except`.
+    fn busy_besides(&self, ep: NodeIdx, role: Role, except: Option<CallId>) -> bool {
         let max = if role == Role::Operator {
             self.rules.operator_max_calls.max(self.rules.max_calls)
         } else {
             self.rules.max_calls
         };
-        self.of(ep).len() >= max
+        self.of(ep).iter().filter(|&&id| Some(id) != except).count() >= max
     }
 
     fn check_sdp(&self, sdp: &str) -> Result<(), CallError> {
@@ -462,16 +463,29 @@ impl Calls {
             let c = &self.calls[id];
             c.caller == callee && matches!(c.phase, Phase::Inviting | Phase::Ringing)
         });
+        if let Some(existing) = crossing
+            && callee < caller
+        {
+            return Err(CallError::Glare {
+                message: format!(
+                    "{} is calling you at this moment (call {existing}); answer that call",
+                    self.name(callee)
+                ),
+                call: Some(existing),
+            });
+        }
+        // Every refusal is decided before anything changes: a crossing call this one would
+        // supersede is ended only once this one is sure to stand (it does not count as busy).
+        let Some(callee_conn) = to.conn else {
+            return Err(CallError::Offline(self.name(callee)));
+        };
+        if self.busy_besides(callee, callee_role, crossing) {
+            return Err(CallError::Busy(self.name(callee)));
+        }
+        if self.busy_besides(caller, role, crossing) {
+            return Err(CallError::Busy(format!("you ({})", self.name(caller))));
+        }
         if let Some(existing) = crossing {
-            if callee < caller {
-                return Err(CallError::Glare {
-                    message: format!(
-                        "{} is calling you at this moment (call {existing}); answer that call",
-                        self.name(callee)
-                    ),
-                    call: Some(existing),
-                });
-            }
             let new_id = CallId(self.next_id);
             effects.extend(self.end(
                 existing,
@@ -480,15 +494,6 @@ impl Calls {
                 Some(new_id),
                 now,
             ));
-        }
-        let Some(callee_conn) = to.conn else {
-            return Err(CallError::Offline(self.name(callee)));
-        };
-        if self.busy(callee, callee_role) {
-            return Err(CallError::Busy(self.name(callee)));
-        }
-        if self.busy(caller, role) {
-            return Err(CallError::Busy(format!("you ({})", self.name(caller))));
         }
         let id = CallId(self.next_id);
         self.next_id += 1;
@@ -1324,6 +1329,31 @@ mod tests {
             t.c.signal(w1, id, Signal::Offer("callee 2".into())),
             Err(CallError::Glare { .. })
         ));
+    }
+
+    #[test]
+    fn a_crossing_invite_that_is_refused_leaves_the_call_it_crossed_alone() {
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        // The worker calls its county; the county (lower) calls back at the same moment, but
+        // the hub already knows the worker's connection is gone.
+        let (first, _) = t.call("w1", "a", 0).unwrap();
+        let gone = Terminal {
+            conn: None,
+            ..t.on("w1")
+        };
+        let e =
+            t.c.invite(t.on("a"), gone, Media::Audio, None, 1)
+                .unwrap_err();
+        assert!(matches!(e, CallError::Offline(_)), "{e:?}");
+        let c = t.c.get(first).unwrap();
+        assert_eq!(
+            c.phase,
+            Phase::Inviting,
+            "untouched: nothing was said about it"
+        );
+        assert_eq!(t.c.of(a), [first]);
+        assert_eq!(t.c.of(w1), [first]);
     }
 
     #[test]

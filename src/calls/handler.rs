@@ -13,7 +13,7 @@ use super::wire::{AcceptIn, CallRef, InviteIn, RejectIn, SignalIn};
 use crate::backplane::{Outbound, To, Via};
 use crate::clock::Clock;
 use crate::org::Org;
-use crate::transport::dispatch::{Greeting, Handler, Origin, Request};
+use crate::transport::dispatch::{Greeting, Handler, Origin, Refused, Request};
 use crate::transport::protocol::{Empty, ErrorCode, ProtoError, parse_data, reply};
 
 /// The request types the calls service owns.
@@ -105,7 +105,7 @@ impl CallsHandler {
 
 #[async_trait::async_trait]
 impl Handler for CallsHandler {
-    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
+    async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
         if req.kind == "call.ice_servers" {
             parse_data::<Empty>(req.kind, req.data).map_err(|e| req.error(e))?;
             let c = ice(&self.config, &self.org, &req.origin, self.clock.now_ms());

@@ -22,7 +22,7 @@ use crate::org::{NodeIdx, Org};
 use crate::presence::Watch;
 use crate::presence::handler::watch_for;
 use crate::presence::wire::Target;
-use crate::transport::dispatch::{Handler, Request};
+use crate::transport::dispatch::{Handler, Refused, Request};
 use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, ack, encode, parse_data};
 
 /// A committed change to an order, as every hub node hears it.
@@ -184,7 +184,7 @@ struct NodeRef {
 
 #[async_trait::async_trait]
 impl Handler for FeedHandler {
-    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
+    async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
         let n: NodeRef = parse_data(req.kind, req.data).map_err(|e| req.error(e))?;
         let Watch::Subtree(node) =
             watch_for(&self.org, &req.origin, &Target::Node(n.node)).map_err(|e| req.error(e))?
@@ -202,6 +202,7 @@ impl Handler for FeedHandler {
                 ErrorCode::Unavailable,
                 "the order feed is shutting down",
             ))
+            .into()
         })
     }
 }
@@ -281,6 +282,8 @@ pub fn spawn(
 
 fn command(feed: &mut Feed, out: &dyn Outbound, cmd: Cmd) {
     let (conn, frame) = match cmd {
+        // Its connection closed before this was decided: nobody to keep it for.
+        Cmd::Subscribe { conn, .. } if !out.alive(conn) => return,
         Cmd::Subscribe { conn, node, re } => (
             conn,
             if feed.subscribe(conn, node) {
@@ -406,7 +409,9 @@ mod tests {
                 .await
             }
         };
-        let e = ask("c", "a", 1).await.unwrap_err();
+        let Err(Refused::Now(e)) = ask("c", "a", 1).await else {
+            panic!("refused at once")
+        };
         assert_eq!(
             e.code,
             ErrorCode::OutOfScope,
@@ -437,6 +442,13 @@ mod tests {
             out.take_to(To::Conn(5)).is_empty(),
             "gone with its connection"
         );
+        // A subscription asked just before its connection closed is not kept for nobody.
+        out.close(5);
+        ask("a", "a", 3).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        out.bus().publish(change(9)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert!(out.take_to(To::Conn(5)).is_empty(), "nothing kept for it");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::service::{CampaignIn, Cmd, NoticeIn, OrdersHandle, ReadKind, RecordIn
 use super::wire::{ActIn, CreateIn};
 use crate::backplane::Outbound;
 use crate::org::Org;
-use crate::transport::dispatch::{Handler, Request};
+use crate::transport::dispatch::{Handler, Refused, Request};
 use crate::transport::protocol::{ErrorCode, ProtoError, parse_data};
 
 /// The order actions, by request type.
@@ -233,9 +233,24 @@ impl OrdersHandler {
 
 #[async_trait::async_trait]
 impl Handler for OrdersHandler {
-    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
-        let cmd = self.command(&req).map_err(|e| req.error(e))?;
+    async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
+        let (cmd, refused) = match self.command(&req) {
+            Ok(cmd) => (cmd, false),
+            // Answered in its turn like any other answer of the service: a malformed request
+            // after an order still being written must not overtake that order's answer.
+            Err(e) => (
+                Cmd::Refuse {
+                    conn: req.origin.conn,
+                    error: req.error(e),
+                },
+                true,
+            ),
+        };
         self.orders.send(cmd, self.out.as_ref()).await;
-        Ok(())
+        if refused {
+            Err(Refused::InTurn)
+        } else {
+            Ok(())
+        }
     }
 }

@@ -14,8 +14,8 @@
 //! - live offers and replays for a terminal happen in commit order, on one task (`service`),
 //!   which the store tells of every commit in order.
 //!
-//! The positions (last written, last acknowledged) are shared atomics, so the orders service
-//! can say whether its assignment reached the holder without asking.
+//! The positions (the last sequence given out, the last acknowledged) are shared atomics, so
+//! the orders service can say whether its assignment reached the holder without asking.
 
 pub mod config;
 pub mod service;
@@ -26,13 +26,9 @@ pub mod testing;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use bytes::Bytes;
-
 use crate::clock::Clock;
 use crate::org::{NodeIdx, Org};
 use crate::store::{Job, Notifier, Store};
-use crate::transport::frame::text_frame_with;
-use crate::transport::protocol::VERSION;
 
 /// Messages replayed per `outbox.resume`; the reply says when there are more.
 pub const REPLAY_MAX: usize = 1000;
@@ -40,20 +36,7 @@ pub const REPLAY_MAX: usize = 1000;
 /// The request types the outbox owns.
 pub const KINDS: [&str; 2] = ["outbox.resume", "outbox.ack"];
 
-/// A durable message as sent: `{"v":1,"type":"outbox","seq":N,"data":<payload>}`. The payload is
-/// stored JSON, copied in once.
-pub fn frame(seq: u64, payload: &str) -> Bytes {
-    text_frame_with(payload.len() + 48, |buf| {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            buf,
-            r#"{{"v":{VERSION},"type":"outbox","seq":{seq},"data":"#
-        );
-        buf.extend_from_slice(payload.as_bytes());
-        buf.push(b'}');
-    })
-}
+pub use crate::transport::protocol::outbox_frame as frame;
 
 /// One message for one terminal. Recipients of one notice share its payload.
 #[derive(Clone, Debug)]
@@ -152,7 +135,8 @@ impl Outbox {
         }
     }
 
-    /// The last sequence written for a terminal.
+    /// The last sequence given out for a terminal (its message may still be on its way to the
+    /// disk; a failed write leaves the number unused).
     pub fn last(&self, ep: NodeIdx) -> u64 {
         self.shared.positions.last[ep.get()].load(Relaxed)
     }
@@ -219,10 +203,6 @@ impl Batch<'_> {
         let seq = self.next(to);
         self.add(to, seq, kind, reference, payload);
         seq
-    }
-
-    pub fn messages(&self) -> &[Message] {
-        &self.messages
     }
 
     /// Queues `job` with the batch's messages written after its own rows, in one transaction;

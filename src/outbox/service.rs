@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::org::{NodeIdx, Org};
 use crate::store::{Job, Notifier, Store, StoreError, inbox};
 use crate::telemetry::Metrics;
-use crate::transport::dispatch::{ConnKey, Handler, Origin, Request};
+use crate::transport::dispatch::{ConnKey, Handler, Origin, Refused, Request};
 use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, ack, parse_data, reply};
 
 /// Acknowledgements are written at most this often (the latest per terminal).
@@ -41,10 +41,13 @@ pub enum Stored {
         re: Option<ReqId>,
         after: u64,
     },
-    Acks(Result<(), StoreError>),
+    /// Acknowledgements not written (successes are not told).
+    AcksFailed(StoreError),
     Pruned(Result<usize, StoreError>),
     /// Everything queued before it is committed.
     Settled(oneshot::Sender<()>),
+    /// The same, for the stop: the service ends after answering it.
+    Stopped(oneshot::Sender<()>),
 }
 
 enum Req {
@@ -84,7 +87,7 @@ pub struct OutboxHandler {
 
 #[async_trait::async_trait]
 impl Handler for OutboxHandler {
-    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
+    async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
         let r = match req.kind {
             "outbox.resume" => {
                 let r: ResumeIn = parse_data(req.kind, req.data).map_err(|e| req.error(e))?;
@@ -111,6 +114,7 @@ impl Handler for OutboxHandler {
             };
             ProtoError::new(ErrorCode::Unavailable, "the outbox is shutting down")
                 .answering(re, kind)
+                .into()
         })
     }
 }
@@ -209,35 +213,33 @@ impl Service {
             tokio::time::interval(Duration::from_secs(self.config.prune_interval_secs.max(1)));
         prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         prune_tick.tick().await;
-        let mut stopping: Option<oneshot::Sender<()>> = None;
+        let mut stopping = false;
         loop {
             tokio::select! {
                 biased;
                 news = stored.recv() => match news {
                     // The store keeps a sender for every job in flight; ours is in `self`.
                     None => return,
-                    Some(Stored::Settled(done)) if stopping.is_some() => {
+                    Some(Stored::Stopped(done)) => {
                         let _ = done.send(());
-                        if let Some(s) = stopping.take() {
-                            let _ = s.send(());
-                        }
                         return;
                     }
                     Some(n) => self.stored(n).await,
                 },
-                r = requests.recv(), if stopping.is_none() => match r {
+                r = requests.recv(), if !stopping => match r {
                     None => return,
                     Some(Req::Stop(done)) => {
                         self.flush_acks().await;
-                        let (tx, _) = oneshot::channel();
                         self.store
-                            .submit_async(Job::new(|_| Ok(())).notify(&self.news, |_| Stored::Settled(tx)))
+                            .submit_async(
+                                Job::new(|_| Ok(())).notify(&self.news, |_| Stored::Stopped(done)),
+                            )
                             .await;
-                        stopping = Some(done);
+                        stopping = true;
                     }
                     Some(r) => self.request(r).await,
                 },
-                _ = ack_tick.tick() => self.flush_acks().await,
+                _ = ack_tick.tick(), if !self.dirty.is_empty() => self.flush_acks().await,
                 _ = prune_tick.tick() => self.prune().await,
             }
         }
@@ -307,7 +309,7 @@ impl Service {
                     return;
                 }
                 for m in messages.iter() {
-                    self.out.offer(m.to, m.seq, &frame(m.seq, &m.payload));
+                    self.out.offer(m.to, m.seq, &m.payload);
                 }
                 self.metrics
                     .outbox_messages
@@ -341,10 +343,9 @@ impl Service {
                     self.out.send(To::Conn(conn), &r, Via::Write);
                 }
             },
-            Stored::Acks(r) => {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "acknowledgements not written; they will be again");
-                }
+            Stored::AcksFailed(e) => {
+                // Acknowledgements are cumulative: a terminal's next one writes its place again.
+                tracing::error!(error = %e, "acknowledgements not written");
             }
             Stored::Pruned(r) => match r {
                 Ok(n) => {
@@ -358,7 +359,7 @@ impl Service {
                 }
                 Err(e) => tracing::error!(error = %e, "outbox pruning failed"),
             },
-            Stored::Settled(done) => {
+            Stored::Settled(done) | Stored::Stopped(done) => {
                 let _ = done.send(());
             }
         }
@@ -380,7 +381,7 @@ impl Service {
         self.store
             .submit_async(
                 Job::new(move |c| store::write_acks(c, &acks, now))
-                    .notify(&self.news, Stored::Acks),
+                    .notify_failure(&self.news, Stored::AcksFailed),
             )
             .await;
     }
@@ -433,6 +434,10 @@ mod tests {
                 at: std::time::Instant::now(),
             })
             .await
+            .map_err(|r| match r {
+                Refused::Now(e) => e,
+                Refused::InTurn => panic!("the outbox answers refusals at once"),
+            })
     }
 
     #[tokio::test]

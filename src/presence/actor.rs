@@ -257,6 +257,8 @@ impl Actor {
     /// Returns false on `Stop`.
     fn command(&mut self, cmd: Command) -> bool {
         match cmd {
+            // Its connection closed before this was decided: nobody to keep it for.
+            Command::Subscribe { conn, .. } if !self.out.alive(conn) => {}
             Command::Subscribe {
                 conn,
                 watch,
@@ -453,6 +455,24 @@ mod tests {
         assert!(f.to(5).is_empty());
     }
 
+    #[test]
+    fn events_cross_nodes_whole_a_cleared_text_included() {
+        for text in [None, Some(None), Some(Some("巡查中".into()))] {
+            let ev = Event::Updated {
+                ep: NodeId::parse("w1").unwrap(),
+                conn: 7,
+                update: Update {
+                    status: Some(Chosen::Busy),
+                    text,
+                    location: None,
+                },
+                at: 5,
+            };
+            let json = serde_json::to_string(&ev).unwrap();
+            assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), ev, "{json}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_leaves_loses_its_subscriptions_and_limits_hold() {
         let f = fixture(20);
@@ -498,5 +518,22 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         f.caught_up().await;
         assert!(f.to(5).is_empty(), "no deltas to a connection that left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_asked_as_its_connection_closed_is_not_kept() {
+        let f = fixture(20);
+        let a = f.org.lookup("a").unwrap();
+        // The connection closed (and its departure was handled) before the actor got here.
+        f.out.close(5);
+        f.presence
+            .subscribe(5, Watch::Subtree(a), false, Some(ReqId::Num(1)))
+            .await;
+        f.caught_up().await;
+        f.joined("w1", 11).await;
+        f.caught_up().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        f.caught_up().await;
+        assert!(f.to(5).is_empty(), "neither a snapshot nor deltas");
     }
 }

@@ -145,11 +145,23 @@ impl Aggregate {
 pub struct Update {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Chosen>,
-    /// `Some(None)` clears the text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `Some(None)` clears the text. It crosses between hub nodes as `null`, read back as a
+    /// clear rather than as no change.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub text: Option<Option<Box<str>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// What a subscription watches.

@@ -13,7 +13,7 @@ use crate::backplane::{Outbound, To, Via};
 use crate::clock::Clock;
 use crate::org::Org;
 use crate::scope;
-use crate::transport::dispatch::{Handler, Origin, Request};
+use crate::transport::dispatch::{Handler, Origin, Refused, Request};
 use crate::transport::protocol::{ErrorCode, ProtoError, ack};
 
 /// The request types presence owns.
@@ -71,7 +71,7 @@ fn stopped() -> ProtoError {
 
 #[async_trait::async_trait]
 impl Handler for PresenceHandler {
-    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError> {
+    async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
         let o = req.origin;
         let fail = |e: ProtoError| req.error(e);
         match req.kind {
@@ -104,7 +104,7 @@ impl Handler for PresenceHandler {
                 {
                     Ok(())
                 } else {
-                    Err(fail(stopped()))
+                    Err(fail(stopped()).into())
                 }
             }
             _ => {
@@ -117,7 +117,7 @@ impl Handler for PresenceHandler {
                 {
                     Ok(())
                 } else {
-                    Err(fail(stopped()))
+                    Err(fail(stopped()).into())
                 }
             }
         }

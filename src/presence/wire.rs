@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::core::{Chosen, Fanout, Location, Presence, Snapshot, Status, Update};
+use super::core::{Chosen, Fanout, Location, Presence, Snapshot, Status, Update, present};
 use crate::org::{GeoPoint, NodeId, NodeIdx};
 use crate::transport::protocol::{ReqId, encode};
 
@@ -26,13 +26,6 @@ pub struct LocationIn {
     pub lat: f64,
     pub lon: f64,
     pub accuracy_m: Option<f32>,
-}
-
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 impl SetRequest {

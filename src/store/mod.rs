@@ -3,11 +3,12 @@
 //! All writes go through one writer thread. Each `Job` is one atomic unit (for an order: its
 //! event, its new state and the outbox messages it causes). The writer takes every job that is
 //! waiting, runs them in one transaction and commits once — one fsync for the whole batch — and
-//! only then hands the batch's `done` calls, which is where replies and pushes happen, to a
-//! completion thread that runs them in commit order while the writer moves on to the next batch.
-//! So nothing is acknowledged before it is durable, a busy hub commits thousands of transitions
-//! per fsync, and socket writes never hold up the disk. If a batch fails, it is rolled back whole
-//! and every job in it is told so.
+//! only then hands the batch's notices to a completion thread, which posts each to the inbox of
+//! the actor that submitted the job, in commit order, while the writer moves on to the next
+//! batch. The actors answer and push: nothing is acknowledged before it is durable, a busy hub
+//! commits thousands of transitions per fsync, and neither socket writes nor domain state ever
+//! sit on the store's threads. If a batch fails, it is rolled back whole and every job in it is
+//! told so.
 //!
 //! WAL checkpoints run on a third thread with its own connection (passive: they never block the
 //! writer), and reads use a small pool of separate connections (WAL readers never block it
@@ -111,6 +112,22 @@ impl Job {
         let to = to.clone();
         // A closed inbox means its actor has stopped; nobody is left to tell.
         self.done.push(Box::new(move |r| drop(to.send(msg(r)))));
+        self
+    }
+
+    /// Tells an actor only if the job failed: for writes whose success changes nothing the
+    /// actor holds, so that every commit does not wake it.
+    pub fn notify_failure<M: Send + 'static>(
+        mut self,
+        to: &Notifier<M>,
+        msg: impl FnOnce(StoreError) -> M + Send + 'static,
+    ) -> Job {
+        let to = to.clone();
+        self.done.push(Box::new(move |r| {
+            if let Err(e) = r {
+                drop(to.send(msg(e)));
+            }
+        }));
         self
     }
 

@@ -138,11 +138,11 @@ pub struct Conn {
     pub(super) stream: TcpStream,
     out: Mutex<Outbox>,
     pub(super) wake: Notify,
-    /// Unix ms of the last frame received.
+    /// When the last whole frame was received (the transport clock's monotonic milliseconds).
     last_seen: AtomicU64,
     /// Highest durable outbox sequence delivered on this connection; `NOT_RESUMED` until the
-    /// terminal resumes its outbox. Only the store's writer thread changes it, so live pushes
-    /// and replays stay in sequence.
+    /// terminal resumes its outbox. Only the outbox service changes it (through the backplane),
+    /// in commit order, so live pushes and replays stay in sequence.
     outbox_cursor: AtomicU64,
     metrics: Arc<Metrics>,
     limits: QueueLimits,
@@ -158,7 +158,7 @@ impl Conn {
         stream: TcpStream,
         metrics: Arc<Metrics>,
         limits: QueueLimits,
-        now_ms: u64,
+        mono_ms: u64,
     ) -> Conn {
         Conn {
             key,
@@ -168,7 +168,7 @@ impl Conn {
             stream,
             out: Mutex::new(Outbox::default()),
             wake: Notify::new(),
-            last_seen: AtomicU64::new(now_ms),
+            last_seen: AtomicU64::new(mono_ms),
             outbox_cursor: AtomicU64::new(NOT_RESUMED),
             metrics,
             limits,
@@ -295,12 +295,6 @@ impl Conn {
         self.outbox().broken = true;
     }
 
-    /// Still able to take frames.
-    pub fn is_open(&self) -> bool {
-        let out = self.outbox();
-        out.closing.is_none() && !out.broken
-    }
-
     /// (closing reason, socket broken, frames waiting) under one lock.
     pub(super) fn state(&self) -> (Option<Close>, bool, bool) {
         let out = self.outbox();
@@ -367,8 +361,8 @@ impl Conn {
         true
     }
 
-    pub(super) fn touch(&self, now_ms: u64) {
-        self.last_seen.store(now_ms, Relaxed);
+    pub(super) fn touch(&self, mono_ms: u64) {
+        self.last_seen.store(mono_ms, Relaxed);
     }
 
     pub fn last_seen(&self) -> u64 {

@@ -78,12 +78,28 @@ impl Request<'_> {
     }
 }
 
-/// A service that owns some request types. A request it refuses at once (bad `data`, out of
-/// scope) comes back as `Err` and the connection answers it, counting it against the abuse limit;
-/// everything else the service answers itself, through the backplane, to the request's origin.
+/// A request a service refused before acting on it (bad `data`, out of scope).
+#[derive(Debug)]
+pub enum Refused {
+    /// The connection answers it now.
+    Now(ProtoError),
+    /// The service answers it in its turn, after the answers to requests before it (services
+    /// that promise answers in request order).
+    InTurn,
+}
+
+impl From<ProtoError> for Refused {
+    fn from(e: ProtoError) -> Refused {
+        Refused::Now(e)
+    }
+}
+
+/// A service that owns some request types. A refusal counts against the connection's abuse
+/// limit; everything else the service answers itself, through the backplane, to the request's
+/// origin.
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, req: Request<'_>) -> Result<(), ProtoError>;
+    async fn handle(&self, req: Request<'_>) -> Result<(), Refused>;
 }
 
 /// Told when a terminal's connection is registered on this node and when it has gone.
@@ -158,7 +174,7 @@ mod tests {
     struct Nobody;
     #[async_trait::async_trait]
     impl Handler for Nobody {
-        async fn handle(&self, _: Request<'_>) -> Result<(), ProtoError> {
+        async fn handle(&self, _: Request<'_>) -> Result<(), Refused> {
             Ok(())
         }
     }

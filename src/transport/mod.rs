@@ -171,7 +171,7 @@ impl Transport {
                 frames: t.send_queue_frames,
                 bytes: t.send_queue_bytes,
             },
-            now,
+            self.clock.mono_ms(),
         ));
         let origin = conn.origin();
         if let Some(old) = self.registry.insert(Arc::clone(&conn)) {
@@ -209,11 +209,11 @@ impl Transport {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            let now = self.clock.now_ms();
+            let (mono, wall_s) = (self.clock.mono_ms(), self.clock.now_ms() / 1000);
             self.registry.for_each(|c| {
-                if now.saturating_sub(c.last_seen()) > timeout {
+                if mono.saturating_sub(c.last_seen()) > timeout {
                     c.close(Close::HeartbeatTimeout);
-                } else if now / 1000 >= c.expires_at {
+                } else if wall_s >= c.expires_at {
                     c.close(Close::CredentialExpired);
                 }
             });

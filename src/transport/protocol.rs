@@ -299,6 +299,21 @@ pub fn encode<T: Serialize>(kind: &str, re: Option<&ReqId>, data: &T) -> Bytes {
     })
 }
 
+/// A message of a terminal's durable outbox: `{"v":1,"type":"outbox","seq":N,"data":<payload>}`.
+/// The payload is stored JSON, copied in once.
+pub fn outbox_frame(seq: u64, payload: &str) -> Bytes {
+    text_frame_with(payload.len() + 48, |buf| {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            buf,
+            r#"{{"v":{VERSION},"type":"outbox","seq":{seq},"data":"#
+        );
+        buf.extend_from_slice(payload.as_bytes());
+        buf.push(b'}');
+    })
+}
+
 /// The reply to a request that only changes something: sent only when the request carried an
 /// `id`. Like JSON-RPC, a request without one is a notification, answered only if it fails.
 pub fn ack<T: Serialize>(re: Option<&ReqId>, data: &T) -> Option<Bytes> {

@@ -253,18 +253,17 @@ pub async fn ws_handler(State(t): State<Arc<Transport>>, mut req: Request) -> Re
         }
     }
     let now_s = t.clock.now_ms() / 1000;
+    // A ticket is checked now and spent only once the terminal is let in: one refused for
+    // capacity or a drain may try again with the same ticket while it lasts.
+    let mut ticket_id = None;
     let verified = match query_param(req.uri().query(), "ticket") {
-        Some(ticket) => {
-            t.authority
-                .verify_ticket(&t.org, ticket, now_s)
-                .and_then(|(cred, id, exp)| {
-                    if t.use_ticket(id, exp, now_s) {
-                        Ok(cred)
-                    } else {
-                        Err(AuthError::TicketUsed)
-                    }
-                })
-        }
+        Some(ticket) => t
+            .authority
+            .verify_ticket(&t.org, ticket, now_s)
+            .map(|(cred, id, exp)| {
+                ticket_id = Some((id, exp));
+                cred
+            }),
         None => credential_token(h, req.uri().query())
             .and_then(|tok| t.authority.verify(&t.org, tok, now_s)),
     };
@@ -295,6 +294,13 @@ pub async fn ws_handler(State(t): State<Arc<Transport>>, mut req: Request) -> Re
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
         return r;
+    }
+    if let Some((id, exp)) = ticket_id
+        && !t.use_ticket(id, exp, now_s)
+    {
+        t.terminals.fetch_sub(1, Relaxed);
+        t.metrics.refused_auth.fetch_add(1, Relaxed);
+        return ApiError::from(AuthError::TicketUsed).into_response();
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let t2 = Arc::clone(&t);

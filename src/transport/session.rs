@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::Transport;
 use super::conn::{Close, Conn};
-use super::dispatch::Request;
+use super::dispatch::{Refused, Request};
 use super::frame::{Decoder, Inbound, OP_PONG, ProtocolError, frame};
 use super::protocol::{self, Empty, ErrorCode, ProtoError, ack, encode, parse_data};
 use crate::telemetry::EndReason;
@@ -72,7 +72,7 @@ struct Session {
 /// Runs a registered connection to its end and says why it ended.
 pub(crate) async fn run(transport: Arc<Transport>, conn: Arc<Conn>, early: Vec<u8>) -> EndReason {
     let t = &transport.config;
-    let now = transport.clock.now_ms();
+    let now = transport.clock.mono_ms();
     let mut s = Session {
         decoder: Decoder::new(t.max_message_bytes),
         pending: Vec::new(),
@@ -260,7 +260,7 @@ impl Session {
         let frames = self.decoder.frames();
         if frames != self.frames_seen {
             self.frames_seen = frames;
-            self.conn.touch(self.transport.clock.now_ms());
+            self.conn.touch(self.transport.clock.mono_ms());
         }
     }
 
@@ -345,9 +345,8 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.error(e),
         };
-        let now = self.transport.clock.now_ms();
         let kind = env.kind.as_ref();
-        if !self.take_token(now) {
+        if !self.take_token(self.transport.clock.mono_ms()) {
             let rate = self.transport.config.rate_per_sec;
             return self.error(
                 ProtoError::new(
@@ -362,6 +361,7 @@ impl Session {
             // its heartbeat to detect a dead hub sends one.
             return match parse_data::<Empty>("ping", env.data) {
                 Ok(Empty {}) => {
+                    let now = self.transport.clock.now_ms();
                     if let Some(f) = ack(env.id.as_ref(), &serde_json::json!({ "now": now })) {
                         self.conn.send(&f);
                     }
@@ -389,8 +389,14 @@ impl Session {
             data: env.data,
             at: Instant::now(),
         };
-        if let Err(e) = handler.handle(req).await {
-            self.error(e);
+        match handler.handle(req).await {
+            Ok(()) => {}
+            Err(Refused::Now(e)) => self.error(e),
+            // The service sends the answer in its turn; it counts all the same.
+            Err(Refused::InTurn) => {
+                self.transport.metrics.errors_sent.fetch_add(1, Relaxed);
+                self.count_error(ErrorCode::InvalidData)
+            }
         }
     }
 
@@ -413,11 +419,17 @@ impl Session {
     fn error(&mut self, e: ProtoError) {
         self.transport.metrics.errors_sent.fetch_add(1, Relaxed);
         self.conn.send(&e.encode());
-        if e.code == ErrorCode::RateLimited {
+        self.count_error(e.code);
+    }
+
+    /// Counts an error against the abuse limit — unless it says the hub cannot serve now
+    /// (throttled, shutting down), which is no fault of the client's.
+    fn count_error(&mut self, code: ErrorCode) {
+        if matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
             return;
         }
         let t = &self.transport.config;
-        let now = self.transport.clock.now_ms();
+        let now = self.transport.clock.mono_ms();
         if now.saturating_sub(self.errors.start) > t.abuse_window_ms {
             self.errors = ErrorWindow {
                 start: now,

@@ -282,6 +282,11 @@ pub enum Cmd {
         id: u64,
         reply: Reply,
     },
+    /// A request its handler refused (its `data` did not parse), answered in its turn.
+    Refuse {
+        conn: ConnKey,
+        error: ProtoError,
+    },
     Stop(oneshot::Sender<()>),
 }
 
@@ -314,33 +319,7 @@ impl OrdersHandle {
             Relaxed,
         );
         if let Err(e) = self.tx.send(cmd).await {
-            match e.0 {
-                Cmd::Create { reply, .. }
-                | Cmd::Act { reply, .. }
-                | Cmd::Get { reply, .. }
-                | Cmd::Read { reply, .. }
-                | Cmd::NoticeSend { reply, .. }
-                | Cmd::NoticeGet { reply, .. }
-                | Cmd::MarkRead { reply, .. }
-                | Cmd::CampaignStart { reply, .. }
-                | Cmd::CampaignGet { reply, .. }
-                | Cmd::CampaignRecord { reply, .. }
-                | Cmd::CampaignDone { reply, .. }
-                | Cmd::CampaignClose { reply, .. } => reply.err(out, ServiceError::Unavailable),
-                Cmd::CampaignWatch {
-                    conn, re, watch, ..
-                } => Reply::Terminal {
-                    conn,
-                    re,
-                    kind: if watch {
-                        "campaign.watch"
-                    } else {
-                        "campaign.unwatch"
-                    },
-                }
-                .err(out, ServiceError::Unavailable),
-                Cmd::Stop(_) => {}
-            }
+            refuse_stopped(e.0, out);
         }
     }
 
@@ -349,6 +328,40 @@ impl OrdersHandle {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Stop(tx)).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+}
+
+/// Tells whoever asked that the service has stopped (shutdown).
+fn refuse_stopped(cmd: Cmd, out: &dyn Outbound) {
+    match cmd {
+        Cmd::Create { reply, .. }
+        | Cmd::Act { reply, .. }
+        | Cmd::Get { reply, .. }
+        | Cmd::Read { reply, .. }
+        | Cmd::NoticeSend { reply, .. }
+        | Cmd::NoticeGet { reply, .. }
+        | Cmd::MarkRead { reply, .. }
+        | Cmd::CampaignStart { reply, .. }
+        | Cmd::CampaignGet { reply, .. }
+        | Cmd::CampaignRecord { reply, .. }
+        | Cmd::CampaignDone { reply, .. }
+        | Cmd::CampaignClose { reply, .. } => reply.err(out, ServiceError::Unavailable),
+        Cmd::CampaignWatch {
+            conn, re, watch, ..
+        } => Reply::Terminal {
+            conn,
+            re,
+            kind: if watch {
+                "campaign.watch"
+            } else {
+                "campaign.unwatch"
+            },
+        }
+        .err(out, ServiceError::Unavailable),
+        Cmd::Refuse { conn, error } => out.send(To::Conn(conn), &error.encode(), Via::Post),
+        Cmd::Stop(done) => {
+            let _ = done.send(());
         }
     }
 }
@@ -416,6 +429,8 @@ enum Effect {
     Done(Reply, u64, NodeIdx),
     Closed(Reply, u64),
     CampaignStarted(Reply, u64, serde_json::Value),
+    /// A refusal decided before the request reached the service.
+    Refused(ConnKey, ProtoError),
     /// A campaign's state as `who` may see it, when its turn comes: after everything asked
     /// before it took effect (records counted, a close written).
     CampaignStatus(Reply, Who, u64),
@@ -596,12 +611,17 @@ impl Service {
                         return;
                     }
                     for cmd in buf.drain(..) {
+                        if stopping {
+                            // After the stop: nothing more is decided, but every asker hears so.
+                            refuse_stopped(cmd, self.out.as_ref());
+                            continue;
+                        }
                         if let Cmd::Stop(done) = cmd {
                             // Completes after every job queued before it has committed.
                             let t = self.pipeline.wait(Effect::Stop(done));
                             self.submit(t, Job::new(|_| Ok(()))).await;
                             stopping = true;
-                            break;
+                            continue;
                         }
                         self.handle(cmd).await;
                     }
@@ -756,6 +776,10 @@ impl Service {
                 re,
             } => self.campaign_watch(who, conn, id, watch, re).await,
             Cmd::CampaignClose { who, id, reply } => self.campaign_close(who, id, reply).await,
+            Cmd::Refuse { conn, error } => {
+                self.metrics.orders_rejected.fetch_add(1, Relaxed);
+                self.now_or_later(Effect::Refused(conn, error)).await;
+            }
             Cmd::Stop(_) => unreachable!("handled in run"),
         }
     }
@@ -921,6 +945,7 @@ impl Service {
                 }
             },
             Effect::Ready(reply, r) => reply.answer(out, r),
+            Effect::Refused(conn, e) => out.send(To::Conn(conn), &e.encode(), Via::Post),
             Effect::Written(reply, created, answer) => match result {
                 Ok(_) => reply.ok(out, created, answer),
                 Err(e) => reply.err(out, e.into()),
