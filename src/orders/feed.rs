@@ -111,6 +111,11 @@ impl Feed {
         }
     }
 
+    /// Whether any connection here subscribes to anything.
+    pub fn watched(&self) -> bool {
+        !self.subs.is_empty()
+    }
+
     pub fn publish(&mut self, item: Item) {
         if !self.subs.is_empty() {
             self.dirty.insert(item.summary.id, item);
@@ -249,6 +254,10 @@ pub fn spawn(
                         return;
                     }
                     for c in items.drain(..) {
+                        // Most of the time nobody here watches: no lookups, no copies.
+                        if !feed.watched() {
+                            continue;
+                        }
                         let s = &c.summary;
                         if let (Some(node), Some(holder)) = (org.lookup(&s.node), org.lookup(&s.holder)) {
                             feed.publish(Item { summary: s.clone(), node, holder });

@@ -344,7 +344,7 @@ fn build(rows: Vec<RawNode>) -> Org {
     let by_id = nodes
         .iter()
         .enumerate()
-        .map(|(k, node)| (node.id.clone(), NodeIdx(k as u32)))
+        .map(|(k, node)| (Box::from(node.id.as_str()), NodeIdx(k as u32)))
         .collect();
     Org {
         nodes,

@@ -163,7 +163,9 @@ pub struct Node {
 #[derive(Debug)]
 pub struct Org {
     nodes: Vec<Node>,
-    by_id: HashMap<NodeId, NodeIdx>,
+    /// Keyed by the id's text, so that a lookup by `&str` needs no `NodeId` (and no allocation):
+    /// it runs for every order change a feed hears.
+    by_id: HashMap<Box<str>, NodeIdx>,
     /// Children of every node, grouped per parent; `Node::children` is a range into this.
     child_list: Vec<NodeIdx>,
     tier_counts: [usize; 5],
@@ -194,11 +196,8 @@ impl Org {
     }
 
     pub fn lookup(&self, id: &str) -> Option<NodeIdx> {
-        // NodeId's Borrow<str> is not derived (it would expose the inner type), so look up via a
-        // temporary only when the string is a valid id at all.
-        NodeId::parse(id)
-            .ok()
-            .and_then(|id| self.by_id.get(&id).copied())
+        // Only valid ids were put in, so anything else is simply not found.
+        self.by_id.get(id).copied()
     }
 
     pub fn id(&self, idx: NodeIdx) -> &NodeId {
