@@ -214,18 +214,26 @@ impl Service {
         prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         prune_tick.tick().await;
         let mut stopping = false;
+        let mut news = Vec::with_capacity(256);
         loop {
             tokio::select! {
                 biased;
-                news = stored.recv() => match news {
+                // Many at once: a commit tells of many jobs.
+                n = stored.recv_many(&mut news, 1024) => {
                     // The store keeps a sender for every job in flight; ours is in `self`.
-                    None => return,
-                    Some(Stored::Stopped(done)) => {
-                        let _ = done.send(());
+                    if n == 0 {
                         return;
                     }
-                    Some(n) => self.stored(n).await,
-                },
+                    for n in news.drain(..) {
+                        match n {
+                            Stored::Stopped(done) => {
+                                let _ = done.send(());
+                                return;
+                            }
+                            n => self.stored(n).await,
+                        }
+                    }
+                }
                 r = requests.recv(), if !stopping => match r {
                     None => return,
                     Some(Req::Stop(done)) => {

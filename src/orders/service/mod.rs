@@ -590,6 +590,7 @@ impl Service {
         mut stored: mpsc::UnboundedReceiver<Stored>,
     ) {
         let mut buf = Vec::with_capacity(256);
+        let mut done = Vec::with_capacity(256);
         let mut progress_tick = tokio::time::interval(PROGRESS_FLUSH);
         progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
@@ -597,12 +598,18 @@ impl Service {
             let due = self.core.next_deadline();
             tokio::select! {
                 biased;
-                s = stored.recv() => {
+                // A commit tells of many jobs at once: take them together rather than go round
+                // the loop (and re-arm its timer) for each.
+                n = stored.recv_many(&mut done, 1024) => {
                     // The service holds a sender itself, so this never ends first.
-                    let Some(s) = s else { return };
-                    for (effect, result) in self.pipeline.done(s.ticket, s.result) {
-                        if !self.perform(effect, result).await {
-                            return;
+                    if n == 0 {
+                        return;
+                    }
+                    for s in done.drain(..) {
+                        for (effect, result) in self.pipeline.done(s.ticket, s.result) {
+                            if !self.perform(effect, result).await {
+                                return;
+                            }
                         }
                     }
                 }
