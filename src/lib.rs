@@ -8,7 +8,8 @@
 //!   connections (`registry`), the task serving one (`session`), and the table that hands each
 //!   request type, with its origin, to the service that owns it (`dispatch`).
 //! - `api` — REST (axum): health, metrics, the org tree, presence, orders, notices, campaigns,
-//!   calls, connection tickets, OpenAPI. `http` — the HTTP error body both share.
+//!   calls, connection tickets, OpenAPI. `http` — the HTTP error body both share. `web` — the
+//!   console and field pages, embedded in the binary.
 //! - `backplane` — the one path to terminals: services address terminals and connections, never
 //!   hold one; what every node hears goes over its bus; the directory says who is where. Alone by
 //!   default; several nodes join through a link (`memory` in one process).
@@ -42,3 +43,4 @@ pub mod scope;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
+pub mod web;

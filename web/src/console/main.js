@@ -1,0 +1,69 @@
+// The video-wall console: signs in, connects like any terminal, watches its subtree.
+
+import { Hub } from '../lib/hub.js';
+import { t, lang, nodeName } from '../lib/i18n.js';
+import { store } from '../lib/credential.js';
+import { setupPage } from '../lib/page.js';
+import { PresenceView } from '../lib/presence.js';
+import { Org } from '../lib/org.js';
+import { Navigator } from './nav.js';
+import { SituationMap } from './map.js';
+
+const cred = store('console');
+const hub = new Hub({ credential: cred.get });
+const presence = new PresenceView();
+let org = null;
+let nav = null;
+let map = null;
+let geo = null;
+
+// For the browser tests and for operators poking at the wall from DevTools.
+window.gridhub = { hub, presence, get org() { return org; }, get nav() { return nav; }, get map() { return map; } };
+
+const page = setupPage({ hub, cred });
+
+const clock = document.getElementById('clock');
+const tick = () => (clock.textContent = new Date().toLocaleString(lang === 'en' ? 'en-GB' : 'zh-CN', { hour12: false }));
+tick();
+setInterval(tick, 1000);
+
+function title() {
+  const root = org?.get(org.root);
+  document.getElementById('org-name').textContent = root ? (lang === 'en' ? `${nodeName(root)} · ` : nodeName(root)) : '';
+}
+window.addEventListener('langchange', title);
+
+hub.addEventListener('hello', async (ev) => {
+  const me = ev.detail.endpoint;
+  if (ev.detail.role === 'worker') {
+    // A grid worker's place is the field page; take the credential there.
+    localStorage.setItem('gridhub.credential.field', cred.get());
+    location.replace('/field');
+    return;
+  }
+  try {
+    if (org && org.root !== me.id) {
+      // Signed in again as another center: start the wall afresh.
+      location.reload();
+      return;
+    }
+    if (!org) {
+      const [o, g] = await Promise.all([Org.load(hub, me.id), geo || fetch('/assets/vendor/jiamusi.geo.json').then((r) => r.json())]);
+      org = o;
+      geo = g;
+      title();
+      presence.node = me.id;
+      nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id) });
+      map = new SituationMap({ el: document.getElementById('map'), legend: document.getElementById('legend'), org, presence, geo });
+    }
+    // After every (re)connect: a fresh snapshot resyncs whatever changed while we were away.
+    presence.snapshot(await hub.request('presence.subscribe', { node: me.id }));
+    document.body.dataset.ready = 'true';
+  } catch (e) {
+    console.error('console start', e);
+    page.fail(`${t('err.generic')}: ${e.message}`);
+  }
+});
+hub.addEventListener('presence.delta', (ev) => presence.delta(ev.detail));
+
+page.begin();

@@ -1,0 +1,132 @@
+// The situation map: Jiamusi's county-level outlines, every visible terminal as a dot coloured
+// by its status. Redrawn at most a few times a second however fast presence changes.
+
+import { t, nodeName } from '../lib/i18n.js';
+
+const STATUSES = ['offline', 'online', 'away', 'busy', 'in_session', 'in_call'];
+const REDRAW_MS = 400;
+
+function css(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+export class SituationMap {
+  constructor({ el, legend, org, presence, geo }) {
+    this.org = org;
+    this.presence = presence;
+    this.chart = echarts.init(el, null, { renderer: 'canvas' });
+    echarts.registerMap('jiamusi', geo);
+    this.timer = null;
+    this.colors = Object.fromEntries(STATUSES.map((s) => [s, css(`--s-${s}`)]));
+    this.terminals = [...org.nodes.values()].filter((n) => n.location);
+    this.legend = legend;
+    this.chart.setOption({
+      backgroundColor: 'transparent',
+      animation: false,
+      tooltip: {
+        trigger: 'item',
+        formatter: (p) => this.tooltip(p),
+        backgroundColor: css('--panel-2'),
+        borderColor: css('--line'),
+        textStyle: { color: css('--text'), fontSize: 16 },
+      },
+      geo: {
+        map: 'jiamusi',
+        roam: true,
+        nameProperty: 'name',
+        label: { show: true, color: css('--muted'), fontSize: 14 },
+        itemStyle: { areaColor: '#12203a', borderColor: '#2e4a7a', borderWidth: 1 },
+        emphasis: { label: { color: css('--text') }, itemStyle: { areaColor: '#1a2f52' } },
+        select: { disabled: true },
+      },
+      series: STATUSES.map((s) => ({
+        name: s,
+        type: 'scatter',
+        coordinateSystem: 'geo',
+        symbolSize: s === 'offline' ? 3 : 5,
+        large: true,
+        largeThreshold: 2000,
+        itemStyle: { color: this.colors[s], opacity: s === 'offline' ? 0.5 : 0.95 },
+        data: [],
+      })),
+    });
+    new ResizeObserver(() => this.chart.resize()).observe(el);
+    presence.addEventListener('reset', () => this.schedule(0));
+    presence.addEventListener('change', () => this.schedule(REDRAW_MS));
+    window.addEventListener('langchange', () => {
+      this.renderLegend();
+      this.draw();
+    });
+    this.renderLegend();
+    this.draw();
+  }
+
+  schedule(delay) {
+    if (this.timer != null) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.draw();
+    }, delay);
+  }
+
+  draw() {
+    const by = Object.fromEntries(STATUSES.map((s) => [s, []]));
+    for (const n of this.terminals) {
+      const s = this.presence.status(n.id);
+      // A terminal's reported position when it has one, else where its node is.
+      const loc = this.presence.endpoints.get(n.id)?.location || n.location;
+      by[s].push([loc.lon, loc.lat, n.id]);
+    }
+    this.counts = Object.fromEntries(STATUSES.map((s) => [s, by[s].length]));
+    this.chart.setOption({ series: STATUSES.map((s) => ({ data: by[s] })) });
+  }
+
+  tooltip(p) {
+    if (p.componentType !== 'series') return p.name;
+    const id = p.data[2];
+    const n = this.org.get(id);
+    if (!n) return id;
+    const path = this.org.path(id).slice(1, -1).map(nodeName).join(' › ');
+    const e = this.presence.endpoints.get(id);
+    const status = t(`status.${this.presence.status(id)}`);
+    const text = e?.text ? ` · ${escape(e.text)}` : '';
+    return `<b>${escape(nodeName(n))}</b><br>${escape(path)}<br>${status}${text}`;
+  }
+
+  renderLegend() {
+    this.legend.replaceChildren(
+      ...STATUSES.slice().reverse().map((s) => {
+        const span = document.createElement('span');
+        const d = document.createElement('i');
+        d.className = 'dot';
+        d.dataset.s = s;
+        span.append(d, t(`status.${s}`));
+        return span;
+      }),
+    );
+  }
+
+  /// Frames the map on a node's terminals.
+  frame(id) {
+    let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const n of this.org.subtree(id)) {
+      if (!n.location) continue;
+      x0 = Math.min(x0, n.location.lon);
+      x1 = Math.max(x1, n.location.lon);
+      y0 = Math.min(y0, n.location.lat);
+      y1 = Math.max(y1, n.location.lat);
+    }
+    if (!Number.isFinite(x0) || id === this.org.root) {
+      this.chart.setOption({ geo: { center: null, zoom: 1 } });
+      return;
+    }
+    const span = Math.max(x1 - x0, (y1 - y0) * 1.5, 0.02);
+    // The whole city spans about 5° of longitude at zoom 1.
+    const zoom = Math.max(1, Math.min(60, 4.5 / span));
+    this.chart.setOption({ geo: { center: [(x0 + x1) / 2, (y0 + y1) / 2], zoom } });
+  }
+}
+
+function escape(s) {
+  return String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+}

@@ -1,0 +1,387 @@
+// The field page: a grid worker's phone. Status and location, and an inbox fed by the outbox
+// exactly once, surviving reloads and network drops.
+
+import { Hub, HubError } from '../lib/hub.js';
+import { t, lang, nodeName, errorText } from '../lib/i18n.js';
+import { store } from '../lib/credential.js';
+import { setupPage } from '../lib/page.js';
+import { Outbox } from '../lib/outbox.js';
+
+const cred = store('field');
+const hub = new Hub({ credential: cred.get });
+const page = setupPage({ hub, cred });
+let me = null;
+let outbox = null;
+let inbox = null;
+let categories = new Map();
+
+window.gridhub = { hub, get outbox() { return outbox; }, get inbox() { return inbox; } };
+
+// ---- the inbox, kept in this browser between visits ----------------------------------------
+
+const OPEN = new Set(['intake', 'dispatched', 'in_progress', 'supervised']);
+const KEEP_CLOSED = 30;
+
+class Inbox {
+  constructor(endpoint) {
+    this.key = `gridhub.inbox.${endpoint}`;
+    const saved = JSON.parse(localStorage.getItem(this.key) || '{}');
+    this.orders = new Map((saved.orders || []).map((o) => [o.id, o]));
+    this.notices = new Map((saved.notices || []).map((n) => [n.id, n]));
+    this.seen = new Set(saved.seen || []);
+  }
+
+  save() {
+    // Bounded: every open order, the most recent closed ones and notices.
+    const orders = [...this.orders.values()].sort((a, b) => b.updated_at - a.updated_at);
+    const open = orders.filter((o) => this.mine(o));
+    const closed = orders.filter((o) => !this.mine(o)).slice(0, KEEP_CLOSED);
+    this.orders = new Map([...open, ...closed].map((o) => [o.id, o]));
+    const notices = [...this.notices.values()].sort((a, b) => b.at - a.at).slice(0, 50);
+    this.notices = new Map(notices.map((n) => [n.id, n]));
+    localStorage.setItem(
+      this.key,
+      JSON.stringify({ orders: [...this.orders.values()], notices, seen: [...this.seen].slice(-200) }),
+    );
+  }
+
+  mine(o) {
+    return o.holder === me.id && OPEN.has(o.state) && !o.withdrawn;
+  }
+
+  /// A whole order or a transition's summary: the newer version wins.
+  put(o) {
+    const old = this.orders.get(o.id);
+    if (old && old.version > o.version) return;
+    const next = { ...old, ...o, withdrawn: false };
+    // Transition summaries leave `acknowledged` out; `in_progress` means it was.
+    if (o.acknowledged === undefined && o.state === 'in_progress') next.acknowledged = true;
+    this.orders.set(o.id, next);
+  }
+}
+
+// ---- status and location -------------------------------------------------------------------
+
+const STATUS_KEY = () => `gridhub.status.${me.id}`;
+const statusButtons = [...document.querySelectorAll('#status button')];
+function showStatus(s) {
+  for (const b of statusButtons) b.setAttribute('aria-checked', String(b.dataset.status === s));
+}
+for (const b of statusButtons) {
+  b.onclick = async () => {
+    const status = b.dataset.status;
+    try {
+      await hub.request('presence.set', { status });
+      localStorage.setItem(STATUS_KEY(), status);
+      showStatus(status);
+    } catch (e) {
+      page.fail(errorText(e));
+    }
+  };
+}
+
+const share = document.getElementById('share-location');
+const hint = document.getElementById('location-hint');
+let watch = null;
+let lastSent = null;
+function sendLocation(pos) {
+  const { latitude: lat, longitude: lon, accuracy } = pos.coords;
+  const now = Date.now();
+  // At most every 15 s unless moved more than ~50 m: a walking worker, not a firehose.
+  if (lastSent && now - lastSent.at < 15000 && Math.hypot(lat - lastSent.lat, (lon - lastSent.lon) * 0.68) < 0.00045) {
+    return;
+  }
+  lastSent = { lat, lon, at: now };
+  hub.notify('presence.set', { location: { lat, lon, accuracy_m: Math.round(accuracy || 0) } });
+  hint.classList.remove('error');
+  hint.textContent = `${t('field.location_on')} · ${lat.toFixed(5)}, ${lon.toFixed(5)}`;
+}
+function startLocation() {
+  if (!navigator.geolocation) {
+    hint.textContent = t('field.location_unavailable');
+    return;
+  }
+  watch = navigator.geolocation.watchPosition(sendLocation, (err) => {
+    hint.classList.add('error');
+    if (err.code === err.PERMISSION_DENIED) {
+      hint.textContent = t('field.location_denied');
+      share.checked = false;
+      stopLocation();
+    } else {
+      hint.textContent = t('field.location_unavailable');
+    }
+  }, { enableHighAccuracy: true, maximumAge: 10000 });
+}
+function stopLocation() {
+  if (watch != null) navigator.geolocation.clearWatch(watch);
+  watch = null;
+  lastSent = null;
+}
+share.onchange = () => {
+  localStorage.setItem('gridhub.share_location', share.checked ? '1' : '0');
+  if (share.checked) startLocation();
+  else {
+    stopLocation();
+    hint.textContent = '';
+  }
+};
+
+// ---- tabs ------------------------------------------------------------------------------------
+
+for (const b of document.querySelectorAll('.tabs button')) {
+  b.onclick = () => {
+    for (const x of document.querySelectorAll('.tabs button')) x.setAttribute('aria-selected', String(x === b));
+    for (const s of document.querySelectorAll('.tab')) s.hidden = s.id !== `tab-${b.dataset.tab}`;
+    if (b.dataset.tab === 'notices') markNoticesSeen();
+  };
+}
+
+// ---- rendering -------------------------------------------------------------------------------
+
+const fmtTime = (ms) =>
+  new Date(ms).toLocaleString(lang === 'en' ? 'en-GB' : 'zh-CN', { month: 'numeric', day: 'numeric', hour: '2-digit', minute: '2-digit', hour12: false });
+const catName = (id) => {
+  const c = categories.get(id);
+  return c ? (lang === 'en' ? c.name_en : c.name) : id;
+};
+const draftKey = (id, kind) => `gridhub.draft.${me.id}.${id}.${kind}`;
+
+function el(tag, props = {}, ...kids) {
+  const e = Object.assign(document.createElement(tag), props);
+  e.append(...kids.filter((k) => k != null));
+  return e;
+}
+
+function renderOrders() {
+  const list = document.getElementById('orders');
+  const orders = [...inbox.orders.values()].sort((a, b) => {
+    const ma = inbox.mine(a), mb = inbox.mine(b);
+    if (ma !== mb) return ma ? -1 : 1;
+    return ma ? a.due_at - b.due_at : b.updated_at - a.updated_at;
+  });
+  // Keep a card whose form is open: re-rendering must never eat what the worker is typing.
+  const open = new Map([...list.querySelectorAll('li[data-id]')].filter((li) => li.querySelector('form')).map((li) => [Number(li.dataset.id), li]));
+  list.replaceChildren(...orders.map((o) => (open.has(o.id) && inbox.mine(o) ? open.get(o.id) : orderCard(o))));
+  document.getElementById('orders-empty').hidden = orders.length > 0;
+  const waiting = orders.filter((o) => inbox.mine(o) && !o.acknowledged).length;
+  document.getElementById('orders-badge').textContent = waiting ? String(waiting) : '';
+}
+
+function orderCard(o) {
+  const mine = inbox.mine(o);
+  const late = mine && (o.state === 'supervised' || o.due_at < Date.now());
+  const li = el('li', { className: `card${mine ? '' : ' gone'}` });
+  li.dataset.id = o.id;
+  li.dataset.state = o.withdrawn ? 'withdrawn' : o.state;
+  const state = o.withdrawn ? t('state.withdrawn') : t(`state.${o.state}`);
+  li.append(
+    el('header', {},
+      el('span', { className: 'cat', textContent: catName(o.category) }),
+      el('span', { className: `prio-${o.priority}`, textContent: t(`prio.${o.priority}`) }),
+      el('span', { className: 'state', textContent: state })),
+    o.description ? el('div', { className: 'desc', textContent: o.description }) : null,
+    el('div', { className: 'meta', textContent: [o.location?.address, `#${o.id}`].filter(Boolean).join(' · ') }),
+    el('div', { className: 'meta' },
+      `${t('field.due')} ${fmtTime(o.due_at)}`,
+      late ? el('span', { className: 'late', textContent: ` ${t('field.late')}` }) : null),
+  );
+  if (!mine) return li;
+  const actions = el('div', { className: 'actions' });
+  const error = el('p', { className: 'error', hidden: true });
+  if (!o.acknowledged) {
+    const ack = el('button', { textContent: t('field.acknowledge'), className: 'ack' });
+    ack.onclick = () => act(li, error, 'order.acknowledge', { order: o.id, version: o.version });
+    const ret = el('button', { textContent: t('field.return'), className: 'ghost' });
+    ret.onclick = () => textForm(li, o, 'return', 'reason', 'field.return_placeholder', 'field.return_send', 'order.return');
+    actions.append(ack, ret);
+  } else {
+    const rep = el('button', { textContent: t('field.report'), className: 'report' });
+    rep.onclick = () => textForm(li, o, 'report', 'result', 'field.report_placeholder', 'field.report_send', 'order.report');
+    actions.append(rep);
+    if (localStorage.getItem(draftKey(o.id, 'report'))) queueMicrotask(() => rep.click());
+  }
+  li.append(actions, error);
+  return li;
+}
+
+/// A text the worker writes for an action: kept as a draft on every keystroke, removed only
+/// once the hub has accepted the action.
+function textForm(li, o, kind, field, placeholder, send, type) {
+  li.querySelector('.actions').hidden = true;
+  const key = draftKey(o.id, kind);
+  const text = el('textarea', { placeholder: t(placeholder), required: true, maxLength: 2000, value: localStorage.getItem(key) || '' });
+  text.oninput = () => localStorage.setItem(key, text.value);
+  const error = li.querySelector('.error');
+  const cancel = el('button', { type: 'button', className: 'ghost', textContent: t('field.cancel') });
+  const form = el('form', {}, text, el('div', { className: 'actions' }, cancel, el('button', { type: 'submit', textContent: t(send) })));
+  form.dataset.kind = kind;
+  cancel.onclick = () => {
+    localStorage.removeItem(key);
+    renderOrders();
+  };
+  form.onsubmit = async (ev) => {
+    ev.preventDefault();
+    if (!text.value.trim()) return;
+    const ok = await act(li, error, type, { order: o.id, [field]: text.value.trim(), version: o.version });
+    if (ok) localStorage.removeItem(key);
+  };
+  li.append(form);
+  text.focus();
+}
+
+async function act(li, error, type, data) {
+  for (const b of li.querySelectorAll('button')) b.disabled = true;
+  error.hidden = true;
+  try {
+    const r = await hub.request(type, data);
+    if (r?.order) inbox.put(r.order);
+    inbox.save();
+    renderOrders();
+    return true;
+  } catch (e) {
+    error.hidden = false;
+    error.textContent =
+      e.code === 'not_connected' || e.code === 'closed' || e.code === 'timeout'
+        ? `${errorText(e)} ${t('field.draft_kept')}`
+        : errorText(e);
+    for (const b of li.querySelectorAll('button')) b.disabled = false;
+    if (e instanceof HubError && (e.code === 'version_conflict' || e.code === 'illegal_transition')) refresh(data.order);
+    return false;
+  }
+}
+
+async function refresh(id, render = true) {
+  try {
+    const r = await hub.request('order.get', { order: id });
+    inbox.put(r.order);
+  } catch (e) {
+    // Gone from our sight (reassigned, closed): keep the card, no longer ours to act on.
+    if (e.code === 'not_found' && inbox.orders.has(id)) inbox.orders.get(id).withdrawn = true;
+  }
+  if (render) {
+    inbox.save();
+    renderOrders();
+  }
+}
+
+/// A replayed message holds the order as it was when sent; after a resume, ask for the orders
+/// still shown as ours how they stand now (another device may have acted on them meanwhile).
+async function refreshOpen() {
+  const open = [...inbox.orders.values()].filter((o) => inbox.mine(o)).map((o) => o.id);
+  for (let i = 0; i < open.length; i += 8) {
+    await Promise.all(open.slice(i, i + 8).map((id) => refresh(id, false)));
+  }
+  inbox.save();
+  renderOrders();
+}
+
+function renderNotices() {
+  const list = document.getElementById('notices');
+  const notices = [...inbox.notices.values()].sort((a, b) => b.at - a.at);
+  list.replaceChildren(
+    ...notices.map((n) => {
+      const li = el('li', { className: 'card' },
+        el('header', {}, el('span', { className: 'cat', textContent: n.title })),
+        el('div', { className: 'desc', textContent: n.body }),
+        el('div', { className: 'meta', textContent: fmtTime(n.at) }));
+      li.dataset.id = n.id;
+      return li;
+    }),
+  );
+  document.getElementById('notices-empty').hidden = notices.length > 0;
+  const unseen = notices.filter((n) => !inbox.seen.has(n.id)).length;
+  document.getElementById('notices-badge').textContent = unseen ? String(unseen) : '';
+}
+
+function markNoticesSeen() {
+  for (const n of inbox.notices.values()) {
+    if (!inbox.seen.has(n.id)) {
+      inbox.seen.add(n.id);
+      hub.notify('notice.read', { notice: n.id });
+    }
+  }
+  inbox.save();
+  renderNotices();
+}
+
+function onOutbox(m) {
+  switch (m.kind) {
+    case 'order.assigned':
+    case 'order.supervised':
+      inbox.put(m.order);
+      break;
+    case 'order.withdrawn': {
+      const o = inbox.orders.get(m.order.id) || m.order;
+      inbox.orders.set(o.id, { ...o, ...m.order, withdrawn: true });
+      break;
+    }
+    case 'notice':
+      inbox.notices.set(m.notice.id, m.notice);
+      break;
+    default:
+      break;
+  }
+  inbox.save();
+  renderOrders();
+  renderNotices();
+}
+
+// ---- connection ------------------------------------------------------------------------------
+
+hub.addEventListener('hello', async (ev) => {
+  const hello = ev.detail;
+  if (me && me.id !== hello.endpoint.id) {
+    location.reload();
+    return;
+  }
+  if (!me) {
+    me = hello.endpoint;
+    inbox = new Inbox(me.id);
+    outbox = new Outbox(hub, me.id);
+    outbox.addEventListener('message', (e) => onOutbox(e.detail));
+    window.addEventListener('langchange', () => {
+      showMe();
+      renderOrders();
+      renderNotices();
+    });
+    try {
+      const r = await fetch('/api/v1/categories').then((x) => x.json());
+      categories = new Map(r.categories.map((c) => [c.id, c]));
+    } catch {}
+    showMe();
+    renderOrders();
+    renderNotices();
+    share.checked = localStorage.getItem('gridhub.share_location') === '1';
+    if (share.checked) startLocation();
+  }
+  try {
+    // The status chosen before a drop or a reload carries over.
+    const status = localStorage.getItem(STATUS_KEY()) || 'online';
+    showStatus(status);
+    if (status !== 'online') hub.notify('presence.set', { status });
+    lastSent = null;
+    await outbox.resume();
+    await refreshOpen();
+    document.body.dataset.ready = 'true';
+    document.body.dataset.lastSeq = String(outbox.last);
+  } catch (e) {
+    page.fail(errorText(e));
+  }
+});
+hub.addEventListener('error', (ev) => page.fail(errorText(ev.detail)));
+
+async function showMe() {
+  document.getElementById('me').textContent = nodeName(me);
+  try {
+    const { ancestors } = await hub.api(`/api/v1/org/nodes/${encodeURIComponent(me.id)}`);
+    // The chain reads nearest first; the village and township name the place.
+    const names = [];
+    for (const id of ancestors.slice(0, 2)) {
+      const n = await hub.api(`/api/v1/org/nodes/${encodeURIComponent(id)}`);
+      names.push(nodeName(n.node));
+    }
+    document.getElementById('place').textContent = names.reverse().join(' · ');
+  } catch {}
+}
+
+page.begin();

@@ -1,0 +1,33 @@
+// The terminal's credential, kept in this browser only.
+//
+// A credential arrives pasted into the sign-in form or in the page's fragment
+// (`/field#credential=…`, as a provisioning link or QR code would carry it): the fragment never
+// reaches a server or a log, and the page removes it from the address bar at once.
+
+export function store(kind) {
+  const key = `gridhub.credential.${kind}`;
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get('credential');
+  if (fromHash) {
+    localStorage.setItem(key, fromHash.trim());
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  return {
+    get: () => localStorage.getItem(key),
+    set: (c) => localStorage.setItem(key, c.trim()),
+    clear: () => localStorage.removeItem(key),
+  };
+}
+
+/// What the credential says about itself (unverified: only the hub can verify it), or null when
+/// it is not a JWT at all.
+export function claims(jwt) {
+  const part = (jwt || '').split('.')[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0))));
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,175 @@
+// A real hub for the browser tests: the debug binary cargo built, a fresh data folder and key,
+// a free loopback port; credentials minted by `gridhub token`, simulated terminals over real
+// WebSockets (the `ws` package) speaking protocol v1.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import WebSocket from 'ws';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const bin = process.env.GRIDHUB_BIN || join(root, 'target', 'debug', 'gridhub');
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+export class TestHub {
+  static async start(env = {}) {
+    const hub = new TestHub();
+    hub.data = mkdtempSync(join(tmpdir(), 'gridhub-web-'));
+    hub.port = await freePort();
+    hub.base = `http://127.0.0.1:${hub.port}`;
+    hub.env = {
+      ...process.env,
+      GRIDHUB_SERVER__LISTEN: `127.0.0.1:${hub.port}`,
+      GRIDHUB_SERVER__DATA_DIR: hub.data,
+      GRIDHUB_AUTH__SECRET: randomBytes(32).toString('hex'),
+      GRIDHUB_LOG__FILTER: 'warn',
+      ...env,
+    };
+    hub.proc = spawn(bin, ['serve'], { cwd: root, env: hub.env, stdio: ['ignore', 'inherit', 'inherit'] });
+    hub.exited = new Promise((r) => hub.proc.on('exit', r));
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        const r = await fetch(`${hub.base}/readyz`);
+        if (r.ok) break;
+      } catch {}
+      if (Date.now() > deadline) throw new Error(`the hub did not get ready on ${hub.base}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    hub.terminals = [];
+    return hub;
+  }
+
+  token(endpoint, role) {
+    const args = ['token', '--endpoint', endpoint];
+    if (role) args.push('--role', role);
+    return execFileSync(bin, args, { cwd: root, env: this.env }).toString().trim();
+  }
+
+  /// A credential that expired the moment it was made.
+  tokenExpired(endpoint) {
+    return execFileSync(bin, ['token', '--endpoint', endpoint, '--ttl', '0'], { cwd: root, env: this.env })
+      .toString()
+      .trim();
+  }
+
+  /// The page's address with the credential in the fragment, as a provisioning link has it.
+  link(path, endpoint, role) {
+    return `${this.base}${path}#credential=${this.token(endpoint, role)}`;
+  }
+
+  async api(path, endpoint, init = {}) {
+    const r = await fetch(`${this.base}${path}`, {
+      ...init,
+      headers: { Authorization: `Bearer ${this.token(endpoint)}`, 'Content-Type': 'application/json', ...(init.headers || {}) },
+    });
+    return { status: r.status, body: await r.json().catch(() => null) };
+  }
+
+  /// A terminal on a real WebSocket, authenticated with its own credential.
+  async terminal(endpoint, role) {
+    const t = new Terminal(this, endpoint, this.token(endpoint, role));
+    await t.open();
+    this.terminals.push(t);
+    return t;
+  }
+
+  async stop() {
+    for (const t of this.terminals) t.close();
+    this.proc.kill('SIGTERM');
+    await Promise.race([this.exited, new Promise((r) => setTimeout(r, 10_000))]);
+    if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
+    rmSync(this.data, { recursive: true, force: true });
+  }
+}
+
+export class Terminal {
+  constructor(hub, endpoint, token) {
+    this.hub = hub;
+    this.endpoint = endpoint;
+    this.token = token;
+    this.nextId = 1;
+    this.waiting = new Map();
+    this.pushes = [];
+    this.listeners = [];
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      this.ws = new WebSocket(`ws://127.0.0.1:${this.hub.port}/ws`, {
+        headers: { Authorization: `Bearer ${this.token}` },
+      });
+      this.ws.on('message', (buf) => {
+        const m = JSON.parse(buf.toString());
+        if (m.type === 'hello') {
+          this.hello = m.data;
+          resolve(this);
+        } else if ((m.type === 'reply' || m.type === 'error') && this.waiting.has(m.re)) {
+          const w = this.waiting.get(m.re);
+          this.waiting.delete(m.re);
+          m.type === 'reply' ? w.resolve(m.data) : w.reject(Object.assign(new Error(m.data.message), m.data));
+        } else {
+          this.pushes.push(m);
+          for (const l of this.listeners) l(m);
+        }
+      });
+      this.ws.on('error', reject);
+      this.ws.on('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+    });
+  }
+
+  request(type, data) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.ws.send(JSON.stringify(data === undefined ? { v: 1, id, type } : { v: 1, id, type, data }));
+    });
+  }
+
+  /// Resolves with the first push of `type` (already received or to come) that `pred` accepts.
+  push(type, pred = () => true, timeoutMs = 10_000) {
+    const seen = this.pushes.find((m) => m.type === type && pred(m.data));
+    if (seen) return Promise.resolve(seen.data);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ${type} push within ${timeoutMs} ms`)), timeoutMs);
+      const l = (m) => {
+        if (m.type === type && pred(m.data)) {
+          clearTimeout(timer);
+          this.listeners = this.listeners.filter((x) => x !== l);
+          resolve(m.data);
+        }
+      };
+      this.listeners.push(l);
+    });
+  }
+
+  close() {
+    if (this.ws && this.ws.readyState <= 1) this.ws.close(1000);
+  }
+}
+
+/// Terminal ids of the committed Jiamusi tree, read through the hub's own REST API.
+export async function subtree(hub, node, viewer = node) {
+  const { body } = await hub.api(`/api/v1/org/nodes/${node}/subtree?depth=4`, viewer);
+  const out = [];
+  const walk = (n, path) => {
+    out.push({ ...n, path });
+    for (const c of n.children || []) walk(c, [...path, n.id]);
+  };
+  walk(body.tree, []);
+  return out;
+}
