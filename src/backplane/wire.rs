@@ -85,7 +85,7 @@ mod tests {
                 text: r#"{"v":1}"#.into(),
             },
             Wire::Offer {
-                ep: NodeId::parse("230805001").unwrap(),
+                ep: NodeId::parse("230805007").unwrap(),
                 seq: 3,
                 payload: "{}".into(),
             },

