@@ -8,6 +8,7 @@ import { PresenceView } from '../lib/presence.js';
 import { Org } from '../lib/org.js';
 import { Navigator } from './nav.js';
 import { SituationMap } from './map.js';
+import { Board } from './board.js';
 
 const cred = store('console');
 const hub = new Hub({ credential: cred.get });
@@ -16,9 +17,10 @@ let org = null;
 let nav = null;
 let map = null;
 let geo = null;
+let board = null;
 
 // For the browser tests and for operators poking at the wall from DevTools.
-window.gridhub = { hub, presence, get org() { return org; }, get nav() { return nav; }, get map() { return map; } };
+window.gridhub = { hub, presence, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; } };
 
 const page = setupPage({ hub, cred });
 
@@ -55,9 +57,11 @@ hub.addEventListener('hello', async (ev) => {
       presence.node = me.id;
       nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id) });
       map = new SituationMap({ el: document.getElementById('map'), legend: document.getElementById('legend'), org, presence, geo });
+      board = new Board({ hub, org, me: me.id, focus: () => nav.focus });
     }
     // After every (re)connect: a fresh snapshot resyncs whatever changed while we were away.
     presence.snapshot(await hub.request('presence.subscribe', { node: me.id }));
+    await board.start();
     document.body.dataset.ready = 'true';
   } catch (e) {
     console.error('console start', e);

@@ -33,6 +33,11 @@ export class SituationMap {
       geo: {
         map: 'jiamusi',
         roam: true,
+        // The city is long and thin: let it fill the panel.
+        left: 12,
+        right: 12,
+        top: 44,
+        bottom: 12,
         nameProperty: 'name',
         label: { show: true, color: css('--muted'), fontSize: 14 },
         itemStyle: { areaColor: '#12203a', borderColor: '#2e4a7a', borderWidth: 1 },
