@@ -30,6 +30,8 @@ export default defineConfig({
         '--disable-sync',
         '--use-fake-ui-for-media-stream',
         '--use-fake-device-for-media-stream',
+        // Host candidates as plain addresses: there is no multicast DNS between two headless pages.
+        '--disable-features=WebRtcHideLocalIpsWithMdns',
       ],
     },
   },

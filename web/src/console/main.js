@@ -9,10 +9,12 @@ import { Org } from '../lib/org.js';
 import { Navigator } from './nav.js';
 import { SituationMap } from './map.js';
 import { Board } from './board.js';
+import { Calls } from '../lib/call.js';
 
 const cred = store('console');
 const hub = new Hub({ credential: cred.get });
 const presence = new PresenceView();
+const calls = new Calls(hub);
 let org = null;
 let nav = null;
 let map = null;
@@ -20,7 +22,7 @@ let geo = null;
 let board = null;
 
 // For the browser tests and for operators poking at the wall from DevTools.
-window.gridhub = { hub, presence, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; } };
+window.gridhub = { hub, presence, calls, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; } };
 
 const page = setupPage({ hub, cred });
 
@@ -55,7 +57,7 @@ hub.addEventListener('hello', async (ev) => {
       geo = g;
       title();
       presence.node = me.id;
-      nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id) });
+      nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id), onCall: (n, media) => calls.place(n, media) });
       map = new SituationMap({ el: document.getElementById('map'), legend: document.getElementById('legend'), org, presence, geo });
       board = new Board({ hub, org, me: me.id, focus: () => nav.focus });
     }

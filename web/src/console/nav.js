@@ -5,10 +5,11 @@ import { t, nodeName } from '../lib/i18n.js';
 const PARTS = ['busy', 'in_call', 'in_session', 'away'];
 
 export class Navigator {
-  constructor({ org, presence, onFocus }) {
+  constructor({ org, presence, onFocus, onCall }) {
     this.org = org;
     this.presence = presence;
     this.onFocus = onFocus;
+    this.onCall = onCall;
     this.focus = org.root;
     this.dirty = false;
     this.el = {
@@ -20,6 +21,12 @@ export class Navigator {
     };
     this.el.up.onclick = () => this.go(this.org.get(this.focus).parent);
     this.el.list.onclick = (ev) => {
+      const call = ev.target.closest('button[data-call]');
+      if (call) {
+        ev.stopPropagation();
+        this.onCall?.(this.org.get(call.closest('li').dataset.id), call.dataset.call);
+        return;
+      }
       const li = ev.target.closest('li[data-id]');
       if (li && !li.classList.contains('leaf')) this.go(li.dataset.id);
     };
@@ -99,10 +106,22 @@ export class Navigator {
     name.title = n.id;
     const count = document.createElement('span');
     count.className = 'count';
+    // Anyone on line below may be called, with voice or video.
+    const callButtons = [];
+    if (status !== 'offline') {
+      for (const media of ['audio', 'video']) {
+        const b = document.createElement('button');
+        b.className = 'callbtn';
+        b.dataset.call = media;
+        b.textContent = t(`call.${media}`);
+        b.title = `${t('call.call')} ${nodeName(n)}`;
+        callButtons.push(' ', b);
+      }
+    }
     if (!n.children.length) {
       li.classList.add('leaf');
       li.dataset.status = status;
-      count.textContent = t(`status.${status}`);
+      count.append(t(`status.${status}`), ...callButtons);
       li.append(dot(status), name, count);
       return li;
     }
@@ -111,6 +130,7 @@ export class Navigator {
     li.dataset.online = c.online;
     li.dataset.total = c.total;
     count.innerHTML = `${c.online}<small>/${c.total}</small>`;
+    count.append(...callButtons);
     const bar = document.createElement('div');
     bar.className = 'bar-row';
     const other = c.online - PARTS.reduce((s, p) => s + c[p], 0);

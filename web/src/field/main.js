@@ -6,16 +6,18 @@ import { t, lang, nodeName, errorText } from '../lib/i18n.js';
 import { store } from '../lib/credential.js';
 import { setupPage } from '../lib/page.js';
 import { Outbox } from '../lib/outbox.js';
+import { Calls } from '../lib/call.js';
 
 const cred = store('field');
 const hub = new Hub({ credential: cred.get });
 const page = setupPage({ hub, cred });
+const calls = new Calls(hub);
 let me = null;
 let outbox = null;
 let inbox = null;
 let categories = new Map();
 
-window.gridhub = { hub, get outbox() { return outbox; }, get inbox() { return inbox; } };
+window.gridhub = { hub, calls, get outbox() { return outbox; }, get inbox() { return inbox; } };
 
 // ---- the inbox, kept in this browser between visits ----------------------------------------
 
@@ -370,18 +372,34 @@ hub.addEventListener('hello', async (ev) => {
 });
 hub.addEventListener('error', (ev) => page.fail(errorText(ev.detail)));
 
+// A worker calls its chain of command: its village station first, then up to the city.
+let chain = [];
 async function showMe() {
   document.getElementById('me').textContent = nodeName(me);
   try {
-    const { ancestors } = await hub.api(`/api/v1/org/nodes/${encodeURIComponent(me.id)}`);
-    // The chain reads nearest first; the village and township name the place.
-    const names = [];
-    for (const id of ancestors.slice(0, 2)) {
-      const n = await hub.api(`/api/v1/org/nodes/${encodeURIComponent(id)}`);
-      names.push(nodeName(n.node));
+    if (!chain.length) {
+      const { ancestors } = await hub.api(`/api/v1/org/nodes/${encodeURIComponent(me.id)}`);
+      for (const id of ancestors) chain.push((await hub.api(`/api/v1/org/nodes/${encodeURIComponent(id)}`)).node);
     }
-    document.getElementById('place').textContent = names.reverse().join(' · ');
+    // The village and the township name the place.
+    document.getElementById('place').textContent = chain.slice(0, 2).map(nodeName).reverse().join(' · ');
+    const dial = document.getElementById('dial-to');
+    const chosen = dial.value;
+    dial.replaceChildren(...chain.map((n) => Object.assign(document.createElement('option'), { value: n.id, textContent: nodeName(n) })));
+    if (chosen) dial.value = chosen;
   } catch {}
+}
+// While a call is answered the hub shows this terminal `in_call`; so does the page.
+calls.addEventListener('state', (ev) => {
+  const live = ['active', 'connecting', 'peer_away'].includes(ev.detail.state) && ev.detail.state !== 'connecting';
+  document.getElementById('in-call').hidden = !live;
+  document.body.dataset.call = ev.detail.state;
+});
+for (const media of ['audio', 'video']) {
+  document.getElementById(`dial-${media}`).onclick = () => {
+    const n = chain.find((x) => x.id === document.getElementById('dial-to').value);
+    if (n) calls.place(n, media);
+  };
 }
 
 page.begin();

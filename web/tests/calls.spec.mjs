@@ -1,0 +1,100 @@
+// A video call between the video wall and a grid worker's phone, with Chromium's fake camera and
+// microphone: signaling through the hub, media browser to browser.
+import { test, expect } from '@playwright/test';
+import { TestHub, subtree } from './hub.mjs';
+
+const CITY = '230800';
+let hub;
+let worker;
+let absent;
+test.beforeAll(async () => {
+  hub = await TestHub.start();
+  const tree = await subtree(hub, CITY);
+  worker = tree.find((n) => n.tier === 'worker' && n.path[1] === '230805');
+  // Never connected in these tests.
+  absent = tree.find((n) => n.tier === 'worker' && n.path[1] === '230883');
+});
+test.afterAll(async () => {
+  await hub?.stop();
+});
+
+const frames = (page) => page.evaluate(() => window.gridhub.calls.framesReceived());
+
+test('the wall calls a worker with video: both show in_call, media flows both ways, and the record says completed', async ({ browser }) => {
+  const wallCtx = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
+  const phoneCtx = await browser.newContext({ viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true });
+  for (const c of [wallCtx, phoneCtx]) await c.grantPermissions(['camera', 'microphone']);
+  const wall = await wallCtx.newPage();
+  const phone = await phoneCtx.newPage();
+  await phone.goto(hub.link('/field', worker.id));
+  await expect(phone.locator('body')).toHaveAttribute('data-ready', 'true');
+  await wall.goto(hub.link('/', CITY));
+  await expect(wall.locator('body')).toHaveAttribute('data-ready', 'true');
+
+  // Down to the worker's village on the wall, and call.
+  for (const id of worker.path.slice(1)) await wall.locator(`#children li[data-id="${id}"]`).click();
+  const row = wall.locator(`#children li[data-id="${worker.id}"]`);
+  await expect(row).toHaveAttribute('data-status', 'online');
+  await row.locator('button[data-call="video"]').click();
+
+  const ring = phone.locator('#call');
+  await expect(ring).toHaveAttribute('data-state', 'incoming');
+  await expect(ring.locator('.call-peer')).toHaveText('佳木斯市');
+  await expect(wall.locator('#call')).toHaveAttribute('data-state', 'ringing');
+  await ring.locator('.call-accept').click();
+
+  await expect(wall.locator('#call')).toHaveAttribute('data-state', 'active', { timeout: 20_000 });
+  await expect(ring).toHaveAttribute('data-state', 'active', { timeout: 20_000 });
+  await expect.poll(() => frames(wall), { timeout: 20_000 }).toBeGreaterThan(10);
+  await expect.poll(() => frames(phone), { timeout: 20_000 }).toBeGreaterThan(10);
+
+  // Both show in_call: the wall on the worker's row and its own node, the phone on itself.
+  await expect(row).toHaveAttribute('data-status', 'in_call');
+  await expect.poll(() => wall.evaluate(() => window.gridhub.presence.status('230800'))).toBe('in_call');
+  await expect(phone.locator('#in-call')).toBeVisible();
+  await wall.screenshot({ path: test.info().outputPath('wall-in-call.png') });
+  await phone.screenshot({ path: test.info().outputPath('phone-in-call.png') });
+
+  await wall.locator('#call .call-hangup').click();
+  await expect(ring).toHaveAttribute('data-state', 'ended');
+  await expect(ring.locator('.call-state')).toContainText('已完成');
+  await expect(phone.locator('#in-call')).toBeHidden();
+  await expect(row).toHaveAttribute('data-status', 'online');
+  const calls = await hub.api(`/api/v1/calls?node=${worker.path[3]}`, CITY);
+  expect(calls.status).toBe(200);
+  expect(calls.body.calls[0].outcome).toBe('completed');
+  await wallCtx.close();
+  await phoneCtx.close();
+});
+
+test('a worker calls its village station from the phone; declining is told to the caller', async ({ browser }) => {
+  const stationCtx = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
+  const phoneCtx = await browser.newContext({ viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true });
+  for (const c of [stationCtx, phoneCtx]) await c.grantPermissions(['camera', 'microphone']);
+  const station = await stationCtx.newPage();
+  const phone = await phoneCtx.newPage();
+  await station.goto(hub.link('/', worker.path[3]));
+  await expect(station.locator('body')).toHaveAttribute('data-ready', 'true');
+  await phone.goto(hub.link('/field', worker.id));
+  await expect(phone.locator('body')).toHaveAttribute('data-ready', 'true');
+  await expect(phone.locator('#dial-to option').first()).toHaveAttribute('value', worker.path[3]);
+  await phone.locator('#dial-audio').click();
+  await expect(station.locator('#call')).toHaveAttribute('data-state', 'incoming');
+  await station.locator('#call .call-reject').click();
+  await expect(phone.locator('#call')).toHaveAttribute('data-state', 'ended');
+  await expect(phone.locator('#call .call-state')).toContainText('对方拒接');
+  await stationCtx.close();
+  await phoneCtx.close();
+});
+
+test('a call to a terminal that is off line is refused at once and said so', async ({ page }) => {
+  await page.goto(hub.link('/', CITY));
+  await expect(page.locator('body')).toHaveAttribute('data-ready', 'true');
+  await page.context().grantPermissions(['camera', 'microphone']);
+  const code = await page.evaluate(async (id) => {
+    await window.gridhub.calls.place({ id, name: id }, 'audio');
+    return document.querySelector('#call').dataset.state;
+  }, absent.id);
+  expect(code).toBe('ended');
+  await expect(page.locator('#call .error')).toContainText('对方不在线');
+});
