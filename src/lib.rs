@@ -24,7 +24,8 @@
 //! - `store` — SQLite with group commit; actors hear of their jobs as messages.
 //! - `auth` (credentials and tickets), `scope` (who may see what), `config` (the sections beside
 //!   their modules, loaded together), `telemetry`, `clock` (injected into every shell).
-//! - `hub` — this node's handles; `app` — builds them from a `Config` and shuts them down in order.
+//! - `hub` — this node's handles; `app` — builds them from a `Config` and shuts them down in order;
+//!   `demo` — the hub with a simulated city around it.
 
 pub mod api;
 pub mod app;
@@ -33,12 +34,14 @@ pub mod backplane;
 pub mod calls;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod orders;
 pub mod org;
 pub mod outbox;
 pub mod presence;
+pub mod rng;
 pub mod scope;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The `gridhub` binary: `serve`, `token`, `org generate`, `org check`.
+//! The `gridhub` binary: `serve`, `demo`, `token`, `org generate`, `org check`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,19 @@ struct Cli {
 enum Command {
     /// Run the hub until SIGTERM or Ctrl-C, then drain and exit.
     Serve,
+    /// Run the hub with a simulated city around it (grid workers, stations, a stream of citizen
+    /// requests), its data in <data_dir>/demo; prints sign-in links for the console and a field
+    /// page.
+    Demo {
+        /// Share of grid workers on line (0–1).
+        #[arg(long, default_value_t = 0.8)]
+        online: f64,
+        /// Citizen requests taken in per minute.
+        #[arg(long, default_value_t = 6.0)]
+        orders_per_minute: f64,
+        #[arg(long, default_value_t = 2308)]
+        seed: u64,
+    },
     /// Mint a terminal's credential (signed with the hub's key) and print it.
     Token {
         /// The terminal's node id, e.g. 230805 (东风区) or 230805007001-01 (a grid worker).
@@ -79,6 +92,17 @@ fn run(cli: Cli) -> Result<(), String> {
             gridhub::telemetry::init_logging(&config.log.filter, config.log.format == "json");
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(serve(config))
+        }
+        Command::Demo {
+            online,
+            orders_per_minute,
+            seed,
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            gridhub::telemetry::init_logging(&config.log.filter, config.log.format == "json");
+            let opts = gridhub::demo::DemoOptions::new(online, orders_per_minute, seed);
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(demo(config, opts))
         }
         Command::Token {
             endpoint,
@@ -145,6 +169,47 @@ async fn serve(config: Config) -> Result<(), String> {
     println!("gridhub listening on http://{}", running.addr);
     wait_for_signal().await;
     tracing::info!("shutdown requested; draining");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn demo(config: Config, opts: gridhub::demo::DemoOptions) -> Result<(), String> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = gridhub::demo::start(config, &opts, stop.clone()).await?;
+    let hub = &running.hub;
+    let base = format!("http://{}", running.addr);
+    let link = |path: &str, id: &str| -> Result<String, String> {
+        let idx = hub
+            .org
+            .lookup(id)
+            .ok_or_else(|| format!("{id} is not in the tree"))?;
+        let role = Role::default_for(hub.org.tier(idx));
+        let token = hub
+            .authority
+            .mint(
+                &hub.org,
+                id,
+                role,
+                hub.config.auth.default_ttl_secs,
+                gridhub::clock::now_ms() / 1000,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(format!("{base}{path}#credential={token}"))
+    };
+    let worker = (0..hub.org.len() as u32)
+        .map(gridhub::org::NodeIdx)
+        .find(|&i| hub.org.tier(i) == gridhub::org::Tier::Worker)
+        .map(|i| hub.org.id(i).to_string())
+        .unwrap_or_default();
+    println!("gridhub demo listening on {base}");
+    println!("  city console (佳木斯市):     {}", link("/", "230800")?);
+    println!("  county console (东风区):     {}", link("/", "230805")?);
+    println!("  field page ({worker}): {}", link("/field", &worker)?);
+    println!(
+        "Open a link in a browser; the credential is taken from the link and kept by the page."
+    );
+    wait_for_signal().await;
+    stop.cancel();
     running.shutdown().await;
     Ok(())
 }

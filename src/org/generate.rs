@@ -152,27 +152,7 @@ const GIVEN: [(&str, &str); 24] = [
     ("鑫", "Xin"),
 ];
 
-/// splitmix64: tiny, fast, and stable across platforms and crate versions.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-    fn jitter(&mut self, radius: f64) -> f64 {
-        (self.unit() * 2.0 - 1.0) * radius
-    }
-}
+use crate::rng::Rng;
 
 /// Splits `total` over `weights.len()` buckets in proportion, every bucket at least one, exactly.
 fn apportion(total: usize, weights: &[f64]) -> Vec<usize> {
@@ -403,7 +383,7 @@ pub fn generate_csv(preset: Preset, scale: usize) -> String {
     use super::Tier::*;
     let Preset::Jiamusi = preset;
     let scale = scale.max(1);
-    let mut rng = Rng(0x6A69_616D_7573_6932); // "jiamusi2"
+    let mut rng = Rng::new(0x6A69_616D_7573_6932); // "jiamusi2"
     let outlines = Outline::all();
     let mut w = Writer {
         out: String::with_capacity(1 << 20),
@@ -463,7 +443,7 @@ pub fn generate_csv(preset: Preset, scale: usize) -> String {
                         let gid = format!("{vid}-{:02}", g + 1);
                         let (s, se) = rng.pick(&SURNAMES);
                         let (g1, g1e) = rng.pick(&GIVEN);
-                        let (name, name_en) = if rng.next().is_multiple_of(2) {
+                        let (name, name_en) = if rng.next_u64().is_multiple_of(2) {
                             let (g2, g2e) = rng.pick(&GIVEN);
                             (
                                 format!("{s}{g1}{g2}"),

@@ -217,8 +217,16 @@ pub async fn http_get(hub: &TestHub, path: &str, token: Option<&str>) -> (u16, s
 }
 
 pub async fn http_raw(hub: &TestHub, path: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
+    http_raw_at(hub.addr, path, token).await
+}
+
+pub async fn http_raw_at(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();

@@ -6,6 +6,7 @@ mod broadcast;
 mod calls;
 mod cluster;
 mod connect;
+mod demo;
 mod durability;
 mod openapi;
 mod orders;

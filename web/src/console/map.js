@@ -3,7 +3,9 @@
 
 import { t, nodeName } from '../lib/i18n.js';
 
-const STATUSES = ['offline', 'online', 'away', 'busy', 'in_session', 'in_call'];
+// Drawn in this order, the last on top: at city scale a village's workers share a few pixels,
+// and the common states must not hide the rare ones that call for attention.
+const STATUSES = ['offline', 'away', 'busy', 'online', 'in_session', 'in_call'];
 const REDRAW_MS = 400;
 
 function css(name) {
@@ -48,9 +50,12 @@ export class SituationMap {
         name: s,
         type: 'scatter',
         coordinateSystem: 'geo',
-        symbolSize: s === 'offline' ? 3 : 5,
+        symbolSize: s === 'offline' ? 3 : s === 'in_call' || s === 'in_session' ? 7 : 4,
         large: true,
         largeThreshold: 2000,
+        // Drawn whole every time: progressive drawing restarts at each redraw, and with changes
+        // arriving every few hundred milliseconds the last chunks would never be drawn.
+        progressive: 0,
         itemStyle: { color: this.colors[s], opacity: s === 'offline' ? 0.5 : 0.95 },
         data: [],
       })),
