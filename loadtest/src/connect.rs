@@ -36,6 +36,9 @@ pub struct ConnectOptions {
     pub presence_rate: u32,
     /// Pause before reading the hub's RSS, so allocations settle.
     pub settle: Duration,
+    /// Presence changes per second during the hold (terminals cycling online → busy → away),
+    /// for watching a console under a live city; 0 holds quietly (the heartbeat CPU figure).
+    pub churn_rate: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,7 +167,11 @@ pub async fn run(
     }
     tokio::time::sleep(opts.settle).await;
     let hub_connected = scrape(target.addr).await?;
-    tokio::time::sleep(opts.hold).await;
+    if opts.churn_rate == 0 {
+        tokio::time::sleep(opts.hold).await;
+    } else {
+        churn(&senders, opts.churn_rate, opts.hold).await;
+    }
     let hub_after_hold = scrape(target.addr).await?;
     let cpu = (hub_after_hold.cpu_seconds - hub_connected.cpu_seconds) / opts.hold.as_secs_f64();
 
@@ -218,6 +225,44 @@ pub async fn run(
         },
         presence,
     })
+}
+
+/// Changes terminals' status at `rate` per second for `until`, spread over the tree: a stride
+/// coprime with the count visits every terminal before any twice.
+async fn churn(senders: &[(String, mpsc::Sender<Cmd>)], rate: u32, until: Duration) {
+    const SET: [&str; 3] = [
+        r#"{"v":1,"type":"presence.set","data":{"status":"busy"}}"#,
+        r#"{"v":1,"type":"presence.set","data":{"status":"away"}}"#,
+        r#"{"v":1,"type":"presence.set","data":{"status":"online"}}"#,
+    ];
+    let n = senders.len();
+    if n == 0 {
+        return;
+    }
+    let stride = stride_for(n);
+    let end = Instant::now() + until;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut k = 0usize;
+    while Instant::now() < end {
+        tick.tick().await;
+        let (_, tx) = &senders[(k * stride) % n];
+        let msg = Utf8Bytes::from_static(SET[(k / n) % SET.len()]);
+        // A terminal whose queue is full skips this change rather than hold the others back.
+        let _ = tx.try_send(Cmd::Send(msg));
+        k += 1;
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The churn's stride: coprime with `n`, so `k * stride % n` visits every terminal once per `n`.
+fn stride_for(n: usize) -> usize {
+    (1..n)
+        .rev()
+        .find(|s| gcd(*s, n) == 1 && *s < n / 2)
+        .unwrap_or(1)
 }
 
 /// A city console subscribes to the whole city; terminals change status one by one at a steady
@@ -331,6 +376,15 @@ mod tests {
 
     /// The harness against an in-process hub: every terminal connects, heartbeats are answered,
     /// every presence change reaches the console, and the hub's figures are read.
+    #[test]
+    fn the_churn_visits_every_terminal_before_any_twice() {
+        for n in [1, 2, 7, 300, 9_851] {
+            let s = stride_for(n);
+            let seen: std::collections::HashSet<usize> = (0..n).map(|k| k * s % n).collect();
+            assert_eq!(seen.len(), n, "n = {n}, stride {s}");
+        }
+    }
+
     #[tokio::test]
     async fn connect_scenario_runs_end_to_end() {
         let hub = crate::testhub::TestHub::start("connect", |_| {}).await;
@@ -342,6 +396,7 @@ mod tests {
             presence_changes: 100,
             presence_rate: 500,
             settle: Duration::from_millis(100),
+            churn_rate: 0,
         };
         let s = run(&hub.target, &hub.org, &opts).await.unwrap();
         assert_eq!((s.connected, s.failed), (300, 0), "{:?}", s.first_errors);

@@ -69,6 +69,9 @@ enum Scenario {
         /// Seconds to let the hub settle before each RSS reading.
         #[arg(long, default_value_t = 2)]
         settle: u64,
+        /// Presence changes per second during the hold (0: a quiet hold).
+        #[arg(long, default_value_t = 0)]
+        churn: u32,
     },
     /// Replay a Jiamusi year of work orders through every tier with all terminals connected.
     Orders {
@@ -391,6 +394,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             presence_changes,
             presence_rate,
             settle,
+            churn,
         } => {
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?;
@@ -402,6 +406,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 presence_changes,
                 presence_rate,
                 settle: Duration::from_secs(settle),
+                churn_rate: churn,
             };
             let summary = tokio::time::timeout(
                 Duration::from_secs(common.max_seconds),
