@@ -509,6 +509,21 @@ pub async fn stats(
                     per_child.push((*ch, Counts { received: n as u64, closed: closed as u64, in_progress: (n - closed) as u64 }));
                 }
             }
+            // Taken in per hour over the last 24 hours, oldest first, empty hours included.
+            let first_hour = (now / HOUR_MS - 23) * HOUR_MS;
+            let mut by_hour: Vec<(i64, u64)> = (0..24).map(|h| (first_hour + h * HOUR_MS, 0)).collect();
+            {
+                let mut st = conn.prepare_cached(
+                    "SELECT created_at / 3600000, COUNT(*) FROM orders
+                     WHERE node_pre >= ?1 AND node_pre < ?2 AND created_at >= ?3 GROUP BY 1",
+                )?;
+                for row in st.query_map([lo, hi, first_hour], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))? {
+                    let (h, n) = row?;
+                    if let Some(slot) = by_hour.get_mut((h * HOUR_MS - first_hour).div_euclid(HOUR_MS) as usize) {
+                        slot.1 = n as u64;
+                    }
+                }
+            }
             let mut holders = Vec::new();
             {
                 let mut st = conn.prepare_cached(
@@ -519,7 +534,7 @@ pub async fn stats(
                     holders.push(row?);
                 }
             }
-            Ok((by_state, by_category, by_priority, by_source, rated, satisfied, mean, late, per_child, holders))
+            Ok((by_state, by_category, by_priority, by_source, rated, satisfied, mean, late, per_child, holders, by_hour))
         })
         .await
         .map_err(|e| ApiError::from(ServiceError::from(e)))?;
@@ -534,6 +549,7 @@ pub async fn stats(
         late,
         per_child,
         holders,
+        by_hour,
     ) = out;
     let received: u64 = by_state.values().sum();
     let closed = by_state.get("archived").copied().unwrap_or(0);
@@ -573,9 +589,12 @@ pub async fn stats(
         "by_source": by_source,
         "open_by_holder_tier": by_tier,
         "by_node": by_node,
+        "by_hour": by_hour.iter().map(|(at, n)| serde_json::json!({"at": at, "received": n})).collect::<Vec<_>>(),
     }))
     .into_response())
 }
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// `GET /api/v1/public/orders/{id}` — 信息公示: what a published order says to the public.
 pub async fn public(

@@ -39,7 +39,7 @@ test('the wall calls a worker with video: both show in_call, media flows both wa
 
   const ring = phone.locator('#call');
   await expect(ring).toHaveAttribute('data-state', 'incoming');
-  await expect(ring.locator('.call-peer')).toHaveText('佳木斯市');
+  await expect(ring.locator('.call-peer')).toHaveText('佳木斯市 · 市');
   await expect(wall.locator('#call')).toHaveAttribute('data-state', 'ringing');
   await ring.locator('.call-accept').click();
 

@@ -168,3 +168,37 @@ test('a denied location says so and the page carries on', async ({ page, context
     })
     .toBe(46.24);
 });
+
+test('a campaign task is recorded household by household and marked done; an order shows its history', async ({ page }) => {
+  await open(page);
+  const village = worker.path[3];
+  const started = await hub.api('/api/v1/campaigns', worker.path[1], {
+    method: 'POST',
+    body: JSON.stringify({ node: village, title: '人口核查', instructions: '逐户核对常住人口信息' }),
+  });
+  expect(started.status, JSON.stringify(started.body)).toBe(201);
+  const id = started.body.campaign.id;
+  await expect(page.locator('#tasks-badge')).toHaveText('1');
+  await page.locator('.tabs button[data-tab="tasks"]').click();
+  const card = page.locator(`#tasks li[data-id="${id}"]`);
+  await expect(card).toContainText('逐户核对');
+  for (const [key, persons] of [['hh-001', '3'], ['hh-002', '']]) {
+    await card.locator('input[name="key"]').fill(key);
+    if (persons) await card.locator('input[name="persons"]').fill(persons);
+    await card.locator('form button[type="submit"]').click();
+    await expect(card.locator('input[name="key"]')).toHaveValue('');
+  }
+  await card.locator('button.done').click();
+  await expect(page.locator('#tasks-badge')).toHaveText('');
+  await expect
+    .poll(async () => (await hub.api(`/api/v1/campaigns/${id}`, worker.path[1])).body.campaign.totals)
+    .toMatchObject({ verified: 2, workers_done: 1 });
+
+  // History of an order the worker holds: every step so far, oldest first.
+  await page.locator('.tabs button[data-tab="orders"]').click();
+  const first = page.locator('#orders li[data-id]').first();
+  await first.locator('button.history-toggle').click();
+  await expect(first.locator('.history li').first()).toContainText('受理');
+  await expect(first.locator('.history')).toContainText('派发');
+  await page.screenshot({ path: test.info().outputPath('field-task.png') });
+});

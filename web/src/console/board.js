@@ -6,7 +6,9 @@ import { t, lang, nodeName, errorText } from '../lib/i18n.js';
 
 const STEPS = ['intake', 'dispatched', 'in_progress', 'supervised', 'result_reported', 'rated', 'published', 'archived'];
 const TICKER_MAX = 40;
-const REFRESH_MS = 1000;
+const OPEN = new Set(['intake', 'dispatched', 'in_progress', 'supervised']);
+// The statistics scan the subtree's orders: at most one read every two seconds however busy.
+const REFRESH_MS = 2000;
 
 function el(tag, props = {}, ...kids) {
   const e = Object.assign(document.createElement(tag), props);
@@ -15,7 +17,9 @@ function el(tag, props = {}, ...kids) {
 }
 
 export class Board {
-  constructor({ hub, org, me, focus }) {
+  constructor({ hub, org, me, focus, onStats, onOpen }) {
+    this.onStats = onStats;
+    this.onOpen = onOpen;
     this.hub = hub;
     this.org = org;
     this.me = me;
@@ -79,6 +83,14 @@ export class Board {
     this.stats = stats;
     this.mine = mine.orders.filter((o) => o.state !== 'archived');
     this.render();
+    this.onStats?.(stats);
+    // The newest orders of the subtree, for the map's heat of open ones: less often, it is a
+    // bigger read.
+    if (this.onOpen && Date.now() - (this.openAt || 0) > 15_000) {
+      this.openAt = Date.now();
+      const { orders } = await this.hub.api(`/api/v1/orders?node=${this.me}&limit=500`);
+      this.onOpen(orders.filter((o) => OPEN.has(o.state)));
+    }
   }
 
   // Counts come from the store; many deltas in a second cost one read.

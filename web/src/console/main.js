@@ -9,6 +9,7 @@ import { Org } from '../lib/org.js';
 import { Navigator } from './nav.js';
 import { SituationMap } from './map.js';
 import { Board } from './board.js';
+import { Charts } from './charts.js';
 import { Calls } from '../lib/call.js';
 
 const cred = store('console');
@@ -20,9 +21,10 @@ let nav = null;
 let map = null;
 let geo = null;
 let board = null;
+let charts = null;
 
 // For the browser tests and for operators poking at the wall from DevTools.
-window.gridhub = { hub, presence, calls, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; } };
+window.gridhub = { hub, presence, calls, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; }, get charts() { return charts; } };
 
 const page = setupPage({ hub, cred });
 
@@ -59,10 +61,11 @@ hub.addEventListener('hello', async (ev) => {
       presence.node = me.id;
       nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id), onCall: (n, media) => calls.place(n, media) });
       map = new SituationMap({ el: document.getElementById('map'), legend: document.getElementById('legend'), org, presence, geo });
-      board = new Board({ hub, org, me: me.id, focus: () => nav.focus });
+      board = new Board({ hub, org, me: me.id, focus: () => nav.focus, onStats: (s) => charts?.setStats(s), onOpen: (o) => map?.setOrders(o) });
     }
     // After every (re)connect: a fresh snapshot resyncs whatever changed while we were away.
     presence.snapshot(await hub.request('presence.subscribe', { node: me.id }));
+    charts ??= new Charts({ hub, org, presence, me: me.id });
     await board.start();
     document.body.dataset.ready = 'true';
   } catch (e) {

@@ -1,12 +1,15 @@
 // The situation map: Jiamusi's county-level outlines, every visible terminal as a dot coloured
-// by its status. Redrawn at most a few times a second however fast presence changes.
+// by its status. Redrawn at most once a second however fast presence changes.
 
 import { t, nodeName } from '../lib/i18n.js';
 
 // Drawn in this order, the last on top: at city scale a village's workers share a few pixels,
 // and the common states must not hide the rare ones that call for attention.
 const STATUSES = ['offline', 'away', 'busy', 'online', 'in_session', 'in_call'];
-const REDRAW_MS = 400;
+// A redraw repaints every point of the wall's canvas (a 3840×2160 software raster on a wall PC
+// without a GPU driver): once a second keeps the map current without eating the frames the
+// navigator and board need. The navigator follows every delta at once.
+const REDRAW_MS = 1000;
 
 function css(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -46,7 +49,15 @@ export class SituationMap {
         emphasis: { label: { color: css('--text') }, itemStyle: { areaColor: '#1a2f52' } },
         select: { disabled: true },
       },
-      series: STATUSES.map((s) => ({
+      // The heat of open orders, under the terminals.
+      visualMap: {
+        show: false,
+        min: 0,
+        max: 4,
+        seriesIndex: STATUSES.length,
+        inRange: { color: ['rgba(255,93,93,0)', 'rgba(255,176,32,.55)', 'rgba(255,93,93,.85)'] },
+      },
+      series: [...STATUSES.map((s) => ({
         name: s,
         type: 'scatter',
         coordinateSystem: 'geo',
@@ -58,7 +69,7 @@ export class SituationMap {
         progressive: 0,
         itemStyle: { color: this.colors[s], opacity: s === 'offline' ? 0.5 : 0.95 },
         data: [],
-      })),
+      })), { name: 'orders', type: 'heatmap', coordinateSystem: 'geo', pointSize: 14, blurSize: 18, z: 1, data: [] }],
     });
     new ResizeObserver(() => this.chart.resize()).observe(el);
     presence.addEventListener('reset', () => this.schedule(0));
@@ -91,8 +102,21 @@ export class SituationMap {
     this.chart.setOption({ series: STATUSES.map((s) => ({ data: by[s] })) });
   }
 
+  /// Open orders, weighted by urgency: supervised (late) ones glow hottest.
+  setOrders(orders) {
+    const data = [];
+    for (const o of orders) {
+      const n = this.org.get(o.node);
+      if (!n?.location) continue;
+      const w = o.state === 'supervised' ? 3 : o.priority === 'routine' ? 1 : 2;
+      data.push([n.location.lon, n.location.lat, w]);
+    }
+    this.openOrders = data.length;
+    this.chart.setOption({ series: [...STATUSES.map(() => ({})), { data }] });
+  }
+
   tooltip(p) {
-    if (p.componentType !== 'series') return p.name;
+    if (p.componentType !== 'series' || p.seriesName === 'orders') return p.seriesName === 'orders' ? '' : p.name;
     const id = p.data[2];
     const n = this.org.get(id);
     if (!n) return id;

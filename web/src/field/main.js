@@ -30,6 +30,7 @@ class Inbox {
     const saved = JSON.parse(localStorage.getItem(this.key) || '{}');
     this.orders = new Map((saved.orders || []).map((o) => [o.id, o]));
     this.notices = new Map((saved.notices || []).map((n) => [n.id, n]));
+    this.tasks = new Map((saved.tasks || []).map((c) => [c.id, c]));
     this.seen = new Set(saved.seen || []);
   }
 
@@ -43,7 +44,12 @@ class Inbox {
     this.notices = new Map(notices.map((n) => [n.id, n]));
     localStorage.setItem(
       this.key,
-      JSON.stringify({ orders: [...this.orders.values()], notices, seen: [...this.seen].slice(-200) }),
+      JSON.stringify({
+        orders: [...this.orders.values()],
+        notices,
+        tasks: [...this.tasks.values()].sort((a, b) => b.created_at - a.created_at).slice(0, 20),
+        seen: [...this.seen].slice(-200),
+      }),
     );
   }
 
@@ -187,6 +193,9 @@ function orderCard(o) {
       `${t('field.due')} ${fmtTime(o.due_at)}`,
       late ? el('span', { className: 'late', textContent: ` ${t('field.late')}` }) : null),
   );
+  const more = el('button', { className: 'ghost small history-toggle', type: 'button', textContent: t('field.history') });
+  more.onclick = () => showHistory(li, o.id, more);
+  li.append(more);
   if (!mine) return li;
   const actions = el('div', { className: 'actions' });
   const error = el('p', { className: 'error', hidden: true });
@@ -249,6 +258,28 @@ async function act(li, error, type, data) {
     for (const b of li.querySelectorAll('button')) b.disabled = false;
     if (e instanceof HubError && (e.code === 'version_conflict' || e.code === 'illegal_transition')) refresh(data.order);
     return false;
+  }
+}
+
+async function showHistory(li, id, button) {
+  const old = li.querySelector('.history');
+  if (old) {
+    old.remove();
+    return;
+  }
+  button.disabled = true;
+  try {
+    const { events } = await hub.api(`/api/v1/orders/${id}/history`);
+    const list = el('ol', { className: 'history' },
+      ...events.map((e) => el('li', {},
+        el('b', { textContent: t(`action.${e.action || 'create'}`) }),
+        ` ${fmtTime(e.at)}`,
+        e.note || e.result ? ` · ${e.note || e.result}` : '')));
+    button.after(list);
+  } catch (e) {
+    button.after(el('p', { className: 'error history', textContent: errorText(e) }));
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -320,12 +351,80 @@ function onOutbox(m) {
     case 'notice':
       inbox.notices.set(m.notice.id, m.notice);
       break;
+    case 'campaign.task':
+      inbox.tasks.set(m.campaign.id, { ...m.campaign, recorded: inbox.tasks.get(m.campaign.id)?.recorded || 0 });
+      break;
     default:
       break;
   }
   inbox.save();
   renderOrders();
   renderNotices();
+  renderTasks();
+}
+
+/// A campaign task: households recorded one by one (`campaign.record`), then done.
+function renderTasks() {
+  const list = document.getElementById('tasks');
+  const tasks = [...inbox.tasks.values()].sort((a, b) => b.created_at - a.created_at);
+  list.replaceChildren(...tasks.map(taskCard));
+  document.getElementById('tasks-empty').hidden = tasks.length > 0;
+  const open = tasks.filter((c) => !c.done && !c.closed_at).length;
+  document.getElementById('tasks-badge').textContent = open ? String(open) : '';
+}
+
+function taskCard(c) {
+  const li = el('li', { className: 'card' });
+  li.dataset.id = c.id;
+  const closed = c.done || c.closed_at;
+  li.append(
+    el('header', {}, el('span', { className: 'cat', textContent: c.title }),
+      closed ? el('span', { className: 'state', textContent: t(c.done ? 'field.done' : 'field.task_closed') }) : null),
+    el('div', { className: 'desc', textContent: c.instructions || '' }),
+    el('div', { className: 'counts', textContent: `${t('field.recorded')} ${c.recorded || 0}${c.due_at ? ` · ${t('field.due')} ${fmtTime(c.due_at)}` : ''}` }));
+  if (closed) return li;
+  const key = el('input', { placeholder: t('field.household'), required: true, maxLength: 64, name: 'key' });
+  const persons = el('input', { placeholder: t('field.persons'), type: 'number', min: 0, max: 99, name: 'persons' });
+  const outcome = el('select', { name: 'outcome' },
+    ...['verified', 'updated', 'not_found', 'refused'].map((o) => el('option', { value: o, textContent: t(`outcome.${o}`) })));
+  const error = el('p', { className: 'error', hidden: true });
+  const form = el('form', {}, el('div', { className: 'row' }, key, persons), outcome,
+    el('div', { className: 'actions' },
+      el('button', { type: 'submit', textContent: t('field.record') }),
+      el('button', { type: 'button', className: 'ghost done', textContent: t('field.done'), onclick: () => taskAct(c, error, 'campaign.done', {}) })),
+    error);
+  form.onsubmit = async (ev) => {
+    ev.preventDefault();
+    if (!key.value.trim()) return;
+    const record = { key: key.value.trim(), outcome: outcome.value };
+    if (persons.value !== '') record.data = { persons: Number(persons.value) };
+    if (await taskAct(c, error, 'campaign.record', { records: [record] })) {
+      c.recorded = (c.recorded || 0) + 1;
+      form.reset();
+    }
+  };
+  li.append(form);
+  return li;
+}
+
+async function taskAct(c, error, type, data) {
+  error.hidden = true;
+  try {
+    await hub.request(type, { campaign: c.id, ...data });
+    if (type === 'campaign.done') c.done = true;
+    inbox.save();
+    renderTasks();
+    return true;
+  } catch (e) {
+    error.hidden = false;
+    error.textContent = errorText(e);
+    if (e.code === 'illegal_transition') {
+      c.closed_at = c.closed_at || Date.now();
+      inbox.save();
+      renderTasks();
+    }
+    return false;
+  }
 }
 
 // ---- connection ------------------------------------------------------------------------------
@@ -345,6 +444,7 @@ hub.addEventListener('hello', async (ev) => {
       showMe();
       renderOrders();
       renderNotices();
+      renderTasks();
     });
     try {
       const r = await fetch('/api/v1/categories').then((x) => x.json());
@@ -353,6 +453,7 @@ hub.addEventListener('hello', async (ev) => {
     showMe();
     renderOrders();
     renderNotices();
+    renderTasks();
     share.checked = localStorage.getItem('gridhub.share_location') === '1';
     if (share.checked) startLocation();
   }

@@ -67,7 +67,8 @@ export class Calls extends EventTarget {
     const c = this.call;
     if (!c) return;
     u.dialog.dataset.state = c.state;
-    u.peer.textContent = c.peer ? nodeName(c.peer) : '';
+    // Who and where: the name, and the tier it speaks for.
+    u.peer.textContent = c.peer ? `${nodeName(c.peer)}${c.peer.tier ? ` · ${t(`tier.${c.peer.tier}`)}` : ''}` : '';
     u.state.textContent = c.state === 'ended' ? `${t('call.ended')} · ${t(`call.outcome.${c.outcome}`)}` : t(`call.${c.state}`);
     u.accept.textContent = t('call.accept');
     u.reject.textContent = t('call.reject');
