@@ -209,16 +209,19 @@ export class Board {
       for (const b of box.querySelectorAll('button')) b.disabled = true;
       try {
         await this.hub.request(type, { order: o.id, version: o.version, ...data });
-        await this.refresh();
-        await this.open(o.id);
       } catch (e) {
         error.hidden = false;
         error.textContent = errorText(e);
         for (const b of box.querySelectorAll('button')) b.disabled = false;
+        return;
       }
+      // Done; what follows only shows it. If reading back fails, the next delta shows it.
+      await this.refresh().catch(() => {});
+      await this.open(o.id);
     };
     const button = (key, onclick, cls = '') => el('button', { type: 'button', className: cls, textContent: t(key), onclick });
-    const text = (key, required = true) => el('textarea', { placeholder: t(key), required, rows: 2, maxLength: 2000 });
+    // The hub's limits: a comment up to 500 characters, a public summary up to 2,000.
+    const text = (key, required = true, max = 500) => el('textarea', { placeholder: t(key), required, rows: 2, maxLength: max });
     if (['intake', 'dispatched', 'in_progress', 'supervised'].includes(o.state)) {
       const me = this.org.get(this.me);
       // Towards the order's place by default: the child of this center above it.
@@ -246,7 +249,7 @@ export class Board {
         button('board.rate', () => act('order.rate', { score: Number(score.value), satisfied: sat.checked }), 'rate'));
     }
     if (o.state === 'rated') {
-      const summary = text('board.summary');
+      const summary = text('board.summary', true, 2000);
       box.append(summary, button('board.publish', () => summary.value.trim() && act('order.publish', { summary: summary.value.trim() }), 'publish'));
     }
     if (o.state === 'published') box.append(button('board.archive', () => act('order.archive', {}), 'archive'));

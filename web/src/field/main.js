@@ -38,6 +38,13 @@ class Inbox {
     // Bounded: every open order, the most recent closed ones and notices.
     const orders = [...this.orders.values()].sort((a, b) => b.updated_at - a.updated_at);
     const open = orders.filter((o) => this.mine(o));
+    // Drafts for orders no longer this worker's to act on are of no use: drop them.
+    const prefix = `gridhub.draft.${me.id}.`;
+    const keep = new Set(open.map((o) => String(o.id)));
+    for (let i = localStorage.length - 1; i >= 0; i--) {
+      const k = localStorage.key(i);
+      if (k?.startsWith(prefix) && !keep.has(k.slice(prefix.length).split('.')[0])) localStorage.removeItem(k);
+    }
     const closed = orders.filter((o) => !this.mine(o)).slice(0, KEEP_CLOSED);
     this.orders = new Map([...open, ...closed].map((o) => [o.id, o]));
     const notices = [...this.notices.values()].sort((a, b) => b.at - a.at).slice(0, 50);
@@ -99,8 +106,9 @@ function sendLocation(pos) {
   if (lastSent && now - lastSent.at < 15000 && Math.hypot(lat - lastSent.lat, (lon - lastSent.lon) * 0.68) < 0.00045) {
     return;
   }
+  // Not connected: try again with the next position rather than wait 15 s.
+  if (!hub.notify('presence.set', { location: { lat, lon, accuracy_m: Math.round(accuracy || 0) } })) return;
   lastSent = { lat, lon, at: now };
-  hub.notify('presence.set', { location: { lat, lon, accuracy_m: Math.round(accuracy || 0) } });
   hint.classList.remove('error');
   hint.textContent = `${t('field.location_on')} · ${lat.toFixed(5)}, ${lon.toFixed(5)}`;
 }
@@ -201,7 +209,7 @@ function orderCard(o) {
   const error = el('p', { className: 'error', hidden: true });
   if (!o.acknowledged) {
     const ack = el('button', { textContent: t('field.acknowledge'), className: 'ack' });
-    ack.onclick = () => act(li, error, 'order.acknowledge', { order: o.id, version: o.version });
+    ack.onclick = () => act(li, error, 'order.acknowledge', { order: o.id, version: inbox.orders.get(o.id)?.version ?? o.version });
     const ret = el('button', { textContent: t('field.return'), className: 'ghost' });
     ret.onclick = () => textForm(li, o, 'return', 'reason', 'field.return_placeholder', 'field.return_send', 'order.return');
     actions.append(ack, ret);
@@ -220,7 +228,8 @@ function orderCard(o) {
 function textForm(li, o, kind, field, placeholder, send, type) {
   li.querySelector('.actions').hidden = true;
   const key = draftKey(o.id, kind);
-  const text = el('textarea', { placeholder: t(placeholder), required: true, maxLength: 2000, value: localStorage.getItem(key) || '' });
+  // The hub's limits: a result up to 2,000 characters, a reason up to 500.
+  const text = el('textarea', { placeholder: t(placeholder), required: true, maxLength: field === 'result' ? 2000 : 500, value: localStorage.getItem(key) || '' });
   text.oninput = () => localStorage.setItem(key, text.value);
   const error = li.querySelector('.error');
   const cancel = el('button', { type: 'button', className: 'ghost', textContent: t('field.cancel') });
@@ -233,7 +242,9 @@ function textForm(li, o, kind, field, placeholder, send, type) {
   form.onsubmit = async (ev) => {
     ev.preventDefault();
     if (!text.value.trim()) return;
-    const ok = await act(li, error, type, { order: o.id, [field]: text.value.trim(), version: o.version });
+    // The order as it stands now: the card may have been kept open across updates.
+    const version = inbox.orders.get(o.id)?.version ?? o.version;
+    const ok = await act(li, error, type, { order: o.id, [field]: text.value.trim(), version });
     if (ok) localStorage.removeItem(key);
   };
   li.append(form);
@@ -328,10 +339,9 @@ function renderNotices() {
 
 function markNoticesSeen() {
   for (const n of inbox.notices.values()) {
-    if (!inbox.seen.has(n.id)) {
-      inbox.seen.add(n.id);
-      hub.notify('notice.read', { notice: n.id });
-    }
+    // Marked seen only once the receipt is on its way; offline, it goes at the next look.
+    if (n.missed) inbox.seen.add(n.id);
+    else if (!inbox.seen.has(n.id) && hub.notify('notice.read', { notice: n.id })) inbox.seen.add(n.id);
   }
   inbox.save();
   renderNotices();
@@ -351,6 +361,16 @@ function onOutbox(m) {
     case 'notice':
       inbox.notices.set(m.notice.id, m.notice);
       break;
+    case 'call.missed':
+      // A missed call is kept and shown with the notices, who and when.
+      inbox.notices.set(`call-${m.call}`, {
+        id: `call-${m.call}`,
+        title: `${t('field.missed_call')} · ${nodeName(m.from)}`,
+        body: '',
+        at: m.at,
+        missed: true,
+      });
+      break;
     case 'campaign.task':
       inbox.tasks.set(m.campaign.id, { ...m.campaign, recorded: inbox.tasks.get(m.campaign.id)?.recorded || 0 });
       break;
@@ -367,7 +387,13 @@ function onOutbox(m) {
 function renderTasks() {
   const list = document.getElementById('tasks');
   const tasks = [...inbox.tasks.values()].sort((a, b) => b.created_at - a.created_at);
-  list.replaceChildren(...tasks.map(taskCard));
+  // A card whose household fields hold something the worker typed is kept as it is.
+  const typing = new Map(
+    [...list.querySelectorAll('li[data-id]')]
+      .filter((li) => [...li.querySelectorAll('input')].some((i) => i.value !== ''))
+      .map((li) => [Number(li.dataset.id), li]),
+  );
+  list.replaceChildren(...tasks.map((c) => (typing.has(c.id) && !c.done && !c.closed_at ? typing.get(c.id) : taskCard(c))));
   document.getElementById('tasks-empty').hidden = tasks.length > 0;
   const open = tasks.filter((c) => !c.done && !c.closed_at).length;
   document.getElementById('tasks-badge').textContent = open ? String(open) : '';
@@ -398,9 +424,12 @@ function taskCard(c) {
     if (!key.value.trim()) return;
     const record = { key: key.value.trim(), outcome: outcome.value };
     if (persons.value !== '') record.data = { persons: Number(persons.value) };
+    c.recorded = (c.recorded || 0) + 1;
     if (await taskAct(c, error, 'campaign.record', { records: [record] })) {
-      c.recorded = (c.recorded || 0) + 1;
       form.reset();
+    } else {
+      c.recorded -= 1;
+      inbox.save();
     }
   };
   li.append(form);
@@ -438,8 +467,7 @@ hub.addEventListener('hello', async (ev) => {
   if (!me) {
     me = hello.endpoint;
     inbox = new Inbox(me.id);
-    outbox = new Outbox(hub, me.id);
-    outbox.addEventListener('message', (e) => onOutbox(e.detail));
+    outbox = new Outbox(hub, me.id, onOutbox);
     window.addEventListener('langchange', () => {
       showMe();
       renderOrders();

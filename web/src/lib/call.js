@@ -92,7 +92,26 @@ export class Calls extends EventTarget {
   }
 
   iceServers() {
-    return this.hub.hello?.calls?.ice_servers || [];
+    return this.ice || this.hub.hello?.calls?.ice_servers || [];
+  }
+
+  /// TURN credentials minted for this terminal expire (`calls.expires_at`): a page open for days
+  /// asks for fresh ones before a call rather than fail to relay media.
+  async freshIce() {
+    const exp = this.iceExpires ?? this.hub.hello?.calls?.expires_at;
+    if (!exp || exp * 1000 - Date.now() > 10 * 60_000) return;
+    try {
+      const r = await this.hub.request('call.ice_servers');
+      this.ice = r.ice_servers;
+      this.iceExpires = r.expires_at;
+    } catch {
+      // The old set may still work; the call goes on with it.
+    }
+  }
+
+  /// Whether `c` is still the call being set up (not hung up or replaced meanwhile).
+  live(c) {
+    return this.call === c && c.state !== 'ended';
   }
 
   async media(kind) {
@@ -124,11 +143,19 @@ export class Calls extends EventTarget {
     this.call = { id: null, peer, media, role: 'caller', state: 'inviting', pendingLocal: [], pendingRemote: [] };
     this.render();
     const c = this.call;
+    await this.freshIce();
     try {
       c.local = await this.media(media);
     } catch (e) {
-      this.setState('ended', { outcome: 'failed' });
-      this.fail(e);
+      if (this.call === c) {
+        this.setState('ended', { outcome: 'failed' });
+        this.fail(e);
+      }
+      return;
+    }
+    // Hung up while the browser asked for the camera: release it and place nothing.
+    if (!this.live(c)) {
+      for (const tr of c.local.getTracks()) tr.stop();
       return;
     }
     this.ui.local.srcObject = c.local;
@@ -136,12 +163,19 @@ export class Calls extends EventTarget {
     for (const track of c.local.getTracks()) c.pc.addTrack(track, c.local);
     const offer = await c.pc.createOffer();
     await c.pc.setLocalDescription(offer);
+    if (!this.live(c)) {
+      c.pc.close();
+      for (const tr of c.local.getTracks()) tr.stop();
+      return;
+    }
     try {
       const r = await this.hub.request('call.invite', { to: peer.id, media, offer: offer.sdp });
       c.id = r.call;
-      if (this.call !== c || c.state === 'ended') {
+      if (!this.live(c)) {
         // Hung up before the hub named the call: end it there too.
         this.hub.notify('call.hangup', { call: c.id });
+        c.pc?.close();
+        for (const tr of c.local?.getTracks() || []) tr.stop();
         return;
       }
       if (r.to) c.peer = { ...peer, ...r.to };
@@ -151,10 +185,19 @@ export class Calls extends EventTarget {
       this.teardown();
       this.setState('ended', { outcome: e.code || 'failed' });
       this.fail(e);
+      // Crossing invites: ours lost; the call that stands may be waiting to ring here.
+      if (this.held) this.incoming(this.held);
     }
   }
 
   incoming(d) {
+    if (this.call && this.call.state === 'inviting' && this.call.role === 'caller') {
+      // Both sides invited at once: the hub keeps one call. If ours is refused as glare, this
+      // is the one to answer.
+      this.held = d;
+      return;
+    }
+    this.held = null;
     if (this.call && this.call.state !== 'ended') return; // the hub refuses a second call itself
     this.ui.error.hidden = true;
     this.call = { id: d.call, peer: d.from, media: d.media, role: 'callee', state: 'incoming', offer: d.offer, pendingLocal: [], pendingRemote: [] };
@@ -167,6 +210,7 @@ export class Calls extends EventTarget {
     const c = this.call;
     if (!c || c.state !== 'incoming') return;
     this.setState('connecting');
+    await this.freshIce();
     try {
       c.local = await this.media(c.media);
     } catch (e) {
@@ -175,6 +219,11 @@ export class Calls extends EventTarget {
       this.hub.notify('call.reject', { call: c.id, reason: t('call.no_media') });
       this.teardown();
       this.setState('ended', { outcome: 'rejected' });
+      return;
+    }
+    if (!this.live(c)) {
+      // The caller gave up while the browser asked for the camera.
+      for (const tr of c.local.getTracks()) tr.stop();
       return;
     }
     this.ui.local.srcObject = c.local;
@@ -217,12 +266,19 @@ export class Calls extends EventTarget {
   }
 
   async signal(d) {
-    if (!this.mine(d) || !this.call.pc) {
-      if (this.mine(d) && d.candidate) this.call.pendingRemote.push(d.candidate);
+    if (!this.mine(d)) return;
+    if (!this.call.pc) {
+      // Before we answer: the offer may come as a signal rather than in the invite.
+      if (d.candidate) this.call.pendingRemote.push(d.candidate);
+      else if (d.description?.type === 'offer') this.call.offer = d.description.sdp;
       return;
     }
     const pc = this.call.pc;
     try {
+      if (d.description?.type === 'offer' && this.call.role === 'caller' && pc.signalingState !== 'stable') {
+        // Crossing renegotiation: the caller's offer wins (docs/protocol.md); ignore theirs.
+        return;
+      }
       if (d.description) {
         await pc.setRemoteDescription(d.description);
         await this.drainRemote();
@@ -257,8 +313,14 @@ export class Calls extends EventTarget {
   }
 
   async resumed(d) {
+    // A call this page knows nothing of (it was reloaded mid-call): end it rather than show
+    // in_call for ever.
+    if (!this.mine(d)) {
+      if (!this.call || this.call.state === 'ended') this.hub.notify('call.hangup', { call: d.call });
+      return;
+    }
     // Back on a new connection mid-call: restart ICE so media finds the new path.
-    if (!this.mine(d) || !this.call.pc) return;
+    if (!this.call.pc) return;
     this.call.pc.restartIce();
     const offer = await this.call.pc.createOffer({ iceRestart: true });
     await this.call.pc.setLocalDescription(offer);
@@ -266,9 +328,12 @@ export class Calls extends EventTarget {
   }
 
   ended(d) {
+    if (this.held && d.call === this.held.call) this.held = null;
     if (!this.mine(d)) return;
     this.teardown();
     this.setState('ended', { outcome: d.outcome, reason: d.reason });
+    // Ours was superseded by the other side's invite: that one rings here now.
+    if (d.outcome === 'glare' && this.held) this.incoming(this.held);
   }
 
   toggle(kind) {

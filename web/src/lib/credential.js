@@ -6,16 +6,28 @@
 
 export function store(kind) {
   const key = `gridhub.credential.${kind}`;
-  const fromHash = new URLSearchParams(location.hash.slice(1)).get('credential');
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get('credential')?.trim();
   if (fromHash) {
-    localStorage.setItem(key, fromHash.trim());
     history.replaceState(null, '', location.pathname + location.search);
+    const held = localStorage.getItem(key);
+    // A link must not quietly turn this device into another terminal: ask first.
+    if (!held || held === fromHash || confirmReplace(held, fromHash)) localStorage.setItem(key, fromHash);
   }
   return {
     get: () => localStorage.getItem(key),
     set: (c) => localStorage.setItem(key, c.trim()),
     clear: () => localStorage.removeItem(key),
   };
+}
+
+function confirmReplace(held, next) {
+  const a = claims(held)?.sub ?? '?';
+  const b = claims(next)?.sub ?? '?';
+  if (a === b) return true;
+  const zh = !localStorage.getItem('gridhub.lang') || localStorage.getItem('gridhub.lang') === 'zh';
+  return window.confirm(
+    zh ? `此设备已登录为 ${a}。改为以 ${b} 登录吗？` : `This device is signed in as ${a}. Sign in as ${b} instead?`,
+  );
 }
 
 /// What the credential says about itself (unverified: only the hub can verify it), or null when

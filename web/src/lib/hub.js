@@ -102,9 +102,10 @@ export class Hub extends EventTarget {
     ws.onclose = (ev) => this.onClose(ws, ev);
   }
 
-  retry(reason) {
+  /// Reconnects after a jittered backoff, never sooner than `floor` ms (1008 asks for a minute).
+  retry(reason, floor = 0) {
     this.setState('waiting', reason);
-    const wait = this.backoff * (0.5 + Math.random() / 2);
+    const wait = floor + this.backoff * (0.5 + Math.random() / 2);
     this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
     this.timer = setTimeout(() => this.connect(), wait);
   }
@@ -121,8 +122,7 @@ export class Hub extends EventTarget {
       this.setState('stopped', final);
       return;
     }
-    if (ev.code === 1008) this.backoff = Math.max(this.backoff, 60000);
-    this.retry(`closed_${ev.code}`);
+    this.retry(`closed_${ev.code}`, ev.code === 1008 ? 60000 : 0);
   }
 
   onMessage(text) {
@@ -169,18 +169,21 @@ export class Hub extends EventTarget {
     this.dispatchEvent(new CustomEvent(msg.type, { detail }));
   }
 
-  /// Sends a request and resolves with its reply's data, or rejects with a HubError.
-  request(type, data) {
+  /// Sends a request and resolves with its reply's data, or rejects with a HubError. `timeoutMs`
+  /// 0 waits as long as the connection lives (a long outbox replay on a slow link).
+  request(type, data, { timeoutMs = REQUEST_TIMEOUT_MS } = {}) {
     return new Promise((resolve, reject) => {
       if (!this.ws || this.state !== 'open') {
         reject(new HubError('not_connected', 'not connected to the hub', type));
         return;
       }
       const id = this.nextId++;
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new HubError('timeout', 'the hub did not answer', type));
-      }, REQUEST_TIMEOUT_MS);
+      const timer = timeoutMs
+        ? setTimeout(() => {
+            this.pending.delete(id);
+            reject(new HubError('timeout', 'the hub did not answer', type));
+          }, timeoutMs)
+        : null;
       this.pending.set(id, { resolve, reject, timer });
       const msg = { v: 1, id, type };
       if (data !== undefined) msg.data = data;

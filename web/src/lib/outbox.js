@@ -3,10 +3,12 @@
 // message is acknowledged only once it is handled and stored, and one that arrives twice (a
 // replay that overlaps what was live before a drop) is recognised by its sequence and skipped.
 
-export class Outbox extends EventTarget {
-  constructor(hub, endpoint) {
-    super();
+export class Outbox {
+  /// `handle(message)` must apply and store the message; if it throws, the message is neither
+  /// counted as handled nor acknowledged, and comes again at the next resume.
+  constructor(hub, endpoint, handle) {
     this.hub = hub;
+    this.handle = handle;
     this.key = `gridhub.outbox.${endpoint}`;
     this.last = Number(localStorage.getItem(this.key) || 0);
     this.resuming = false;
@@ -18,11 +20,13 @@ export class Outbox extends EventTarget {
   /// After every hello: replay what came while we were away, then live messages.
   async resume() {
     this.resuming = true;
+    this.stalled = false;
     try {
       for (;;) {
         let r;
         try {
-          r = await this.hub.request('outbox.resume', { after: this.last });
+          // A replay of a thousand whole orders on a slow link takes what it takes.
+          r = await this.hub.request('outbox.resume', { after: this.last }, { timeoutMs: 0 });
         } catch (e) {
           // The hub never sent this far (its data was reset): start again from what it keeps.
           if (e.code !== 'invalid_data' || this.last === 0) throw e;
@@ -42,7 +46,16 @@ export class Outbox extends EventTarget {
     // the whole envelope on.
     const { seq, data } = msg;
     if (seq <= this.last) return; // already handled before a drop
-    this.dispatchEvent(new CustomEvent('message', { detail: { seq, ...data } }));
+    // After a failure nothing later is taken either, so nothing is skipped: the next resume
+    // starts again from the last message handled.
+    if (this.stalled) return;
+    try {
+      this.handle({ seq, ...data });
+    } catch (e) {
+      console.error('outbox message not handled; it comes again on resume', seq, e);
+      this.stalled = true;
+      return;
+    }
     this.last = seq;
     this.handled.push(seq);
     if (this.handled.length > 1000) this.handled.splice(0, 500);

@@ -57,6 +57,11 @@ export function setupPage({ hub, cred }) {
       notice.hidden = false;
       noticeText.textContent = t('conn.replaced');
       noticeAction.hidden = false;
+    } else if (state === 'stopped' && reason === 'protocol') {
+      // Not the credential's fault: say what happened, offer to try again.
+      notice.hidden = false;
+      noticeText.textContent = t('conn.protocol');
+      noticeAction.hidden = false;
     } else if (state === 'stopped' && reason !== 'signed_out') {
       const expired = reason === 'expired' || reason === 'expired_credential';
       signin(expired ? t('conn.expired') : reason === 'no_credential' ? '' : `${t('signin.bad')}${reason}`);
