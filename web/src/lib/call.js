@@ -109,6 +109,19 @@ export class Calls extends EventTarget {
     }
   }
 
+  /// With the devices granted: the peer connection carrying them, unless the call ended while
+  /// the browser asked (then the devices are released and this says false).
+  connect(c) {
+    if (!this.live(c)) {
+      for (const tr of c.local.getTracks()) tr.stop();
+      return false;
+    }
+    this.ui.local.srcObject = c.local;
+    c.pc = this.peerConnection();
+    for (const track of c.local.getTracks()) c.pc.addTrack(track, c.local);
+    return true;
+  }
+
   /// Whether `c` is still the call being set up (not hung up or replaced meanwhile).
   live(c) {
     return this.call === c && c.state !== 'ended';
@@ -154,13 +167,7 @@ export class Calls extends EventTarget {
       return;
     }
     // Hung up while the browser asked for the camera: release it and place nothing.
-    if (!this.live(c)) {
-      for (const tr of c.local.getTracks()) tr.stop();
-      return;
-    }
-    this.ui.local.srcObject = c.local;
-    c.pc = this.peerConnection();
-    for (const track of c.local.getTracks()) c.pc.addTrack(track, c.local);
+    if (!this.connect(c)) return;
     const offer = await c.pc.createOffer();
     await c.pc.setLocalDescription(offer);
     if (!this.live(c)) {
@@ -221,14 +228,8 @@ export class Calls extends EventTarget {
       this.setState('ended', { outcome: 'rejected' });
       return;
     }
-    if (!this.live(c)) {
-      // The caller gave up while the browser asked for the camera.
-      for (const tr of c.local.getTracks()) tr.stop();
-      return;
-    }
-    this.ui.local.srcObject = c.local;
-    c.pc = this.peerConnection();
-    for (const track of c.local.getTracks()) c.pc.addTrack(track, c.local);
+    // The caller gave up while the browser asked for the camera.
+    if (!this.connect(c)) return;
     try {
       await c.pc.setRemoteDescription({ type: 'offer', sdp: c.offer });
       await this.drainRemote();

@@ -4,7 +4,24 @@
 import { t, applyStatic, setLang, lang } from './i18n.js';
 import { claims } from './credential.js';
 
+/// The sign-in dialog both pages share.
+function signinDialog() {
+  const d = document.createElement('dialog');
+  d.id = 'signin';
+  d.className = 'signin';
+  d.innerHTML = `<form method="dialog" id="signin-form">
+    <h2 data-t="signin.title"></h2>
+    <p data-t="signin.prompt"></p>
+    <label><span data-t="signin.credential"></span>
+      <textarea id="signin-credential" rows="4" required spellcheck="false" autocomplete="off"></textarea></label>
+    <p class="error" id="signin-error" hidden></p>
+    <button type="submit" data-t="signin.submit"></button>
+  </form>`;
+  document.body.append(d);
+}
+
 export function setupPage({ hub, cred }) {
+  signinDialog();
   applyStatic();
   document.documentElement.lang = lang === 'en' ? 'en' : 'zh-CN';
   document.getElementById('lang').onclick = () => setLang(lang === 'en' ? 'zh' : 'en');
