@@ -15,7 +15,10 @@ import { Calls } from '../lib/call.js';
 const cred = store('console');
 const hub = new Hub({ credential: cred.get });
 const presence = new PresenceView();
-const calls = new Calls(hub);
+// A ringing call says where the caller is: its place in the tree, above it.
+const calls = new Calls(hub, {
+  where: (peer) => (org?.get(peer.id) ? org.path(peer.id).slice(1, -1).map(nodeName).join(' › ') : ''),
+});
 let org = null;
 let nav = null;
 let map = null;

@@ -11,9 +11,11 @@ function el(tag, props = {}, ...kids) {
 }
 
 export class Calls extends EventTarget {
-  constructor(hub) {
+  /// `where(peer)` names where a peer is (the console knows the tree), or ''.
+  constructor(hub, { where = () => '' } = {}) {
     super();
     this.hub = hub;
+    this.where = where;
     this.call = null; // {id, peer, media, role: 'caller'|'callee', pc, local, state, pendingLocal, pendingRemote}
     this.build();
     hub.addEventListener('call.incoming', (ev) => this.incoming(ev.detail));
@@ -67,8 +69,12 @@ export class Calls extends EventTarget {
     const c = this.call;
     if (!c) return;
     u.dialog.dataset.state = c.state;
-    // Who and where: the name, and the tier it speaks for.
+    // Who and where: the name, the tier it speaks for, and its place when the page knows it.
+    const where = c.peer ? this.where(c.peer) : '';
     u.peer.textContent = c.peer ? `${nodeName(c.peer)}${c.peer.tier ? ` · ${t(`tier.${c.peer.tier}`)}` : ''}` : '';
+    u.peer.title = where;
+    u.state.dataset.place = where;
+    if (where && c.state === 'incoming') u.state.textContent = `${t('call.incoming')} · ${where}`;
     u.state.textContent = c.state === 'ended' ? `${t('call.ended')} · ${t(`call.outcome.${c.outcome}`)}` : t(`call.${c.state}`);
     u.accept.textContent = t('call.accept');
     u.reject.textContent = t('call.reject');
