@@ -11,10 +11,10 @@ use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct Clock {
-    /// `None`: the system's wall clock. `Some`: wall time that follows tokio's clock from a fixed
-    /// start, so pausing and advancing tokio's time moves it too.
-    follows: Option<(u64, Instant)>,
-    /// Where `mono_ms` counts from.
+    /// `None`: the system's wall clock. `Some(wall)`: wall time that starts at `wall` and
+    /// follows tokio's clock from `base`, so pausing and advancing tokio's time moves it too.
+    follows: Option<u64>,
+    /// Where `mono_ms` (and a following wall time) count from.
     base: Instant,
 }
 
@@ -30,10 +30,9 @@ impl Clock {
     /// A clock whose wall time starts at `wall_ms` and then moves with tokio's (possibly paused)
     /// clock. For tests of shells: `tokio::time::pause()`, then `advance` past a deadline.
     pub fn following_tokio(wall_ms: u64) -> Clock {
-        let now = Instant::now();
         Clock {
-            follows: Some((wall_ms, now)),
-            base: now,
+            follows: Some(wall_ms),
+            base: Instant::now(),
         }
     }
 
@@ -41,7 +40,7 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         match self.follows {
             None => now_ms(),
-            Some((wall, start)) => wall + start.elapsed().as_millis() as u64,
+            Some(wall) => wall + self.base.elapsed().as_millis() as u64,
         }
     }
 

@@ -16,6 +16,11 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 
      img-src 'self' data: blob:; media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; \
      object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
+/// An embedded file's bytes, by its path under `/assets/`.
+pub fn embedded(path: &str) -> Option<&'static [u8]> {
+    find(path).map(|a| a.3)
+}
+
 fn find(path: &str) -> Option<&'static (&'static str, &'static str, &'static str, &'static [u8])> {
     ASSETS.iter().find(|a| a.0 == path)
 }

@@ -374,16 +374,22 @@ fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
 mod tests {
     use super::*;
 
-    /// The harness against an in-process hub: every terminal connects, heartbeats are answered,
-    /// every presence change reaches the console, and the hub's figures are read.
+    /// The churn spreads its changes: every terminal once per round, and each change far from
+    /// the one before in the tree (a stride of about half the terminals, not 1).
     #[test]
     fn the_churn_visits_every_terminal_before_any_twice() {
         for n in [1, 2, 7, 300, 9_851] {
             let s = stride_for(n);
             let seen: std::collections::HashSet<usize> = (0..n).map(|k| k * s % n).collect();
             assert_eq!(seen.len(), n, "n = {n}, stride {s}");
+            if n >= 7 {
+                assert!(s > n / 4 && s < n / 2, "n = {n}, stride {s}");
+            }
         }
     }
+
+    /// The harness against an in-process hub: every terminal connects, heartbeats are answered,
+    /// every presence change reaches the console, and the hub's figures are read.
 
     #[tokio::test]
     async fn connect_scenario_runs_end_to_end() {

@@ -222,12 +222,13 @@ impl Groups {
     }
 }
 
-/// This node's side of the backplane.
+/// Where a terminal's connection is: on this node, or on another one.
 enum Found {
     Here(Arc<Conn>),
     There(HubId),
 }
 
+/// This node's side of the backplane.
 pub struct Backplane {
     hub: HubId,
     org: Arc<Org>,
@@ -544,7 +545,7 @@ impl Outbound for Backplane {
             // Under the groups' lock: a connection that closed meanwhile (its memberships are
             // forgotten under the same lock) does not join again.
             let mut groups = self.groups();
-            if self.registry.by_key(conn).is_some() {
+            if self.alive(conn) {
                 groups.join(group, conn);
             }
         } else {

@@ -143,6 +143,20 @@ pub fn request(rng: &mut Rng) -> Request {
     }
 }
 
+/// What a worker reports for a request of `category`: one of that category's results.
+pub fn result_for(category: &str, rng: &mut Rng) -> &'static str {
+    let results: Vec<&'static str> = TOPICS
+        .iter()
+        .filter(|t| t.0 == category)
+        .map(|t| t.3)
+        .collect();
+    if results.is_empty() {
+        "已到场处理，情况已解决"
+    } else {
+        results[rng.below(results.len())]
+    }
+}
+
 /// What a worker chooses to show; most of the day it is simply on line.
 pub const STATUSES: [(&str, u32); 3] = [("online", 70), ("busy", 22), ("away", 8)];
 pub const TEXTS: [(&str, u32); 5] = [
@@ -219,6 +233,15 @@ mod tests {
         assert!((1100..1400).contains(&hotline), "{hotline}");
         let emergencies = xs.iter().filter(|r| r.priority == "emergency").count();
         assert!((10..90).contains(&emergencies), "{emergencies}");
+        // A report answers the request's own category.
+        let mut r = Rng::new(3);
+        for x in &xs[..50] {
+            let result = result_for(x.category, &mut r);
+            assert!(
+                TOPICS.iter().any(|t| t.0 == x.category && t.3 == result),
+                "{x:?} → {result}"
+            );
+        }
     }
 
     #[test]

@@ -233,7 +233,8 @@ fn react(
                     if o["holder"] == who.id.as_str() && o["state"] == "dispatched" {
                         let ack = rng.between(pace.ack_after.0, pace.ack_after.1);
                         let report = ack + rng.between(pace.report_after.0, pace.report_after.1);
-                        let result = result_for(o["category"].as_str().unwrap_or("other"), rng);
+                        let result =
+                            script::result_for(o["category"].as_str().unwrap_or("other"), rng);
                         out.push((
                             ack,
                             json!({"v":1,"type":"order.acknowledge","data":{"order": id}}),
@@ -266,15 +267,4 @@ fn react(
         _ => {}
     }
     out
-}
-
-/// A worker's report for a category, from the same mix the requests come from.
-fn result_for(category: &str, rng: &mut Rng) -> &'static str {
-    for _ in 0..32 {
-        let r = script::request(rng);
-        if r.category == category {
-            return r.result;
-        }
-    }
-    "已到场处理，情况已解决"
 }

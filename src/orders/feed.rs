@@ -116,8 +116,9 @@ impl Feed {
         !self.subs.is_empty()
     }
 
+    /// Only while someone watches: the shell checks `watched` before it builds an item.
     pub fn publish(&mut self, item: Item) {
-        if !self.subs.is_empty() {
+        if self.watched() {
             self.dirty.insert(item.summary.id, item);
         }
     }
@@ -253,11 +254,12 @@ pub fn spawn(
                     if n == 0 {
                         return;
                     }
+                    // Most of the time nobody here watches: no lookups, no copies.
+                    if !feed.watched() {
+                        items.clear();
+                        continue;
+                    }
                     for c in items.drain(..) {
-                        // Most of the time nobody here watches: no lookups, no copies.
-                        if !feed.watched() {
-                            continue;
-                        }
                         let s = &c.summary;
                         if let (Some(node), Some(holder)) = (org.lookup(&s.node), org.lookup(&s.holder)) {
                             feed.publish(Item { summary: s.clone(), node, holder });

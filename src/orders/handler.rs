@@ -235,22 +235,25 @@ impl OrdersHandler {
 impl Handler for OrdersHandler {
     async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
         let (cmd, refused) = match self.command(&req) {
-            Ok(cmd) => (cmd, false),
+            Ok(cmd) => (cmd, None),
             // Answered in its turn like any other answer of the service: a malformed request
             // after an order still being written must not overtake that order's answer.
-            Err(e) => (
-                Cmd::Refuse {
-                    conn: req.origin.conn,
-                    error: req.error(e),
-                },
-                true,
-            ),
+            Err(e) => {
+                let code = e.code;
+                let error = req.error(e);
+                (
+                    Cmd::Refuse {
+                        conn: req.origin.conn,
+                        error,
+                    },
+                    Some(code),
+                )
+            }
         };
         self.orders.send(cmd, self.out.as_ref()).await;
-        if refused {
-            Err(Refused::InTurn)
-        } else {
-            Ok(())
+        match refused {
+            Some(code) => Err(Refused::InTurn(code)),
+            None => Ok(()),
         }
     }
 }

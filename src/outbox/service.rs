@@ -367,9 +367,10 @@ impl Service {
                 }
                 Err(e) => tracing::error!(error = %e, "outbox pruning failed"),
             },
-            Stored::Settled(done) | Stored::Stopped(done) => {
+            Stored::Settled(done) => {
                 let _ = done.send(());
             }
+            Stored::Stopped(_) => unreachable!("the run loop answers a stop before this"),
         }
     }
 
@@ -444,7 +445,7 @@ mod tests {
             .await
             .map_err(|r| match r {
                 Refused::Now(e) => e,
-                Refused::InTurn => panic!("the outbox answers refusals at once"),
+                Refused::InTurn(_) => panic!("the outbox answers refusals at once"),
             })
     }
 

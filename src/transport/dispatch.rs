@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{ProtoError, ReqId};
+use super::protocol::{ErrorCode, ProtoError, ReqId};
 use crate::auth::Role;
 use crate::org::NodeIdx;
 
@@ -84,8 +84,9 @@ pub enum Refused {
     /// The connection answers it now.
     Now(ProtoError),
     /// The service answers it in its turn, after the answers to requests before it (services
-    /// that promise answers in request order).
-    InTurn,
+    /// that promise answers in request order); the code is what it answers, for the
+    /// connection's count of errors.
+    InTurn(ErrorCode),
 }
 
 impl From<ProtoError> for Refused {

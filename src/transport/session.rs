@@ -393,9 +393,9 @@ impl Session {
             Ok(()) => {}
             Err(Refused::Now(e)) => self.error(e),
             // The service sends the answer in its turn; it counts all the same.
-            Err(Refused::InTurn) => {
+            Err(Refused::InTurn(code)) => {
                 self.transport.metrics.errors_sent.fetch_add(1, Relaxed);
-                self.count_error(ErrorCode::InvalidData)
+                self.count_error(code)
             }
         }
     }
