@@ -28,6 +28,22 @@ await page.goto(url);
 await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
 const cdp = await page.context().newCDPSession(page);
 await cdp.send('Performance.enable');
+// Presence change → drawn: from the hub's time of the change (`since`, same machine clock) to
+// the second frame after the delta arrived (the first draws the navigator). Bucketed by 5 ms up
+// to 10 s, so a long run holds a fixed amount.
+await page.evaluate(() => {
+  window.__lat = new Uint32Array(2001);
+  window.gridhub.presence.addEventListener('change', (ev) => {
+    const p = window.gridhub.presence;
+    const sinces = ev.detail.endpoints.map((id) => p.endpoints.get(id)?.since).filter(Boolean);
+    requestAnimationFrame(() =>
+      requestAnimationFrame(() => {
+        const now = Date.now();
+        for (const s of sinces) window.__lat[Math.min(2000, Math.max(0, Math.round((now - s) / 5)))]++;
+      }),
+    );
+  });
+});
 await page.evaluate(() => {
   window.__frames = 0;
   const f = () => {
@@ -72,7 +88,18 @@ while (Date.now() < end) {
   if (minute > heaps[heaps.length - 1].minute) heaps.push({ minute, ...(await heap()) });
   last = await probe();
 }
+const lat = await page.evaluate(() => Array.from(window.__lat));
 await browser.close();
+const total = lat.reduce((a, b) => a + b, 0);
+const pct = (q) => {
+  let acc = 0;
+  for (let i = 0; i < lat.length; i++) {
+    acc += lat[i];
+    if (acc >= q * total) return i * 5;
+  }
+  return NaN;
+};
+const latency = { changes: total, p50_ms: pct(0.5), p99_ms: pct(0.99), max_ms: lat.findLastIndex((n) => n > 0) * 5 };
 
 const fps = windows.map((w) => w.fps).sort((a, b) => a - b);
 const median = fps[Math.floor(fps.length / 2)];
@@ -87,6 +114,7 @@ const summary = {
   changes_applied_per_s: windows.reduce((s, w) => s + w.presence_changes_applied, 0) / (windows.length * 10),
   heap_first_mb: heaps[1]?.heap_mb ?? heaps[0].heap_mb,
   heap_last_mb: heaps[heaps.length - 1].heap_mb,
+  change_to_drawn: latency,
   heaps,
   fps_by_window: windows,
 };
@@ -96,5 +124,6 @@ console.log(
   `console ${summary.viewport} for ${minutes} min: fps min ${summary.fps_min.toFixed(1)}, median ${median.toFixed(1)}, ` +
     `${summary.fps_windows_below_30} of ${windows.length} windows under 30; presence seq advanced ${summary.changes_applied_per_s.toFixed(0)}/s; ` +
     `heap after GC ${summary.heap_first_mb.toFixed(1)} MB at minute 1 → ${summary.heap_last_mb.toFixed(1)} MB at the end; ` +
-    `DOM nodes ${heaps[1]?.nodes ?? heaps[0].nodes} → ${heaps[heaps.length - 1].nodes}`,
+    `DOM nodes ${heaps[1]?.nodes ?? heaps[0].nodes} → ${heaps[heaps.length - 1].nodes}; ` +
+    `change → drawn p50 ${latency.p50_ms} ms, p99 ${latency.p99_ms} ms, max ${latency.max_ms} ms (${latency.changes} changes)`,
 );

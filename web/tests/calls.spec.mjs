@@ -1,7 +1,7 @@
 // A video call between the video wall and a grid worker's phone, with Chromium's fake camera and
 // microphone: signaling through the hub, media browser to browser.
 import { test, expect } from '@playwright/test';
-import { TestHub, subtree } from './hub.mjs';
+import { TestHub, subtree, deviceContext } from './hub.mjs';
 
 const CITY = '230800';
 let hub;
@@ -21,9 +21,8 @@ test.afterAll(async () => {
 const frames = (page) => page.evaluate(() => window.gridhub.calls.framesReceived());
 
 test('the wall calls a worker with video: both show in_call, media flows both ways, and the record says completed', async ({ browser }) => {
-  const wallCtx = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
-  const phoneCtx = await browser.newContext({ viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true });
-  for (const c of [wallCtx, phoneCtx]) await c.grantPermissions(['camera', 'microphone']);
+  const wallCtx = await deviceContext(browser);
+  const phoneCtx = await deviceContext(browser, true);
   const wall = await wallCtx.newPage();
   const phone = await phoneCtx.newPage();
   await phone.goto(hub.link('/field', worker.id));
@@ -68,9 +67,8 @@ test('the wall calls a worker with video: both show in_call, media flows both wa
 });
 
 test('a worker calls its village station from the phone; declining is told to the caller', async ({ browser }) => {
-  const stationCtx = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
-  const phoneCtx = await browser.newContext({ viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true });
-  for (const c of [stationCtx, phoneCtx]) await c.grantPermissions(['camera', 'microphone']);
+  const stationCtx = await deviceContext(browser);
+  const phoneCtx = await deviceContext(browser, true);
   const station = await stationCtx.newPage();
   const phone = await phoneCtx.newPage();
   await station.goto(hub.link('/', worker.path[3]));

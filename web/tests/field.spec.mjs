@@ -1,17 +1,16 @@
 // The field page on a phone-sized Chromium against a real hub.
 import { test, expect } from '@playwright/test';
-import { TestHub, subtree } from './hub.mjs';
+import { TestHub, PHONE, workerOf } from './hub.mjs';
 
-test.use({ viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true });
+test.use(PHONE);
 
 const CITY = '230800';
 let hub;
 let worker;
 test.beforeAll(async () => {
   hub = await TestHub.start();
-  const tree = await subtree(hub, CITY);
-  // A grid worker of 桦南县 (Huanan): path is [city, county, township, village].
-  worker = tree.find((n) => n.tier === 'worker' && n.path[1] === '230822');
+  // A grid worker of 桦南县 (Huanan).
+  worker = await workerOf(hub, '230822');
 });
 test.afterAll(async () => {
   await hub?.stop();
@@ -34,14 +33,7 @@ async function orderFor(w, description) {
   });
   expect(created.status).toBe(201);
   const id = created.body.order.id;
-  const chain = [...w.path, w.id];
-  for (let i = 0; i + 1 < chain.length; i++) {
-    const r = await hub.api(`/api/v1/orders/${id}/dispatch`, chain[i], {
-      method: 'POST',
-      body: JSON.stringify({ to: chain[i + 1] }),
-    });
-    expect(r.status, JSON.stringify(r.body)).toBe(200);
-  }
+  await hub.dispatchDown(id, w);
   return id;
 }
 

@@ -1,14 +1,13 @@
 // An order's whole life between the city's video wall and a grid worker's phone.
 import { test, expect } from '@playwright/test';
-import { TestHub, subtree } from './hub.mjs';
+import { TestHub, PHONE, workerOf } from './hub.mjs';
 
 const CITY = '230800';
 let hub;
 let worker;
 test.beforeAll(async () => {
   hub = await TestHub.start();
-  const tree = await subtree(hub, CITY);
-  worker = tree.find((n) => n.tier === 'worker' && n.path[1] === '230822');
+  worker = await workerOf(hub, '230822');
 });
 test.afterAll(async () => {
   await hub?.stop();
@@ -16,7 +15,7 @@ test.afterAll(async () => {
 
 test('an order taken in and dispatched on the console is accepted and reported on a field page, and the board follows it to the archive', async ({ browser }) => {
   const wall = await (await browser.newContext({ viewport: { width: 1920, height: 1080 } })).newPage();
-  const phone = await (await browser.newContext({ viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true })).newPage();
+  const phone = await (await browser.newContext(PHONE)).newPage();
   await wall.goto(hub.link('/', CITY));
   await expect(wall.locator('body')).toHaveAttribute('data-ready', 'true');
   await phone.goto(hub.link('/field', worker.id));
@@ -42,11 +41,8 @@ test('an order taken in and dispatched on the console is accepted and reported o
   await expect(wall.locator(`#mine li[data-id="${id}"]`)).toHaveCount(0);
 
   // The centers below pass it on.
+  await hub.dispatchDown(id, worker, 1);
   const chain = [...worker.path, worker.id];
-  for (let i = 1; i + 1 < chain.length; i++) {
-    const r = await hub.api(`/api/v1/orders/${id}/dispatch`, chain[i], { method: 'POST', body: JSON.stringify({ to: chain[i + 1] }) });
-    expect(r.status, JSON.stringify(r.body)).toBe(200);
-  }
 
   // The worker takes it and reports, on the phone.
   const card = phone.locator(`#orders li[data-id="${id}"]`);

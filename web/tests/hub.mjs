@@ -88,6 +88,19 @@ export class TestHub {
     return t;
   }
 
+  /// Dispatches order `id` down the worker's chain of command, tier by tier, as each center
+  /// would, starting from `chain[from]` (0: the city).
+  async dispatchDown(id, worker, from = 0) {
+    const chain = [...worker.path, worker.id];
+    for (let i = from; i + 1 < chain.length; i++) {
+      const r = await this.api(`/api/v1/orders/${id}/dispatch`, chain[i], {
+        method: 'POST',
+        body: JSON.stringify({ to: chain[i + 1] }),
+      });
+      if (r.status !== 200) throw new Error(`dispatch by ${chain[i]}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+  }
+
   async stop() {
     for (const t of this.terminals) t.close();
     this.proc.kill('SIGTERM');
@@ -160,6 +173,22 @@ export class Terminal {
   close() {
     if (this.ws && this.ws.readyState <= 1) this.ws.close(1000);
   }
+}
+
+/// A phone's screen, for the field page.
+export const PHONE = { viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true };
+
+/// A browser context whose pages may use the (fake) camera and microphone: a wall, or a phone.
+export async function deviceContext(browser, phone = false) {
+  const ctx = await browser.newContext(phone ? PHONE : { viewport: { width: 1920, height: 1080 } });
+  await ctx.grantPermissions(['camera', 'microphone']);
+  return ctx;
+}
+
+/// The first grid worker of a county, from the tree as the city sees it (`path`: city, county,
+/// township, village).
+export async function workerOf(hub, county) {
+  return (await subtree(hub, '230800')).find((n) => n.tier === 'worker' && n.path[1] === county);
 }
 
 /// Terminal ids of the committed Jiamusi tree, read through the hub's own REST API.

@@ -1,22 +1,20 @@
 // A call nobody answers: the caller is told, and the worker's page keeps the missed call.
 import { test, expect } from '@playwright/test';
-import { TestHub, subtree } from './hub.mjs';
+import { TestHub, deviceContext, workerOf } from './hub.mjs';
 
 let hub;
 let worker;
 test.beforeAll(async () => {
   hub = await TestHub.start({ GRIDHUB_CALLS__RING_TIMEOUT_MS: '1500' });
-  const tree = await subtree(hub, '230800');
-  worker = tree.find((n) => n.tier === 'worker' && n.path[1] === '230826');
+  worker = await workerOf(hub, '230826');
 });
 test.afterAll(async () => {
   await hub?.stop();
 });
 
 test('an unanswered call ends as no answer for the caller and is kept as a missed call on the phone', async ({ browser }) => {
-  const wallCtx = await browser.newContext();
-  const phoneCtx = await browser.newContext({ viewport: { width: 360, height: 780 }, isMobile: true, hasTouch: true });
-  for (const c of [wallCtx, phoneCtx]) await c.grantPermissions(['camera', 'microphone']);
+  const wallCtx = await deviceContext(browser);
+  const phoneCtx = await deviceContext(browser, true);
   const wall = await wallCtx.newPage();
   const phone = await phoneCtx.newPage();
   await phone.goto(hub.link('/field', worker.id));

@@ -2,19 +2,14 @@
 // this center with the actions an operator takes, a live ticker, and intake of new requests.
 // Every action goes over the operator's own connection, scoped and refused as for any terminal.
 
-import { t, lang, nodeName, errorText } from '../lib/i18n.js';
+import { t, lang, nodeName, errorText, fmtTime } from '../lib/i18n.js';
+import { el } from '../lib/dom.js';
 
 const STEPS = ['intake', 'dispatched', 'in_progress', 'supervised', 'result_reported', 'rated', 'published', 'archived'];
 const TICKER_MAX = 40;
 const OPEN = new Set(['intake', 'dispatched', 'in_progress', 'supervised']);
 // The statistics scan the subtree's orders: at most one read every two seconds however busy.
 const REFRESH_MS = 2000;
-
-function el(tag, props = {}, ...kids) {
-  const e = Object.assign(document.createElement(tag), props);
-  e.append(...kids.filter((k) => k != null));
-  return e;
-}
 
 export class Board {
   constructor({ hub, org, me, focus, onStats, onOpen }) {
@@ -146,7 +141,7 @@ export class Board {
   renderTicker() {
     this.el.ticker.replaceChildren(
       ...this.ticker.map((o) => {
-        const time = new Date(o.updated_at).toLocaleTimeString(lang === 'en' ? 'en-GB' : 'zh-CN', { hour12: false });
+        const time = fmtTime(o.updated_at, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
         const li = el('li', {},
           el('time', { textContent: time }),
           el('span', { className: 'id', textContent: `#${o.id}` }),
@@ -178,7 +173,7 @@ export class Board {
         [t('board.source'), t(`source.${o.source}`)],
         [t('board.location'), `${this.place(o.location.node)}${o.location.address ? ` · ${o.location.address}` : ''}`],
         [t('board.holder'), nodeName(this.org.get(o.holder) || { name: o.holder })],
-        [t('field.due'), new Date(o.due_at).toLocaleString(lang === 'en' ? 'en-GB' : 'zh-CN', { hour12: false })],
+        [t('field.due'), fmtTime(o.due_at)],
         o.reporter ? [t('board.reporter'), [o.reporter.name, o.reporter.phone].filter(Boolean).join(' ')] : null,
         o.result ? [t('board.result'), o.result.text] : null,
       ]

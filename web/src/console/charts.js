@@ -3,15 +3,12 @@
 // hours, and how many calls are answered.
 
 import { t, lang, nodeName } from '../lib/i18n.js';
+import { css } from '../lib/dom.js';
 
 const SEED_COMPLETION = 97.4;
 const ONLINE_EVERY_MS = 60_000;
 const ONLINE_KEEP = 24 * 60; // a day of minutes, per browser
 const CALLS_EVERY_MS = 60_000;
-
-function css(name) {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-}
 
 export class Charts {
   constructor({ hub, org, presence, me }) {

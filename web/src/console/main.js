@@ -1,7 +1,7 @@
 // The video-wall console: signs in, connects like any terminal, watches its subtree.
 
 import { Hub } from '../lib/hub.js';
-import { t, lang, nodeName } from '../lib/i18n.js';
+import { t, lang, nodeName, fmtTime } from '../lib/i18n.js';
 import { store } from '../lib/credential.js';
 import { setupPage } from '../lib/page.js';
 import { PresenceView } from '../lib/presence.js';
@@ -32,7 +32,7 @@ window.gridhub = { hub, presence, calls, get org() { return org; }, get nav() { 
 const page = setupPage({ hub, cred });
 
 const clock = document.getElementById('clock');
-const tick = () => (clock.textContent = new Date().toLocaleString(lang === 'en' ? 'en-GB' : 'zh-CN', { hour12: false }));
+const tick = () => (clock.textContent = fmtTime(Date.now()));
 tick();
 setInterval(tick, 1000);
 

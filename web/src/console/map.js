@@ -2,6 +2,7 @@
 // by its status. Redrawn at most once a second however fast presence changes.
 
 import { t, nodeName } from '../lib/i18n.js';
+import { css } from '../lib/dom.js';
 
 // Drawn in this order, the last on top: at city scale a village's workers share a few pixels,
 // and the common states must not hide the rare ones that call for attention.
@@ -10,10 +11,6 @@ const STATUSES = ['offline', 'away', 'busy', 'online', 'in_session', 'in_call'];
 // without a GPU driver): once a second keeps the map current without eating the frames the
 // navigator and board need. The navigator follows every delta at once.
 const REDRAW_MS = 1000;
-
-function css(name) {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-}
 
 export class SituationMap {
   constructor({ el, legend, org, presence, geo }) {

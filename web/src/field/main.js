@@ -2,11 +2,12 @@
 // exactly once, surviving reloads and network drops.
 
 import { Hub, HubError } from '../lib/hub.js';
-import { t, lang, nodeName, errorText } from '../lib/i18n.js';
+import { t, lang, nodeName, errorText, fmtTime } from '../lib/i18n.js';
 import { store } from '../lib/credential.js';
 import { setupPage } from '../lib/page.js';
 import { Outbox } from '../lib/outbox.js';
 import { Calls } from '../lib/call.js';
+import { el } from '../lib/dom.js';
 
 const cred = store('field');
 const hub = new Hub({ credential: cred.get });
@@ -154,19 +155,12 @@ for (const b of document.querySelectorAll('.tabs button')) {
 
 // ---- rendering -------------------------------------------------------------------------------
 
-const fmtTime = (ms) =>
-  new Date(ms).toLocaleString(lang === 'en' ? 'en-GB' : 'zh-CN', { month: 'numeric', day: 'numeric', hour: '2-digit', minute: '2-digit', hour12: false });
+const short = (ms) => fmtTime(ms, { month: 'numeric', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 const catName = (id) => {
   const c = categories.get(id);
   return c ? (lang === 'en' ? c.name_en : c.name) : id;
 };
 const draftKey = (id, kind) => `gridhub.draft.${me.id}.${id}.${kind}`;
-
-function el(tag, props = {}, ...kids) {
-  const e = Object.assign(document.createElement(tag), props);
-  e.append(...kids.filter((k) => k != null));
-  return e;
-}
 
 function renderOrders() {
   const list = document.getElementById('orders');
@@ -198,7 +192,7 @@ function orderCard(o) {
     o.description ? el('div', { className: 'desc', textContent: o.description }) : null,
     el('div', { className: 'meta', textContent: [o.location?.address, `#${o.id}`].filter(Boolean).join(' · ') }),
     el('div', { className: 'meta' },
-      `${t('field.due')} ${fmtTime(o.due_at)}`,
+      `${t('field.due')} ${short(o.due_at)}`,
       late ? el('span', { className: 'late', textContent: ` ${t('field.late')}` }) : null),
   );
   const more = el('button', { className: 'ghost small history-toggle', type: 'button', textContent: t('field.history') });
@@ -284,7 +278,7 @@ async function showHistory(li, id, button) {
     const list = el('ol', { className: 'history' },
       ...events.map((e) => el('li', {},
         el('b', { textContent: t(`action.${e.action || 'create'}`) }),
-        ` ${fmtTime(e.at)}`,
+        ` ${short(e.at)}`,
         e.note || e.result ? ` · ${e.note || e.result}` : '')));
     button.after(list);
   } catch (e) {
@@ -327,7 +321,7 @@ function renderNotices() {
       const li = el('li', { className: 'card' },
         el('header', {}, el('span', { className: 'cat', textContent: n.title })),
         el('div', { className: 'desc', textContent: n.body }),
-        el('div', { className: 'meta', textContent: fmtTime(n.at) }));
+        el('div', { className: 'meta', textContent: short(n.at) }));
       li.dataset.id = n.id;
       return li;
     }),
@@ -407,7 +401,7 @@ function taskCard(c) {
     el('header', {}, el('span', { className: 'cat', textContent: c.title }),
       closed ? el('span', { className: 'state', textContent: t(c.done ? 'field.done' : 'field.task_closed') }) : null),
     el('div', { className: 'desc', textContent: c.instructions || '' }),
-    el('div', { className: 'counts', textContent: `${t('field.recorded')} ${c.recorded || 0}${c.due_at ? ` · ${t('field.due')} ${fmtTime(c.due_at)}` : ''}` }));
+    el('div', { className: 'counts', textContent: `${t('field.recorded')} ${c.recorded || 0}${c.due_at ? ` · ${t('field.due')} ${short(c.due_at)}` : ''}` }));
   if (closed) return li;
   const key = el('input', { placeholder: t('field.household'), required: true, maxLength: 64, name: 'key' });
   const persons = el('input', { placeholder: t('field.persons'), type: 'number', min: 0, max: 99, name: 'persons' });

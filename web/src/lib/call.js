@@ -3,12 +3,7 @@
 // One call at a time, as the hub allows; the window is built here so both pages share it.
 
 import { t, nodeName, errorText } from './i18n.js';
-
-function el(tag, props = {}, ...kids) {
-  const e = Object.assign(document.createElement(tag), props);
-  e.append(...kids.filter((k) => k != null));
-  return e;
-}
+import { el } from './dom.js';
 
 export class Calls extends EventTarget {
   /// `where(peer)` names where a peer is (the console knows the tree), or ''.

@@ -380,6 +380,11 @@ export function t(key) {
   return tables[lang][key] ?? zh[key] ?? key;
 }
 
+/// A time in the user's language, 24-hour clock.
+export function fmtTime(ms, opts = {}) {
+  return new Date(ms).toLocaleString(lang === 'en' ? 'en-GB' : 'zh-CN', { hour12: false, ...opts });
+}
+
 /// A node's display name in the current language.
 export function nodeName(n) {
   return lang === 'en' && n.name_en ? n.name_en : n.name;
