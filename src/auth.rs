@@ -1,4 +1,8 @@
-//! auth — terminal credentials: HS256 JWTs naming an endpoint and a role.
+//! auth — terminal credentials: HS256 JWTs naming an endpoint, a role and a seat.
+//!
+//! A command center is one node of the org tree with several terminals at it — a video wall,
+//! operator desks, the station PC — so a credential names a seat at its node: each seat is its
+//! own connection, and a newer connection replaces an older one of the same seat only.
 //!
 //! Time is an input: `verify` takes `now` rather than reading the clock, so expiry is tested
 //! without sleeping. The key comes from config (`auth.secret`) or a key file created on first run.
@@ -20,6 +24,9 @@ pub enum Role {
     Station,
     /// A grid worker's phone: sees itself and its chain of command.
     Worker,
+    /// A video wall at a center: sees the center's whole subtree, takes part in nothing (it is
+    /// not rung, places no calls and acts on no order).
+    Observer,
 }
 
 impl Role {
@@ -28,6 +35,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Station => "station",
             Role::Worker => "worker",
+            Role::Observer => "observer",
         }
     }
 
@@ -46,6 +54,85 @@ impl Role {
     }
 }
 
+/// A seat at a node: `main` unless the credential names another. 1 to 15 characters of
+/// `a-z 0-9 - _`, kept inline so that routing targets stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seat {
+    len: u8,
+    bytes: [u8; Seat::MAX],
+}
+
+impl Seat {
+    pub const MAX: usize = 15;
+    pub const MAIN: Seat = Seat {
+        len: 4,
+        bytes: *b"main\0\0\0\0\0\0\0\0\0\0\0",
+    };
+
+    pub fn parse(s: &str) -> Result<Seat, String> {
+        let ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_');
+        if s.is_empty() || s.len() > Seat::MAX || !s.as_bytes().iter().all(ok) {
+            return Err(format!(
+                "seat {s:?} must be 1 to {} characters of a-z, 0-9, - and _",
+                Seat::MAX
+            ));
+        }
+        let mut bytes = [0; Seat::MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Seat {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (see `parse`).
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("main")
+    }
+
+    pub fn is_main(&self) -> bool {
+        *self == Seat::MAIN
+    }
+}
+
+impl Default for Seat {
+    fn default() -> Seat {
+        Seat::MAIN
+    }
+}
+
+impl std::fmt::Display for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seat({})", self.as_str())
+    }
+}
+
+impl std::str::FromStr for Seat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Seat, String> {
+        Seat::parse(s)
+    }
+}
+
+impl Serialize for Seat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Seat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Seat, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Seat::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 const ISSUER: &str = "gridhub";
 
 /// What a token is for: a credential (no `use` claim), or a connection ticket.
@@ -55,6 +142,8 @@ const TICKET: &str = "ws_ticket";
 struct Claims {
     sub: String,
     role: Role,
+    #[serde(default, skip_serializing_if = "Seat::is_main")]
+    seat: Seat,
     iat: u64,
     exp: u64,
     iss: String,
@@ -69,11 +158,28 @@ struct Claims {
     cexp: Option<u64>,
 }
 
+impl Claims {
+    fn credential(endpoint: &str, role: Role, iat: u64, exp: u64) -> Claims {
+        Claims {
+            sub: endpoint.to_owned(),
+            role,
+            seat: Seat::MAIN,
+            iat,
+            exp,
+            iss: ISSUER.to_owned(),
+            purpose: None,
+            jti: None,
+            cexp: None,
+        }
+    }
+}
+
 /// A verified credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Credential {
     pub endpoint: NodeIdx,
     pub role: Role,
+    pub seat: Seat,
     /// Unix seconds after which the credential is no longer accepted.
     pub expires_at: u64,
 }
@@ -216,8 +322,24 @@ impl Authority {
         ttl_secs: u64,
         now: u64,
     ) -> Result<String, MintError> {
+        self.mint_seat(org, endpoint, role, Seat::MAIN, ttl_secs, now)
+    }
+
+    /// A credential for one seat at `endpoint`.
+    pub fn mint_seat(
+        &self,
+        org: &Org,
+        endpoint: &str,
+        role: Role,
+        seat: Seat,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<String, MintError> {
         resolve(org, endpoint, role)?;
-        self.mint_unchecked(endpoint, role, now, now + ttl_secs)
+        self.sign(&Claims {
+            seat,
+            ..Claims::credential(endpoint, role, now, now + ttl_secs)
+        })
     }
 
     /// Signs whatever it is given; tests use it to make credentials the hub must refuse.
@@ -228,17 +350,7 @@ impl Authority {
         iat: u64,
         exp: u64,
     ) -> Result<String, MintError> {
-        let claims = Claims {
-            sub: endpoint.to_owned(),
-            role,
-            iat,
-            exp,
-            iss: ISSUER.to_owned(),
-            purpose: None,
-            jti: None,
-            cexp: None,
-        };
-        self.sign(&claims)
+        self.sign(&Claims::credential(endpoint, role, iat, exp))
     }
 
     fn sign(&self, claims: &Claims) -> Result<String, MintError> {
@@ -262,6 +374,7 @@ impl Authority {
         let claims = Claims {
             sub: org.id(cred.endpoint).to_string(),
             role: cred.role,
+            seat: cred.seat,
             iat: now,
             exp,
             iss: ISSUER.to_owned(),
@@ -320,6 +433,7 @@ impl Authority {
         Ok(Credential {
             endpoint,
             role: c.role,
+            seat: c.seat,
             expires_at: c.exp,
         })
     }
@@ -408,6 +522,7 @@ mod tests {
         let cred = Credential {
             endpoint: org.lookup("a").unwrap(),
             role: Role::Operator,
+            seat: Seat::parse("desk-2").unwrap(),
             expires_at: 10_000,
         };
         let (t, exp) = auth.mint_ticket(&org, &cred, 30, 1000).unwrap();
@@ -439,6 +554,32 @@ mod tests {
             ..cred
         };
         assert_eq!(auth.mint_ticket(&org, &short, 30, 1000).unwrap().1, 1010);
+    }
+
+    #[test]
+    fn seats_are_named_checked_and_default_to_main() {
+        let (org, auth) = (org(), Authority::new(KEY).unwrap());
+        let plain = auth.mint(&org, "a", Role::Station, 60, 1000).unwrap();
+        assert_eq!(auth.verify(&org, &plain, 1000).unwrap().seat, Seat::MAIN);
+        let wall = Seat::parse("wall").unwrap();
+        let tok = auth
+            .mint_seat(&org, "a", Role::Observer, wall, 60, 1000)
+            .unwrap();
+        let cred = auth.verify(&org, &tok, 1000).unwrap();
+        assert_eq!((cred.role, cred.seat.as_str()), (Role::Observer, "wall"));
+        assert!(matches!(
+            auth.mint_seat(&org, "w1", Role::Observer, wall, 60, 0),
+            Err(MintError::Refused(AuthError::RoleNotAllowed { .. }))
+        ));
+        for bad in ["", "Desk", "desk 2", "a-very-long-seat-name", "桌"] {
+            assert!(Seat::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Seat::parse("desk_2-a").unwrap().to_string(), "desk_2-a");
+        assert_eq!(
+            serde_json::to_string(&wall).unwrap(),
+            "\"wall\"",
+            "a seat is a plain string on the wire"
+        );
     }
 
     #[test]

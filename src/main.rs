@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use gridhub::auth::{Authority, Role};
+use gridhub::auth::{Authority, Role, Seat};
 use gridhub::config::Config;
 use gridhub::org::{Org, Preset};
 
@@ -50,9 +50,13 @@ enum Command {
         /// The terminal's node id, e.g. 230805 (东风区) or 230805007001-01 (a grid worker).
         #[arg(long)]
         endpoint: String,
-        /// Default: operator at a center, worker at a worker node.
+        /// Default: operator at a center, worker at a worker node. `observer` for a video wall.
         #[arg(long, value_enum)]
         role: Option<Role>,
+        /// Which of the terminals at the node this is (a center's wall, desks and station PC
+        /// each have one): 1 to 15 of a-z, 0-9, - and _.
+        #[arg(long, default_value = "main")]
+        seat: Seat,
         /// Lifetime in seconds (default: auth.default_ttl_secs).
         #[arg(long)]
         ttl: Option<u64>,
@@ -107,6 +111,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Token {
             endpoint,
             role,
+            seat,
             ttl,
         } => {
             let config = load_config(cli.config.as_deref())?;
@@ -122,7 +127,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let auth = Authority::new(&secret)?;
             let ttl = ttl.unwrap_or(config.auth.default_ttl_secs);
             let token = auth
-                .mint(&org, &endpoint, role, ttl, gridhub::clock::now_ms() / 1000)
+                .mint_seat(
+                    &org,
+                    &endpoint,
+                    role,
+                    seat,
+                    ttl,
+                    gridhub::clock::now_ms() / 1000,
+                )
                 .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
@@ -178,24 +190,26 @@ async fn demo(config: Config, opts: gridhub::demo::DemoOptions) -> Result<(), St
     let running = gridhub::demo::start(config, &opts, stop.clone()).await?;
     let hub = &running.hub;
     let base = format!("http://{}", running.addr);
-    let link = |path: &str, id: &str| -> Result<String, String> {
+    let seat = |path: &str, id: &str, role: Option<Role>, seat: &str| -> Result<String, String> {
         let idx = hub
             .org
             .lookup(id)
             .ok_or_else(|| format!("{id} is not in the tree"))?;
-        let role = Role::default_for(hub.org.tier(idx));
+        let role = role.unwrap_or_else(|| Role::default_for(hub.org.tier(idx)));
         let token = hub
             .authority
-            .mint(
+            .mint_seat(
                 &hub.org,
                 id,
                 role,
+                Seat::parse(seat)?,
                 hub.config.auth.default_ttl_secs,
                 gridhub::clock::now_ms() / 1000,
             )
             .map_err(|e| e.to_string())?;
         Ok(format!("{base}{path}#credential={token}"))
     };
+    let link = |path: &str, id: &str| seat(path, id, None, "main");
     let worker = (0..hub.org.len() as u32)
         .map(gridhub::org::NodeIdx)
         .find(|&i| hub.org.tier(i) == gridhub::org::Tier::Worker)
@@ -203,6 +217,10 @@ async fn demo(config: Config, opts: gridhub::demo::DemoOptions) -> Result<(), St
         .unwrap_or_default();
     println!("gridhub demo listening on {base}");
     println!("  city console (佳木斯市):     {}", link("/", "230800")?);
+    println!(
+        "  city video wall (observer):  {}",
+        seat("/", "230800", Some(Role::Observer), "wall")?
+    );
     println!("  county console (东风区):     {}", link("/", "230805")?);
     println!("  field page ({worker}): {}", link("/field", &worker)?);
     println!(

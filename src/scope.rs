@@ -10,7 +10,7 @@ use crate::org::{NodeIdx, Org};
 pub fn can_watch_subtree(org: &Org, who: &Credential, node: NodeIdx) -> bool {
     match who.role {
         Role::Worker => node == who.endpoint,
-        Role::Operator | Role::Station => org.contains(who.endpoint, node),
+        Role::Operator | Role::Station | Role::Observer => org.contains(who.endpoint, node),
     }
 }
 
@@ -30,6 +30,7 @@ mod tests {
         let op = Credential {
             endpoint: id("a"),
             role: Role::Operator,
+            seat: crate::auth::Seat::MAIN,
             expires_at: 0,
         };
         assert!(can_watch_subtree(&org, &op, id("a")));
@@ -40,6 +41,7 @@ mod tests {
         let w = Credential {
             endpoint: id("w1"),
             role: Role::Worker,
+            seat: crate::auth::Seat::MAIN,
             expires_at: 0,
         };
         assert!(can_watch_subtree(&org, &w, id("w1")));

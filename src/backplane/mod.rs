@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 pub use self::bus::{Bus, Topic};
 use self::wire::{OriginWire, Wire};
-use crate::auth::Role;
+use crate::auth::{Role, Seat};
 use crate::org::{NodeId, NodeIdx, Org};
 use crate::telemetry::Metrics;
 use crate::transport::conn::Conn;
@@ -46,8 +46,36 @@ use crate::transport::registry::Registry;
 pub enum To {
     /// One connection, on whichever node holds it (replies, subscription pushes).
     Conn(ConnKey),
-    /// A terminal, wherever it is connected now (call signaling).
+    /// Every seat of a terminal, wherever each is connected now.
     Terminal(NodeIdx),
+    /// Every seat that takes part, not the observers (a call ringing at a center's desks).
+    Acting(NodeIdx),
+    /// One seat of a terminal, wherever it is connected now (a call's party).
+    Seat(NodeIdx, Seat),
+    /// Every seat that takes part but one (the desks that did not answer).
+    OtherSeats(NodeIdx, Seat),
+}
+
+/// Which seats of a terminal a frame is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pick {
+    #[default]
+    All,
+    Acting,
+    Seat(Seat),
+    Others(Seat),
+}
+
+impl Pick {
+    pub fn takes(self, seat: Seat, role: Role) -> bool {
+        match self {
+            Pick::All => true,
+            Pick::Acting => role != Role::Observer,
+            Pick::Seat(s) => s == seat,
+            Pick::Others(s) => s != seat && role != Role::Observer,
+        }
+    }
 }
 
 /// Who writes it to the socket.
@@ -61,12 +89,16 @@ pub enum Via {
     Post,
 }
 
-/// A terminal's live connection, as the directory knows it.
+/// A live connection of a terminal (one of its seats), as the directory knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Located {
     pub conn: ConnKey,
     pub role: Role,
+    pub seat: Seat,
 }
+
+/// A terminal's connected seats, across the cluster; nearly always one.
+pub type Located1 = smallvec::SmallVec<[Located; 1]>;
 
 impl Located {
     pub fn hub(&self) -> HubId {
@@ -99,11 +131,15 @@ pub enum TerminalNews {
         ep: NodeId,
         conn: ConnKey,
         role: Role,
+        #[serde(default)]
+        seat: Seat,
         at: u64,
     },
     Left {
         ep: NodeId,
         conn: ConnKey,
+        #[serde(default)]
+        seat: Seat,
         at: u64,
     },
 }
@@ -127,8 +163,8 @@ pub trait Outbound: Send + Sync + 'static {
     fn leave(&self, group: &Group, conn: ConnKey);
     /// Sends to every member of the group, on every node.
     fn to_group(&self, group: &Group, frame: &Bytes);
-    /// The terminal's live connection, if it is connected anywhere.
-    fn locate(&self, ep: NodeIdx) -> Option<Located>;
+    /// The terminal's live connections (one per seat), wherever they are.
+    fn seats(&self, ep: NodeIdx) -> Located1;
     /// Whether connection `conn` may still be open: false once it is known to have closed. A
     /// subscription asked for just before its connection closed may be decided after the
     /// connection's goodbye; it is dropped rather than kept for a connection that is gone.
@@ -222,20 +258,14 @@ impl Groups {
     }
 }
 
-/// Where a terminal's connection is: on this node, or on another one.
-enum Found {
-    Here(Arc<Conn>),
-    There(HubId),
-}
-
 /// This node's side of the backplane.
 pub struct Backplane {
     hub: HubId,
     org: Arc<Org>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// Every connected terminal of the cluster and where it is.
-    directory: DashMap<NodeIdx, Located>,
+    /// Every connected terminal of the cluster: its seats and where each is.
+    directory: DashMap<NodeIdx, Located1>,
     groups: Mutex<Groups>,
     bus: Bus,
     link: Option<Arc<dyn Link>>,
@@ -302,18 +332,59 @@ impl Backplane {
         }
     }
 
-    /// Where a terminal's live connection is. Alone, this node needs no directory: its own
-    /// registry is the whole truth (and one lookup on the relay's hot path, not two).
-    fn find(&self, ep: NodeIdx) -> Option<Found> {
+    /// The other nodes holding seats of `ep` that `pick` takes, each once. Alone, this node
+    /// needs no directory: its own registry is the whole truth (and one lookup on the relay's
+    /// hot path, not two).
+    fn elsewhere(&self, ep: NodeIdx, pick: Pick) -> smallvec::SmallVec<[HubId; 1]> {
+        let mut hubs = smallvec::SmallVec::new();
         if self.link.is_none() {
-            return self.registry.get(ep).map(Found::Here);
+            return hubs;
         }
-        let l = self.locate(ep)?;
-        if l.hub() == self.hub {
-            self.registry.get(ep).map(Found::Here)
-        } else {
-            Some(Found::There(l.hub()))
+        if let Some(seats) = self.directory.get(&ep) {
+            for l in seats.iter().filter(|l| pick.takes(l.seat, l.role)) {
+                if l.hub() != self.hub && !hubs.contains(&l.hub()) {
+                    hubs.push(l.hub());
+                }
+            }
         }
+        hubs
+    }
+
+    /// Writes `frame` to the seats of `ep` on this node that `pick` takes.
+    fn to_seats_here(&self, ep: NodeIdx, pick: Pick, frame: &Bytes, via: Via) {
+        self.registry.each_seat(ep, |c| {
+            if pick.takes(c.seat, c.role) {
+                Self::write(c, frame, via);
+            }
+        });
+    }
+
+    /// Sends to the seats of `ep` that `pick` takes, here and on every node holding one; the
+    /// text crosses to each such node once.
+    fn to_terminal(&self, ep: NodeIdx, pick: Pick, frame: &Bytes, via: Via) {
+        self.to_seats_here(ep, pick, frame, via);
+        for hub in self.elsewhere(ep, pick) {
+            self.over_link(
+                hub,
+                Wire::Terminal {
+                    ep: self.org.id(ep).clone(),
+                    pick,
+                    via,
+                    text: frame::text_of(frame),
+                },
+            );
+        }
+    }
+
+    /// Offers outbox message `seq` to every seat of `ep` on this node that has resumed; the
+    /// frame is built once, for the first that takes it.
+    fn offer_here(&self, ep: NodeIdx, seq: u64, payload: &str) {
+        let mut frame = None;
+        self.registry.each_seat(ep, |c| {
+            if c.outbox_offer(seq) {
+                c.send(frame.get_or_insert_with(|| outbox_frame(seq, payload)));
+            }
+        });
     }
 
     fn write(conn: &Conn, frame: &Bytes, via: Via) {
@@ -323,39 +394,51 @@ impl Backplane {
         };
     }
 
-    /// Keeps the directory in step with the news, newest connection first.
+    /// Keeps the directory in step with the news: per seat, the newest connection.
     fn apply(&self, news: &TerminalNews) {
         match news {
-            TerminalNews::Joined { ep, conn, role, .. } => {
+            TerminalNews::Joined {
+                ep,
+                conn,
+                role,
+                seat,
+                ..
+            } => {
                 if let Some(ep) = self.org.lookup(ep.as_str()) {
-                    let mut e = self.directory.entry(ep).or_insert(Located {
+                    let new = Located {
                         conn: *conn,
                         role: *role,
-                    });
-                    if e.conn < *conn {
-                        *e = Located {
-                            conn: *conn,
-                            role: *role,
-                        };
+                        seat: *seat,
+                    };
+                    let mut seats = self.directory.entry(ep).or_default();
+                    match seats.iter_mut().find(|l| l.seat == *seat) {
+                        Some(l) if l.conn < *conn => *l = new,
+                        Some(_) => {}
+                        None => seats.push(new),
                     }
                 }
             }
             TerminalNews::Left { ep, conn, .. } => {
-                if let Some(ep) = self.org.lookup(ep.as_str()) {
-                    self.directory.remove_if(&ep, |_, l| l.conn == *conn);
+                if let Some(ep) = self.org.lookup(ep.as_str())
+                    && let dashmap::Entry::Occupied(mut e) = self.directory.entry(ep)
+                {
+                    e.get_mut().retain(|l| l.conn != *conn);
+                    if e.get().is_empty() {
+                        e.remove();
+                    }
                 }
             }
         }
     }
 
-    /// One connection per terminal, across nodes too: a terminal that connected again on another
-    /// node closes its older connection here, as a second connection on this node would.
+    /// One connection per seat, across nodes too: a seat that connected again on another node
+    /// closes its older connection here, as a second connection on this node would.
     fn replaced_elsewhere(&self, news: &TerminalNews) {
-        if let TerminalNews::Joined { ep, conn, .. } = news
+        if let TerminalNews::Joined { ep, conn, seat, .. } = news
             && let Some(c) = self
                 .org
                 .lookup(ep.as_str())
-                .and_then(|e| self.registry.get(e))
+                .and_then(|e| self.registry.seat(e, *seat))
             && c.key < *conn
         {
             c.close(crate::transport::conn::Close::Replaced);
@@ -383,23 +466,19 @@ impl Backplane {
                     Self::write(&c, &frame::text(text.as_bytes()), via);
                 }
             }
-            Wire::Terminal { ep, via, text } => {
-                if let Some(c) = self
-                    .org
-                    .lookup(ep.as_str())
-                    .and_then(|e| self.registry.get(e))
-                {
-                    Self::write(&c, &frame::text(text.as_bytes()), via);
+            Wire::Terminal {
+                ep,
+                pick,
+                via,
+                text,
+            } => {
+                if let Some(ep) = self.org.lookup(ep.as_str()) {
+                    self.to_seats_here(ep, pick, &frame::text(text.as_bytes()), via);
                 }
             }
             Wire::Offer { ep, seq, payload } => {
-                if let Some(c) = self
-                    .org
-                    .lookup(ep.as_str())
-                    .and_then(|e| self.registry.get(e))
-                    && c.outbox_offer(seq)
-                {
-                    c.send(&outbox_frame(seq, &payload));
+                if let Some(ep) = self.org.lookup(ep.as_str()) {
+                    self.offer_here(ep, seq, &payload);
                 }
             }
             Wire::Resumed { conn, upto } => {
@@ -452,6 +531,7 @@ impl Backplane {
                 conn: o.conn,
                 endpoint,
                 role: o.role,
+                seat: o.seat,
                 expires_at: o.expires_at,
             },
             id,
@@ -497,36 +577,24 @@ impl Outbound for Backplane {
                     text: frame::text_of(frame),
                 },
             ),
-            To::Terminal(ep) => match self.find(ep) {
-                Some(Found::Here(c)) => Self::write(&c, frame, via),
-                Some(Found::There(hub)) => self.over_link(
-                    hub,
-                    Wire::Terminal {
-                        ep: self.org.id(ep).clone(),
-                        via,
-                        text: frame::text_of(frame),
-                    },
-                ),
-                None => {}
-            },
+            To::Terminal(ep) => self.to_terminal(ep, Pick::All, frame, via),
+            To::Acting(ep) => self.to_terminal(ep, Pick::Acting, frame, via),
+            To::Seat(ep, seat) => self.to_terminal(ep, Pick::Seat(seat), frame, via),
+            To::OtherSeats(ep, seat) => self.to_terminal(ep, Pick::Others(seat), frame, via),
         }
     }
 
     fn offer(&self, ep: NodeIdx, seq: u64, payload: &str) {
-        match self.find(ep) {
-            Some(Found::Here(c)) if c.outbox_offer(seq) => {
-                c.send(&outbox_frame(seq, payload));
-            }
-            Some(Found::Here(_)) => {}
-            Some(Found::There(hub)) => self.over_link(
+        self.offer_here(ep, seq, payload);
+        for hub in self.elsewhere(ep, Pick::All) {
+            self.over_link(
                 hub,
                 Wire::Offer {
                     ep: self.org.id(ep).clone(),
                     seq,
                     payload: payload.into(),
                 },
-            ),
-            None => {}
+            );
         }
     }
 
@@ -584,8 +652,11 @@ impl Outbound for Backplane {
         }
     }
 
-    fn locate(&self, ep: NodeIdx) -> Option<Located> {
-        self.directory.get(&ep).map(|l| *l)
+    fn seats(&self, ep: NodeIdx) -> Located1 {
+        self.directory
+            .get(&ep)
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     fn alive(&self, conn: ConnKey) -> bool {
@@ -605,6 +676,7 @@ impl Lifecycle for Backplane {
             ep: self.org.id(o.endpoint).clone(),
             conn: o.conn,
             role: o.role,
+            seat: o.seat,
             at,
         };
         self.apply(&news);
@@ -616,6 +688,7 @@ impl Lifecycle for Backplane {
         let news = TerminalNews::Left {
             ep: self.org.id(o.endpoint).clone(),
             conn: o.conn,
+            seat: o.seat,
             at,
         };
         self.apply(&news);
@@ -649,6 +722,7 @@ impl Handler for Forward {
                     conn: o.conn,
                     endpoint: self.backplane.org.id(o.endpoint).clone(),
                     role: o.role,
+                    seat: o.seat,
                     expires_at: o.expires_at,
                 },
                 id: req.id,

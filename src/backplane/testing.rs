@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{Bus, ConnKey, Group, Located, Outbound, To, Via};
+use super::{Bus, ConnKey, Group, Located, Located1, Outbound, To, Via};
 use crate::org::NodeIdx;
 use crate::transport::frame;
 
@@ -36,7 +36,7 @@ impl Sent {
 #[derive(Default)]
 pub struct Recorder {
     sent: Mutex<Vec<Sent>>,
-    directory: Mutex<HashMap<NodeIdx, Located>>,
+    directory: Mutex<HashMap<NodeIdx, Located1>>,
     closed: Mutex<Vec<ConnKey>>,
     bus: Bus,
 }
@@ -46,13 +46,21 @@ impl Recorder {
         Recorder::default()
     }
 
-    /// Says a terminal is connected (or not, with `None`).
+    /// Says a terminal is connected at one seat (or not at all, with `None`).
     pub fn place(&self, ep: NodeIdx, at: Option<Located>) {
         let mut d = self.directory.lock().unwrap();
         match at {
-            Some(l) => d.insert(ep, l),
+            Some(l) => d.insert(ep, smallvec::smallvec![l]),
             None => d.remove(&ep),
         };
+    }
+
+    /// Says a terminal is connected at these seats.
+    pub fn place_seats(&self, ep: NodeIdx, seats: &[Located]) {
+        self.directory
+            .lock()
+            .unwrap()
+            .insert(ep, seats.iter().copied().collect());
     }
 
     /// Says connection `conn` has closed.
@@ -122,8 +130,13 @@ impl Outbound for Recorder {
         });
     }
 
-    fn locate(&self, ep: NodeIdx) -> Option<Located> {
-        self.directory.lock().unwrap().get(&ep).copied()
+    fn seats(&self, ep: NodeIdx) -> Located1 {
+        self.directory
+            .lock()
+            .unwrap()
+            .get(&ep)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn alive(&self, conn: ConnKey) -> bool {

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Group, Via};
-use crate::auth::Role;
+use super::{Group, Pick, Via};
+use crate::auth::{Role, Seat};
 use crate::org::NodeId;
 use crate::transport::dispatch::ConnKey;
 use crate::transport::protocol::ReqId;
@@ -15,6 +15,8 @@ pub struct OriginWire {
     pub conn: ConnKey,
     pub endpoint: NodeId,
     pub role: Role,
+    #[serde(default)]
+    pub seat: Seat,
     pub expires_at: u64,
 }
 
@@ -27,9 +29,11 @@ pub enum Wire {
         via: Via,
         text: String,
     },
-    /// A message for a terminal connected to the receiving node.
+    /// A message for the seats of a terminal connected to the receiving node.
     Terminal {
         ep: NodeId,
+        #[serde(default)]
+        pick: Pick,
         via: Via,
         text: String,
     },
@@ -84,6 +88,12 @@ mod tests {
                 via: Via::Post,
                 text: r#"{"v":1}"#.into(),
             },
+            Wire::Terminal {
+                ep: NodeId::parse("230805").unwrap(),
+                pick: Pick::Others(Seat::MAIN),
+                via: Via::Write,
+                text: "{}".into(),
+            },
             Wire::Offer {
                 ep: NodeId::parse("230805007").unwrap(),
                 seq: 3,
@@ -98,6 +108,7 @@ mod tests {
                     conn: 5,
                     endpoint: NodeId::parse("230805").unwrap(),
                     role: Role::Operator,
+                    seat: Seat::parse("desk-2").unwrap(),
                     expires_at: 99,
                 },
                 id: Some(ReqId::Num(4)),

@@ -8,6 +8,10 @@
 //!              └─ ring timeout ─▶ ended (no_answer): a missed call for the callee
 //! ```
 //!
+//! A terminal may have several seats (a center's desks): a call to it rings every seat, the
+//! first to answer takes it and the others hear it was answered elsewhere; from then on each
+//! party is one seat, and only that seat's connection counts for the call.
+//!
 //! The hub relays SDP and ICE candidates between the two parties only, in order, and keeps the
 //! negotiation honest: an answer needs an offer from the other side; when offers cross, the
 //! caller's wins. When two terminals invite each other, the call from the lower node wins.
@@ -17,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Role;
+use crate::auth::{Role, Seat};
 use crate::org::{NodeIdx, Org};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,8 +129,49 @@ impl Party {
 pub struct Terminal {
     pub node: NodeIdx,
     pub role: Role,
+    /// The seat placing the call (a callee's seat is chosen when one answers).
+    pub seat: Seat,
     /// Its live connection (keys grow with each new connection on a hub node); `None`: off line.
+    /// A callee's is its newest seat's.
     pub conn: Option<u64>,
+}
+
+/// Who sent a request: a seat of a terminal, on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Who {
+    pub node: NodeIdx,
+    pub seat: Seat,
+    pub conn: u64,
+}
+
+impl From<NodeIdx> for Who {
+    /// The terminal's `main` seat (a terminal with one seat).
+    fn from(node: NodeIdx) -> Who {
+        Who {
+            node,
+            seat: Seat::MAIN,
+            conn: 0,
+        }
+    }
+}
+
+/// Where a message for a party goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Every seat of the terminal: a call not yet answered rings at all of them.
+    Every(NodeIdx),
+    /// The seat that placed or answered the call.
+    Seat(NodeIdx, Seat),
+    /// Every seat but the one that answered.
+    AllBut(NodeIdx, Seat),
+}
+
+impl Dest {
+    pub fn node(self) -> NodeIdx {
+        match self {
+            Dest::Every(n) | Dest::Seat(n, _) | Dest::AllBut(n, _) => n,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -152,6 +197,8 @@ pub struct Call {
     /// about an older or the same connection is stale: a terminal's `connected` can reach the
     /// service after an invite that already found that connection.
     conns: [u64; 2],
+    /// The seat each party is (the callee's is chosen by answering).
+    seats: [Option<Seat>; 2],
 }
 
 impl Call {
@@ -173,7 +220,21 @@ impl Call {
             away: None,
             gone: [false; 2],
             conns: [0; 2],
+            seats: [Some(Seat::MAIN), None],
         }
+    }
+
+    /// Where messages for party `p` go: its seat, or every seat of a callee not yet answered.
+    fn dest(&self, p: Party) -> Dest {
+        match self.seats[p as usize] {
+            Some(s) => Dest::Seat(self.node(p), s),
+            None => Dest::Every(self.node(p)),
+        }
+    }
+
+    /// The seat a party is, once known.
+    pub fn seat(&self, p: Party) -> Option<Seat> {
+        self.seats[p as usize]
     }
 
     fn node(&self, p: Party) -> NodeIdx {
@@ -183,7 +244,16 @@ impl Call {
         }
     }
 
-    fn party(&self, n: NodeIdx) -> Option<Party> {
+    /// The party `who` is: its terminal's, unless the party is another seat of it.
+    fn party(&self, who: Who) -> Option<Party> {
+        let p = self.party_of(who.node)?;
+        match self.seats[p as usize] {
+            Some(s) if s != who.seat => None,
+            _ => Some(p),
+        }
+    }
+
+    fn party_of(&self, n: NodeIdx) -> Option<Party> {
         if n == self.caller {
             Some(Party::Caller)
         } else if n == self.callee {
@@ -225,6 +295,10 @@ pub const MAX_CANDIDATE_BYTES: usize = 2048;
 /// A message for one party.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Msg {
+    /// To the seats that rang but did not answer: another seat of their terminal took it.
+    AnsweredElsewhere {
+        call: CallId,
+    },
     Incoming {
         call: CallId,
         from: NodeIdx,
@@ -274,7 +348,7 @@ pub enum Msg {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     Send {
-        to: NodeIdx,
+        to: Dest,
         msg: Msg,
     },
     /// Whether a terminal is in an active call (presence shows `in_call`).
@@ -345,13 +419,15 @@ pub struct Rules {
     pub operator_max_calls: usize,
 }
 
-/// Who may call whom: an operator anyone in its subtree or its chain of command; stations and
-/// workers their chain of command.
+/// Who may call whom: an operator or a station anyone in its subtree or its chain of command
+/// (a village station calls its own grid workers); a worker its chain of command; an observer
+/// (a video wall) nobody.
 pub fn may_call(org: &Org, caller: NodeIdx, role: Role, callee: NodeIdx) -> bool {
     let chain = org.ancestors(caller).any(|a| a == callee);
     match role {
-        Role::Operator => chain || org.contains(caller, callee),
-        Role::Station | Role::Worker => chain,
+        Role::Operator | Role::Station => chain || org.contains(caller, callee),
+        Role::Worker => chain,
+        Role::Observer => false,
     }
 }
 
@@ -443,10 +519,10 @@ impl Calls {
             return Err(CallError::Invalid("a terminal cannot call itself".into()));
         }
         if !may_call(&self.org, caller, role, callee) {
-            let allowed = if role == Role::Operator {
-                "its subtree and its chain of command"
-            } else {
-                "its chain of command"
+            let allowed = match role {
+                Role::Operator | Role::Station => "its subtree and its chain of command",
+                Role::Worker => "its chain of command",
+                Role::Observer => "nobody: an observer seat (a video wall) watches only",
             };
             return Err(CallError::OutOfScope(format!(
                 "{} may call only {allowed}; {} is neither",
@@ -500,11 +576,12 @@ impl Calls {
         let call = Call {
             offer_from: offer.is_some().then_some(Party::Caller),
             conns: [from.conn.unwrap_or(0), callee_conn],
+            seats: [Some(from.seat), None],
             ..Call::new(id, caller, callee, media, now)
         };
         effects.push(Effect::Record(call.clone()));
         effects.push(Effect::Send {
-            to: callee,
+            to: Dest::Every(callee),
             msg: Msg::Incoming {
                 call: id,
                 from: caller,
@@ -548,7 +625,7 @@ impl Calls {
     }
 
     /// The call and the sender's side of it, if the call is live.
-    fn live(&self, id: CallId, who: NodeIdx) -> Result<(&Call, Party), CallError> {
+    fn live(&self, id: CallId, who: Who) -> Result<(&Call, Party), CallError> {
         let c = self.calls.get(&id).ok_or(CallError::NotFound(id))?;
         let p = c.party(who).ok_or(CallError::NotAParty(id))?;
         if c.phase == Phase::Ended {
@@ -557,16 +634,24 @@ impl Calls {
         Ok((c, p))
     }
 
-    /// The callee's device is ringing.
-    pub fn ring(&mut self, who: NodeIdx, id: CallId, now: u64) -> Result<Vec<Effect>, CallError> {
-        let (c, p) = self.live(id, who)?;
+    /// The callee's device is ringing (each of its seats says so; the caller hears it once).
+    pub fn ring(
+        &mut self,
+        who: impl Into<Who>,
+        id: CallId,
+        now: u64,
+    ) -> Result<Vec<Effect>, CallError> {
+        let (c, p) = self.live(id, who.into())?;
+        if p == Party::Callee && c.phase == Phase::Ringing {
+            return Ok(Vec::new());
+        }
         if p != Party::Callee || c.phase != Phase::Inviting {
             return Err(CallError::Illegal(format!(
                 "only the callee rings, once, before answering; call {id} is {}",
                 phase_str(c.phase)
             )));
         }
-        let caller = c.caller;
+        let caller = c.dest(Party::Caller);
         let c = self.calls.get_mut(&id).expect("checked by live");
         c.phase = Phase::Ringing;
         c.ringing_at = Some(now);
@@ -576,13 +661,15 @@ impl Calls {
         }])
     }
 
+    /// The callee answers, at one of its seats: that seat takes the call.
     pub fn accept(
         &mut self,
-        who: NodeIdx,
+        who: impl Into<Who>,
         id: CallId,
         answer: Option<String>,
         now: u64,
     ) -> Result<Vec<Effect>, CallError> {
+        let who = who.into();
         let (c, p) = self.live(id, who)?;
         if p != Party::Callee || !matches!(c.phase, Phase::Inviting | Phase::Ringing) {
             return Err(CallError::Illegal(format!(
@@ -599,9 +686,12 @@ impl Calls {
             }
         }
         let (caller, callee) = (c.caller, c.callee);
+        let caller_at = c.dest(Party::Caller);
         self.timers
             .remove(&(c.created_at + self.rules.ring_timeout_ms, id));
         let c = self.calls.get_mut(&id).expect("checked by live");
+        c.seats[Party::Callee as usize] = Some(who.seat);
+        c.conns[Party::Callee as usize] = who.conn;
         c.phase = Phase::Active;
         c.answered_at = Some(now);
         c.ringing_at.get_or_insert(now);
@@ -612,8 +702,12 @@ impl Calls {
         Ok(vec![
             record,
             Effect::Send {
-                to: caller,
+                to: caller_at,
                 msg: Msg::Accepted { call: id, answer },
+            },
+            Effect::Send {
+                to: Dest::AllBut(callee, who.seat),
+                msg: Msg::AnsweredElsewhere { call: id },
             },
             Effect::InCall {
                 ep: caller,
@@ -628,12 +722,12 @@ impl Calls {
 
     pub fn reject(
         &mut self,
-        who: NodeIdx,
+        who: impl Into<Who>,
         id: CallId,
         reason: Option<String>,
         now: u64,
     ) -> Result<Vec<Effect>, CallError> {
-        let (c, p) = self.live(id, who)?;
+        let (c, p) = self.live(id, who.into())?;
         if p != Party::Callee || !matches!(c.phase, Phase::Inviting | Phase::Ringing) {
             return Err(CallError::Illegal(format!(
                 "only the callee rejects, before answering; call {id} is {}",
@@ -650,8 +744,13 @@ impl Calls {
 
     /// Either side ends it: before an answer the caller cancels (the callee should reject);
     /// after, the call is completed.
-    pub fn hangup(&mut self, who: NodeIdx, id: CallId, now: u64) -> Result<Vec<Effect>, CallError> {
-        let (c, p) = self.live(id, who)?;
+    pub fn hangup(
+        &mut self,
+        who: impl Into<Who>,
+        id: CallId,
+        now: u64,
+    ) -> Result<Vec<Effect>, CallError> {
+        let (c, p) = self.live(id, who.into())?;
         let outcome = match (c.phase, p) {
             (Phase::Active, _) => Outcome::Completed,
             (_, Party::Caller) => Outcome::Cancelled,
@@ -663,12 +762,12 @@ impl Calls {
     /// Relays SDP or a candidate to the other party, keeping offer/answer in order.
     pub fn signal(
         &mut self,
-        who: NodeIdx,
+        who: impl Into<Who>,
         id: CallId,
         signal: Signal,
     ) -> Result<Vec<Effect>, CallError> {
-        let (c, p) = self.live(id, who)?;
-        let other = c.node(p.other());
+        let (c, p) = self.live(id, who.into())?;
+        let other = c.dest(p.other());
         match &signal {
             Signal::Offer(sdp) => {
                 self.check_sdp(sdp)?;
@@ -740,19 +839,34 @@ impl Calls {
         }])
     }
 
-    /// A terminal's connection ended: unanswered calls end; active ones wait for it.
-    pub fn disconnected(&mut self, ep: NodeIdx, conn: u64, now: u64) -> Vec<Effect> {
+    /// A seat's connection ended: unanswered calls end (a callee's only when it was the last
+    /// seat ringing: `others` says another is still connected); active ones wait for it.
+    pub fn disconnected(
+        &mut self,
+        ep: NodeIdx,
+        seat: Seat,
+        conn: u64,
+        others: bool,
+        now: u64,
+    ) -> Vec<Effect> {
         let mut out = Vec::new();
         for id in self.of(ep).to_vec() {
             let c = &self.calls[&id];
-            let p = c.party(ep).expect("indexed by party");
+            let p = c.party_of(ep).expect("indexed by party");
+            match c.seats[p as usize] {
+                // Another seat of the terminal is the party.
+                Some(s) if s != seat => continue,
+                // Ringing at every seat: the others still ring.
+                None if others => continue,
+                _ => {}
+            }
             if conn < c.conns[p as usize] {
                 // An older connection, already replaced in this call.
                 continue;
             }
             match c.phase {
                 Phase::Active => {
-                    let other = c.node(p.other());
+                    let other = c.dest(p.other());
                     let c = self.calls.get_mut(&id).expect("present");
                     if c.away.is_none() {
                         c.away = Some((p, now));
@@ -792,16 +906,35 @@ impl Calls {
     /// A terminal (re)connected. Its answered calls resume: a party that dropped is back within
     /// the grace period, or a new connection replaced one the hub had not yet seen die (a
     /// phone changing networks). Its unanswered calls end: the device that rang is gone.
-    pub fn connected(&mut self, ep: NodeIdx, conn: u64, now: u64) -> Vec<Effect> {
+    ///
+    /// `others`: whether another seat of the terminal is connected. A seat coming back while a
+    /// call still rings at every seat does not ring again, the others still do; a terminal's
+    /// only seat coming back ends it (the device that rang is gone).
+    pub fn connected(
+        &mut self,
+        ep: NodeIdx,
+        seat: Seat,
+        conn: u64,
+        others: bool,
+        now: u64,
+    ) -> Vec<Effect> {
         let mut out = Vec::new();
         // Calls that ended while it was away: `call.ended` reaches both parties however a
-        // call ends, so it hears now.
-        for id in self.untold.remove(&ep).unwrap_or_default() {
-            if let Some(c) = self.calls.get(&id)
-                && let Some(outcome) = c.outcome
-            {
+        // call ends, so it hears now (the seat that was in the call, when it comes back).
+        let untold = self.untold.remove(&ep).unwrap_or_default();
+        let mut later = Vec::new();
+        for id in untold {
+            let Some(c) = self.calls.get(&id) else {
+                continue;
+            };
+            let p = c.party_of(ep).expect("a party's untold call");
+            if c.seats[p as usize].is_some_and(|s| s != seat) {
+                later.push(id);
+                continue;
+            }
+            if let Some(outcome) = c.outcome {
                 out.push(Effect::Send {
-                    to: ep,
+                    to: Dest::Seat(ep, seat),
                     msg: Msg::Ended {
                         call: id,
                         outcome,
@@ -811,9 +944,17 @@ impl Calls {
                 });
             }
         }
+        if !later.is_empty() {
+            self.untold.insert(ep, later);
+        }
         for id in self.of(ep).to_vec() {
             let c = self.calls.get_mut(&id).expect("indexed");
-            let p = c.party(ep).expect("indexed by party");
+            let p = c.party_of(ep).expect("indexed by party");
+            match c.seats[p as usize] {
+                Some(s) if s != seat => continue,
+                None if others => continue,
+                _ => {}
+            }
             if conn <= c.conns[p as usize] {
                 // The connection this call already knows (its news came after the invite that
                 // found it), or an older one: nothing changed.
@@ -822,7 +963,7 @@ impl Calls {
             c.conns[p as usize] = conn;
             match c.phase {
                 Phase::Active => {
-                    let other = c.node(p.other());
+                    let other = c.dest(p.other());
                     if let Some((away, since)) = c.away
                         && away == p
                     {
@@ -831,10 +972,10 @@ impl Calls {
                     }
                     let media = c.media;
                     out.push(Effect::Send {
-                        to: ep,
+                        to: Dest::Seat(ep, seat),
                         msg: Msg::Resumed {
                             call: id,
-                            peer: other,
+                            peer: other.node(),
                             party: p,
                             media,
                         },
@@ -972,10 +1113,11 @@ impl Calls {
             }
         }
         self.timers.insert((now + ENDED_KEPT_MS, id));
+        let dests = [snapshot.dest(Party::Caller), snapshot.dest(Party::Callee)];
         let mut out = Vec::new();
-        for ep in [caller, callee] {
+        for to in dests {
             out.push(Effect::Send {
-                to: ep,
+                to,
                 msg: Msg::Ended {
                     call: id,
                     outcome,
@@ -1055,6 +1197,7 @@ mod tests {
             Terminal {
                 node,
                 role: Role::default_for(self.org.tier(node)),
+                seat: Seat::MAIN,
                 conn: Some(1),
             }
         }
@@ -1079,7 +1222,7 @@ mod tests {
         effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { to, msg } => Some((*to, msg)),
+                Effect::Send { to, msg } => Some((to.node(), msg)),
                 _ => None,
             })
             .collect()
@@ -1382,9 +1525,9 @@ mod tests {
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (id, _) = t.call("a", "w1", 0).unwrap();
         t.c.accept(w1, id, None, 1).unwrap();
-        let fx = t.c.disconnected(w1, 1, 10);
+        let fx = t.c.disconnected(w1, Seat::MAIN, 1, false, 10);
         assert_eq!(sent(&fx), [(a, &Msg::PeerAway { call: id })]);
-        let fx = t.c.connected(w1, 2, 15_000);
+        let fx = t.c.connected(w1, Seat::MAIN, 2, false, 15_000);
         assert!(
             fx.contains(&Effect::InCall {
                 ep: w1,
@@ -1404,7 +1547,7 @@ mod tests {
         )));
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
         assert!(t.c.tick(20_010).is_empty(), "the grace timer was cleared");
-        t.c.disconnected(w1, 2, 30_000);
+        t.c.disconnected(w1, Seat::MAIN, 2, false, 30_000);
         let fx = t.c.tick(50_000);
         assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Dropped));
         assert!(fx.contains(&Effect::InCall {
@@ -1413,7 +1556,7 @@ mod tests {
         }));
         // Unanswered calls end at once when a side disconnects.
         let (id, _) = t.call("a", "w1", 60_000).unwrap();
-        t.c.disconnected(a, 1, 60_001);
+        t.c.disconnected(a, Seat::MAIN, 1, false, 60_001);
         assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Cancelled));
         // Ended calls are forgotten after a while.
         assert_eq!(t.c.live_count(), 0);
@@ -1428,18 +1571,21 @@ mod tests {
         let mut t = T::new();
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (id, _) = t.call("a", "w1", 0).unwrap();
-        assert!(t.c.connected(w1, 1, 1).is_empty());
+        assert!(t.c.connected(w1, Seat::MAIN, 1, false, 1).is_empty());
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Inviting);
         t.c.ring(w1, id, 2).unwrap();
         t.c.accept(w1, id, Some("answer".into()), 3).unwrap();
         // A new connection, then the old one's end arriving after it: the call stays with the new.
-        assert!(sent(&t.c.connected(w1, 2, 4)).contains(&(a, &Msg::PeerBack { call: id })));
-        assert!(t.c.disconnected(w1, 1, 5).is_empty());
+        assert!(
+            sent(&t.c.connected(w1, Seat::MAIN, 2, false, 4))
+                .contains(&(a, &Msg::PeerBack { call: id }))
+        );
+        assert!(t.c.disconnected(w1, Seat::MAIN, 1, false, 5).is_empty());
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
         assert_eq!(t.c.next_deadline(), None, "no grace timer");
         // The new connection's end counts.
         assert_eq!(
-            sent(&t.c.disconnected(w1, 2, 6)),
+            sent(&t.c.disconnected(w1, Seat::MAIN, 2, false, 6)),
             [(a, &Msg::PeerAway { call: id })]
         );
     }
@@ -1451,7 +1597,7 @@ mod tests {
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (answered, _) = t.call("a", "w1", 0).unwrap();
         t.c.accept(w1, answered, Some("answer".into()), 1).unwrap();
-        let fx = t.c.connected(w1, 2, 5);
+        let fx = t.c.connected(w1, Seat::MAIN, 2, false, 5);
         assert_eq!(t.c.get(answered).unwrap().phase, Phase::Active);
         assert!(sent(&fx).contains(&(a, &Msg::PeerBack { call: answered })));
         // ICE restart over the new connection: the callee offers, the caller answers.
@@ -1462,7 +1608,7 @@ mod tests {
         t.c.hangup(a, answered, 10).unwrap();
         let (ringing, _) = t.call("a", "w1", 20).unwrap();
         assert_eq!(t.c.live_count(), 1);
-        t.c.connected(w1, 3, 25);
+        t.c.connected(w1, Seat::MAIN, 3, false, 25);
         let c = t.c.get(ringing).unwrap();
         assert_eq!(
             (c.outcome, c.reason.as_deref()),
@@ -1473,5 +1619,62 @@ mod tests {
             Some(10 + ENDED_KEPT_MS),
             "no ring timer left"
         );
+    }
+
+    #[test]
+    fn a_call_rings_at_every_seat_until_the_last_one_leaves() {
+        let mut t = T::new();
+        let (a, w1) = (t.n("a"), t.n("w1"));
+        let desk = Seat::parse("desk-2").unwrap();
+        let (id, fx) = t.call("w1", "a", 0).unwrap();
+        assert!(matches!(fx[1], Effect::Send { to: Dest::Every(n), .. } if n == a));
+        // A desk that drops while others ring leaves the call ringing; coming back, it does
+        // not ring again.
+        assert!(t.c.disconnected(a, desk, 2, true, 1).is_empty());
+        assert!(t.c.connected(a, desk, 3, true, 2).is_empty());
+        assert_eq!(t.c.get(id).unwrap().phase, Phase::Inviting);
+        t.c.ring(
+            Who {
+                node: a,
+                seat: desk,
+                conn: 3,
+            },
+            id,
+            3,
+        )
+        .unwrap();
+        assert!(
+            t.c.ring(a, id, 4).unwrap().is_empty(),
+            "the caller hears ringing once"
+        );
+        // The last seat leaving ends it.
+        t.c.disconnected(a, Seat::MAIN, 1, false, 5);
+        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Dropped));
+        let (id, _) = t.call("w1", "a", 10).unwrap();
+        let fx =
+            t.c.accept(
+                Who {
+                    node: a,
+                    seat: desk,
+                    conn: 3,
+                },
+                id,
+                None,
+                11,
+            )
+            .unwrap();
+        assert!(fx.contains(&Effect::Send {
+            to: Dest::AllBut(a, desk),
+            msg: Msg::AnsweredElsewhere { call: id }
+        }));
+        assert_eq!(t.c.get(id).unwrap().seat(Party::Callee), Some(desk));
+        // The main seat's comings and goings are nothing to this call now.
+        assert!(t.c.disconnected(a, Seat::MAIN, 4, false, 12).is_empty());
+        assert_eq!(
+            t.c.signal(a, id, Signal::EndOfCandidates),
+            Err(CallError::NotAParty(id))
+        );
+        let fx = t.c.disconnected(a, desk, 3, false, 13);
+        assert_eq!(sent(&fx), [(w1, &Msg::PeerAway { call: id })]);
     }
 }

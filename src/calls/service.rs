@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{
-    CallError, CallId, Calls, Effect, Media, Msg, Rules, Signal, Terminal, phase_str,
+    self, CallError, CallId, Calls, Dest, Effect, Media, Msg, Rules, Signal, Terminal, phase_str,
 };
 use super::records;
 use super::wire::{Who, encode_msg};
@@ -272,20 +272,25 @@ impl Service {
     async fn news(&mut self, n: &TerminalNews) {
         let now = self.clock.now_ms();
         let fx = match n {
-            TerminalNews::Joined { ep, conn, .. } => match self.org.lookup(ep.as_str()) {
-                Some(ep) => self.core.connected(ep, *conn, now),
+            TerminalNews::Joined { ep, conn, seat, .. } => match self.org.lookup(ep.as_str()) {
+                Some(ep) => {
+                    let others = self.out.seats(ep).iter().any(|l| other_ringing(l, *seat));
+                    self.core.connected(ep, *seat, *conn, others, now)
+                }
                 None => return,
             },
-            TerminalNews::Left { ep, conn, .. } => {
+            TerminalNews::Left { ep, conn, seat, .. } => {
                 let Some(ep) = self.org.lookup(ep.as_str()) else {
                     return;
                 };
-                // A newer connection of the terminal took over: its calls go on there.
-                let replaced = self.out.locate(ep).is_some_and(|l| l.conn != *conn);
+                let seats = self.out.seats(ep);
+                // A newer connection of the seat took over: its calls go on there.
+                let replaced = seats.iter().any(|l| l.seat == *seat && l.conn != *conn);
                 if replaced || self.core.of(ep).is_empty() {
                     return;
                 }
-                self.core.disconnected(ep, *conn, now)
+                let others = seats.iter().any(|l| other_ringing(l, *seat));
+                self.core.disconnected(ep, *seat, *conn, others, now)
             }
         };
         self.apply(fx).await;
@@ -332,29 +337,54 @@ impl Service {
         req: Req,
         at: Instant,
     ) {
-        let who = origin.endpoint;
+        let who = core::Who {
+            node: origin.endpoint,
+            seat: origin.seat,
+            conn: origin.conn,
+        };
         let now = self.clock.now_ms();
         let mut refusal = None;
         let result = match req {
+            // An observer seat places no call (the core says why) and takes none.
+            _ if origin.role == Role::Observer && kind != "call.invite" => {
+                Err(CallError::OutOfScope(
+                    "an observer seat (a video wall) takes no part in calls: answer at an operator's or the station's seat".into(),
+                ))
+            }
             Req::Invite { to, media, offer } => {
-                let callee = self.out.locate(to);
+                // Observer seats are not rung: a center whose only connected seat is its video
+                // wall is off line for calls.
+                let seats = self.out.seats(to);
+                let ringable = || seats.iter().filter(|l| l.role != Role::Observer);
                 let from = Terminal {
-                    node: who,
+                    node: who.node,
                     role: origin.role,
+                    seat: origin.seat,
                     conn: Some(origin.conn),
                 };
                 let callee_node = to;
+                let role = if ringable().any(|l| l.role == Role::Operator) {
+                    Role::Operator
+                } else {
+                    ringable()
+                        .map(|l| l.role)
+                        .next()
+                        .unwrap_or_else(|| Role::default_for(self.org.tier(to)))
+                };
                 let to = Terminal {
                     node: to,
-                    role: callee.map_or_else(|| Role::default_for(self.org.tier(to)), |l| l.role),
-                    conn: callee.map(|l| l.conn),
+                    role,
+                    seat: crate::auth::Seat::MAIN,
+                    conn: ringable().map(|l| l.conn).max(),
                 };
                 let r = self.core.invite(from, to, media, offer, now);
                 match &r {
                     Ok(_) => {
                         self.metrics.calls_placed.fetch_add(1, Relaxed);
                     }
-                    Err(e) => refusal = self.core.refused(who, callee_node, media, e, now),
+                    Err(e) => {
+                        refusal = self.core.refused(who.node, callee_node, media, e, now)
+                    }
                 }
                 r
             }
@@ -415,8 +445,12 @@ impl Service {
                         self.metrics.call_signals.fetch_add(1, Relaxed);
                     }
                     // Undeliverable means the party is gone; its disconnect reaches the core next.
-                    self.out
-                        .send(To::Terminal(to), &encode_msg(&self.org, &msg), Via::Post);
+                    let to = match to {
+                        Dest::Every(n) => To::Acting(n),
+                        Dest::Seat(n, s) => To::Seat(n, s),
+                        Dest::AllBut(n, s) => To::OtherSeats(n, s),
+                    };
+                    self.out.send(to, &encode_msg(&self.org, &msg), Via::Post);
                     if let Some(at) = at {
                         self.metrics.call_relay_latency.observe(at.elapsed());
                     }
@@ -486,6 +520,11 @@ impl Service {
     }
 }
 
+/// Whether `l` is a seat besides `seat` that a call rings at.
+fn other_ringing(l: &crate::backplane::Located, seat: crate::auth::Seat) -> bool {
+    l.seat != seat && l.role != Role::Observer
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -493,6 +532,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::auth::Seat;
     use crate::backplane::Located;
     use crate::backplane::testing::Sent;
     use crate::outbox::testing::Bench;
@@ -534,15 +574,21 @@ mod tests {
         /// The terminal connects on connection `conn`: the directory and the bus say so.
         async fn join(&self, id: &str, conn: u64) {
             let role = Role::default_for(self.bench.org.tier(self.n(id)));
-            self.bench
-                .out
-                .place(self.n(id), Some(Located { conn, role }));
+            self.bench.out.place(
+                self.n(id),
+                Some(Located {
+                    conn,
+                    role,
+                    seat: crate::auth::Seat::MAIN,
+                }),
+            );
             self.bench
                 .out
                 .bus()
                 .publish(TerminalNews::Joined {
                     ep: self.bench.org.id(self.n(id)).clone(),
                     conn,
+                    seat: crate::auth::Seat::MAIN,
                     role,
                     at: 0,
                 })
@@ -557,17 +603,30 @@ mod tests {
                 .publish(TerminalNews::Left {
                     ep: self.bench.org.id(self.n(id)).clone(),
                     conn,
+                    seat: crate::auth::Seat::MAIN,
                     at: 0,
                 })
                 .await;
         }
 
         async fn ask(&self, id: &str, conn: u64, kind: &'static str, req: Req) {
-            let n = self.n(id);
+            let role = Role::default_for(self.bench.org.tier(self.n(id)));
+            self.ask_at(id, (conn, role, Seat::MAIN), kind, req).await
+        }
+
+        /// Asks from one seat of a terminal: (connection, role, seat).
+        async fn ask_at(
+            &self,
+            id: &str,
+            (conn, role, seat): (u64, Role, Seat),
+            kind: &'static str,
+            req: Req,
+        ) {
             let origin = Origin {
                 conn,
-                endpoint: n,
-                role: Role::default_for(self.bench.org.tier(n)),
+                endpoint: self.n(id),
+                role,
+                seat,
                 expires_at: u64::MAX,
             };
             let cmd = Cmd::Request {
@@ -611,6 +670,64 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_call_to_a_center_rings_every_desk_and_the_first_to_answer_takes_it() {
+        let f = Fixture::new("seats");
+        let (a, w1) = (f.n("a"), f.n("w1"));
+        let seat = |s| Seat::parse(s).unwrap();
+        let desk1 = (10, Role::Operator, seat("desk-1"));
+        let desk2 = (11, Role::Station, seat("desk-2"));
+        let wall = (12, Role::Observer, seat("wall"));
+        let at = |(conn, role, seat): (u64, Role, Seat)| Located { conn, role, seat };
+        f.bench
+            .out
+            .place_seats(a, &[at(desk1), at(desk2), at(wall)]);
+        f.join("w1", 20).await;
+        let invite = Req::Invite {
+            to: a,
+            media: Media::Audio,
+            offer: Some("v=0".into()),
+        };
+        f.ask("w1", 20, "call.invite", invite).await;
+        f.caught_up().await;
+        assert_eq!(
+            kinds(&f.bench.out.take_to(To::Acting(a))),
+            ["call.incoming"]
+        );
+        let call = CallId(1);
+        // Both desks ring; the caller hears it once.
+        f.ask_at("a", desk1, "call.ring", Req::Ring(call)).await;
+        f.ask_at("a", desk2, "call.ring", Req::Ring(call)).await;
+        // The wall watches: it may not answer.
+        let accept = || Req::Accept(call, Some("v=0".into()));
+        f.ask_at("a", wall, "call.accept", accept()).await;
+        // Desk 2 answers first and takes the call; desk 1 is too late.
+        f.ask_at("a", desk2, "call.accept", accept()).await;
+        f.ask_at("a", desk1, "call.accept", accept()).await;
+        f.caught_up().await;
+        let code =
+            |conn| f.bench.out.take_to(To::Conn(conn)).last().unwrap()["data"]["code"].clone();
+        assert_eq!(code(12), "out_of_scope");
+        assert_eq!(code(10), "not_a_party");
+        assert_eq!(
+            kinds(&f.bench.out.take_to(To::Seat(w1, Seat::MAIN))),
+            ["call.ringing", "call.accepted"]
+        );
+        let elsewhere = f.bench.out.take_to(To::OtherSeats(a, desk2.2));
+        assert_eq!(elsewhere.len(), 1, "{elsewhere:?}");
+        assert_eq!(elsewhere[0]["type"], "call.ended");
+        assert_eq!(elsewhere[0]["data"]["outcome"], "answered_elsewhere");
+        // From now on the call is desk 2's alone: desk 1's hangup is refused, the caller's
+        // reaches desk 2.
+        f.ask_at("a", desk1, "call.hangup", Req::Hangup(call)).await;
+        f.ask("w1", 20, "call.hangup", Req::Hangup(call)).await;
+        f.caught_up().await;
+        assert_eq!(code(10), "not_a_party");
+        let ended = f.bench.out.take_to(To::Seat(a, desk2.2));
+        assert_eq!(ended[0]["data"]["outcome"], "completed", "{ended:?}");
+        assert!(f.bench.out.take_to(To::Acting(a)).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_unanswered_call_is_missed_when_the_ring_timeout_passes() {
         let f = Fixture::new("missed");
         f.join("a", 10).await;
@@ -627,12 +744,12 @@ mod tests {
         let caller = f.bench.out.take_to(To::Conn(10));
         assert_eq!(caller[0]["data"]["state"], "inviting", "{caller:?}");
         assert_eq!(
-            kinds(&f.bench.out.take_to(To::Terminal(w1))),
+            kinds(&f.bench.out.take_to(To::Acting(w1))),
             ["call.incoming"]
         );
         tokio::time::sleep(Duration::from_secs(31)).await;
         f.settle().await;
-        let ended = f.bench.out.take_to(To::Terminal(w1));
+        let ended = f.bench.out.take_to(To::Acting(w1));
         assert_eq!(ended[0]["data"]["outcome"], "no_answer", "{ended:?}");
         let missed: Vec<Sent> = f
             .bench
@@ -700,18 +817,18 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         f.leave("w1", 11).await;
         f.caught_up().await;
-        assert!(kinds(&f.bench.out.take_to(To::Terminal(a))).contains(&"call.peer_away"));
+        assert!(kinds(&f.bench.out.take_to(To::Seat(a, Seat::MAIN))).contains(&"call.peer_away"));
         tokio::time::sleep(Duration::from_secs(21)).await;
         // Still not waiting on the store: while the test waits on it the paused clock may jump
         // ahead, past the five minutes a returning party is told within.
         f.caught_up().await;
-        let ended = f.bench.out.take_to(To::Terminal(a));
+        let ended = f.bench.out.take_to(To::Seat(a, Seat::MAIN));
         assert_eq!(ended.last().unwrap()["data"]["outcome"], "dropped");
         f.bench.out.take();
         // Back after the grace: it hears how its call ended.
         f.join("w1", 13).await;
         f.caught_up().await;
-        let told = f.bench.out.take_to(To::Terminal(w1));
+        let told = f.bench.out.take_to(To::Seat(w1, Seat::MAIN));
         assert_eq!(kinds(&told), ["call.ended"], "{told:?}");
         assert_eq!(told[0]["data"]["outcome"], "dropped");
         f.settle().await;

@@ -225,6 +225,23 @@ pub fn encode_msg(org: &Org, msg: &Msg) -> Bytes {
                 replaced_by: *replaced_by,
             },
         ),
+        Msg::AnsweredElsewhere { call } => {
+            #[derive(Serialize)]
+            struct Elsewhere {
+                call: CallId,
+                outcome: &'static str,
+                reason: &'static str,
+            }
+            encode(
+                "call.ended",
+                None,
+                &Elsewhere {
+                    call: *call,
+                    outcome: "answered_elsewhere",
+                    reason: "another seat of this terminal answered",
+                },
+            )
+        }
         Msg::PeerAway { call } => encode("call.peer_away", None, &Bare { call: *call }),
         Msg::PeerBack { call } => encode("call.peer_back", None, &Bare { call: *call }),
         Msg::Resumed {

@@ -405,6 +405,7 @@ mod tests {
                 conn: 5,
                 endpoint: org.lookup(ep).unwrap(),
                 role: Role::Operator,
+                seat: crate::auth::Seat::MAIN,
                 expires_at: u64::MAX,
             };
             let data = format!(r#"{{"node":"{node}"}}"#);
@@ -444,6 +445,7 @@ mod tests {
         let left = TerminalNews::Left {
             ep: crate::org::NodeId::parse("a").unwrap(),
             conn: 5,
+            seat: crate::auth::Seat::MAIN,
             at: 0,
         };
         out.bus().publish(left).await;

@@ -424,6 +424,7 @@ mod tests {
             conn,
             endpoint: org.lookup(ep).unwrap(),
             role: Role::Worker,
+            seat: crate::auth::Seat::MAIN,
             expires_at: u64::MAX,
         }
     }

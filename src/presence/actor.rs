@@ -216,15 +216,19 @@ impl Actor {
     fn news(&mut self, n: &TerminalNews) {
         let org = Arc::clone(self.core.org());
         let changed = match n {
-            TerminalNews::Joined { ep, conn, at, .. } => match org.lookup(ep.as_str()) {
-                Some(ep) => self.core.connect(ep, *conn, *at),
+            TerminalNews::Joined {
+                ep, conn, seat, at, ..
+            } => match org.lookup(ep.as_str()) {
+                Some(ep) => self.core.connect(ep, *seat, *conn, *at),
                 None => false,
             },
-            TerminalNews::Left { ep, conn, at } => {
+            TerminalNews::Left {
+                ep, conn, seat, at, ..
+            } => {
                 // Subscriptions here are this node's connections'; for others this finds none.
                 self.core.drop_subscriber(*conn);
                 match org.lookup(ep.as_str()) {
-                    Some(ep) => self.core.disconnect(ep, *conn, *at),
+                    Some(ep) => self.core.disconnect(ep, *seat, *conn, *at),
                     None => false,
                 }
             }
@@ -378,6 +382,7 @@ mod tests {
                 ep: self.id(ep),
                 conn,
                 role: Role::Worker,
+                seat: crate::auth::Seat::MAIN,
                 at: 1_000_000,
             };
             self.out.bus().publish(news).await;
@@ -510,6 +515,7 @@ mod tests {
         let news = TerminalNews::Left {
             ep: f.id("t"),
             conn: 5,
+            seat: crate::auth::Seat::MAIN,
             at: 1_000_000,
         };
         f.out.bus().publish(news).await;

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
+use crate::auth::Seat;
 use crate::org::{GeoPoint, NodeIdx, Org};
 
 /// Identifies a connection, unique across hub nodes and restarts within a run.
@@ -99,8 +101,9 @@ impl Location {
 
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The live connection, if any; a newer connection of the same terminal replaces it.
-    pub conn: Option<ConnKey>,
+    /// The live connection of each connected seat; a newer connection of the same seat replaces
+    /// its older one. The terminal is on line while any seat is.
+    pub seats: SmallVec<[(Seat, ConnKey); 1]>,
     pub chosen: Chosen,
     pub activity: Activity,
     pub text: Option<Box<str>>,
@@ -112,12 +115,25 @@ pub struct Entry {
 
 impl Entry {
     pub fn status(&self) -> Status {
-        match (self.conn, self.activity) {
-            (None, _) => Status::Offline,
-            (Some(_), Activity::InSession) => Status::InSession,
-            (Some(_), Activity::InCall) => Status::InCall,
-            (Some(_), Activity::Idle) => self.chosen.into(),
+        match (self.online(), self.activity) {
+            (false, _) => Status::Offline,
+            (true, Activity::InSession) => Status::InSession,
+            (true, Activity::InCall) => Status::InCall,
+            (true, Activity::Idle) => self.chosen.into(),
         }
+    }
+
+    pub fn online(&self) -> bool {
+        !self.seats.is_empty()
+    }
+
+    fn conn_of(&self, seat: Seat) -> Option<ConnKey> {
+        self.seats.iter().find(|s| s.0 == seat).map(|s| s.1)
+    }
+
+    /// Whether the seats are worth listing: a terminal with its one `main` seat lists none.
+    pub fn lists_seats(&self) -> bool {
+        !(self.seats.is_empty() || self.seats.len() == 1 && self.seats[0].0.is_main())
     }
 }
 
@@ -246,7 +262,7 @@ impl Presence {
         let n = org.len();
         let entries = vec![
             Entry {
-                conn: None,
+                seats: SmallVec::new(),
                 chosen: Chosen::Online,
                 activity: Activity::Idle,
                 text: None,
@@ -298,14 +314,15 @@ impl Presence {
     /// effective status changed.
     fn change(&mut self, ep: NodeIdx, now: u64, edit: impl FnOnce(&mut Entry)) -> bool {
         let e = &mut self.entries[ep.get()];
-        let before = (e.status(), e.text.clone(), e.location);
+        let seats = |e: &Entry| e.seats.iter().map(|s| s.0).collect::<SmallVec<[Seat; 2]>>();
+        let before = (e.status(), e.text.clone(), e.location, seats(e));
         edit(e);
         let after = e.status();
         let status_changed = after != before.0;
         if status_changed {
             e.since = now;
         }
-        if !status_changed && e.text == before.1 && e.location == before.2 {
+        if !status_changed && e.text == before.1 && e.location == before.2 && seats(e) == before.3 {
             return false;
         }
         self.seq += 1;
@@ -326,18 +343,25 @@ impl Presence {
         status_changed
     }
 
-    /// A terminal connected (on any hub node). A fresh connection starts `online` with no text.
-    /// One that replaces a live connection (a phone moving networks before the hub saw the old
-    /// one die), or comes back while the terminal is still in a call or session, resumes: the
-    /// status and text the terminal chose and what it is doing stay, so it never shows `online`
-    /// for a moment mid-call. News of an older connection than the current one is stale.
-    pub fn connect(&mut self, ep: NodeIdx, conn: ConnKey, now: u64) -> bool {
-        if self.entries[ep.get()].conn.is_some_and(|c| c > conn) {
+    /// A seat of a terminal connected (on any hub node). A terminal coming on line starts
+    /// `online` with no text. One already on line at another seat, one whose connection replaces
+    /// a live one (a phone moving networks before the hub saw the old one die), or one coming
+    /// back while still in a call or session, resumes: the status and text chosen and what it
+    /// is doing stay, so it never shows `online` for a moment mid-call. News of an older
+    /// connection than the seat's current one is stale.
+    pub fn connect(&mut self, ep: NodeIdx, seat: Seat, conn: ConnKey, now: u64) -> bool {
+        if self.entries[ep.get()]
+            .conn_of(seat)
+            .is_some_and(|c| c > conn)
+        {
             return false;
         }
         self.change(ep, now, |e| {
-            let resuming = e.conn.is_some() || e.activity != Activity::Idle;
-            e.conn = Some(conn);
+            let resuming = e.online() || e.activity != Activity::Idle;
+            match e.seats.iter_mut().find(|s| s.0 == seat) {
+                Some(s) => s.1 = conn,
+                None => e.seats.push((seat, conn)),
+            }
             if !resuming {
                 e.chosen = Chosen::Online;
                 e.text = None;
@@ -345,19 +369,21 @@ impl Presence {
         })
     }
 
-    /// A connection ended. Ignored when a newer connection of the same terminal already
-    /// replaced it, so the replaced one's late goodbye cannot mark a live terminal offline. What
-    /// the terminal is doing stays: the call or session it is in ends it, or takes it back.
-    pub fn disconnect(&mut self, ep: NodeIdx, conn: ConnKey, now: u64) -> bool {
-        if self.entries[ep.get()].conn != Some(conn) {
+    /// A seat's connection ended. Ignored when a newer connection of the same seat already
+    /// replaced it, so the replaced one's late goodbye cannot mark a live terminal offline. The
+    /// terminal stays on line while another seat is. What it is doing stays: the call or
+    /// session it is in ends it, or takes it back.
+    pub fn disconnect(&mut self, ep: NodeIdx, seat: Seat, conn: ConnKey, now: u64) -> bool {
+        if self.entries[ep.get()].conn_of(seat) != Some(conn) {
             return false;
         }
-        self.change(ep, now, |e| e.conn = None)
+        self.change(ep, now, |e| e.seats.retain(|s| s.0 != seat))
     }
 
-    /// A terminal's own update; ignored unless `conn` is its current connection.
+    /// A terminal's own update, from any of its seats; ignored unless `conn` is the current
+    /// connection of one.
     pub fn update(&mut self, ep: NodeIdx, conn: ConnKey, u: &Update, now: u64) -> bool {
-        if self.entries[ep.get()].conn != Some(conn) {
+        if !self.entries[ep.get()].seats.iter().any(|s| s.1 == conn) {
             return false;
         }
         self.change(ep, now, |e| {
@@ -491,7 +517,7 @@ impl Presence {
                         .clone()
                         .filter(|&i| {
                             let e = &self.entries[i];
-                            e.conn.is_some() || e.location.is_some()
+                            e.online() || e.location.is_some()
                         })
                         .map(|i| NodeIdx(i as u32))
                         .collect()
@@ -604,6 +630,8 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAIN: Seat = Seat::MAIN;
     use crate::org::{Preset, generate_csv, parse_csv};
 
     fn small() -> Arc<Org> {
@@ -620,7 +648,7 @@ mod tests {
         let (c, a, v, w1) = (id(&p, "c"), id(&p, "a"), id(&p, "v"), id(&p, "w1"));
         assert_eq!(p.aggregate(c).total(), 6);
         assert_eq!(p.aggregate(c).online(), 0);
-        assert!(p.connect(w1, 7, 1_000));
+        assert!(p.connect(w1, MAIN, 7, 1_000));
         assert_eq!(p.aggregate(c).online(), 1);
         assert_eq!(p.aggregate(v).online(), 1);
         assert_eq!(p.entry(w1).since, 1_000);
@@ -638,7 +666,7 @@ mod tests {
             Status::Busy,
             "returns to the chosen status"
         );
-        assert!(p.disconnect(w1, 7, 1_400));
+        assert!(p.disconnect(w1, MAIN, 7, 1_400));
         assert_eq!(p.aggregate(c), &{
             let mut x = Aggregate::default();
             x.by_status[Status::Offline as usize] = 6;
@@ -650,9 +678,9 @@ mod tests {
     fn a_replaced_connection_cannot_mark_the_terminal_offline() {
         let mut p = Presence::new(small(), 20, 4);
         let w1 = id(&p, "w1");
-        p.connect(w1, 1, 0);
-        p.connect(w1, 2, 5);
-        assert!(!p.disconnect(w1, 1, 6));
+        p.connect(w1, MAIN, 1, 0);
+        p.connect(w1, MAIN, 2, 5);
+        assert!(!p.disconnect(w1, MAIN, 1, 6));
         assert_eq!(p.entry(w1).status(), Status::Online);
         let away = Update {
             status: Some(Chosen::Away),
@@ -662,7 +690,7 @@ mod tests {
             !p.update(w1, 1, &away, 7),
             "the stale connection's update is ignored"
         );
-        assert!(p.disconnect(w1, 2, 8));
+        assert!(p.disconnect(w1, MAIN, 2, 8));
     }
 
     #[test]
@@ -674,26 +702,29 @@ mod tests {
             text: Some(Some("入户走访".into())),
             ..Default::default()
         };
-        p.connect(w1, 1, 0);
+        p.connect(w1, MAIN, 1, 0);
         p.update(w1, 1, &busy, 1);
         p.set_activity(w1, Activity::InCall, 2);
         // Its connection replaced (a phone moving networks before the old one was seen to die):
         // never `online` for a moment.
-        assert!(!p.connect(w1, 2, 3), "nothing visible changed");
+        assert!(!p.connect(w1, MAIN, 2, 3), "nothing visible changed");
         assert_eq!(p.entry(w1).status(), Status::InCall);
-        assert!(!p.connect(w1, 1, 4), "news of an older connection is stale");
+        assert!(
+            !p.connect(w1, MAIN, 1, 4),
+            "news of an older connection is stale"
+        );
         // Dropped, then back within the call's grace: in_call again at once.
-        assert!(p.disconnect(w1, 2, 5));
+        assert!(p.disconnect(w1, MAIN, 2, 5));
         assert_eq!(p.entry(w1).status(), Status::Offline);
-        assert!(p.connect(w1, 3, 6));
+        assert!(p.connect(w1, MAIN, 3, 6));
         assert_eq!(p.entry(w1).status(), Status::InCall);
         // After the call: the status it chose, text and all.
         assert!(p.set_activity(w1, Activity::Idle, 7));
         assert_eq!(p.entry(w1).status(), Status::Busy);
         assert_eq!(p.entry(w1).text.as_deref(), Some("入户走访"));
         // A fresh connection after being off line with nothing going on starts `online`.
-        p.disconnect(w1, 3, 8);
-        p.connect(w1, 4, 9);
+        p.disconnect(w1, MAIN, 3, 8);
+        p.connect(w1, MAIN, 4, 9);
         assert_eq!(p.entry(w1).status(), Status::Online);
         assert_eq!(p.entry(w1).text, None);
     }
@@ -712,7 +743,7 @@ mod tests {
         p.subscribe(100, Watch::Subtree(c), true, 0).unwrap();
         p.subscribe(200, Watch::Subtree(b), true, 0).unwrap();
         p.subscribe(300, Watch::Subtree(a), false, 0).unwrap();
-        p.connect(w1, 1, 1_000);
+        p.connect(w1, MAIN, 1, 1_000);
         let mut out = p.flush(1_000);
         out.sort_by_key(|f| f.recipients[0]);
         assert_eq!(
@@ -740,11 +771,11 @@ mod tests {
         let mut p = Presence::new(small(), 20, 4);
         let (c, w1, w2) = (id(&p, "c"), id(&p, "w1"), id(&p, "w2"));
         p.subscribe(100, Watch::Subtree(c), true, 0).unwrap();
-        p.connect(w1, 1, 1_000);
+        p.connect(w1, MAIN, 1, 1_000);
         assert_eq!(p.flush(1_000).len(), 1, "leading edge: sent at once");
-        p.connect(w2, 2, 1_005);
-        p.disconnect(w1, 1, 1_006);
-        p.connect(w1, 3, 1_007);
+        p.connect(w2, MAIN, 2, 1_005);
+        p.disconnect(w1, MAIN, 1, 1_006);
+        p.connect(w1, MAIN, 3, 1_007);
         assert_eq!(p.next_flush_at(), Some(1_020));
         assert!(p.flush(1_010).is_empty(), "inside the window");
         let out = p.flush(1_020);
@@ -764,10 +795,10 @@ mod tests {
         let mut p = Presence::new(small(), 20, 4);
         let (c, w1, w2) = (id(&p, "c"), id(&p, "w1"), id(&p, "w2"));
         p.subscribe(100, Watch::Subtree(c), true, 0).unwrap();
-        p.connect(w2, 2, 990);
+        p.connect(w2, MAIN, 2, 990);
         p.flush(990);
         // Inside the window: w1's change waits, then a console subscribes.
-        p.connect(w1, 1, 1_000);
+        p.connect(w1, MAIN, 1, 1_000);
         assert!(p.flush(1_001).is_empty());
         let (snap, earlier) = p.subscribe(200, Watch::Subtree(c), true, 1_002).unwrap();
         assert!(
@@ -784,7 +815,7 @@ mod tests {
         );
         assert_eq!(p.next_flush_at(), None, "nothing left for the newcomer");
         // Later changes reach both.
-        p.disconnect(w2, 2, 1_030);
+        p.disconnect(w2, MAIN, 2, 1_030);
         let out = p.flush(1_030);
         let mut to = out[0].recipients.clone();
         to.sort();
@@ -795,7 +826,7 @@ mod tests {
     fn text_and_location_changes_do_not_resend_aggregates() {
         let mut p = Presence::new(small(), 0, 4);
         let (c, w1) = (id(&p, "c"), id(&p, "w1"));
-        p.connect(w1, 1, 0);
+        p.connect(w1, MAIN, 1, 0);
         p.subscribe(9, Watch::Subtree(c), true, 0).unwrap();
         p.flush(0);
         let u = Update {
@@ -828,9 +859,9 @@ mod tests {
         );
         let (snap, _) = p.subscribe(50, Watch::Chain { of: w1 }, true, 0).unwrap();
         assert_eq!(snap.endpoints.len(), 4);
-        p.connect(v, 1, 0);
-        p.connect(w2, 2, 0);
-        p.connect(b, 3, 0);
+        p.connect(v, MAIN, 1, 0);
+        p.connect(w2, MAIN, 2, 0);
+        p.connect(b, MAIN, 3, 0);
         let out = p.flush(0);
         assert_eq!(
             out,
@@ -843,7 +874,7 @@ mod tests {
             "a sibling and another county are not in the chain"
         );
         assert!(p.unsubscribe(50, Watch::Chain { of: w1 }));
-        p.connect(a, 4, 1);
+        p.connect(a, MAIN, 4, 1);
         assert!(p.flush(1).is_empty());
     }
 
@@ -869,9 +900,9 @@ mod tests {
     fn snapshots_list_live_endpoints_and_every_center() {
         let mut p = Presence::new(small(), 0, 4);
         let (c, a, w1, w2) = (id(&p, "c"), id(&p, "a"), id(&p, "w1"), id(&p, "w2"));
-        p.connect(w1, 1, 0);
-        p.connect(w2, 2, 0);
-        p.disconnect(w2, 2, 1);
+        p.connect(w1, MAIN, 1, 0);
+        p.connect(w2, MAIN, 2, 0);
+        p.disconnect(w2, MAIN, 2, 1);
         let s = p.snapshot(Watch::Subtree(a), true);
         assert_eq!(s.endpoints, [w1]);
         assert_eq!(s.aggregates.len(), 3, "a, t, v have descendants");
@@ -888,10 +919,10 @@ mod tests {
         let mut p = Presence::new(Arc::clone(&org), 20, 4);
         let root = org.root();
         p.subscribe(1, Watch::Subtree(root), true, 0).unwrap();
-        p.connect(NodeIdx(1), 1, 0);
+        p.connect(NodeIdx(1), MAIN, 1, 0);
         assert_eq!(p.flush(0).len(), 1);
         for i in 2..org.len() as u32 {
-            p.connect(NodeIdx(i), i as u64, 10);
+            p.connect(NodeIdx(i), MAIN, i as u64, 10);
         }
         let out = p.flush(20);
         assert_eq!(out.len(), 1);
@@ -907,5 +938,40 @@ mod tests {
             p.aggregate(dongfeng).online() as usize,
             org.descendants(dongfeng)
         );
+    }
+
+    #[test]
+    fn a_center_is_one_terminal_on_line_while_any_seat_is() {
+        let org = Arc::new(crate::org::fixture());
+        let mut p = Presence::new(Arc::clone(&org), 100, 4);
+        let (a, root) = (org.lookup("a").unwrap(), org.lookup("c").unwrap());
+        let wall = Seat::parse("wall").unwrap();
+        assert!(p.connect(a, MAIN, 1, 0));
+        assert!(
+            !p.entry(a).lists_seats(),
+            "one main seat is not worth listing"
+        );
+        let seq = p.seq();
+        assert!(!p.connect(a, wall, 2, 1), "the status stays");
+        assert!(
+            p.entry(a).lists_seats() && p.seq() > seq,
+            "the seats are news"
+        );
+        assert_eq!(
+            p.aggregate(root).online(),
+            1,
+            "one terminal however many seats"
+        );
+        assert!(!p.connect(a, wall, 1, 2), "stale news of the seat");
+        assert!(!p.disconnect(a, MAIN, 1, 3), "the status stays");
+        assert_eq!(
+            p.entry(a).status(),
+            Status::Online,
+            "the wall keeps it on line"
+        );
+        assert!(!p.disconnect(a, wall, 9, 4), "not the wall's connection");
+        assert!(p.disconnect(a, wall, 2, 5));
+        assert_eq!(p.entry(a).status(), Status::Offline);
+        assert_eq!(p.aggregate(root).online(), 0);
     }
 }

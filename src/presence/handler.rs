@@ -8,7 +8,7 @@ use serde_json::json;
 use super::Watch;
 use super::actor::{Event, PresenceHandle};
 use super::wire::{SetRequest, SubscribeRequest, Target, UnsubscribeRequest};
-use crate::auth::{Credential, Role};
+use crate::auth::Role;
 use crate::backplane::{Outbound, To, Via};
 use crate::clock::Clock;
 use crate::org::Org;
@@ -35,11 +35,7 @@ pub fn watch_for(org: &Org, o: &Origin, target: &Target) -> Result<Watch, ProtoE
             ProtoError::new(ErrorCode::NotFound, format!("no node {id} in the org tree"))
         })?,
     };
-    let cred = Credential {
-        endpoint: o.endpoint,
-        role: o.role,
-        expires_at: o.expires_at,
-    };
+    let cred = o.credential();
     if !scope::can_watch_subtree(org, &cred, node) {
         let me = org.node(o.endpoint);
         let it = org.node(node);

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use super::dispatch::ConnKey;
 use super::frame::{ProtocolError, close_frame};
-use crate::auth::Role;
+use crate::auth::{Credential, Role, Seat};
 use crate::org::NodeIdx;
 use crate::telemetry::{EndReason, Metrics};
 
@@ -133,6 +133,7 @@ pub struct Conn {
     pub key: ConnKey,
     pub endpoint: NodeIdx,
     pub role: Role,
+    pub seat: Seat,
     /// Unix seconds at which the credential expires.
     pub expires_at: u64,
     pub(super) stream: TcpStream,
@@ -149,12 +150,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         key: ConnKey,
-        endpoint: NodeIdx,
-        role: Role,
-        expires_at: u64,
+        cred: &Credential,
         stream: TcpStream,
         metrics: Arc<Metrics>,
         limits: QueueLimits,
@@ -162,9 +160,10 @@ impl Conn {
     ) -> Conn {
         Conn {
             key,
-            endpoint,
-            role,
-            expires_at,
+            endpoint: cred.endpoint,
+            role: cred.role,
+            seat: cred.seat,
+            expires_at: cred.expires_at,
             stream,
             out: Mutex::new(Outbox::default()),
             wake: Notify::new(),
@@ -459,9 +458,12 @@ mod tests {
         let (server, mut client) = pair().await;
         let conn = Arc::new(Conn::new(
             1,
-            NodeIdx(0),
-            Role::Worker,
-            u64::MAX,
+            &Credential {
+                endpoint: NodeIdx(0),
+                role: Role::Worker,
+                seat: Seat::MAIN,
+                expires_at: u64::MAX,
+            },
             server,
             Arc::default(),
             QueueLimits {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{ErrorCode, ProtoError, ReqId};
-use crate::auth::Role;
+use crate::auth::{Credential, Role, Seat};
 use crate::org::NodeIdx;
 
 /// Identifies one connection across hub nodes and restarts. It is the connection's start time
@@ -48,6 +48,8 @@ pub struct Origin {
     pub conn: ConnKey,
     pub endpoint: NodeIdx,
     pub role: Role,
+    /// Which of the terminals at its node it is.
+    pub seat: Seat,
     /// Unix seconds at which its credential expires.
     pub expires_at: u64,
 }
@@ -55,6 +57,16 @@ pub struct Origin {
 impl Origin {
     pub fn hub(&self) -> HubId {
         hub_of(self.conn)
+    }
+
+    /// What its credential says, for the scope checks.
+    pub fn credential(&self) -> Credential {
+        Credential {
+            endpoint: self.endpoint,
+            role: self.role,
+            seat: self.seat,
+            expires_at: self.expires_at,
+        }
     }
 }
 

@@ -162,9 +162,7 @@ impl Transport {
         let now = self.clock.now_ms();
         let conn = Arc::new(Conn::new(
             self.registry.mint_key(now * 1000),
-            cred.endpoint,
-            cred.role,
-            cred.expires_at,
+            &cred,
             stream,
             Arc::clone(&self.metrics),
             QueueLimits {
@@ -248,6 +246,7 @@ impl Conn {
             conn: self.key,
             endpoint: self.endpoint,
             role: self.role,
+            seat: self.seat,
             expires_at: self.expires_at,
         }
     }

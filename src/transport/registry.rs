@@ -5,16 +5,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use super::conn::Conn;
 use super::dispatch::{ConnKey, HUB_BITS, HubId};
+use crate::auth::Seat;
 use crate::org::NodeIdx;
 
-/// One connection per terminal on this node (the newer wins), indexed both ways.
+/// A terminal's connections on this node, one per seat; nearly always one.
+pub type Seats = SmallVec<[Arc<Conn>; 1]>;
+
+/// One connection per seat of a terminal on this node (the newer wins), indexed both ways.
 pub struct Registry {
     hub: HubId,
-    by_endpoint: DashMap<NodeIdx, Arc<Conn>>,
+    by_endpoint: DashMap<NodeIdx, Seats>,
     by_key: DashMap<ConnKey, Arc<Conn>>,
     /// The last key minted; keys only grow.
     last_key: AtomicU64,
@@ -55,33 +60,66 @@ impl Registry {
         }
     }
 
-    pub fn get(&self, ep: NodeIdx) -> Option<Arc<Conn>> {
-        self.by_endpoint.get(&ep).map(|c| Arc::clone(&c))
+    /// Every seat of the terminal connected here.
+    pub fn seats(&self, ep: NodeIdx) -> Seats {
+        self.by_endpoint
+            .get(&ep)
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Calls `f` with each connection of the terminal here, without copying the list.
+    pub fn each_seat(&self, ep: NodeIdx, mut f: impl FnMut(&Arc<Conn>)) {
+        if let Some(s) = self.by_endpoint.get(&ep) {
+            s.iter().for_each(&mut f);
+        }
+    }
+
+    pub fn seat(&self, ep: NodeIdx, seat: Seat) -> Option<Arc<Conn>> {
+        let s = self.by_endpoint.get(&ep)?;
+        s.iter().find(|c| c.seat == seat).cloned()
     }
 
     pub fn by_key(&self, key: ConnKey) -> Option<Arc<Conn>> {
         self.by_key.get(&key).map(|c| Arc::clone(&c))
     }
 
+    /// Connections on this node.
     pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Terminals with a connection on this node.
+    pub fn terminals(&self) -> usize {
         self.by_endpoint.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_endpoint.is_empty()
+        self.by_key.is_empty()
     }
 
-    /// Registers `conn`; returns the connection it replaces, if the terminal was connected.
+    /// Registers `conn`; returns the connection it replaces, if its seat was connected.
     pub(super) fn insert(&self, conn: Arc<Conn>) -> Option<Arc<Conn>> {
         self.by_key.insert(conn.key, Arc::clone(&conn));
-        self.by_endpoint.insert(conn.endpoint, conn)
+        let mut seats = self.by_endpoint.entry(conn.endpoint).or_default();
+        match seats.iter_mut().find(|c| c.seat == conn.seat) {
+            Some(old) => Some(std::mem::replace(old, conn)),
+            None => {
+                seats.push(conn);
+                None
+            }
+        }
     }
 
-    /// Unregisters `conn`; its terminal stays registered if a newer connection took its place.
+    /// Unregisters `conn`; its seat stays registered if a newer connection took its place.
     pub(super) fn remove(&self, conn: &Conn) {
         self.by_key.remove(&conn.key);
-        self.by_endpoint
-            .remove_if(&conn.endpoint, |_, c| c.key == conn.key);
+        if let dashmap::Entry::Occupied(mut e) = self.by_endpoint.entry(conn.endpoint) {
+            e.get_mut().retain(|c| c.key != conn.key);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
         self.left.notify_waiters();
     }
 

@@ -110,6 +110,7 @@ struct Hello<'a> {
     conn: String,
     endpoint: EndpointInfo<'a>,
     role: &'static str,
+    seat: &'a str,
     heartbeat: Heartbeat,
     limits: Limits,
     expires_at: u64,
@@ -170,6 +171,7 @@ pub(crate) fn hello(t: &Transport, conn: &Conn) {
             tier: node.tier,
         },
         role: conn.role.as_str(),
+        seat: conn.seat.as_str(),
         heartbeat: Heartbeat {
             interval_ms: c.heartbeat_interval_ms,
             timeout_ms: c.heartbeat_timeout_ms,

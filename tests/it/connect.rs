@@ -45,7 +45,7 @@ async fn a_second_connection_of_the_same_terminal_replaces_the_first() {
         .await;
     let me = entry(&snap, w).expect("listed");
     assert_eq!(me["status"], "online", "{snap}");
-    assert_eq!(hub.hub().transport.registry.len(), 2);
+    assert_eq!(hub.hub().transport.registry.terminals(), 2);
 }
 
 #[tokio::test]

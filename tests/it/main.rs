@@ -14,5 +14,6 @@ mod presence;
 mod rest;
 mod rfc6455;
 mod scope;
+mod seats;
 mod shutdown;
 mod support;

@@ -289,6 +289,7 @@ impl Service {
         let cred = crate::auth::Credential {
             endpoint: who.node,
             role: who.role,
+            seat: crate::auth::Seat::MAIN,
             expires_at: 0,
         };
         if who.role == Role::Worker || !scope::can_watch_subtree(&self.org, &cred, n) {

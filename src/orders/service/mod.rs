@@ -583,6 +583,29 @@ fn role_of(org: &Org, n: NodeIdx) -> Role {
     Role::default_for(org.tier(n))
 }
 
+impl Cmd {
+    /// `Err(reply)` for a command that changes something sent by an observer seat, which
+    /// watches and never acts.
+    fn observer_acting(self) -> Result<Cmd, Reply> {
+        match self {
+            Cmd::Create { who, reply, .. }
+            | Cmd::Act { who, reply, .. }
+            | Cmd::Read { who, reply, .. }
+            | Cmd::NoticeSend { who, reply, .. }
+            | Cmd::MarkRead { who, reply, .. }
+            | Cmd::CampaignStart { who, reply, .. }
+            | Cmd::CampaignRecord { who, reply, .. }
+            | Cmd::CampaignDone { who, reply, .. }
+            | Cmd::CampaignClose { who, reply, .. }
+                if who.role == Role::Observer =>
+            {
+                Err(reply)
+            }
+            cmd => Ok(cmd),
+        }
+    }
+}
+
 impl Service {
     async fn run(
         mut self,
@@ -686,6 +709,15 @@ impl Service {
 
     async fn handle(&mut self, cmd: Cmd) {
         let now = self.clock.now_ms();
+        let cmd = match cmd.observer_acting() {
+            Ok(cmd) => cmd,
+            Err(reply) => {
+                let e = OrderError::OutOfScope(
+                    "an observer seat (a video wall) watches orders; it does not act on them: use an operator's or a station's credential".into(),
+                );
+                return self.reject(reply, e.into()).await;
+            }
+        };
         match cmd {
             Cmd::Create {
                 who,
