@@ -238,3 +238,38 @@ async fn a_node_with_another_org_tree_is_refused() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn the_seats_of_one_center_on_two_nodes_are_one_terminal() {
+    use gridhub::auth::Role;
+    let broker = Broker::new();
+    let a = spawn_node(&broker, 1, true).await;
+    let b = spawn_node(&broker, 2, false).await;
+    let w = workers_under(&a.org, DONGFENG, 1).remove(0);
+    let mut desk = a.seat(DONGFENG, Role::Operator, "desk-1").await;
+    let mut station = b.seat(DONGFENG, Role::Station, "main").await;
+    desk.ping_ok().await;
+    station.ping_ok().await;
+    let mut worker = a.connect(&w).await;
+    let r = worker
+        .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
+        .await;
+    let call = r["data"]["call"].clone();
+    assert!(call.is_u64(), "{r}");
+    for t in [&mut desk, &mut station] {
+        let m = t.next_where(|m| m["type"] == "call.incoming").await;
+        assert_eq!(m["data"]["call"], call);
+    }
+    // The station PC on B answers; the desk on A hears it was answered elsewhere.
+    let r = station.call("call.accept", json!({"call": call})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    worker.next_where(|m| m["type"] == "call.accepted").await;
+    let m = desk.next_where(|m| m["type"] == "call.ended").await;
+    assert_eq!(m["data"]["outcome"], "answered_elsewhere", "{m}");
+    // The desk seat connecting again on B replaces its connection on A, and only that one.
+    let mut desk_b = b.seat(DONGFENG, Role::Operator, "desk-1").await;
+    let (code, _) = desk.closed().await;
+    assert_eq!(code, 4001);
+    desk_b.ping_ok().await;
+    station.ping_ok().await;
+}

@@ -147,7 +147,10 @@ async fn a_station_calls_and_dispatches_in_its_subtree_and_a_wall_acts_on_nothin
     let mut seqs = Vec::new();
     for t in [&mut desk, &mut county, &mut wall] {
         let (seq, kind, o) = t.outbox().await;
-        assert_eq!((kind.as_str(), o["id"].as_u64()), ("order.assigned", Some(id)));
+        assert_eq!(
+            (kind.as_str(), o["id"].as_u64()),
+            ("order.assigned", Some(id))
+        );
         seqs.push(seq);
     }
     assert!(

@@ -96,3 +96,50 @@ test('a call to a terminal that is off line is refused at once and said so', asy
   expect(code).toBe('ended');
   await expect(page.locator('#call .error')).toContainText('对方不在线');
 });
+
+test('a village with a desk, its station PC and a video wall: all stay on line, the call rings the desk and the station, the first to answer takes it, the wall never rings', async ({ browser }) => {
+  const village = worker.path[3];
+  const open = async (role, seat) => {
+    const ctx = await deviceContext(browser);
+    const page = await ctx.newPage();
+    await page.goto(hub.link('/', village, role, seat));
+    await expect(page.locator('body')).toHaveAttribute('data-ready', 'true');
+    return { ctx, page };
+  };
+  const desk = await open('operator', 'desk-1');
+  const station = await open('station', 'main');
+  const wall = await open('observer', 'wall');
+  const phoneCtx = await deviceContext(browser, true);
+  const phone = await phoneCtx.newPage();
+  await phone.goto(hub.link('/field', worker.id));
+  await expect(phone.locator('body')).toHaveAttribute('data-ready', 'true');
+
+  // Nobody evicted anybody: every page is still connected, and the village is one terminal.
+  for (const { page } of [desk, station, wall]) await expect(page.locator('#conn')).toHaveAttribute('data-state', 'open');
+  await expect(wall.page.locator('#seat')).toHaveText('观察席 · wall');
+  await expect(desk.page.locator('#seat')).toHaveText('席位 · desk-1');
+  await expect(station.page.locator('#seat')).toBeHidden();
+  const seats = await desk.page.evaluate((id) => window.gridhub.presence.endpoints.get(id)?.seats, village);
+  expect([...seats].sort()).toEqual(['desk-1', 'main', 'wall']);
+  // The wall watches: no call buttons, no intake.
+  await expect(desk.page.locator(`#children li[data-id="${worker.id}"] button[data-call]`).first()).toBeVisible();
+  await expect(wall.page.locator('#children button[data-call]')).toHaveCount(0);
+  await expect(wall.page.locator('#board-new')).toBeHidden();
+
+  await phone.locator('#dial-audio').click();
+  await expect(desk.page.locator('#call')).toHaveAttribute('data-state', 'incoming');
+  await expect(station.page.locator('#call')).toHaveAttribute('data-state', 'incoming');
+  await desk.page.locator('#call .call-accept').click();
+  await expect(phone.locator('#call')).toHaveAttribute('data-state', 'active', { timeout: 20_000 });
+  await expect(desk.page.locator('#call')).toHaveAttribute('data-state', 'active', { timeout: 20_000 });
+  await expect(station.page.locator('#call')).toHaveAttribute('data-state', 'ended');
+  await expect(station.page.locator('#call .call-state')).toContainText('已由其他席位接听');
+  await expect(wall.page.locator('#call[data-state]')).toHaveCount(0);
+  await desk.page.screenshot({ path: test.info().outputPath('desk-answered.png') });
+  await station.page.screenshot({ path: test.info().outputPath('station-answered-elsewhere.png') });
+  await wall.page.screenshot({ path: test.info().outputPath('wall-observer.png') });
+  await phone.locator('#call .call-hangup').click();
+  await expect(desk.page.locator('#call')).toHaveAttribute('data-state', 'ended');
+  for (const { ctx } of [desk, station, wall]) await ctx.close();
+  await phoneCtx.close();
+});

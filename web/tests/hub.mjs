@@ -54,9 +54,10 @@ export class TestHub {
     return hub;
   }
 
-  token(endpoint, role) {
+  token(endpoint, role, seat) {
     const args = ['token', '--endpoint', endpoint];
     if (role) args.push('--role', role);
+    if (seat) args.push('--seat', seat);
     return execFileSync(bin, args, { cwd: root, env: this.env }).toString().trim();
   }
 
@@ -68,8 +69,8 @@ export class TestHub {
   }
 
   /// The page's address with the credential in the fragment, as a provisioning link has it.
-  link(path, endpoint, role) {
-    return `${this.base}${path}#credential=${this.token(endpoint, role)}`;
+  link(path, endpoint, role, seat) {
+    return `${this.base}${path}#credential=${this.token(endpoint, role, seat)}`;
   }
 
   async api(path, endpoint, init = {}) {

@@ -12,7 +12,9 @@ const OPEN = new Set(['intake', 'dispatched', 'in_progress', 'supervised']);
 const REFRESH_MS = 2000;
 
 export class Board {
-  constructor({ hub, org, me, focus, onStats, onOpen }) {
+  constructor({ hub, org, me, focus, onStats, onOpen, watchOnly = false }) {
+    // An observer seat (a video wall) shows the board and acts on nothing.
+    this.watchOnly = watchOnly;
     this.onStats = onStats;
     this.onOpen = onOpen;
     this.hub = hub;
@@ -35,6 +37,7 @@ export class Board {
       form: document.getElementById('new-order-form'),
     };
     document.getElementById('board-new').onclick = () => this.openCreate();
+    document.getElementById('board-new').hidden = watchOnly;
     this.el.mine.onclick = (ev) => {
       const li = ev.target.closest('li[data-id]');
       if (li) this.open(Number(li.dataset.id));
@@ -198,7 +201,7 @@ export class Board {
 
   actions(o, error) {
     const box = el('form', { className: 'actions', method: 'dialog' });
-    if (o.holder !== this.me) return box;
+    if (o.holder !== this.me || this.watchOnly) return box;
     const act = async (type, data) => {
       error.hidden = true;
       for (const b of box.querySelectorAll('button')) b.disabled = true;

@@ -42,6 +42,13 @@ function title() {
 }
 window.addEventListener('langchange', title);
 
+// Which seat of the center this console is (hidden for a center's one main desk).
+function seatLabel() {
+  const s = document.getElementById('seat');
+  if (s.dataset.label) s.textContent = `${t(s.dataset.label)} · ${s.dataset.seat}`;
+}
+window.addEventListener('langchange', seatLabel);
+
 hub.addEventListener('hello', async (ev) => {
   const me = ev.detail.endpoint;
   if (ev.detail.role === 'worker') {
@@ -56,15 +63,22 @@ hub.addEventListener('hello', async (ev) => {
       location.reload();
       return;
     }
+    const watchOnly = ev.detail.role === 'observer';
+    document.body.dataset.role = ev.detail.role;
+    const seat = document.getElementById('seat');
+    seat.hidden = !watchOnly && ev.detail.seat === 'main';
+    seat.dataset.label = watchOnly ? 'seat.observer' : 'seat.seat';
+    seat.dataset.seat = ev.detail.seat;
+    seatLabel();
     if (!org) {
       const [o, g] = await Promise.all([Org.load(hub, me.id), geo || fetch('/assets/vendor/jiamusi.geo.json').then((r) => r.json())]);
       org = o;
       geo = g;
       title();
       presence.node = me.id;
-      nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id), onCall: (n, media) => calls.place(n, media) });
+      nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id), onCall: watchOnly ? null : (n, media) => calls.place(n, media) });
       map = new SituationMap({ el: document.getElementById('map'), legend: document.getElementById('legend'), org, presence, geo });
-      board = new Board({ hub, org, me: me.id, focus: () => nav.focus, onStats: (s) => charts?.setStats(s), onOpen: (o) => map?.setOrders(o) });
+      board = new Board({ hub, org, me: me.id, focus: () => nav.focus, onStats: (s) => charts?.setStats(s), onOpen: (o) => map?.setOrders(o), watchOnly });
     }
     // After every (re)connect: a fresh snapshot resyncs whatever changed while we were away.
     presence.snapshot(await hub.request('presence.subscribe', { node: me.id }));

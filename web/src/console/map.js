@@ -121,7 +121,8 @@ export class SituationMap {
     const e = this.presence.endpoints.get(id);
     const status = t(`status.${this.presence.status(id)}`);
     const text = e?.text ? ` · ${escape(e.text)}` : '';
-    return `<b>${escape(nodeName(n))}</b><br>${escape(path)}<br>${status}${text}`;
+    const seats = e?.seats?.length ? `<br>${t('seat.seat')}: ${e.seats.map(escape).join(', ')}` : '';
+    return `<b>${escape(nodeName(n))}</b><br>${escape(path)}<br>${status}${text}${seats}`;
   }
 
   renderLegend() {

@@ -108,7 +108,7 @@ export class Navigator {
     count.className = 'count';
     // Anyone on line below may be called, with voice or video.
     const callButtons = [];
-    if (status !== 'offline') {
+    if (status !== 'offline' && this.onCall) {
       for (const media of ['audio', 'video']) {
         const b = document.createElement('button');
         b.className = 'callbtn';

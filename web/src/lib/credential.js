@@ -20,9 +20,16 @@ export function store(kind) {
   };
 }
 
+/// Who a credential makes this device: its node, and its seat when not the main one.
+function who(jwt) {
+  const c = claims(jwt);
+  if (!c) return '?';
+  return c.seat && c.seat !== 'main' ? `${c.sub} · ${c.seat}` : c.sub;
+}
+
 function confirmReplace(held, next) {
-  const a = claims(held)?.sub ?? '?';
-  const b = claims(next)?.sub ?? '?';
+  const a = who(held);
+  const b = who(next);
   if (a === b) return true;
   const zh = !localStorage.getItem('gridhub.lang') || localStorage.getItem('gridhub.lang') === 'zh';
   return window.confirm(
