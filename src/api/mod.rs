@@ -1,6 +1,7 @@
 //! api — the REST surface (axum): health, metrics, the org tree, presence snapshots, the OpenAPI
 //! document, and the `/ws` upgrade. `router(hub)` builds it all, so tests drive it with `oneshot`.
 
+pub mod attachments;
 pub mod calls;
 pub mod error;
 pub mod orders;
@@ -27,7 +28,7 @@ use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step); the web pages
 /// (`crate::web`) are not part of the API.
-pub const ROUTES: [&str; 26] = [
+pub const ROUTES: [&str; 28] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -42,7 +43,9 @@ pub const ROUTES: [&str; 26] = [
     "/api/v1/orders/stats",
     "/api/v1/orders/{id}",
     "/api/v1/orders/{id}/history",
+    "/api/v1/orders/{id}/attachments",
     "/api/v1/orders/{id}/{action}",
+    "/api/v1/attachments/{id}",
     "/api/v1/public/orders/{id}",
     "/api/v1/categories",
     "/api/v1/notices",
@@ -78,6 +81,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/orders/stats", get(orders::stats))
         .route("/api/v1/orders/{id}", get(orders::get))
         .route("/api/v1/orders/{id}/history", get(orders::history))
+        .route(
+            "/api/v1/orders/{id}/attachments",
+            get(attachments::list).post(attachments::upload).layer(
+                // Room for the largest photo, so that one just over is told its size by us.
+                axum::extract::DefaultBodyLimit::max(hub.config.orders.max_attachment_bytes + 1),
+            ),
+        )
+        .route("/api/v1/attachments/{id}", get(attachments::download))
         .route("/api/v1/orders/{id}/{action}", post(orders::act))
         .route("/api/v1/public/orders/{id}", get(orders::public))
         .route("/api/v1/categories", get(categories))

@@ -46,7 +46,7 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-fn who(c: &Credential) -> Who {
+pub(super) fn who(c: &Credential) -> Who {
     Who {
         node: c.endpoint,
         role: c.role,
@@ -64,7 +64,10 @@ fn body_error(e: JsonRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", e.body_text())
 }
 
-async fn ask(hub: &Hub, make: impl FnOnce(Reply) -> Cmd) -> Result<(bool, RestBody), ApiError> {
+pub(super) async fn ask(
+    hub: &Hub,
+    make: impl FnOnce(Reply) -> Cmd,
+) -> Result<(bool, RestBody), ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     hub.services()?
         .orders

@@ -91,6 +91,10 @@ pub struct OrdersConfig {
     pub idempotency_secs: u64,
     /// Order changes reach a watching console at most once per window.
     pub feed_coalesce_ms: u64,
+    /// Largest photo attached to an order (the field page sends ~0.3 MB after scaling down).
+    pub max_attachment_bytes: usize,
+    /// Photos per order.
+    pub max_attachments: usize,
 }
 
 impl Default for OrdersConfig {
@@ -103,6 +107,8 @@ impl Default for OrdersConfig {
             max_note_chars: 500,
             idempotency_secs: 48 * 3600,
             feed_coalesce_ms: 100,
+            max_attachment_bytes: 4 * 1024 * 1024,
+            max_attachments: 8,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `handler` terminals' requests, `feed` every node's live view for its consoles, `persist` the
 //! SQL, `wire` the documents, `config` the `[orders]` section.
 
+pub mod attachments;
 pub mod campaigns;
 pub mod config;
 pub mod core;

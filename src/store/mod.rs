@@ -28,9 +28,10 @@ use crate::telemetry::Metrics;
 pub mod config;
 
 /// Schema version this build writes; older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
+const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 
 /// Jobs waiting for the writer; submitters wait (backpressure) when it is full.
 pub const QUEUE: usize = 16_384;
@@ -200,6 +201,11 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     if version < 2 {
         c.execute_batch(&format!(
             "BEGIN; {SCHEMA_V2}; PRAGMA user_version = 2; COMMIT;"
+        ))?;
+    }
+    if version < 3 {
+        c.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V3}; PRAGMA user_version = 3; COMMIT;"
         ))?;
     }
     Ok(())
@@ -632,16 +638,20 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(&path, Arc::default()).unwrap();
-        let (version, kept, calls): (i64, String, i64) = store
+        let (version, kept, calls, photos): (i64, String, i64, i64) = store
             .read_sync(|c| {
                 Ok((
                     c.pragma_query_value(None, "user_version", |r| r.get(0))?,
                     c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?,
                     c.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?,
+                    c.query_row("SELECT COUNT(*) FROM attachments", [], |r| r.get(0))?,
                 ))
             })
             .unwrap();
-        assert_eq!((version, kept.as_str(), calls), (SCHEMA_VERSION, "v", 0));
+        assert_eq!(
+            (version, kept.as_str(), calls, photos),
+            (SCHEMA_VERSION, "v", 0, 0)
+        );
         store.close();
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }

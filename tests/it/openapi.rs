@@ -412,6 +412,9 @@ impl Api {
                         assert_eq!(Some(id), request_id, "{what}: request ids differ");
                     }
                     body
+                } else if ctype.starts_with("image/") {
+                    assert!(!raw.is_empty(), "{what}: an empty image");
+                    Value::Null
                 } else {
                     let text = String::from_utf8(raw.to_vec()).expect("text");
                     let errs = violations(&self.doc, &media["schema"], &json!(text));
@@ -558,7 +561,7 @@ impl Node<'_> {
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-        body: Option<&str>,
+        body: Option<&[u8]>,
     ) -> Answer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
@@ -569,9 +572,10 @@ impl Node<'_> {
             req.push_str(&format!("content-length: {}\r\n", b.len()));
         }
         req.push_str("\r\n");
-        req.push_str(body.unwrap_or_default());
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body.unwrap_or_default());
         let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(&req).await.unwrap();
         let mut buf = Vec::new();
         tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
             .await
@@ -618,7 +622,9 @@ impl Node<'_> {
             headers.push(("content-type", "application/json"));
         }
         let text = body.map(Value::to_string);
-        let a = self.send(method, path, &headers, text.as_deref()).await;
+        let a = self
+            .send(method, path, &headers, text.as_deref().map(str::as_bytes))
+            .await;
         if let (Some(b), true) = (body, (200..300).contains(&a.status)) {
             let errs = violations(&self.api.doc, self.api.request_schema(path), b);
             assert!(
@@ -1024,7 +1030,7 @@ async fn every_route_answers_as_the_document_says() {
     // A JSON body without its Content-Type.
     let (auth, text) = (format!("Bearer {city}"), body.to_string());
     let untyped = [("authorization", auth.as_str())];
-    let a = h.send(POST, orders, &untyped, Some(&text)).await;
+    let a = h.send(POST, orders, &untyped, Some(text.as_bytes())).await;
     a.refused(400, "invalid_data");
 
     // Reading it: whole for the intake city, the reporter masked for the county.
@@ -1063,6 +1069,73 @@ async fn every_route_answers_as_the_document_says() {
     ]);
     let o = h.post(&act("acknowledge"), county, None).await.ok(200);
     assert_eq!(o["order"]["state"], "in_progress");
+    let photos = format!("/api/v1/orders/{id}/attachments");
+    let attach = |token: &str, ctype: &str, bytes: Vec<u8>| {
+        let (auth, ctype) = (format!("Bearer {token}"), ctype.to_owned());
+        let (h, photos) = (&h, photos.clone());
+        async move {
+            h.send(
+                POST,
+                &photos,
+                &[("authorization", &auth), ("content-type", &ctype)],
+                Some(&bytes),
+            )
+            .await
+        }
+    };
+    let png = |n: u8| [b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".as_slice(), &[n]].concat();
+    let a = attach(county, "image/png", png(0)).await.ok(201);
+    assert_eq!(a["attachment"]["content_type"], "image/png");
+    let again = attach(county, "image/png", png(0)).await.ok(200);
+    assert_eq!(
+        again["attachment"]["id"], a["attachment"]["id"],
+        "a retried upload"
+    );
+    let listed = h.get(&photos, city).await.ok(200);
+    assert_eq!(listed["attachments"].as_array().unwrap().len(), 1);
+    let url = a["url"].as_str().unwrap().to_owned();
+    h.get(&url, city).await.ok(200);
+    let observer = hub
+        .auth
+        .mint_seat(
+            &hub.org,
+            DONGFENG,
+            Role::Observer,
+            gridhub::auth::Seat::parse("wall").unwrap(),
+            60,
+            now_s(),
+        )
+        .unwrap();
+    attach(&observer, "image/png", png(1))
+        .await
+        .refused(403, "out_of_scope");
+    attach(huanan, "image/png", png(1))
+        .await
+        .refused(404, "not_found");
+    attach(county, "text/plain", b"hello".to_vec())
+        .await
+        .refused(415, "unsupported_media_type");
+    attach(county, "image/jpeg", png(1))
+        .await
+        .refused(400, "invalid_data");
+    let too_big = [png(1), vec![0; 4 * 1024 * 1024]].concat();
+    attach(county, "image/png", too_big)
+        .await
+        .refused(413, "message_too_large");
+    for n in 1..8 {
+        attach(county, "image/png", png(n)).await.ok(201);
+    }
+    attach(county, "image/png", png(9))
+        .await
+        .refused(409, "too_many_attachments");
+    refuse!(h, [
+        GET "/api/v1/orders/999999/attachments", county, None => 404 "not_found";
+        GET "/api/v1/orders/abc/attachments", county, None => 400 "invalid_data";
+        GET &photos, huanan, None => 404 "not_found";
+        GET &url, huanan, None => 404 "not_found";
+        GET "/api/v1/attachments/999999", county, None => 404 "not_found";
+        GET "/api/v1/attachments/abc", county, None => 400 "invalid_data";
+    ]);
     let report = json!({"result": "已协调，音量降至规定以下"});
     let o = h.post(&act("report"), county, Some(&report)).await.ok(200);
     assert_eq!(o["order"]["holder"], CITY);
@@ -1081,6 +1154,21 @@ async fn every_route_answers_as_the_document_says() {
     h.get(&public, "").await.ok(200);
     let o = h.get(&order, city).await.ok(200);
     assert_eq!(o["order"]["state"], "archived");
+    h.request(POST, &photos, city, None, &[("content-type", "image/png")])
+        .await
+        .refused(400, "invalid_data");
+    let late = h
+        .send(
+            POST,
+            &photos,
+            &[
+                ("authorization", &format!("Bearer {city}")),
+                ("content-type", "image/png"),
+            ],
+            Some(&png(20)),
+        )
+        .await;
+    late.refused(409, "illegal_transition");
     refuse!(h, [
         POST &act("archive"), city, None => 409 "illegal_transition";
         GET "/api/v1/public/orders/999999", "", None => 404 "not_found";
@@ -1330,6 +1418,8 @@ async fn every_route_answers_as_the_document_says() {
         GET "/api/v1/orders/stats", city_b, None => 503 "not_served_here";
         GET "/api/v1/orders/1", city_b, None => 503 "not_served_here";
         GET "/api/v1/orders/1/history", city_b, None => 503 "not_served_here";
+        GET "/api/v1/orders/1/attachments", city_b, None => 503 "not_served_here";
+        GET "/api/v1/attachments/1", city_b, None => 503 "not_served_here";
         GET "/api/v1/public/orders/1", "", None => 503 "not_served_here";
         GET "/api/v1/notices/1", city_b, None => 503 "not_served_here";
         GET "/api/v1/campaigns/1", city_b, None => 503 "not_served_here";
@@ -1343,6 +1433,18 @@ async fn every_route_answers_as_the_document_says() {
         POST campaigns, city_b, Some(&campaign) => 503 "not_served_here";
         POST "/api/v1/campaigns/1/done", city_b, None => 503 "not_served_here";
     ]);
+    let photo = b"\x89PNG\r\n\x1a\n".to_vec();
+    b.send(
+        POST,
+        "/api/v1/orders/1/attachments",
+        &[
+            ("authorization", &format!("Bearer {city_b}")),
+            ("content-type", "image/png"),
+        ],
+        Some(&photo),
+    )
+    .await
+    .refused(503, "not_served_here");
 
     // A node at its terminal cap, then draining for shutdown.
     let small = spawn_app(|c| c.transport.max_connections = 1).await;
