@@ -1,6 +1,6 @@
 // The field page on a phone-sized Chromium against a real hub.
 import { test, expect } from '@playwright/test';
-import { TestHub, PHONE, workerOf } from './hub.mjs';
+import { TestHub, PHONE, workerOf, pngImage } from './hub.mjs';
 
 test.use(PHONE);
 
@@ -62,12 +62,15 @@ test('a worker sets status, takes an order, reports it, and nothing typed is los
   await card.locator('button.ack').click();
   await expect(card).toHaveAttribute('data-state', 'in_progress');
 
-  // A result half typed survives a reload.
+  // A result half typed, with its photo, survives a reload.
   await card.locator('button.report').click();
   await card.locator('textarea').fill('已协调，音量降至规定以下');
+  await card.locator('input[type="file"]').setInputFiles({ name: 'site.png', mimeType: 'image/png', buffer: pngImage(200, 150) });
+  await expect(card.locator('img.photo-thumb')).toBeVisible();
   await page.reload();
   await expect(page.locator('body')).toHaveAttribute('data-ready', 'true');
   await expect(card.locator('textarea')).toHaveValue('已协调，音量降至规定以下');
+  await expect(card.locator('img.photo-thumb')).toBeVisible();
   // The status chosen before the reload carries over.
   await expect(page.locator('#status button[data-status="busy"]')).toHaveAttribute('aria-checked', 'true');
 
@@ -86,6 +89,9 @@ test('a worker sets status, takes an order, reports it, and nothing typed is los
   expect(body.order.state).toBe('result_reported');
   expect(body.order.result.text).toBe('已协调，音量降至规定以下');
   expect(body.order.result.by).toBe(worker.id);
+  // The photo went with it, once, however many tries the result took.
+  const photos = await hub.api(`/api/v1/orders/${id}/attachments`, CITY);
+  expect(photos.body.attachments.map((a) => [a.by, a.content_type])).toEqual([[worker.id, 'image/jpeg']]);
   await page.screenshot({ path: test.info().outputPath('field-reported.png') });
 });
 

@@ -1,6 +1,6 @@
 // An order's whole life between the city's video wall and a grid worker's phone.
 import { test, expect } from '@playwright/test';
-import { TestHub, PHONE, workerOf } from './hub.mjs';
+import { TestHub, PHONE, workerOf, pngImage } from './hub.mjs';
 
 const CITY = '230800';
 let hub;
@@ -51,6 +51,9 @@ test('an order taken in and dispatched on the console is accepted and reported o
   await expect(wall.locator(`#ticker li[data-id="${id}"][data-state="in_progress"]`)).toBeVisible();
   await card.locator('button.report').click();
   await card.locator('textarea').fill('已设置警示标志，通知市政抢修');
+  // With a photo from the phone's camera.
+  await card.locator('input[type="file"]').setInputFiles({ name: 'site.png', mimeType: 'image/png', buffer: pngImage(320, 240) });
+  await expect(card.locator('img.photo-thumb')).toBeVisible();
   await card.locator('form button[type="submit"]').click();
   await expect(card).toHaveAttribute('data-state', 'result_reported');
   await expect(wall.locator(`#ticker li[data-id="${id}"][data-state="result_reported"]`).first()).toBeVisible();
@@ -65,6 +68,11 @@ test('an order taken in and dispatched on the console is accepted and reported o
   await expect(wall.locator(`#mine li[data-id="${id}"]`)).toBeVisible();
   await wall.locator(`#mine li[data-id="${id}"]`).click();
   await expect(detail).toContainText('已设置警示标志');
+  // The photo came with the result: the wall shows it, decoded.
+  const photo = detail.locator('.photos img.photo');
+  await expect(photo).toHaveCount(1);
+  await expect.poll(() => photo.evaluate((i) => i.naturalWidth)).toBe(320);
+  await wall.screenshot({ path: test.info().outputPath('wall-result-photo.png') });
   await detail.locator('button.approve').click();
   await detail.locator('button.rate').click();
   await expect(detail).toHaveAttribute('data-state', 'rated');

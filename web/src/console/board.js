@@ -26,6 +26,7 @@ export class Board {
     this.mine = [];
     this.ticker = [];
     this.timer = null;
+    this.photoUrls = [];
     this.el = {
       steps: document.getElementById('steps'),
       mine: document.getElementById('mine'),
@@ -38,6 +39,7 @@ export class Board {
     };
     document.getElementById('board-new').onclick = () => this.openCreate();
     document.getElementById('board-new').hidden = watchOnly;
+    this.el.dialog.addEventListener('close', () => this.dropPhotos());
     this.el.mine.onclick = (ev) => {
       const li = ev.target.closest('li[data-id]');
       if (li) this.open(Number(li.dataset.id));
@@ -183,15 +185,47 @@ export class Board {
         .filter(Boolean)
         .flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: v })]),
     );
+    const photos = el('div', { className: 'photos', hidden: true });
     const body = el('div', { className: 'order' },
       el('h3', {}, `#${o.id} `, el('span', { className: 'st', textContent: `${o.step} ${t(`step.${o.state}`)}` })),
       el('p', { className: 'desc', textContent: o.description }),
       facts,
+      photos,
       this.actions(o, error),
       error);
+    this.photos(o.id, photos);
     body.dataset.id = o.id;
     body.dataset.state = o.state;
     this.show(body);
+  }
+
+  /// The photos attached to the order, shown in `box` (the field's evidence with its result).
+  /// Their object URLs live as long as the dialog shows this order: a wall open for days keeps
+  /// none it no longer shows.
+  async photos(id, box) {
+    this.dropPhotos();
+    let list;
+    try {
+      ({ attachments: list } = await this.hub.api(`/api/v1/orders/${id}/attachments`));
+    } catch {
+      return; // The order itself is shown; its photos are an extra.
+    }
+    if (!list.length) return;
+    box.hidden = false;
+    box.append(el('div', { className: 'label', textContent: t('board.photos') }));
+    for (const a of list) {
+      try {
+        const url = URL.createObjectURL(await this.hub.api(a.url, { as: 'blob' }));
+        this.photoUrls.push(url);
+        box.append(el('a', { href: url, target: '_blank', rel: 'noopener' }, el('img', { src: url, alt: `#${a.id}`, className: 'photo' })));
+      } catch {
+        // One photo that does not load leaves the others.
+      }
+    }
+  }
+
+  dropPhotos() {
+    for (const u of this.photoUrls.splice(0)) URL.revokeObjectURL(u);
   }
 
   show(node) {

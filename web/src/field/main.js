@@ -211,7 +211,7 @@ function orderCard(o) {
     const rep = el('button', { textContent: t('field.report'), className: 'report' });
     rep.onclick = () => textForm(li, o, 'report', 'result', 'field.report_placeholder', 'field.report_send', 'order.report');
     actions.append(rep);
-    if (localStorage.getItem(draftKey(o.id, 'report'))) queueMicrotask(() => rep.click());
+    if (localStorage.getItem(draftKey(o.id, 'report')) || localStorage.getItem(draftKey(o.id, 'photo'))) queueMicrotask(() => rep.click());
   }
   li.append(actions, error);
   return li;
@@ -227,22 +227,131 @@ function textForm(li, o, kind, field, placeholder, send, type) {
   text.oninput = () => localStorage.setItem(key, text.value);
   const error = li.querySelector('.error');
   const cancel = el('button', { type: 'button', className: 'ghost', textContent: t('field.cancel') });
-  const form = el('form', {}, text, el('div', { className: 'actions' }, cancel, el('button', { type: 'submit', textContent: t(send) })));
+  // A result may show what was done: a photo, attached to the order before the result is sent.
+  const photo = kind === 'report' ? photoPicker(o, error) : null;
+  const form = el('form', {}, text, photo?.el ?? null, el('div', { className: 'actions' }, cancel, el('button', { type: 'submit', textContent: t(send) })));
   form.dataset.kind = kind;
   cancel.onclick = () => {
     localStorage.removeItem(key);
+    photo?.clear();
     renderOrders();
   };
   form.onsubmit = async (ev) => {
     ev.preventDefault();
     if (!text.value.trim()) return;
+    if (photo && !(await photo.upload(li))) return;
     // The order as it stands now: the card may have been kept open across updates.
     const version = inbox.orders.get(o.id)?.version ?? o.version;
     const ok = await act(li, error, type, { order: o.id, [field]: text.value.trim(), version });
-    if (ok) localStorage.removeItem(key);
+    if (ok) {
+      localStorage.removeItem(key);
+      photo?.clear();
+    }
   };
   li.append(form);
   text.focus();
+}
+
+/// Longest side of a photo as sent: enough to see a drain or a lamp, a few hundred KB.
+const PHOTO_SIDE = 1600;
+
+/// Picks a photo (the phone's camera), scales it down to a JPEG once, and keeps it as a draft
+/// with the order until the result is sent: the same bytes each try, so a retried upload is the
+/// same photo to the hub.
+function photoPicker(o, error) {
+  const key = draftKey(o.id, 'photo');
+  const input = el('input', { type: 'file', accept: 'image/*', capture: 'environment', className: 'photo-input' });
+  const thumb = el('img', { className: 'photo-thumb', alt: '', hidden: true });
+  const remove = el('button', { type: 'button', className: 'ghost small', textContent: t('field.photo_remove'), hidden: true });
+  const pick = el('label', { className: 'photo-pick button ghost' }, t('field.photo_add'), input);
+  let blob = null;
+  const show = (b) => {
+    blob = b;
+    if (thumb.src) URL.revokeObjectURL(thumb.src);
+    thumb.hidden = remove.hidden = !b;
+    pick.hidden = Boolean(b);
+    if (b) thumb.src = URL.createObjectURL(b);
+    else thumb.removeAttribute('src');
+  };
+  const saved = localStorage.getItem(key);
+  if (saved) {
+    try {
+      show(fromDataUrl(saved));
+    } catch {
+      localStorage.removeItem(key);
+    }
+  }
+  input.onchange = async () => {
+    const file = input.files?.[0];
+    if (!file) return;
+    try {
+      const b = await scaled(file);
+      // Kept across a reload when it fits the browser's storage (before it shows, so a photo
+      // on screen is a photo kept); otherwise only while the page is open.
+      const url = await new Promise((done, fail) => {
+        const r = new FileReader();
+        r.onload = () => done(r.result);
+        r.onerror = fail;
+        r.readAsDataURL(b);
+      });
+      try {
+        localStorage.setItem(key, url);
+      } catch {
+        localStorage.removeItem(key);
+      }
+      show(b);
+    } catch {
+      error.hidden = false;
+      error.textContent = t('field.photo_failed');
+    }
+  };
+  remove.onclick = () => {
+    show(null);
+    input.value = '';
+    localStorage.removeItem(key);
+  };
+  return {
+    el: el('div', { className: 'photo' }, pick, thumb, remove),
+    clear: () => {
+      show(null);
+      localStorage.removeItem(key);
+    },
+    async upload(li) {
+      if (!blob) return true;
+      error.hidden = true;
+      for (const b of li.querySelectorAll('button')) b.disabled = true;
+      try {
+        await hub.api(`/api/v1/orders/${o.id}/attachments`, { method: 'POST', body: blob });
+        return true;
+      } catch (e) {
+        error.hidden = false;
+        error.textContent = `${errorText(e)} ${t('field.draft_kept')}`;
+        return false;
+      } finally {
+        for (const b of li.querySelectorAll('button')) b.disabled = false;
+      }
+    },
+  };
+}
+
+/// A `data:` URL back into its Blob (the page may not fetch one: its CSP allows only the hub).
+function fromDataUrl(url) {
+  const [head, b64] = url.split(',');
+  const type = head.match(/^data:([^;]+);base64$/)[1];
+  const bin = atob(b64);
+  return new Blob([Uint8Array.from(bin, (c) => c.charCodeAt(0))], { type });
+}
+
+/// The picked image as a JPEG no larger than PHOTO_SIDE on its longest side.
+async function scaled(file) {
+  const img = await createImageBitmap(file);
+  const k = Math.min(1, PHOTO_SIDE / Math.max(img.width, img.height));
+  const canvas = document.createElement('canvas');
+  canvas.width = Math.round(img.width * k);
+  canvas.height = Math.round(img.height * k);
+  canvas.getContext('2d').drawImage(img, 0, 0, canvas.width, canvas.height);
+  img.close();
+  return new Promise((done, fail) => canvas.toBlob((b) => (b ? done(b) : fail(new Error('encode'))), 'image/jpeg', 0.82));
 }
 
 async function act(li, error, type, data) {

@@ -209,14 +209,17 @@ export class Hub extends EventTarget {
   }
 
   /// REST with the credential in the header; rejects with a HubError carrying the API's code.
-  async api(path, { method = 'GET', body, headers = {} } = {}) {
+  /// A Blob body is sent as it is, with its own type (a photo).
+  async api(path, { method = 'GET', body, headers = {}, as = 'json' } = {}) {
     const h = { Authorization: `Bearer ${this.credential()}`, ...headers };
-    if (body !== undefined) h['Content-Type'] = 'application/json';
+    const raw = body instanceof Blob;
+    if (body !== undefined) h['Content-Type'] = raw ? body.type : 'application/json';
     const res = await fetch(`${this.base}${path}`, {
       method,
       headers: h,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : raw ? body : JSON.stringify(body),
     });
+    if (res.ok && as === 'blob') return res.blob();
     const json = await res.json().catch(() => null);
     if (!res.ok) {
       const e = json?.error || {};
