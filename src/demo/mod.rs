@@ -4,6 +4,7 @@
 //! eight steps. Its database is its own (`<data_dir>/demo/`, emptied at every start); a person
 //! who signs in as a simulated terminal takes its place.
 
+mod camera;
 mod driver;
 pub mod script;
 mod terminal;
@@ -26,6 +27,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Village stations on line too (every one of them).
     pub stations: bool,
+    /// Simulated terminals answer calls with a test card and silence (a WebRTC peer each).
+    pub camera: bool,
     pub pace: script::Pace,
 }
 
@@ -36,6 +39,7 @@ impl DemoOptions {
             orders_per_minute,
             seed,
             stations: true,
+            camera: true,
             pace: script::Pace::demo(),
         }
     }
@@ -104,10 +108,22 @@ pub async fn start(
         );
         who.truncate(budget);
     }
+    let camera = if opts.camera {
+        match camera::Camera::new(camera::media_ip(running.addr.ip())) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!("the demo's terminals will decline calls: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let sim = Arc::new(terminal::Sim {
         addr: running.addr,
         pace: opts.pace,
         stop: stop.clone(),
+        camera,
     });
     let now = hub.clock.now_ms() / 1000;
     let spread = Duration::from_secs(20);

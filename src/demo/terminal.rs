@@ -15,13 +15,27 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+use super::camera::{Camera, Live};
 use super::script::{self, Pace, Rng};
 
 pub struct Sim {
     pub addr: SocketAddr,
     pub pace: Pace,
     pub stop: CancellationToken,
+    /// Answers calls with a test card; without it a call is rung and declined.
+    pub camera: Option<Arc<Camera>>,
 }
+
+/// The call a terminal is in (one at a time), answered with the demo's camera.
+struct InCall {
+    id: Value,
+    /// Once the answer is made.
+    live: Option<Live>,
+    /// Candidates the caller sent before the answer was made.
+    early: Vec<webrtc::peer_connection::RTCIceCandidateInit>,
+}
+
+type Answered = (Value, Result<(Live, String), String>);
 
 pub struct Who {
     pub id: String,
@@ -124,6 +138,8 @@ async fn session(
 
     let now = Instant::now();
     let mut due: Vec<(Instant, Due)> = vec![(now + HEARTBEAT, Due::Ping)];
+    let (answered_tx, mut answered_rx) = tokio::sync::mpsc::channel::<Answered>(2);
+    let mut in_call: Option<InCall> = None;
     if who.worker {
         due.push((now + rng.exp(sim.pace.status_every), Due::Status));
         due.push((now + rng.exp(sim.pace.move_every), Due::Move));
@@ -165,8 +181,37 @@ async fn session(
                     _ => return lost(rng),
                 };
                 let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
+                match calls(sim, &m, &mut in_call, &answered_tx).await {
+                    Handled::NotMine => {}
+                    Handled::Quietly => continue,
+                    Handled::Send(out) => {
+                        if tx.send(send(out)).await.is_err() {
+                            return lost(rng);
+                        }
+                        continue;
+                    }
+                }
                 for (after, a) in react(who, &m, rng, &sim.pace, last_seq) {
                     acts.push((Instant::now() + after, a));
+                }
+            }
+            Some((id, r)) = answered_rx.recv() => {
+                let Some(c) = in_call.as_mut().filter(|c| c.id == id) else { continue };
+                let out = match r {
+                    Ok((live, sdp)) => {
+                        for init in c.early.drain(..) {
+                            live.candidate(init).await;
+                        }
+                        c.live = Some(live);
+                        json!({"v":1,"type":"call.accept","data":{"call": id, "answer": sdp}})
+                    }
+                    Err(e) => {
+                        in_call = None;
+                        json!({"v":1,"type":"call.reject","data":{"call": id, "reason": format!("演示终端无法接通：{e}")}})
+                    }
+                };
+                if tx.send(send(out)).await.is_err() {
+                    return lost(rng);
                 }
             }
             _ = sleep_until(at) => {
@@ -202,6 +247,85 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+enum Handled {
+    /// Not a message about a call answered with the camera: `react` takes it.
+    NotMine,
+    Quietly,
+    Send(Value),
+}
+
+/// Calls answered with the camera: an invite with an offer rings and is answered (the answer
+/// made on its own task comes back through `answered`); the caller's candidates and new offers
+/// reach the peer connection; the call's end drops it.
+async fn calls(
+    sim: &Sim,
+    m: &Value,
+    in_call: &mut Option<InCall>,
+    answered: &tokio::sync::mpsc::Sender<Answered>,
+) -> Handled {
+    let Some(camera) = sim.camera.as_ref() else {
+        return Handled::NotMine;
+    };
+    let d = &m["data"];
+    let ours = in_call.as_ref().is_some_and(|c| c.id == d["call"]);
+    match m["type"].as_str().unwrap_or("") {
+        "call.incoming" if in_call.is_none() => {
+            // Without an offer to answer (a caller that sends it later) the call is declined.
+            let Some(offer) = d["offer"].as_str().map(str::to_owned) else {
+                return Handled::NotMine;
+            };
+            let id = d["call"].clone();
+            *in_call = Some(InCall {
+                id: id.clone(),
+                live: None,
+                early: Vec::new(),
+            });
+            let (camera, answered, video) =
+                (Arc::clone(camera), answered.clone(), d["media"] == "video");
+            let call = id.clone();
+            tokio::spawn(async move {
+                // Picked up after a ring or two, as a person would.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let r = camera.answer(&offer, video).await;
+                let _ = answered.send((call, r)).await;
+            });
+            Handled::Send(json!({"v":1,"type":"call.ring","data":{"call": id}}))
+        }
+        "call.signal" if ours => {
+            let Some(c) = in_call.as_mut() else {
+                return Handled::Quietly;
+            };
+            if let Ok(init) = serde_json::from_value(d["candidate"].clone()) {
+                match &c.live {
+                    Some(live) => live.candidate(init).await,
+                    None => c.early.push(init),
+                }
+                return Handled::Quietly;
+            }
+            let offer = (d["description"]["type"] == "offer")
+                .then(|| d["description"]["sdp"].as_str())
+                .flatten();
+            let (Some(offer), Some(live)) = (offer, &c.live) else {
+                return Handled::Quietly;
+            };
+            match live.renegotiate(offer).await {
+                Ok(answer) => Handled::Send(
+                    json!({"v":1,"type":"call.signal","data":{"call": c.id, "description": {"type": "answer", "sdp": answer}}}),
+                ),
+                Err(e) => {
+                    tracing::debug!("demo camera: a new offer was not taken: {e}");
+                    Handled::Quietly
+                }
+            }
+        }
+        "call.ended" if ours => {
+            *in_call = None;
+            Handled::Quietly
+        }
+        _ => Handled::NotMine,
     }
 }
 
@@ -253,7 +377,8 @@ fn react(
             }
         }
         Some("call.incoming") => {
-            // No camera here: ring briefly, then say so rather than leave the caller waiting.
+            // Not answerable here (no camera, or no offer to answer): ring briefly, then say so
+            // rather than leave the caller waiting.
             let call = m["data"]["call"].clone();
             out.push((
                 Duration::ZERO,
@@ -261,7 +386,7 @@ fn react(
             ));
             out.push((
                 Duration::from_secs(3),
-                json!({"v":1,"type":"call.reject","data":{"call": call, "reason": "演示终端没有摄像头，请呼叫真实终端"}}),
+                json!({"v":1,"type":"call.reject","data":{"call": call, "reason": "演示终端无法接听此呼叫，请呼叫真实终端"}}),
             ));
         }
         _ => {}

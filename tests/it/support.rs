@@ -211,6 +211,21 @@ impl TestTerminal {
         }
     }
 
+    /// A terminal on the hub at `addr` with `token`, past its hello.
+    pub async fn open_at(addr: std::net::SocketAddr, token: &str) -> TestTerminal {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake finished")
+            .expect("connects");
+        let mut t = TestTerminal::new(ws);
+        let hello = t.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        t
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
