@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,7 @@ use super::orders::{ask, who};
 use crate::auth::{Credential, Role};
 use crate::hub::Hub;
 use crate::orders::attachments::{self, AttachError, Meta};
-use crate::orders::model::{OrderId, State as OrderState};
+use crate::orders::model::OrderId;
 use crate::orders::service::{Cmd, RestBody, ServiceError};
 use crate::store::{Job, inbox};
 
@@ -37,9 +36,9 @@ fn store_error(e: crate::store::StoreError) -> ApiError {
     ApiError::from(ServiceError::from(e))
 }
 
-/// Whether the order is archived, if the caller may see it (the same answer as
-/// `GET /orders/{id}` otherwise: not found, or out of scope).
-async fn viewable(hub: &Hub, c: &Credential, id: OrderId) -> Result<bool, ApiError> {
+/// The order as the caller sees it, if it may (the same answer as `GET /orders/{id}`
+/// otherwise: not found, or out of scope): its holder and its state.
+async fn viewable(hub: &Hub, c: &Credential, id: OrderId) -> Result<(String, String), ApiError> {
     let (_, body) = ask(hub, |reply| Cmd::Get {
         who: who(c),
         id,
@@ -47,9 +46,12 @@ async fn viewable(hub: &Hub, c: &Credential, id: OrderId) -> Result<bool, ApiErr
     })
     .await?;
     Ok(match body {
-        RestBody::Order(doc) => doc.state == OrderState::Archived,
+        RestBody::Order(doc) => (doc.holder.clone(), doc.state.as_str().to_owned()),
         // An order no longer held in memory comes as its document, already encoded.
-        RestBody::Value(v) => v["order"]["state"] == OrderState::Archived.as_str(),
+        RestBody::Value(v) => {
+            let field = |k: &str| v["order"][k].as_str().unwrap_or_default().to_owned();
+            (field("holder"), field("state"))
+        }
     })
 }
 
@@ -63,24 +65,31 @@ fn url(m: &Meta) -> String {
     format!("/api/v1/attachments/{}", m.id)
 }
 
+/// Uploads read at once: each holds its photo in memory until it is written, so a burst of
+/// uploads waits here rather than filling memory (4 × 4 MiB by default).
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Whether a request is a photo upload (it takes a larger body than the other routes).
+pub fn is_upload(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST
+        && path
+            .strip_prefix("/api/v1/orders/")
+            .and_then(|p| p.strip_suffix("/attachments"))
+            .is_some_and(|id| !id.contains('/'))
+}
+
 /// `POST /api/v1/orders/{id}/attachments` — the body is the photo, its type in `Content-Type`.
-/// 201 with the stored photo; 200 with the one stored before when these bytes were sent already.
+/// Only the order's holder attaches, until its result is rated. 201 with the stored photo; 200
+/// with the one stored before when these bytes were sent already.
 pub async fn upload(
     State(hub): State<Arc<Hub>>,
     Caller(c): Caller,
     Path(id): Path<u64>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let id = OrderId(id);
     let max = hub.config.orders.max_attachment_bytes;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::from(AttachError::TooLarge { size: max + 1, max })
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", e.body_text())
-        }
-    })?;
     if c.role == Role::Observer {
         return Err(ApiError::out_of_scope(
             "an observer seat (a video wall) watches orders; it does not attach photos",
@@ -89,23 +98,54 @@ pub async fn upload(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let kind = attachments::check(content_type, &body, max)?;
-    if viewable(&hub, &c, id).await? {
+        .unwrap_or("")
+        .to_owned();
+    attachments::kind(&content_type)?;
+    let (holder, state) = viewable(&hub, &c, id).await?;
+    let me = hub.org.id(c.endpoint).to_string();
+    if holder != me {
+        return Err(ApiError::out_of_scope(format!(
+            "order {id} is held by {holder}: its holder attaches the photos of its work"
+        )));
+    }
+    if matches!(state.as_str(), "rated" | "published" | "archived") {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "illegal_transition",
-            format!("order {id} is archived: its record is closed to new photos"),
+            format!("order {id} is {state}: its result is settled and takes no more photos"),
         ));
     }
+    let _turn = UPLOADS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::from(ServiceError::Unavailable))?;
+    let data = axum::body::to_bytes(body, max + 1)
+        .await
+        .map_err(|_| ApiError::from(AttachError::TooLarge { size: max + 1, max }))?;
+    let kind = attachments::check(&content_type, &data, max)?;
+    let (data, sha) = tokio::task::spawn_blocking(move || {
+        let sha = attachments::sha256(&data);
+        (data, sha)
+    })
+    .await
+    .map_err(|_| ApiError::from(ServiceError::Unavailable))?;
     let store = Arc::clone(&hub.services()?.store);
-    let by = hub.org.id(c.endpoint).to_string();
     let at = hub.clock.now_ms();
     let most = hub.config.orders.max_attachments;
     let (tx, mut rx) = inbox();
     store
         .submit_async(Job::query(
-            move |conn| attachments::insert(conn, id, &by, kind, &body, at, most),
+            move |conn| {
+                let photo = attachments::Photo {
+                    order: id,
+                    by: &me,
+                    content_type: kind,
+                    data: &data,
+                    sha256: &sha,
+                    at,
+                };
+                attachments::insert(conn, &photo, most)
+            },
             &tx,
             |r| r,
         ))

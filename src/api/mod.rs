@@ -83,10 +83,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/orders/{id}/history", get(orders::history))
         .route(
             "/api/v1/orders/{id}/attachments",
-            get(attachments::list).post(attachments::upload).layer(
-                // Room for the largest photo, so that one just over is told its size by us.
-                axum::extract::DefaultBodyLimit::max(hub.config.orders.max_attachment_bytes + 1),
-            ),
+            // The upload reads its body itself, within its own limit.
+            get(attachments::list).post(attachments::upload),
         )
         .route("/api/v1/attachments/{id}", get(attachments::download))
         .route("/api/v1/orders/{id}/{action}", post(orders::act))
@@ -107,7 +105,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&hub),
+            refuse_large_bodies,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&hub),
             request_id,
@@ -171,14 +172,21 @@ async fn json_errors(req: Request, next: Next) -> Response {
 /// take gets the answer instead of a reset (closing with unread bytes resets the connection).
 const DRAIN_MAX: usize = 16 * 1024 * 1024;
 
-/// A body announced larger than any route takes is refused before a handler sees it.
-async fn refuse_large_bodies(req: Request, next: Next) -> Response {
+/// A body announced larger than its route takes is refused before a handler sees it: a photo
+/// up to `orders.max_attachment_bytes`, anything else up to `orders::MAX_BODY`.
+async fn refuse_large_bodies(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let Some(len) = declared.filter(|&n| n > orders::MAX_BODY as u64) else {
+    let photo = attachments::is_upload(req.method(), req.uri().path());
+    let max = if photo {
+        hub.config.orders.max_attachment_bytes
+    } else {
+        orders::MAX_BODY
+    };
+    let Some(len) = declared.filter(|&n| n > max as u64) else {
         return next.run(req).await;
     };
     if len <= DRAIN_MAX as u64 {
@@ -190,10 +198,13 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "message_too_large",
-        format!(
-            "the request body is {len} bytes; at most {} are accepted",
-            orders::MAX_BODY
-        ),
+        if photo {
+            format!(
+                "the photo is {len} bytes; at most {max} are accepted (orders.max_attachment_bytes)"
+            )
+        } else {
+            format!("the request body is {len} bytes; at most {max} are accepted")
+        },
     )
     .into_response()
 }

@@ -46,19 +46,30 @@ impl AttachError {
     }
 }
 
-/// Checks a photo: its declared type is one accepted, its bytes are of that type, its size is
-/// within `max`. Returns the type, normalized.
-pub fn check(content_type: &str, data: &[u8], max: usize) -> Result<&'static str, AttachError> {
+/// The accepted type a `Content-Type` names, normalized, and the bytes its content starts with.
+fn kind_of(content_type: &str) -> Result<(&'static str, &'static [u8]), AttachError> {
     let declared = content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let (kind, magic) = KINDS
+    KINDS
         .iter()
         .find(|(k, _)| *k == declared)
-        .ok_or_else(|| AttachError::Type(content_type.to_owned()))?;
+        .copied()
+        .ok_or_else(|| AttachError::Type(content_type.to_owned()))
+}
+
+/// Whether a `Content-Type` is one accepted (checked before the body is read).
+pub fn kind(content_type: &str) -> Result<&'static str, AttachError> {
+    kind_of(content_type).map(|(k, _)| k)
+}
+
+/// Checks a photo: its declared type is one accepted, its bytes are of that type, its size is
+/// within `max`. Returns the type, normalized.
+pub fn check(content_type: &str, data: &[u8], max: usize) -> Result<&'static str, AttachError> {
+    let (kind, magic) = kind_of(content_type)?;
     if data.is_empty() {
         return Err(AttachError::Empty);
     }
@@ -68,7 +79,7 @@ pub fn check(content_type: &str, data: &[u8], max: usize) -> Result<&'static str
             max,
         });
     }
-    let webp_ok = *kind != "image/webp" || data.get(8..12) == Some(b"WEBP");
+    let webp_ok = kind != "image/webp" || data.get(8..12) == Some(b"WEBP");
     if !data.starts_with(magic) || !webp_ok {
         return Err(AttachError::Mismatch(kind));
     }
@@ -89,8 +100,22 @@ pub struct Meta {
     pub at: u64,
 }
 
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+/// The hex SHA-256 of a photo's bytes: its identity within an order.
+pub fn sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A checked photo about to be stored (its hash made off the store's writer).
+pub struct Photo<'a> {
+    pub order: OrderId,
+    pub by: &'a str,
+    pub content_type: &'a str,
+    pub data: &'a [u8],
+    pub sha256: &'a str,
+    pub at: u64,
 }
 
 const COLUMNS: &str = "id, order_id, by, content_type, bytes, sha256, at";
@@ -107,18 +132,21 @@ fn meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<Meta> {
     })
 }
 
-/// Stores a checked photo for `order`. `Ok(Ok((meta, true)))` when new; `(meta, false)` when the
-/// order already had these bytes.
+/// Stores a checked photo. `Ok(Ok((meta, true)))` when new; `(meta, false)` when the order
+/// already had these bytes.
 pub fn insert(
     c: &Connection,
-    order: OrderId,
-    by: &str,
-    content_type: &str,
-    data: &[u8],
-    at: u64,
+    p: &Photo<'_>,
     max_count: usize,
 ) -> rusqlite::Result<Result<(Meta, bool), AttachError>> {
-    let sha = hex(&Sha256::digest(data));
+    let Photo {
+        order,
+        by,
+        content_type,
+        data,
+        sha256: sha,
+        at,
+    } = *p;
     let existing = c
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM attachments WHERE order_id = ?1 AND sha256 = ?2"
@@ -157,7 +185,7 @@ pub fn insert(
             by: by.to_owned(),
             content_type: content_type.to_owned(),
             bytes: data.len() as u64,
-            sha256: sha,
+            sha256: sha.to_owned(),
             at,
         },
         true,
@@ -227,23 +255,26 @@ mod tests {
         c.execute_batch(include_str!("../store/schema_v3.sql"))
             .unwrap();
         let o = OrderId(7);
-        let (a, new) = insert(&c, o, "w1", "image/png", PNG, 1, 2)
-            .unwrap()
-            .unwrap();
+        let put = |data: &[u8], at| {
+            let sha = sha256(data);
+            let p = Photo {
+                order: o,
+                by: "w1",
+                content_type: "image/png",
+                data,
+                sha256: &sha,
+                at,
+            };
+            insert(&c, &p, 2).unwrap()
+        };
+        let (a, new) = put(PNG, 1).unwrap();
         assert!(new);
-        let (again, new) = insert(&c, o, "w1", "image/png", PNG, 2, 2)
-            .unwrap()
-            .unwrap();
+        let (again, new) = put(PNG, 2).unwrap();
         assert_eq!((again.id, new), (a.id, false), "a retried upload");
         let other = [PNG, b"x"].concat();
-        insert(&c, o, "w1", "image/png", &other, 3, 2)
-            .unwrap()
-            .unwrap();
+        put(&other, 3).unwrap();
         let third = [PNG, b"y"].concat();
-        assert_eq!(
-            insert(&c, o, "w1", "image/png", &third, 4, 2).unwrap(),
-            Err(AttachError::Full { order: o, max: 2 })
-        );
+        assert_eq!(put(&third, 4), Err(AttachError::Full { order: o, max: 2 }));
         assert_eq!(list(&c, o).unwrap().len(), 2);
         let (m, bytes) = get(&c, a.id).unwrap().unwrap();
         assert_eq!((m, bytes.as_slice()), (a, PNG));

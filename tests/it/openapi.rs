@@ -1112,6 +1112,17 @@ async fn every_route_answers_as_the_document_says() {
     attach(huanan, "image/png", png(1))
         .await
         .refused(404, "not_found");
+    let e = attach(city, "image/png", png(1)).await;
+    e.refused(403, "out_of_scope");
+    assert!(
+        e.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("holder")
+    );
+    attach(county, "image/png", Vec::new())
+        .await
+        .refused(400, "invalid_data");
     attach(county, "text/plain", b"hello".to_vec())
         .await
         .refused(415, "unsupported_media_type");
@@ -1119,10 +1130,23 @@ async fn every_route_answers_as_the_document_says() {
         .await
         .refused(400, "invalid_data");
     let too_big = [png(1), vec![0; 4 * 1024 * 1024]].concat();
-    attach(county, "image/png", too_big)
-        .await
-        .refused(413, "message_too_large");
-    for n in 1..8 {
+    let e = attach(county, "image/png", too_big).await;
+    e.refused(413, "message_too_large");
+    assert!(
+        e.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_attachment_bytes"),
+        "{}",
+        e.body
+    );
+    // A photo as a phone sends one, far larger than any other request.
+    let large = [png(1), vec![7; 1024 * 1024]].concat();
+    assert_eq!(
+        attach(county, "image/png", large).await.ok(201)["attachment"]["bytes"],
+        1024 * 1024 + 17
+    );
+    for n in 2..8 {
         attach(county, "image/png", png(n)).await.ok(201);
     }
     attach(county, "image/png", png(9))
@@ -1154,9 +1178,6 @@ async fn every_route_answers_as_the_document_says() {
     h.get(&public, "").await.ok(200);
     let o = h.get(&order, city).await.ok(200);
     assert_eq!(o["order"]["state"], "archived");
-    h.request(POST, &photos, city, None, &[("content-type", "image/png")])
-        .await
-        .refused(400, "invalid_data");
     let late = h
         .send(
             POST,

@@ -52,7 +52,7 @@ test('an order taken in and dispatched on the console is accepted and reported o
   await card.locator('button.report').click();
   await card.locator('textarea').fill('已设置警示标志，通知市政抢修');
   // With a photo from the phone's camera.
-  await card.locator('input[type="file"]').setInputFiles({ name: 'site.png', mimeType: 'image/png', buffer: pngImage(320, 240) });
+  await card.locator('input[type="file"]').setInputFiles({ name: 'site.png', mimeType: 'image/png', buffer: pngImage(2000, 1500, true) });
   await expect(card.locator('img.photo-thumb')).toBeVisible();
   await card.locator('form button[type="submit"]').click();
   await expect(card).toHaveAttribute('data-state', 'result_reported');
@@ -71,7 +71,10 @@ test('an order taken in and dispatched on the console is accepted and reported o
   // The photo came with the result: the wall shows it, decoded.
   const photo = detail.locator('.photos img.photo');
   await expect(photo).toHaveCount(1);
-  await expect.poll(() => photo.evaluate((i) => i.naturalWidth)).toBe(320);
+  // Scaled down on the phone to 1,600 px, and still far larger than any other request.
+  await expect.poll(() => photo.evaluate((i) => i.naturalWidth)).toBe(1600);
+  const sent = await hub.api(`/api/v1/orders/${id}/attachments`, CITY);
+  expect(sent.body.attachments[0].bytes).toBeGreaterThan(256 * 1024);
   await wall.screenshot({ path: test.info().outputPath('wall-result-photo.png') });
   await detail.locator('button.approve').click();
   await detail.locator('button.rate').click();

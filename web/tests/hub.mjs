@@ -205,8 +205,14 @@ export async function subtree(hub, node, viewer = node) {
   return out;
 }
 
-/// A real PNG of `w`×`h` pixels in stripes, as a phone's camera would hand a page a picture.
-export function pngImage(w = 64, h = 48) {
+/// A real PNG of `w`×`h` pixels in stripes (with `noise`, grain that does not compress away,
+/// as a camera's does), as a phone's camera would hand a page a picture.
+export function pngImage(w = 64, h = 48, noise = false) {
+  let seed = 2308;
+  const grain = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return noise ? (seed >> 16) % 64 : 0;
+  };
   const crcTable = Array.from({ length: 256 }, (_, n) => {
     let c = n;
     for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
@@ -233,7 +239,7 @@ export function pngImage(w = 64, h = 48) {
   const rows = [];
   for (let y = 0; y < h; y++) {
     const row = Buffer.alloc(1 + 3 * w);
-    for (let x = 0; x < w; x++) row.set(y % 16 < 8 ? [230, 120, 30] : [40, 90, 200], 1 + 3 * x);
+    for (let x = 0; x < w; x++) row.set((y % 16 < 8 ? [190, 120, 30] : [40, 90, 190]).map((c) => c + grain()), 1 + 3 * x);
     rows.push(row);
   }
   return Buffer.concat([
