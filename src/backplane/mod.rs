@@ -48,12 +48,9 @@ pub enum To {
     Conn(ConnKey),
     /// Every seat of a terminal, wherever each is connected now.
     Terminal(NodeIdx),
-    /// Every seat that takes part, not the observers (a call ringing at a center's desks).
-    Acting(NodeIdx),
-    /// One seat of a terminal, wherever it is connected now (a call's party).
+    /// One seat of a terminal, wherever it is connected now (a call ringing at a desk, a
+    /// call's party).
     Seat(NodeIdx, Seat),
-    /// Every seat that takes part but one (the desks that did not answer).
-    OtherSeats(NodeIdx, Seat),
 }
 
 /// Which seats of a terminal a frame is for.
@@ -62,18 +59,14 @@ pub enum To {
 pub enum Pick {
     #[default]
     All,
-    Acting,
     Seat(Seat),
-    Others(Seat),
 }
 
 impl Pick {
-    pub fn takes(self, seat: Seat, role: Role) -> bool {
+    pub fn takes(self, seat: Seat) -> bool {
         match self {
             Pick::All => true,
-            Pick::Acting => role != Role::Observer,
             Pick::Seat(s) => s == seat,
-            Pick::Others(s) => s != seat && role != Role::Observer,
         }
     }
 }
@@ -341,7 +334,7 @@ impl Backplane {
             return hubs;
         }
         if let Some(seats) = self.directory.get(&ep) {
-            for l in seats.iter().filter(|l| pick.takes(l.seat, l.role)) {
+            for l in seats.iter().filter(|l| pick.takes(l.seat)) {
                 if l.hub() != self.hub && !hubs.contains(&l.hub()) {
                     hubs.push(l.hub());
                 }
@@ -353,7 +346,7 @@ impl Backplane {
     /// Writes `frame` to the seats of `ep` on this node that `pick` takes.
     fn to_seats_here(&self, ep: NodeIdx, pick: Pick, frame: &Bytes, via: Via) {
         self.registry.each_seat(ep, |c| {
-            if pick.takes(c.seat, c.role) {
+            if pick.takes(c.seat) {
                 Self::write(c, frame, via);
             }
         });
@@ -578,9 +571,7 @@ impl Outbound for Backplane {
                 },
             ),
             To::Terminal(ep) => self.to_terminal(ep, Pick::All, frame, via),
-            To::Acting(ep) => self.to_terminal(ep, Pick::Acting, frame, via),
             To::Seat(ep, seat) => self.to_terminal(ep, Pick::Seat(seat), frame, via),
-            To::OtherSeats(ep, seat) => self.to_terminal(ep, Pick::Others(seat), frame, via),
         }
     }
 

@@ -90,7 +90,7 @@ mod tests {
             },
             Wire::Terminal {
                 ep: NodeId::parse("230805").unwrap(),
-                pick: Pick::Others(Seat::MAIN),
+                pick: Pick::Seat(Seat::MAIN),
                 via: Via::Write,
                 text: "{}".into(),
             },

@@ -14,9 +14,9 @@ pub struct CallsConfig {
     pub reconnect_grace_ms: u64,
     /// Largest SDP offer or answer accepted.
     pub max_sdp_bytes: usize,
-    /// Whether a terminal in a call may receive (and place) a second one.
+    /// Whether a seat in a call may receive (and place) a second one.
     pub call_waiting: bool,
-    /// Calls an operator (a center's console) may be in at once.
+    /// Calls an operator's seat (a center's desk) may be in at once.
     pub operator_max_calls: usize,
     /// STUN servers handed to terminals, e.g. `stun:stun.grid.example:3478`.
     pub stun_urls: Vec<String>,

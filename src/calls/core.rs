@@ -8,9 +8,10 @@
 //!              └─ ring timeout ─▶ ended (no_answer): a missed call for the callee
 //! ```
 //!
-//! A terminal may have several seats (a center's desks): a call to it rings every seat, the
-//! first to answer takes it and the others hear it was answered elsewhere; from then on each
-//! party is one seat, and only that seat's connection counts for the call.
+//! A terminal may have several seats (a center's desks and station PC): a call to it rings every
+//! seat that takes calls and is free, the first to answer takes it and the others hear it was
+//! answered elsewhere; from then on each party is one seat, and only that seat's connection
+//! counts for the call. Being busy is a seat's matter: one desk in a call leaves the others free.
 //!
 //! The hub relays SDP and ICE candidates between the two parties only, in order, and keeps the
 //! negotiation honest: an answer needs an offer from the other side; when offers cross, the
@@ -20,6 +21,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use smallvec::SmallVec;
 
 use crate::auth::{Role, Seat};
 use crate::org::{NodeIdx, Org};
@@ -155,23 +158,59 @@ impl From<NodeIdx> for Who {
     }
 }
 
-/// Where a message for a party goes.
+/// Where a message for a party goes: one seat of a terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dest {
-    /// Every seat of the terminal: a call not yet answered rings at all of them.
-    Every(NodeIdx),
-    /// The seat that placed or answered the call.
-    Seat(NodeIdx, Seat),
-    /// Every seat but the one that answered.
-    AllBut(NodeIdx, Seat),
+pub struct Dest {
+    pub node: NodeIdx,
+    pub seat: Seat,
 }
 
 impl Dest {
     pub fn node(self) -> NodeIdx {
-        match self {
-            Dest::Every(n) | Dest::Seat(n, _) | Dest::AllBut(n, _) => n,
+        self.node
+    }
+}
+
+/// A seat of the callee that could ring: connected, taking calls (not an observer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeatAt {
+    pub seat: Seat,
+    pub role: Role,
+    pub conn: u64,
+}
+
+/// The terminal called, as the hub sees it when the call is placed.
+#[derive(Clone, Debug)]
+pub struct Callee {
+    pub node: NodeIdx,
+    /// Its connected seats that take calls; none: off line.
+    pub seats: SmallVec<[SeatAt; 2]>,
+}
+
+impl From<Terminal> for Callee {
+    /// A terminal with its one seat.
+    fn from(t: Terminal) -> Callee {
+        Callee {
+            node: t.node,
+            seats: t
+                .conn
+                .map(|conn| SeatAt {
+                    seat: t.seat,
+                    role: t.role,
+                    conn,
+                })
+                .into_iter()
+                .collect(),
         }
     }
+}
+
+/// A seat a call rang at, with the connection it rang on; `left` once that connection ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Rung {
+    seat: Seat,
+    conn: u64,
+    left: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -199,6 +238,8 @@ pub struct Call {
     conns: [u64; 2],
     /// The seat each party is (the callee's is chosen by answering).
     seats: [Option<Seat>; 2],
+    /// The callee's seats the call rang at, until one answers.
+    rung: SmallVec<[Rung; 2]>,
 }
 
 impl Call {
@@ -221,15 +262,36 @@ impl Call {
             gone: [false; 2],
             conns: [0; 2],
             seats: [Some(Seat::MAIN), None],
+            rung: SmallVec::new(),
         }
     }
 
-    /// Where messages for party `p` go: its seat, or every seat of a callee not yet answered.
-    fn dest(&self, p: Party) -> Dest {
+    /// Where messages for party `p` go: its seat, or every seat a callee not yet answered is
+    /// ringing at.
+    fn dests(&self, p: Party) -> SmallVec<[Dest; 2]> {
+        let node = self.node(p);
         match self.seats[p as usize] {
-            Some(s) => Dest::Seat(self.node(p), s),
-            None => Dest::Every(self.node(p)),
+            Some(seat) => smallvec::smallvec![Dest { node, seat }],
+            None => self
+                .rung
+                .iter()
+                .filter(|r| !r.left)
+                .map(|r| Dest { node, seat: r.seat })
+                .collect(),
         }
+    }
+
+    /// `msg` for party `p`, at each of its seats.
+    fn to(&self, p: Party, msg: Msg) -> impl Iterator<Item = Effect> {
+        self.dests(p).into_iter().map(move |to| Effect::Send {
+            to,
+            msg: msg.clone(),
+        })
+    }
+
+    /// Whether the call is ringing at `seat` of its (unanswered) callee.
+    fn rings_at(&self, seat: Seat) -> bool {
+        self.rung.iter().any(|r| r.seat == seat && !r.left)
     }
 
     /// The seat a party is, once known.
@@ -244,11 +306,13 @@ impl Call {
         }
     }
 
-    /// The party `who` is: its terminal's, unless the party is another seat of it.
+    /// The party `who` is: its terminal's, unless the party is another seat of it (or, not yet
+    /// answered, a seat it did not ring at).
     fn party(&self, who: Who) -> Option<Party> {
         let p = self.party_of(who.node)?;
         match self.seats[p as usize] {
             Some(s) if s != who.seat => None,
+            None if !self.rings_at(who.seat) => None,
             _ => Some(p),
         }
     }
@@ -481,14 +545,28 @@ impl Calls {
         format!("{} ({})", node.id, node.name)
     }
 
-    /// Whether `ep` is in as many calls as it may be, not counting `except`.
-    fn busy_besides(&self, ep: NodeIdx, role: Role, except: Option<CallId>) -> bool {
+    /// Whether seat `seat` of `ep` is in as many calls as it may be (answered, placed, or
+    /// ringing there), not counting `except`.
+    fn busy_besides(&self, ep: NodeIdx, seat: Seat, role: Role, except: Option<CallId>) -> bool {
         let max = if role == Role::Operator {
             self.rules.operator_max_calls.max(self.rules.max_calls)
         } else {
             self.rules.max_calls
         };
-        self.of(ep).iter().filter(|&&id| Some(id) != except).count() >= max
+        let load = self
+            .of(ep)
+            .iter()
+            .filter(|&&id| Some(id) != except)
+            .filter(|id| {
+                let c = &self.calls[id];
+                let p = c.party_of(ep).expect("indexed by party");
+                match c.seats[p as usize] {
+                    Some(s) => s == seat,
+                    None => c.rings_at(seat),
+                }
+            })
+            .count();
+        load >= max
     }
 
     fn check_sdp(&self, sdp: &str) -> Result<(), CallError> {
@@ -509,12 +587,13 @@ impl Calls {
     pub fn invite(
         &mut self,
         from: Terminal,
-        to: Terminal,
+        to: impl Into<Callee>,
         media: Media,
         offer: Option<String>,
         now: u64,
     ) -> Result<(CallId, Vec<Effect>), CallError> {
-        let (caller, role, callee, callee_role) = (from.node, from.role, to.node, to.role);
+        let to = to.into();
+        let (caller, role, callee) = (from.node, from.role, to.node);
         if caller == callee {
             return Err(CallError::Invalid("a terminal cannot call itself".into()));
         }
@@ -552,13 +631,24 @@ impl Calls {
         }
         // Every refusal is decided before anything changes: a crossing call this one would
         // supersede is ended only once this one is sure to stand (it does not count as busy).
-        let Some(callee_conn) = to.conn else {
+        if to.seats.is_empty() {
             return Err(CallError::Offline(self.name(callee)));
-        };
-        if self.busy_besides(callee, callee_role, crossing) {
+        }
+        // It rings at every seat that is free; busy when none is.
+        let rung: SmallVec<[Rung; 2]> = to
+            .seats
+            .iter()
+            .filter(|s| !self.busy_besides(callee, s.seat, s.role, crossing))
+            .map(|s| Rung {
+                seat: s.seat,
+                conn: s.conn,
+                left: false,
+            })
+            .collect();
+        if rung.is_empty() {
             return Err(CallError::Busy(self.name(callee)));
         }
-        if self.busy_besides(caller, role, crossing) {
+        if self.busy_besides(caller, from.seat, role, crossing) {
             return Err(CallError::Busy(format!("you ({})", self.name(caller))));
         }
         if let Some(existing) = crossing {
@@ -575,20 +665,21 @@ impl Calls {
         self.next_id += 1;
         let call = Call {
             offer_from: offer.is_some().then_some(Party::Caller),
-            conns: [from.conn.unwrap_or(0), callee_conn],
+            conns: [from.conn.unwrap_or(0), 0],
             seats: [Some(from.seat), None],
+            rung,
             ..Call::new(id, caller, callee, media, now)
         };
         effects.push(Effect::Record(call.clone()));
-        effects.push(Effect::Send {
-            to: Dest::Every(callee),
-            msg: Msg::Incoming {
+        effects.extend(call.to(
+            Party::Callee,
+            Msg::Incoming {
                 call: id,
                 from: caller,
                 media,
                 offer,
             },
-        });
+        ));
         self.by_party.entry(caller).or_default().push(id);
         self.by_party.entry(callee).or_default().push(id);
         self.timers.insert((now + self.rules.ring_timeout_ms, id));
@@ -651,14 +742,10 @@ impl Calls {
                 phase_str(c.phase)
             )));
         }
-        let caller = c.dest(Party::Caller);
         let c = self.calls.get_mut(&id).expect("checked by live");
         c.phase = Phase::Ringing;
         c.ringing_at = Some(now);
-        Ok(vec![Effect::Send {
-            to: caller,
-            msg: Msg::Ringing { call: id },
-        }])
+        Ok(c.to(Party::Caller, Msg::Ringing { call: id }).collect())
     }
 
     /// The callee answers, at one of its seats: that seat takes the call.
@@ -686,29 +773,32 @@ impl Calls {
             }
         }
         let (caller, callee) = (c.caller, c.callee);
-        let caller_at = c.dest(Party::Caller);
         self.timers
             .remove(&(c.created_at + self.rules.ring_timeout_ms, id));
         let c = self.calls.get_mut(&id).expect("checked by live");
+        // The other seats it rang at hear that this one took it.
+        let elsewhere: Vec<Effect> = c
+            .dests(Party::Callee)
+            .into_iter()
+            .filter(|d| d.seat != who.seat)
+            .map(|to| Effect::Send {
+                to,
+                msg: Msg::AnsweredElsewhere { call: id },
+            })
+            .collect();
         c.seats[Party::Callee as usize] = Some(who.seat);
         c.conns[Party::Callee as usize] = who.conn;
+        c.rung.clear();
         c.phase = Phase::Active;
         c.answered_at = Some(now);
         c.ringing_at.get_or_insert(now);
         if answer.is_some() {
             c.offer_from = None;
         }
-        let record = Effect::Record(c.clone());
-        Ok(vec![
-            record,
-            Effect::Send {
-                to: caller_at,
-                msg: Msg::Accepted { call: id, answer },
-            },
-            Effect::Send {
-                to: Dest::AllBut(callee, who.seat),
-                msg: Msg::AnsweredElsewhere { call: id },
-            },
+        let mut out = vec![Effect::Record(c.clone())];
+        out.extend(c.to(Party::Caller, Msg::Accepted { call: id, answer }));
+        out.extend(elsewhere);
+        out.extend([
             Effect::InCall {
                 ep: caller,
                 active: true,
@@ -717,7 +807,8 @@ impl Calls {
                 ep: callee,
                 active: true,
             },
-        ])
+        ]);
+        Ok(out)
     }
 
     pub fn reject(
@@ -767,7 +858,16 @@ impl Calls {
         signal: Signal,
     ) -> Result<Vec<Effect>, CallError> {
         let (c, p) = self.live(id, who.into())?;
-        let other = c.dest(p.other());
+        let other = c.dests(p.other());
+        let send = |msg: Msg| {
+            other
+                .iter()
+                .map(|&to| Effect::Send {
+                    to,
+                    msg: msg.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
         match &signal {
             Signal::Offer(sdp) => {
                 self.check_sdp(sdp)?;
@@ -791,20 +891,19 @@ impl Calls {
                     // The callee's offer reached the hub first and was relayed; the caller's
                     // still wins. The callee hears so before the caller's offer arrives (the
                     // caller, holding its own offer, ignores the callee's).
-                    return Ok(vec![
-                        Effect::Send {
-                            to: other,
-                            msg: Msg::OfferSuperseded { call: id },
-                        },
-                        Effect::Send {
-                            to: other,
-                            msg: Msg::Signal { call: id, signal },
-                        },
-                    ]);
+                    let mut out = send(Msg::OfferSuperseded { call: id });
+                    out.extend(send(Msg::Signal { call: id, signal }));
+                    return Ok(out);
                 }
             }
             Signal::Answer(sdp) => {
                 self.check_sdp(sdp)?;
+                // A ringing seat answers with `call.accept`, which also says which seat took it.
+                if p == Party::Callee && c.phase != Phase::Active {
+                    return Err(CallError::Illegal(format!(
+                        "call {id}: answer the call with call.accept (its `answer`), not a signal"
+                    )));
+                }
                 if c.offer_from != Some(p.other()) {
                     return Err(CallError::Illegal(format!(
                         "call {id}: an answer needs a pending offer from the other party"
@@ -833,48 +932,46 @@ impl Calls {
             }
             Signal::EndOfCandidates => {}
         }
-        Ok(vec![Effect::Send {
-            to: other,
-            msg: Msg::Signal { call: id, signal },
-        }])
+        Ok(send(Msg::Signal { call: id, signal }))
     }
 
-    /// A seat's connection ended: unanswered calls end (a callee's only when it was the last
-    /// seat ringing: `others` says another is still connected); active ones wait for it.
-    pub fn disconnected(
-        &mut self,
-        ep: NodeIdx,
-        seat: Seat,
-        conn: u64,
-        others: bool,
-        now: u64,
-    ) -> Vec<Effect> {
+    /// A seat's connection ended: unanswered calls end (one ringing at several seats when the
+    /// last of them has gone); answered ones wait for it.
+    pub fn disconnected(&mut self, ep: NodeIdx, seat: Seat, conn: u64, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         for id in self.of(ep).to_vec() {
-            let c = &self.calls[&id];
+            let c = self.calls.get_mut(&id).expect("indexed");
             let p = c.party_of(ep).expect("indexed by party");
             match c.seats[p as usize] {
                 // Another seat of the terminal is the party.
                 Some(s) if s != seat => continue,
-                // Ringing at every seat: the others still ring.
-                None if others => continue,
-                _ => {}
-            }
-            if conn < c.conns[p as usize] {
                 // An older connection, already replaced in this call.
-                continue;
+                Some(_) if conn < c.conns[p as usize] => continue,
+                Some(_) => {}
+                None => {
+                    let Some(r) = c.rung.iter_mut().find(|r| r.seat == seat && !r.left) else {
+                        continue;
+                    };
+                    if conn < r.conn {
+                        continue;
+                    }
+                    r.left = true;
+                    if c.rung.iter().any(|r| !r.left) {
+                        // Still ringing at other seats.
+                        continue;
+                    }
+                }
             }
             match c.phase {
                 Phase::Active => {
-                    let other = c.dest(p.other());
-                    let c = self.calls.get_mut(&id).expect("present");
+                    let other = c.dests(p.other());
                     if c.away.is_none() {
                         c.away = Some((p, now));
                         self.timers.insert((now + self.rules.grace_ms, id));
-                        out.push(Effect::Send {
-                            to: other,
+                        out.extend(other.into_iter().map(|to| Effect::Send {
+                            to,
                             msg: Msg::PeerAway { call: id },
-                        });
+                        }));
                     } else {
                         // Both sides gone: nothing left to wait for. The media stopped when the
                         // first left.
@@ -894,7 +991,7 @@ impl Calls {
                         Party::Caller => (Outcome::Cancelled, "the caller disconnected"),
                         Party::Callee => (Outcome::Dropped, "the callee disconnected"),
                     };
-                    self.calls.get_mut(&id).expect("present").gone[p as usize] = true;
+                    c.gone[p as usize] = true;
                     out.extend(self.end(id, outcome, Some(why.into()), None, now));
                 }
                 Phase::Ended => {}
@@ -903,24 +1000,14 @@ impl Calls {
         out
     }
 
-    /// A terminal (re)connected. Its answered calls resume: a party that dropped is back within
-    /// the grace period, or a new connection replaced one the hub had not yet seen die (a
-    /// phone changing networks). Its unanswered calls end: the device that rang is gone.
-    ///
-    /// `others`: whether another seat of the terminal is connected. A seat coming back while a
-    /// call still rings at every seat does not ring again, the others still do; a terminal's
-    /// only seat coming back ends it (the device that rang is gone).
-    pub fn connected(
-        &mut self,
-        ep: NodeIdx,
-        seat: Seat,
-        conn: u64,
-        others: bool,
-        now: u64,
-    ) -> Vec<Effect> {
+    /// A seat of a terminal (re)connected. Its answered calls resume: a party that dropped is
+    /// back within the grace period, or a new connection replaced one the hub had not yet seen
+    /// die (a phone changing networks). Its unanswered calls stop ringing there: the device that
+    /// rang is gone (the call ends when no seat rings any more).
+    pub fn connected(&mut self, ep: NodeIdx, seat: Seat, conn: u64, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         // Calls that ended while it was away: `call.ended` reaches both parties however a
-        // call ends, so it hears now (the seat that was in the call, when it comes back).
+        // call ends, so it hears now (at the seat that was in the call, or that it rang at).
         let untold = self.untold.remove(&ep).unwrap_or_default();
         let mut later = Vec::new();
         for id in untold {
@@ -928,13 +1015,17 @@ impl Calls {
                 continue;
             };
             let p = c.party_of(ep).expect("a party's untold call");
-            if c.seats[p as usize].is_some_and(|s| s != seat) {
+            let was_there = match c.seats[p as usize] {
+                Some(s) => s == seat,
+                None => c.rung.iter().any(|r| r.seat == seat),
+            };
+            if !was_there {
                 later.push(id);
                 continue;
             }
             if let Some(outcome) = c.outcome {
                 out.push(Effect::Send {
-                    to: Dest::Seat(ep, seat),
+                    to: Dest { node: ep, seat },
                     msg: Msg::Ended {
                         call: id,
                         outcome,
@@ -952,18 +1043,26 @@ impl Calls {
             let p = c.party_of(ep).expect("indexed by party");
             match c.seats[p as usize] {
                 Some(s) if s != seat => continue,
-                None if others => continue,
-                _ => {}
-            }
-            if conn <= c.conns[p as usize] {
                 // The connection this call already knows (its news came after the invite that
                 // found it), or an older one: nothing changed.
-                continue;
+                Some(_) if conn <= c.conns[p as usize] => continue,
+                Some(_) => c.conns[p as usize] = conn,
+                None => {
+                    let Some(r) = c.rung.iter_mut().find(|r| r.seat == seat && !r.left) else {
+                        continue;
+                    };
+                    if conn <= r.conn {
+                        continue;
+                    }
+                    r.left = true;
+                    if c.rung.iter().any(|r| !r.left) {
+                        continue;
+                    }
+                }
             }
-            c.conns[p as usize] = conn;
             match c.phase {
                 Phase::Active => {
-                    let other = c.dest(p.other());
+                    let other = c.dests(p.other());
                     if let Some((away, since)) = c.away
                         && away == p
                     {
@@ -972,18 +1071,18 @@ impl Calls {
                     }
                     let media = c.media;
                     out.push(Effect::Send {
-                        to: Dest::Seat(ep, seat),
+                        to: Dest { node: ep, seat },
                         msg: Msg::Resumed {
                             call: id,
-                            peer: other.node(),
+                            peer: c.node(p.other()),
                             party: p,
                             media,
                         },
                     });
-                    out.push(Effect::Send {
-                        to: other,
+                    out.extend(other.into_iter().map(|to| Effect::Send {
+                        to,
                         msg: Msg::PeerBack { call: id },
-                    });
+                    }));
                     out.push(Effect::InCall { ep, active: true });
                 }
                 Phase::Inviting | Phase::Ringing => {
@@ -1113,9 +1212,9 @@ impl Calls {
             }
         }
         self.timers.insert((now + ENDED_KEPT_MS, id));
-        let dests = [snapshot.dest(Party::Caller), snapshot.dest(Party::Callee)];
+        let dests = [snapshot.dests(Party::Caller), snapshot.dests(Party::Callee)];
         let mut out = Vec::new();
-        for to in dests {
+        for to in dests.into_iter().flatten() {
             out.push(Effect::Send {
                 to,
                 msg: Msg::Ended {
@@ -1525,9 +1624,9 @@ mod tests {
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (id, _) = t.call("a", "w1", 0).unwrap();
         t.c.accept(w1, id, None, 1).unwrap();
-        let fx = t.c.disconnected(w1, Seat::MAIN, 1, false, 10);
+        let fx = t.c.disconnected(w1, Seat::MAIN, 1, 10);
         assert_eq!(sent(&fx), [(a, &Msg::PeerAway { call: id })]);
-        let fx = t.c.connected(w1, Seat::MAIN, 2, false, 15_000);
+        let fx = t.c.connected(w1, Seat::MAIN, 2, 15_000);
         assert!(
             fx.contains(&Effect::InCall {
                 ep: w1,
@@ -1547,7 +1646,7 @@ mod tests {
         )));
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
         assert!(t.c.tick(20_010).is_empty(), "the grace timer was cleared");
-        t.c.disconnected(w1, Seat::MAIN, 2, false, 30_000);
+        t.c.disconnected(w1, Seat::MAIN, 2, 30_000);
         let fx = t.c.tick(50_000);
         assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Dropped));
         assert!(fx.contains(&Effect::InCall {
@@ -1556,7 +1655,7 @@ mod tests {
         }));
         // Unanswered calls end at once when a side disconnects.
         let (id, _) = t.call("a", "w1", 60_000).unwrap();
-        t.c.disconnected(a, Seat::MAIN, 1, false, 60_001);
+        t.c.disconnected(a, Seat::MAIN, 1, 60_001);
         assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Cancelled));
         // Ended calls are forgotten after a while.
         assert_eq!(t.c.live_count(), 0);
@@ -1571,21 +1670,20 @@ mod tests {
         let mut t = T::new();
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (id, _) = t.call("a", "w1", 0).unwrap();
-        assert!(t.c.connected(w1, Seat::MAIN, 1, false, 1).is_empty());
+        assert!(t.c.connected(w1, Seat::MAIN, 1, 1).is_empty());
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Inviting);
         t.c.ring(w1, id, 2).unwrap();
         t.c.accept(w1, id, Some("answer".into()), 3).unwrap();
         // A new connection, then the old one's end arriving after it: the call stays with the new.
         assert!(
-            sent(&t.c.connected(w1, Seat::MAIN, 2, false, 4))
-                .contains(&(a, &Msg::PeerBack { call: id }))
+            sent(&t.c.connected(w1, Seat::MAIN, 2, 4)).contains(&(a, &Msg::PeerBack { call: id }))
         );
-        assert!(t.c.disconnected(w1, Seat::MAIN, 1, false, 5).is_empty());
+        assert!(t.c.disconnected(w1, Seat::MAIN, 1, 5).is_empty());
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Active);
         assert_eq!(t.c.next_deadline(), None, "no grace timer");
         // The new connection's end counts.
         assert_eq!(
-            sent(&t.c.disconnected(w1, Seat::MAIN, 2, false, 6)),
+            sent(&t.c.disconnected(w1, Seat::MAIN, 2, 6)),
             [(a, &Msg::PeerAway { call: id })]
         );
     }
@@ -1597,7 +1695,7 @@ mod tests {
         let (a, w1) = (t.n("a"), t.n("w1"));
         let (answered, _) = t.call("a", "w1", 0).unwrap();
         t.c.accept(w1, answered, Some("answer".into()), 1).unwrap();
-        let fx = t.c.connected(w1, Seat::MAIN, 2, false, 5);
+        let fx = t.c.connected(w1, Seat::MAIN, 2, 5);
         assert_eq!(t.c.get(answered).unwrap().phase, Phase::Active);
         assert!(sent(&fx).contains(&(a, &Msg::PeerBack { call: answered })));
         // ICE restart over the new connection: the callee offers, the caller answers.
@@ -1608,7 +1706,7 @@ mod tests {
         t.c.hangup(a, answered, 10).unwrap();
         let (ringing, _) = t.call("a", "w1", 20).unwrap();
         assert_eq!(t.c.live_count(), 1);
-        t.c.connected(w1, Seat::MAIN, 3, false, 25);
+        t.c.connected(w1, Seat::MAIN, 3, 25);
         let c = t.c.get(ringing).unwrap();
         assert_eq!(
             (c.outcome, c.reason.as_deref()),
@@ -1622,59 +1720,105 @@ mod tests {
     }
 
     #[test]
-    fn a_call_rings_at_every_seat_until_the_last_one_leaves() {
+    fn a_call_rings_at_every_free_seat_until_one_answers_or_the_last_leaves() {
         let mut t = T::new();
         let (a, w1) = (t.n("a"), t.n("w1"));
-        let desk = Seat::parse("desk-2").unwrap();
-        let (id, fx) = t.call("w1", "a", 0).unwrap();
-        assert!(matches!(fx[1], Effect::Send { to: Dest::Every(n), .. } if n == a));
-        // A desk that drops while others ring leaves the call ringing; coming back, it does
-        // not ring again.
-        assert!(t.c.disconnected(a, desk, 2, true, 1).is_empty());
-        assert!(t.c.connected(a, desk, 3, true, 2).is_empty());
+        let seat = |s| Seat::parse(s).unwrap();
+        let (main, desk) = (Seat::MAIN, seat("desk-2"));
+        let center = |conns: [u64; 2]| Callee {
+            node: a,
+            seats: [(main, conns[0]), (desk, conns[1])]
+                .into_iter()
+                // Stations take one call at a time (operators two, in these rules).
+                .map(|(seat, conn)| SeatAt {
+                    seat,
+                    role: Role::Station,
+                    conn,
+                })
+                .collect(),
+        };
+        let caller = t.on("w1");
+        let (id, fx) =
+            t.c.invite(caller, center([10, 20]), Media::Audio, None, 0)
+                .unwrap();
+        let rung: Vec<Dest> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rung,
+            [
+                Dest {
+                    node: a,
+                    seat: main
+                },
+                Dest {
+                    node: a,
+                    seat: desk
+                }
+            ]
+        );
+        // The desk with the newer connection drops: the call rings on at the other; the older
+        // one going too ends it, though its connection key is the smaller.
+        assert!(t.c.disconnected(a, desk, 20, 1).is_empty());
         assert_eq!(t.c.get(id).unwrap().phase, Phase::Inviting);
-        t.c.ring(
-            Who {
-                node: a,
-                seat: desk,
-                conn: 3,
-            },
-            id,
-            3,
-        )
-        .unwrap();
+        let who = |seat, conn| Who {
+            node: a,
+            seat,
+            conn,
+        };
+        assert_eq!(
+            t.c.ring(who(desk, 21), id, 2),
+            Err(CallError::NotAParty(id)),
+            "not rung there"
+        );
+        t.c.disconnected(a, main, 10, 3);
+        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Dropped));
+
+        // Answered at the desk: the main seat hears it was answered elsewhere.
+        let (id, _) =
+            t.c.invite(caller, center([11, 21]), Media::Audio, None, 10)
+                .unwrap();
+        t.c.ring(who(main, 11), id, 11).unwrap();
         assert!(
-            t.c.ring(a, id, 4).unwrap().is_empty(),
+            t.c.ring(who(desk, 21), id, 11).unwrap().is_empty(),
             "the caller hears ringing once"
         );
-        // The last seat leaving ends it.
-        t.c.disconnected(a, Seat::MAIN, 1, false, 5);
-        assert_eq!(t.c.get(id).unwrap().outcome, Some(Outcome::Dropped));
-        let (id, _) = t.call("w1", "a", 10).unwrap();
-        let fx =
-            t.c.accept(
-                Who {
-                    node: a,
-                    seat: desk,
-                    conn: 3,
-                },
-                id,
-                None,
-                11,
-            )
-            .unwrap();
+        let e =
+            t.c.signal(who(main, 11), id, Signal::Answer("x".into()))
+                .unwrap_err();
+        assert_eq!(
+            e.code(),
+            "illegal_transition",
+            "a ringing seat answers with accept"
+        );
+        let fx = t.c.accept(who(desk, 21), id, None, 12).unwrap();
         assert!(fx.contains(&Effect::Send {
-            to: Dest::AllBut(a, desk),
+            to: Dest {
+                node: a,
+                seat: main
+            },
             msg: Msg::AnsweredElsewhere { call: id }
         }));
         assert_eq!(t.c.get(id).unwrap().seat(Party::Callee), Some(desk));
-        // The main seat's comings and goings are nothing to this call now.
-        assert!(t.c.disconnected(a, Seat::MAIN, 4, false, 12).is_empty());
+        // The main seat is free: a second call rings there only, while the desk talks.
+        let w2 = t.on("w2");
+        let (second, fx) =
+            t.c.invite(w2, center([11, 21]), Media::Audio, None, 13)
+                .unwrap();
+        assert!(matches!(&fx[1], Effect::Send { to, .. } if *to == Dest { node: a, seat: main }));
+        assert_eq!(fx.len(), 2, "{fx:?}");
+        t.c.hangup(w2.node, second, 14).unwrap();
+        // The main seat's comings and goings are nothing to the desk's call.
+        assert!(t.c.disconnected(a, main, 11, 15).is_empty());
         assert_eq!(
-            t.c.signal(a, id, Signal::EndOfCandidates),
+            t.c.signal(who(main, 12), id, Signal::EndOfCandidates),
             Err(CallError::NotAParty(id))
         );
-        let fx = t.c.disconnected(a, desk, 3, false, 13);
+        let fx = t.c.disconnected(a, desk, 21, 16);
         assert_eq!(sent(&fx), [(w1, &Msg::PeerAway { call: id })]);
     }
 }

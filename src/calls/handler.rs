@@ -35,7 +35,15 @@ pub struct CallsHandler {
     pub clock: Clock,
 }
 
+/// The ICE servers for this terminal's calls; none for an observer seat, which takes no calls
+/// (a TURN credential is a relay's bandwidth, handed out only to whoever may use it).
 fn ice(cfg: &CallsConfig, org: &Org, o: &Origin, now_ms: u64) -> IceConfig {
+    if o.role == crate::auth::Role::Observer {
+        return IceConfig {
+            ice_servers: Vec::new(),
+            expires_at: None,
+        };
+    }
     ice_config(
         cfg,
         org.id(o.endpoint).as_str(),
@@ -108,6 +116,12 @@ impl Handler for CallsHandler {
     async fn handle(&self, req: Request<'_>) -> Result<(), Refused> {
         if req.kind == "call.ice_servers" {
             parse_data::<Empty>(req.kind, req.data).map_err(|e| req.error(e))?;
+            if req.origin.role == crate::auth::Role::Observer {
+                return Err(Refused::Now(req.error(ProtoError::new(
+                    ErrorCode::OutOfScope,
+                    "call.ice_servers: an observer seat (a video wall) takes no part in calls",
+                ))));
+            }
             let c = ice(&self.config, &self.org, &req.origin, self.clock.now_ms());
             let f = reply(req.id.as_ref(), &c);
             self.out.send(To::Conn(req.origin.conn), &f, Via::Write);

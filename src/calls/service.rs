@@ -17,7 +17,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{
-    self, CallError, CallId, Calls, Dest, Effect, Media, Msg, Rules, Signal, Terminal, phase_str,
+    self, CallError, CallId, Callee, Calls, Effect, Media, Msg, Rules, SeatAt, Signal, Terminal,
+    phase_str,
 };
 use super::records;
 use super::wire::{Who, encode_msg};
@@ -273,24 +274,23 @@ impl Service {
         let now = self.clock.now_ms();
         let fx = match n {
             TerminalNews::Joined { ep, conn, seat, .. } => match self.org.lookup(ep.as_str()) {
-                Some(ep) => {
-                    let others = self.out.seats(ep).iter().any(|l| other_ringing(l, *seat));
-                    self.core.connected(ep, *seat, *conn, others, now)
-                }
+                Some(ep) => self.core.connected(ep, *seat, *conn, now),
                 None => return,
             },
             TerminalNews::Left { ep, conn, seat, .. } => {
                 let Some(ep) = self.org.lookup(ep.as_str()) else {
                     return;
                 };
-                let seats = self.out.seats(ep);
                 // A newer connection of the seat took over: its calls go on there.
-                let replaced = seats.iter().any(|l| l.seat == *seat && l.conn != *conn);
+                let replaced = self
+                    .out
+                    .seats(ep)
+                    .iter()
+                    .any(|l| l.seat == *seat && l.conn != *conn);
                 if replaced || self.core.of(ep).is_empty() {
                     return;
                 }
-                let others = seats.iter().any(|l| other_ringing(l, *seat));
-                self.core.disconnected(ep, *seat, *conn, others, now)
+                self.core.disconnected(ep, *seat, *conn, now)
             }
         };
         self.apply(fx).await;
@@ -354,8 +354,6 @@ impl Service {
             Req::Invite { to, media, offer } => {
                 // Observer seats are not rung: a center whose only connected seat is its video
                 // wall is off line for calls.
-                let seats = self.out.seats(to);
-                let ringable = || seats.iter().filter(|l| l.role != Role::Observer);
                 let from = Terminal {
                     node: who.node,
                     role: origin.role,
@@ -363,19 +361,19 @@ impl Service {
                     conn: Some(origin.conn),
                 };
                 let callee_node = to;
-                let role = if ringable().any(|l| l.role == Role::Operator) {
-                    Role::Operator
-                } else {
-                    ringable()
-                        .map(|l| l.role)
-                        .next()
-                        .unwrap_or_else(|| Role::default_for(self.org.tier(to)))
-                };
-                let to = Terminal {
+                let to = Callee {
                     node: to,
-                    role,
-                    seat: crate::auth::Seat::MAIN,
-                    conn: ringable().map(|l| l.conn).max(),
+                    seats: self
+                        .out
+                        .seats(to)
+                        .iter()
+                        .filter(|l| l.role != Role::Observer)
+                        .map(|l| SeatAt {
+                            seat: l.seat,
+                            role: l.role,
+                            conn: l.conn,
+                        })
+                        .collect(),
                 };
                 let r = self.core.invite(from, to, media, offer, now);
                 match &r {
@@ -445,12 +443,11 @@ impl Service {
                         self.metrics.call_signals.fetch_add(1, Relaxed);
                     }
                     // Undeliverable means the party is gone; its disconnect reaches the core next.
-                    let to = match to {
-                        Dest::Every(n) => To::Acting(n),
-                        Dest::Seat(n, s) => To::Seat(n, s),
-                        Dest::AllBut(n, s) => To::OtherSeats(n, s),
-                    };
-                    self.out.send(to, &encode_msg(&self.org, &msg), Via::Post);
+                    self.out.send(
+                        To::Seat(to.node, to.seat),
+                        &encode_msg(&self.org, &msg),
+                        Via::Post,
+                    );
                     if let Some(at) = at {
                         self.metrics.call_relay_latency.observe(at.elapsed());
                     }
@@ -518,11 +515,6 @@ impl Service {
             .calls_live
             .store(self.core.live_count() as u64, Relaxed);
     }
-}
-
-/// Whether `l` is a seat besides `seat` that a call rings at.
-fn other_ringing(l: &crate::backplane::Located, seat: crate::auth::Seat) -> bool {
-    l.seat != seat && l.role != Role::Observer
 }
 
 #[cfg(test)]
@@ -689,9 +681,13 @@ mod tests {
         };
         f.ask("w1", 20, "call.invite", invite).await;
         f.caught_up().await;
-        assert_eq!(
-            kinds(&f.bench.out.take_to(To::Acting(a))),
-            ["call.incoming"]
+        for desk in [desk1, desk2] {
+            let rung = f.bench.out.take_to(To::Seat(a, desk.2));
+            assert_eq!(kinds(&rung), ["call.incoming"]);
+        }
+        assert!(
+            f.bench.out.take_to(To::Seat(a, wall.2)).is_empty(),
+            "the wall is not rung"
         );
         let call = CallId(1);
         // Both desks ring; the caller hears it once.
@@ -712,7 +708,7 @@ mod tests {
             kinds(&f.bench.out.take_to(To::Seat(w1, Seat::MAIN))),
             ["call.ringing", "call.accepted"]
         );
-        let elsewhere = f.bench.out.take_to(To::OtherSeats(a, desk2.2));
+        let elsewhere = f.bench.out.take_to(To::Seat(a, desk1.2));
         assert_eq!(elsewhere.len(), 1, "{elsewhere:?}");
         assert_eq!(elsewhere[0]["type"], "call.ended");
         assert_eq!(elsewhere[0]["data"]["outcome"], "answered_elsewhere");
@@ -724,7 +720,7 @@ mod tests {
         assert_eq!(code(10), "not_a_party");
         let ended = f.bench.out.take_to(To::Seat(a, desk2.2));
         assert_eq!(ended[0]["data"]["outcome"], "completed", "{ended:?}");
-        assert!(f.bench.out.take_to(To::Acting(a)).is_empty());
+        assert!(f.bench.out.take_to(To::Seat(a, wall.2)).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -744,12 +740,12 @@ mod tests {
         let caller = f.bench.out.take_to(To::Conn(10));
         assert_eq!(caller[0]["data"]["state"], "inviting", "{caller:?}");
         assert_eq!(
-            kinds(&f.bench.out.take_to(To::Acting(w1))),
+            kinds(&f.bench.out.take_to(To::Seat(w1, Seat::MAIN))),
             ["call.incoming"]
         );
         tokio::time::sleep(Duration::from_secs(31)).await;
         f.settle().await;
-        let ended = f.bench.out.take_to(To::Acting(w1));
+        let ended = f.bench.out.take_to(To::Seat(w1, Seat::MAIN));
         assert_eq!(ended[0]["data"]["outcome"], "no_answer", "{ended:?}");
         let missed: Vec<Sent> = f
             .bench

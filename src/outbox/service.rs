@@ -280,7 +280,10 @@ impl Service {
                 match check_ack(self.outbox.last(ep), self.outbox.acked(ep), seq) {
                     Err(e) => self.refuse(origin.conn, re, "outbox.ack", e),
                     Ok(moved) => {
-                        if moved {
+                        // A video wall having shown a message is not a person at the center
+                        // having it: an observer's acknowledgement keeps its own stream going
+                        // but does not say the node has it (delivery receipts, pruning).
+                        if moved && origin.role != crate::auth::Role::Observer {
                             self.outbox.ack(ep, seq);
                             if !self.is_dirty[ep.get()] {
                                 self.is_dirty[ep.get()] = true;

@@ -71,6 +71,11 @@ impl Handler for PresenceHandler {
         let o = req.origin;
         let fail = |e: ProtoError| req.error(e);
         match req.kind {
+            // A center's status is for the people at its desks to say, not its video wall.
+            "presence.set" if o.role == Role::Observer => Err(Refused::Now(fail(ProtoError::new(
+                ErrorCode::OutOfScope,
+                "presence.set: an observer seat (a video wall) does not set its center's status; its desks and station do",
+            )))),
             "presence.set" => {
                 let now = self.clock.now_ms();
                 let update = SetRequest::parse(req.data)

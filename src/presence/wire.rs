@@ -189,8 +189,9 @@ impl Serialize for EndpointView<'_> {
         }
         m.serialize_entry("since", &e.since)?;
         if e.lists_seats() {
-            let seats: smallvec::SmallVec<[&str; 4]> =
+            let mut seats: smallvec::SmallVec<[&str; 4]> =
                 e.seats.iter().map(|s| s.0.as_str()).collect();
+            seats.sort_unstable();
             m.serialize_entry("seats", &seats[..])?;
         }
         m.end()

@@ -981,6 +981,33 @@ async fn every_route_answers_as_the_document_says() {
         me["text"].is_string() && me["location"]["accuracy_m"].is_number(),
         "{me}"
     );
+    // A center with two seats lists them.
+    let wall = hub
+        .auth
+        .mint_seat(
+            &hub.org,
+            township,
+            Role::Observer,
+            gridhub::auth::Seat::parse("wall").unwrap(),
+            60,
+            now_s(),
+        )
+        .unwrap();
+    let mut wall = hub.connect_with(&wall).await;
+    let mut desk = hub.connect(township).await;
+    desk.ping_ok().await;
+    wall.ping_ok().await;
+    let snap = h
+        .get(&presence(&format!("?node={DONGFENG}")), county)
+        .await
+        .ok(200);
+    let center = snap["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == township)
+        .unwrap();
+    assert_eq!(center["seats"], json!(["main", "wall"]), "{center}");
     let overview = presence(&format!("?node={DONGFENG}&endpoints=false"));
     h.get(&overview, county).await.ok(200);
     h.get(&presence(&format!("?node={w0}")), worker)

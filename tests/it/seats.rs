@@ -101,8 +101,26 @@ async fn a_call_rings_every_desk_and_the_first_to_answer_takes_it() {
     assert_eq!(e["outcome"], "answered_elsewhere", "{e}");
     let e = station.refused("call.accept", json!({"call": call})).await;
     assert_eq!(e["code"], "not_a_party", "{e}");
+    // One desk in a call leaves the others free: a second call rings the station PC only.
+    let w2 = workers_under(&hub.org, DONGFENG, 2).remove(1);
+    let mut worker2 = hub.connect(&w2).await;
+    let r = worker2
+        .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
+        .await;
+    let second = r["data"]["call"]
+        .as_u64()
+        .expect("placed while a desk talks");
+    assert_eq!(event(&mut station, "call.incoming").await["call"], second);
+    let r = station.call("call.accept", json!({"call": second})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    worker2.call("call.hangup", json!({"call": second})).await;
     worker.call("call.hangup", json!({"call": call})).await;
     assert_eq!(event(&mut desk, "call.ended").await["outcome"], "completed");
+    assert!(
+        desk.pending.iter().all(|m| m["data"]["call"] != second),
+        "the desk in a call was not rung: {:?}",
+        desk.pending
+    );
     // Nothing about calls ever reached the wall (what came before its pong is queued).
     wall.ping_ok().await;
     assert!(
@@ -170,6 +188,26 @@ async fn a_station_calls_and_dispatches_in_its_subtree_and_a_wall_acts_on_nothin
         .refused("call.invite", json!({"to": w, "media": "audio"}))
         .await;
     assert_eq!(e["code"], "out_of_scope", "{e}");
+    // Nor does it speak for its center, take TURN credentials, or read reporters' phones.
+    let e = wall
+        .refused("presence.set", json!({"status": "busy"}))
+        .await;
+    assert_eq!(e["code"], "out_of_scope", "{e}");
+    let e = wall.refused("call.ice_servers", json!({})).await;
+    assert_eq!(e["code"], "out_of_scope", "{e}");
+    let o = wall.call("order.get", json!({"order": id})).await;
+    let phone = o["data"]["order"]["reporter"]["phone"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(phone.contains('*'), "masked on the wall: {phone}");
+    let o = desk.call("order.get", json!({"order": id})).await;
+    assert!(
+        !o["data"]["order"]["reporter"]["phone"]
+            .as_str()
+            .unwrap()
+            .contains('*')
+    );
     // The station PC dispatches down its own subtree.
     county
         .order("order.dispatch", json!({"order": id, "to": chain[2]}))

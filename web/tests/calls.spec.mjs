@@ -123,6 +123,7 @@ test('a village with a desk, its station PC and a video wall: all stay on line, 
   expect([...seats].sort()).toEqual(['desk-1', 'main', 'wall']);
   // The wall watches: no call buttons, no intake.
   await expect(desk.page.locator(`#children li[data-id="${worker.id}"] button[data-call]`).first()).toBeVisible();
+  await expect(wall.page.locator(`#children li[data-id="${worker.id}"]`)).toHaveAttribute('data-status', 'online');
   await expect(wall.page.locator('#children button[data-call]')).toHaveCount(0);
   await expect(wall.page.locator('#board-new')).toBeHidden();
 

@@ -378,8 +378,11 @@ pub fn view_for(org: &Org, o: &Order, acked: u64, viewer: Option<(NodeIdx, Role)
 }
 
 /// Whether `v` sees the reporter's contact: those handling the order, and centers above its
-/// intake node.
+/// intake node; never a video wall (an observer seat), which a room full of people can read.
 pub fn sees_contact(org: &Org, o: &Order, v: NodeIdx, role: Role) -> bool {
+    if role == Role::Observer {
+        return false;
+    }
     o.chain.contains(&v)
         || o.report_chain.contains(&v)
         || o.holder == v

@@ -27,6 +27,7 @@ export class Board {
     this.ticker = [];
     this.timer = null;
     this.photoUrls = [];
+    this.photoGen = 0;
     this.el = {
       steps: document.getElementById('steps'),
       mine: document.getElementById('mine'),
@@ -204,18 +205,22 @@ export class Board {
   /// none it no longer shows.
   async photos(id, box) {
     this.dropPhotos();
+    // Another order opened, or the dialog closed, while these load: they are not shown.
+    const shown = this.photoGen;
     let list;
     try {
       ({ attachments: list } = await this.hub.api(`/api/v1/orders/${id}/attachments`));
     } catch {
       return; // The order itself is shown; its photos are an extra.
     }
-    if (!list.length) return;
+    if (!list.length || shown !== this.photoGen) return;
     box.hidden = false;
     box.append(el('div', { className: 'label', textContent: t('board.photos') }));
     for (const a of list) {
       try {
-        const url = URL.createObjectURL(await this.hub.api(a.url, { as: 'blob' }));
+        const blob = await this.hub.api(a.url, { as: 'blob' });
+        if (shown !== this.photoGen) return;
+        const url = URL.createObjectURL(blob);
         this.photoUrls.push(url);
         box.append(el('a', { href: url, target: '_blank', rel: 'noopener' }, el('img', { src: url, alt: `#${a.id}`, className: 'photo' })));
       } catch {
@@ -225,6 +230,7 @@ export class Board {
   }
 
   dropPhotos() {
+    this.photoGen++;
     for (const u of this.photoUrls.splice(0)) URL.revokeObjectURL(u);
   }
 

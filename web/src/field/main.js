@@ -50,15 +50,24 @@ class Inbox {
     this.orders = new Map([...open, ...closed].map((o) => [o.id, o]));
     const notices = [...this.notices.values()].sort((a, b) => b.at - a.at).slice(0, 50);
     this.notices = new Map(notices.map((n) => [n.id, n]));
-    localStorage.setItem(
-      this.key,
-      JSON.stringify({
-        orders: [...this.orders.values()],
-        notices,
-        tasks: [...this.tasks.values()].sort((a, b) => b.created_at - a.created_at).slice(0, 20),
-        seen: [...this.seen].slice(-200),
-      }),
-    );
+    const text = JSON.stringify({
+      orders: [...this.orders.values()],
+      notices,
+      tasks: [...this.tasks.values()].sort((a, b) => b.created_at - a.created_at).slice(0, 20),
+      seen: [...this.seen].slice(-200),
+    });
+    try {
+      localStorage.setItem(this.key, text);
+    } catch {
+      // The storage is full: a photo draft is the large thing in it and gives way first (the
+      // inbox is what resumes the outbox exactly).
+      for (const k of Object.keys(localStorage)) if (k.startsWith(prefix) && k.endsWith('.photo')) localStorage.removeItem(k);
+      try {
+        localStorage.setItem(this.key, text);
+      } catch (e) {
+        console.warn('inbox not kept', e);
+      }
+    }
   }
 
   mine(o) {
@@ -294,6 +303,10 @@ function photoPicker(o, error) {
         r.onerror = fail;
         r.readAsDataURL(b);
       });
+      // One photo draft at a time: they are large, and the inbox shares the storage.
+      for (const k of Object.keys(localStorage)) {
+        if (k !== key && k.startsWith(`gridhub.draft.${me.id}.`) && k.endsWith('.photo')) localStorage.removeItem(k);
+      }
       try {
         localStorage.setItem(key, url);
       } catch {
