@@ -20,7 +20,8 @@
 //!   - `presence` — who is on line, busy, in a call, where; incremental per-node aggregates;
 //!     coalesced subtree deltas;
 //!   - `orders` — work orders through the eight steps, notices, campaigns, the consoles' feed;
-//!   - `calls` — point-to-point call signaling, TURN credentials, call records.
+//!   - `calls` — point-to-point call signaling, TURN credentials, call records;
+//!   - `sessions` — command sessions: commander, invited terminals, watching walls, controls.
 //! - `store` — SQLite with group commit; actors hear of their jobs as messages.
 //! - `auth` (credentials and tickets), `scope` (who may see what), `config` (the sections beside
 //!   their modules, loaded together), `telemetry`, `clock` (injected into every shell).
@@ -43,6 +44,7 @@ pub mod outbox;
 pub mod presence;
 pub mod rng;
 pub mod scope;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
