@@ -28,6 +28,7 @@ use crate::orders;
 use crate::org::{LoadError, Org};
 use crate::outbox;
 use crate::presence;
+use crate::sessions;
 use crate::store::Store;
 use crate::telemetry::{Metrics, open_file_limit};
 use crate::transport::dispatch::{HubId, Table};
@@ -78,6 +79,7 @@ struct ServiceTasks {
     outbox: JoinHandle<()>,
     outbox_control: outbox::service::OutboxControl,
     calls: JoinHandle<()>,
+    sessions: JoinHandle<()>,
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -172,6 +174,7 @@ pub async fn start_node(
             (&orders::handler::KINDS, t.orders_handler.clone()),
             (&outbox::KINDS, t.outbox_handler.clone()),
             (&calls::handler::KINDS, t.calls_handler.clone()),
+            (&sessions::handler::KINDS, t.sessions_handler.clone()),
         ];
         for (kinds, h) in forward {
             table.route(kinds, h);
@@ -184,7 +187,8 @@ pub async fn start_node(
         table
             .route(&orders::handler::KINDS, fwd.clone())
             .route(&outbox::KINDS, fwd.clone())
-            .route(&calls::handler::KINDS, fwd);
+            .route(&calls::handler::KINDS, fwd.clone())
+            .route(&sessions::handler::KINDS, fwd);
         (None, None)
     };
     let table = Arc::new(table);
@@ -271,9 +275,10 @@ struct Started {
     orders_handler: Arc<dyn crate::transport::dispatch::Handler>,
     outbox_handler: Arc<dyn crate::transport::dispatch::Handler>,
     calls_handler: Arc<dyn crate::transport::dispatch::Handler>,
+    sessions_handler: Arc<dyn crate::transport::dispatch::Handler>,
 }
 
-/// Opens the store and starts the stateful services: outbox, orders, calls.
+/// Opens the store and starts the stateful services: outbox, orders, calls, sessions.
 fn start_services(
     config: &Config,
     org: &Arc<Org>,
@@ -322,7 +327,19 @@ fn start_services(
             "cannot start the calls thread: {e}"
         )))
     })?;
+    let (sessions, sessions_task) = sessions::service::start(
+        Arc::clone(org),
+        config.sessions.rules(),
+        Arc::clone(out),
+        clock.clone(),
+    );
     let started = Started {
+        sessions_handler: Arc::new(sessions::handler::SessionsHandler {
+            org: Arc::clone(org),
+            sessions: sessions.clone(),
+            out: Arc::clone(out),
+            max_members: config.sessions.max_members,
+        }),
         orders_handler: Arc::new(orders::handler::OrdersHandler {
             org: Arc::clone(org),
             orders: orders.handle.clone(),
@@ -341,6 +358,7 @@ fn start_services(
             outbox: ob.task,
             outbox_control: ob.control,
             calls: calls_task,
+            sessions: sessions_task,
         },
     };
     Ok((
@@ -349,6 +367,7 @@ fn start_services(
             outbox: ob.outbox,
             orders: orders.handle,
             calls,
+            sessions,
         },
         started,
     ))
@@ -365,6 +384,8 @@ impl Running {
         // Calls still going on end as interrupted while their parties can still be told.
         if let Some(s) = &hub.services {
             s.calls.stop().await;
+            // Sessions end too, while their members can still be told.
+            s.sessions.stop().await;
         }
         let deadline = Duration::from_millis(t.config.shutdown_drain_ms);
         let left = t.drain(deadline).await;
@@ -373,6 +394,7 @@ impl Running {
         let _ = self.tasks.server.await;
         if let (Some(s), Some(tasks)) = (&hub.services, self.tasks.services) {
             let _ = tasks.calls.await;
+            let _ = tasks.sessions.await;
             // Everything decided (missed-call notices included) is written before the store
             // closes: the orders first, then the outbox that carries their messages.
             s.orders.stop().await;

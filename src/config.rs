@@ -18,6 +18,7 @@ pub use crate::calls::config::CallsConfig;
 pub use crate::orders::config::{CategoryConfig, OrdersConfig, PrioritiesConfig, PriorityConfig};
 pub use crate::outbox::config::OutboxConfig;
 pub use crate::presence::config::PresenceConfig;
+pub use crate::sessions::config::SessionsConfig;
 pub use crate::store::config::StoreConfig;
 pub use crate::transport::config::TransportConfig;
 
@@ -37,6 +38,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub orders: OrdersConfig,
     pub calls: CallsConfig,
+    pub sessions: SessionsConfig,
     pub log: LogConfig,
 }
 
@@ -234,6 +236,7 @@ impl Config {
             return Err(ConfigError::Invalid("orders.categories is empty".into()));
         }
         self.calls.validate(t.max_message_bytes)?;
+        self.sessions.validate()?;
         let max_hub = crate::transport::dispatch::HubId::MAX;
         if self.backplane.hub_id > max_hub {
             return Err(ConfigError::Invalid(format!(

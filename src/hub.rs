@@ -37,6 +37,7 @@ pub struct Services {
     pub outbox: Outbox,
     pub orders: OrdersHandle,
     pub calls: CallsHandle,
+    pub sessions: crate::sessions::service::SessionsHandle,
 }
 
 impl Hub {

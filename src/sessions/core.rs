@@ -806,6 +806,20 @@ impl Sessions {
         fx
     }
 
+    /// Ends every live session (the hub is stopping): their members are told.
+    pub fn end_all(&mut self, reason: &str, now: u64) -> Vec<Effect> {
+        let mut ids: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.live())
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .flat_map(|id| self.end(id, reason.into(), now))
+            .collect()
+    }
+
     /// A seat's connection ended: a member taking part from it is away for the grace period.
     pub fn disconnected(&mut self, node: NodeIdx, seat: Seat, conn: u64, now: u64) -> Vec<Effect> {
         let mut fx = Vec::new();

@@ -76,6 +76,11 @@ pub enum ErrorCode {
     NotAParty,
     CallEnded,
     Glare,
+    SessionEnded,
+    NotInvited,
+    NotCommander,
+    TooManySessions,
+    TooManyMembers,
 }
 
 impl ErrorCode {
@@ -105,6 +110,11 @@ impl ErrorCode {
             ErrorCode::NotAParty => "not_a_party",
             ErrorCode::CallEnded => "call_ended",
             ErrorCode::Glare => "glare",
+            ErrorCode::SessionEnded => "session_ended",
+            ErrorCode::NotInvited => "not_invited",
+            ErrorCode::NotCommander => "not_commander",
+            ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::TooManyMembers => "too_many_members",
         }
     }
 }

@@ -15,5 +15,6 @@ mod rest;
 mod rfc6455;
 mod scope;
 mod seats;
+mod sessions;
 mod shutdown;
 mod support;

@@ -1,0 +1,50 @@
+//! `[sessions]`: caps and timing of command sessions.
+
+use serde::{Deserialize, Serialize};
+
+use super::core::Rules;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Sessions live at once on the hub (the seed's center ran 27).
+    pub max_sessions: usize,
+    /// Members of one session, the commander included; video walls watching are not counted.
+    pub max_members: usize,
+    /// How long a member whose connection dropped stays in the session.
+    pub reconnect_grace_ms: u64,
+    pub max_title_chars: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_sessions: 27,
+            max_members: 27,
+            reconnect_grace_ms: 20_000,
+            max_title_chars: 40,
+        }
+    }
+}
+
+impl SessionsConfig {
+    pub fn rules(&self) -> Rules {
+        Rules {
+            max_sessions: self.max_sessions,
+            max_members: self.max_members,
+            grace_ms: self.reconnect_grace_ms,
+            max_title_chars: self.max_title_chars,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if self.max_sessions == 0 || self.max_members < 2 || self.reconnect_grace_ms == 0 {
+            return Err(crate::config::ConfigError::Invalid(
+                "sessions.max_sessions must be at least 1, sessions.max_members at least 2 and \
+                 sessions.reconnect_grace_ms positive"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}

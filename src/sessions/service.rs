@@ -1,0 +1,302 @@
+//! The async shell around the session state machine: one task owns the core and takes every
+//! session request, terminal coming and going (from the bus, so from every hub node) and timer
+//! in arrival order. Effects are carried out here: the roster encoded once and written to every
+//! member present (at the seat it takes part from), messages for one member, presence activity
+//! (`in_session`) on the bus.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::core::{Control, Effect, SessionError, SessionId, Sessions, Who};
+use super::wire::{RosterView, encode_msg, roster};
+use crate::backplane::{Outbound, TerminalNews, To, Via};
+use crate::clock::Clock;
+use crate::org::{NodeIdx, Org};
+use crate::presence::actor::Event;
+use crate::presence::core::Activity;
+use crate::transport::dispatch::Origin;
+use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, reply};
+
+/// Requests waiting for the sessions service; senders wait when it is full.
+const QUEUE: usize = 1024;
+
+/// A session request, checked for form by the handler.
+#[derive(Debug)]
+pub enum Req {
+    Create { title: String, invite: Vec<NodeIdx> },
+    Invite(SessionId, Vec<NodeIdx>),
+    Join(SessionId),
+    Leave(SessionId),
+    Publish(SessionId, super::core::Publishes),
+    Control(SessionId, Control),
+    Get(SessionId),
+    List,
+}
+
+pub enum Cmd {
+    Request {
+        origin: Origin,
+        re: Option<ReqId>,
+        kind: &'static str,
+        req: Req,
+    },
+    /// Answered once everything sent before it is decided.
+    Barrier(oneshot::Sender<()>),
+    Stop(oneshot::Sender<()>),
+}
+
+impl SessionError {
+    fn ws_code(&self) -> ErrorCode {
+        match self {
+            SessionError::NotFound(_) => ErrorCode::NotFound,
+            SessionError::Ended(_) => ErrorCode::SessionEnded,
+            SessionError::NotInvited(_) => ErrorCode::NotInvited,
+            SessionError::NotCommander(_) => ErrorCode::NotCommander,
+            SessionError::OutOfScope(_) => ErrorCode::OutOfScope,
+            SessionError::TooManySessions { .. } => ErrorCode::TooManySessions,
+            SessionError::TooManyMembers { .. } => ErrorCode::TooManyMembers,
+            SessionError::Busy(_) => ErrorCode::Busy,
+            SessionError::Invalid(_) => ErrorCode::InvalidData,
+            SessionError::Illegal(_) => ErrorCode::IllegalTransition,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SessionsHandle {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl SessionsHandle {
+    /// Queues a command; a request after the service stopped is answered `unavailable`.
+    pub async fn send(&self, cmd: Cmd, out: &dyn Outbound) {
+        if let Err(e) = self.tx.send(cmd).await
+            && let Cmd::Request {
+                origin, re, kind, ..
+            } = e.0
+        {
+            let p = ProtoError::new(ErrorCode::Unavailable, "sessions are shutting down")
+                .answering(re, kind);
+            out.send(To::Conn(origin.conn), &p.encode(), Via::Post);
+        }
+    }
+
+    /// Waits until the service has decided everything sent to it before.
+    pub async fn caught_up(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Ends every live session (their members are told) and stops the service.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts the service on the current runtime.
+pub fn start(
+    org: Arc<Org>,
+    rules: super::core::Rules,
+    out: Arc<dyn Outbound>,
+    clock: Clock,
+) -> (SessionsHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let terminals = out.bus().subscribe::<TerminalNews>(QUEUE);
+    let svc = Service {
+        core: Sessions::new(Arc::clone(&org), rules, 1),
+        org,
+        out,
+        clock,
+    };
+    (SessionsHandle { tx }, tokio::spawn(svc.run(rx, terminals)))
+}
+
+struct Service {
+    core: Sessions,
+    org: Arc<Org>,
+    out: Arc<dyn Outbound>,
+    clock: Clock,
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut terminals: mpsc::Receiver<Arc<TerminalNews>>,
+    ) {
+        loop {
+            let due = self.core.next_deadline();
+            tokio::select! {
+                // A terminal's arrival is published before anything it sends can reach here.
+                biased;
+                n = terminals.recv() => {
+                    let Some(n) = n else { return };
+                    self.news(&n).await;
+                }
+                cmd = rx.recv() => match cmd {
+                    None => return,
+                    Some(Cmd::Stop(done)) => {
+                        let now = self.clock.now_ms();
+                        let fx = self.core.end_all("the hub is shutting down", now);
+                        self.apply(fx).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(Cmd::Barrier(done)) => {
+                        let _ = done.send(());
+                    }
+                    Some(Cmd::Request { origin, re, kind, req }) => {
+                        self.request(origin, re, kind, req).await;
+                    }
+                },
+                _ = self.clock.sleep_until_ms(due.unwrap_or_default()), if due.is_some() => {
+                    let fx = self.core.tick(self.clock.now_ms());
+                    self.apply(fx).await;
+                }
+            }
+        }
+    }
+
+    async fn news(&mut self, n: &TerminalNews) {
+        let now = self.clock.now_ms();
+        let fx = match n {
+            TerminalNews::Joined { ep, conn, seat, .. } => match self.org.lookup(ep.as_str()) {
+                Some(ep) => self.core.connected(ep, *seat, *conn),
+                None => return,
+            },
+            TerminalNews::Left { ep, conn, seat, .. } => match self.org.lookup(ep.as_str()) {
+                Some(ep) => self.core.disconnected(ep, *seat, *conn, now),
+                None => return,
+            },
+        };
+        self.apply(fx).await;
+    }
+
+    async fn request(&mut self, origin: Origin, re: Option<ReqId>, kind: &'static str, req: Req) {
+        let who = Who {
+            node: origin.endpoint,
+            seat: origin.seat,
+            conn: origin.conn,
+            role: origin.role,
+        };
+        let now = self.clock.now_ms();
+        let answer =
+            |out: &dyn Outbound, f: bytes::Bytes| out.send(To::Conn(origin.conn), &f, Via::Post);
+        let result = match req {
+            Req::Create { title, invite } => self
+                .core
+                .create(who, &title, &invite, now)
+                .map(|(id, fx)| (Some(id), fx)),
+            Req::Invite(id, nodes) => self
+                .core
+                .invite(who, id, &nodes, now)
+                .map(|fx| (Some(id), fx)),
+            Req::Join(id) => self.core.join(who, id, now).map(|fx| (Some(id), fx)),
+            Req::Leave(id) => self.core.leave(who, id, now).map(|fx| (Some(id), fx)),
+            Req::Publish(id, p) => self.core.publish(who, id, p).map(|fx| (Some(id), fx)),
+            Req::Control(id, c) => self.core.control(who, id, c, now).map(|fx| (Some(id), fx)),
+            Req::Get(id) => match self.core.get(id) {
+                Some(s) if self.may_see(&who, s) => Ok((Some(id), Vec::new())),
+                _ => Err(SessionError::NotFound(id)),
+            },
+            Req::List => {
+                #[derive(Serialize)]
+                struct List<'a> {
+                    sessions: Vec<RosterView<'a>>,
+                }
+                let ids = self.core.of(who.node);
+                let sessions = ids
+                    .iter()
+                    .filter_map(|&id| self.core.get(id))
+                    .filter(|s| self.may_see(&who, s))
+                    .map(|s| RosterView::of(&self.org, s))
+                    .collect();
+                if let Some(f) = reply_frame(re.as_ref(), &List { sessions }) {
+                    answer(self.out.as_ref(), f);
+                }
+                return;
+            }
+        };
+        match result {
+            Ok((id, fx)) => {
+                // The requester hears its answer, the session as it now stands, before the
+                // roster pushed to every member.
+                if let Some(s) = id.and_then(|id| self.core.get(id)) {
+                    #[derive(Serialize)]
+                    struct One<'a> {
+                        session: RosterView<'a>,
+                    }
+                    let data = One {
+                        session: RosterView::of(&self.org, s),
+                    };
+                    // A create is always answered: the creator needs the session's number.
+                    if re.is_some() || kind == "session.create" {
+                        answer(self.out.as_ref(), reply(re.as_ref(), &data));
+                    }
+                }
+                self.apply(fx).await;
+            }
+            Err(e) => {
+                let p = ProtoError::new(e.ws_code(), e.to_string()).answering(re, kind);
+                answer(self.out.as_ref(), p.encode());
+            }
+        }
+    }
+
+    /// Members see their session; so do the walls of its center and of the centers above.
+    fn may_see(&self, who: &Who, s: &super::core::Session) -> bool {
+        s.members.iter().any(|m| m.node == who.node) || self.org.contains(who.node, s.center)
+    }
+
+    async fn apply(&mut self, effects: Vec<Effect>) {
+        let now = self.clock.now_ms();
+        for e in effects {
+            match e {
+                Effect::Send { to, seat, msg } => {
+                    let f = encode_msg(&self.org, &self.core, &msg);
+                    let to = match seat {
+                        Some(s) => To::Seat(to, s),
+                        None => To::Terminal(to),
+                    };
+                    self.out.send(to, &f, Via::Post);
+                }
+                Effect::Roster(id) => {
+                    let Some(s) = self.core.get(id) else { continue };
+                    let f = roster(&self.org, s);
+                    for m in s.present() {
+                        if let Some(seat) = m.seat {
+                            self.out.send(To::Seat(m.node, seat), &f, Via::Post);
+                        }
+                    }
+                }
+                Effect::InSession { ep, active } => {
+                    let activity = if active {
+                        Activity::InSession
+                    } else {
+                        Activity::Idle
+                    };
+                    self.out
+                        .bus()
+                        .publish(Event::Activity {
+                            ep: self.org.id(ep).clone(),
+                            activity,
+                            at: now,
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// A reply frame for a request with an id (a notification is answered only on failure).
+fn reply_frame<T: Serialize>(re: Option<&ReqId>, data: &T) -> Option<bytes::Bytes> {
+    re.map(|_| reply(re, data))
+}
