@@ -330,9 +330,11 @@ fn start_services(
     let (sessions, sessions_task) = sessions::service::start(
         Arc::clone(org),
         config.sessions.rules(),
+        Arc::clone(&store),
         Arc::clone(out),
         clock.clone(),
-    );
+    )
+    .map_err(store_error)?;
     let started = Started {
         sessions_handler: Arc::new(sessions::handler::SessionsHandler {
             org: Arc::clone(org),

@@ -5,6 +5,7 @@ pub mod attachments;
 pub mod calls;
 pub mod error;
 pub mod orders;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,7 +29,7 @@ use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step); the web pages
 /// (`crate::web`) are not part of the API.
-pub const ROUTES: [&str; 28] = [
+pub const ROUTES: [&str; 30] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -57,6 +58,8 @@ pub const ROUTES: [&str; 28] = [
     "/api/v1/calls",
     "/api/v1/calls/stats",
     "/api/v1/calls/{id}",
+    "/api/v1/sessions",
+    "/api/v1/sessions/{id}",
 ];
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -102,6 +105,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/calls", get(calls::list))
         .route("/api/v1/calls/stats", get(calls::stats))
         .route("/api/v1/calls/{id}", get(calls::get))
+        .route("/api/v1/sessions", get(sessions::list))
+        .route("/api/v1/sessions/{id}", get(sessions::get))
         .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .layer(axum::middleware::from_fn(json_errors))

@@ -222,6 +222,23 @@ pub enum Effect {
     Roster(SessionId),
     /// Whether a terminal is in a session (presence shows `in_session`).
     InSession { ep: NodeIdx, active: bool },
+    /// Store the session's record (opened, commander changed, ended).
+    Record(SessionId),
+    /// A member came into the session (a span of its record begins).
+    Joined {
+        session: SessionId,
+        node: NodeIdx,
+        seat: Seat,
+        part: Part,
+        at: u64,
+    },
+    /// A member present is no longer (its span ends).
+    Left {
+        session: SessionId,
+        node: NodeIdx,
+        seat: Seat,
+        at: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -465,10 +482,20 @@ impl Sessions {
         );
         self.live += 1;
         self.joined.insert(who.node, id);
-        let mut fx = vec![Effect::InSession {
-            ep: who.node,
-            active: true,
-        }];
+        let mut fx = vec![
+            Effect::Record(id),
+            Effect::Joined {
+                session: id,
+                node: who.node,
+                seat: who.seat,
+                part: Part::Commander,
+                at: now,
+            },
+            Effect::InSession {
+                ep: who.node,
+                active: true,
+            },
+        ];
         fx.extend(invited.iter().map(|&n| Effect::Send {
             to: n,
             seat: None,
@@ -571,6 +598,8 @@ impl Sessions {
             }
         };
         let m = &mut s.members[i];
+        let arrived = !m.present();
+        let part = m.part;
         m.state = State::Joined;
         m.seat = Some(who.seat);
         m.conn = who.conn;
@@ -579,6 +608,15 @@ impl Sessions {
         m.away_since = None;
         m.left_at = None;
         let mut fx = Vec::new();
+        if arrived {
+            fx.push(Effect::Joined {
+                session: id,
+                node: who.node,
+                seat: who.seat,
+                part,
+                at: now,
+            });
+        }
         if !observer && self.joined.insert(who.node, id).is_none() {
             fx.push(Effect::InSession {
                 ep: who.node,
@@ -650,11 +688,19 @@ impl Sessions {
         m.away_since = None;
         m.publishes = Publishes::default();
         m.camera_pulled = false;
-        let (node, part) = (m.node, m.part);
+        let (node, part, seat) = (m.node, m.part, m.seat);
         if s.spotlight == Some(node) && part != Part::Observer {
             s.spotlight = None;
         }
         let mut fx = Vec::new();
+        if let (true, Some(seat)) = (was_present, seat) {
+            fx.push(Effect::Left {
+                session: id,
+                node,
+                seat,
+                at: now,
+            });
+        }
         if was_present && part != Part::Observer && self.joined.get(&node) == Some(&id) {
             self.joined.remove(&node);
             fx.push(Effect::InSession {
@@ -768,7 +814,7 @@ impl Sessions {
                 s.members[i].part = Part::Commander;
                 s.members[i].muted = false;
                 s.commander = node;
-                Ok(vec![Effect::Roster(id)])
+                Ok(vec![Effect::Record(id), Effect::Roster(id)])
             }
         }
     }
@@ -780,9 +826,17 @@ impl Sessions {
         s.end_reason = Some(reason.clone());
         s.spotlight = None;
         self.live -= 1;
-        let mut fx = Vec::new();
+        let mut fx = vec![Effect::Record(id)];
         for m in s.members.iter_mut() {
             if m.present() {
+                if let Some(seat) = m.seat {
+                    fx.push(Effect::Left {
+                        session: id,
+                        node: m.node,
+                        seat,
+                        at: now,
+                    });
+                }
                 fx.push(Effect::Send {
                     to: m.node,
                     seat: m.seat,

@@ -6,5 +6,6 @@
 pub mod config;
 pub mod core;
 pub mod handler;
+pub mod records;
 pub mod service;
 pub mod wire;

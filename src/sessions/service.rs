@@ -2,7 +2,8 @@
 //! session request, terminal coming and going (from the bus, so from every hub node) and timer
 //! in arrival order. Effects are carried out here: the roster encoded once and written to every
 //! member present (at the seat it takes part from), messages for one member, presence activity
-//! (`in_session`) on the bus.
+//! (`in_session`) on the bus, records to the store (written behind the signaling; a session left
+//! live by a crash is ended at the next start-up).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::clock::Clock;
 use crate::org::{NodeIdx, Org};
 use crate::presence::actor::Event;
 use crate::presence::core::Activity;
+use crate::store::{Job, Notifier, Store, StoreError, inbox};
 use crate::transport::dispatch::Origin;
 use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, reply};
 
@@ -44,6 +46,8 @@ pub enum Cmd {
     },
     /// Answered once everything sent before it is decided.
     Barrier(oneshot::Sender<()>),
+    /// Answered once the records of everything decided before it are committed.
+    Settled(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -91,6 +95,15 @@ impl SessionsHandle {
         }
     }
 
+    /// Waits until the records of everything the service has decided so far are committed, so
+    /// a reader sees every session as its members have been told it is.
+    pub async fn settled(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Settled(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Ends every live session (their members are told) and stops the service.
     pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();
@@ -100,29 +113,46 @@ impl SessionsHandle {
     }
 }
 
-/// Starts the service on the current runtime.
+/// Ends the sessions a previous run left live and starts the service on the current runtime.
 pub fn start(
     org: Arc<Org>,
     rules: super::core::Rules,
+    store: Arc<Store>,
     out: Arc<dyn Outbound>,
     clock: Clock,
-) -> (SessionsHandle, tokio::task::JoinHandle<()>) {
+) -> Result<(SessionsHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let (next_id, cut) = store.read_sync(|c| super::records::recover(c, clock.now_ms()))?;
+    if cut > 0 {
+        tracing::warn!(
+            sessions = cut,
+            "sessions live when the hub last stopped are recorded as ended by the restart"
+        );
+    }
     let (tx, rx) = mpsc::channel(QUEUE);
     let terminals = out.bus().subscribe::<TerminalNews>(QUEUE);
+    let (failed, failures) = inbox();
     let svc = Service {
-        core: Sessions::new(Arc::clone(&org), rules, 1),
+        core: Sessions::new(Arc::clone(&org), rules, next_id),
         org,
+        store,
         out,
         clock,
+        failed,
     };
-    (SessionsHandle { tx }, tokio::spawn(svc.run(rx, terminals)))
+    Ok((
+        SessionsHandle { tx },
+        tokio::spawn(svc.run(rx, terminals, failures)),
+    ))
 }
 
 struct Service {
     core: Sessions,
     org: Arc<Org>,
+    store: Arc<Store>,
     out: Arc<dyn Outbound>,
     clock: Clock,
+    /// Record writes that failed (successes are not told).
+    failed: Notifier<StoreError>,
 }
 
 impl Service {
@@ -130,6 +160,7 @@ impl Service {
         mut self,
         mut rx: mpsc::Receiver<Cmd>,
         mut terminals: mpsc::Receiver<Arc<TerminalNews>>,
+        mut failures: mpsc::UnboundedReceiver<StoreError>,
     ) {
         loop {
             let due = self.core.next_deadline();
@@ -139,6 +170,9 @@ impl Service {
                 n = terminals.recv() => {
                     let Some(n) = n else { return };
                     self.news(&n).await;
+                }
+                Some(e) = failures.recv() => {
+                    tracing::error!("session record not written: {e}");
                 }
                 cmd = rx.recv() => match cmd {
                     None => return,
@@ -151,6 +185,17 @@ impl Service {
                     }
                     Some(Cmd::Barrier(done)) => {
                         let _ = done.send(());
+                    }
+                    Some(Cmd::Settled(done)) => {
+                        // The writer commits jobs in the order queued.
+                        let (tx, mut rx) = inbox::<()>();
+                        self.store
+                            .submit_async(Job::new(|_| Ok(())).notify(&tx, |_| ()))
+                            .await;
+                        tokio::spawn(async move {
+                            let _ = rx.recv().await;
+                            let _ = done.send(());
+                        });
                     }
                     Some(Cmd::Request { origin, re, kind, req }) => {
                         self.request(origin, re, kind, req).await;
@@ -276,6 +321,37 @@ impl Service {
                         }
                     }
                 }
+                Effect::Record(id) => {
+                    let Some(s) = self.core.get(id).cloned() else {
+                        continue;
+                    };
+                    let org = Arc::clone(&self.org);
+                    self.write(move |c| super::records::write(c, &org, &s))
+                        .await;
+                }
+                Effect::Joined {
+                    session,
+                    node,
+                    seat,
+                    part,
+                    at,
+                } => {
+                    let id = self.org.id(node).to_string();
+                    self.write(move |c| {
+                        super::records::joined(c, session.0, (&id, node), part, seat.as_str(), at)
+                    })
+                    .await;
+                }
+                Effect::Left {
+                    session,
+                    node,
+                    seat,
+                    at,
+                } => {
+                    let id = self.org.id(node).to_string();
+                    self.write(move |c| super::records::left(c, session.0, &id, seat.as_str(), at))
+                        .await;
+                }
                 Effect::InSession { ep, active } => {
                     let activity = if active {
                         Activity::InSession
@@ -293,6 +369,17 @@ impl Service {
                 }
             }
         }
+    }
+}
+
+impl Service {
+    async fn write(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) {
+        self.store
+            .submit_async(Job::new(f).notify_failure(&self.failed, |e| e))
+            .await;
     }
 }
 

@@ -28,10 +28,11 @@ use crate::telemetry::Metrics;
 pub mod config;
 
 /// Schema version this build writes; older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 const SCHEMA_V3: &str = include_str!("schema_v3.sql");
+const SCHEMA_V4: &str = include_str!("schema_v4.sql");
 
 /// Jobs waiting for the writer; submitters wait (backpressure) when it is full.
 pub const QUEUE: usize = 16_384;
@@ -206,6 +207,11 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     if version < 3 {
         c.execute_batch(&format!(
             "BEGIN; {SCHEMA_V3}; PRAGMA user_version = 3; COMMIT;"
+        ))?;
+    }
+    if version < 4 {
+        c.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V4}; PRAGMA user_version = 4; COMMIT;"
         ))?;
     }
     Ok(())
@@ -644,7 +650,11 @@ mod tests {
                     c.pragma_query_value(None, "user_version", |r| r.get(0))?,
                     c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?,
                     c.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?,
-                    c.query_row("SELECT COUNT(*) FROM attachments", [], |r| r.get(0))?,
+                    c.query_row(
+                        "SELECT COUNT(*) FROM attachments, sessions, session_spans",
+                        [],
+                        |r| r.get(0),
+                    )?,
                 ))
             })
             .unwrap();

@@ -1453,6 +1453,40 @@ async fn every_route_answers_as_the_document_says() {
         GET &stats("?node=nowhere"), county, None => 404 "not_found";
     ]);
 
+    // A command session on record: opened at a desk of the county, the worker in and out.
+    let desk = hub.seat_token(DONGFENG, Role::Operator, "desk-9");
+    let mut desk = hub.connect_with(&desk).await;
+    let r = desk
+        .call("session.create", json!({"title": "会商", "invite": [w0]}))
+        .await;
+    let sid = r["data"]["session"]["session"].as_u64().expect("opened");
+    let r = field.call("session.join", json!({"session": sid})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    desk.call("session.control", json!({"session": sid, "action": "end"}))
+        .await;
+    let sessions = |q: &str| format!("/api/v1/sessions{q}");
+    let page = h.get(&sessions(""), county).await.ok(200);
+    assert_eq!(page["sessions"][0]["id"], sid, "{page}");
+    assert_eq!(page["sessions"][0]["end_reason"], "ended by its commander");
+    let one = h.get(&sessions(&format!("/{sid}")), county).await.ok(200);
+    let spans = one["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2, "{one}");
+    assert!(spans.iter().all(|s| s["left_at"].is_u64()), "{one}");
+    h.get(&sessions(&format!("/{sid}")), worker).await.ok(200);
+    assert_eq!(
+        h.get(&sessions(""), worker).await.ok(200)["sessions"][0]["id"],
+        sid
+    );
+    let other_session = sessions(&format!("/{sid}"));
+    refuse!(h, [
+        GET &sessions("?limit=0"), county, None => 400 "invalid_query";
+        GET &sessions(&format!("?node={HUANAN}")), county, None => 403 "out_of_scope";
+        GET &sessions("?node=nowhere"), county, None => 404 "not_found";
+        GET &other_session, huanan, None => 404 "not_found";
+        GET &sessions("/999999"), county, None => 404 "not_found";
+        GET &sessions("/abc"), county, None => 400 "invalid_data";
+    ]);
+
     // A node of a cluster that does not run the services sends REST for them to the one that does.
     let broker = Broker::new();
     let _runs = spawn_node(&broker, 1, true).await;
@@ -1474,6 +1508,8 @@ async fn every_route_answers_as_the_document_says() {
         GET "/api/v1/calls", city_b, None => 503 "not_served_here";
         GET "/api/v1/calls/stats", city_b, None => 503 "not_served_here";
         GET "/api/v1/calls/1", city_b, None => 503 "not_served_here";
+        GET "/api/v1/sessions", city_b, None => 503 "not_served_here";
+        GET "/api/v1/sessions/1", city_b, None => 503 "not_served_here";
         POST orders, city_b, Some(&new) => 503 "not_served_here";
         POST "/api/v1/orders/1/acknowledge", city_b, None => 503 "not_served_here";
         POST notices, city_b, Some(&notice) => 503 "not_served_here";

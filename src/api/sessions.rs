@@ -1,0 +1,83 @@
+//! REST for command-session records: who commanded, who took part and when, how it ended.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::orders::subtree_of;
+use super::{Caller, Params};
+use crate::hub::Hub;
+use crate::orders::service::ServiceError;
+use crate::org::NodeIdx;
+use crate::scope;
+use crate::sessions::records;
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    ApiError::from(ServiceError::from(e))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Sessions opened by a center in this node's subtree (default: the caller's own).
+    node: Option<String>,
+    /// Paging: sessions with ids below this.
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/sessions`: sessions opened in a subtree, and those the caller was in; newest
+/// first.
+pub async fn list(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Params(q): Params<ListQuery>,
+) -> Result<Response, ApiError> {
+    let node = subtree_of(&hub, &c, q.node.as_deref())?;
+    let limit = super::bounded("limit", q.limit, 100, 1, 500)?;
+    let range = hub.org.subtree(node);
+    let me = c.endpoint;
+    hub.services()?.sessions.settled().await;
+    let sessions = hub
+        .services()?
+        .store
+        .read(move |conn| records::list(conn, range, Some(me), q.after, limit))
+        .await
+        .map_err(store_error)?;
+    let next = (sessions.len() == limit)
+        .then(|| sessions.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(serde_json::json!({ "sessions": sessions, "next": next })).into_response())
+}
+
+/// `GET /api/v1/sessions/{id}`: one session and every time a member was in it.
+pub async fn get(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    hub.services()?.sessions.settled().await;
+    let found = hub
+        .services()?
+        .store
+        .read(move |conn| records::get(conn, id))
+        .await
+        .map_err(store_error)?;
+    let hidden = || ApiError::not_found(format!("no session {id}"));
+    let (rec, center, spans) = found.ok_or_else(hidden)?;
+    let sees = |n: u32| {
+        let n = NodeIdx(n);
+        n.get() < hub.org.len() && scope::can_watch_subtree(&hub.org, &c, n)
+    };
+    // Its center's subtree sees it, and so does each member (not disclosed to anyone else).
+    let member = spans.iter().any(|(_, n)| NodeIdx(*n) == c.endpoint);
+    if !sees(center) && !member {
+        return Err(hidden());
+    }
+    let spans: Vec<records::Span> = spans.into_iter().map(|(s, _)| s).collect();
+    Ok(Json(serde_json::json!({ "session": rec, "spans": spans })).into_response())
+}
