@@ -1,7 +1,7 @@
 // The video-wall console: signs in, connects like any terminal, watches its subtree.
 
 import { Hub } from '../lib/hub.js';
-import { t, lang, nodeName, fmtTime } from '../lib/i18n.js';
+import { t, lang, nodeName, fmtTime, errorText } from '../lib/i18n.js';
 import { store } from '../lib/credential.js';
 import { setupPage } from '../lib/page.js';
 import { PresenceView } from '../lib/presence.js';
@@ -11,6 +11,8 @@ import { SituationMap } from './map.js';
 import { Board } from './board.js';
 import { Charts } from './charts.js';
 import { Calls } from '../lib/call.js';
+import { Sessions } from '../lib/session.js';
+import { el } from '../lib/dom.js';
 
 const cred = store('console');
 const hub = new Hub({ credential: cred.get });
@@ -20,6 +22,8 @@ const calls = new Calls(hub, {
   where: (peer) => (org?.get(peer.id) ? org.path(peer.id).slice(1, -1).map(nodeName).join(' › ') : ''),
 });
 let org = null;
+let myId = null;
+const sessions = new Sessions(hub, { me: () => myId });
 let nav = null;
 let map = null;
 let geo = null;
@@ -27,7 +31,7 @@ let board = null;
 let charts = null;
 
 // For the browser tests and for operators poking at the wall from DevTools.
-window.gridhub = { hub, presence, calls, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; }, get charts() { return charts; } };
+window.gridhub = { hub, presence, calls, sessions, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; }, get charts() { return charts; } };
 
 const page = setupPage({ hub, cred });
 
@@ -64,6 +68,9 @@ hub.addEventListener('hello', async (ev) => {
       return;
     }
     const watchOnly = ev.detail.role === 'observer';
+    myId = me.id;
+    // An operator opens command sessions; a station or a wall takes part or watches.
+    document.getElementById('session-new').hidden = ev.detail.role !== 'operator';
     document.body.dataset.role = ev.detail.role;
     const seat = document.getElementById('seat');
     seat.hidden = !watchOnly && ev.detail.seat === 'main';
@@ -91,5 +98,36 @@ hub.addEventListener('hello', async (ev) => {
   }
 });
 hub.addEventListener('presence.delta', (ev) => presence.delta(ev.detail));
+
+// Opening a command session: the focused node's children (and the terminals below it the
+// operator picks), a topic; the hub checks the scope and the caps and says why it refuses.
+const sessionDialog = document.getElementById('session-dialog');
+const sessionForm = document.getElementById('session-form');
+const sessionError = document.getElementById('session-error');
+document.getElementById('session-new').onclick = () => {
+  const focus = org.get(nav.focus);
+  const below = focus.id === myId ? focus.children : [focus.id, ...focus.children];
+  document.getElementById('session-pick').replaceChildren(
+    ...below.map((id) => {
+      const n = org.get(id);
+      const box = el('input', { type: 'checkbox', name: 'invite', value: id });
+      return el('label', { className: 'check' }, box, ` ${nodeName(n)} · ${t(`status.${presence.status(id)}`)}`);
+    }),
+  );
+  sessionError.hidden = true;
+  sessionDialog.showModal();
+};
+document.getElementById('session-cancel').onclick = () => sessionDialog.close();
+sessionForm.onsubmit = async (ev) => {
+  ev.preventDefault();
+  const invite = [...sessionForm.querySelectorAll('input[name=invite]:checked')].map((b) => b.value);
+  try {
+    await sessions.create(sessionForm.title.value.trim(), invite);
+    sessionDialog.close();
+  } catch (e) {
+    sessionError.hidden = false;
+    sessionError.textContent = errorText(e);
+  }
+};
 
 page.begin();

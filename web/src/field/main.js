@@ -7,6 +7,7 @@ import { store } from '../lib/credential.js';
 import { setupPage } from '../lib/page.js';
 import { Outbox } from '../lib/outbox.js';
 import { Calls } from '../lib/call.js';
+import { Sessions } from '../lib/session.js';
 import { el } from '../lib/dom.js';
 
 const cred = store('field');
@@ -14,11 +15,12 @@ const hub = new Hub({ credential: cred.get });
 const page = setupPage({ hub, cred });
 const calls = new Calls(hub);
 let me = null;
+const sessions = new Sessions(hub, { me: () => me?.id });
 let outbox = null;
 let inbox = null;
 let categories = new Map();
 
-window.gridhub = { hub, calls, get outbox() { return outbox; }, get inbox() { return inbox; } };
+window.gridhub = { hub, calls, sessions, get outbox() { return outbox; }, get inbox() { return inbox; } };
 
 // ---- the inbox, kept in this browser between visits ----------------------------------------
 

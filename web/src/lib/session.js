@@ -1,0 +1,167 @@
+// Command sessions in a page (docs/protocol.md, "Command sessions"): invitations, the session
+// one takes part in with its roster, and — for its commander — the controls. The console and
+// the field page share it; what each shows follows from who the terminal is in the session.
+
+import { t, nodeName, errorText } from './i18n.js';
+import { el } from './dom.js';
+
+export class Sessions extends EventTarget {
+  /// `me()`: this terminal's node id (from `hello`).
+  constructor(hub, { me }) {
+    super();
+    this.hub = hub;
+    this.me = me;
+    this.invites = new Map(); // session id → invitation
+    this.current = null; // the roster of the session this terminal takes part in
+    this.notice = null; // a line about the last thing that happened to us (ended, removed)
+    this.watched = false; // the commander pulled our camera
+    this.muted = false;
+    this.ui = this.build();
+    hub.addEventListener('session.invited', (ev) => {
+      this.invites.set(ev.detail.session, ev.detail);
+      this.render();
+    });
+    hub.addEventListener('session.roster', (ev) => this.roster(ev.detail));
+    hub.addEventListener('session.camera', (ev) => this.ours(ev.detail) && ((this.watched = ev.detail.pull), this.render()));
+    hub.addEventListener('session.muted', (ev) => this.ours(ev.detail) && ((this.muted = ev.detail.muted), this.render()));
+    hub.addEventListener('session.removed', (ev) => this.ours(ev.detail) && this.gone('session.removed'));
+    hub.addEventListener('session.ended', (ev) => this.ours(ev.detail) && this.gone('session.ended', ev.detail.reason));
+    window.addEventListener('langchange', () => this.render());
+  }
+
+  ours(d) {
+    return this.current && d.session === this.current.session;
+  }
+
+  /// Whether this terminal commands the session shown.
+  commands() {
+    return this.current && this.current.commander === this.me() && this.mine()?.part === 'commander';
+  }
+
+  mine() {
+    return this.current?.members.find((m) => m.id === this.me() && m.part !== 'observer');
+  }
+
+  build() {
+    const root = el('section', { className: 'session', id: 'session', hidden: true });
+    document.body.append(root);
+    return { root };
+  }
+
+  roster(r) {
+    if (this.current && r.session === this.current.session) {
+      this.current = r;
+      this.render();
+    }
+  }
+
+  gone(key, reason) {
+    this.notice = reason ? `${t(key)} · ${reason}` : t(key);
+    this.current = null;
+    this.watched = false;
+    this.muted = false;
+    this.render();
+  }
+
+  async act(type, data) {
+    try {
+      const r = await this.hub.request(type, data);
+      if (r?.session) {
+        this.current = r.session.ended_at ? null : r.session;
+        this.notice = null;
+      }
+      this.render();
+      return r;
+    } catch (e) {
+      this.notice = errorText(e);
+      this.render();
+      throw e;
+    }
+  }
+
+  create(title, invite) {
+    return this.act('session.create', { title, invite });
+  }
+
+  join(id) {
+    this.invites.delete(id);
+    return this.act('session.join', { session: id });
+  }
+
+  leave() {
+    if (!this.current) return;
+    const id = this.current.session;
+    return this.act('session.leave', { session: id }).then(() => {
+      this.current = null;
+      this.render();
+    });
+  }
+
+  control(action, target) {
+    if (!this.current) return;
+    return this.act('session.control', { session: this.current.session, action, ...(target ? { target } : {}) });
+  }
+
+  render() {
+    const root = this.ui.root;
+    const parts = [];
+    for (const inv of this.invites.values()) {
+      if (this.current?.session === inv.session) continue;
+      const join = el('button', { className: 'session-join', textContent: t('session.join'), onclick: () => this.join(inv.session).catch(() => {}) });
+      const ignore = el('button', {
+        className: 'ghost',
+        textContent: t('session.ignore'),
+        onclick: () => {
+          this.invites.delete(inv.session);
+          this.render();
+        },
+      });
+      const line = el('div', { className: 'session-invite' },
+        el('span', { textContent: `${t('session.invited_by')} ${nodeName(inv.commander)} · 「${inv.title}」` }), join, ignore);
+      line.dataset.session = inv.session;
+      parts.push(line);
+    }
+    if (this.notice) parts.push(el('p', { className: 'session-notice', textContent: this.notice }));
+    const s = this.current;
+    if (s) {
+      const commander = s.members.find((m) => m.id === s.commander && m.part === 'commander');
+      parts.push(el('h3', {}, `${t('session.title')} · ${s.title}`));
+      parts.push(el('p', { className: 'session-commander', textContent: `${t('session.commander')}：${commander ? nodeName(commander) : s.commander}` }));
+      if (this.watched) parts.push(el('p', { className: 'session-watched', textContent: t('session.watched') }));
+      if (this.muted) parts.push(el('p', { className: 'session-muted', textContent: t('session.muted_you') }));
+      const boss = this.commands();
+      const list = el('ol', { className: 'session-roster' },
+        ...s.members.map((m) => {
+          const li = el('li', {},
+            el('span', { className: 'name', textContent: nodeName(m) }),
+            el('span', { className: 'part', textContent: `${t(`session.part.${m.part}`)} · ${t(`session.state.${m.state}`)}` }),
+            m.publishes.video ? el('span', { className: 'pub', textContent: '📹' }) : null,
+            m.publishes.audio ? el('span', { className: 'pub', textContent: '🎙' }) : null,
+            m.muted ? el('span', { className: 'flag', textContent: t('session.flag.muted') }) : null,
+            m.camera_pulled ? el('span', { className: 'flag', textContent: t('session.flag.camera') }) : null,
+            s.spotlight === m.id && m.part !== 'observer' ? el('span', { className: 'flag', textContent: '★' }) : null);
+          li.dataset.id = m.id;
+          li.dataset.part = m.part;
+          li.dataset.state = m.state;
+          if (boss && m.part === 'participant' && m.state !== 'removed') {
+            const b = (action, key) => el('button', { className: `ghost small ctl-${action}`, textContent: t(key), onclick: () => this.control(action, m.id).catch(() => {}) });
+            li.append(el('span', { className: 'controls' },
+              m.muted ? b('unmute', 'session.unmute') : b('mute', 'session.mute'),
+              m.camera_pulled ? b('release_camera', 'session.release') : b('pull_camera', 'session.pull'),
+              b('spotlight', 'session.spotlight'),
+              b('hand_over', 'session.hand_over'),
+              b('remove', 'session.remove')));
+          }
+          return li;
+        }));
+      parts.push(list);
+      parts.push(boss
+        ? el('button', { className: 'danger session-end', textContent: t('session.end'), onclick: () => this.control('end').catch(() => {}) })
+        : el('button', { className: 'ghost session-leave', textContent: t('session.leave'), onclick: () => this.leave().catch(() => {}) }));
+    }
+    root.replaceChildren(...parts);
+    root.hidden = parts.length === 0;
+    root.dataset.state = s ? 'in' : this.invites.size ? 'invited' : 'none';
+    this.dispatchEvent(new CustomEvent('change'));
+  }
+}

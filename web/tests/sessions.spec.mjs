@@ -1,0 +1,64 @@
+// A command session between the county's console and a grid worker's phone: opened on the
+// console, joined on the phone, the worker's camera pulled (the phone says it is watched), ended.
+import { test, expect } from '@playwright/test';
+import { TestHub, workerOf, deviceContext } from './hub.mjs';
+
+const COUNTY = '230805';
+let hub;
+let worker;
+test.beforeAll(async () => {
+  hub = await TestHub.start();
+  worker = await workerOf(hub, COUNTY);
+});
+test.afterAll(async () => {
+  await hub?.stop();
+});
+
+test('the console opens a session with a worker, pulls its camera and ends it; the phone follows', async ({ browser }) => {
+  const wallCtx = await deviceContext(browser);
+  const phoneCtx = await deviceContext(browser, true);
+  const wall = await wallCtx.newPage();
+  const phone = await phoneCtx.newPage();
+  await phone.goto(hub.link('/field', worker.id));
+  await expect(phone.locator('body')).toHaveAttribute('data-ready', 'true');
+  await wall.goto(hub.link('/', COUNTY));
+  await expect(wall.locator('body')).toHaveAttribute('data-ready', 'true');
+
+  // Down to the worker's village, and open a session with the worker.
+  for (const id of worker.path.slice(2)) await wall.locator(`#children li[data-id="${id}"]`).click();
+  await wall.locator('#session-new').click();
+  await wall.locator('#session-form input[name=title]').fill('防汛会商');
+  await wall.locator(`#session-pick input[value="${worker.id}"]`).check();
+  await wall.locator('#session-form button[type=submit]').click();
+  const panel = wall.locator('#session');
+  await expect(panel).toHaveAttribute('data-state', 'in');
+  await expect(panel.locator(`li[data-id="${worker.id}"]`)).toHaveAttribute('data-state', 'invited');
+
+  // The phone is invited, joins, and sees who commands.
+  const field = phone.locator('#session');
+  await expect(field.locator('.session-invite')).toContainText('防汛会商');
+  await field.locator('.session-join').click();
+  await expect(field).toHaveAttribute('data-state', 'in');
+  await expect(field.locator('.session-commander')).toContainText('东风区');
+  await expect(panel.locator(`li[data-id="${worker.id}"]`)).toHaveAttribute('data-state', 'joined');
+  // Presence: the wall's row for the worker shows in_session.
+  await expect.poll(() => wall.evaluate((id) => window.gridhub.presence.status(id), worker.id)).toBe('in_session');
+
+  // The camera pulled: the phone says it is watched; the roster flags it.
+  await panel.locator(`li[data-id="${worker.id}"] .ctl-pull_camera`).click();
+  await expect(field.locator('.session-watched')).toBeVisible();
+  await expect(panel.locator(`li[data-id="${worker.id}"] .ctl-release_camera`)).toBeVisible();
+  await wall.screenshot({ path: test.info().outputPath('wall-session.png') });
+  await phone.screenshot({ path: test.info().outputPath('phone-watched.png') });
+
+  // A participant cannot command; the commander ends it and the phone is told.
+  const code = await phone.evaluate((s) => window.gridhub.hub.request('session.control', { session: s, action: 'end' }).then(() => 'ok', (e) => e.code),
+    await wall.evaluate(() => window.gridhub.sessions.current.session));
+  expect(code).toBe('not_commander');
+  await panel.locator('.session-end').click();
+  await expect(field.locator('.session-notice')).toContainText('会商已结束');
+  await expect(field.locator('.session-watched')).toHaveCount(0);
+  await expect.poll(() => wall.evaluate((id) => window.gridhub.presence.status(id), worker.id)).toBe('online');
+  await wallCtx.close();
+  await phoneCtx.close();
+});
