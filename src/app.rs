@@ -333,6 +333,7 @@ fn start_services(
         Arc::clone(&store),
         Arc::clone(out),
         clock.clone(),
+        sessions::sfu::media_ip(config.server.listen.ip()),
     )
     .map_err(store_error)?;
     let started = Started {

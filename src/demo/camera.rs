@@ -5,7 +5,7 @@
 //! (`scripts/make-testcard`), and are sent as they are, a keyframe every second so a picture
 //! appears soon after the call connects.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -72,21 +72,6 @@ fn parse_ivf(data: &[u8]) -> Result<(Vec<Bytes>, Duration), String> {
     }
     let frame = Duration::from_secs_f64(scale as f64 / rate as f64);
     Ok((frames, frame))
-}
-
-/// The address this machine's peer connections gather candidates on: the hub's own when it
-/// listens on one, else the one the default route leaves from (nothing is sent to find it).
-pub fn media_ip(listen: IpAddr) -> IpAddr {
-    if !listen.is_unspecified() {
-        return listen;
-    }
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|s| {
-            s.connect((Ipv4Addr::new(10, 255, 255, 255), 9))?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 pub struct Camera {

@@ -109,7 +109,7 @@ pub async fn start(
         who.truncate(budget);
     }
     let camera = if opts.camera {
-        match camera::Camera::new(camera::media_ip(running.addr.ip())) {
+        match camera::Camera::new(crate::sessions::sfu::media_ip(running.addr.ip())) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
                 tracing::warn!("the demo's terminals will decline calls: {e}");

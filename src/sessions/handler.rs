@@ -11,7 +11,7 @@ use crate::transport::dispatch::{Handler, Refused, Request};
 use crate::transport::protocol::{ErrorCode, ProtoError, parse_data};
 
 /// The request types the sessions service owns.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 11] = [
     "session.create",
     "session.invite",
     "session.join",
@@ -20,7 +20,27 @@ pub const KINDS: [&str; 8] = [
     "session.control",
     "session.get",
     "session.list",
+    "session.media.answer",
+    "session.media.candidate",
+    "session.media.restart",
 ];
+
+/// Largest SDP answer taken (a browser's, with two transceivers per member, stays far below).
+const MAX_SDP: usize = 60_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaAnswerIn {
+    session: super::core::SessionId,
+    sdp: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaCandidateIn {
+    session: super::core::SessionId,
+    candidate: webrtc::peer_connection::RTCIceCandidateInit,
+}
 
 pub struct SessionsHandler {
     pub org: Arc<Org>,
@@ -63,6 +83,23 @@ impl SessionsHandler {
             "session.join" => Req::Join(parse_data::<SessionRef>(kind, data)?.session),
             "session.leave" => Req::Leave(parse_data::<SessionRef>(kind, data)?.session),
             "session.get" => Req::Get(parse_data::<SessionRef>(kind, data)?.session),
+            "session.media.answer" => {
+                let a: Box<MediaAnswerIn> = parse_data(kind, data)?;
+                if a.sdp.is_empty() || a.sdp.len() > MAX_SDP {
+                    return Err(invalid(format!(
+                        "`sdp` must be 1 to {MAX_SDP} bytes; it is {}",
+                        a.sdp.len()
+                    )));
+                }
+                Req::MediaAnswer(a.session, a.sdp)
+            }
+            "session.media.candidate" => {
+                let c: MediaCandidateIn = parse_data(kind, data)?;
+                Req::MediaCandidate(c.session, c.candidate)
+            }
+            "session.media.restart" => {
+                Req::MediaRestart(parse_data::<SessionRef>(kind, data)?.session)
+            }
             "session.list" => {
                 parse_data::<crate::transport::protocol::Empty>(kind, data)?;
                 Req::List

@@ -8,4 +8,5 @@ pub mod core;
 pub mod handler;
 pub mod records;
 pub mod service;
+pub mod sfu;
 pub mod wire;

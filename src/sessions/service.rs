@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Control, Effect, SessionError, SessionId, Sessions, Who};
+use super::sfu::{MediaEvent, Sfu};
 use super::wire::{RosterView, encode_msg, roster};
 use crate::backplane::{Outbound, TerminalNews, To, Via};
 use crate::clock::Clock;
@@ -35,6 +36,9 @@ pub enum Req {
     Control(SessionId, Control),
     Get(SessionId),
     List,
+    MediaAnswer(SessionId, String),
+    MediaCandidate(SessionId, webrtc::peer_connection::RTCIceCandidateInit),
+    MediaRestart(SessionId),
 }
 
 pub enum Cmd {
@@ -113,13 +117,15 @@ impl SessionsHandle {
     }
 }
 
-/// Ends the sessions a previous run left live and starts the service on the current runtime.
+/// Ends the sessions a previous run left live and starts the service on the current runtime;
+/// the forwarding unit's peer connections gather candidates on `media_ip`.
 pub fn start(
     org: Arc<Org>,
     rules: super::core::Rules,
     store: Arc<Store>,
     out: Arc<dyn Outbound>,
     clock: Clock,
+    media_ip: std::net::IpAddr,
 ) -> Result<(SessionsHandle, tokio::task::JoinHandle<()>), StoreError> {
     let (next_id, cut) = store.read_sync(|c| super::records::recover(c, clock.now_ms()))?;
     if cut > 0 {
@@ -131,6 +137,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     let terminals = out.bus().subscribe::<TerminalNews>(QUEUE);
     let (failed, failures) = inbox();
+    let (sfu, media) = Sfu::new(media_ip, Arc::clone(&org), Arc::clone(&out));
     let svc = Service {
         core: Sessions::new(Arc::clone(&org), rules, next_id),
         org,
@@ -138,10 +145,11 @@ pub fn start(
         out,
         clock,
         failed,
+        sfu,
     };
     Ok((
         SessionsHandle { tx },
-        tokio::spawn(svc.run(rx, terminals, failures)),
+        tokio::spawn(svc.run(rx, terminals, failures, media)),
     ))
 }
 
@@ -153,6 +161,7 @@ struct Service {
     clock: Clock,
     /// Record writes that failed (successes are not told).
     failed: Notifier<StoreError>,
+    sfu: Sfu,
 }
 
 impl Service {
@@ -161,6 +170,7 @@ impl Service {
         mut rx: mpsc::Receiver<Cmd>,
         mut terminals: mpsc::Receiver<Arc<TerminalNews>>,
         mut failures: mpsc::UnboundedReceiver<StoreError>,
+        mut media: mpsc::Receiver<MediaEvent>,
     ) {
         loop {
             let due = self.core.next_deadline();
@@ -174,6 +184,12 @@ impl Service {
                 Some(e) = failures.recv() => {
                     tracing::error!("session record not written: {e}");
                 }
+                Some(ev) = media.recv() => match ev {
+                    MediaEvent::Track { session, from, track } => {
+                        self.sfu.track(session, from, track).await;
+                    }
+                    MediaEvent::Connected { session, key } => self.sfu.connected(session, key).await,
+                },
                 cmd = rx.recv() => match cmd {
                     None => return,
                     Some(Cmd::Stop(done)) => {
@@ -247,6 +263,27 @@ impl Service {
             Req::Leave(id) => self.core.leave(who, id, now).map(|fx| (Some(id), fx)),
             Req::Publish(id, p) => self.core.publish(who, id, p).map(|fx| (Some(id), fx)),
             Req::Control(id, c) => self.core.control(who, id, c, now).map(|fx| (Some(id), fx)),
+            Req::MediaAnswer(id, sdp) => {
+                let r = match self.present(&who, id) {
+                    Ok(()) => self.sfu.answer(id, (who.node, who.seat), sdp).await,
+                    Err(e) => Err(e),
+                };
+                return self.media_reply(origin, re, kind, r);
+            }
+            Req::MediaCandidate(id, init) => {
+                let r = match self.present(&who, id) {
+                    Ok(()) => self.sfu.candidate(id, (who.node, who.seat), init).await,
+                    Err(e) => Err(e),
+                };
+                return self.media_reply(origin, re, kind, r);
+            }
+            Req::MediaRestart(id) => {
+                let r = match self.present(&who, id) {
+                    Ok(()) => self.sfu.restart(id, (who.node, who.seat)).await,
+                    Err(e) => Err(e),
+                };
+                return self.media_reply(origin, re, kind, r);
+            }
             Req::Get(id) => match self.core.get(id) {
                 Some(s) if self.may_see(&who, s) => Ok((Some(id), Vec::new())),
                 _ => Err(SessionError::NotFound(id)),
@@ -295,6 +332,42 @@ impl Service {
         }
     }
 
+    /// Whether `who` takes part in session `id` now, from this seat (media is a member's).
+    fn present(&self, who: &Who, id: SessionId) -> Result<(), String> {
+        let s = self.core.get(id).ok_or(format!("no session {id}"))?;
+        s.members
+            .iter()
+            .any(|m| m.node == who.node && m.seat == Some(who.seat) && m.present())
+            .then_some(())
+            .ok_or(format!("you are not in session {id} from this seat"))
+    }
+
+    fn media_reply(
+        &self,
+        origin: Origin,
+        re: Option<ReqId>,
+        kind: &'static str,
+        r: Result<(), String>,
+    ) {
+        let f = match r {
+            Ok(()) => match reply_frame(re.as_ref(), &serde_json::json!({})) {
+                Some(f) => f,
+                None => return,
+            },
+            Err(m) => {
+                let code = if m.starts_with("no session") || m.starts_with("you are not") {
+                    ErrorCode::NotInvited
+                } else {
+                    ErrorCode::InvalidData
+                };
+                ProtoError::new(code, format!("{kind}: {m}"))
+                    .answering(re, kind)
+                    .encode()
+            }
+        };
+        self.out.send(To::Conn(origin.conn), &f, Via::Post);
+    }
+
     /// Members see their session; so do the walls of its center and of the centers above.
     fn may_see(&self, who: &Who, s: &super::core::Session) -> bool {
         s.members.iter().any(|m| m.node == who.node) || self.org.contains(who.node, s.center)
@@ -305,6 +378,9 @@ impl Service {
         for e in effects {
             match e {
                 Effect::Send { to, seat, msg } => {
+                    if let super::core::Msg::Muted { session, muted } = msg {
+                        self.sfu.set_muted(session, to, muted);
+                    }
                     let f = encode_msg(&self.org, &self.core, &msg);
                     let to = match seat {
                         Some(s) => To::Seat(to, s),
@@ -336,6 +412,10 @@ impl Service {
                     part,
                     at,
                 } => {
+                    let publishes = part != super::core::Part::Observer;
+                    if let Err(e) = self.sfu.admit(session, (node, seat), publishes).await {
+                        tracing::warn!(session = %session, "session media not set up: {e}");
+                    }
                     let id = self.org.id(node).to_string();
                     self.write(move |c| {
                         super::records::joined(c, session.0, (&id, node), part, seat.as_str(), at)
@@ -348,6 +428,7 @@ impl Service {
                     seat,
                     at,
                 } => {
+                    self.sfu.remove(session, (node, seat)).await;
                     let id = self.org.id(node).to_string();
                     self.write(move |c| super::records::left(c, session.0, &id, seat.as_str(), at))
                         .await;

@@ -107,13 +107,13 @@ test('a county operator sees only their county', async ({ page }) => {
 
 test('the console speaks English on request and remembers it', async ({ page }) => {
   await open(page, CITY);
-  await expect(page.locator('#nav-title')).toHaveText('组织层级');
+  await expect(page.locator('#nav-title [data-t="nav.title"]')).toHaveText('组织层级');
   await page.locator('#lang').click();
-  await expect(page.locator('#nav-title')).toHaveText('Command tiers');
+  await expect(page.locator('#nav-title [data-t="nav.title"]')).toHaveText('Command tiers');
   await expect(page.locator(`#children li[data-id="${DONGFENG}"] .name`)).toHaveText('Dongfeng District');
   await page.reload();
   await expect(page.locator('body')).toHaveAttribute('data-ready', 'true');
-  await expect(page.locator('#nav-title')).toHaveText('Command tiers');
+  await expect(page.locator('#nav-title [data-t="nav.title"]')).toHaveText('Command tiers');
 });
 
 test('a refused or expired credential asks to sign in again, and a good one gets in', async ({ page }) => {

@@ -48,6 +48,13 @@ test('the console opens a session with a worker, pulls its camera and ends it; t
   await panel.locator(`li[data-id="${worker.id}"] .ctl-pull_camera`).click();
   await expect(field.locator('.session-watched')).toBeVisible();
   await expect(panel.locator(`li[data-id="${worker.id}"] .ctl-release_camera`)).toBeVisible();
+  // Its camera reaches the wall through the hub's forwarding unit: a tile with its name, frames
+  // decoded; the commander's voice reaches the phone.
+  const tile = panel.locator(`.session-tile[data-from="${worker.id}"]`);
+  await expect(tile).toBeVisible({ timeout: 20_000 });
+  await expect.poll(() => wall.evaluate(() => window.gridhub.sessions.framesReceived()), { timeout: 20_000 }).toBeGreaterThan(10);
+  await expect(field.locator(`audio[data-from="${COUNTY}"]`)).toHaveCount(1, { timeout: 20_000 });
+  await expect(panel.locator(`li[data-id="${worker.id}"] .pub`)).toHaveCount(2);
   await wall.screenshot({ path: test.info().outputPath('wall-session.png') });
   await phone.screenshot({ path: test.info().outputPath('phone-watched.png') });
 

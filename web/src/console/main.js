@@ -23,7 +23,8 @@ const calls = new Calls(hub, {
 });
 let org = null;
 let myId = null;
-const sessions = new Sessions(hub, { me: () => myId });
+// A desk speaks in its sessions; its camera stays its own. A wall only watches.
+const sessions = new Sessions(hub, { me: () => myId, publish: { audio: true, video: false } });
 let nav = null;
 let map = null;
 let geo = null;

@@ -15,7 +15,7 @@ const hub = new Hub({ credential: cred.get });
 const page = setupPage({ hub, cred });
 const calls = new Calls(hub);
 let me = null;
-const sessions = new Sessions(hub, { me: () => me?.id });
+const sessions = new Sessions(hub, { me: () => me?.id, publish: { audio: true, video: 'pulled' } });
 let outbox = null;
 let inbox = null;
 let categories = new Map();

@@ -6,11 +6,18 @@ import { t, nodeName, errorText } from './i18n.js';
 import { el } from './dom.js';
 
 export class Sessions extends EventTarget {
-  /// `me()`: this terminal's node id (from `hello`).
-  constructor(hub, { me }) {
+  /// `me()`: this terminal's node id (from `hello`). `publish`: what the page sends in a
+  /// session — `audio` (its microphone), `video`: `'always'`, `'pulled'` (when the commander
+  /// pulls its camera) or `false`.
+  constructor(hub, { me, publish = { audio: true, video: false } }) {
     super();
     this.hub = hub;
     this.me = me;
+    this.publish = publish;
+    this.pc = null; // the peer connection to the hub's forwarding unit
+    this.local = { audio: null, video: null }; // what this page publishes
+    this.tiles = new Map(); // publisher id → its tile (video) or audio element
+    this.tilesEl = el('div', { className: 'session-tiles' });
     this.invites = new Map(); // session id → invitation
     this.current = null; // the roster of the session this terminal takes part in
     this.notice = null; // a line about the last thing that happened to us (ended, removed)
@@ -22,7 +29,8 @@ export class Sessions extends EventTarget {
       this.render();
     });
     hub.addEventListener('session.roster', (ev) => this.roster(ev.detail));
-    hub.addEventListener('session.camera', (ev) => this.ours(ev.detail) && ((this.watched = ev.detail.pull), this.render()));
+    hub.addEventListener('session.camera', (ev) => this.ours(ev.detail) && this.camera(ev.detail.pull));
+    hub.addEventListener('session.media.offer', (ev) => this.mediaOffer(ev.detail).catch((e) => console.warn('session media', e)));
     hub.addEventListener('session.muted', (ev) => this.ours(ev.detail) && ((this.muted = ev.detail.muted), this.render()));
     hub.addEventListener('session.removed', (ev) => this.ours(ev.detail) && this.gone('session.removed'));
     hub.addEventListener('session.ended', (ev) => this.ours(ev.detail) && this.gone('session.ended', ev.detail.reason));
@@ -60,7 +68,123 @@ export class Sessions extends EventTarget {
     this.current = null;
     this.watched = false;
     this.muted = false;
+    this.closeMedia();
     this.render();
+  }
+
+  // ---- media: one peer connection to the hub; the hub offers, this page answers ------------
+
+  async mediaOffer(d) {
+    if (!this.ours(d)) return;
+    const pc = (this.pc ??= this.makePc());
+    await pc.setRemoteDescription({ type: 'offer', sdp: d.sdp });
+    await this.attach();
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    await this.hub.request('session.media.answer', { session: d.session, sdp: pc.localDescription.sdp });
+  }
+
+  makePc() {
+    const pc = new RTCPeerConnection({ iceServers: this.hub.hello?.calls?.ice_servers || [] });
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate && this.current) this.hub.notify('session.media.candidate', { session: this.current.session, candidate: ev.candidate.toJSON() });
+    };
+    pc.ontrack = (ev) => this.tile(ev.track, ev.streams[0]?.id);
+    return pc;
+  }
+
+  /// The hub offers to receive on its first audio and video transceivers (a member that may
+  /// publish): this page's microphone and camera go there, and can change without a new offer.
+  async attach() {
+    const mineNow = this.mine();
+    if (!mineNow || mineNow.part === 'observer') return;
+    const want = { audio: this.publish.audio, video: this.publish.video === 'always' || (this.publish.video === 'pulled' && this.watched) };
+    for (const kind of ['audio', 'video']) {
+      const tr = this.pc.getTransceivers().find((x) => x.receiver.track.kind === kind);
+      if (!tr) continue;
+      if (want[kind] && !this.local[kind]) this.local[kind] = await this.capture(kind);
+      // A kind this page never sends stays inactive; one it may send later (a camera pulled)
+      // is ready to, so that its track starts without a new offer.
+      const may = kind === 'audio' ? this.publish.audio : Boolean(this.publish.video);
+      tr.direction = may ? 'sendonly' : 'inactive';
+      await tr.sender.replaceTrack(want[kind] ? this.local[kind] : null);
+    }
+    this.published(want);
+  }
+
+  async capture(kind) {
+    try {
+      const s = await navigator.mediaDevices.getUserMedia({ [kind]: true });
+      return s.getTracks()[0];
+    } catch (e) {
+      this.notice = `${t('call.media_denied')}`;
+      this.render();
+      return null;
+    }
+  }
+
+  published(want) {
+    if (!this.current) return;
+    const p = { audio: Boolean(want.audio && this.local.audio), video: Boolean(want.video && this.local.video) };
+    this.hub.notify('session.publish', { session: this.current.session, ...p });
+  }
+
+  /// The commander pulls (or releases) this page's camera: it is sent at once, no new offer.
+  async camera(pull) {
+    this.watched = pull;
+    this.render();
+    if (this.publish.video !== 'pulled' || !this.pc) return;
+    const tr = this.pc.getTransceivers().find((x) => x.receiver.track.kind === 'video' && x.direction === 'sendonly');
+    if (!tr) return;
+    if (pull && !this.local.video) this.local.video = await this.capture('video');
+    await tr.sender.replaceTrack(pull ? this.local.video : null);
+    if (!pull && this.local.video) {
+      this.local.video.stop();
+      this.local.video = null;
+    }
+    this.published({ audio: this.publish.audio, video: pull });
+  }
+
+  /// A publisher's track: a tile with its name for video, a hidden player for sound.
+  tile(track, from) {
+    const name = nodeName(this.current?.members.find((m) => m.id === from) || { name: from || '?' });
+    const media = el(track.kind, { autoplay: true, playsInline: true });
+    media.srcObject = new MediaStream([track]);
+    const tile = track.kind === 'video' ? el('figure', { className: 'session-tile' }, media, el('figcaption', { textContent: name })) : media;
+    if (track.kind === 'audio') tile.hidden = true;
+    tile.dataset.from = from || '';
+    tile.dataset.kind = track.kind;
+    const key = `${from}:${track.kind}`;
+    this.tiles.get(key)?.remove();
+    this.tiles.set(key, tile);
+    this.tilesEl.append(tile);
+    track.onended = () => {
+      if (this.tiles.get(key) === tile) {
+        tile.remove();
+        this.tiles.delete(key);
+      }
+    };
+  }
+
+  closeMedia() {
+    this.pc?.close();
+    this.pc = null;
+    for (const k of ['audio', 'video']) {
+      this.local[k]?.stop();
+      this.local[k] = null;
+    }
+    for (const tile of this.tiles.values()) tile.remove();
+    this.tiles.clear();
+  }
+
+  /// Video frames decoded from the hub, over every tile (for tests and a health line).
+  async framesReceived() {
+    if (!this.pc || this.pc.connectionState === 'closed') return 0;
+    let n = 0;
+    (await this.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') n += s.framesDecoded || 0;
+    });
+    return n;
   }
 
   async act(type, data) {
@@ -93,6 +217,7 @@ export class Sessions extends EventTarget {
     const id = this.current.session;
     return this.act('session.leave', { session: id }).then(() => {
       this.current = null;
+      this.closeMedia();
       this.render();
     });
   }
@@ -155,6 +280,7 @@ export class Sessions extends EventTarget {
           return li;
         }));
       parts.push(list);
+      parts.push(this.tilesEl);
       parts.push(boss
         ? el('button', { className: 'danger session-end', textContent: t('session.end'), onclick: () => this.control('end').catch(() => {}) })
         : el('button', { className: 'ghost session-leave', textContent: t('session.leave'), onclick: () => this.leave().catch(() => {}) }));

@@ -1,0 +1,632 @@
+//! The selective forwarding unit: the media of command sessions. Every member present has one
+//! peer connection to the hub (`webrtc` crate). What a member publishes arrives on it; each RTP
+//! packet is forwarded, untouched but for its SSRC, to every other member of the session on a
+//! track of theirs — never mixed, never transcoded. The hub is always the offerer: a member's
+//! peer connection is offered when it joins and offered again whenever the tracks it receives
+//! change; the member answers (a browser attaches its camera and microphone to the first video
+//! and audio transceivers, which the hub offers to receive).
+//!
+//! Owned by the sessions service's task (single-threaded use); the peer connections' own tasks
+//! report new tracks back to it as `MediaEvent`s. Packets go through a bounded broadcast per
+//! published track: a subscriber too slow to keep up loses packets (and asks for a keyframe),
+//! never holds memory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCOfferOptions;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{Notify, broadcast, mpsc};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
+    RTCIceGatheringState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use super::core::SessionId;
+use crate::auth::Seat;
+use crate::backplane::{Outbound, To, Via};
+use crate::org::{NodeIdx, Org};
+use crate::transport::protocol::encode;
+
+/// A member's seat: whose peer connection.
+pub type Key = (NodeIdx, Seat);
+
+/// Packets buffered per published track for its slowest subscriber (~1 s of 500 kbit/s video).
+const BUFFER: usize = 512;
+
+/// What the peer connections' tasks tell the service.
+pub enum MediaEvent {
+    Track {
+        session: SessionId,
+        from: Key,
+        track: Arc<dyn TrackRemote>,
+    },
+    /// A member's media connected (or reconnected): what it receives needs keyframes.
+    Connected { session: SessionId, key: Key },
+}
+
+/// Keyframes asked of every camera this often, besides when a viewer connects: the crate's
+/// default interceptors keep a viewer's own keyframe requests (sent when it lost packets) to
+/// themselves, so they are not relayed; this bounds how long a viewer that lost a keyframe
+/// stays frozen.
+const PLI_EVERY: Duration = Duration::from_secs(3);
+
+struct Source {
+    codec: RTCRtpCodec,
+    ssrc: u32,
+    tx: broadcast::Sender<rtc::rtp::Packet>,
+    track: Arc<dyn TrackRemote>,
+    /// Audio only: the commander muted its publisher.
+    muted: Arc<AtomicBool>,
+}
+
+/// A forward's writer sends only once its subscriber has answered an offer that carries it:
+/// packets on an SSRC the subscriber's browser has not been told of yet become an "unsignaled"
+/// stream there, which then clashes with the offer that signals it.
+type Live = Arc<AtomicBool>;
+
+struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    /// Forwards added since the last offer was made, and those in the offer out now.
+    unoffered: Vec<((Key, RtpCodecKind), Live)>,
+    offered: Vec<((Key, RtpCodecKind), Live)>,
+    /// What this member receives: the publisher and kind, and the sender carrying it.
+    forwards: HashMap<(Key, RtpCodecKind), Arc<dyn RtpSender>>,
+    /// An offer awaits its answer; `again`: things changed meanwhile, offer once more after.
+    offering: bool,
+    again: bool,
+    gathered: Arc<Notify>,
+    first: bool,
+}
+
+#[derive(Default)]
+struct Room {
+    peers: HashMap<Key, Peer>,
+    sources: HashMap<(Key, RtpCodecKind), Source>,
+}
+
+struct Events {
+    session: SessionId,
+    key: Key,
+    tx: mpsc::Sender<MediaEvent>,
+    gathered: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(
+        &self,
+        state: webrtc::peer_connection::RTCPeerConnectionState,
+    ) {
+        if state == webrtc::peer_connection::RTCPeerConnectionState::Connected {
+            let _ = self.tx.try_send(MediaEvent::Connected {
+                session: self.session,
+                key: self.key,
+            });
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // Full means the service is far behind; the track is lost rather than the task blocked.
+        let _ = self.tx.try_send(MediaEvent::Track {
+            session: self.session,
+            from: self.key,
+            track,
+        });
+    }
+}
+
+pub struct Sfu {
+    ip: IpAddr,
+    org: Arc<Org>,
+    out: Arc<dyn Outbound>,
+    events: mpsc::Sender<MediaEvent>,
+    rooms: HashMap<SessionId, Room>,
+    /// Packets forwarded to subscribers, over the hub's life.
+    pub forwarded: Arc<AtomicU64>,
+}
+
+fn err(e: webrtc::error::Error) -> String {
+    e.to_string()
+}
+
+impl Sfu {
+    pub fn new(
+        ip: IpAddr,
+        org: Arc<Org>,
+        out: Arc<dyn Outbound>,
+    ) -> (Sfu, mpsc::Receiver<MediaEvent>) {
+        let (events, rx) = mpsc::channel(256);
+        (
+            Sfu {
+                ip,
+                org,
+                out,
+                events,
+                rooms: HashMap::new(),
+                forwarded: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Peer connections open now.
+    pub fn peers(&self) -> usize {
+        self.rooms.values().map(|r| r.peers.len()).sum()
+    }
+
+    /// A member came into a session: its peer connection, receiving what the others publish
+    /// and — unless it only watches — able to publish; then the hub's offer.
+    pub async fn admit(
+        &mut self,
+        session: SessionId,
+        key: Key,
+        publishes: bool,
+    ) -> Result<(), String> {
+        if let Some(old) = self
+            .rooms
+            .get_mut(&session)
+            .and_then(|r| r.peers.remove(&key))
+        {
+            let _ = old.pc.close().await;
+        }
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(err)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media).map_err(err)?;
+        let gathered = Arc::new(Notify::new());
+        let events = Arc::new(Events {
+            session,
+            key,
+            tx: self.events.clone(),
+            gathered: Arc::clone(&gathered),
+        });
+        let runtime = webrtc::runtime::default_runtime().ok_or("no async runtime for WebRTC")?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_media_engine(media)
+                .with_interceptor_registry(registry)
+                .with_handler(events as Arc<dyn PeerConnectionEventHandler>)
+                .with_runtime(runtime)
+                .with_udp_addrs(vec![format!("{}:0", self.ip)])
+                .build()
+                .await
+                .map_err(err)?,
+        );
+        if publishes {
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                };
+                pc.add_transceiver_from_kind(kind, Some(init))
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        let mut peer = Peer {
+            pc,
+            unoffered: Vec::new(),
+            offered: Vec::new(),
+            forwards: HashMap::new(),
+            offering: false,
+            again: false,
+            gathered,
+            first: true,
+        };
+        let room = self.rooms.entry(session).or_default();
+        let from_others: Vec<(Key, RtpCodecKind)> = room
+            .sources
+            .keys()
+            .filter(|(k, _)| *k != key)
+            .copied()
+            .collect();
+        for s in from_others {
+            let src = &room.sources[&s];
+            Self::forward(&self.org, &self.forwarded, &mut peer, s, src).await?;
+        }
+        room.peers.insert(key, peer);
+        self.offer(session, key, false).await;
+        // A new viewer needs a keyframe to start from.
+        if let Some(room) = self.rooms.get(&session) {
+            for ((k, kind), src) in &room.sources {
+                if *k != key && *kind == RtpCodecKind::Video {
+                    pli(src).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to `peer` a track carrying source `s`, and the task that feeds it.
+    async fn forward(
+        org: &Org,
+        forwarded: &Arc<AtomicU64>,
+        peer: &mut Peer,
+        s: (Key, RtpCodecKind),
+        src: &Source,
+    ) -> Result<(), String> {
+        let mut ssrc = [0u8; 4];
+        getrandom::fill(&mut ssrc).map_err(|e| e.to_string())?;
+        let ssrc = u32::from_le_bytes(ssrc);
+        let publisher = org.id(s.0.0).to_string();
+        // The stream id names the publisher, so a page knows whose camera a track is.
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            publisher.clone(),
+            format!("{publisher}-{}", s.1),
+            format!("{publisher} {}", s.1),
+            s.1,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: src.codec.clone(),
+                ..Default::default()
+            }],
+        )));
+        // A transceiver of its own, send-only: `add_track` would reuse the member's receiving
+        // transceiver of the same kind (the one its own camera or microphone arrives on).
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![],
+            send_encodings: vec![],
+        };
+        let sender = peer
+            .pc
+            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, Some(init))
+            .await
+            .map_err(err)?
+            .sender()
+            .await
+            .map_err(err)?
+            .ok_or("a send-only transceiver without a sender")?;
+        let mut rx = src.tx.subscribe();
+        let forwarded = Arc::clone(forwarded);
+        let live: Live = Arc::default();
+        peer.unoffered.push((s, Arc::clone(&live)));
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(_) if !live.load(Relaxed) => {}
+                    Ok(mut p) => {
+                        p.header.ssrc = ssrc;
+                        if track.write_rtp(p).await.is_err() {
+                            return;
+                        }
+                        forwarded.fetch_add(1, Relaxed);
+                    }
+                    // Too slow: what was missed is lost (the decoder asks for a keyframe).
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        peer.forwards.insert(s, sender);
+        Ok(())
+    }
+
+    /// Offers `key`'s peer connection (again), unless an offer is out: then once it is answered.
+    async fn offer(&mut self, session: SessionId, key: Key, restart: bool) {
+        let Some(peer) = self
+            .rooms
+            .get_mut(&session)
+            .and_then(|r| r.peers.get_mut(&key))
+        else {
+            return;
+        };
+        if peer.offering && !restart {
+            peer.again = true;
+            return;
+        }
+        let made = async {
+            let offer = peer
+                .pc
+                .create_offer(Some(RTCOfferOptions {
+                    ice_restart: restart,
+                }))
+                .await
+                .map_err(err)?;
+            let gathered = peer.gathered.notified();
+            peer.pc.set_local_description(offer).await.map_err(err)?;
+            if peer.first || restart {
+                // The first offer (and a restart's) carries the candidates: not trickled.
+                let _ = tokio::time::timeout(Duration::from_secs(3), gathered).await;
+                peer.first = false;
+            }
+            peer.pc
+                .local_description()
+                .await
+                .map(|d| d.sdp)
+                .ok_or_else(|| "no local description after the offer".to_owned())
+        }
+        .await;
+        match made {
+            Ok(sdp) => {
+                peer.offering = true;
+                peer.again = false;
+                let now_offered: Vec<_> = peer.unoffered.drain(..).collect();
+                peer.offered.extend(now_offered);
+                #[derive(serde::Serialize)]
+                struct Offer<'a> {
+                    session: SessionId,
+                    sdp: &'a str,
+                }
+                let f = encode("session.media.offer", None, &Offer { session, sdp: &sdp });
+                self.out.send(To::Seat(key.0, key.1), &f, Via::Post);
+            }
+            Err(e) => tracing::warn!(session = %session, "session media: no offer made: {e}"),
+        }
+    }
+
+    /// The member's answer to the hub's offer.
+    pub async fn answer(
+        &mut self,
+        session: SessionId,
+        key: Key,
+        sdp: String,
+    ) -> Result<(), String> {
+        let peer = self
+            .rooms
+            .get_mut(&session)
+            .and_then(|r| r.peers.get_mut(&key))
+            .ok_or("no media offer is out to you in this session")?;
+        if !peer.offering {
+            return Err("no media offer is out to you in this session; answer the last one".into());
+        }
+        let answer = RTCSessionDescription::answer(sdp).map_err(err)?;
+        peer.pc.set_remote_description(answer).await.map_err(err)?;
+        peer.offering = false;
+        let started: Vec<(Key, RtpCodecKind)> = peer
+            .offered
+            .drain(..)
+            .map(|(s, live)| {
+                live.store(true, Relaxed);
+                s
+            })
+            .collect();
+        let again = peer.again;
+        // What it now receives starts on a keyframe.
+        if let Some(room) = self.rooms.get(&session) {
+            for s in started {
+                if s.1 == RtpCodecKind::Video
+                    && let Some(src) = room.sources.get(&s)
+                {
+                    pli(src).await;
+                }
+            }
+        }
+        if again {
+            self.offer(session, key, false).await;
+        }
+        Ok(())
+    }
+
+    /// A candidate the member trickled.
+    pub async fn candidate(
+        &mut self,
+        session: SessionId,
+        key: Key,
+        init: RTCIceCandidateInit,
+    ) -> Result<(), String> {
+        let peer = self
+            .rooms
+            .get(&session)
+            .and_then(|r| r.peers.get(&key))
+            .ok_or("you have no media connection in this session")?;
+        peer.pc.add_ice_candidate(init).await.map_err(err)
+    }
+
+    /// The member's network changed: a new offer with fresh ICE credentials.
+    pub async fn restart(&mut self, session: SessionId, key: Key) -> Result<(), String> {
+        if !self
+            .rooms
+            .get(&session)
+            .is_some_and(|r| r.peers.contains_key(&key))
+        {
+            return Err("you have no media connection in this session".into());
+        }
+        self.offer(session, key, true).await;
+        Ok(())
+    }
+
+    /// A member published a track: every other member receives it.
+    pub async fn track(&mut self, session: SessionId, from: Key, track: Arc<dyn TrackRemote>) {
+        let Some(room) = self.rooms.get_mut(&session) else {
+            return;
+        };
+        if !room.peers.contains_key(&from) {
+            return;
+        }
+        let kind = track.kind().await;
+        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+            return;
+        };
+        let Some(codec) = track.codec(ssrc).await else {
+            return;
+        };
+        // One source per member and kind: a second track of the same kind (its retransmission
+        // stream, or the same media announced again) would replace the forwards every member
+        // has already negotiated, under new SSRCs their browsers refuse to demultiplex.
+        if codec.mime_type.to_ascii_lowercase().ends_with("/rtx")
+            || room.sources.contains_key(&(from, kind))
+        {
+            return;
+        }
+        let (tx, _) = broadcast::channel(BUFFER);
+        let muted = Arc::new(AtomicBool::new(false));
+        let (reader_tx, reader_muted, reader_track) =
+            (tx.clone(), Arc::clone(&muted), Arc::clone(&track));
+        if kind == RtpCodecKind::Video {
+            let (weak, tick) = (Arc::downgrade(&track), tx.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(PLI_EVERY);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    // Ends with the track (and stays quiet while nobody watches).
+                    let Some(t) = weak.upgrade() else { return };
+                    if tick.receiver_count() > 0
+                        && t.write_rtcp(vec![Box::new(PictureLossIndication {
+                            sender_ssrc: 0,
+                            media_ssrc: ssrc,
+                        })])
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        tokio::spawn(async move {
+            while let Some(ev) = reader_track.poll().await {
+                match ev {
+                    // No subscriber yet is not an error.
+                    TrackRemoteEvent::OnRtpPacket(p) if !reader_muted.load(Relaxed) => {
+                        let _ = reader_tx.send(p);
+                    }
+                    TrackRemoteEvent::OnEnded => return,
+                    _ => {}
+                }
+            }
+        });
+        let src = Source {
+            codec,
+            ssrc,
+            tx,
+            track,
+            muted,
+        };
+        let others: Vec<Key> = room.peers.keys().filter(|k| **k != from).copied().collect();
+        for k in &others {
+            let peer = room.peers.get_mut(k).expect("listed");
+            if let Some(old) = peer.forwards.remove(&(from, kind)) {
+                let _ = peer.pc.remove_track(&old).await;
+            }
+            if let Err(e) =
+                Self::forward(&self.org, &self.forwarded, peer, (from, kind), &src).await
+            {
+                tracing::warn!(session = %session, "session media: not forwarded: {e}");
+            }
+        }
+        if kind == RtpCodecKind::Video {
+            pli(&src).await;
+        }
+        room.sources.insert((from, kind), src);
+        for k in others {
+            self.offer(session, k, false).await;
+        }
+    }
+
+    /// A member's media connected: the cameras it receives are asked for a keyframe.
+    pub async fn connected(&self, session: SessionId, key: Key) {
+        let Some(room) = self.rooms.get(&session) else {
+            return;
+        };
+        let Some(peer) = room.peers.get(&key) else {
+            return;
+        };
+        for (s, kind) in peer.forwards.keys() {
+            if *kind == RtpCodecKind::Video
+                && let Some(src) = room.sources.get(&(*s, *kind))
+            {
+                pli(src).await;
+            }
+        }
+    }
+
+    /// The commander muted (or unmuted) a member: its sound is (no longer) forwarded.
+    pub fn set_muted(&self, session: SessionId, node: NodeIdx, muted: bool) {
+        if let Some(room) = self.rooms.get(&session) {
+            for ((k, kind), src) in &room.sources {
+                if k.0 == node && *kind == RtpCodecKind::Audio {
+                    src.muted.store(muted, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A member left: its peer connection closes, and what it published leaves the others'.
+    pub async fn remove(&mut self, session: SessionId, key: Key) {
+        let Some(room) = self.rooms.get_mut(&session) else {
+            return;
+        };
+        if let Some(peer) = room.peers.remove(&key) {
+            let _ = peer.pc.close().await;
+        }
+        room.sources.retain(|(k, _), _| *k != key);
+        let mut changed = Vec::new();
+        for (k, peer) in room.peers.iter_mut() {
+            let gone: Vec<(Key, RtpCodecKind)> = peer
+                .forwards
+                .keys()
+                .filter(|(p, _)| *p == key)
+                .copied()
+                .collect();
+            for g in &gone {
+                if let Some(sender) = peer.forwards.remove(g) {
+                    let _ = peer.pc.remove_track(&sender).await;
+                }
+            }
+            if !gone.is_empty() {
+                changed.push(*k);
+            }
+        }
+        if room.peers.is_empty() {
+            self.rooms.remove(&session);
+            return;
+        }
+        for k in changed {
+            self.offer(session, k, false).await;
+        }
+    }
+}
+
+/// The address the hub's peer connections gather candidates on: its listen address when it has
+/// one, else the one the default route leaves from (nothing is sent to find it).
+pub fn media_ip(listen: IpAddr) -> IpAddr {
+    use std::net::{Ipv4Addr, UdpSocket};
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect((Ipv4Addr::new(10, 255, 255, 255), 9))?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Asks a publisher for a keyframe.
+async fn pli(src: &Source) {
+    let _ = src
+        .track
+        .write_rtcp(vec![Box::new(PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: src.ssrc,
+        })])
+        .await;
+}
