@@ -340,6 +340,11 @@ impl Sfu {
             peer.again = true;
             return;
         }
+        // Nothing to negotiate yet (a wall joining before anyone publishes): the first forward
+        // brings the first offer.
+        if peer.pc.get_transceivers().await.is_empty() {
+            return;
+        }
         let made = async {
             let offer = peer
                 .pc

@@ -1,5 +1,7 @@
 //! Command sessions over the protocol: a commander, invited terminals, a wall watching.
 
+use std::time::Duration;
+
 use gridhub::auth::Role;
 use serde_json::{Value, json};
 
@@ -207,4 +209,270 @@ async fn caps_and_bad_requests_are_refused_with_their_reasons() {
     // The connection and the hub carry on.
     other.ping_ok().await;
     county.ping_ok().await;
+}
+
+// ---- media through the forwarding unit, with webrtc-rs peers --------------------------------
+
+mod media {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rtc::media_stream::MediaStreamTrack;
+    use rtc::rtp_transceiver::rtp_sender::{
+        RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    };
+    use serde_json::json;
+    use tokio::sync::Notify;
+    use webrtc::media_stream::track_local::TrackLocal;
+    use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+    use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+    use webrtc::peer_connection::{
+        PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+        RTCSessionDescription,
+    };
+
+    use crate::support::*;
+
+    /// Packets received, per publisher (the stream id the hub gives a forward) and kind.
+    pub type Counts = Arc<Mutex<HashMap<(String, RtpCodecKind), usize>>>;
+
+    struct Events {
+        counts: Counts,
+        gathered: Arc<Notify>,
+    }
+
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Events {
+        async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+            if state == RTCIceGatheringState::Complete {
+                self.gathered.notify_one();
+            }
+        }
+
+        async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+            let counts = Arc::clone(&self.counts);
+            tokio::spawn(async move {
+                let (from, kind) = (track.stream_id().await.to_string(), track.kind().await);
+                while let Some(ev) = track.poll().await {
+                    match ev {
+                        TrackRemoteEvent::OnRtpPacket(_) => {
+                            *counts
+                                .lock()
+                                .unwrap()
+                                .entry((from.clone(), kind))
+                                .or_default() += 1;
+                        }
+                        TrackRemoteEvent::OnEnded => return,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    }
+
+    /// A member's media: answers every offer of the hub (publishing on its first audio and
+    /// video transceivers when asked to), and sends synthetic RTP while it runs.
+    pub struct Member {
+        pub counts: Counts,
+        pub task: tokio::task::JoinHandle<()>,
+    }
+
+    fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
+        match kind {
+            RtpCodecKind::Audio => RTCRtpCodec {
+                mime_type: "audio/opus".into(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                rtcp_feedback: vec![],
+            },
+            _ => RTCRtpCodec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
+        }
+    }
+
+    fn track(kind: RtpCodecKind, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+        Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("client-{ssrc}"),
+            format!("client-{ssrc}-{kind}"),
+            format!("client {kind}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec(kind),
+                ..Default::default()
+            }],
+        )))
+    }
+
+    /// Runs a member's media on `term` (which has joined `session`), publishing `kinds`.
+    pub async fn run(
+        mut term: TestTerminal,
+        session: u64,
+        kinds: &[RtpCodecKind],
+        seed: u32,
+    ) -> Member {
+        let counts: Counts = Arc::default();
+        let gathered = Arc::new(Notify::new());
+        let mut engine = rtc::peer_connection::configuration::media_engine::MediaEngine::default();
+        engine.register_default_codecs().unwrap();
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_media_engine(engine)
+                .with_handler(Arc::new(Events {
+                    counts: Arc::clone(&counts),
+                    gathered: Arc::clone(&gathered),
+                }))
+                .with_runtime(webrtc::runtime::default_runtime().expect("tokio runtime"))
+                .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+                .build()
+                .await
+                .expect("peer connection"),
+        );
+        let tracks: Vec<(RtpCodecKind, u32, Arc<TrackLocalStaticRTP>)> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, seed * 10 + i as u32, track(k, seed * 10 + i as u32)))
+            .collect();
+        // Added before the first offer: applying it pairs each with the hub's receiving
+        // transceiver of its kind.
+        for (_, _, t) in &tracks {
+            pc.add_track(Arc::clone(t) as Arc<dyn TrackLocal>)
+                .await
+                .unwrap();
+        }
+        let sender_tracks = tracks.clone();
+        let task = tokio::spawn(async move {
+            let mut seq: u16 = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    m = term.next_where(|m| m["type"] == "session.media.offer") => {
+                        let sdp = m["data"]["sdp"].as_str().unwrap().to_owned();
+                        pc.set_remote_description(RTCSessionDescription::offer(sdp).unwrap()).await.unwrap();
+
+                        let answer = pc.create_answer(None).await.unwrap();
+                        let done = gathered.notified();
+                        pc.set_local_description(answer).await.unwrap();
+                        let _ = tokio::time::timeout(Duration::from_secs(3), done).await;
+                        let sdp = pc.local_description().await.unwrap().sdp;
+                        let r = term.call("session.media.answer", json!({"session": session, "sdp": sdp})).await;
+                        assert_eq!(r["type"], "reply", "{r}");
+                    }
+                    _ = tick.tick() => {
+                        seq = seq.wrapping_add(1);
+                        for (kind, ssrc, t) in &sender_tracks {
+                            let mut p = rtc::rtp::Packet::default();
+                            // A static RTP track sends packets as written: its SSRC too.
+                            p.header.ssrc = *ssrc;
+                            p.header.version = 2;
+                            p.header.sequence_number = seq;
+                            p.header.timestamp = seq as u32 * if *kind == RtpCodecKind::Audio { 960 } else { 1800 };
+                            p.header.marker = true;
+                            p.header.payload_type = if *kind == RtpCodecKind::Audio { 111 } else { 96 };
+                            p.payload = bytes::Bytes::from(vec![0x90, 0x80, 0, 0, 1, 2, 3, 4]);
+                            // Before the first answer the track is not bound yet.
+                            let _ = t.write_rtp(p).await;
+                        }
+                    }
+                }
+            }
+        });
+        Member { counts, task }
+    }
+
+    pub fn heard(counts: &Counts, from: &str, kind: RtpCodecKind) -> usize {
+        counts
+            .lock()
+            .unwrap()
+            .get(&(from.to_owned(), kind))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[tokio::test]
+async fn media_published_by_each_member_reaches_the_others_through_the_hub() {
+    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind::{Audio, Video};
+    let hub = spawn_app(|_| {}).await;
+    let ws = workers_under(&hub.org, DONGFENG, 3);
+    let mut commander = hub.connect(DONGFENG).await;
+    let r = commander
+        .call("session.create", json!({"invite": ws}))
+        .await;
+    let id = r["data"]["session"]["session"].as_u64().unwrap();
+    // Controls from a second desk of the county: the commanding connection runs its media.
+    let desk = hub.seat_token(DONGFENG, Role::Operator, "desk-2");
+    let mut desk = hub.connect_with(&desk).await;
+    let boss = media::run(commander, id, &[Audio], 1).await;
+    let mut members = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let mut t = hub.connect(w).await;
+        let r = t.call("session.join", json!({"session": id})).await;
+        assert_eq!(r["type"], "reply", "{r}");
+        members.push(media::run(t, id, &[Audio, Video], 2 + i as u32).await);
+    }
+    let wall = hub.seat_token(DONGFENG, Role::Observer, "wall");
+    let mut wall_t = hub.connect_with(&wall).await;
+    let r = wall_t.call("session.join", json!({"session": id})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let wall = media::run(wall_t, id, &[], 9).await;
+
+    // Every camera reaches the wall; the commander's voice reaches every member.
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        let cams = ws
+            .iter()
+            .filter(|w| media::heard(&wall.counts, w, Video) > 20)
+            .count();
+        let voice = members
+            .iter()
+            .filter(|m| media::heard(&m.counts, DONGFENG, Audio) > 20)
+            .count();
+        if cams == 3 && voice == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cameras on the wall: {cams}/3, the commander heard by {voice}/3: {:?}",
+            wall.counts.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Muted: the first worker's sound stops reaching the others.
+    let r = desk
+        .call(
+            "session.control",
+            json!({"session": id, "action": "mute", "target": ws[0]}),
+        )
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    // What was on its way when the mute took effect arrives first (a generous second).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = media::heard(&wall.counts, &ws[0], Audio);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        media::heard(&wall.counts, &ws[0], Audio) <= before + 2,
+        "muted sound still flows"
+    );
+    assert!(
+        media::heard(&wall.counts, &ws[1], Audio) > 0,
+        "the others' sound flows"
+    );
+    assert!(
+        media::heard(&boss.counts, &ws[1], Video) > 0,
+        "the commander sees the cameras"
+    );
+    for m in members.iter().chain([&boss, &wall]) {
+        m.task.abort();
+    }
 }
