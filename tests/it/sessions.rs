@@ -202,6 +202,39 @@ async fn caps_and_bad_requests_are_refused_with_their_reasons() {
 
     let r = county.call("session.create", json!({})).await;
     assert_eq!(r["type"], "reply", "{r}");
+    let id = r["data"]["session"]["session"].as_u64().unwrap();
+
+    // Media requests: from a terminal not in the session, malformed, or answering nothing.
+    let offer = county
+        .next_where(|m| m["type"] == "session.media.offer")
+        .await;
+    assert_eq!(offer["data"]["session"], id);
+    let e = other
+        .refused("session.media.answer", json!({"session": id, "sdp": "v=0"}))
+        .await;
+    assert_eq!(e["code"], "not_invited", "{e}");
+    let e = county
+        .refused(
+            "session.media.answer",
+            json!({"session": id, "sdp": "not an sdp"}),
+        )
+        .await;
+    assert_eq!(e["code"], "invalid_data", "{e}");
+    let e = county
+        .refused("session.media.answer", json!({"session": id}))
+        .await;
+    assert_eq!(e["code"], "invalid_data", "{e}");
+    let e = county
+        .refused(
+            "session.media.candidate",
+            json!({"session": id, "candidate": 7}),
+        )
+        .await;
+    assert_eq!(e["code"], "invalid_data", "{e}");
+    let e = other
+        .refused("session.media.restart", json!({"session": id}))
+        .await;
+    assert_eq!(e["code"], "not_invited", "{e}");
     let e = other.refused("session.create", json!({})).await;
     assert_eq!(e["code"], "too_many_sessions", "{e}");
     let e = other.refused("session.join", json!({"session": 999})).await;
@@ -276,6 +309,10 @@ mod media {
     pub struct Member {
         pub counts: Counts,
         pub task: tokio::task::JoinHandle<()>,
+        /// Offers answered so far.
+        pub offers: Arc<std::sync::atomic::AtomicUsize>,
+        /// Asks the hub for an ICE restart (as after a network change).
+        pub restart: tokio::sync::mpsc::Sender<()>,
     }
 
     fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
@@ -351,6 +388,9 @@ mod media {
                 .unwrap();
         }
         let sender_tracks = tracks.clone();
+        let offers: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let answered = Arc::clone(&offers);
+        let (restart, mut restarts) = tokio::sync::mpsc::channel::<()>(1);
         let task = tokio::spawn(async move {
             let mut seq: u16 = 0;
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -366,6 +406,11 @@ mod media {
                         let _ = tokio::time::timeout(Duration::from_secs(3), done).await;
                         let sdp = pc.local_description().await.unwrap().sdp;
                         let r = term.call("session.media.answer", json!({"session": session, "sdp": sdp})).await;
+                        assert_eq!(r["type"], "reply", "{r}");
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(()) = restarts.recv() => {
+                        let r = term.call("session.media.restart", json!({"session": session})).await;
                         assert_eq!(r["type"], "reply", "{r}");
                     }
                     _ = tick.tick() => {
@@ -387,7 +432,12 @@ mod media {
                 }
             }
         });
-        Member { counts, task }
+        Member {
+            counts,
+            task,
+            offers,
+            restart,
+        }
     }
 
     pub fn heard(counts: &Counts, from: &str, kind: RtpCodecKind) -> usize {
@@ -472,6 +522,27 @@ async fn media_published_by_each_member_reaches_the_others_through_the_hub() {
         media::heard(&boss.counts, &ws[1], Video) > 0,
         "the commander sees the cameras"
     );
+
+    // The third worker's network changed: an ICE restart keeps it in, its camera still flowing.
+    let offers = members[2].offers.load(std::sync::atomic::Ordering::Relaxed);
+    members[2].restart.send(()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while members[2].offers.load(std::sync::atomic::Ordering::Relaxed) == offers {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new offer after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = media::heard(&wall.counts, &ws[2], Video);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while media::heard(&wall.counts, &ws[2], Video) < seen + 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the camera stopped after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for m in members.iter().chain([&boss, &wall]) {
         m.task.abort();
     }
