@@ -334,6 +334,10 @@ fn start_services(
         Arc::clone(out),
         clock.clone(),
         sessions::sfu::media_ip(config.server.listen.ip()),
+        config
+            .sessions
+            .record
+            .then(|| config.server.data_dir.clone()),
     )
     .map_err(store_error)?;
     let started = Started {

@@ -29,7 +29,7 @@ use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step); the web pages
 /// (`crate::web`) are not part of the API.
-pub const ROUTES: [&str; 30] = [
+pub const ROUTES: [&str; 31] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -60,6 +60,7 @@ pub const ROUTES: [&str; 30] = [
     "/api/v1/calls/{id}",
     "/api/v1/sessions",
     "/api/v1/sessions/{id}",
+    "/api/v1/recordings/{id}",
 ];
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -107,6 +108,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/calls/{id}", get(calls::get))
         .route("/api/v1/sessions", get(sessions::list))
         .route("/api/v1/sessions/{id}", get(sessions::get))
+        .route("/api/v1/recordings/{id}", get(sessions::recording))
         .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .layer(axum::middleware::from_fn(json_errors))

@@ -69,6 +69,12 @@ pub async fn get(
         .map_err(store_error)?;
     let hidden = || ApiError::not_found(format!("no session {id}"));
     let (rec, center, spans) = found.ok_or_else(hidden)?;
+    let recordings = hub
+        .services()?
+        .store
+        .read(move |conn| records::recordings(conn, id))
+        .await
+        .map_err(store_error)?;
     let sees = |n: u32| {
         let n = NodeIdx(n);
         n.get() < hub.org.len() && scope::can_watch_subtree(&hub.org, &c, n)
@@ -79,5 +85,55 @@ pub async fn get(
         return Err(hidden());
     }
     let spans: Vec<records::Span> = spans.into_iter().map(|(s, _)| s).collect();
-    Ok(Json(serde_json::json!({ "session": rec, "spans": spans })).into_response())
+    Ok(
+        Json(serde_json::json!({ "session": rec, "spans": spans, "recordings": recordings }))
+            .into_response(),
+    )
+}
+
+/// `GET /api/v1/recordings/{id}`: a recorded track's file, for whoever may see its session.
+pub async fn recording(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    hub.services()?.sessions.settled().await;
+    let store = Arc::clone(&hub.services()?.store);
+    let hidden = || ApiError::not_found(format!("no recording {id}"));
+    let (session, kind, path) = store
+        .read(move |conn| records::recording(conn, id))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(hidden)?;
+    let (_, center, spans) = store
+        .read(move |conn| records::get(conn, session))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(hidden)?;
+    let center = NodeIdx(center);
+    let sees = center.get() < hub.org.len() && scope::can_watch_subtree(&hub.org, &c, center);
+    if !sees && !spans.iter().any(|(_, n)| NodeIdx(*n) == c.endpoint) {
+        return Err(hidden());
+    }
+    let file = hub.config.server.data_dir.join(&path);
+    let bytes = tokio::fs::read(&file).await.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!("recording {id}: its file is gone ({e})"),
+        )
+    })?;
+    let ctype = if kind == "audio" {
+        "audio/ogg"
+    } else {
+        "video/x-ivf"
+    };
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, ctype),
+            (axum::http::header::CACHE_CONTROL, "private, max-age=86400"),
+        ],
+        bytes,
+    )
+        .into_response())
 }

@@ -14,6 +14,9 @@ pub struct SessionsConfig {
     /// How long a member whose connection dropped stays in the session.
     pub reconnect_grace_ms: u64,
     pub max_title_chars: usize,
+    /// Record every published track to a file (IVF for VP8 video, Ogg for Opus sound) under
+    /// `<data_dir>/recordings/<session>/`, listed in the session's record.
+    pub record: bool,
 }
 
 impl Default for SessionsConfig {
@@ -23,6 +26,7 @@ impl Default for SessionsConfig {
             max_members: 27,
             reconnect_grace_ms: 20_000,
             max_title_chars: 40,
+            record: false,
         }
     }
 }

@@ -74,6 +74,81 @@ pub fn left(c: &Connection, session: u64, node: &str, seat: &str, at: u64) -> ru
     Ok(())
 }
 
+/// A recording begins; returns its id.
+pub fn recording_started(
+    c: &Connection,
+    session: u64,
+    node: &str,
+    kind: &str,
+    path: &str,
+    at: u64,
+) -> rusqlite::Result<u64> {
+    c.prepare_cached(
+        "INSERT INTO session_recordings (session, node, kind, path, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![session as i64, node, kind, path, at as i64])?;
+    Ok(c.last_insert_rowid() as u64)
+}
+
+pub fn recording_ended(
+    c: &Connection,
+    id: u64,
+    at: u64,
+    packets: u64,
+    bytes: u64,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE session_recordings SET ended_at = ?2, packets = ?3, bytes = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id as i64, at as i64, packets as i64, bytes as i64])?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Recording {
+    pub id: u64,
+    pub node: String,
+    pub kind: String,
+    pub started_at: u64,
+    /// `null` while still recording.
+    pub ended_at: Option<u64>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub url: String,
+}
+
+/// A session's recordings.
+pub fn recordings(c: &Connection, session: u64) -> rusqlite::Result<Vec<Recording>> {
+    let mut st = c.prepare_cached(
+        "SELECT id, node, kind, started_at, ended_at, packets, bytes FROM session_recordings
+         WHERE session = ?1 ORDER BY id",
+    )?;
+    let rows = st.query_map([session as i64], |r| {
+        let id = r.get::<_, i64>(0)? as u64;
+        Ok(Recording {
+            id,
+            node: r.get(1)?,
+            kind: r.get(2)?,
+            started_at: r.get::<_, i64>(3)? as u64,
+            ended_at: r.get::<_, Option<i64>>(4)?.map(|x| x as u64),
+            packets: r.get::<_, i64>(5)? as u64,
+            bytes: r.get::<_, i64>(6)? as u64,
+            url: format!("/api/v1/recordings/{id}"),
+        })
+    })?;
+    rows.collect()
+}
+
+/// A recording's session, kind and file (relative to the data folder).
+pub fn recording(c: &Connection, id: u64) -> rusqlite::Result<Option<(u64, String, String)>> {
+    c.prepare_cached("SELECT session, kind, path FROM session_recordings WHERE id = ?1")?
+        .query_row([id as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+}
+
 /// At start-up: sessions the last run left live were ended by the restart. Returns the next
 /// session id and how many were ended.
 pub fn recover(c: &Connection, now: u64) -> rusqlite::Result<(u64, usize)> {

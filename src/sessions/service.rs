@@ -126,6 +126,7 @@ pub fn start(
     out: Arc<dyn Outbound>,
     clock: Clock,
     media_ip: std::net::IpAddr,
+    recordings: Option<std::path::PathBuf>,
 ) -> Result<(SessionsHandle, tokio::task::JoinHandle<()>), StoreError> {
     let (next_id, cut) = store.read_sync(|c| super::records::recover(c, clock.now_ms()))?;
     if cut > 0 {
@@ -137,7 +138,12 @@ pub fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     let terminals = out.bus().subscribe::<TerminalNews>(QUEUE);
     let (failed, failures) = inbox();
-    let (sfu, media) = Sfu::new(media_ip, Arc::clone(&org), Arc::clone(&out));
+    let recorder = recordings.map(|data_dir| super::sfu::Recorder {
+        data_dir,
+        store: Arc::clone(&store),
+        clock: clock.clone(),
+    });
+    let (sfu, media) = Sfu::new(media_ip, Arc::clone(&org), Arc::clone(&out), recorder);
     let svc = Service {
         core: Sessions::new(Arc::clone(&org), rules, next_id),
         org,

@@ -137,8 +137,120 @@ impl PeerConnectionEventHandler for Events {
     }
 }
 
+/// Where published tracks are recorded, when they are.
+pub struct Recorder {
+    pub data_dir: std::path::PathBuf,
+    pub store: Arc<crate::store::Store>,
+    pub clock: crate::clock::Clock,
+}
+
+impl Recorder {
+    /// Records one published track until it ends: a file under the data folder, and its row.
+    fn record(
+        self: &Arc<Self>,
+        session: SessionId,
+        node: String,
+        kind: RtpCodecKind,
+        mut rx: broadcast::Receiver<rtc::rtp::Packet>,
+    ) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let started = me.clock.now_ms();
+            let (kind_s, ext) = match kind {
+                RtpCodecKind::Audio => ("audio", "ogg"),
+                _ => ("video", "ivf"),
+            };
+            let rel = format!("recordings/{session}/{node}-{kind_s}-{started}.{ext}");
+            let path = me.data_dir.join(&rel);
+            let opened = std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+                .and_then(|()| std::fs::File::create(&path))
+                .map(std::io::BufWriter::new);
+            let file = match opened {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(session = %session, "recording not started: {}: {e}", path.display());
+                    return;
+                }
+            };
+            let mut writer: Box<dyn rtc::media::io::Writer + Send> = match kind {
+                RtpCodecKind::Audio => {
+                    match rtc::media::io::ogg_writer::OggWriter::new(file, 48_000, 2) {
+                        Ok(w) => Box::new(w),
+                        Err(e) => return tracing::warn!("recording not started: {e}"),
+                    }
+                }
+                _ => {
+                    let header = rtc::media::io::ivf_reader::IVFFileHeader {
+                        signature: *b"DKIF",
+                        version: 0,
+                        header_size: 32,
+                        four_cc: *b"VP80",
+                        width: 640,
+                        height: 480,
+                        timebase_denominator: 30,
+                        timebase_numerator: 1,
+                        num_frames: 0,
+                        unused: 0,
+                    };
+                    match rtc::media::io::ivf_writer::IVFWriter::new(file, &header) {
+                        Ok(w) => Box::new(w),
+                        Err(e) => return tracing::warn!("recording not started: {e}"),
+                    }
+                }
+            };
+            let (id_tx, mut id_rx) = crate::store::inbox();
+            let row = (session.0, node.clone(), kind_s, rel.clone(), started);
+            me.store
+                .submit_async(crate::store::Job::query(
+                    move |c| {
+                        super::records::recording_started(c, row.0, &row.1, row.2, &row.3, row.4)
+                    },
+                    &id_tx,
+                    |r| r,
+                ))
+                .await;
+            let id = match id_rx.recv().await {
+                Some(Ok(id)) => id,
+                _ => {
+                    return tracing::warn!(session = %session, "recording not listed: the store failed");
+                }
+            };
+            let (mut packets, mut bytes) = (0u64, 0u64);
+            loop {
+                match rx.recv().await {
+                    Ok(p) => {
+                        packets += 1;
+                        bytes += p.payload.len() as u64;
+                        // A packet the format cannot take (before the first keyframe, say) is
+                        // skipped by the writer; an I/O error ends the recording.
+                        if let Err(e) = writer.write_rtp(&p)
+                            && e.to_string().contains("os error")
+                        {
+                            tracing::warn!(session = %session, "recording cut: {e}");
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(session = %session, "recording lost {n} packets");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            let _ = writer.close();
+            let ended = me.clock.now_ms();
+            me.store
+                .submit_async(crate::store::Job::new(move |c| {
+                    super::records::recording_ended(c, id, ended, packets, bytes)
+                }))
+                .await;
+        });
+    }
+}
+
 pub struct Sfu {
     ip: IpAddr,
+    /// Records published tracks (`sessions.record`).
+    recorder: Option<Arc<Recorder>>,
     org: Arc<Org>,
     out: Arc<dyn Outbound>,
     events: mpsc::Sender<MediaEvent>,
@@ -156,11 +268,13 @@ impl Sfu {
         ip: IpAddr,
         org: Arc<Org>,
         out: Arc<dyn Outbound>,
+        recorder: Option<Recorder>,
     ) -> (Sfu, mpsc::Receiver<MediaEvent>) {
         let (events, rx) = mpsc::channel(256);
         (
             Sfu {
                 ip,
+                recorder: recorder.map(Arc::new),
                 org,
                 out,
                 events,
@@ -480,6 +594,15 @@ impl Sfu {
             return;
         }
         let (tx, _) = broadcast::channel(BUFFER);
+        // Subscribed before the first packet is read: a recording holds every frame sent.
+        if let Some(r) = &self.recorder {
+            r.record(
+                session,
+                self.org.id(from.0).to_string(),
+                kind,
+                tx.subscribe(),
+            );
+        }
         let muted = Arc::new(AtomicBool::new(false));
         let (reader_tx, reader_muted, reader_track) =
             (tx.clone(), Arc::clone(&muted), Arc::clone(&track));

@@ -27,3 +27,18 @@ CREATE TABLE session_spans (
 );
 CREATE INDEX session_spans_session ON session_spans(session);
 CREATE INDEX session_spans_node ON session_spans(node_pre);
+
+-- One row per published track recorded (when `sessions.record` is on): the file under the
+-- data folder, and how much went into it.
+CREATE TABLE session_recordings (
+  id         INTEGER PRIMARY KEY,
+  session    INTEGER NOT NULL,
+  node       TEXT    NOT NULL,
+  kind       TEXT    NOT NULL,   -- audio (Ogg Opus) or video (IVF VP8)
+  path       TEXT    NOT NULL,   -- relative to the data folder
+  started_at INTEGER NOT NULL,
+  ended_at   INTEGER,
+  packets    INTEGER NOT NULL DEFAULT 0,
+  bytes      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX session_recordings_session ON session_recordings(session);

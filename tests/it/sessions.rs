@@ -424,7 +424,9 @@ mod media {
                             p.header.timestamp = seq as u32 * if *kind == RtpCodecKind::Audio { 960 } else { 1800 };
                             p.header.marker = true;
                             p.header.payload_type = if *kind == RtpCodecKind::Audio { 111 } else { 96 };
-                            p.payload = bytes::Bytes::from(vec![0x90, 0x80, 0, 0, 1, 2, 3, 4]);
+                            // One packet per frame: a VP8 payload descriptor (start of a
+                            // partition) and a keyframe's first bytes; Opus is taken as is.
+                            p.payload = bytes::Bytes::from(vec![0x10, 0x00, 0x9d, 0x01, 0x2a, 1, 2, 3]);
                             // Before the first answer the track is not bound yet.
                             let _ = t.write_rtp(p).await;
                         }
@@ -453,7 +455,7 @@ mod media {
 #[tokio::test]
 async fn media_published_by_each_member_reaches_the_others_through_the_hub() {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind::{Audio, Video};
-    let hub = spawn_app(|_| {}).await;
+    let hub = spawn_app(|c| c.sessions.record = true).await;
     let ws = workers_under(&hub.org, DONGFENG, 3);
     let mut commander = hub.connect(DONGFENG).await;
     let r = commander
@@ -543,7 +545,51 @@ async fn media_published_by_each_member_reaches_the_others_through_the_hub() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Ended: every recording is closed and listed, and plays back with every frame it took.
+    desk.call("session.control", json!({"session": id, "action": "end"}))
+        .await;
+    let token = hub.token(DONGFENG);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let recs = loop {
+        let (_, _, body) =
+            crate::auth::http_raw_at(hub.addr, &format!("/api/v1/sessions/{id}"), Some(&token))
+                .await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let recs = v["recordings"].as_array().unwrap().clone();
+        if recs.len() == 7 && recs.iter().all(|r| r["ended_at"].is_u64()) {
+            break recs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "recordings: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let video = recs
+        .iter()
+        .find(|r| r["node"] == ws[0].as_str() && r["kind"] == "video")
+        .expect("the first worker's camera recorded");
+    let (status, _, file) =
+        crate::auth::http_raw_at(hub.addr, video["url"].as_str().unwrap(), Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(&file[..4], b"DKIF");
+    let frames = ivf_frames(&file);
+    assert!(frames > 20, "{frames} frames");
+    assert_eq!(
+        frames as u64,
+        video["packets"].as_u64().unwrap(),
+        "every frame taken is in the file"
+    );
     for m in members.iter().chain([&boss, &wall]) {
         m.task.abort();
     }
+}
+
+/// The frames of an IVF file.
+fn ivf_frames(b: &[u8]) -> usize {
+    let mut at = u16::from_le_bytes([b[6], b[7]]) as usize;
+    let mut n = 0;
+    while at + 12 <= b.len() {
+        at += 12 + u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize;
+        n += 1;
+    }
+    n
 }
