@@ -338,6 +338,7 @@ fn start_services(
             .sessions
             .record
             .then(|| config.server.data_dir.clone()),
+        Arc::clone(metrics),
     )
     .map_err(store_error)?;
     let started = Started {

@@ -127,6 +127,7 @@ pub fn start(
     clock: Clock,
     media_ip: std::net::IpAddr,
     recordings: Option<std::path::PathBuf>,
+    metrics: Arc<crate::telemetry::Metrics>,
 ) -> Result<(SessionsHandle, tokio::task::JoinHandle<()>), StoreError> {
     let (next_id, cut) = store.read_sync(|c| super::records::recover(c, clock.now_ms()))?;
     if cut > 0 {
@@ -143,7 +144,13 @@ pub fn start(
         store: Arc::clone(&store),
         clock: clock.clone(),
     });
-    let (sfu, media) = Sfu::new(media_ip, Arc::clone(&org), Arc::clone(&out), recorder);
+    let (sfu, media) = Sfu::new(
+        media_ip,
+        Arc::clone(&org),
+        Arc::clone(&out),
+        recorder,
+        Arc::clone(&metrics.session_packets_forwarded),
+    );
     let svc = Service {
         core: Sessions::new(Arc::clone(&org), rules, next_id),
         org,
@@ -152,6 +159,7 @@ pub fn start(
         clock,
         failed,
         sfu,
+        metrics,
     };
     Ok((
         SessionsHandle { tx },
@@ -168,6 +176,7 @@ struct Service {
     /// Record writes that failed (successes are not told).
     failed: Notifier<StoreError>,
     sfu: Sfu,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Service {
@@ -380,6 +389,17 @@ impl Service {
     }
 
     async fn apply(&mut self, effects: Vec<Effect>) {
+        self.apply_effects(effects).await;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics
+            .sessions_live
+            .store(self.core.live_count() as u64, Relaxed);
+        self.metrics
+            .session_peers
+            .store(self.sfu.peers() as u64, Relaxed);
+    }
+
+    async fn apply_effects(&mut self, effects: Vec<Effect>) {
         let now = self.clock.now_ms();
         for e in effects {
             match e {

@@ -269,6 +269,7 @@ impl Sfu {
         org: Arc<Org>,
         out: Arc<dyn Outbound>,
         recorder: Option<Recorder>,
+        forwarded: Arc<AtomicU64>,
     ) -> (Sfu, mpsc::Receiver<MediaEvent>) {
         let (events, rx) = mpsc::channel(256);
         (
@@ -279,7 +280,7 @@ impl Sfu {
                 out,
                 events,
                 rooms: HashMap::new(),
-                forwarded: Arc::default(),
+                forwarded,
             },
             rx,
         )

@@ -5,6 +5,7 @@
 //! relaxed atomic add, and `/metrics` does the formatting.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -130,6 +131,9 @@ pub struct Metrics {
     pub calls_queue: AtomicU64,
     /// Calls ringing or answered right now.
     pub calls_live: AtomicU64,
+    pub sessions_live: AtomicU64,
+    pub session_peers: AtomicU64,
+    pub session_packets_forwarded: Arc<AtomicU64>,
     pub calls_placed: AtomicU64,
     pub calls_answered: AtomicU64,
     pub calls_refused: AtomicU64,
@@ -168,7 +172,7 @@ impl Metrics {
                 v.load(Relaxed)
             );
         };
-        let gauges: [(&str, &str, &AtomicU64); 9] = [
+        let gauges: [(&str, &str, &AtomicU64); 11] = [
             (
                 "gridhub_connections",
                 "Open WebSocket terminal connections.",
@@ -210,6 +214,16 @@ impl Metrics {
                 &self.calls_live,
             ),
             (
+                "gridhub_sessions_live",
+                "Command sessions live right now.",
+                &self.sessions_live,
+            ),
+            (
+                "gridhub_session_peers",
+                "Peer connections of members present in sessions (one each).",
+                &self.session_peers,
+            ),
+            (
                 "gridhub_fd_limit",
                 "The process's open-file limit at start-up.",
                 &self.fd_limit,
@@ -218,7 +232,12 @@ impl Metrics {
         for (name, help, v) in gauges {
             gauge(&mut out, name, help, v.load(Relaxed) as f64);
         }
-        let counters: [(&str, &str, &AtomicU64); 27] = [
+        let counters: [(&str, &str, &AtomicU64); 28] = [
+            (
+                "gridhub_session_packets_forwarded_total",
+                "RTP packets the forwarding unit sent to session members.",
+                &*self.session_packets_forwarded,
+            ),
             (
                 "gridhub_link_sent_total",
                 "Messages sent to other hub nodes.",

@@ -546,6 +546,20 @@ async fn media_published_by_each_member_reaches_the_others_through_the_hub() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let (_, _, metrics) = crate::auth::http_raw_at(hub.addr, "/metrics", None).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    let forwarded: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gridhub_session_packets_forwarded_total "))
+        .expect("the forwarding unit's count")
+        .parse()
+        .unwrap();
+    assert!(forwarded > 200.0, "{forwarded} packets forwarded");
+    assert!(
+        metrics.contains("gridhub_sessions_live 1"),
+        "one session live"
+    );
+
     // Ended: every recording is closed and listed, and plays back with every frame it took.
     desk.call("session.control", json!({"session": id, "action": "end"}))
         .await;
