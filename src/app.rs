@@ -333,11 +333,13 @@ fn start_services(
         Arc::clone(&store),
         Arc::clone(out),
         clock.clone(),
-        sessions::sfu::media_ip(config.server.listen.ip()),
-        config
-            .sessions
-            .record
-            .then(|| config.server.data_dir.clone()),
+        sessions::service::Media {
+            ip: sessions::sfu::media_ip(config.server.listen.ip()),
+            recordings: config
+                .sessions
+                .record
+                .then(|| config.server.data_dir.clone()),
+        },
         Arc::clone(metrics),
     )
     .map_err(store_error)?;

@@ -117,16 +117,21 @@ impl SessionsHandle {
     }
 }
 
-/// Ends the sessions a previous run left live and starts the service on the current runtime;
-/// the forwarding unit's peer connections gather candidates on `media_ip`.
+/// Where the forwarding unit's peer connections gather candidates, and where tracks are
+/// recorded (none: not recorded).
+pub struct Media {
+    pub ip: std::net::IpAddr,
+    pub recordings: Option<std::path::PathBuf>,
+}
+
+/// Ends the sessions a previous run left live and starts the service on the current runtime.
 pub fn start(
     org: Arc<Org>,
     rules: super::core::Rules,
     store: Arc<Store>,
     out: Arc<dyn Outbound>,
     clock: Clock,
-    media_ip: std::net::IpAddr,
-    recordings: Option<std::path::PathBuf>,
+    media: Media,
     metrics: Arc<crate::telemetry::Metrics>,
 ) -> Result<(SessionsHandle, tokio::task::JoinHandle<()>), StoreError> {
     let (next_id, cut) = store.read_sync(|c| super::records::recover(c, clock.now_ms()))?;
@@ -139,13 +144,13 @@ pub fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     let terminals = out.bus().subscribe::<TerminalNews>(QUEUE);
     let (failed, failures) = inbox();
-    let recorder = recordings.map(|data_dir| super::sfu::Recorder {
+    let recorder = media.recordings.map(|data_dir| super::sfu::Recorder {
         data_dir,
         store: Arc::clone(&store),
         clock: clock.clone(),
     });
     let (sfu, media) = Sfu::new(
-        media_ip,
+        media.ip,
         Arc::clone(&org),
         Arc::clone(&out),
         recorder,
