@@ -54,6 +54,18 @@ test('the console opens a session with a worker, pulls its camera and ends it; t
   await expect(tile).toBeVisible({ timeout: 20_000 });
   await expect.poll(() => wall.evaluate(() => window.gridhub.sessions.framesReceived()), { timeout: 20_000 }).toBeGreaterThan(10);
   await expect(field.locator(`audio[data-from="${COUNTY}"]`)).toHaveCount(1, { timeout: 20_000 });
+  // The county's video wall (an observer seat) finds the session, watches, and shows the camera.
+  const screenCtx = await deviceContext(browser);
+  const screen = await screenCtx.newPage();
+  await screen.goto(hub.link('/', COUNTY, 'observer', 'wall'));
+  await expect(screen.locator('body')).toHaveAttribute('data-ready', 'true');
+  await expect(screen.locator('#session')).toHaveAttribute('data-state', 'in', { timeout: 15_000 });
+  await expect(screen.locator(`#session .session-tile[data-from="${worker.id}"]`)).toBeVisible({ timeout: 20_000 });
+  await expect.poll(() => screen.evaluate(() => window.gridhub.sessions.framesReceived()), { timeout: 20_000 }).toBeGreaterThan(10);
+  await expect(panel.locator('li[data-part="observer"]')).toHaveCount(1);
+  await expect(screen.locator('#session .controls')).toHaveCount(0);
+  await expect(screen.locator('#session .session-end')).toHaveCount(0);
+  await screen.screenshot({ path: test.info().outputPath('wall-watching.png') });
   await expect(panel.locator(`li[data-id="${worker.id}"] .pub`)).toHaveCount(2);
   await wall.screenshot({ path: test.info().outputPath('wall-session.png') });
   await phone.screenshot({ path: test.info().outputPath('phone-watched.png') });
@@ -66,6 +78,8 @@ test('the console opens a session with a worker, pulls its camera and ends it; t
   await expect(field.locator('.session-notice')).toContainText('会商已结束');
   await expect(field.locator('.session-watched')).toHaveCount(0);
   await expect.poll(() => wall.evaluate((id) => window.gridhub.presence.status(id), worker.id)).toBe('online');
+  await expect(screen.locator('#session .session-notice')).toContainText('会商已结束');
   await wallCtx.close();
   await phoneCtx.close();
+  await screenCtx.close();
 });

@@ -72,6 +72,8 @@ hub.addEventListener('hello', async (ev) => {
     myId = me.id;
     // An operator opens command sessions; a station or a wall takes part or watches.
     document.getElementById('session-new').hidden = ev.detail.role !== 'operator';
+    sessions.observer = watchOnly;
+    if (watchOnly) sessions.watchCenter();
     document.body.dataset.role = ev.detail.role;
     const seat = document.getElementById('seat');
     seat.hidden = !watchOnly && ev.detail.seat === 'main';

@@ -21,6 +21,7 @@ export class Sessions extends EventTarget {
     this.invites = new Map(); // session id → invitation
     this.current = null; // the roster of the session this terminal takes part in
     this.notice = null; // a line about the last thing that happened to us (ended, removed)
+    this.observer = false; // a video wall: watches, never publishes or commands
     this.watched = false; // the commander pulled our camera
     this.muted = false;
     this.ui = this.build();
@@ -37,6 +38,22 @@ export class Sessions extends EventTarget {
     window.addEventListener('langchange', () => this.render());
   }
 
+  /// A video wall watches its center's sessions: while it is in none, it looks every few
+  /// seconds for one live and joins it (as an observer: every camera, nobody sees it).
+  watchCenter() {
+    if (this.watching) return;
+    this.watching = setInterval(async () => {
+      if (this.current || this.hub.state !== 'open') return;
+      try {
+        const { sessions } = await this.hub.request('session.list', {});
+        const live = sessions.find((s) => !s.ended_at);
+        if (live) await this.join(live.session);
+      } catch {
+        // Tried again at the next tick.
+      }
+    }, 3000);
+  }
+
   ours(d) {
     return this.current && d.session === this.current.session;
   }
@@ -46,7 +63,10 @@ export class Sessions extends EventTarget {
     return this.current && this.current.commander === this.me() && this.mine()?.part === 'commander';
   }
 
+  /// This page's membership: none for a wall, even at the commander's own node (the desk there
+  /// commands; the wall only watches).
   mine() {
+    if (this.observer) return null;
     return this.current?.members.find((m) => m.id === this.me() && m.part !== 'observer');
   }
 
@@ -260,8 +280,9 @@ export class Sessions extends EventTarget {
           const li = el('li', {},
             el('span', { className: 'name', textContent: nodeName(m) }),
             el('span', { className: 'part', textContent: `${t(`session.part.${m.part}`)} · ${t(`session.state.${m.state}`)}` }),
-            m.publishes.video ? el('span', { className: 'pub', textContent: '📹' }) : null,
-            m.publishes.audio ? el('span', { className: 'pub', textContent: '🎙' }) : null,
+            // Text, not symbols: a wall PC may have no emoji font.
+            m.publishes.video ? el('span', { className: 'pub flag', textContent: t('call.video') }) : null,
+            m.publishes.audio ? el('span', { className: 'pub flag', textContent: t('call.audio') }) : null,
             m.muted ? el('span', { className: 'flag', textContent: t('session.flag.muted') }) : null,
             m.camera_pulled ? el('span', { className: 'flag', textContent: t('session.flag.camera') }) : null,
             s.spotlight === m.id && m.part !== 'observer' ? el('span', { className: 'flag', textContent: '★' }) : null);
