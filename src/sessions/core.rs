@@ -598,7 +598,11 @@ impl Sessions {
             }
         };
         let m = &mut s.members[i];
-        let arrived = !m.present();
+        // Present already from this seat (its page reloaded, and joins afresh): it comes in
+        // again, on a new media connection. Its connection may already be the new one (the
+        // terminal's reconnection reached the session first).
+        let again = m.present() && m.seat == Some(who.seat);
+        let arrived = !m.present() || again;
         let part = m.part;
         m.state = State::Joined;
         m.seat = Some(who.seat);
@@ -608,6 +612,14 @@ impl Sessions {
         m.away_since = None;
         m.left_at = None;
         let mut fx = Vec::new();
+        if again {
+            fx.push(Effect::Left {
+                session: id,
+                node: who.node,
+                seat: who.seat,
+                at: now,
+            });
+        }
         if arrived {
             fx.push(Effect::Joined {
                 session: id,
@@ -812,9 +824,22 @@ impl Sessions {
                     .expect("a session has a commander");
                 s.members[old].part = Part::Participant;
                 s.members[i].part = Part::Commander;
-                s.members[i].muted = false;
+                let was_muted = std::mem::replace(&mut s.members[i].muted, false);
+                let seat = s.members[i].seat;
                 s.commander = node;
-                Ok(vec![Effect::Record(id), Effect::Roster(id)])
+                let mut fx = vec![Effect::Record(id), Effect::Roster(id)];
+                // A commander is heard: a mute it had is lifted, and its page is told.
+                if was_muted {
+                    fx.push(Effect::Send {
+                        to: node,
+                        seat,
+                        msg: Msg::Muted {
+                            session: id,
+                            muted: false,
+                        },
+                    });
+                }
+                Ok(fx)
             }
         }
     }
@@ -1323,5 +1348,50 @@ mod tests {
             t.s.get(id).unwrap().end_reason.as_deref(),
             Some("the commander's connection was lost")
         );
+    }
+
+    #[test]
+    fn joining_again_from_the_same_seat_starts_over_and_a_new_commander_is_heard() {
+        let mut t = T::new();
+        let (t_, w1) = (t.n("t"), t.n("w1"));
+        let cmd = t.who("a", 1);
+        let (id, _) = t.s.create(cmd, "", &[t_, w1], 0).unwrap();
+        t.s.join(t.who("w1", 2), id, 1).unwrap();
+        // Its page reloaded (the connection may already be the new one): out, then in again,
+        // so its media starts over on a new peer connection.
+        let fx = t.s.join(t.who("w1", 3), id, 2).unwrap();
+        let kinds: Vec<&str> = fx
+            .iter()
+            .map(|e| match e {
+                Effect::Left { .. } => "left",
+                Effect::Joined { .. } => "joined",
+                Effect::InSession { .. } => "in_session",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["left", "joined", "other"], "{fx:?}");
+        // A muted township handed command is unmuted, and told.
+        t.s.join(t.who("t", 4), id, 3).unwrap();
+        t.s.control(
+            cmd,
+            id,
+            Control::Mute {
+                node: t_,
+                muted: true,
+            },
+            4,
+        )
+        .unwrap();
+        let fx =
+            t.s.control(cmd, id, Control::HandOver { node: t_ }, 5)
+                .unwrap();
+        assert!(sent(&fx).contains(&(
+            t_,
+            &Msg::Muted {
+                session: id,
+                muted: false
+            }
+        )));
+        assert!(!t.s.get(id).unwrap().member(t_).unwrap().muted);
     }
 }

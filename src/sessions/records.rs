@@ -162,6 +162,11 @@ pub fn recover(c: &Connection, now: u64) -> rusqlite::Result<(u64, usize)> {
         "UPDATE session_spans SET left_at = ?1 WHERE left_at IS NULL",
         [now as i64],
     )?;
+    // A recording cut by the restart: its file may lack its trailer, its row says when it ended.
+    c.execute(
+        "UPDATE session_recordings SET ended_at = ?1 WHERE ended_at IS NULL",
+        [now as i64],
+    )?;
     let max: Option<i64> = c.query_row("SELECT MAX(id) FROM sessions", [], |r| r.get(0))?;
     Ok((max.unwrap_or(0) as u64 + 1, cut))
 }

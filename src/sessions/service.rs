@@ -205,10 +205,19 @@ impl Service {
                     tracing::error!("session record not written: {e}");
                 }
                 Some(ev) = media.recv() => match ev {
-                    MediaEvent::Track { session, from, track } => {
-                        self.sfu.track(session, from, track).await;
+                    MediaEvent::Track {
+                        session,
+                        from,
+                        generation,
+                        track,
+                    } => {
+                        self.sfu.track(session, from, generation, track).await;
                     }
-                    MediaEvent::Connected { session, key } => self.sfu.connected(session, key).await,
+                    MediaEvent::Connected {
+                        session,
+                        key,
+                        generation,
+                    } => self.sfu.connected(session, key, generation).await,
                 },
                 cmd = rx.recv() => match cmd {
                     None => return,
@@ -444,7 +453,16 @@ impl Service {
                     at,
                 } => {
                     let publishes = part != super::core::Part::Observer;
-                    if let Err(e) = self.sfu.admit(session, (node, seat), publishes).await {
+                    let muted = self
+                        .core
+                        .get(session)
+                        .and_then(|s| s.member(node))
+                        .is_some_and(|m| m.muted && publishes);
+                    if let Err(e) = self
+                        .sfu
+                        .admit(session, (node, seat), publishes, muted)
+                        .await
+                    {
                         tracing::warn!(session = %session, "session media not set up: {e}");
                     }
                     let id = self.org.id(node).to_string();

@@ -54,10 +54,17 @@ pub enum MediaEvent {
     Track {
         session: SessionId,
         from: Key,
+        /// Which peer connection of that member (a rejoin makes a new one): news of an older
+        /// one is ignored.
+        generation: u64,
         track: Arc<dyn TrackRemote>,
     },
     /// A member's media connected (or reconnected): what it receives needs keyframes.
-    Connected { session: SessionId, key: Key },
+    Connected {
+        session: SessionId,
+        key: Key,
+        generation: u64,
+    },
 }
 
 /// Keyframes asked of every camera this often, besides when a viewer connects: the crate's
@@ -82,6 +89,9 @@ type Live = Arc<AtomicBool>;
 
 struct Peer {
     pc: Arc<dyn PeerConnection>,
+    generation: u64,
+    /// When this member last asked for an ICE restart (they are limited: each is an offer).
+    restarted: Option<std::time::Instant>,
     /// Forwards added since the last offer was made, and those in the offer out now.
     unoffered: Vec<((Key, RtpCodecKind), Live)>,
     offered: Vec<((Key, RtpCodecKind), Live)>,
@@ -98,11 +108,14 @@ struct Peer {
 struct Room {
     peers: HashMap<Key, Peer>,
     sources: HashMap<(Key, RtpCodecKind), Source>,
+    /// Members whose sound the commander muted: a track they publish later starts muted.
+    muted: std::collections::HashSet<NodeIdx>,
 }
 
 struct Events {
     session: SessionId,
     key: Key,
+    generation: u64,
     tx: mpsc::Sender<MediaEvent>,
     gathered: Arc<Notify>,
 }
@@ -123,6 +136,7 @@ impl PeerConnectionEventHandler for Events {
             let _ = self.tx.try_send(MediaEvent::Connected {
                 session: self.session,
                 key: self.key,
+                generation: self.generation,
             });
         }
     }
@@ -132,6 +146,7 @@ impl PeerConnectionEventHandler for Events {
         let _ = self.tx.try_send(MediaEvent::Track {
             session: self.session,
             from: self.key,
+            generation: self.generation,
             track,
         });
     }
@@ -257,6 +272,8 @@ pub struct Sfu {
     rooms: HashMap<SessionId, Room>,
     /// Packets forwarded to subscribers, over the hub's life.
     pub forwarded: Arc<AtomicU64>,
+    /// The last peer connection's generation.
+    generations: u64,
 }
 
 fn err(e: webrtc::error::Error) -> String {
@@ -281,6 +298,7 @@ impl Sfu {
                 events,
                 rooms: HashMap::new(),
                 forwarded,
+                generations: 0,
             },
             rx,
         )
@@ -298,14 +316,18 @@ impl Sfu {
         session: SessionId,
         key: Key,
         publishes: bool,
+        muted: bool,
     ) -> Result<(), String> {
-        if let Some(old) = self
-            .rooms
-            .get_mut(&session)
-            .and_then(|r| r.peers.remove(&key))
-        {
-            let _ = old.pc.close().await;
+        // The same seat again (its page reloaded): its old connection and what it published go.
+        self.remove(session, key).await;
+        let room = self.rooms.entry(session).or_default();
+        if muted {
+            room.muted.insert(key.0);
+        } else {
+            room.muted.remove(&key.0);
         }
+        self.generations += 1;
+        let generation = self.generations;
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(err)?;
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(err)?;
@@ -313,6 +335,7 @@ impl Sfu {
         let events = Arc::new(Events {
             session,
             key,
+            generation,
             tx: self.events.clone(),
             gathered: Arc::clone(&gathered),
         });
@@ -342,6 +365,8 @@ impl Sfu {
         }
         let mut peer = Peer {
             pc,
+            generation,
+            restarted: None,
             unoffered: Vec::new(),
             offered: Vec::new(),
             forwards: HashMap::new(),
@@ -558,25 +583,45 @@ impl Sfu {
         peer.pc.add_ice_candidate(init).await.map_err(err)
     }
 
-    /// The member's network changed: a new offer with fresh ICE credentials.
+    /// The member's network changed: a new offer with fresh ICE credentials. One every few
+    /// seconds at most, and not while an offer is out: each takes the service's time.
     pub async fn restart(&mut self, session: SessionId, key: Key) -> Result<(), String> {
-        if !self
+        let peer = self
             .rooms
-            .get(&session)
-            .is_some_and(|r| r.peers.contains_key(&key))
-        {
-            return Err("you have no media connection in this session".into());
+            .get_mut(&session)
+            .and_then(|r| r.peers.get_mut(&key))
+            .ok_or("you have no media connection in this session")?;
+        if peer.offering {
+            return Err("an offer is out to you: answer it first".into());
         }
+        if peer
+            .restarted
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return Err("an ICE restart was made less than 5 s ago; wait for it".into());
+        }
+        peer.restarted = Some(std::time::Instant::now());
         self.offer(session, key, true).await;
         Ok(())
     }
 
     /// A member published a track: every other member receives it.
-    pub async fn track(&mut self, session: SessionId, from: Key, track: Arc<dyn TrackRemote>) {
+    pub async fn track(
+        &mut self,
+        session: SessionId,
+        from: Key,
+        generation: u64,
+        track: Arc<dyn TrackRemote>,
+    ) {
         let Some(room) = self.rooms.get_mut(&session) else {
             return;
         };
-        if !room.peers.contains_key(&from) {
+        // News of a connection the member has replaced since.
+        if room
+            .peers
+            .get(&from)
+            .is_none_or(|p| p.generation != generation)
+        {
             return;
         }
         let kind = track.kind().await;
@@ -604,11 +649,14 @@ impl Sfu {
                 tx.subscribe(),
             );
         }
-        let muted = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(
+            kind == RtpCodecKind::Audio && room.muted.contains(&from.0),
+        ));
         let (reader_tx, reader_muted, reader_track) =
             (tx.clone(), Arc::clone(&muted), Arc::clone(&track));
         if kind == RtpCodecKind::Video {
-            let (weak, tick) = (Arc::downgrade(&track), tx.clone());
+            // Weak: the broadcast closes (and a recording finishes) when the reader ends.
+            let (weak, tick) = (Arc::downgrade(&track), tx.downgrade());
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(PLI_EVERY);
                 every.tick().await;
@@ -616,7 +664,8 @@ impl Sfu {
                     every.tick().await;
                     // Ends with the track (and stays quiet while nobody watches).
                     let Some(t) = weak.upgrade() else { return };
-                    if tick.receiver_count() > 0
+                    let watched = tick.upgrade().is_some_and(|t| t.receiver_count() > 0);
+                    if watched
                         && t.write_rtcp(vec![Box::new(PictureLossIndication {
                             sender_ssrc: 0,
                             media_ssrc: ssrc,
@@ -670,11 +719,11 @@ impl Sfu {
     }
 
     /// A member's media connected: the cameras it receives are asked for a keyframe.
-    pub async fn connected(&self, session: SessionId, key: Key) {
+    pub async fn connected(&self, session: SessionId, key: Key, generation: u64) {
         let Some(room) = self.rooms.get(&session) else {
             return;
         };
-        let Some(peer) = room.peers.get(&key) else {
+        let Some(peer) = room.peers.get(&key).filter(|p| p.generation == generation) else {
             return;
         };
         for (s, kind) in peer.forwards.keys() {
@@ -687,8 +736,13 @@ impl Sfu {
     }
 
     /// The commander muted (or unmuted) a member: its sound is (no longer) forwarded.
-    pub fn set_muted(&self, session: SessionId, node: NodeIdx, muted: bool) {
-        if let Some(room) = self.rooms.get(&session) {
+    pub fn set_muted(&mut self, session: SessionId, node: NodeIdx, muted: bool) {
+        if let Some(room) = self.rooms.get_mut(&session) {
+            if muted {
+                room.muted.insert(node);
+            } else {
+                room.muted.remove(&node);
+            }
             for ((k, kind), src) in &room.sources {
                 if k.0 == node && *kind == RtpCodecKind::Audio {
                     src.muted.store(muted, Relaxed);

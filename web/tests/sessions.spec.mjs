@@ -66,6 +66,7 @@ test('the console opens a session with a worker, pulls its camera and ends it; t
   await expect(screen.locator('#session .controls')).toHaveCount(0);
   await expect(screen.locator('#session .session-end')).toHaveCount(0);
   await screen.screenshot({ path: test.info().outputPath('wall-watching.png') });
+
   await expect(panel.locator(`li[data-id="${worker.id}"] .pub`)).toHaveCount(2);
   await wall.screenshot({ path: test.info().outputPath('wall-session.png') });
   await phone.screenshot({ path: test.info().outputPath('phone-watched.png') });

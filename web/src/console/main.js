@@ -74,6 +74,7 @@ hub.addEventListener('hello', async (ev) => {
     document.getElementById('session-new').hidden = ev.detail.role !== 'operator';
     sessions.observer = watchOnly;
     if (watchOnly) sessions.watchCenter();
+    else sessions.resume();
     document.body.dataset.role = ev.detail.role;
     const seat = document.getElementById('seat');
     seat.hidden = !watchOnly && ev.detail.seat === 'main';

@@ -582,6 +582,8 @@ hub.addEventListener('hello', async (ev) => {
     location.reload();
     return;
   }
+  // Back into a session this worker is still in (after a reload or a dropped connection).
+  queueMicrotask(() => sessions.resume());
   if (!me) {
     me = hello.endpoint;
     inbox = new Inbox(me.id);

@@ -30,12 +30,32 @@ export class Sessions extends EventTarget {
       this.render();
     });
     hub.addEventListener('session.roster', (ev) => this.roster(ev.detail));
-    hub.addEventListener('session.camera', (ev) => this.ours(ev.detail) && this.camera(ev.detail.pull));
-    hub.addEventListener('session.media.offer', (ev) => this.mediaOffer(ev.detail).catch((e) => console.warn('session media', e)));
+    // Offers and camera changes run one after another: each awaits the browser, and two at
+    // once would open the camera twice or answer out of order.
+    this.queue = Promise.resolve();
+    const inTurn = (f) => (this.queue = this.queue.then(f).catch((e) => console.warn('session media', e)));
+    hub.addEventListener('session.camera', (ev) => this.ours(ev.detail) && inTurn(() => this.camera(ev.detail.pull)));
+    hub.addEventListener('session.media.offer', (ev) => inTurn(() => this.mediaOffer(ev.detail)));
     hub.addEventListener('session.muted', (ev) => this.ours(ev.detail) && ((this.muted = ev.detail.muted), this.render()));
     hub.addEventListener('session.removed', (ev) => this.ours(ev.detail) && this.gone('session.removed'));
     hub.addEventListener('session.ended', (ev) => this.ours(ev.detail) && this.gone('session.ended', ev.detail.reason));
     window.addEventListener('langchange', () => this.render());
+  }
+
+    /// After a reload or a reconnection: back into the session this terminal is still in (its
+  /// seat is kept for the grace period), on a fresh media connection.
+  async resume() {
+    if (this.current || this.observer) return;
+    try {
+      const { sessions } = await this.hub.request('session.list', {});
+      const mine = sessions.find((s) => !s.ended_at && s.members.some((m) => m.id === this.me() && m.part !== 'observer' && (m.state === 'joined' || m.state === 'away')));
+      if (mine) {
+        this.closeMedia();
+        await this.join(mine.session);
+      }
+    } catch {
+      // Nothing to resume.
+    }
   }
 
   /// A video wall watches its center's sessions: while it is in none, it looks every few
@@ -76,11 +96,19 @@ export class Sessions extends EventTarget {
     return { root };
   }
 
-  roster(r) {
+    roster(r) {
     if (this.current && r.session === this.current.session) {
       this.current = r;
       this.render();
     }
+  }
+
+  /// What the roster says of this page (after a join, a reload): muted, camera pulled.
+  follow() {
+    const m = this.mine();
+    if (!m) return;
+    this.muted = m.muted;
+    this.watched = m.camera_pulled;
   }
 
   gone(key, reason) {
@@ -109,7 +137,7 @@ export class Sessions extends EventTarget {
     pc.onicecandidate = (ev) => {
       if (ev.candidate && this.current) this.hub.notify('session.media.candidate', { session: this.current.session, candidate: ev.candidate.toJSON() });
     };
-    pc.ontrack = (ev) => this.tile(ev.track, ev.streams[0]?.id);
+    pc.ontrack = (ev) => this.tile(ev.track, ev.streams[0]);
     return pc;
   }
 
@@ -133,8 +161,14 @@ export class Sessions extends EventTarget {
   }
 
   async capture(kind) {
+    const session = this.current?.session;
     try {
       const s = await navigator.mediaDevices.getUserMedia({ [kind]: true });
+      // Left (or moved on) while the browser asked: the device goes back at once.
+      if (this.current?.session !== session) {
+        s.getTracks().forEach((x) => x.stop());
+        return null;
+      }
       return s.getTracks()[0];
     } catch (e) {
       this.notice = `${t('call.media_denied')}`;
@@ -165,11 +199,14 @@ export class Sessions extends EventTarget {
     this.published({ audio: this.publish.audio, video: pull });
   }
 
-  /// A publisher's track: a tile with its name for video, a hidden player for sound.
-  tile(track, from) {
+    /// A publisher's track: a tile with its name for video, a hidden player for sound. The
+  /// hub names the publisher in the track's stream id.
+  tile(track, remote) {
+    const from = remote?.id;
     const name = nodeName(this.current?.members.find((m) => m.id === from) || { name: from || '?' });
     const media = el(track.kind, { autoplay: true, playsInline: true });
-    media.srcObject = new MediaStream([track]);
+    const stream = new MediaStream([track]);
+    media.srcObject = stream;
     const tile = track.kind === 'video' ? el('figure', { className: 'session-tile' }, media, el('figcaption', { textContent: name })) : media;
     if (track.kind === 'audio') tile.hidden = true;
     tile.dataset.from = from || '';
@@ -178,17 +215,23 @@ export class Sessions extends EventTarget {
     this.tiles.get(key)?.remove();
     this.tiles.set(key, tile);
     this.tilesEl.append(tile);
-    track.onended = () => {
+    // A track the hub stops forwarding (its publisher left) is removed by the next
+    // negotiation: its tile goes with it.
+    const drop = () => {
       if (this.tiles.get(key) === tile) {
         tile.remove();
         this.tiles.delete(key);
       }
     };
+    track.addEventListener('ended', drop);
+    remote?.addEventListener('removetrack', (ev) => ev.track === track && drop());
   }
 
   closeMedia() {
     this.pc?.close();
     this.pc = null;
+    this.watched = false;
+    this.muted = false;
     for (const k of ['audio', 'video']) {
       this.local[k]?.stop();
       this.local[k] = null;
@@ -210,9 +253,10 @@ export class Sessions extends EventTarget {
   async act(type, data) {
     try {
       const r = await this.hub.request(type, data);
-      if (r?.session) {
+            if (r?.session) {
         this.current = r.session.ended_at ? null : r.session;
         this.notice = null;
+        if (type === 'session.join') this.follow();
       }
       this.render();
       return r;
