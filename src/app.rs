@@ -339,6 +339,7 @@ fn start_services(
                 .sessions
                 .record
                 .then(|| config.server.data_dir.clone()),
+            max_packets_per_sec: config.sessions.max_packets_per_sec,
         },
         Arc::clone(metrics),
     )

@@ -17,6 +17,10 @@ pub struct SessionsConfig {
     /// Record every published track to a file (IVF for VP8 video, Ogg for Opus sound) under
     /// `<data_dir>/recordings/<session>/`, listed in the session's record.
     pub record: bool,
+    /// RTP packets a published track may bring per second (a burst of as many again is
+    /// allowed); what floods past it is dropped, so one publisher cannot take the forwarding
+    /// unit from the others. A 720p camera sends ~250 a second.
+    pub max_packets_per_sec: u32,
 }
 
 impl Default for SessionsConfig {
@@ -27,6 +31,7 @@ impl Default for SessionsConfig {
             reconnect_grace_ms: 20_000,
             max_title_chars: 40,
             record: false,
+            max_packets_per_sec: 2000,
         }
     }
 }

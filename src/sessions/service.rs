@@ -122,6 +122,8 @@ impl SessionsHandle {
 pub struct Media {
     pub ip: std::net::IpAddr,
     pub recordings: Option<std::path::PathBuf>,
+    /// RTP packets a published track may bring per second.
+    pub max_packets_per_sec: u32,
 }
 
 /// Ends the sessions a previous run left live and starts the service on the current runtime.
@@ -155,6 +157,10 @@ pub fn start(
         Arc::clone(&out),
         recorder,
         Arc::clone(&metrics.session_packets_forwarded),
+        super::sfu::Flood {
+            per_sec: media.max_packets_per_sec.max(1),
+            dropped: Arc::clone(&metrics.session_packets_dropped),
+        },
     );
     let svc = Service {
         core: Sessions::new(Arc::clone(&org), rules, next_id),

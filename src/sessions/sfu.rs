@@ -274,6 +274,14 @@ pub struct Sfu {
     pub forwarded: Arc<AtomicU64>,
     /// The last peer connection's generation.
     generations: u64,
+    flood: Flood,
+}
+
+/// How many packets a published track may bring, and the count of those dropped past it.
+#[derive(Clone)]
+pub struct Flood {
+    pub per_sec: u32,
+    pub dropped: Arc<AtomicU64>,
 }
 
 fn err(e: webrtc::error::Error) -> String {
@@ -287,6 +295,7 @@ impl Sfu {
         out: Arc<dyn Outbound>,
         recorder: Option<Recorder>,
         forwarded: Arc<AtomicU64>,
+        flood: Flood,
     ) -> (Sfu, mpsc::Receiver<MediaEvent>) {
         let (events, rx) = mpsc::channel(256);
         (
@@ -298,6 +307,7 @@ impl Sfu {
                 events,
                 rooms: HashMap::new(),
                 forwarded,
+                flood,
                 generations: 0,
             },
             rx,
@@ -678,8 +688,25 @@ impl Sfu {
                 }
             });
         }
+        let (per_sec, dropped) = (
+            f64::from(self.flood.per_sec),
+            Arc::clone(&self.flood.dropped),
+        );
         tokio::spawn(async move {
+            // A token bucket: `per_sec` a second, as many again in a burst.
+            let (mut tokens, mut last) = (per_sec, std::time::Instant::now());
             while let Some(ev) = reader_track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(_) = &ev {
+                    let now = std::time::Instant::now();
+                    tokens = (tokens + now.duration_since(last).as_secs_f64() * per_sec)
+                        .min(2.0 * per_sec);
+                    last = now;
+                    if tokens < 1.0 {
+                        dropped.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    tokens -= 1.0;
+                }
                 match ev {
                     // No subscriber yet is not an error.
                     TrackRemoteEvent::OnRtpPacket(p) if !reader_muted.load(Relaxed) => {

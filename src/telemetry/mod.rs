@@ -134,6 +134,7 @@ pub struct Metrics {
     pub sessions_live: AtomicU64,
     pub session_peers: AtomicU64,
     pub session_packets_forwarded: Arc<AtomicU64>,
+    pub session_packets_dropped: Arc<AtomicU64>,
     pub calls_placed: AtomicU64,
     pub calls_answered: AtomicU64,
     pub calls_refused: AtomicU64,
@@ -232,7 +233,12 @@ impl Metrics {
         for (name, help, v) in gauges {
             gauge(&mut out, name, help, v.load(Relaxed) as f64);
         }
-        let counters: [(&str, &str, &AtomicU64); 28] = [
+        let counters: [(&str, &str, &AtomicU64); 29] = [
+            (
+                "gridhub_session_packets_dropped_total",
+                "RTP packets of a publisher over sessions.max_packets_per_sec, dropped.",
+                &*self.session_packets_dropped,
+            ),
             (
                 "gridhub_session_packets_forwarded_total",
                 "RTP packets the forwarding unit sent to session members.",

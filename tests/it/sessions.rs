@@ -353,10 +353,21 @@ mod media {
 
     /// Runs a member's media on `term` (which has joined `session`), publishing `kinds`.
     pub async fn run(
+        term: TestTerminal,
+        session: u64,
+        kinds: &[RtpCodecKind],
+        seed: u32,
+    ) -> Member {
+        run_at(term, session, kinds, seed, 1).await
+    }
+
+    /// As `run`, sending `per_tick` packets of each kind every 20 ms (1: a camera's pace).
+    pub async fn run_at(
         mut term: TestTerminal,
         session: u64,
         kinds: &[RtpCodecKind],
         seed: u32,
+        per_tick: usize,
     ) -> Member {
         let counts: Counts = Arc::default();
         let gathered = Arc::new(Notify::new());
@@ -413,7 +424,7 @@ mod media {
                         let r = term.call("session.media.restart", json!({"session": session})).await;
                         assert_eq!(r["type"], "reply", "{r}");
                     }
-                    _ = tick.tick() => {
+                    _ = tick.tick() => for _ in 0..per_tick {
                         seq = seq.wrapping_add(1);
                         for (kind, ssrc, t) in &sender_tracks {
                             let mut p = rtc::rtp::Packet::default();
@@ -606,4 +617,78 @@ fn ivf_frames(b: &[u8]) -> usize {
         n += 1;
     }
     n
+}
+
+#[tokio::test]
+async fn a_publisher_flooding_packets_is_held_to_its_rate_and_the_others_carry_on() {
+    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
+    let hub = spawn_app(|c| c.sessions.max_packets_per_sec = 300).await;
+    let ws = workers_under(&hub.org, DONGFENG, 2);
+    let mut commander = hub.connect(DONGFENG).await;
+    let r = commander
+        .call("session.create", json!({"invite": ws}))
+        .await;
+    let id = r["data"]["session"]["session"].as_u64().unwrap();
+    let _boss = media::run(commander, id, &[], 1).await;
+    let mut joined = Vec::new();
+    for w in &ws {
+        let mut t = hub.connect(w).await;
+        t.call("session.join", json!({"session": id})).await;
+        joined.push(t);
+    }
+    let flooder = joined.pop().unwrap();
+    let calm = media::run(joined.pop().unwrap(), id, &[Video], 2).await;
+    // 60 packets every 20 ms: 3,000 a second, ten times the allowance.
+    let flood = media::run_at(flooder, id, &[Video], 3, 60).await;
+    let wall = hub.seat_token(DONGFENG, Role::Observer, "wall");
+    let mut wall_t = hub.connect_with(&wall).await;
+    wall_t.call("session.join", json!({"session": id})).await;
+    let wall = media::run(wall_t, id, &[], 9).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    while media::heard(&wall.counts, &ws[1], Video) == 0
+        || media::heard(&wall.counts, &ws[0], Video) == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            wall.counts.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past its burst, the flood arrives at about the allowance; the calm camera keeps its pace.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (f0, c0) = (
+        media::heard(&wall.counts, &ws[1], Video),
+        media::heard(&wall.counts, &ws[0], Video),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (f1, c1) = (
+        media::heard(&wall.counts, &ws[1], Video),
+        media::heard(&wall.counts, &ws[0], Video),
+    );
+    let (flooded, calm_rate) = ((f1 - f0) / 2, (c1 - c0) / 2);
+    assert!(
+        flooded <= 400,
+        "{flooded} packets a second got through, past 300"
+    );
+    assert!(
+        flooded >= 100,
+        "{flooded} packets a second: the flooder is still forwarded"
+    );
+    assert!(
+        calm_rate >= 30,
+        "the calm camera: {calm_rate} packets a second"
+    );
+    let (_, _, metrics) = crate::auth::http_raw_at(hub.addr, "/metrics", None).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gridhub_session_packets_dropped_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dropped > 1000.0, "{dropped} dropped");
+    for m in [calm, flood, wall] {
+        m.task.abort();
+    }
 }
