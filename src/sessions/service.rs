@@ -224,6 +224,12 @@ impl Service {
                         key,
                         generation,
                     } => self.sfu.connected(session, key, generation).await,
+                    MediaEvent::Candidate {
+                        session,
+                        key,
+                        generation,
+                        init,
+                    } => self.sfu.trickle(session, key, generation, init),
                 },
                 cmd = rx.recv() => match cmd {
                     None => return,

@@ -27,13 +27,13 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
-    RTCIceGatheringState, RTCSessionDescription,
+    RTCSessionDescription,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -64,6 +64,14 @@ pub enum MediaEvent {
         session: SessionId,
         key: Key,
         generation: u64,
+    },
+    /// A candidate of the hub's side of a member's connection, for the member (trickled: the
+    /// offer does not wait for gathering).
+    Candidate {
+        session: SessionId,
+        key: Key,
+        generation: u64,
+        init: RTCIceCandidateInit,
     },
 }
 
@@ -100,8 +108,6 @@ struct Peer {
     /// An offer awaits its answer; `again`: things changed meanwhile, offer once more after.
     offering: bool,
     again: bool,
-    gathered: Arc<Notify>,
-    first: bool,
 }
 
 #[derive(Default)]
@@ -117,17 +123,10 @@ struct Events {
     key: Key,
     generation: u64,
     tx: mpsc::Sender<MediaEvent>,
-    gathered: Arc<Notify>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.notify_one();
-        }
-    }
-
     async fn on_connection_state_change(
         &self,
         state: webrtc::peer_connection::RTCPeerConnectionState,
@@ -137,6 +136,17 @@ impl PeerConnectionEventHandler for Events {
                 session: self.session,
                 key: self.key,
                 generation: self.generation,
+            });
+        }
+    }
+
+    async fn on_ice_candidate(&self, ev: webrtc::peer_connection::RTCPeerConnectionIceEvent) {
+        if let Ok(init) = ev.candidate.to_json() {
+            let _ = self.tx.try_send(MediaEvent::Candidate {
+                session: self.session,
+                key: self.key,
+                generation: self.generation,
+                init,
             });
         }
     }
@@ -341,13 +351,12 @@ impl Sfu {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(err)?;
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(err)?;
-        let gathered = Arc::new(Notify::new());
+
         let events = Arc::new(Events {
             session,
             key,
             generation,
             tx: self.events.clone(),
-            gathered: Arc::clone(&gathered),
         });
         let runtime = webrtc::runtime::default_runtime().ok_or("no async runtime for WebRTC")?;
         let pc: Arc<dyn PeerConnection> = Arc::new(
@@ -382,8 +391,6 @@ impl Sfu {
             forwards: HashMap::new(),
             offering: false,
             again: false,
-            gathered,
-            first: true,
         };
         let room = self.rooms.entry(session).or_default();
         let from_others: Vec<(Key, RtpCodecKind)> = room
@@ -503,13 +510,9 @@ impl Sfu {
                 }))
                 .await
                 .map_err(err)?;
-            let gathered = peer.gathered.notified();
+            // The hub's candidates are trickled as they are gathered (`MediaEvent::Candidate`):
+            // the service never waits on gathering.
             peer.pc.set_local_description(offer).await.map_err(err)?;
-            if peer.first || restart {
-                // The first offer (and a restart's) carries the candidates: not trickled.
-                let _ = tokio::time::timeout(Duration::from_secs(3), gathered).await;
-                peer.first = false;
-            }
             peer.pc
                 .local_description()
                 .await
@@ -576,6 +579,38 @@ impl Sfu {
             self.offer(session, key, false).await;
         }
         Ok(())
+    }
+
+    /// Sends a candidate of the hub's side to the member, if it is still that connection's.
+    pub fn trickle(
+        &self,
+        session: SessionId,
+        key: Key,
+        generation: u64,
+        init: RTCIceCandidateInit,
+    ) {
+        let current = self
+            .rooms
+            .get(&session)
+            .and_then(|r| r.peers.get(&key))
+            .is_some_and(|p| p.generation == generation);
+        if !current {
+            return;
+        }
+        #[derive(serde::Serialize)]
+        struct Candidate {
+            session: SessionId,
+            candidate: RTCIceCandidateInit,
+        }
+        let f = encode(
+            "session.media.candidate",
+            None,
+            &Candidate {
+                session,
+                candidate: init,
+            },
+        );
+        self.out.send(To::Seat(key.0, key.1), &f, Via::Post);
     }
 
     /// A candidate the member trickled.

@@ -407,7 +407,13 @@ mod media {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             loop {
                 tokio::select! {
-                    m = term.next_where(|m| m["type"] == "session.media.offer") => {
+                    m = term.next_where(|m| m["type"] == "session.media.offer" || m["type"] == "session.media.candidate") => {
+                        // The hub trickles its candidates after its offer.
+                        if m["type"] == "session.media.candidate" {
+                            let init = serde_json::from_value(m["data"]["candidate"].clone()).unwrap();
+                            let _ = pc.add_ice_candidate(init).await;
+                            continue;
+                        }
                         let sdp = m["data"]["sdp"].as_str().unwrap().to_owned();
                         pc.set_remote_description(RTCSessionDescription::offer(sdp).unwrap()).await.unwrap();
 

@@ -36,6 +36,8 @@ export class Sessions extends EventTarget {
     const inTurn = (f) => (this.queue = this.queue.then(f).catch((e) => console.warn('session media', e)));
     hub.addEventListener('session.camera', (ev) => this.ours(ev.detail) && inTurn(() => this.camera(ev.detail.pull)));
     hub.addEventListener('session.media.offer', (ev) => inTurn(() => this.mediaOffer(ev.detail)));
+    // The hub's candidates follow its offer (trickled), in turn after it.
+    hub.addEventListener('session.media.candidate', (ev) => this.ours(ev.detail) && inTurn(() => this.pc?.addIceCandidate(ev.detail.candidate)));
     hub.addEventListener('session.muted', (ev) => this.ours(ev.detail) && ((this.muted = ev.detail.muted), this.render()));
     hub.addEventListener('session.removed', (ev) => this.ours(ev.detail) && this.gone('session.removed'));
     hub.addEventListener('session.ended', (ev) => this.ours(ev.detail) && this.gone('session.ended', ev.detail.reason));
