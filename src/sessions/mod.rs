@@ -6,6 +6,7 @@
 pub mod config;
 pub mod core;
 pub mod handler;
+pub mod keyframes;
 pub mod records;
 pub mod service;
 pub mod sfu;

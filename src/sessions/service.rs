@@ -427,6 +427,21 @@ impl Service {
 
     async fn apply_effects(&mut self, effects: Vec<Effect>) {
         let now = self.clock.now_ms();
+        // Who is shown which cameras follows the roster: set before anyone is admitted, and
+        // applied to the forwards once everything else is done.
+        let mut touched: Vec<SessionId> = Vec::new();
+        for e in &effects {
+            let id = match e {
+                Effect::Roster(id) => *id,
+                Effect::Joined { session, .. } | Effect::Left { session, .. } => *session,
+                _ => continue,
+            };
+            if !touched.contains(&id) {
+                touched.push(id);
+                let view = self.core.get(id).map(view).unwrap_or_default();
+                self.sfu.set_view(id, view);
+            }
+        }
         for e in effects {
             match e {
                 Effect::Send { to, seat, msg } => {
@@ -511,7 +526,23 @@ impl Service {
                 }
             }
         }
+        for id in touched {
+            self.sfu.reconcile(id).await;
+        }
     }
+}
+
+/// Who is shown which cameras in `s` (see `sfu::View`).
+fn view(s: &super::core::Session) -> super::sfu::View {
+    use super::core::Part;
+    let sees_all = s
+        .present()
+        .filter(|m| matches!(m.part, Part::Commander | Part::Observer))
+        .filter_map(|m| m.seat.map(|seat| (m.node, seat)))
+        .collect();
+    let mut featured = vec![s.commander];
+    featured.extend(s.spotlight);
+    super::sfu::View { sees_all, featured }
 }
 
 impl Service {

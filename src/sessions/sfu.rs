@@ -11,10 +11,10 @@
 //! published track: a subscriber too slow to keep up loses packets (and asks for a keyframe),
 //! never holds memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use rtc::interceptor::Registry;
@@ -28,8 +28,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{broadcast, mpsc};
-use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
@@ -75,25 +75,48 @@ pub enum MediaEvent {
     },
 }
 
-/// Keyframes asked of every camera this often, besides when a viewer connects: the crate's
-/// default interceptors keep a viewer's own keyframe requests (sent when it lost packets) to
-/// themselves, so they are not relayed; this bounds how long a viewer that lost a keyframe
-/// stays frozen.
-const PLI_EVERY: Duration = Duration::from_secs(3);
+/// Keyframe requests reach a publisher at most this often: several viewers losing the same
+/// packet, or one asking in a loop, cost the publisher one keyframe, not a stream of them.
+const PLI_GAP: Duration = Duration::from_millis(250);
 
 struct Source {
     codec: RTCRtpCodec,
-    ssrc: u32,
     tx: broadcast::Sender<rtc::rtp::Packet>,
-    track: Arc<dyn TrackRemote>,
+    /// Video only: asks its publisher for a keyframe (spaced by `PLI_GAP`; a request while
+    /// one is waiting is the same request).
+    keyframe: Option<mpsc::Sender<()>>,
     /// Audio only: the commander muted its publisher.
     muted: Arc<AtomicBool>,
 }
 
 /// A forward's writer sends only once its subscriber has answered an offer that carries it:
 /// packets on an SSRC the subscriber's browser has not been told of yet become an "unsignaled"
-/// stream there, which then clashes with the offer that signals it.
-type Live = Arc<AtomicBool>;
+/// stream there, which then clashes with the offer that signals it. A forward taken away
+/// (its subscriber no longer shown that camera) is stopped: its task ends at its next packet.
+type Live = Arc<AtomicU8>;
+const PENDING: u8 = 0;
+const LIVE: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// Who is shown which cameras. Everyone present hears everyone (the commander and each
+/// other); the commander's seat and the walls are shown every camera; a participant is shown
+/// only the featured ones — the commander's and the spotlighted member's — so a worker's phone
+/// is not sent nine cameras it has no room to show, and the hub forwards what is looked at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    pub sees_all: HashSet<Key>,
+    pub featured: Vec<NodeIdx>,
+}
+
+impl View {
+    /// Whether `peer` receives the source `(from, kind)`.
+    fn wants(&self, peer: Key, (from, kind): (Key, RtpCodecKind)) -> bool {
+        from != peer
+            && (kind == RtpCodecKind::Audio
+                || self.sees_all.contains(&peer)
+                || self.featured.contains(&from.0))
+    }
+}
 
 struct Peer {
     pc: Arc<dyn PeerConnection>,
@@ -103,8 +126,8 @@ struct Peer {
     /// Forwards added since the last offer was made, and those in the offer out now.
     unoffered: Vec<((Key, RtpCodecKind), Live)>,
     offered: Vec<((Key, RtpCodecKind), Live)>,
-    /// What this member receives: the publisher and kind, and the sender carrying it.
-    forwards: HashMap<(Key, RtpCodecKind), Arc<dyn RtpSender>>,
+    /// What this member receives: the publisher and kind, the sender carrying it and its gate.
+    forwards: HashMap<(Key, RtpCodecKind), (Arc<dyn RtpSender>, Live)>,
     /// An offer awaits its answer; `again`: things changed meanwhile, offer once more after.
     offering: bool,
     again: bool,
@@ -115,7 +138,8 @@ struct Room {
     peers: HashMap<Key, Peer>,
     sources: HashMap<(Key, RtpCodecKind), Source>,
     /// Members whose sound the commander muted: a track they publish later starts muted.
-    muted: std::collections::HashSet<NodeIdx>,
+    muted: HashSet<NodeIdx>,
+    view: View,
 }
 
 struct Events {
@@ -350,7 +374,9 @@ impl Sfu {
         let generation = self.generations;
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(err)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media).map_err(err)?;
+        let registry = super::keyframes::register(
+            register_default_interceptors(Registry::new(), &mut media).map_err(err)?,
+        );
 
         let events = Arc::new(Events {
             session,
@@ -396,7 +422,7 @@ impl Sfu {
         let from_others: Vec<(Key, RtpCodecKind)> = room
             .sources
             .keys()
-            .filter(|(k, _)| *k != key)
+            .filter(|s| room.view.wants(key, **s))
             .copied()
             .collect();
         for s in from_others {
@@ -409,7 +435,7 @@ impl Sfu {
         if let Some(room) = self.rooms.get(&session) {
             for ((k, kind), src) in &room.sources {
                 if *k != key && *kind == RtpCodecKind::Video {
-                    pli(src).await;
+                    pli(src);
                 }
             }
         }
@@ -463,24 +489,44 @@ impl Sfu {
         let forwarded = Arc::clone(forwarded);
         let live: Live = Arc::default();
         peer.unoffered.push((s, Arc::clone(&live)));
+        let gate = Arc::clone(&live);
+        let keyframe = src.keyframe.clone();
         tokio::spawn(async move {
+            // The viewer's keyframe requests come back on the track it receives: relayed.
+            let mut feedback = keyframe.is_some();
             loop {
-                match rx.recv().await {
-                    Ok(_) if !live.load(Relaxed) => {}
-                    Ok(mut p) => {
-                        p.header.ssrc = ssrc;
-                        if track.write_rtp(p).await.is_err() {
-                            return;
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(mut p) => {
+                            match live.load(Relaxed) {
+                                PENDING => continue,
+                                STOPPED => return,
+                                _ => {}
+                            }
+                            p.header.ssrc = ssrc;
+                            if track.write_rtp(p).await.is_err() {
+                                return;
+                            }
+                            forwarded.fetch_add(1, Relaxed);
                         }
-                        forwarded.fetch_add(1, Relaxed);
-                    }
-                    // Too slow: what was missed is lost (the decoder asks for a keyframe).
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
+                        // Too slow: what was missed is lost (the decoder asks for a keyframe).
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    ev = track.poll(), if feedback => match ev {
+                        Some(TrackLocalEvent::OnRtcpPacket(_)) => {
+                            if let Some(k) = &keyframe {
+                                let _ = k.try_send(());
+                            }
+                        }
+                        Some(_) => {}
+                        // Unbound: the sender was taken away, or the connection closed.
+                        None => feedback = false,
+                    },
                 }
             }
         });
-        peer.forwards.insert(s, sender);
+        peer.forwards.insert(s, (sender, gate));
         Ok(())
     }
 
@@ -560,7 +606,8 @@ impl Sfu {
             .offered
             .drain(..)
             .map(|(s, live)| {
-                live.store(true, Relaxed);
+                // A forward stopped while its offer was out stays stopped.
+                let _ = live.compare_exchange(PENDING, LIVE, Relaxed, Relaxed);
                 s
             })
             .collect();
@@ -571,7 +618,7 @@ impl Sfu {
                 if s.1 == RtpCodecKind::Video
                     && let Some(src) = room.sources.get(&s)
                 {
-                    pli(src).await;
+                    pli(src);
                 }
             }
         }
@@ -699,30 +746,30 @@ impl Sfu {
         ));
         let (reader_tx, reader_muted, reader_track) =
             (tx.clone(), Arc::clone(&muted), Arc::clone(&track));
-        if kind == RtpCodecKind::Video {
-            // Weak: the broadcast closes (and a recording finishes) when the reader ends.
-            let (weak, tick) = (Arc::downgrade(&track), tx.downgrade());
+        let keyframe = (kind == RtpCodecKind::Video).then(|| {
+            let (want, mut wanted) = mpsc::channel::<()>(1);
+            // Weak: the broadcast closes (and a recording finishes) when the reader ends. The
+            // task ends when the source and every forward of it are gone.
+            let weak = Arc::downgrade(&track);
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(PLI_EVERY);
-                every.tick().await;
-                loop {
-                    every.tick().await;
-                    // Ends with the track (and stays quiet while nobody watches).
+                let mut last: Option<tokio::time::Instant> = None;
+                while wanted.recv().await.is_some() {
+                    if let Some(l) = last {
+                        tokio::time::sleep_until(l + PLI_GAP).await;
+                    }
                     let Some(t) = weak.upgrade() else { return };
-                    let watched = tick.upgrade().is_some_and(|t| t.receiver_count() > 0);
-                    if watched
-                        && t.write_rtcp(vec![Box::new(PictureLossIndication {
-                            sender_ssrc: 0,
-                            media_ssrc: ssrc,
-                        })])
-                        .await
-                        .is_err()
-                    {
+                    last = Some(tokio::time::Instant::now());
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: ssrc,
+                    };
+                    if t.write_rtcp(vec![Box::new(pli)]).await.is_err() {
                         return;
                     }
                 }
             });
-        }
+            want
+        });
         let (per_sec, dropped) = (
             f64::from(self.flood.per_sec),
             Arc::clone(&self.flood.dropped),
@@ -754,15 +801,20 @@ impl Sfu {
         });
         let src = Source {
             codec,
-            ssrc,
             tx,
-            track,
+            keyframe,
             muted,
         };
-        let others: Vec<Key> = room.peers.keys().filter(|k| **k != from).copied().collect();
+        let others: Vec<Key> = room
+            .peers
+            .keys()
+            .filter(|k| room.view.wants(**k, (from, kind)))
+            .copied()
+            .collect();
         for k in &others {
             let peer = room.peers.get_mut(k).expect("listed");
-            if let Some(old) = peer.forwards.remove(&(from, kind)) {
+            if let Some((old, gate)) = peer.forwards.remove(&(from, kind)) {
+                gate.store(STOPPED, Relaxed);
                 let _ = peer.pc.remove_track(&old).await;
             }
             if let Err(e) =
@@ -771,9 +823,7 @@ impl Sfu {
                 tracing::warn!(session = %session, "session media: not forwarded: {e}");
             }
         }
-        if kind == RtpCodecKind::Video {
-            pli(&src).await;
-        }
+        pli(&src);
         room.sources.insert((from, kind), src);
         for k in others {
             self.offer(session, k, false).await;
@@ -792,7 +842,7 @@ impl Sfu {
             if *kind == RtpCodecKind::Video
                 && let Some(src) = room.sources.get(&(*s, *kind))
             {
-                pli(src).await;
+                pli(src);
             }
         }
     }
@@ -810,6 +860,56 @@ impl Sfu {
                     src.muted.store(muted, Relaxed);
                 }
             }
+        }
+    }
+
+    /// Who is shown which cameras now (the roster changed). Applied to the members' forwards
+    /// by `reconcile`; a member admitted meanwhile is set up by it at once.
+    pub fn set_view(&mut self, session: SessionId, view: View) {
+        self.rooms.entry(session).or_default().view = view;
+    }
+
+    /// Brings every member's forwards in line with the session's view: forwards added and
+    /// taken away, and an offer to each member whose changed.
+    pub async fn reconcile(&mut self, session: SessionId) {
+        let Some(room) = self.rooms.get_mut(&session) else {
+            return;
+        };
+        if room.peers.is_empty() {
+            self.rooms.remove(&session);
+            return;
+        }
+        let mut changed = Vec::new();
+        for (&key, peer) in room.peers.iter_mut() {
+            let stale: Vec<(Key, RtpCodecKind)> = peer
+                .forwards
+                .keys()
+                .filter(|s| !room.view.wants(key, **s))
+                .copied()
+                .collect();
+            for s in &stale {
+                if let Some((sender, gate)) = peer.forwards.remove(s) {
+                    gate.store(STOPPED, Relaxed);
+                    let _ = peer.pc.remove_track(&sender).await;
+                }
+            }
+            let mut added = false;
+            for (s, src) in &room.sources {
+                if room.view.wants(key, *s) && !peer.forwards.contains_key(s) {
+                    match Self::forward(&self.org, &self.forwarded, peer, *s, src).await {
+                        Ok(()) => added = true,
+                        Err(e) => {
+                            tracing::warn!(session = %session, "session media: not forwarded: {e}")
+                        }
+                    }
+                }
+            }
+            if added || !stale.is_empty() {
+                changed.push(key);
+            }
+        }
+        for k in changed {
+            self.offer(session, k, false).await;
         }
     }
 
@@ -831,7 +931,8 @@ impl Sfu {
                 .copied()
                 .collect();
             for g in &gone {
-                if let Some(sender) = peer.forwards.remove(g) {
+                if let Some((sender, gate)) = peer.forwards.remove(g) {
+                    gate.store(STOPPED, Relaxed);
                     let _ = peer.pc.remove_track(&sender).await;
                 }
             }
@@ -839,10 +940,7 @@ impl Sfu {
                 changed.push(*k);
             }
         }
-        if room.peers.is_empty() {
-            self.rooms.remove(&session);
-            return;
-        }
+        // An empty room (and its view) goes in `reconcile`, which follows every change.
         for k in changed {
             self.offer(session, k, false).await;
         }
@@ -865,13 +963,9 @@ pub fn media_ip(listen: IpAddr) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// Asks a publisher for a keyframe.
-async fn pli(src: &Source) {
-    let _ = src
-        .track
-        .write_rtcp(vec![Box::new(PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc: src.ssrc,
-        })])
-        .await;
+/// Asks a camera for a keyframe (nothing for a microphone).
+fn pli(src: &Source) {
+    if let Some(k) = &src.keyframe {
+        let _ = k.try_send(());
+    }
 }

@@ -255,7 +255,7 @@ mod media {
     use rtc::rtp_transceiver::rtp_sender::{
         RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
     };
-    use serde_json::json;
+    use serde_json::{Value, json};
     use tokio::sync::Notify;
     use webrtc::media_stream::track_local::TrackLocal;
     use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -270,8 +270,12 @@ mod media {
     /// Packets received, per publisher (the stream id the hub gives a forward) and kind.
     pub type Counts = Arc<Mutex<HashMap<(String, RtpCodecKind), usize>>>;
 
+    /// The video tracks a member receives, by publisher: a viewer asks for keyframes on them.
+    pub type Remotes = Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>;
+
     struct Events {
         counts: Counts,
+        remotes: Remotes,
         gathered: Arc<Notify>,
     }
 
@@ -285,8 +289,15 @@ mod media {
 
         async fn on_track(&self, track: Arc<dyn TrackRemote>) {
             let counts = Arc::clone(&self.counts);
+            let remotes = Arc::clone(&self.remotes);
             tokio::spawn(async move {
                 let (from, kind) = (track.stream_id().await.to_string(), track.kind().await);
+                if kind == RtpCodecKind::Video {
+                    remotes
+                        .lock()
+                        .unwrap()
+                        .insert(from.clone(), Arc::clone(&track));
+                }
                 while let Some(ev) = track.poll().await {
                     match ev {
                         TrackRemoteEvent::OnRtpPacket(_) => {
@@ -308,11 +319,44 @@ mod media {
     /// video transceivers when asked to), and sends synthetic RTP while it runs.
     pub struct Member {
         pub counts: Counts,
+        pub remotes: Remotes,
         pub task: tokio::task::JoinHandle<()>,
         /// Offers answered so far.
         pub offers: Arc<std::sync::atomic::AtomicUsize>,
-        /// Asks the hub for an ICE restart (as after a network change).
-        pub restart: tokio::sync::mpsc::Sender<()>,
+        /// Keyframe requests the hub sent about the tracks this member publishes.
+        pub plis: Arc<std::sync::atomic::AtomicUsize>,
+        requests: tokio::sync::mpsc::Sender<(String, Value, tokio::sync::oneshot::Sender<Value>)>,
+    }
+
+    impl Member {
+        /// A request on the member's connection (which its task holds), and its answer.
+        pub async fn call(&self, kind: &str, data: Value) -> Value {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.requests
+                .send((kind.to_owned(), data, tx))
+                .await
+                .expect("the member runs");
+            rx.await.expect("an answer")
+        }
+
+        pub fn plis(&self) -> usize {
+            self.plis.load(std::sync::atomic::Ordering::Relaxed)
+        }
+
+        /// Asks the hub for a keyframe of `from`'s camera, as a viewer that lost packets does.
+        pub async fn ask_keyframe(&self, from: &str) {
+            let t = self.remotes.lock().unwrap().get(from).cloned();
+            let t = t.unwrap_or_else(|| panic!("no camera of {from} received"));
+            let ssrc = t.ssrcs().await[0];
+            t.write_rtcp(vec![Box::new(
+                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: ssrc,
+                },
+            )])
+            .await
+            .expect("a keyframe request sent");
+        }
     }
 
     fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
@@ -370,14 +414,25 @@ mod media {
         per_tick: usize,
     ) -> Member {
         let counts: Counts = Arc::default();
+        let remotes: Remotes = Arc::default();
         let gathered = Arc::new(Notify::new());
         let mut engine = rtc::peer_connection::configuration::media_engine::MediaEngine::default();
         engine.register_default_codecs().unwrap();
+        // The hub's keyframe requests reach the application (counted below).
+        let registry = gridhub::sessions::keyframes::register(
+            rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(
+                rtc::interceptor::Registry::new(),
+                &mut engine,
+            )
+            .unwrap(),
+        );
         let pc: Arc<dyn PeerConnection> = Arc::new(
             PeerConnectionBuilder::new()
                 .with_media_engine(engine)
+                .with_interceptor_registry(registry)
                 .with_handler(Arc::new(Events {
                     counts: Arc::clone(&counts),
+                    remotes: Arc::clone(&remotes),
                     gathered: Arc::clone(&gathered),
                 }))
                 .with_runtime(webrtc::runtime::default_runtime().expect("tokio runtime"))
@@ -393,15 +448,26 @@ mod media {
             .collect();
         // Added before the first offer: applying it pairs each with the hub's receiving
         // transceiver of its kind.
+        let plis: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         for (_, _, t) in &tracks {
             pc.add_track(Arc::clone(t) as Arc<dyn TrackLocal>)
                 .await
                 .unwrap();
+            let (t, plis) = (Arc::clone(t), Arc::clone(&plis));
+            tokio::spawn(async move {
+                while let Some(ev) = t.poll().await {
+                    if let webrtc::media_stream::track_local::TrackLocalEvent::OnRtcpPacket(_) = ev
+                    {
+                        plis.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
         }
         let sender_tracks = tracks.clone();
         let offers: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let answered = Arc::clone(&offers);
-        let (restart, mut restarts) = tokio::sync::mpsc::channel::<()>(1);
+        let (requests, mut requested) =
+            tokio::sync::mpsc::channel::<(String, Value, tokio::sync::oneshot::Sender<Value>)>(1);
         let task = tokio::spawn(async move {
             let mut seq: u16 = 0;
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -426,9 +492,9 @@ mod media {
                         assert_eq!(r["type"], "reply", "{r}");
                         answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    Some(()) = restarts.recv() => {
-                        let r = term.call("session.media.restart", json!({"session": session})).await;
-                        assert_eq!(r["type"], "reply", "{r}");
+                                        Some((kind, data, reply)) = requested.recv() => {
+                        let r = term.call(&kind, data).await;
+                        let _ = reply.send(r);
                     }
                     _ = tick.tick() => for _ in 0..per_tick {
                         seq = seq.wrapping_add(1);
@@ -453,9 +519,11 @@ mod media {
         });
         Member {
             counts,
+            remotes,
             task,
             offers,
-            restart,
+            plis,
+            requests,
         }
     }
 
@@ -544,7 +612,10 @@ async fn media_published_by_each_member_reaches_the_others_through_the_hub() {
 
     // The third worker's network changed: an ICE restart keeps it in, its camera still flowing.
     let offers = members[2].offers.load(std::sync::atomic::Ordering::Relaxed);
-    members[2].restart.send(()).await.unwrap();
+    let r = members[2]
+        .call("session.media.restart", json!({"session": id}))
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while members[2].offers.load(std::sync::atomic::Ordering::Relaxed) == offers {
         assert!(
@@ -696,5 +767,170 @@ async fn a_publisher_flooding_packets_is_held_to_its_rate_and_the_others_carry_o
     assert!(dropped > 1000.0, "{dropped} dropped");
     for m in [calm, flood, wall] {
         m.task.abort();
+    }
+}
+
+/// Waits until `f` holds, or fails with what `why` says.
+async fn until(why: impl Fn() -> String, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", why());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn who_sees_which_camera_keyframes_reach_publishers_and_members_leave_and_rejoin() {
+    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind::{Audio, Video};
+    let hub = spawn_app(|_| {}).await;
+    let ws = workers_under(&hub.org, DONGFENG, 2);
+    let mut commander = hub.connect(DONGFENG).await;
+    let r = commander
+        .call("session.create", json!({"invite": ws}))
+        .await;
+    let id = r["data"]["session"]["session"].as_u64().unwrap();
+    let boss = media::run(commander, id, &[Video], 1).await;
+    let mut m = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let mut t = hub.connect(w).await;
+        let r = t.call("session.join", json!({"session": id})).await;
+        assert_eq!(r["type"], "reply", "{r}");
+        m.push(media::run(t, id, &[Audio, Video], 2 + i as u32).await);
+    }
+    let heard = |m: &media::Member, from: &str, kind| media::heard(&m.counts, from, kind);
+    // The commander sees every camera; a participant sees the commander's and hears the others,
+    // but is not sent the other participants' cameras.
+    until(
+        || format!("commander {:?}", boss.counts.lock().unwrap()),
+        || heard(&boss, &ws[0], Video) > 10 && heard(&boss, &ws[1], Video) > 10,
+    )
+    .await;
+    until(
+        || format!("participant {:?}", m[0].counts.lock().unwrap()),
+        || heard(&m[0], DONGFENG, Video) > 10 && heard(&m[0], &ws[1], Audio) > 10,
+    )
+    .await;
+    assert_eq!(
+        heard(&m[0], &ws[1], Video),
+        0,
+        "a participant's camera sent to another"
+    );
+    assert_eq!(
+        heard(&m[1], &ws[0], Video),
+        0,
+        "a participant's camera sent to another"
+    );
+
+    // A wall joining: the cameras it now receives are asked for a keyframe, so it starts on one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = (m[0].plis(), m[1].plis());
+    let wall = hub.seat_token(DONGFENG, Role::Observer, "wall");
+    let mut wall_t = hub.connect_with(&wall).await;
+    let r = wall_t.call("session.join", json!({"session": id})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let wall = media::run(wall_t, id, &[], 9).await;
+    until(
+        || format!("wall {:?}", wall.counts.lock().unwrap()),
+        || heard(&wall, &ws[0], Video) > 10 && heard(&wall, &ws[1], Video) > 10,
+    )
+    .await;
+    until(
+        || {
+            format!(
+                "keyframe requests {before:?} → ({}, {})",
+                m[0].plis(),
+                m[1].plis()
+            )
+        },
+        || m[0].plis() > before.0 && m[1].plis() > before.1,
+    )
+    .await;
+    // A viewer that lost packets asks for a keyframe: the hub relays it to the publisher.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = m[1].plis();
+    wall.ask_keyframe(&ws[1]).await;
+    until(
+        || format!("relayed keyframe requests: {before} → {}", m[1].plis()),
+        || m[1].plis() > before,
+    )
+    .await;
+
+    // Spotlighted, the second worker's camera reaches the first; taken off, it stops.
+    let r = boss
+        .call(
+            "session.control",
+            json!({"session": id, "action": "spotlight", "target": ws[1]}),
+        )
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    until(
+        || format!("spotlight {:?}", m[0].counts.lock().unwrap()),
+        || heard(&m[0], &ws[1], Video) > 10,
+    )
+    .await;
+    let r = boss
+        .call(
+            "session.control",
+            json!({"session": id, "action": "clear_spotlight"}),
+        )
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = heard(&m[0], &ws[1], Video);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        heard(&m[0], &ws[1], Video) <= seen + 2,
+        "the camera still flows after the spotlight went"
+    );
+    assert!(heard(&wall, &ws[1], Video) > 20, "the wall still sees it");
+
+    // Leave and rejoin: gone from the wall, then back on a new media connection.
+    let r = m[0].call("session.leave", json!({"session": id})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = heard(&wall, &ws[0], Video);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        heard(&wall, &ws[0], Video) <= seen + 2,
+        "the camera of a member who left still flows"
+    );
+    m.remove(0).task.abort();
+    let mut t = hub.connect(&ws[0]).await;
+    let r = t.call("session.join", json!({"session": id})).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let back = media::run(t, id, &[Audio, Video], 7).await;
+    until(
+        || format!("after rejoining {:?}", wall.counts.lock().unwrap()),
+        || heard(&wall, &ws[0], Video) > seen + 20,
+    )
+    .await;
+    until(
+        || "the one who came back hears the other".into(),
+        || heard(&back, &ws[1], Audio) > 10,
+    )
+    .await;
+
+    // Removed: its camera leaves the wall, and the session carries on for the rest.
+    let r = boss
+        .call(
+            "session.control",
+            json!({"session": id, "action": "remove", "target": ws[1]}),
+        )
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = heard(&wall, &ws[1], Video);
+    let still = heard(&wall, &ws[0], Video);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        heard(&wall, &ws[1], Video) <= seen + 2,
+        "a removed camera still flows"
+    );
+    assert!(
+        heard(&wall, &ws[0], Video) > still + 10,
+        "the others stopped too"
+    );
+    for x in m.into_iter().chain([boss, wall, back]) {
+        x.task.abort();
     }
 }
