@@ -7,6 +7,7 @@ pub mod calls;
 pub mod connect;
 pub mod hubstats;
 pub mod orders;
+pub mod sessions;
 pub mod terminal;
 #[cfg(test)]
 mod testhub;

@@ -116,6 +116,91 @@ enum Scenario {
         #[arg(long)]
         pairs_only: bool,
     },
+    /// Command sessions through the hub's forwarding unit: synthetic cameras and microphones
+    /// on real WebRTC peers, each commander's console receiving every track.
+    Sessions {
+        #[command(flatten)]
+        common: Common,
+        /// Sessions at once (the hub's `sessions.max_sessions` must allow them).
+        #[arg(long, default_value_t = 27)]
+        sessions: usize,
+        /// Camera publishers per session (grid workers of the commanding center).
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        /// Publishers per session speaking all the time; the others are silent (Opus DTX).
+        #[arg(long, default_value_t = 1)]
+        talkers: usize,
+        #[arg(long, default_value_t = 500)]
+        video_kbps: u32,
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Seconds of forwarding before the measured window.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 300)]
+        duration: u64,
+    },
+}
+
+fn print_sessions(s: &loadtest::sessions::SessionsSummary) {
+    let yes = |b: bool| if b { "met" } else { "NOT met" };
+    println!(
+        "loadtest sessions — {} sessions × {} publishers ({} talking) at {} kbit/s, {} fps; {} peers; measured {:.0} s",
+        s.sessions,
+        s.publishers_per_session,
+        s.talkers_per_session,
+        s.video_kbps,
+        s.fps,
+        s.peers,
+        s.window_s
+    );
+    println!(
+        "  set up in {:.1} s; cameras on the consoles {} of {}; {} streams received",
+        s.set_up_s, s.wall_cameras, s.cameras, s.streams_received
+    );
+    for e in &s.first_errors {
+        println!("  error: {e}");
+    }
+    println!(
+        "  sent {:.0} packets/s ({:.1} Mbit/s); the hub forwarded {:.0} packets/s",
+        s.packets_sent_per_s, s.megabits_sent_per_s, s.forwarded_per_s
+    );
+    for (name, l) in [
+        ("consoles, video", &s.wall_video),
+        ("consoles, sound", &s.wall_audio),
+        ("participants, sound", &s.participant_audio),
+    ] {
+        println!(
+            "    {name}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} packets)",
+            l.p50_ms, l.p99_ms, l.max_ms, l.count
+        );
+    }
+    println!(
+        "  through the hub, all packets: p50 {:.2} ms, p99 {:.2} ms  [target p99 < 10 ms: {}]",
+        s.all.p50_ms,
+        s.all.p99_ms,
+        yes(s.targets.latency_p99_under_10ms)
+    );
+    println!(
+        "  loss: {} of {} packets ({:.3} %)  [target < 1 %: {}]",
+        s.expected - s.received.min(s.expected),
+        s.expected,
+        s.loss_percent,
+        yes(s.targets.loss_under_1_percent)
+    );
+    println!(
+        "  hub CPU {:.0} % of one core  [target ≤ 100 %: {}]; RSS {:.0} → {:.0} MiB; flood-limit drops {}",
+        s.hub_cpu_percent,
+        yes(s.targets.hub_cpu_at_most_one_core),
+        s.hub_rss_before_mib,
+        s.hub_rss_mib,
+        s.hub_dropped_by_flood_limit
+    );
+    println!(
+        "  load generator CPU {:.0} % of one core; machine {:.0} % idle",
+        s.loadtest_cpu_percent, s.machine_idle_percent
+    );
 }
 
 fn secret(c: &Common) -> Result<Vec<u8>, String> {
@@ -323,6 +408,38 @@ fn print_calls(s: &loadtest::calls::CallsSummary) {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.scenario {
+        Scenario::Sessions {
+            common,
+            sessions,
+            publishers,
+            talkers,
+            video_kbps,
+            fps,
+            warmup,
+            duration,
+        } => {
+            let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let org = std::sync::Arc::new(
+                gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
+            );
+            let opts = loadtest::sessions::SessionsOptions {
+                sessions,
+                publishers,
+                video_kbps,
+                fps,
+                talkers,
+                warmup: Duration::from_secs(warmup),
+                duration: Duration::from_secs(duration),
+            };
+            let summary = tokio::time::timeout(
+                Duration::from_secs(common.max_seconds),
+                loadtest::sessions::run(&target, org, &opts),
+            )
+            .await
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            print_sessions(&summary);
+            write_summary(common.out.as_ref(), &summary)
+        }
         Scenario::Calls {
             common,
             pairs,
