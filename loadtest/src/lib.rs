@@ -128,11 +128,11 @@ pub fn own_cpu() -> f64 {
     stat.rfind(')')
         .map(|i| &stat[i + 2..])
         .map(|rest| {
-            let f: Vec<f64> = rest
-                .split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
+            // Fields from the state on: utime and stime are the 12th and 13th. (The state is a
+            // letter: parsing every field as a number and dropping the rest shifted them.)
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (field(11) + field(12)) / hz
         })
         .unwrap_or(0.0)
 }
@@ -178,5 +178,23 @@ impl Machine {
                 .to_owned(),
             memory_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_cpu_counts_user_time() {
+        let t0 = super::own_cpu();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = super::own_cpu() - t0;
+        assert!(
+            used >= 0.2,
+            "{used} CPU-seconds counted for 0.3 s of spinning"
+        );
     }
 }

@@ -20,7 +20,6 @@ use std::time::Duration;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -47,8 +46,43 @@ use crate::transport::protocol::encode;
 /// A member's seat: whose peer connection.
 pub type Key = (NodeIdx, Seat);
 
-/// Packets buffered per published track for its slowest subscriber (~1 s of 500 kbit/s video).
-const BUFFER: usize = 512;
+/// Packets buffered per published track for its slowest subscriber: a broadcast keeps its
+/// last `BUFFER` packets (and their payloads) whoever has read them, so this is also memory —
+/// ~4 s of 500 kbit/s video, a keyframe burst of a 1080p camera.
+const BUFFER: usize = 256;
+
+/// Packets kept per stream the hub sends, to answer a viewer's NACKs. The crate's default,
+/// 1,024, kept 17 s of every forwarded camera alive (most of the hub's memory with many
+/// viewers); 256 is 4 s of 500 kbit/s video, far past any retransmission worth making.
+const NACK_HISTORY: u16 = 256;
+
+/// The crate's default chain (NACK responder and generator, transport-wide congestion
+/// feedback for publishers, RTCP reports) with a NACK history of `NACK_HISTORY` packets.
+fn interceptors(media: &mut MediaEngine) -> webrtc::error::Result<Registry> {
+    use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
+    use rtc::peer_connection::configuration::interceptor_registry::{
+        configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    };
+    use rtc::rtp_transceiver::rtp_sender::RTCPFeedback;
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: parameter.into(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new()
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+        )
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    configure_simulcast_extension_headers(media)?;
+    let registry = configure_twcc_receiver_only(registry, media)?;
+    Ok(configure_rtcp_reports(registry))
+}
 
 /// What the peer connections' tasks tell the service.
 pub enum MediaEvent {
@@ -394,9 +428,7 @@ impl Sfu {
             )
             .map_err(err)?;
         media.register_default_codecs().map_err(err)?;
-        let registry = super::keyframes::register(
-            register_default_interceptors(Registry::new(), &mut media).map_err(err)?,
-        );
+        let registry = super::keyframes::register(interceptors(&mut media).map_err(err)?);
 
         let events = Arc::new(Events {
             session,
