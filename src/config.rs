@@ -110,7 +110,10 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            filter: "info".into(),
+            // The `webrtc` crate warns once per packet its connection cannot send or read yet
+            // (before DTLS completes, or a connectivity check ahead of the answer): expected
+            // races when a session is set up, thousands of lines with many members.
+            filter: "info,rtc::peer_connection::handler=error".into(),
             format: "text".into(),
         }
     }

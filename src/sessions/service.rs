@@ -151,7 +151,12 @@ pub fn start(
         store: Arc::clone(&store),
         clock: clock.clone(),
     });
+    // Every member's connection reports a few events as it is set up (its tracks, its state,
+    // the hub's candidates); a full queue would lose a track for good, so it holds a burst of
+    // every possible member joining at once.
+    let events = (rules.max_sessions * rules.max_members * 8).max(1024);
     let (sfu, media) = Sfu::new(
+        events,
         media.ip,
         Arc::clone(&org),
         Arc::clone(&out),

@@ -211,13 +211,17 @@ impl PeerConnectionEventHandler for Events {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        // Full means the service is far behind; the track is lost rather than the task blocked.
-        let _ = self.tx.try_send(MediaEvent::Track {
+        // Full means the service is far behind (the queue holds every member joining at once):
+        // the track is lost rather than the connection's task blocked, and said.
+        let sent = self.tx.try_send(MediaEvent::Track {
             session: self.session,
             from: self.key,
             generation: self.generation,
             track,
         });
+        if sent.is_err() {
+            tracing::warn!(session = %self.session, "session media: a published track was lost (the service is far behind)");
+        }
     }
 }
 
@@ -359,6 +363,7 @@ fn err(e: webrtc::error::Error) -> String {
 
 impl Sfu {
     pub fn new(
+        events: usize,
         ip: IpAddr,
         org: Arc<Org>,
         out: Arc<dyn Outbound>,
@@ -366,7 +371,7 @@ impl Sfu {
         forwarded: Arc<AtomicU64>,
         flood: Flood,
     ) -> (Sfu, mpsc::Receiver<MediaEvent>) {
-        let (events, rx) = mpsc::channel(256);
+        let (events, rx) = mpsc::channel(events);
         (
             Sfu {
                 ip,
@@ -757,32 +762,49 @@ impl Sfu {
         generation: u64,
         track: Arc<dyn TrackRemote>,
     ) {
-        let Some(room) = self.rooms.get_mut(&session) else {
-            return;
-        };
-        // News of a connection the member has replaced since.
-        if room
-            .peers
-            .get(&from)
-            .is_none_or(|p| p.generation != generation)
-        {
-            return;
-        }
         let kind = track.kind().await;
-        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+        let ssrc = track.ssrcs().await.first().copied();
+        let codec = match ssrc {
+            Some(s) => track.codec(s).await,
+            None => None,
+        };
+        let room = self.rooms.get_mut(&session);
+        // A track not taken is still read to its end: the crate queues its packets for the
+        // application, and a queue nobody reads is an error logged per packet.
+        let ignored = match (&room, ssrc, &codec) {
+            (None, ..) => Some("the session's media is gone"),
+            // News of a connection the member has replaced since.
+            (Some(r), ..)
+                if r.peers
+                    .get(&from)
+                    .is_none_or(|p| p.generation != generation) =>
+            {
+                Some("from a connection replaced since")
+            }
+            (_, None, _) => Some("no SSRC"),
+            (_, _, None) => Some("no negotiated codec"),
+            // One source per member and kind: a second track of the same kind (its
+            // retransmission stream, or the same media announced again) would replace the
+            // forwards every member has already negotiated, under new SSRCs their browsers
+            // refuse to demultiplex.
+            (_, _, Some(c)) if c.mime_type.to_ascii_lowercase().ends_with("/rtx") => {
+                Some("a retransmission stream")
+            }
+            (Some(r), ..) if r.sources.contains_key(&(from, kind)) => {
+                Some("a second track of the same kind")
+            }
+            _ => None,
+        };
+        let (Some(room), Some(ssrc), Some(codec), None) = (room, ssrc, codec, ignored) else {
+            tracing::info!(
+                session = %session,
+                publisher = %self.org.id(from.0),
+                "session media: a {kind} track not forwarded: {}",
+                ignored.unwrap_or("")
+            );
+            tokio::spawn(async move { while track.poll().await.is_some() {} });
             return;
         };
-        let Some(codec) = track.codec(ssrc).await else {
-            return;
-        };
-        // One source per member and kind: a second track of the same kind (its retransmission
-        // stream, or the same media announced again) would replace the forwards every member
-        // has already negotiated, under new SSRCs their browsers refuse to demultiplex.
-        if codec.mime_type.to_ascii_lowercase().ends_with("/rtx")
-            || room.sources.contains_key(&(from, kind))
-        {
-            return;
-        }
         let (tx, _) = broadcast::channel(BUFFER);
         // Subscribed before the first packet is read: a recording holds every frame sent.
         if let Some(r) = &self.recorder {

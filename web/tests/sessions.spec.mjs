@@ -67,8 +67,14 @@ test('the console opens a session with a worker, pulls its camera and ends it; t
   await expect(screen.locator('#session .session-end')).toHaveCount(0);
   await screen.screenshot({ path: test.info().outputPath('wall-watching.png') });
 
-  await expect(panel.locator(`li[data-id="${worker.id}"] .pub`)).toHaveCount(2);
+    await expect(panel.locator(`li[data-id="${worker.id}"] .pub`)).toHaveCount(2);
+  // Spotlighted, the worker's camera is the large tile on both walls; the spotlight cleared, not.
+  await panel.locator(`li[data-id="${worker.id}"] .ctl-spotlight`).click();
+  await expect(tile).toHaveClass(/spotlight/);
+  await expect(screen.locator(`#session .session-tile[data-from="${worker.id}"]`)).toHaveClass(/spotlight/);
   await wall.screenshot({ path: test.info().outputPath('wall-session.png') });
+  await panel.locator('.ctl-clear_spotlight').click();
+  await expect(tile).not.toHaveClass(/spotlight/);
   await phone.screenshot({ path: test.info().outputPath('phone-watched.png') });
 
   // A participant cannot command; the commander ends it and the phone is told.

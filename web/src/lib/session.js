@@ -211,8 +211,9 @@ export class Sessions extends EventTarget {
     media.srcObject = stream;
     const tile = track.kind === 'video' ? el('figure', { className: 'session-tile' }, media, el('figcaption', { textContent: name })) : media;
     if (track.kind === 'audio') tile.hidden = true;
-    tile.dataset.from = from || '';
+        tile.dataset.from = from || '';
     tile.dataset.kind = track.kind;
+    if (track.kind === 'video' && from && this.current?.spotlight === from) tile.classList.add('spotlight');
     const key = `${from}:${track.kind}`;
     this.tiles.get(key)?.remove();
     this.tiles.set(key, tile);
@@ -346,7 +347,14 @@ export class Sessions extends EventTarget {
           }
           return li;
         }));
-      parts.push(list);
+            parts.push(list);
+      // The spotlighted camera is shown large, first on the wall.
+      for (const tile of this.tiles.values()) {
+        tile.classList.toggle('spotlight', tile.dataset.kind === 'video' && !!s.spotlight && tile.dataset.from === s.spotlight);
+      }
+      if (boss && s.spotlight) {
+        parts.push(el('button', { className: 'ghost small ctl-clear_spotlight', textContent: t('session.clear_spotlight'), onclick: () => this.control('clear_spotlight').catch(() => {}) }));
+      }
       parts.push(this.tilesEl);
       parts.push(boss
         ? el('button', { className: 'danger session-end', textContent: t('session.end'), onclick: () => this.control('end').catch(() => {}) })
