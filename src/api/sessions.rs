@@ -116,13 +116,28 @@ pub async fn recording(
         return Err(hidden());
     }
     let file = hub.config.server.data_dir.join(&path);
-    let bytes = tokio::fs::read(&file).await.map_err(|e| {
+    let gone = |e: std::io::Error| {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "not_found",
             format!("recording {id}: its file is gone ({e})"),
         )
-    })?;
+    };
+    let file = tokio::fs::File::open(&file).await.map_err(gone)?;
+    let len = file.metadata().await.map_err(gone)?.len();
+    // Sent as it is read, 64 KiB at a time: an hour of video is some 225 MB, and several
+    // downloads at once must not each hold a whole file in memory.
+    let chunks = futures_util::stream::unfold(Some(file), |f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut f = f?;
+        let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+        match f.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok::<_, std::io::Error>(buf.freeze()), Some(f))),
+            // The response ends with the error; nothing is read after it.
+            Err(e) => Some((Err(e), None)),
+        }
+    });
     let ctype = if kind == "audio" {
         "audio/ogg"
     } else {
@@ -130,10 +145,14 @@ pub async fn recording(
     };
     Ok((
         [
-            (axum::http::header::CONTENT_TYPE, ctype),
-            (axum::http::header::CACHE_CONTROL, "private, max-age=86400"),
+            (axum::http::header::CONTENT_TYPE, ctype.to_owned()),
+            (
+                axum::http::header::CACHE_CONTROL,
+                "private, max-age=86400".to_owned(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
         ],
-        bytes,
+        axum::body::Body::from_stream(chunks),
     )
         .into_response())
 }
