@@ -112,8 +112,9 @@ impl Default for LogConfig {
         LogConfig {
             // The `webrtc` crate warns once per packet its connection cannot send or read yet
             // (before DTLS completes, or a connectivity check ahead of the answer): expected
-            // races when a session is set up, thousands of lines with many members.
-            filter: "info,rtc::peer_connection::handler=error".into(),
+            // races when a session is set up, thousands of lines with many members; and its
+            // DTLS warns of every TLS extension a browser offers that it does not know.
+            filter: "info,rtc::peer_connection::handler=error,rtc_dtls::handshake=error".into(),
             format: "text".into(),
         }
     }

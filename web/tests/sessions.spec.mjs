@@ -90,3 +90,35 @@ test('the console opens a session with a worker, pulls its camera and ends it; t
   await phoneCtx.close();
   await screenCtx.close();
 });
+
+test('an operator picks a worker on the map and opens a session with it', async ({ browser }) => {
+  const ctx = await deviceContext(browser);
+  const wall = await ctx.newPage();
+  await wall.goto(hub.link('/', COUNTY));
+  await expect(wall.locator('body')).toHaveAttribute('data-ready', 'true');
+  // Down to the worker's village: the map frames its terminals, far enough apart to click one.
+  for (const id of worker.path.slice(2)) await wall.locator(`#children li[data-id="${id}"]`).click();
+  const at = await wall.evaluate((id) => {
+    const g = window.gridhub;
+    const loc = g.presence.endpoints.get(id)?.location || g.org.get(id).location;
+    return g.map.chart.convertToPixel({ geoIndex: 0 }, [loc.lon, loc.lat]);
+  }, worker.id);
+  const box = await wall.locator('#map').boundingBox();
+  await wall.mouse.click(box.x + at[0], box.y + at[1]);
+  await expect(wall.locator('#session-picked')).toBeVisible();
+  await expect(wall.locator('#session-picked-text')).toContainText('1');
+  expect(await wall.evaluate(() => [...window.gridhub.map.picked])).toEqual([worker.id]);
+
+  // The dialog lists it first, ticked; the session opens with it invited and the pick is cleared.
+  await wall.locator('#session-new').click();
+  await expect(wall.locator(`#session-pick input[value="${worker.id}"]`)).toBeChecked();
+  await wall.locator('#session-form input[name=title]').fill('地图选人');
+  await wall.locator('#session-form button[type=submit]').click();
+  const panel = wall.locator('#session');
+  await expect(panel).toHaveAttribute('data-state', 'in');
+  await expect(panel.locator(`li[data-id="${worker.id}"]`)).toHaveAttribute('data-state', 'invited');
+  await expect(wall.locator('#session-picked')).toBeHidden();
+  await panel.locator('.session-end').click();
+  await expect(panel).not.toHaveAttribute('data-state', 'in');
+  await ctx.close();
+});

@@ -88,7 +88,9 @@ hub.addEventListener('hello', async (ev) => {
       title();
       presence.node = me.id;
       nav = new Navigator({ org, presence, onFocus: (id) => map?.frame(id), onCall: watchOnly ? null : (n, media) => calls.place(n, media) });
-      map = new SituationMap({ el: document.getElementById('map'), legend: document.getElementById('legend'), org, presence, geo });
+            map = new SituationMap({ el: document.getElementById('map'), legend: document.getElementById('legend'), org, presence, geo });
+      // An operator picks terminals for a session on the map as well as in the dialog.
+      if (ev.detail.role === 'operator') map.onPick = togglePick;
       board = new Board({ hub, org, me: me.id, focus: () => nav.focus, onStats: (s) => charts?.setStats(s), onOpen: (o) => map?.setOrders(o), watchOnly });
     }
     // After every (re)connect: a fresh snapshot resyncs whatever changed while we were away.
@@ -108,13 +110,31 @@ hub.addEventListener('presence.delta', (ev) => presence.delta(ev.detail));
 const sessionDialog = document.getElementById('session-dialog');
 const sessionForm = document.getElementById('session-form');
 const sessionError = document.getElementById('session-error');
+// Terminals picked on the map, offered first (and ticked) when the dialog opens.
+const picked = new Set();
+function togglePick(id) {
+  if (id === myId) return;
+  if (!picked.delete(id)) picked.add(id);
+  showPicked();
+}
+function showPicked() {
+  map?.setPicked(picked);
+  document.getElementById('session-picked').hidden = picked.size === 0;
+  document.getElementById('session-picked-text').textContent = `${t('session.picked')} ${picked.size}`;
+}
+document.getElementById('session-picked-clear').onclick = () => {
+  picked.clear();
+  showPicked();
+};
+window.addEventListener('langchange', showPicked);
 document.getElementById('session-new').onclick = () => {
   const focus = org.get(nav.focus);
   const below = focus.id === myId ? focus.children : [focus.id, ...focus.children];
+  const listed = [...picked, ...below.filter((id) => !picked.has(id))];
   document.getElementById('session-pick').replaceChildren(
-    ...below.map((id) => {
+    ...listed.map((id) => {
       const n = org.get(id);
-      const box = el('input', { type: 'checkbox', name: 'invite', value: id });
+      const box = el('input', { type: 'checkbox', name: 'invite', value: id, checked: picked.has(id) });
       return el('label', { className: 'check' }, box, ` ${nodeName(n)} · ${t(`status.${presence.status(id)}`)}`);
     }),
   );
@@ -126,8 +146,10 @@ sessionForm.onsubmit = async (ev) => {
   ev.preventDefault();
   const invite = [...sessionForm.querySelectorAll('input[name=invite]:checked')].map((b) => b.value);
   try {
-    await sessions.create(sessionForm.title.value.trim(), invite);
+        await sessions.create(sessionForm.title.value.trim(), invite);
     sessionDialog.close();
+    picked.clear();
+    showPicked();
   } catch (e) {
     sessionError.hidden = false;
     sessionError.textContent = errorText(e);

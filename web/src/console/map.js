@@ -20,8 +20,12 @@ export class SituationMap {
     echarts.registerMap('jiamusi', geo);
     this.timer = null;
     this.colors = Object.fromEntries(STATUSES.map((s) => [s, css(`--s-${s}`)]));
-    this.terminals = [...org.nodes.values()].filter((n) => n.location);
+        this.terminals = [...org.nodes.values()].filter((n) => n.location);
     this.legend = legend;
+    // Terminals picked on the map for a command session (ringed); `onPick` is set for an
+    // operator, who may open one.
+    this.picked = new Set();
+    this.onPick = null;
     this.chart.setOption({
       backgroundColor: 'transparent',
       animation: false,
@@ -66,7 +70,20 @@ export class SituationMap {
         progressive: 0,
         itemStyle: { color: this.colors[s], opacity: s === 'offline' ? 0.5 : 0.95 },
         data: [],
-      })), { name: 'orders', type: 'heatmap', coordinateSystem: 'geo', pointSize: 14, blurSize: 18, z: 1, data: [] }],
+            })), { name: 'orders', type: 'heatmap', coordinateSystem: 'geo', pointSize: 14, blurSize: 18, z: 1, data: [] },
+      {
+        name: 'picked',
+        type: 'scatter',
+        coordinateSystem: 'geo',
+        symbolSize: 16,
+        silent: true,
+        z: 5,
+        itemStyle: { color: 'transparent', borderColor: css('--accent'), borderWidth: 3 },
+        data: [],
+      }],
+    });
+    this.chart.on('click', (p) => {
+      if (p.componentType === 'series' && STATUSES.includes(p.seriesName)) this.onPick?.(p.data[2]);
     });
     new ResizeObserver(() => this.chart.resize()).observe(el);
     presence.addEventListener('reset', () => this.schedule(0));
@@ -95,8 +112,23 @@ export class SituationMap {
       const loc = this.presence.endpoints.get(n.id)?.location || n.location;
       by[s].push([loc.lon, loc.lat, n.id]);
     }
-    this.counts = Object.fromEntries(STATUSES.map((s) => [s, by[s].length]));
-    this.chart.setOption({ series: STATUSES.map((s) => ({ data: by[s] })) });
+        this.counts = Object.fromEntries(STATUSES.map((s) => [s, by[s].length]));
+    this.chart.setOption({ series: [...STATUSES.map((s) => ({ data: by[s] })), {}, { data: this.pickedData() }] });
+  }
+
+  /// Rings the terminals picked for a session.
+  setPicked(ids) {
+    this.picked = new Set(ids);
+    this.chart.setOption({ series: [...STATUSES.map(() => ({})), {}, { data: this.pickedData() }] });
+  }
+
+  pickedData() {
+    const data = [];
+    for (const id of this.picked) {
+      const loc = this.presence.endpoints.get(id)?.location || this.org.get(id)?.location;
+      if (loc) data.push([loc.lon, loc.lat, id]);
+    }
+    return data;
   }
 
   /// Open orders, weighted by urgency: supervised (late) ones glow hottest.
@@ -122,7 +154,8 @@ export class SituationMap {
     const status = t(`status.${this.presence.status(id)}`);
     const text = e?.text ? ` · ${escape(e.text)}` : '';
     const seats = e?.seats?.length ? `<br>${t('seat.seat')}: ${e.seats.map(escape).join(', ')}` : '';
-    return `<b>${escape(nodeName(n))}</b><br>${escape(path)}<br>${status}${text}${seats}`;
+        const pick = this.onPick ? `<br><i>${t(this.picked.has(id) ? 'map.click_unpick' : 'map.click_pick')}</i>` : '';
+    return `<b>${escape(nodeName(n))}</b><br>${escape(path)}<br>${status}${text}${seats}${pick}`;
   }
 
   renderLegend() {
