@@ -293,6 +293,12 @@ impl Service {
             conn: origin.conn,
             role: origin.role,
         };
+        // A connection that closed before its request was decided (news of terminals is taken
+        // first) would be left in the session, present on a connection that is gone and never
+        // told away. Nobody is left to answer.
+        if matches!(req, Req::Create { .. } | Req::Join(_)) && !self.out.alive(origin.conn) {
+            return;
+        }
         let now = self.clock.now_ms();
         let answer =
             |out: &dyn Outbound, f: bytes::Bytes| out.send(To::Conn(origin.conn), &f, Via::Post);
@@ -564,4 +570,170 @@ impl Service {
 /// A reply frame for a request with an id (a notification is answered only on failure).
 fn reply_frame<T: Serialize>(re: Option<&ReqId>, data: &T) -> Option<bytes::Bytes> {
     re.map(|_| reply(re, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::auth::{Role, Seat};
+    use crate::backplane::testing::Sent;
+    use crate::outbox::testing::Bench;
+    use crate::transport::dispatch::Origin;
+
+    struct Fixture {
+        bench: Bench,
+        sessions: SessionsHandle,
+    }
+
+    impl Fixture {
+        fn new(tag: &str) -> Fixture {
+            let bench = Bench::new(&format!("sessions-{tag}"));
+            let rules = super::super::core::Rules {
+                max_sessions: 2,
+                max_members: 5,
+                grace_ms: 20_000,
+                max_title_chars: 40,
+            };
+            let media = Media {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                recordings: None,
+                max_packets_per_sec: 100,
+            };
+            let (sessions, _task) = start(
+                Arc::clone(&bench.org),
+                rules,
+                Arc::clone(&bench.store),
+                bench.outbound(),
+                bench.clock.clone(),
+                media,
+                Arc::default(),
+            )
+            .unwrap();
+            Fixture { bench, sessions }
+        }
+
+        fn origin(&self, id: &str, conn: u64) -> Origin {
+            let n = self.bench.n(id);
+            Origin {
+                conn,
+                endpoint: n,
+                role: Role::default_for(self.bench.org.tier(n)),
+                seat: Seat::MAIN,
+                expires_at: u64::MAX,
+            }
+        }
+
+        async fn news(&self, n: TerminalNews) {
+            self.bench.out.bus().publish(n).await;
+        }
+
+        async fn joined(&self, id: &str, conn: u64) {
+            let o = self.origin(id, conn);
+            self.news(TerminalNews::Joined {
+                ep: self.bench.org.id(o.endpoint).clone(),
+                conn,
+                seat: Seat::MAIN,
+                role: o.role,
+                at: 0,
+            })
+            .await;
+        }
+
+        async fn request(&self, id: &str, conn: u64, kind: &'static str, req: Req) {
+            let cmd = Cmd::Request {
+                origin: self.origin(id, conn),
+                re: Some(ReqId::Num(1)),
+                kind,
+                req,
+            };
+            self.sessions.send(cmd, self.bench.out.as_ref()).await;
+            self.sessions.caught_up().await;
+        }
+
+        /// Messages sent since the last look, as JSON.
+        fn sent(&self) -> Vec<Value> {
+            self.bench
+                .out
+                .take()
+                .iter()
+                .filter_map(Sent::json)
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_join_from_a_connection_that_closed_first_leaves_the_member_out() {
+        let f = Fixture::new("closed-join");
+        f.joined("a", 1).await;
+        let w1 = f.bench.n("w1");
+        f.request(
+            "a",
+            1,
+            "session.create",
+            Req::Create {
+                title: "t".into(),
+                invite: vec![w1],
+            },
+        )
+        .await;
+        let id = f
+            .sent()
+            .iter()
+            .find(|m| m["type"] == "reply")
+            .and_then(|m| m["data"]["session"]["session"].as_u64())
+            .expect("created");
+        // The worker connects, asks to join and its connection closes; the goodbye is decided
+        // before the join.
+        f.joined("w1", 2).await;
+        f.bench.out.close(2);
+        f.news(TerminalNews::Left {
+            ep: f.bench.org.id(w1).clone(),
+            conn: 2,
+            seat: Seat::MAIN,
+            at: 0,
+        })
+        .await;
+        f.sessions.caught_up().await;
+        f.request("w1", 2, "session.join", Req::Join(SessionId(id)))
+            .await;
+        f.request("a", 1, "session.get", Req::Get(SessionId(id)))
+            .await;
+        let sent = f.sent();
+        let roster = sent
+            .iter()
+            .rev()
+            .find(|m| m["type"] == "reply")
+            .expect("the roster")["data"]["session"]
+            .clone();
+        let member = roster["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == "w1")
+            .unwrap()
+            .clone();
+        assert_eq!(member["state"], "invited", "{roster}");
+        assert!(
+            !sent.iter().any(|m| m["type"] == "session.media.offer"),
+            "media offered to a connection that is gone"
+        );
+        // The same worker on a live connection joins.
+        f.joined("w1", 3).await;
+        f.request("w1", 3, "session.join", Req::Join(SessionId(id)))
+            .await;
+        f.request("a", 1, "session.get", Req::Get(SessionId(id)))
+            .await;
+        let sent = f.sent();
+        let roster = &sent.iter().rev().find(|m| m["type"] == "reply").unwrap()["data"]["session"];
+        assert!(
+            roster["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == "w1" && m["state"] == "joined"),
+            "{roster}"
+        );
+    }
 }
