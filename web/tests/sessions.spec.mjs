@@ -122,3 +122,38 @@ test('an operator picks a worker on the map and opens a session with it', async 
   await expect(panel).not.toHaveAttribute('data-state', 'in');
   await ctx.close();
 });
+
+test('a phone reloaded mid-session rejoins and its pulled camera reaches the wall again', async ({ browser }) => {
+  const wallCtx = await deviceContext(browser);
+  const phoneCtx = await deviceContext(browser, true);
+  const wall = await wallCtx.newPage();
+  const phone = await phoneCtx.newPage();
+  await phone.goto(hub.link('/field', worker.id));
+  await expect(phone.locator('body')).toHaveAttribute('data-ready', 'true');
+  await wall.goto(hub.link('/', COUNTY));
+  await expect(wall.locator('body')).toHaveAttribute('data-ready', 'true');
+  const id = await wall.evaluate((w) => window.gridhub.sessions.create('重连测试', [w]).then((r) => r.session.session), worker.id);
+  const field = phone.locator('#session');
+  await field.locator('.session-join').click();
+  await expect(field).toHaveAttribute('data-state', 'in');
+  const panel = wall.locator('#session');
+  await panel.locator(`li[data-id="${worker.id}"] .ctl-pull_camera`).click();
+  await expect(field.locator('.session-watched')).toBeVisible();
+  const frames = () => wall.evaluate(() => window.gridhub.sessions.framesReceived());
+  await expect.poll(frames, { timeout: 20_000 }).toBeGreaterThan(10);
+
+  // Reloaded: the page finds its session, joins again on a new media connection, and — its
+  // camera still pulled — publishes it; the wall decodes frames from the new track.
+  await phone.reload();
+  await expect(phone.locator('body')).toHaveAttribute('data-ready', 'true');
+  await expect(field).toHaveAttribute('data-state', 'in', { timeout: 15_000 });
+  await expect(field.locator('.session-watched')).toBeVisible();
+  await expect(panel.locator(`li[data-id="${worker.id}"]`)).toHaveAttribute('data-state', 'joined');
+  const tile = panel.locator(`.session-tile[data-from="${worker.id}"]`);
+  await expect(tile).toHaveCount(1, { timeout: 20_000 });
+  const before = await frames();
+  await expect.poll(frames, { timeout: 20_000 }).toBeGreaterThan(before + 10);
+  await wall.evaluate((s) => window.gridhub.hub.request('session.control', { session: s, action: 'end' }), id);
+  await wallCtx.close();
+  await phoneCtx.close();
+});
