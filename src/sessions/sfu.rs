@@ -124,11 +124,33 @@ struct Source {
     muted: Arc<AtomicBool>,
 }
 
-/// A forward's writer sends only once its subscriber has answered an offer that carries it:
-/// packets on an SSRC the subscriber's browser has not been told of yet become an "unsignaled"
-/// stream there, which then clashes with the offer that signals it. A forward taken away
-/// (its subscriber no longer shown that camera) is stopped: its task ends at its next packet.
-type Live = Arc<AtomicU8>;
+/// A forward's gate. Its writer sends only once its subscriber has answered an offer that
+/// carries it: packets on an SSRC the subscriber's browser has not been told of yet become an
+/// "unsignaled" stream there, which then clashes with the offer that signals it. A forward
+/// whose publisher or subscriber left is stopped (its task ends). One whose camera left the
+/// subscriber's view is paused, not taken away: its m-line stays for the next time that camera
+/// is featured, so moving the spotlight back and forth never grows the member's SDP, and a
+/// paused task reads nothing (it drops its broadcast receiver and waits to be woken).
+#[derive(Default)]
+struct Gate {
+    state: AtomicU8,
+    paused: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn stop(&self) {
+        self.state.store(STOPPED, Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Relaxed);
+        self.wake.notify_one();
+    }
+}
+
+type Live = Arc<Gate>;
 const PENDING: u8 = 0;
 const LIVE: u8 = 1;
 const STOPPED: u8 = 2;
@@ -487,15 +509,9 @@ impl Sfu {
             Self::forward(&self.org, &self.forwarded, &mut peer, s, src).await?;
         }
         room.peers.insert(key, peer);
+        // The keyframes it needs are asked for when it answers (`answer`), for what it then
+        // starts to receive: asked now, they would reach nobody.
         self.offer(session, key, false).await;
-        // A new viewer needs a keyframe to start from.
-        if let Some(room) = self.rooms.get(&session) {
-            for ((k, kind), src) in &room.sources {
-                if *k != key && *kind == RtpCodecKind::Video {
-                    pli(src);
-                }
-            }
-        }
         Ok(())
     }
 
@@ -542,7 +558,8 @@ impl Sfu {
             .await
             .map_err(err)?
             .ok_or("a send-only transceiver without a sender")?;
-        let mut rx = src.tx.subscribe();
+        let source = src.tx.downgrade();
+        let mut rx = Some(src.tx.subscribe());
         let forwarded = Arc::clone(forwarded);
         let live: Live = Arc::default();
         peer.unoffered.push((s, Arc::clone(&live)));
@@ -552,10 +569,28 @@ impl Sfu {
             // The viewer's keyframe requests come back on the track it receives: relayed.
             let mut feedback = keyframe.is_some();
             loop {
+                if live.state.load(Relaxed) == STOPPED {
+                    return;
+                }
+                if live.paused.load(Relaxed) {
+                    // Out of view: nothing read meanwhile; back in view, from the live edge.
+                    rx = None;
+                    let woken = live.wake.notified();
+                    if live.paused.load(Relaxed) && live.state.load(Relaxed) != STOPPED {
+                        woken.await;
+                    }
+                    continue;
+                }
+                let Some(r) = rx.as_mut() else {
+                    // The publisher's track has ended if its broadcast is gone.
+                    let Some(tx) = source.upgrade() else { return };
+                    rx = Some(tx.subscribe());
+                    continue;
+                };
                 tokio::select! {
-                    r = rx.recv() => match r {
+                    r = r.recv() => match r {
                         Ok(mut p) => {
-                            match live.load(Relaxed) {
+                            match live.state.load(Relaxed) {
                                 PENDING => continue,
                                 STOPPED => return,
                                 _ => {}
@@ -580,6 +615,8 @@ impl Sfu {
                         // Unbound: the sender was taken away, or the connection closed.
                         None => feedback = false,
                     },
+                    // Paused or stopped while waiting for a packet.
+                    _ = live.wake.notified() => {}
                 }
             }
         });
@@ -664,9 +701,11 @@ impl Sfu {
             .drain(..)
             .map(|(s, live)| {
                 // A forward stopped while its offer was out stays stopped.
-                let _ = live.compare_exchange(PENDING, LIVE, Relaxed, Relaxed);
-                s
+                let _ = live.state.compare_exchange(PENDING, LIVE, Relaxed, Relaxed);
+                (s, live.paused.load(Relaxed))
             })
+            .filter(|(_, paused)| !paused)
+            .map(|(s, _)| s)
             .collect();
         let again = peer.again;
         // What it now receives starts on a keyframe.
@@ -888,7 +927,7 @@ impl Sfu {
         for k in &others {
             let peer = room.peers.get_mut(k).expect("listed");
             if let Some((old, gate)) = peer.forwards.remove(&(from, kind)) {
-                gate.store(STOPPED, Relaxed);
+                gate.stop();
                 let _ = peer.pc.remove_track(&old).await;
             }
             if let Err(e) =
@@ -943,8 +982,9 @@ impl Sfu {
         self.rooms.entry(session).or_default().view = view;
     }
 
-    /// Brings every member's forwards in line with the session's view: forwards added and
-    /// taken away, and an offer to each member whose changed.
+    /// Brings every member's forwards in line with the session's view: forwards out of view
+    /// paused, those back in view resumed (on a keyframe), new ones added — and an offer to each
+    /// member who has new ones (pausing and resuming need none).
     pub async fn reconcile(&mut self, session: SessionId) {
         let Some(room) = self.rooms.get_mut(&session) else {
             return;
@@ -955,16 +995,13 @@ impl Sfu {
         }
         let mut changed = Vec::new();
         for (&key, peer) in room.peers.iter_mut() {
-            let stale: Vec<(Key, RtpCodecKind)> = peer
-                .forwards
-                .keys()
-                .filter(|s| !room.view.wants(key, **s))
-                .copied()
-                .collect();
-            for s in &stale {
-                if let Some((sender, gate)) = peer.forwards.remove(s) {
-                    gate.store(STOPPED, Relaxed);
-                    let _ = peer.pc.remove_track(&sender).await;
+            for (s, (_, gate)) in &peer.forwards {
+                let wanted = room.view.wants(key, *s);
+                if gate.paused.load(Relaxed) == wanted {
+                    gate.pause(!wanted);
+                    if wanted && let Some(src) = room.sources.get(s) {
+                        pli(src);
+                    }
                 }
             }
             let mut added = false;
@@ -978,7 +1015,7 @@ impl Sfu {
                     }
                 }
             }
-            if added || !stale.is_empty() {
+            if added {
                 changed.push(key);
             }
         }
@@ -993,6 +1030,11 @@ impl Sfu {
             return;
         };
         if let Some(peer) = room.peers.remove(&key) {
+            // Its forwards end with it (one never answered would otherwise wait for packets
+            // until its publisher left).
+            for (_, gate) in peer.forwards.values() {
+                gate.stop();
+            }
             let _ = peer.pc.close().await;
         }
         room.sources.retain(|(k, _), _| *k != key);
@@ -1006,7 +1048,7 @@ impl Sfu {
                 .collect();
             for g in &gone {
                 if let Some((sender, gate)) = peer.forwards.remove(g) {
-                    gate.store(STOPPED, Relaxed);
+                    gate.stop();
                     let _ = peer.pc.remove_track(&sender).await;
                 }
             }

@@ -883,6 +883,45 @@ async fn who_sees_which_camera_keyframes_reach_publishers_and_members_leave_and_
         "the camera still flows after the spotlight went"
     );
     assert!(heard(&wall, &ws[1], Video) > 20, "the wall still sees it");
+    // Spotlighted again: the same track resumes, with no new offer (the SDP does not grow as
+    // the spotlight moves back and forth), on a keyframe asked of the publisher.
+    let (offers, plis) = (
+        m[0].offers.load(std::sync::atomic::Ordering::Relaxed),
+        m[1].plis(),
+    );
+    for _ in 0..3 {
+        for action in ["clear_spotlight", "spotlight"] {
+            let r = boss
+                .call(
+                    "session.control",
+                    json!({"session": id, "action": action, "target": ws[1]}),
+                )
+                .await;
+            assert_eq!(r["type"], "reply", "{r}");
+        }
+    }
+    until(
+        || "the camera back after the spotlight returned".into(),
+        || heard(&m[0], &ws[1], Video) > seen + 20,
+    )
+    .await;
+    assert_eq!(
+        m[0].offers.load(std::sync::atomic::Ordering::Relaxed),
+        offers,
+        "a new offer when a paused camera resumed"
+    );
+    until(
+        || "no keyframe asked on resuming".into(),
+        || m[1].plis() > plis,
+    )
+    .await;
+    let r = boss
+        .call(
+            "session.control",
+            json!({"session": id, "action": "clear_spotlight"}),
+        )
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
 
     // Leave and rejoin: gone from the wall, then back on a new media connection.
     let r = m[0].call("session.leave", json!({"session": id})).await;

@@ -348,9 +348,15 @@ export class Sessions extends EventTarget {
           return li;
         }));
             parts.push(list);
-      // The spotlighted camera is shown large, first on the wall.
+            // The spotlighted camera is shown large, first on the wall. A participant is sent the
+      // commander's and the spotlighted camera; one that was featured before keeps its track
+      // (paused by the hub), hidden while it is not.
+      const mine = s.members.find((m) => m.id === this.me() && m.part !== 'observer');
+      const seesAll = this.observer || mine?.part === 'commander';
       for (const tile of this.tiles.values()) {
-        tile.classList.toggle('spotlight', tile.dataset.kind === 'video' && !!s.spotlight && tile.dataset.from === s.spotlight);
+        if (tile.dataset.kind !== 'video') continue;
+        tile.classList.toggle('spotlight', !!s.spotlight && tile.dataset.from === s.spotlight);
+        tile.hidden = !seesAll && tile.dataset.from !== s.commander && tile.dataset.from !== s.spotlight;
       }
       if (boss && s.spotlight) {
         parts.push(el('button', { className: 'ghost small ctl-clear_spotlight', textContent: t('session.clear_spotlight'), onclick: () => this.control('clear_spotlight').catch(() => {}) }));
