@@ -156,8 +156,13 @@ fn print_sessions(s: &loadtest::sessions::SessionsSummary) {
         s.window_s
     );
     println!(
-        "  set up in {:.1} s; cameras on the consoles {} of {}; {} streams received",
-        s.set_up_s, s.wall_cameras, s.cameras, s.streams_received
+        "  set up in {:.1} s; cameras on the consoles {} of {}; streams received {} of {} ({} never arrived)",
+        s.set_up_s,
+        s.wall_cameras,
+        s.cameras,
+        s.streams_received,
+        s.streams_expected,
+        s.streams_missing
     );
     for e in &s.first_errors {
         println!("  error: {e}");
@@ -183,7 +188,7 @@ fn print_sessions(s: &loadtest::sessions::SessionsSummary) {
         yes(s.targets.latency_p99_under_10ms)
     );
     println!(
-        "  loss: {} of {} packets ({:.3} %)  [target < 1 %: {}]",
+        "  loss: {} of {} packets written in the window, every expected stream counted ({:.3} %)  [target < 1 %: {}]",
         s.expected - s.received.min(s.expected),
         s.expected,
         s.loss_percent,

@@ -7,14 +7,14 @@
 //! silent and send what an Opus encoder with DTX sends (a packet every 400 ms), as the hub asks
 //! for. Every member hears every other one, as in the product.
 //!
-//! Every packet carries the time it was written (microseconds since the run's start, in its
-//! payload), so a receiver knows how long it took through the hub; sequence numbers (which the
-//! hub keeps) give the loss per received stream. Both are counted only inside the measured
-//! window, after a warm-up. The latency includes the harness's own sending and receiving on the
+//! Every packet carries the time it was written (microseconds since the run's start) and its
+//! index in its stream, in its payload: a receiver knows how long it took through the hub, and
+//! which of the packets its publisher wrote inside the measured window (after a warm-up) never
+//! arrived — for every stream that should have reached it, including one that never did. The latency includes the harness's own sending and receiving on the
 //! same machine: an upper bound on what the hub adds.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -61,71 +61,86 @@ struct Stream {
     kind: RtpCodecKind,
     /// Received by the commander's console (every track) or by a participant (sound).
     wall: bool,
+    /// Whose member's connection received it, and whose track it is (the hub names the
+    /// publisher in the stream id).
+    receiver: String,
+    publisher: String,
     latency: Histogram<u64>,
-    first: Option<u64>,
-    last: u64,
-    /// The last sequence number, extended past its 16-bit wrap.
-    ext: Option<u64>,
-    /// Which sequence numbers since `first` arrived (a retransmission counts once).
+    /// Which of the publisher's packets (by the index it writes in each) arrived.
     seen: Vec<u64>,
-    unique: u64,
 }
 
+/// Packet indices are counted up to this many per stream (over 18 hours of video).
+const MAX_INDEX: u32 = 1 << 22;
+
 impl Stream {
-    fn new(kind: RtpCodecKind, wall: bool) -> Stream {
+    fn new(kind: RtpCodecKind, wall: bool, receiver: String, publisher: String) -> Stream {
         Stream {
             kind,
             wall,
+            receiver,
+            publisher,
             latency: histogram(),
-            first: None,
-            last: 0,
-            ext: None,
             seen: Vec::new(),
-            unique: 0,
         }
     }
 
-    /// A packet with sequence number `seq`, written at `sent_us`, arrived at `now_us`.
-    fn packet(&mut self, seq: u16, sent_us: u64, now_us: u64, window: &Window) {
-        let ext = match self.ext {
-            None => u64::from(seq) + (1 << 32),
-            Some(prev) => {
-                let d = seq.wrapping_sub(prev as u16) as i16;
-                prev.wrapping_add_signed(i64::from(d))
-            }
-        };
-        if self.ext.is_none_or(|p| ext > p) {
-            self.ext = Some(ext);
-        }
-        if !window.open(sent_us) {
+    /// The publisher's packet `index`, written at `sent_us`, arrived at `now_us`.
+    fn packet(&mut self, index: u32, sent_us: u64, now_us: u64, window: &Window) {
+        if !window.open(sent_us) || index >= MAX_INDEX {
             return;
         }
         let _ = self.latency.record(now_us.saturating_sub(sent_us).max(1));
-        let first = *self.first.get_or_insert(ext);
-        let Some(i) = ext.checked_sub(first) else {
-            return;
-        };
-        // Bounded: a stream holds at most 4 M packets of the window (over 18 hours of video).
-        if i >= 1 << 22 {
-            return;
-        }
-        let (word, bit) = ((i / 64) as usize, i % 64);
+        let (word, bit) = ((index / 64) as usize, index % 64);
         if self.seen.len() <= word {
             self.seen.resize(word + 1, 0);
         }
-        if self.seen[word] & (1 << bit) == 0 {
-            self.seen[word] |= 1 << bit;
-            self.unique += 1;
-        }
-        self.last = self.last.max(ext);
+        self.seen[word] |= 1 << bit;
     }
 
-    /// (expected, received) inside the window.
-    fn counts(&self) -> (u64, u64) {
-        match self.first {
-            Some(f) => (self.last - f + 1, self.unique),
-            None => (0, 0),
+    /// How many of the packets `first..=last` arrived (a retransmission counts once).
+    fn received(&self, first: u32, last: u32) -> u64 {
+        (first..=last.min(MAX_INDEX - 1))
+            .filter(|&i| {
+                self.seen
+                    .get((i / 64) as usize)
+                    .is_some_and(|w| w & (1 << (i % 64)) != 0)
+            })
+            .count() as u64
+    }
+}
+
+/// What a publisher wrote inside the window, per kind: its first and last packet index.
+#[derive(Default)]
+struct Written {
+    first: AtomicU64,
+    last: AtomicU64,
+    any: AtomicBool,
+}
+
+impl Written {
+    fn new() -> Written {
+        Written {
+            first: AtomicU64::new(u64::MAX),
+            ..Written::default()
         }
+    }
+
+    fn wrote(&self, index: u32, sent_us: u64, window: &Window) {
+        if window.open(sent_us) {
+            self.first.fetch_min(u64::from(index), Relaxed);
+            self.last.fetch_max(u64::from(index), Relaxed);
+            self.any.store(true, Relaxed);
+        }
+    }
+
+    fn range(&self) -> Option<(u32, u32)> {
+        self.any.load(Relaxed).then(|| {
+            (
+                self.first.load(Relaxed) as u32,
+                self.last.load(Relaxed) as u32,
+            )
+        })
     }
 }
 
@@ -154,6 +169,8 @@ fn now_us() -> u64 {
 struct Shared {
     window: Window,
     streams: Mutex<Vec<Arc<Mutex<Stream>>>>,
+    /// Per publisher and kind, what it wrote inside the window.
+    written: Mutex<HashMap<(String, RtpCodecKind), Arc<Written>>>,
     errors: ErrorLog,
     /// Video tracks the commanders' consoles receive packets on.
     wall_cameras: AtomicU64,
@@ -164,6 +181,7 @@ struct Shared {
 struct Events {
     shared: Arc<Shared>,
     wall: bool,
+    me: String,
     gathered: Arc<Notify>,
 }
 
@@ -176,10 +194,11 @@ impl PeerConnectionEventHandler for Events {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let (shared, wall) = (Arc::clone(&self.shared), self.wall);
+        let (shared, wall, me) = (Arc::clone(&self.shared), self.wall, self.me.clone());
         tokio::spawn(async move {
             let kind = track.kind().await;
-            let stream = Arc::new(Mutex::new(Stream::new(kind, wall)));
+            let from = track.stream_id().await.to_string();
+            let stream = Arc::new(Mutex::new(Stream::new(kind, wall, me, from)));
             shared
                 .streams
                 .lock()
@@ -190,13 +209,12 @@ impl PeerConnectionEventHandler for Events {
                 match ev {
                     TrackRemoteEvent::OnRtpPacket(p) => {
                         let at = if kind == RtpCodecKind::Video { 1 } else { 0 };
-                        let Some(stamp) = p.payload.get(at..at + 8) else {
+                        let Some((sent, index)) = stamp_of(&p.payload[..], at) else {
                             continue;
                         };
-                        let sent = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
                         let now = now_us();
                         stream.lock().unwrap_or_else(|e| e.into_inner()).packet(
-                            p.header.sequence_number,
+                            index,
                             sent,
                             now,
                             &shared.window,
@@ -212,6 +230,22 @@ impl PeerConnectionEventHandler for Events {
             }
         });
     }
+}
+
+/// A packet's stamp at `at`: when it was written (µs since `EPOCH`) and its index in its stream.
+fn stamp_of(payload: &[u8], at: usize) -> Option<(u64, u32)> {
+    let b = payload.get(at..at + 12)?;
+    Some((
+        u64::from_le_bytes(b[..8].try_into().ok()?),
+        u32::from_le_bytes(b[8..].try_into().ok()?),
+    ))
+}
+
+fn stamp(payload: &mut [u8], at: usize, index: u32) -> u64 {
+    let now = now_us();
+    payload[at..at + 8].copy_from_slice(&now.to_le_bytes());
+    payload[at + 8..at + 12].copy_from_slice(&index.to_le_bytes());
+    now
 }
 
 fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
@@ -251,8 +285,9 @@ fn track(kind: RtpCodecKind, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
 }
 
 /// What a member publishes.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Publish {
+    me: String,
     ssrc: u32,
     talks: bool,
     video_kbps: u32,
@@ -272,6 +307,16 @@ async fn send_media(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    let written = |kind| {
+        let w = Arc::new(Written::new());
+        shared
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((p.me.clone(), kind), Arc::clone(&w));
+        w
+    };
+    let (vw, aw) = (written(RtpCodecKind::Video), written(RtpCodecKind::Audio));
     let frame_bytes = (p.video_kbps as usize * 1000 / 8 / p.fps.max(1) as usize).max(16);
     let per_frame = frame_bytes.div_ceil(MAX_PAYLOAD);
     let chunk = frame_bytes.div_ceil(per_frame);
@@ -282,19 +327,20 @@ async fn send_media(
     let mut atick = tokio::time::interval(Duration::from_millis(20));
     vtick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     atick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut vseq, mut aseq, mut frame, mut atime) = (0u16, 0u16, 0u32, 0u32);
+    let (mut vseq, mut aseq, mut frame, mut atime) = (0u32, 0u32, 0u32, 0u32);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = vtick.tick() => {
                 frame = frame.wrapping_add(1);
                 for i in 0..per_frame {
-                    let mut payload = vec![0u8; chunk + 1];
+                                        let mut payload = vec![0u8; (chunk + 1).max(13)];
                     // VP8 payload descriptor: S bit on the frame's first packet.
                     payload[0] = if i == 0 { 0x10 } else { 0x00 };
-                    payload[1..9].copy_from_slice(&now_us().to_le_bytes());
+                    let sent = stamp(&mut payload, 1, vseq);
+                    vw.wrote(vseq, sent, &shared.window);
+                    let pkt = rtp(p.ssrc, 96, vseq as u16, frame.wrapping_mul(90_000 / p.fps.max(1)), i + 1 == per_frame, payload);
                     vseq = vseq.wrapping_add(1);
-                    let pkt = rtp(p.ssrc, 96, vseq, frame.wrapping_mul(90_000 / p.fps.max(1)), i + 1 == per_frame, payload);
                     shared.bytes_sent.fetch_add(pkt.payload.len() as u64, Relaxed);
                     if video.write_rtp(pkt).await.is_ok() {
                         shared.packets_sent.fetch_add(1, Relaxed);
@@ -307,10 +353,11 @@ async fn send_media(
                 if !p.talks && atime % (960 * 20) != 0 {
                     continue;
                 }
-                let mut payload = vec![0u8; if p.talks { 100 } else { 9 }];
-                payload[0..8].copy_from_slice(&now_us().to_le_bytes());
+                                let mut payload = vec![0u8; if p.talks { 100 } else { 12 }];
+                let sent = stamp(&mut payload, 0, aseq);
+                aw.wrote(aseq, sent, &shared.window);
+                let pkt = rtp(p.ssrc + 1, 111, aseq as u16, atime, false, payload);
                 aseq = aseq.wrapping_add(1);
-                let pkt = rtp(p.ssrc + 1, 111, aseq, atime, false, payload);
                 shared.bytes_sent.fetch_add(pkt.payload.len() as u64, Relaxed);
                 if audio.write_rtp(pkt).await.is_ok() {
                     shared.packets_sent.fetch_add(1, Relaxed);
@@ -335,6 +382,8 @@ fn rtp(ssrc: u32, pt: u8, seq: u16, ts: u32, marker: bool, payload: Vec<u8>) -> 
 /// A member of a session: its signaling connection and its media, until `stop`.
 struct Member {
     ws: Ws,
+    /// The member's node id.
+    me: String,
     session: u64,
     /// Receives every track (the commander's console) or publishes (a worker).
     wall: bool,
@@ -356,6 +405,7 @@ async fn run_member(
 ) -> Result<(), String> {
     let Member {
         mut ws,
+        me,
         session,
         wall,
         publish,
@@ -377,6 +427,7 @@ async fn run_member(
             .with_handler(Arc::new(Events {
                 shared: Arc::clone(&shared),
                 wall,
+                me,
                 gathered: Arc::clone(&gathered),
             }))
             .with_runtime(webrtc::runtime::default_runtime().ok_or("no runtime for WebRTC")?)
@@ -387,6 +438,7 @@ async fn run_member(
     );
     let sender = match publish {
         Some(p) => {
+            let p = p.clone();
             let (v, a) = (
                 track(RtpCodecKind::Video, p.ssrc),
                 track(RtpCodecKind::Audio, p.ssrc + 1),
@@ -557,6 +609,9 @@ pub struct SessionsSummary {
     pub wall_cameras: u64,
     pub cameras: usize,
     pub streams_received: usize,
+    pub streams_expected: usize,
+    /// Streams that should have reached a receiver and never did (their packets count lost).
+    pub streams_missing: usize,
     pub packets_sent_per_s: f64,
     pub megabits_sent_per_s: f64,
     pub forwarded_per_s: f64,
@@ -657,6 +712,7 @@ pub async fn run(
         members.spawn(run_member(
             Member {
                 ws,
+                me: org.id(*center).to_string(),
                 session: id,
                 wall: true,
                 publish: None,
@@ -678,9 +734,11 @@ pub async fn run(
             members.spawn(run_member(
                 Member {
                     ws,
+                    me: org.id(*w).to_string(),
                     session: id,
                     wall: false,
                     publish: Some(Publish {
+                        me: org.id(*w).to_string(),
                         ssrc,
                         talks: k < opts.talkers,
                         video_kbps: opts.video_kbps,
@@ -769,24 +827,63 @@ pub async fn run(
 
     let (mut wall_video, mut wall_audio, mut part_audio, mut all) =
         (histogram(), histogram(), histogram(), histogram());
-    let (mut expected, mut received) = (0u64, 0u64);
     let streams: Vec<_> = shared
         .streams
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let mut by_pair: HashMap<(String, String, RtpCodecKind), Arc<Mutex<Stream>>> = HashMap::new();
     for s in &streams {
-        let s = s.lock().unwrap_or_else(|e| e.into_inner());
-        let h = match (s.wall, s.kind) {
+        let g = s.lock().unwrap_or_else(|e| e.into_inner());
+        let h = match (g.wall, g.kind) {
             (true, RtpCodecKind::Video) => &mut wall_video,
             (true, _) => &mut wall_audio,
             _ => &mut part_audio,
         };
-        let _ = h.add(&s.latency);
-        let _ = all.add(&s.latency);
-        let (e, r) = s.counts();
-        expected += e;
-        received += r;
+        let _ = h.add(&g.latency);
+        let _ = all.add(&g.latency);
+        by_pair.insert(
+            (g.receiver.clone(), g.publisher.clone(), g.kind),
+            Arc::clone(s),
+        );
+    }
+    // Loss against what each publisher wrote inside the window, for every stream that should
+    // have reached a receiver — one that never arrived loses all of it.
+    let written: HashMap<(String, RtpCodecKind), Arc<Written>> = shared
+        .written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (mut expected, mut received, mut streams_expected, mut missing) =
+        (0u64, 0u64, 0usize, 0usize);
+    for (center, workers) in &plan {
+        let ids: Vec<String> = workers.iter().map(|w| org.id(*w).to_string()).collect();
+        let console = org.id(*center).to_string();
+        let mut pairs = Vec::new();
+        for p in &ids {
+            pairs.push((console.clone(), p.clone(), RtpCodecKind::Video));
+            pairs.push((console.clone(), p.clone(), RtpCodecKind::Audio));
+            for r in ids.iter().filter(|r| *r != p) {
+                pairs.push((r.clone(), p.clone(), RtpCodecKind::Audio));
+            }
+        }
+        for (r, p, kind) in pairs {
+            streams_expected += 1;
+            let Some((first, last)) = written.get(&(p.clone(), kind)).and_then(|w| w.range())
+            else {
+                continue;
+            };
+            expected += u64::from(last - first) + 1;
+            match by_pair.get(&(r, p, kind)) {
+                Some(s) => {
+                    received += s
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .received(first, last)
+                }
+                None => missing += 1,
+            }
+        }
     }
 
     // Ended by their commanders; every member then leaves.
@@ -819,6 +916,8 @@ pub async fn run(
         wall_cameras: shared.wall_cameras.load(Relaxed),
         cameras,
         streams_received: streams.len(),
+        streams_expected,
+        streams_missing: missing,
         packets_sent_per_s: (sent1 - sent0) as f64 / window_s,
         megabits_sent_per_s: (bytes1 - bytes0) as f64 * 8.0 / window_s / 1e6,
         forwarded_per_s: (fwd1 - fwd0) / window_s,
@@ -851,20 +950,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loss_and_latency_count_only_the_window_and_survive_the_wrap() {
+    fn loss_and_latency_count_only_the_window() {
         let w = Window::default();
         w.from.store(1_000, Relaxed);
         w.to.store(u64::MAX, Relaxed);
-        let mut s = Stream::new(RtpCodecKind::Video, true);
+        let written = Written::new();
+        assert_eq!(written.range(), None);
+        let mut s = Stream::new(RtpCodecKind::Video, true, "c".into(), "p".into());
         // Before the window: neither latency nor loss.
-        s.packet(65_530, 500, 600, &w);
-        // In it, across the wrap, one lost (65_533) and one repeated (2).
-        for seq in [65_531u16, 65_532, 65_534, 65_535, 0, 1, 2, 2, 3] {
-            s.packet(seq, 2_000, 2_500, &w);
+        written.wrote(4, 500, &w);
+        s.packet(4, 500, 600, &w);
+        // In it: 5..=13 written; 8 lost and 10 repeated.
+        for i in 5..=13 {
+            written.wrote(i, 2_000, &w);
         }
-        assert_eq!(s.counts(), (9, 8));
+        for i in [5u32, 6, 7, 9, 10, 10, 11, 12, 13] {
+            s.packet(i, 2_000, 2_500, &w);
+        }
+        assert_eq!(written.range(), Some((5, 13)));
+        assert_eq!(s.received(5, 13), 8);
         assert_eq!(s.latency.len(), 9);
         assert_eq!(s.latency.value_at_quantile(0.5), 500);
+        let mut payload = [0u8; 13];
+        let sent = stamp(&mut payload, 1, 77);
+        assert_eq!(stamp_of(&payload, 1), Some((sent, 77)));
+        assert_eq!(stamp_of(&payload[..12], 1), None);
     }
 
     #[test]
@@ -900,7 +1010,9 @@ mod tests {
         assert_eq!(s.errors, 0, "{:?}", s.first_errors);
         assert_eq!(s.wall_cameras, 6);
         // Each console: 3 cameras and 3 microphones; each worker: the other two's sound.
-        assert_eq!(s.streams_received, 2 * (6 + 3 * 2));
+        assert_eq!(s.streams_expected, 2 * (6 + 3 * 2));
+        assert_eq!(s.streams_received, s.streams_expected);
+        assert_eq!(s.streams_missing, 0);
         assert!(s.wall_video.count > 200, "{:?}", s.wall_video);
         assert!(s.participant_audio.count > 100, "{:?}", s.participant_audio);
         assert!(
