@@ -235,6 +235,15 @@ impl Config {
                     c.id
                 )));
             }
+            let mut causes = std::collections::HashSet::new();
+            for x in &c.causes {
+                if crate::org::NodeId::parse(&x.id).is_err() || !causes.insert(x.id.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "orders.categories {}: cause id {:?} is empty, malformed or repeated",
+                        c.id, x.id
+                    )));
+                }
+            }
         }
         if self.orders.categories.is_empty() {
             return Err(ConfigError::Invalid("orders.categories is empty".into()));

@@ -28,6 +28,7 @@
 //! - `hub` — this node's handles; `app` — builds them from a `Config` and shuts them down in order;
 //!   `demo` — the hub with a simulated city around it.
 
+pub mod analysis;
 pub mod api;
 pub mod app;
 pub mod auth;

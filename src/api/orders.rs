@@ -38,7 +38,9 @@ impl From<ServiceError> for ApiError {
                 StatusCode::CONFLICT
             }
             "out_of_scope" => StatusCode::FORBIDDEN,
-            "unknown_category" | "invalid_target" => StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_category" | "unknown_cause" | "invalid_target" => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             "invalid_data" => StatusCode::BAD_REQUEST,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -52,30 +52,101 @@ pub struct CategoryConfig {
     /// A shorter deadline than the priority's, for this kind of request.
     #[serde(default)]
     pub deadline_secs: Option<u64>,
+    /// Why such requests happen, as the analysis groups them (named at intake or with the
+    /// result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<CauseConfig>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CauseConfig {
+    pub id: String,
+    pub name: String,
+    pub name_en: String,
+}
+
+type Causes = &'static [(&'static str, &'static str, &'static str)];
+
+const NOISE: Causes = &[
+    ("square_dance", "广场舞", "Square dancing"),
+    ("construction", "施工", "Construction"),
+    ("commercial", "商铺经营", "Shops and venues"),
+    ("neighbour", "邻里生活", "Neighbours"),
+];
+const WATERLOGGING: Causes = &[
+    ("levee_collapse", "堤坝溃口", "Levee collapse"),
+    ("urban_waterlogging", "城市内涝", "Urban waterlogging"),
+    ("blocked_drain", "排水管网堵塞", "Blocked drain"),
+    ("manhole_backflow", "井口反水", "Manhole backflow"),
+];
+const SANITATION: Causes = &[
+    ("garbage_overflow", "垃圾满溢", "Overflowing bins"),
+    ("dumping", "乱堆乱放", "Dumping"),
+    ("public_toilet", "公厕", "Public toilets"),
+];
+const ROADS: Causes = &[
+    ("pavement", "路面破损", "Broken pavement"),
+    ("street_light", "路灯", "Street lights"),
+    ("manhole_cover", "井盖", "Manhole covers"),
+];
+const HEATING: Causes = &[
+    ("low_temperature", "室温不达标", "Rooms too cold"),
+    ("pipe_leak", "管网泄漏", "Leaking pipes"),
+    ("no_supply", "停供", "No supply"),
+];
+
 fn default_categories() -> Vec<CategoryConfig> {
+    let none: Causes = &[];
     [
-        ("noise", "噪音扰民", "Noise", None),
-        ("waterlogging", "积水内涝", "Waterlogging", Some(12 * 3600)),
-        ("sanitation", "环境卫生", "Sanitation", None),
-        ("roads", "道路设施", "Roads and facilities", None),
-        ("public_order", "社会治安", "Public order", None),
-        ("government_service", "政务服务", "Government service", None),
-        ("heating", "供暖供热", "Heating", Some(24 * 3600)),
-        ("utilities", "水电燃气", "Water, power and gas", None),
-        ("property", "物业管理", "Property management", None),
-        ("epidemic", "疫情防控", "Epidemic control", Some(12 * 3600)),
-        ("dispute", "矛盾纠纷", "Disputes and mediation", None),
-        ("other", "其他", "Other", None),
+        ("noise", "噪音扰民", "Noise", None, NOISE),
+        (
+            "waterlogging",
+            "积水内涝",
+            "Waterlogging",
+            Some(12 * 3600),
+            WATERLOGGING,
+        ),
+        ("sanitation", "环境卫生", "Sanitation", None, SANITATION),
+        ("roads", "道路设施", "Roads and facilities", None, ROADS),
+        ("public_order", "社会治安", "Public order", None, none),
+        (
+            "government_service",
+            "政务服务",
+            "Government service",
+            None,
+            none,
+        ),
+        ("heating", "供暖供热", "Heating", Some(24 * 3600), HEATING),
+        ("utilities", "水电燃气", "Water, power and gas", None, none),
+        ("property", "物业管理", "Property management", None, none),
+        (
+            "epidemic",
+            "疫情防控",
+            "Epidemic control",
+            Some(12 * 3600),
+            none,
+        ),
+        ("dispute", "矛盾纠纷", "Disputes and mediation", None, none),
+        ("other", "其他", "Other", None, none),
     ]
     .into_iter()
-    .map(|(id, name, name_en, deadline_secs)| CategoryConfig {
-        id: id.into(),
-        name: name.into(),
-        name_en: name_en.into(),
-        deadline_secs,
-    })
+    .map(
+        |(id, name, name_en, deadline_secs, causes)| CategoryConfig {
+            id: id.into(),
+            name: name.into(),
+            name_en: name_en.into(),
+            deadline_secs,
+            causes: causes
+                .iter()
+                .map(|(id, name, name_en)| CauseConfig {
+                    id: (*id).into(),
+                    name: (*name).into(),
+                    name_en: (*name_en).into(),
+                })
+                .collect(),
+        },
+    )
     .collect()
 }
 
@@ -132,6 +203,7 @@ impl OrdersConfig {
                             name: c.name.clone(),
                             name_en: c.name_en.clone(),
                             deadline_secs: c.deadline_secs,
+                            causes: c.causes.iter().map(|x| x.id.clone()).collect(),
                         },
                     )
                 })

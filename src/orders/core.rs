@@ -40,6 +40,22 @@ pub struct CategoryRule {
     pub name_en: String,
     /// Overrides the priority's deadline when shorter.
     pub deadline_secs: Option<u64>,
+    /// The causes an order of this category may name (ids).
+    pub causes: Vec<String>,
+}
+
+impl CategoryRule {
+    /// A cause this category names, or the error that lists those it does.
+    pub fn check_cause(&self, category: &str, cause: &str) -> Result<(), OrderError> {
+        if self.causes.iter().any(|c| c == cause) {
+            return Ok(());
+        }
+        Err(OrderError::UnknownCause {
+            category: category.to_string(),
+            given: cause.to_string(),
+            known: self.causes.clone(),
+        })
+    }
 }
 
 /// Longest texts accepted, in characters.
@@ -90,6 +106,7 @@ pub struct Who {
 pub struct NewOrder {
     pub source: Source,
     pub category: String,
+    pub cause: Option<String>,
     pub description: String,
     pub node: NodeIdx,
     pub point: Option<GeoPoint>,
@@ -119,6 +136,8 @@ pub enum Act {
     },
     Report {
         result: String,
+        /// The cause found, if the reporter names one.
+        cause: Option<String>,
     },
     Review {
         approve: bool,
@@ -205,6 +224,13 @@ pub enum OrderError {
     OutOfScope(String),
     #[error("unknown category {given:?}; known: {}", .known.join(", "))]
     UnknownCategory { given: String, known: Vec<String> },
+    #[error("unknown cause {given:?} for category {category}; known: {}",
+        if .known.is_empty() { "none (this category names no causes)".to_string() } else { .known.join(", ") })]
+    UnknownCause {
+        category: String,
+        given: String,
+        known: Vec<String>,
+    },
     #[error("{0}")]
     InvalidTarget(String),
     #[error("{0}")]
@@ -223,6 +249,7 @@ impl OrderError {
             OrderError::IllegalTransition { .. } => "illegal_transition",
             OrderError::OutOfScope(_) => "out_of_scope",
             OrderError::UnknownCategory { .. } => "unknown_category",
+            OrderError::UnknownCause { .. } => "unknown_cause",
             OrderError::InvalidTarget(_) => "invalid_target",
             OrderError::Invalid(_) => "invalid_data",
             OrderError::IdempotencyConflict { .. } => "idempotency_conflict",
@@ -347,6 +374,9 @@ pub fn evolve(org: &Org, o: &mut Order, e: &Event) {
                 by: o.holder,
                 at: e.at,
             });
+            if let Some(c) = &d.cause {
+                o.cause = Some(c.as_str().into());
+            }
             o.report_chain = o.chain.clone();
             if o.chain.len() > 1 {
                 o.chain.pop();
@@ -572,11 +602,14 @@ impl Orders {
                 })
             };
         }
-        if !self.policy.categories.contains_key(&new.category) {
+        let Some(rule) = self.policy.categories.get(&new.category) else {
             return Err(OrderError::UnknownCategory {
                 given: new.category,
                 known: self.policy.categories.keys().cloned().collect(),
             });
+        };
+        if let Some(c) = &new.cause {
+            rule.check_cause(&new.category, c)?;
         }
         if !self.org.contains(who.node, new.node) {
             return Err(OrderError::OutOfScope(format!(
@@ -613,6 +646,7 @@ impl Orders {
             source: new.source,
             due_at: now + self.policy.deadline_ms(new.priority, &new.category),
             category: new.category.into(),
+            cause: new.cause.map(Into::into),
             description,
             place: Place {
                 node: new.node,
@@ -815,8 +849,14 @@ impl Orders {
                     )));
                 }
             }
-            Act::Report { result } => {
+            Act::Report { result, cause } => {
                 d.result = Some(text("result", &result, l.text, true)?.into());
+                if let Some(c) = &cause
+                    && let Some(rule) = self.policy.categories.get(&*o.category)
+                {
+                    rule.check_cause(&o.category, c)?;
+                }
+                d.cause = cause;
             }
             Act::Review { approve, comment } => {
                 d.approve = Some(approve);
@@ -975,6 +1015,11 @@ mod tests {
                     name: name.into(),
                     name_en: id.into(),
                     deadline_secs: None,
+                    causes: if id == "waterlogging" {
+                        vec!["blocked_drain".into(), "manhole_backflow".into()]
+                    } else {
+                        Vec::new()
+                    },
                 },
             );
         }
@@ -1031,6 +1076,7 @@ mod tests {
             NewOrder {
                 source: Source::Hotline12345,
                 category: "noise".into(),
+                cause: None,
                 description: "广场舞噪音".into(),
                 node: self.n("w1"),
                 point: Some(GeoPoint {
@@ -1072,6 +1118,60 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_cause_is_one_of_its_categorys_named_at_intake_or_with_the_result() {
+        let mut t = T::new();
+        let who = t.who("c");
+        let mut bad = t.new_order(Priority::Routine);
+        bad.category = "waterlogging".into();
+        bad.cause = Some("square_dance".into());
+        let e = t.o.create(who, bad.clone(), None, 1).unwrap_err();
+        assert_eq!(e.code(), "unknown_cause");
+        assert!(
+            e.to_string().contains("blocked_drain, manhole_backflow"),
+            "{e}"
+        );
+        // A category that names no causes says so.
+        bad.category = "noise".into();
+        let e = t.o.create(who, bad.clone(), None, 1).unwrap_err();
+        assert!(e.to_string().contains("names no causes"), "{e}");
+        bad.category = "waterlogging".into();
+        bad.cause = Some("manhole_backflow".into());
+        let Created::New(a) = t.o.create(who, bad, None, 1).unwrap() else {
+            unreachable!()
+        };
+        let id = a.order.id;
+        assert_eq!(a.order.cause.as_deref(), Some("manhole_backflow"));
+        for (f, to) in [("c", "a"), ("a", "t"), ("t", "v"), ("v", "w1")] {
+            t.dispatch(f, id, to, 2);
+        }
+        t.ok("w1", id, Act::Acknowledge, 3);
+        let e = t
+            .act(
+                "w1",
+                id,
+                Act::Report {
+                    result: "疏通".into(),
+                    cause: Some("levee".into()),
+                },
+                4,
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), "unknown_cause");
+        // What the worker found replaces what intake guessed.
+        let a = t.ok(
+            "w1",
+            id,
+            Act::Report {
+                result: "疏通雨水管".into(),
+                cause: Some("blocked_drain".into()),
+            },
+            5,
+        );
+        assert_eq!(a.order.cause.as_deref(), Some("blocked_drain"));
+        assert_eq!(a.event.detail.cause.as_deref(), Some("blocked_drain"));
+    }
+
     fn approve() -> Act {
         Act::Review {
             approve: true,
@@ -1096,6 +1196,7 @@ mod tests {
             id,
             Act::Report {
                 result: "已协调降低音量".into(),
+                cause: None,
             },
             4_000,
         );
@@ -1172,7 +1273,15 @@ mod tests {
         let id = t.create(Priority::Routine, 0);
         t.dispatch("c", id, "a", 1);
         let e = t
-            .act("a", id, Act::Report { result: "x".into() }, 2)
+            .act(
+                "a",
+                id,
+                Act::Report {
+                    result: "x".into(),
+                    cause: None,
+                },
+                2,
+            )
             .unwrap_err();
         match &e {
             OrderError::IllegalTransition {
@@ -1325,6 +1434,7 @@ mod tests {
             id,
             Act::Report {
                 result: "done".into(),
+                cause: None,
             },
             3,
         );
@@ -1349,6 +1459,7 @@ mod tests {
             id,
             Act::Report {
                 result: "done again".into(),
+                cause: None,
             },
             6,
         );
@@ -1425,6 +1536,7 @@ mod tests {
             id,
             Act::Report {
                 result: "ok".into(),
+                cause: None,
             },
             152_000,
         );
@@ -1546,6 +1658,7 @@ mod tests {
             id,
             Act::Report {
                 result: "电话答复".into(),
+                cause: None,
             },
             2,
         );
@@ -1602,7 +1715,15 @@ mod tests {
         );
         step(&mut t, "w1", Act::Escalate { reason: "e".into() }, 5);
         step(&mut t, "v", Act::Acknowledge, 6);
-        step(&mut t, "v", Act::Report { result: "x".into() }, 7);
+        step(
+            &mut t,
+            "v",
+            Act::Report {
+                result: "x".into(),
+                cause: None,
+            },
+            7,
+        );
         step(
             &mut t,
             "t",
@@ -1612,7 +1733,15 @@ mod tests {
             },
             8,
         );
-        step(&mut t, "v", Act::Report { result: "y".into() }, 9);
+        step(
+            &mut t,
+            "v",
+            Act::Report {
+                result: "y".into(),
+                cause: None,
+            },
+            9,
+        );
         // The escalation shortened the chain: township, county, then the city's own review.
         for who in ["t", "a", "c"] {
             step(&mut t, who, approve(), 10);

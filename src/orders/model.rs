@@ -254,6 +254,9 @@ pub struct Order {
     pub id: OrderId,
     pub source: Source,
     pub category: Box<str>,
+    /// Why it happened, within the category (a levee, a blocked drain, …): set at intake or with
+    /// the result, for the analysis.
+    pub cause: Option<Box<str>>,
     pub description: Box<str>,
     pub place: Place,
     pub priority: Priority,
@@ -320,6 +323,9 @@ pub struct Detail {
     /// The work reported (report).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// The cause found (report), when the reporter named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// The public summary, already redacted (publish).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,

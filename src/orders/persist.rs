@@ -21,6 +21,9 @@ pub struct OrderRow {
     pub id: u64,
     pub state: &'static str,
     pub category: String,
+    pub cause: Option<String>,
+    pub point: Option<(f64, f64)>,
+    pub reopened: u16,
     pub priority: &'static str,
     pub source: &'static str,
     pub node: String,
@@ -55,6 +58,9 @@ impl OrderRow {
             id: o.id.0,
             state: o.state.as_str(),
             category: o.category.to_string(),
+            cause: o.cause.as_deref().map(str::to_string),
+            point: o.place.point.map(|p| (p.lat, p.lon)),
+            reopened: o.reopened,
             priority: o.priority.as_str(),
             source: o.source.as_str(),
             node: org.id(o.place.node).to_string(),
@@ -113,8 +119,9 @@ fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO orders (id, state, category, priority, source, node, node_pre, holder, intake,
                              created_at, updated_at, due_at, closed_at, supervision, score, satisfied,
-                             version, idem_key, idem_hash, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                             version, idem_key, idem_hash, doc, cause, lat, lon, reopened)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                 ?21, ?22, ?23, ?24)",
     )?;
     st.execute(params![
         o.id as i64,
@@ -137,6 +144,10 @@ fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
         o.idem.as_ref().map(|(k, _)| k.as_str()),
         o.idem.as_ref().map(|(_, h)| h.as_str()),
         o.doc,
+        o.cause,
+        o.point.map(|p| p.0),
+        o.point.map(|p| p.1),
+        o.reopened,
     ])?;
     Ok(())
 }
@@ -146,7 +157,7 @@ fn update_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "UPDATE orders SET state = ?2, holder = ?3, intake = ?4, updated_at = ?5, due_at = ?6,
                 closed_at = ?7, supervision = ?8, score = ?9, satisfied = ?10, version = ?11,
-                doc = COALESCE(?12, doc)
+                doc = COALESCE(?12, doc), cause = ?13, reopened = ?14
          WHERE id = ?1",
     )?;
     st.execute(params![
@@ -162,6 +173,8 @@ fn update_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
         o.satisfied,
         o.version,
         o.doc,
+        o.cause,
+        o.reopened,
     ])?;
     Ok(())
 }

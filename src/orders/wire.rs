@@ -59,6 +59,8 @@ pub struct OrderDoc {
     pub id: OrderId,
     pub source: Source,
     pub category: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     pub description: String,
     pub location: LocationDoc,
     pub priority: Priority,
@@ -103,6 +105,7 @@ impl OrderDoc {
             id: o.id,
             source: o.source,
             category: o.category.to_string(),
+            cause: o.cause.as_deref().map(str::to_string),
             description: o.description.to_string(),
             location: LocationDoc {
                 node: id(o.place.node),
@@ -166,6 +169,7 @@ impl OrderDoc {
             id: self.id,
             source: self.source,
             category: self.category.as_str().into(),
+            cause: self.cause.as_deref().map(Into::into),
             description: self.description.as_str().into(),
             place: Place {
                 node: n(&self.location.node)?,
@@ -258,6 +262,9 @@ impl Serialize for DocView<'_> {
         m.serialize_entry("id", &o.id)?;
         m.serialize_entry("source", &o.source)?;
         m.serialize_entry("category", &*o.category)?;
+        if let Some(c) = &o.cause {
+            m.serialize_entry("cause", &**c)?;
+        }
         m.serialize_entry("description", &*o.description)?;
         #[derive(Serialize)]
         struct Loc<'b> {
@@ -443,6 +450,9 @@ pub struct ReporterIn {
 pub struct CreateIn {
     pub source: Source,
     pub category: String,
+    /// One of the category's causes, when the intake already knows it.
+    #[serde(default)]
+    pub cause: Option<String>,
     pub description: String,
     pub location: LocationIn,
     pub priority: Priority,
@@ -481,6 +491,7 @@ impl CreateIn {
             NewOrder {
                 source: self.source,
                 category: self.category,
+                cause: self.cause,
                 description: self.description,
                 node,
                 point,
@@ -508,9 +519,10 @@ pub fn check_key(k: &str) -> Result<(), String> {
 pub fn request_hash(new: &NewOrder) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let canonical = format!(
-        "{}\u{1}{}\u{1}{}\u{1}{}\u{1}{:?}\u{1}{}\u{1}{}\u{1}{}\u{1}{}",
+        "{}\u{1}{}\u{1}{:?}\u{1}{}\u{1}{}\u{1}{:?}\u{1}{}\u{1}{}\u{1}{}\u{1}{}",
         new.source.as_str(),
         new.category,
+        new.cause,
         new.description,
         new.node.0,
         new.point.map(|p| (p.lat.to_bits(), p.lon.to_bits())),
@@ -540,6 +552,8 @@ pub struct ActIn {
     pub note: Option<String>,
     pub reason: Option<String>,
     pub result: Option<String>,
+    /// With a report: the cause found (one of the category's).
+    pub cause: Option<String>,
     pub approve: Option<bool>,
     pub comment: Option<String>,
     pub score: Option<u8>,
@@ -578,6 +592,7 @@ impl ActIn {
             },
             A::Report => Act::Report {
                 result: need(self.result, "result")?,
+                cause: self.cause,
             },
             A::Review => Act::Review {
                 approve: self
@@ -618,6 +633,7 @@ mod tests {
             id: OrderId(7),
             source: Source::App,
             category: "noise".into(),
+            cause: Some("square_dance".into()),
             description: "d".into(),
             place: Place {
                 node: n("w1"),

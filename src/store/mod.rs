@@ -28,11 +28,12 @@ use crate::telemetry::Metrics;
 pub mod config;
 
 /// Schema version this build writes; older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 const SCHEMA_V4: &str = include_str!("schema_v4.sql");
+const SCHEMA_V5: &str = include_str!("schema_v5.sql");
 
 /// Jobs waiting for the writer; submitters wait (backpressure) when it is full.
 pub const QUEUE: usize = 16_384;
@@ -212,6 +213,11 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     if version < 4 {
         c.execute_batch(&format!(
             "BEGIN; {SCHEMA_V4}; PRAGMA user_version = 4; COMMIT;"
+        ))?;
+    }
+    if version < 5 {
+        c.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V5}; PRAGMA user_version = 5; COMMIT;"
         ))?;
     }
     Ok(())
@@ -651,7 +657,7 @@ mod tests {
                     c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?,
                     c.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?,
                     c.query_row(
-                        "SELECT COUNT(*) FROM attachments, sessions, session_spans",
+                        "SELECT COUNT(*) FROM attachments, sessions, session_spans, sites",
                         [],
                         |r| r.get(0),
                     )?,

@@ -77,6 +77,7 @@ impl ServiceError {
             "illegal_transition" => ErrorCode::IllegalTransition,
             "out_of_scope" => ErrorCode::OutOfScope,
             "unknown_category" => ErrorCode::UnknownCategory,
+            "unknown_cause" => ErrorCode::UnknownCause,
             "invalid_target" => ErrorCode::InvalidTarget,
             "idempotency_conflict" => ErrorCode::IdempotencyConflict,
             "version_conflict" => ErrorCode::VersionConflict,

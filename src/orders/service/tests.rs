@@ -86,6 +86,7 @@ fn order_at(node: NodeIdx) -> NewOrder {
     NewOrder {
         source: Source::Hotline12345,
         category: "noise".into(),
+        cause: None,
         description: "广场舞音响太吵".into(),
         node,
         point: None,
