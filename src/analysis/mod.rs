@@ -7,3 +7,6 @@
 pub mod core;
 pub mod geo;
 pub mod stats;
+pub mod synth;
+#[cfg(test)]
+mod tests;
