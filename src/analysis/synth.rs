@@ -434,6 +434,46 @@ pub fn generate(org: &Org, spec: &YearSpec, causes: &dyn Fn(&str) -> Vec<&'stati
     }
 }
 
+/// The year's requests as the analysis reads them back from the store, ids in creation order
+/// from 1, and its sites as the registry holds them (ids from 1).
+pub fn facts(
+    year: &Year,
+    categories: &mut super::core::Names,
+    causes: &mut super::core::Names,
+) -> (Vec<super::core::Fact>, Vec<super::core::Site>) {
+    let facts = year
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| super::core::Fact {
+            id: i as u64 + 1,
+            created_at: r.created_at,
+            category: categories.intern(r.category),
+            cause: r.cause.map(|c| causes.intern(c)),
+            node: r.node,
+            point: Some(r.point),
+            closed: r.closed.is_some(),
+            on_time: r.closed.is_some_and(|c| c.on_time),
+            satisfied: r.closed.map(|c| c.satisfied),
+            reopened: r.closed.is_some_and(|c| c.reopened),
+        })
+        .collect();
+    let sites = year
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| super::core::Site {
+            id: i as u64 + 1,
+            kind: s.kind.to_string(),
+            name: s.name.clone(),
+            node: s.node,
+            point: s.point,
+            radius_m: s.radius_m,
+        })
+        .collect();
+    (facts, sites)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,44 +530,4 @@ mod tests {
             .count();
         assert!(before > 30, "{before}");
     }
-}
-
-/// The year's requests as the analysis reads them back from the store, ids in creation order
-/// from 1, and its sites as the registry holds them (ids from 1).
-pub fn facts(
-    year: &Year,
-    categories: &mut super::core::Names,
-    causes: &mut super::core::Names,
-) -> (Vec<super::core::Fact>, Vec<super::core::Site>) {
-    let facts = year
-        .requests
-        .iter()
-        .enumerate()
-        .map(|(i, r)| super::core::Fact {
-            id: i as u64 + 1,
-            created_at: r.created_at,
-            category: categories.intern(r.category),
-            cause: r.cause.map(|c| causes.intern(c)),
-            node: r.node,
-            point: Some(r.point),
-            closed: r.closed.is_some(),
-            on_time: r.closed.is_some_and(|c| c.on_time),
-            satisfied: r.closed.map(|c| c.satisfied),
-            reopened: r.closed.is_some_and(|c| c.reopened),
-        })
-        .collect();
-    let sites = year
-        .sites
-        .iter()
-        .enumerate()
-        .map(|(i, s)| super::core::Site {
-            id: i as u64 + 1,
-            kind: s.kind.to_string(),
-            name: s.name.clone(),
-            node: s.node,
-            point: s.point,
-            radius_m: s.radius_m,
-        })
-        .collect();
-    (facts, sites)
 }

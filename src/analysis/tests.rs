@@ -45,7 +45,7 @@ fn fixture(orders: usize) -> Fixture {
     }
 }
 
-fn of_category<'a>(f: &'a Fixture, c: &str) -> Vec<Fact> {
+fn of_category(f: &Fixture, c: &str) -> Vec<Fact> {
     let c = f.cats.get(c).unwrap();
     f.facts
         .iter()
