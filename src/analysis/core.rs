@@ -289,6 +289,9 @@ pub fn hotspots(
         .collect();
     let qv = stats::benjamini_hochberg(&p);
     out.tested = list.len();
+    if out.requests == 0 {
+        out.empty = Some("no requests in the window (of this category, in this subtree)".into());
+    }
     for i in 0..list.len() {
         if qv[i] <= q.fdr && p[i] < 1.0 {
             let mut ev = std::mem::take(&mut evidence[i]);

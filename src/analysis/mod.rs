@@ -6,7 +6,9 @@
 
 pub mod core;
 pub mod geo;
+pub mod history;
 pub mod stats;
+pub mod store;
 pub mod synth;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! api — the REST surface (axum): health, metrics, the org tree, presence snapshots, the OpenAPI
 //! document, and the `/ws` upgrade. `router(hub)` builds it all, so tests drive it with `oneshot`.
 
+pub mod analysis;
 pub mod attachments;
 pub mod calls;
 pub mod error;
@@ -29,7 +30,7 @@ use crate::transport::server::{credential_token, ws_handler};
 
 /// Every route, as documented in `openapi.json` (a test keeps the two in step); the web pages
 /// (`crate::web`) are not part of the API.
-pub const ROUTES: [&str; 31] = [
+pub const ROUTES: [&str; 38] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -61,6 +62,13 @@ pub const ROUTES: [&str; 31] = [
     "/api/v1/sessions",
     "/api/v1/sessions/{id}",
     "/api/v1/recordings/{id}",
+    "/api/v1/analysis/hotspots",
+    "/api/v1/analysis/causes",
+    "/api/v1/analysis/sites",
+    "/api/v1/analysis/sites/{id}/similar",
+    "/api/v1/analysis/interventions",
+    "/api/v1/analysis/interventions/{id}/effect",
+    "/api/v1/analysis/performance",
 ];
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -109,6 +117,25 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/sessions", get(sessions::list))
         .route("/api/v1/sessions/{id}", get(sessions::get))
         .route("/api/v1/recordings/{id}", get(sessions::recording))
+        .route("/api/v1/analysis/hotspots", get(analysis::hotspots))
+        .route("/api/v1/analysis/causes", get(analysis::causes))
+        .route(
+            "/api/v1/analysis/sites",
+            get(analysis::sites).post(analysis::add_sites),
+        )
+        .route(
+            "/api/v1/analysis/sites/{id}/similar",
+            get(analysis::similar),
+        )
+        .route(
+            "/api/v1/analysis/interventions",
+            get(analysis::interventions).post(analysis::add_intervention),
+        )
+        .route(
+            "/api/v1/analysis/interventions/{id}/effect",
+            get(analysis::effect),
+        )
+        .route("/api/v1/analysis/performance", get(analysis::performance))
         .layer(axum::extract::DefaultBodyLimit::max(orders::MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .layer(axum::middleware::from_fn(json_errors))

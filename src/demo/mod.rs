@@ -30,6 +30,8 @@ pub struct DemoOptions {
     /// Simulated terminals answer calls with a test card and silence (a WebRTC peer each).
     pub camera: bool,
     pub pace: script::Pace,
+    /// Requests in the year of history written before the hub starts (0: none).
+    pub history: usize,
 }
 
 impl DemoOptions {
@@ -41,6 +43,7 @@ impl DemoOptions {
             stations: true,
             camera: true,
             pace: script::Pace::demo(),
+            history: 0,
         }
     }
 }
@@ -84,6 +87,19 @@ pub async fn start(
             .join(key)
     };
     config.server.data_dir = dir;
+    if opts.history > 0 {
+        // A year of requests behind the live ones, so the analysis has something to read.
+        let org = Arc::new(crate::org::Org::load(&config.org.file).map_err(|e| e.to_string())?);
+        let spec =
+            crate::analysis::history::year_to(crate::clock::now_ms(), opts.history, opts.seed);
+        let done = crate::analysis::history::import(&config, &org, &config.store_path(), &spec)?;
+        tracing::info!(
+            "history: {} requests of the year before and {} sites written in {:.1} s",
+            done.orders,
+            done.sites,
+            done.seconds
+        );
+    }
     let fd_limit = raise_fd_limit();
     let running = crate::app::start(config).await.map_err(|e| e.to_string())?;
     let hub = Arc::clone(&running.hub);

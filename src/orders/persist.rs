@@ -115,7 +115,7 @@ pub fn write_transition(c: &Connection, t: &TransitionRows) -> rusqlite::Result<
     Ok(())
 }
 
-fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
+pub fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO orders (id, state, category, priority, source, node, node_pre, holder, intake,
                              created_at, updated_at, due_at, closed_at, supervision, score, satisfied,
@@ -363,8 +363,10 @@ pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Load
     })
 }
 
-/// After the org tree changed: moves stored orders and call records to their nodes' new preorder
-/// indexes. Returns how many orders moved.
+/// After the org tree changed: moves every stored row that names a node (orders, call records,
+/// sessions and their members, sites, interventions) to its node's new preorder index, in one
+/// pass per table through a mapping of every node; a node gone from the tree falls out of every
+/// range (-1). Returns how many orders moved.
 pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::Result<usize> {
     let stored: Option<String> = c
         .query_row(
@@ -376,35 +378,36 @@ pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::
     if stored.as_deref() == Some(fingerprint) {
         return Ok(0);
     }
-    let nodes: Vec<String> = {
-        let mut st = c.prepare("SELECT DISTINCT node FROM orders")?;
-        st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
-    };
-    let mut n = 0;
-    c.execute_batch("BEGIN")?;
-    for node in &nodes {
-        // Orders at nodes that no longer exist keep their old index and are reported by `load`.
-        if let Some(i) = org.lookup(node) {
-            n += c.execute(
-                "UPDATE orders SET node_pre = ?1 WHERE node = ?2",
-                params![i.0, node],
-            )?;
+    c.execute_batch(
+        "BEGIN;
+         CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre INTEGER NOT NULL) WITHOUT ROWID;
+         DELETE FROM org_index;",
+    )?;
+    {
+        let mut st = c.prepare("INSERT INTO org_index (node, pre) VALUES (?1, ?2)")?;
+        for (i, n) in org.nodes() {
+            st.execute(params![n.id.as_str(), i.0])?;
         }
     }
-    // Call records follow their parties; a party gone from the tree falls out of every range.
-    let parties: Vec<String> = {
-        let mut st = c.prepare("SELECT caller FROM calls UNION SELECT callee FROM calls")?;
-        st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
-    };
-    for p in &parties {
-        let i = org.lookup(p).map_or(-1, |i| i64::from(i.0));
+    // Orders at nodes that no longer exist keep their old index and are reported by `load`.
+    let n = c.execute(
+        "UPDATE orders SET node_pre = m.pre FROM org_index m
+          WHERE m.node = orders.node AND orders.node_pre != m.pre",
+        [],
+    )?;
+    for (table, node, pre) in [
+        ("calls", "caller", "caller_pre"),
+        ("calls", "callee", "callee_pre"),
+        ("sessions", "center", "center_pre"),
+        ("session_spans", "node", "node_pre"),
+        ("sites", "node", "node_pre"),
+        ("interventions", "node", "node_pre"),
+    ] {
         c.execute(
-            "UPDATE calls SET caller_pre = ?1 WHERE caller = ?2",
-            params![i, p],
-        )?;
-        c.execute(
-            "UPDATE calls SET callee_pre = ?1 WHERE callee = ?2",
-            params![i, p],
+            &format!(
+                "UPDATE {table} SET {pre} = COALESCE((SELECT m.pre FROM org_index m WHERE m.node = {table}.{node}), -1)"
+            ),
+            [],
         )?;
     }
     c.execute(
@@ -412,6 +415,52 @@ pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [fingerprint],
     )?;
-    c.execute_batch("COMMIT")?;
+    c.execute_batch("DELETE FROM org_index; COMMIT")?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_org_tree_moves_every_row_that_names_a_node_in_one_pass() {
+        let dir = std::env::temp_dir().join(format!("gridhub-reindex-{}", std::process::id()));
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::store::Store::open(&path, Default::default())
+            .unwrap()
+            .close();
+        let c = Connection::open(&path).unwrap();
+        let org = crate::org::fixture();
+        let w1 = org.lookup("w1").unwrap();
+        // Rows written under an older tree: stale indexes, and a node since removed.
+        c.execute_batch(
+            "INSERT INTO meta VALUES ('org_fingerprint', 'old');
+             INSERT INTO orders (id, state, category, priority, source, node, node_pre, holder, intake,
+                                 created_at, updated_at, due_at, supervision, version)
+               VALUES (1, 'archived', 'noise', 'routine', 'app', 'w1', 999, 'c', 'c', 1, 1, 1, 0, 1);
+             INSERT INTO sites (kind, name, node, node_pre, lat, lon, radius_m, created_at)
+               VALUES ('square', 'a', 'w1', 999, 46.8, 130.3, 150, 1),
+                      ('square', 'b', 'gone', 5, 46.8, 130.3, 150, 1);",
+        )
+        .unwrap();
+        assert_eq!(reindex_nodes(&c, &org, "new").unwrap(), 1);
+        let pre = |sql: &str| -> Vec<i64> {
+            let mut st = c.prepare(sql).unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|x| x.unwrap())
+                .collect()
+        };
+        assert_eq!(pre("SELECT node_pre FROM orders"), [i64::from(w1.0)]);
+        assert_eq!(
+            pre("SELECT node_pre FROM sites ORDER BY id"),
+            [i64::from(w1.0), -1]
+        );
+        // The same tree again changes nothing.
+        assert_eq!(reindex_nodes(&c, &org, "new").unwrap(), 0);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

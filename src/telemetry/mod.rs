@@ -141,6 +141,8 @@ pub struct Metrics {
     pub call_signals: AtomicU64,
     /// A call request decoded → what it causes queued for the other party.
     pub call_relay_latency: Histogram,
+    /// An analysis request: reading the facts and computing.
+    pub analysis_latency: Histogram,
     /// Microseconds the calls service spent working (not waiting): its saturation.
     pub calls_busy_us: AtomicU64,
     /// Set once at start-up.
@@ -417,6 +419,11 @@ impl Metrics {
             &mut out,
             "gridhub_call_relay_seconds",
             "Call signaling: request decoded to the message queued for the other party.",
+        );
+        self.analysis_latency.render(
+            &mut out,
+            "gridhub_analysis_seconds",
+            "Analysis request: reading the stored orders and computing the answer.",
         );
         self.push_latency.render(
             &mut out,

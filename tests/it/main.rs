@@ -1,5 +1,6 @@
 //! Integration tests: real sockets, real hub, one test binary.
 
+mod analysis;
 mod auth;
 mod bad_input;
 mod broadcast;

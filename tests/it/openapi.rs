@@ -1495,6 +1495,104 @@ async fn every_route_answers_as_the_document_says() {
         GET "/api/v1/recordings/abc", county, None => 400 "invalid_data";
     ]);
 
+    // The analysis: on a store with few orders it answers with little and says why; a site and
+    // a recorded intervention make the rest answer.
+    let a = h
+        .get("/api/v1/analysis/hotspots?category=noise", city)
+        .await
+        .ok(200);
+    assert_eq!(a["tested"], 0);
+    assert!(a["empty"].is_string());
+    h.get("/api/v1/analysis/hotspots?unit=nodes&tier=village", county)
+        .await
+        .ok(200);
+    h.get(
+        "/api/v1/analysis/causes?category=waterlogging&by=children",
+        city,
+    )
+    .await
+    .ok(200);
+    h.get("/api/v1/analysis/performance?group=category", city)
+        .await
+        .ok(200);
+    h.get(
+        "/api/v1/analysis/performance?tier=village&period=week",
+        county,
+    )
+    .await
+    .ok(200);
+    let site = json!({"sites": [{"kind": "square", "name": "站前广场", "node": DONGFENG, "lat": 46.82, "lon": 130.40, "ref": "oa-1"}]});
+    let added = h
+        .post("/api/v1/analysis/sites", county, Some(&site))
+        .await
+        .ok(201);
+    let sid = added["sites"][0]["id"].as_u64().unwrap();
+    h.post("/api/v1/analysis/sites", county, Some(&site))
+        .await
+        .ok(200);
+    h.get("/api/v1/analysis/sites?kind=square", county)
+        .await
+        .ok(200);
+    h.get(
+        &format!("/api/v1/analysis/sites/{sid}/similar?category=noise"),
+        county,
+    )
+    .await
+    .ok(200);
+    let recorded = json!({"title": "定时段、限音量", "category": "noise", "sites": [sid], "at": 1_700_000_000_000u64});
+    let i = h
+        .post("/api/v1/analysis/interventions", county, Some(&recorded))
+        .await
+        .ok(201);
+    let iid = i["intervention"]["id"].as_u64().unwrap();
+    h.get("/api/v1/analysis/interventions", county)
+        .await
+        .ok(200);
+    h.get(
+        &format!("/api/v1/analysis/interventions/{iid}/effect"),
+        county,
+    )
+    .await
+    .ok(200);
+    let effect_of = |q: &str| format!("/api/v1/analysis/interventions/{iid}/effect{q}");
+    let no_sites = json!({"sites": []});
+    let no_title = json!({"category": "noise"});
+    let gone_site = json!({"title": "t", "category": "noise", "sites": [999_999]});
+    let odd_category = json!({"title": "t", "category": "dancing"});
+    refuse!(h, [
+        GET "/api/v1/analysis/hotspots?from=5&to=5", county, None => 400 "invalid_query";
+        GET "/api/v1/analysis/hotspots", worker, None => 403 "out_of_scope";
+        GET "/api/v1/analysis/hotspots?node=999999", county, None => 404 "not_found";
+        GET "/api/v1/analysis/hotspots?category=dancing", county, None => 422 "unknown_category";
+        GET "/api/v1/analysis/causes", county, None => 400 "invalid_query";
+        GET "/api/v1/analysis/causes?category=noise", worker, None => 403 "out_of_scope";
+        GET "/api/v1/analysis/causes?category=noise&node=999999", county, None => 404 "not_found";
+        GET "/api/v1/analysis/causes?category=dancing", county, None => 422 "unknown_category";
+        GET "/api/v1/analysis/sites?colour=red", county, None => 400 "invalid_query";
+        GET "/api/v1/analysis/sites", worker, None => 403 "out_of_scope";
+        GET "/api/v1/analysis/sites?node=999999", county, None => 404 "not_found";
+        POST "/api/v1/analysis/sites", county, Some(&no_sites) => 400 "invalid_data";
+        POST "/api/v1/analysis/sites", huanan, Some(&site) => 403 "out_of_scope";
+        GET "/api/v1/analysis/sites/1/similar", county, None => 400 "invalid_query";
+        GET "/api/v1/analysis/sites/1/similar?category=noise", worker, None => 403 "out_of_scope";
+        GET "/api/v1/analysis/sites/999999/similar?category=noise", county, None => 404 "not_found";
+        GET "/api/v1/analysis/sites/1/similar?category=dancing", county, None => 422 "unknown_category";
+        GET "/api/v1/analysis/interventions?colour=red", county, None => 400 "invalid_query";
+        GET "/api/v1/analysis/interventions", worker, None => 403 "out_of_scope";
+        GET "/api/v1/analysis/interventions?node=999999", county, None => 404 "not_found";
+        POST "/api/v1/analysis/interventions", county, Some(&no_title) => 400 "invalid_data";
+        POST "/api/v1/analysis/interventions", worker, Some(&recorded) => 403 "out_of_scope";
+        POST "/api/v1/analysis/interventions", county, Some(&gone_site) => 404 "not_found";
+        POST "/api/v1/analysis/interventions", county, Some(&odd_category) => 422 "unknown_category";
+        GET &effect_of("?bucket=year"), county, None => 400 "invalid_query";
+        GET &effect_of(""), worker, None => 403 "out_of_scope";
+        GET &effect_of(""), huanan, None => 404 "not_found";
+        GET "/api/v1/analysis/performance?group=colour", county, None => 400 "invalid_query";
+        GET "/api/v1/analysis/performance", worker, None => 403 "out_of_scope";
+        GET "/api/v1/analysis/performance?node=999999", county, None => 404 "not_found";
+        GET "/api/v1/analysis/performance?category=dancing", county, None => 422 "unknown_category";
+    ]);
+
     // A node of a cluster that does not run the services sends REST for them to the one that does.
     let broker = Broker::new();
     let _runs = spawn_node(&broker, 1, true).await;
@@ -1525,6 +1623,15 @@ async fn every_route_answers_as_the_document_says() {
         POST "/api/v1/notices/1/read", city_b, None => 503 "not_served_here";
         POST campaigns, city_b, Some(&campaign) => 503 "not_served_here";
         POST "/api/v1/campaigns/1/done", city_b, None => 503 "not_served_here";
+        GET "/api/v1/analysis/hotspots", city_b, None => 503 "not_served_here";
+        GET "/api/v1/analysis/causes?category=noise", city_b, None => 503 "not_served_here";
+        GET "/api/v1/analysis/sites", city_b, None => 503 "not_served_here";
+        POST "/api/v1/analysis/sites", city_b, Some(&site) => 503 "not_served_here";
+        GET "/api/v1/analysis/sites/1/similar?category=noise", city_b, None => 503 "not_served_here";
+        GET "/api/v1/analysis/interventions", city_b, None => 503 "not_served_here";
+        POST "/api/v1/analysis/interventions", city_b, Some(&recorded) => 503 "not_served_here";
+        GET "/api/v1/analysis/interventions/1/effect", city_b, None => 503 "not_served_here";
+        GET "/api/v1/analysis/performance", city_b, None => 503 "not_served_here";
     ]);
     let photo = b"\x89PNG\r\n\x1a\n".to_vec();
     b.send(

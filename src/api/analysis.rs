@@ -1,0 +1,1134 @@
+//! REST for the analysis: hotspots, causes and similar sites, interventions before and after,
+//! performance, and the site registry. Centers and stations read within their subtree; reads run
+//! on the store's reader pool and the statistics on the same blocking thread, never on the
+//! runtime that serves terminals.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::orders::{ask, subtree_of, who};
+use super::{Caller, Params};
+use crate::analysis::core::{
+    self as an, Baseline, EffectQuery, Fact, Group, GroupKey, HotspotQuery, Names, Period, Place,
+    Rates, Unit, Window,
+};
+use crate::analysis::store::{self as st, FactQuery, NewIntervention, NewSite, SiteRow};
+use crate::auth::{Credential, Role};
+use crate::hub::Hub;
+use crate::orders::core::{Act, NewOrder};
+use crate::orders::model::{OrderId, Priority, Source};
+use crate::orders::service::{Cmd, RestBody};
+use crate::org::{GeoPoint, NodeIdx, Org, Tier};
+use crate::store::StoreError;
+
+const DAY_MS: u64 = 86_400_000;
+/// The longest window any analysis reads: a year and a bit, so a year against the one before
+/// stays within two.
+pub const MAX_WINDOW_DAYS: u64 = 400;
+/// Sites added in one request.
+pub const MAX_SITES: usize = 5_000;
+
+fn store_error(e: StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the analysis could not read the store: {e}"),
+    )
+}
+
+/// Analysis is for centers and stations (observers, the walls, read it too).
+fn reader(c: &Credential) -> Result<(), ApiError> {
+    if c.role == Role::Worker {
+        return Err(ApiError::out_of_scope(
+            "the analysis is for centers and stations",
+        ));
+    }
+    Ok(())
+}
+
+/// Those who act on it: operators and stations, not the walls.
+fn actor(c: &Credential) -> Result<(), ApiError> {
+    reader(c)?;
+    if c.role == Role::Observer {
+        return Err(ApiError::out_of_scope(
+            "an observer seat (a video wall) reads the analysis; it does not change it",
+        ));
+    }
+    Ok(())
+}
+
+/// The window asked for: `from`/`to` (Unix ms), by default the 30 days up to now.
+fn window(hub: &Hub, from: Option<u64>, to: Option<u64>) -> Result<Window, ApiError> {
+    let now = hub.clock.now_ms();
+    let to = to.unwrap_or(now);
+    let from = from.unwrap_or(to.saturating_sub(30 * DAY_MS));
+    let w = Window { from, to };
+    if w.is_empty() {
+        return Err(ApiError::bad_query(format!(
+            "the window is empty: from ({from}) must be before to ({to})"
+        )));
+    }
+    if w.len() > MAX_WINDOW_DAYS * DAY_MS {
+        return Err(ApiError::bad_query(format!(
+            "the window is {:.1} days; at most {MAX_WINDOW_DAYS} are read at once",
+            w.len() as f64 / DAY_MS as f64
+        )));
+    }
+    Ok(w)
+}
+
+fn category(hub: &Hub, c: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(c) = c else { return Ok(None) };
+    let cats = &hub.config.orders.categories;
+    if cats.iter().any(|x| x.id == c) {
+        return Ok(Some(c.to_string()));
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_category",
+        format!(
+            "unknown category {c:?}; known: {}",
+            cats.iter()
+                .map(|x| x.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
+fn node_json(org: &Org, n: NodeIdx) -> Value {
+    let node = org.node(n);
+    json!({
+        "id": node.id.as_str(),
+        "name": &*node.name,
+        "name_en": &*node.name_en,
+        "tier": node.tier,
+        "lat": node.location.map(|l| l.lat),
+        "lon": node.location.map(|l| l.lon),
+    })
+}
+
+fn window_json(w: Window) -> Value {
+    json!({ "from": w.from, "to": w.to })
+}
+
+/// Runs `f` on a reader connection and a blocking thread.
+async fn read<T: Send + 'static>(
+    hub: &Hub,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    hub.services()?.store.read(f).await.map_err(store_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotspotParams {
+    node: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+    category: Option<String>,
+    /// `sites` (the registry, by distance) or `nodes` (org nodes of a tier).
+    unit: Option<String>,
+    kind: Option<String>,
+    tier: Option<Tier>,
+    /// `peers` or `history`.
+    baseline: Option<String>,
+    windows: Option<u32>,
+    fdr: Option<f64>,
+    min_count: Option<u64>,
+    evidence: Option<usize>,
+}
+
+/// `GET /api/v1/analysis/hotspots`.
+pub async fn hotspots(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Params(p): Params<HotspotParams>,
+) -> Result<Response, ApiError> {
+    reader(&c)?;
+    let root = subtree_of(&hub, &c, p.node.as_deref())?;
+    let w = window(&hub, p.from, p.to)?;
+    let cat = category(&hub, p.category.as_deref())?;
+    let unit = match (p.unit.as_deref(), p.tier) {
+        (None | Some("sites"), None) => Unit::Sites,
+        (None | Some("nodes"), Some(t)) => Unit::Nodes(t),
+        (Some("nodes"), None) => Unit::Nodes(Tier::Village),
+        (Some("sites"), Some(_)) => {
+            return Err(ApiError::bad_query(
+                "tier is for unit=nodes; sites are chosen by kind",
+            ));
+        }
+        (Some(u), _) => {
+            return Err(ApiError::bad_query(format!("unit {u:?}: sites or nodes")));
+        }
+    };
+    if let Unit::Nodes(t) = unit {
+        if t < hub.org.tier(root) {
+            return Err(ApiError::bad_query(format!(
+                "tier {t} is above {} ({}): nothing of it lies in the subtree",
+                hub.org.id(root),
+                hub.org.tier(root)
+            )));
+        }
+        if p.kind.is_some() {
+            return Err(ApiError::bad_query("kind is for unit=sites"));
+        }
+    }
+    let windows = p.windows.unwrap_or(6);
+    let baseline = match (p.baseline.as_deref(), &unit) {
+        (Some("peers"), _) | (None, Unit::Sites) => Baseline::Peers,
+        (Some("history"), _) | (None, Unit::Nodes(_)) => {
+            if !(1..=52).contains(&windows) {
+                return Err(ApiError::bad_query(format!("windows {windows}: 1 to 52")));
+            }
+            if w.len() * (u64::from(windows) + 1) > 3 * 366 * DAY_MS {
+                return Err(ApiError::bad_query(format!(
+                    "the window and its {windows} windows of history span more than three years; ask for fewer"
+                )));
+            }
+            Baseline::History(windows)
+        }
+        (Some(b), _) => {
+            return Err(ApiError::bad_query(format!(
+                "baseline {b:?}: peers or history"
+            )));
+        }
+    };
+    let fdr = p.fdr.unwrap_or(0.05);
+    if !(fdr > 0.0 && fdr <= 0.5) {
+        return Err(ApiError::bad_query(format!(
+            "fdr {fdr}: above 0, at most 0.5"
+        )));
+    }
+    let evidence = p.evidence.unwrap_or(20).min(200);
+    let min_count = p.min_count.unwrap_or(5).max(1);
+    let org = Arc::clone(&hub.org);
+    let kind = p.kind.clone();
+    let started = Instant::now();
+    let out = read(&hub, move |conn| {
+        let range = org.subtree(root);
+        let history = match baseline {
+            Baseline::History(k) => w.len() * u64::from(k),
+            Baseline::Peers => 0,
+        };
+        let q = FactQuery {
+            window: Window {
+                from: w.from.saturating_sub(history),
+                to: w.to,
+            },
+            range: range.clone(),
+            category: cat.as_deref(),
+        };
+        let (mut cats, mut causes) = (Names::default(), Names::default());
+        let facts = st::facts(conn, &q, &mut cats, &mut causes)?;
+        let rows = match unit {
+            Unit::Sites => st::sites(conn, range, kind.as_deref())?,
+            Unit::Nodes(_) => Vec::new(),
+        };
+        let sites: Vec<an::Site> = rows.iter().filter_map(|s| s.site(&org)).collect();
+        let data_from = st::data_from(conn)?.unwrap_or(w.from);
+        let h = an::hotspots(
+            &org,
+            root,
+            &facts,
+            &sites,
+            &HotspotQuery {
+                window: w,
+                unit: unit.clone(),
+                baseline,
+                fdr,
+                min_count,
+                evidence,
+                data_from,
+            },
+        );
+        let list: Vec<Value> = h
+            .hotspots
+            .iter()
+            .map(|x| {
+                let mut v = json!({
+                    "observed": x.observed,
+                    "expected": x.expected,
+                    "ratio": x.ratio,
+                    "p_value": x.p_value,
+                    "q_value": x.q_value,
+                    "evidence": x.evidence,
+                });
+                match x.place {
+                    Place::Site(i) => v["site"] = json!(rows[i as usize]),
+                    Place::Node(n) => v["node"] = node_json(&org, n),
+                }
+                v
+            })
+            .collect();
+        Ok(json!({
+            "node": org.id(root).as_str(),
+            "window": window_json(w),
+            "category": cat,
+            "unit": match unit { Unit::Sites => "sites", Unit::Nodes(_) => "nodes" },
+            "kind": kind,
+            "tier": match unit { Unit::Nodes(t) => Some(t), Unit::Sites => None },
+            "baseline": match baseline {
+                Baseline::Peers => json!({"kind": "peers", "median": h.peer_median}),
+                Baseline::History(asked) => json!({"kind": "history", "windows": h.history_windows, "asked": asked}),
+            },
+            "fdr": fdr,
+            "min_count": min_count,
+            "tested": h.tested,
+            "requests": h.requests,
+            "unplaced": h.unplaced,
+            "hotspots": list,
+            "empty": h.empty,
+        }))
+    })
+    .await?;
+    hub.metrics.analysis_latency.observe(started.elapsed());
+    Ok(Json(out).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CauseParams {
+    node: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+    category: Option<String>,
+    /// `children`: counts per child of the node too.
+    by: Option<String>,
+}
+
+fn cause_names(hub: &Hub, category: &str, cause: &str) -> (String, String) {
+    hub.config
+        .orders
+        .categories
+        .iter()
+        .find(|c| c.id == category)
+        .and_then(|c| c.causes.iter().find(|x| x.id == cause))
+        .map(|x| (x.name.clone(), x.name_en.clone()))
+        .unwrap_or_else(|| (cause.to_string(), cause.to_string()))
+}
+
+/// `GET /api/v1/analysis/causes`.
+pub async fn causes(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Params(p): Params<CauseParams>,
+) -> Result<Response, ApiError> {
+    reader(&c)?;
+    let root = subtree_of(&hub, &c, p.node.as_deref())?;
+    let w = window(&hub, p.from, p.to)?;
+    let Some(cat) = category(&hub, p.category.as_deref())? else {
+        return Err(ApiError::bad_query(
+            "category is required: causes are counted within one",
+        ));
+    };
+    let by_children = match p.by.as_deref() {
+        None => false,
+        Some("children") => true,
+        Some(b) => return Err(ApiError::bad_query(format!("by {b:?}: only children"))),
+    };
+    let org = Arc::clone(&hub.org);
+    let hub2 = Arc::clone(&hub);
+    let started = Instant::now();
+    let out = read(&hub, move |conn| {
+        let (mut cats, mut causes) = (Names::default(), Names::default());
+        let q = FactQuery {
+            window: w,
+            range: org.subtree(root),
+            category: Some(&cat),
+        };
+        let facts = st::facts(conn, &q, &mut cats, &mut causes)?;
+        let counts = an::causes(&facts, w);
+        let list: Vec<Value> = counts
+            .by_cause
+            .iter()
+            .map(|(k, n)| {
+                let id = causes.name(*k);
+                let (name, name_en) = cause_names(&hub2, &cat, id);
+                json!({"cause": id, "name": name, "name_en": name_en, "count": n,
+                       "share": *n as f64 / counts.total.max(1) as f64})
+            })
+            .collect();
+        let children: Option<Vec<Value>> = by_children.then(|| {
+            org.children(root)
+                .iter()
+                .map(|&ch| {
+                    let mine: Vec<Fact> = facts
+                        .iter()
+                        .filter(|f| org.contains(ch, f.node))
+                        .cloned()
+                        .collect();
+                    let cc = an::causes(&mine, w);
+                    let by: serde_json::Map<String, Value> = cc
+                        .by_cause
+                        .iter()
+                        .map(|(k, n)| (causes.name(*k).to_string(), json!(n)))
+                        .collect();
+                    json!({"node": node_json(&org, ch), "total": cc.total, "untagged": cc.untagged, "causes": by})
+                })
+                .collect()
+        });
+        Ok(json!({
+            "node": org.id(root).as_str(),
+            "window": window_json(w),
+            "category": cat,
+            "total": counts.total,
+            "untagged": counts.untagged,
+            "causes": list,
+            "children": children,
+        }))
+    })
+    .await?;
+    hub.metrics.analysis_latency.observe(started.elapsed());
+    Ok(Json(out).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteListParams {
+    node: Option<String>,
+    kind: Option<String>,
+}
+
+/// `GET /api/v1/analysis/sites`.
+pub async fn sites(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Params(p): Params<SiteListParams>,
+) -> Result<Response, ApiError> {
+    reader(&c)?;
+    let root = subtree_of(&hub, &c, p.node.as_deref())?;
+    let range = hub.org.subtree(root);
+    let rows = read(&hub, move |conn| st::sites(conn, range, p.kind.as_deref())).await?;
+    Ok(Json(json!({ "sites": rows })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteIn {
+    kind: String,
+    name: String,
+    node: String,
+    lat: f64,
+    lon: f64,
+    radius_m: Option<f64>,
+    r#ref: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitesIn {
+    sites: Vec<SiteIn>,
+}
+
+fn word(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// `POST /api/v1/analysis/sites` — adds sites to the registry, all or none; a site whose `ref`
+/// is stored already is left as it is (so a registry file loads twice without change).
+pub async fn add_sites(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    actor(&c)?;
+    let body: SitesIn = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            format!("the request body is not a list of sites: {e}"),
+        )
+    })?;
+    if body.sites.is_empty() || body.sites.len() > MAX_SITES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            format!(
+                "sites: 1 to {MAX_SITES} per request, not {}",
+                body.sites.len()
+            ),
+        ));
+    }
+    let mut checked = Vec::with_capacity(body.sites.len());
+    for (i, s) in body.sites.into_iter().enumerate() {
+        let bad = |m: String| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_data",
+                format!("sites[{i}]: {m}"),
+            )
+        };
+        let p = GeoPoint {
+            lat: s.lat,
+            lon: s.lon,
+        };
+        if !p.is_valid() {
+            return Err(bad(format!(
+                "({}, {}) is outside [-90, 90] × [-180, 180]",
+                s.lat, s.lon
+            )));
+        }
+        if !word(&s.kind) {
+            return Err(bad(format!("kind {:?}: 1 to 32 of a-z 0-9 _ -", s.kind)));
+        }
+        let name = s.name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(bad(
+                "name: 1 to 100 characters, no control characters".into()
+            ));
+        }
+        let radius = s.radius_m.unwrap_or(150.0);
+        if !(10.0..=5_000.0).contains(&radius) {
+            return Err(bad(format!("radius_m {radius}: 10 to 5,000")));
+        }
+        if let Some(r) = &s.r#ref
+            && (r.is_empty() || r.len() > 64 || !r.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(bad("ref: 1 to 64 visible ASCII characters".into()));
+        }
+        let node = hub
+            .org
+            .lookup(&s.node)
+            .ok_or_else(|| bad(format!("node {} is not in the org tree", s.node)))?;
+        if !crate::scope::can_watch_subtree(&hub.org, &c, node) {
+            return Err(ApiError::out_of_scope(format!(
+                "sites[{i}]: {} is outside your subtree",
+                s.node
+            )));
+        }
+        // A site's point should lie near its node; a registry with swapped coordinates would
+        // match nothing, silently.
+        if let Some(l) = hub.org.node(node).location
+            && crate::analysis::geo::metres(l, p) > 200_000.0
+        {
+            return Err(bad(format!(
+                "({}, {}) is {:.0} km from its node {} ({}, {}): swapped or wrong coordinates?",
+                s.lat,
+                s.lon,
+                crate::analysis::geo::metres(l, p) / 1000.0,
+                s.node,
+                l.lat,
+                l.lon
+            )));
+        }
+        checked.push(NewSite {
+            kind: s.kind,
+            name: name.to_string(),
+            node,
+            point: p,
+            radius_m: radius,
+            r#ref: s.r#ref,
+        });
+    }
+    let org = Arc::clone(&hub.org);
+    let at = hub.clock.now_ms();
+    let store = Arc::clone(&hub.services()?.store);
+    let (tx, mut rx) = crate::store::inbox();
+    store
+        .submit_async(crate::store::Job::query(
+            move |conn| st::add_sites(conn, &org, &checked, at),
+            &tx,
+            |r| r,
+        ))
+        .await;
+    let ids = rx
+        .recv()
+        .await
+        .unwrap_or(Err(StoreError::Closed))
+        .map_err(store_error)?;
+    let created = ids.iter().any(|x| x.1);
+    let list: Vec<Value> = ids
+        .iter()
+        .map(|(id, new)| json!({"id": id, "created": new}))
+        .collect();
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "sites": list }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarParams {
+    from: Option<u64>,
+    to: Option<u64>,
+    category: Option<String>,
+    threshold: Option<f64>,
+    min_requests: Option<u64>,
+}
+
+/// `GET /api/v1/analysis/sites/{id}/similar` — sites across the caller's subtree whose requests
+/// have the same mix of causes.
+pub async fn similar(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+    Params(p): Params<SimilarParams>,
+) -> Result<Response, ApiError> {
+    reader(&c)?;
+    let root = c.endpoint;
+    let w = window(&hub, p.from, p.to.or(Some(hub.clock.now_ms())))?;
+    let w = if p.from.is_none() {
+        Window {
+            from: w.to.saturating_sub(365 * DAY_MS),
+            to: w.to,
+        }
+    } else {
+        w
+    };
+    let Some(cat) = category(&hub, p.category.as_deref())? else {
+        return Err(ApiError::bad_query(
+            "category is required: causes are compared within one",
+        ));
+    };
+    let threshold = p.threshold.unwrap_or(0.9);
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(ApiError::bad_query(format!(
+            "threshold {threshold}: 0 to 1"
+        )));
+    }
+    let min_requests = p.min_requests.unwrap_or(5);
+    let org = Arc::clone(&hub.org);
+    let started = Instant::now();
+    let out = read(&hub, move |conn| {
+        let Some(me) = st::site(conn, id)? else {
+            return Ok(None);
+        };
+        let Some(n) = org.lookup(&me.node) else {
+            return Ok(None);
+        };
+        if !org.contains(root, n) {
+            return Ok(None);
+        }
+        let rows = st::sites(conn, org.subtree(root), None)?;
+        let sites: Vec<an::Site> = rows.iter().filter_map(|s| s.site(&org)).collect();
+        let reference = rows.iter().position(|r| r.id == id).expect("listed in its own subtree") as u32;
+        let (mut cats, mut causes) = (Names::default(), Names::default());
+        let q = FactQuery {
+            window: w,
+            range: org.subtree(root),
+            category: Some(&cat),
+        };
+        let facts = st::facts(conn, &q, &mut cats, &mut causes)?;
+        let s = an::similar_sites(&facts, &sites, w, reference, min_requests, threshold);
+        let names: Vec<&str> = s.causes.iter().map(|c| causes.name(*c)).collect();
+        let list: Vec<Value> = s
+            .similar
+            .iter()
+            .zip(&s.profiles)
+            .map(|(x, prof)| json!({"site": rows[x.site as usize], "similarity": x.similarity, "requests": x.requests, "profile": prof}))
+            .collect();
+        Ok(Some(json!({
+            "site": me,
+            "window": window_json(w),
+            "category": cat,
+            "causes": names,
+            "profile": s.profile,
+            "threshold": threshold,
+            "similar": list,
+            "empty": s.empty,
+        })))
+    })
+    .await?;
+    hub.metrics.analysis_latency.observe(started.elapsed());
+    // A site outside the caller's subtree is not found, as orders are.
+    let out = out.ok_or_else(|| ApiError::not_found(format!("no site {id}")))?;
+    Ok(Json(out).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskIn {
+    #[serde(default)]
+    priority: Option<Priority>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterventionIn {
+    title: String,
+    category: String,
+    /// The node responsible; by default the first site's, else the caller's.
+    node: Option<String>,
+    #[serde(default)]
+    sites: Vec<u64>,
+    /// When it took effect (Unix ms); for a task, by default when its loop closes.
+    at: Option<u64>,
+    /// The requests that made the hotspot.
+    #[serde(default)]
+    evidence: Vec<u64>,
+    /// Push a governance task (an order) to the responsible node.
+    task: Option<TaskIn>,
+}
+
+/// `POST /api/v1/analysis/interventions` — records what the center did (what, where, when), and
+/// with `task`, takes in a governance order at the caller with the evidence in its description
+/// and dispatches it a tier toward the responsible node; its closing is tracked here.
+pub async fn add_intervention(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    actor(&c)?;
+    let i: InterventionIn = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            format!("the request body is not an intervention: {e}"),
+        )
+    })?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_data", m);
+    let title = i.title.trim().to_string();
+    if title.is_empty() || title.chars().count() > 200 {
+        return Err(bad("title: 1 to 200 characters".into()));
+    }
+    let cat = category(&hub, Some(&i.category))?.expect("given");
+    if i.sites.len() > 1_000 || i.evidence.len() > 1_000 {
+        return Err(bad("sites and evidence: at most 1,000 each".into()));
+    }
+    if i.task.is_some() && i.at.is_some() {
+        return Err(bad(
+            "a task takes effect when its loop closes: give `at` or `task`, not both".into(),
+        ));
+    }
+    let org = Arc::clone(&hub.org);
+    let ids = i.sites.clone();
+    let evidence = i.evidence.clone();
+    let scope_root = c.endpoint;
+    // The sites (in scope), and the evidence (orders in scope) checked in one read.
+    let (rows, missing) = read(&hub, move |conn| {
+        let mut rows = Vec::new();
+        for id in &ids {
+            match st::site(conn, *id)? {
+                Some(s)
+                    if org
+                        .lookup(&s.node)
+                        .is_some_and(|n| org.contains(scope_root, n)) =>
+                {
+                    rows.push(s)
+                }
+                _ => return Ok((rows, Some(format!("no site {id}")))),
+            }
+        }
+        let r = org.subtree(scope_root);
+        let mut q = conn.prepare_cached("SELECT node_pre FROM orders WHERE id = ?1")?;
+        for id in &evidence {
+            let pre: Option<i64> =
+                rusqlite::OptionalExtension::optional(q.query_row([*id as i64], |x| x.get(0)))?;
+            if !pre.is_some_and(|p| r.contains(&(p as usize))) {
+                return Ok((rows, Some(format!("evidence: no order {id}"))));
+            }
+        }
+        Ok((rows, None))
+    })
+    .await?;
+    if let Some(m) = missing {
+        return Err(ApiError::not_found(m));
+    }
+    let node = match (&i.node, rows.first()) {
+        (Some(n), _) => subtree_of(&hub, &c, Some(n))?,
+        (None, Some(s)) => hub.org.lookup(&s.node).expect("checked"),
+        (None, None) => c.endpoint,
+    };
+    let mut order: Option<u64> = None;
+    let mut doc: Option<Value> = None;
+    if let Some(task) = &i.task {
+        let (o, d) = push_task(
+            &hub,
+            &c,
+            &title,
+            &cat,
+            node,
+            rows.first(),
+            &i.evidence,
+            task,
+        )
+        .await?;
+        order = Some(o);
+        doc = Some(d);
+    }
+    let org = Arc::clone(&hub.org);
+    let at = hub.clock.now_ms();
+    let by = hub.org.id(c.endpoint).to_string();
+    let when = i.at;
+    let store = Arc::clone(&hub.services()?.store);
+    let (tx, mut rx) = crate::store::inbox();
+    let sites = i.sites.clone();
+    let evidence = i.evidence.clone();
+    store
+        .submit_async(crate::store::Job::query(
+            move |conn| {
+                let id = st::add_intervention(
+                    conn,
+                    &org,
+                    &NewIntervention {
+                        title: &title,
+                        category: &cat,
+                        node,
+                        sites: &sites,
+                        at: when,
+                        order,
+                        evidence: &evidence,
+                        created_by: &by,
+                        created_at: at,
+                    },
+                )?;
+                st::intervention(conn, id)
+            },
+            &tx,
+            |r| r,
+        ))
+        .await;
+    let row = rx
+        .recv()
+        .await
+        .unwrap_or(Err(StoreError::Closed))
+        .map_err(store_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "intervention": row, "order": doc })),
+    )
+        .into_response())
+}
+
+/// Takes in the governance order and sends it a tier toward the responsible node.
+#[allow(clippy::too_many_arguments)]
+async fn push_task(
+    hub: &Arc<Hub>,
+    c: &Credential,
+    title: &str,
+    category: &str,
+    node: NodeIdx,
+    site: Option<&SiteRow>,
+    evidence: &[u64],
+    task: &TaskIn,
+) -> Result<(u64, Value), ApiError> {
+    let mut description = task
+        .description
+        .clone()
+        .unwrap_or_else(|| title.to_string());
+    if !evidence.is_empty() {
+        let shown: Vec<String> = evidence.iter().take(20).map(|e| format!("#{e}")).collect();
+        description.push_str(&format!(
+            "\n依据 {} 件诉求：{}{}",
+            evidence.len(),
+            shown.join(" "),
+            if evidence.len() > 20 { " …" } else { "" }
+        ));
+    }
+    let new = NewOrder {
+        source: Source::Integration,
+        category: category.to_string(),
+        cause: None,
+        description,
+        node,
+        point: site.map(|s| GeoPoint {
+            lat: s.lat,
+            lon: s.lon,
+        }),
+        address: site.map(|s| s.name.clone()).unwrap_or_default(),
+        priority: task.priority.unwrap_or(Priority::Routine),
+        reporter_name: String::new(),
+        reporter_phone: String::new(),
+    };
+    let at = Instant::now();
+    let (_, body) = ask(hub, |reply| Cmd::Create {
+        who: who(c),
+        new,
+        key: None,
+        reply,
+        at,
+    })
+    .await?;
+    let RestBody::Order(doc) = body else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the orders service answered a create with no order",
+        ));
+    };
+    let id = doc.id;
+    let mut out = serde_json::to_value(&*doc).unwrap_or(Value::Null);
+    if let Some(next) = hub.org.child_toward(c.endpoint, node) {
+        let at = Instant::now();
+        let (_, body) = ask(hub, |reply| Cmd::Act {
+            who: who(c),
+            id,
+            expect: None,
+            act: Act::Dispatch {
+                to: next,
+                note: Some("由分析热点生成的治理任务".into()),
+            },
+            reply,
+            at,
+        })
+        .await?;
+        if let RestBody::Order(doc) = body {
+            out = serde_json::to_value(&*doc).unwrap_or(Value::Null);
+        }
+    }
+    let OrderId(id) = id;
+    Ok((id, out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeParams {
+    node: Option<String>,
+}
+
+/// `GET /api/v1/analysis/interventions`.
+pub async fn interventions(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Params(p): Params<NodeParams>,
+) -> Result<Response, ApiError> {
+    reader(&c)?;
+    let root = subtree_of(&hub, &c, p.node.as_deref())?;
+    let range = hub.org.subtree(root);
+    let rows = read(&hub, move |conn| st::interventions(conn, range)).await?;
+    Ok(Json(json!({ "interventions": rows })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EffectParams {
+    before_days: Option<u64>,
+    after_days: Option<u64>,
+    settle_days: Option<u64>,
+    /// `day`, `week` or `month`: the series' buckets.
+    bucket: Option<String>,
+}
+
+/// `GET /api/v1/analysis/interventions/{id}/effect` — the rate at its sites (or in its node's
+/// subtree) before and after, with a 95 % interval for the change.
+pub async fn effect(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Path(id): Path<u64>,
+    Params(p): Params<EffectParams>,
+) -> Result<Response, ApiError> {
+    reader(&c)?;
+    let before = p.before_days.unwrap_or(60);
+    let after = p.after_days.unwrap_or(60);
+    let settle = p.settle_days.unwrap_or(0);
+    if before == 0 || after == 0 || before > 366 || after > 366 || settle > 90 {
+        return Err(ApiError::bad_query(
+            "before_days and after_days: 1 to 366; settle_days: at most 90",
+        ));
+    }
+    let bucket = match p.bucket.as_deref() {
+        None | Some("week") => 7 * DAY_MS,
+        Some("day") => DAY_MS,
+        Some("month") => 30 * DAY_MS,
+        Some(b) => {
+            return Err(ApiError::bad_query(format!(
+                "bucket {b:?}: day, week or month"
+            )));
+        }
+    };
+    let org = Arc::clone(&hub.org);
+    let root = c.endpoint;
+    let now = hub.clock.now_ms();
+    let started = Instant::now();
+    let out = read(&hub, move |conn| {
+        let Some(i) = st::intervention(conn, id)? else {
+            return Ok(None);
+        };
+        let Some(node) = org.lookup(&i.node).filter(|&n| org.contains(root, n)) else {
+            return Ok(None);
+        };
+        let Some(at) = i.at else {
+            return Ok(Some(json!({
+                "intervention": i,
+                "note": "not in effect yet: its task's loop has not closed",
+            })));
+        };
+        let mut sites = Vec::new();
+        for s in &i.sites {
+            if let Some(r) = st::site(conn, *s)? {
+                sites.push(r);
+            }
+        }
+        let span = Window {
+            from: at.saturating_sub(before * DAY_MS),
+            to: at + (settle + after) * DAY_MS,
+        };
+        let times = st::times_at(conn, &org, &sites, org.subtree(node), &i.category, span)?;
+        let e = an::effect(
+            &times,
+            &EffectQuery {
+                at,
+                before_ms: before * DAY_MS,
+                after_ms: after * DAY_MS,
+                settle_ms: settle * DAY_MS,
+                now,
+                level: 0.95,
+                bucket_ms: bucket,
+            },
+        );
+        Ok(Some(json!({
+            "intervention": i,
+            "before": {"from": e.before.from, "to": e.before.to, "count": e.before_count, "per_day": e.before_rate},
+            "after": {"from": e.after.from, "to": e.after.to, "count": e.after_count, "per_day": e.after_rate},
+            "level": 0.95,
+            "change": e.change.map(|c| c.0),
+            "ci": e.change.map(|c| [c.1, c.2]),
+            "series": e.series.iter().map(|(from, n)| json!({"from": from, "count": n})).collect::<Vec<_>>(),
+            "note": e.note,
+        })))
+    })
+    .await?;
+    hub.metrics.analysis_latency.observe(started.elapsed());
+    let out = out.ok_or_else(|| ApiError::not_found(format!("no intervention {id}")))?;
+    Ok(Json(out).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceParams {
+    node: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+    category: Option<String>,
+    /// `children` (default), `tier` or `category`.
+    group: Option<String>,
+    tier: Option<Tier>,
+    /// `month` (default), `week` or `day`.
+    period: Option<String>,
+}
+
+fn rates_json(r: &Rates) -> Value {
+    json!({
+        "received": r.received,
+        "closed": r.closed,
+        "on_time": r.on_time,
+        "rated": r.rated,
+        "satisfied": r.satisfied,
+        "reopened": r.reopened,
+        "completion": r.completion(),
+        "on_time_rate": r.on_time_rate(),
+        "satisfaction": r.satisfaction(),
+        "reopen_rate": r.reopen_rate(),
+    })
+}
+
+/// `GET /api/v1/analysis/performance`.
+pub async fn performance(
+    State(hub): State<Arc<Hub>>,
+    Caller(c): Caller,
+    Params(p): Params<PerformanceParams>,
+) -> Result<Response, ApiError> {
+    reader(&c)?;
+    let root = subtree_of(&hub, &c, p.node.as_deref())?;
+    let w = window(&hub, p.from, p.to)?;
+    let cat = category(&hub, p.category.as_deref())?;
+    let group = match (p.group.as_deref(), p.tier) {
+        (None | Some("children"), None) => Group::Children,
+        (None | Some("tier"), Some(t)) => {
+            if t < hub.org.tier(root) {
+                return Err(ApiError::bad_query(format!("tier {t} is above the node")));
+            }
+            Group::Tier(t)
+        }
+        (Some("tier"), None) => return Err(ApiError::bad_query("group=tier needs tier")),
+        (Some("category"), None) => Group::Category,
+        (Some(g), _) => {
+            return Err(ApiError::bad_query(format!(
+                "group {g:?}: children, tier (with tier) or category"
+            )));
+        }
+    };
+    let period = match p.period.as_deref() {
+        None | Some("month") => Period::Month,
+        Some("week") => Period::Week,
+        Some("day") => Period::Day,
+        Some(x) => {
+            return Err(ApiError::bad_query(format!(
+                "period {x:?}: month, week or day"
+            )));
+        }
+    };
+    if period == Period::Day && w.len() > 92 * DAY_MS {
+        return Err(ApiError::bad_query(
+            "period=day: a window of at most 92 days",
+        ));
+    }
+    let org = Arc::clone(&hub.org);
+    let hub2 = Arc::clone(&hub);
+    let started = Instant::now();
+    let out = read(&hub, move |conn| {
+        let (mut cats, mut causes) = (Names::default(), Names::default());
+        let q = FactQuery {
+            window: Window {
+                from: w.from.saturating_sub(w.len()),
+                to: w.to,
+            },
+            range: org.subtree(root),
+            category: cat.as_deref(),
+        };
+        let facts = st::facts(conn, &q, &mut cats, &mut causes)?;
+        let perf = an::performance(&org, root, &facts, w, group, period);
+        let cat_name = |k: u16| {
+            let id = cats.name(k);
+            let c = hub2.config.orders.categories.iter().find(|c| c.id == id);
+            json!({"category": id, "name": c.map(|c| &c.name), "name_en": c.map(|c| &c.name_en)})
+        };
+        let rows: Vec<Value> = perf
+            .rows
+            .iter()
+            .map(|r| {
+                let mut v = json!({
+                    "rates": rates_json(&r.now),
+                    "previous": rates_json(&r.previous),
+                    "top": r.top.iter().map(|(k, n)| { let mut x = cat_name(*k); x["count"] = json!(n); x }).collect::<Vec<_>>(),
+                });
+                match r.key {
+                    GroupKey::Node(n) => v["node"] = node_json(&org, n),
+                    GroupKey::Category(k) => v["category"] = cat_name(k),
+                }
+                v
+            })
+            .collect();
+        Ok(json!({
+            "node": org.id(root).as_str(),
+            "window": window_json(w),
+            "previous_window": {"from": w.from.saturating_sub(w.len()), "to": w.from},
+            "category": cat,
+            "total": rates_json(&perf.total),
+            "previous": rates_json(&perf.previous),
+            "rows": rows,
+            "trend": perf.trend.iter().map(|(from, r)| { let mut v = rates_json(r); v["from"] = json!(from); v }).collect::<Vec<_>>(),
+            "unplaced": perf.unplaced,
+        }))
+    })
+    .await?;
+    hub.metrics.analysis_latency.observe(started.elapsed());
+    Ok(Json(out).into_response())
+}
