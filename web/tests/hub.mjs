@@ -27,7 +27,8 @@ function freePort() {
 }
 
 export class TestHub {
-  static async start(env = {}) {
+  /// `history`: requests of a generated year written into the store before the hub starts.
+  static async start(env = {}, { history = 0 } = {}) {
     const hub = new TestHub();
     hub.data = mkdtempSync(join(tmpdir(), 'gridhub-web-'));
     hub.port = await freePort();
@@ -40,6 +41,7 @@ export class TestHub {
       GRIDHUB_LOG__FILTER: 'warn',
       ...env,
     };
+    if (history) execFileSync(bin, ['history', '--orders', String(history)], { cwd: root, env: hub.env, stdio: 'ignore' });
     hub.proc = spawn(bin, ['serve'], { cwd: root, env: hub.env, stdio: ['ignore', 'inherit', 'inherit'] });
     hub.exited = new Promise((r) => hub.proc.on('exit', r));
     const deadline = Date.now() + 30_000;

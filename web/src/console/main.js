@@ -10,6 +10,7 @@ import { Navigator } from './nav.js';
 import { SituationMap } from './map.js';
 import { Board } from './board.js';
 import { Charts } from './charts.js';
+import { Analysis } from './analysis.js';
 import { Calls } from '../lib/call.js';
 import { Sessions } from '../lib/session.js';
 import { el } from '../lib/dom.js';
@@ -30,9 +31,10 @@ let map = null;
 let geo = null;
 let board = null;
 let charts = null;
+let analysis = null;
 
 // For the browser tests and for operators poking at the wall from DevTools.
-window.gridhub = { hub, presence, calls, sessions, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; }, get charts() { return charts; } };
+window.gridhub = { hub, presence, calls, sessions, get org() { return org; }, get nav() { return nav; }, get map() { return map; }, get board() { return board; }, get charts() { return charts; }, get analysis() { return analysis; } };
 
 const page = setupPage({ hub, cred });
 
@@ -96,6 +98,8 @@ hub.addEventListener('hello', async (ev) => {
     // After every (re)connect: a fresh snapshot resyncs whatever changed while we were away.
     presence.snapshot(await hub.request('presence.subscribe', { node: me.id }));
     charts ??= new Charts({ hub, org, presence, me: me.id });
+    analysis ??= new Analysis({ hub, org, me: me.id, board, map, watchOnly });
+    document.getElementById('analysis-open').hidden = false;
     await board.start();
     document.body.dataset.ready = 'true';
   } catch (e) {
@@ -155,5 +159,7 @@ sessionForm.onsubmit = async (ev) => {
     sessionError.textContent = errorText(e);
   }
 };
+
+document.getElementById('analysis-open').onclick = () => analysis?.open();
 
 page.begin();

@@ -80,6 +80,16 @@ export class SituationMap {
         z: 5,
         itemStyle: { color: 'transparent', borderColor: css('--accent'), borderWidth: 3 },
         data: [],
+      }, {
+        // The analysis's hotspots: a ring that pulses, sized by how far over its baseline.
+        name: 'hotspots',
+        type: 'effectScatter',
+        coordinateSystem: 'geo',
+        z: 6,
+        rippleEffect: { scale: 3, brushType: 'stroke' },
+        symbolSize: (v) => Math.min(26, 8 + 3 * Math.log2(Math.max(1, v[2]))),
+        itemStyle: { color: css('--danger') },
+        data: [],
       }],
     });
     this.chart.on('click', (p) => {
@@ -131,6 +141,13 @@ export class SituationMap {
     return data;
   }
 
+  /// Hotspots found by the analysis ({lat, lon, name, ratio}); none to clear them.
+  setHotspots(list) {
+    this.hotspots = list.length;
+    const data = list.map((h) => ({ name: h.name, value: [h.lon, h.lat, h.ratio] }));
+    this.chart.setOption({ series: [...STATUSES.map(() => ({})), {}, {}, { data }] });
+  }
+
   /// Open orders, weighted by urgency: supervised (late) ones glow hottest.
   setOrders(orders) {
     const data = [];
@@ -146,6 +163,7 @@ export class SituationMap {
 
   tooltip(p) {
     if (p.componentType !== 'series' || p.seriesName === 'orders') return p.seriesName === 'orders' ? '' : p.name;
+    if (p.seriesName === 'hotspots') return `<b>${escape(p.name)}</b><br>×${p.value[2].toFixed(1)}`;
     const id = p.data[2];
     const n = this.org.get(id);
     if (!n) return id;
