@@ -333,7 +333,11 @@ async fn presence_latency(
         }
     });
 
-    let set = Utf8Bytes::from_static(r#"{"v":1,"type":"presence.set","data":{"status":"busy"}}"#);
+    // A text no churn sets, so the change is a change even for a terminal the churn left busy
+    // (which would otherwise send no delta and be counted lost).
+    let set = Utf8Bytes::from_static(
+        r#"{"v":1,"type":"presence.set","data":{"status":"busy","text":"presence check"}}"#,
+    );
     let period = Duration::from_secs_f64(1.0 / opts.presence_rate.max(1) as f64);
     let mut tick = tokio::time::interval(period);
     // Spread the changed terminals over the whole tree.
