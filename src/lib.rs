@@ -8,7 +8,7 @@
 //!   connections (`registry`), the task serving one (`session`), and the table that hands each
 //!   request type, with its origin, to the service that owns it (`dispatch`).
 //! - `api` — REST (axum): health, metrics, the org tree, presence, orders, notices, campaigns,
-//!   calls, connection tickets, OpenAPI. `http` — the HTTP error body both share. `web` — the
+//!   calls, sessions, analysis, connection tickets, OpenAPI. `http` — the HTTP error body both share. `web` — the
 //!   console and field pages, embedded in the binary.
 //! - `backplane` — the one path to terminals: services address terminals and connections, never
 //!   hold one; what every node hears goes over its bus; the directory says who is where. Alone by
@@ -22,6 +22,8 @@
 //!   - `orders` — work orders through the eight steps, notices, campaigns, the consoles' feed;
 //!   - `calls` — point-to-point call signaling, TURN credentials, call records;
 //!   - `sessions` — command sessions: commander, invited terminals, watching walls, controls.
+//!   - `analysis` — hotspots, causes and similar sites, before and after, performance, over the
+//!     stored orders (a core over compact facts, SQL beside it, a generated year for the demo).
 //! - `store` — SQLite with group commit; actors hear of their jobs as messages.
 //! - `auth` (credentials and tickets), `scope` (who may see what), `config` (the sections beside
 //!   their modules, loaded together), `telemetry`, `clock` (injected into every shell).
