@@ -56,8 +56,12 @@ enum Command {
     History {
         #[arg(long, default_value_t = 320_944)]
         orders: usize,
-        #[arg(long, default_value_t = 2024)]
+        #[arg(long, default_value_t = gridhub::analysis::history::SEED)]
         seed: u64,
+        /// Write only the year's site registry here (the body of POST /api/v1/analysis/sites),
+        /// touching no store: how config/sites/jiamusi.json is made.
+        #[arg(long)]
+        sites_json: Option<PathBuf>,
     },
     /// Mint a terminal's credential (signed with the hub's key) and print it.
     Token {
@@ -155,9 +159,17 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{token}");
             Ok(())
         }
-        Command::History { orders, seed } => {
+        Command::History {
+            orders,
+            seed,
+            sites_json,
+        } => {
             let config = load_config(cli.config.as_deref())?;
             let org = std::sync::Arc::new(Org::load(&config.org.file).map_err(|e| e.to_string())?);
+            if let Some(out) = sites_json {
+                let text = gridhub::analysis::history::sites_json(&org, seed);
+                return std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()));
+            }
             let spec = gridhub::analysis::history::year_to(gridhub::clock::now_ms(), orders, seed);
             let path = config.store_path();
             let done = gridhub::analysis::history::import(&config, &org, &path, &spec)?;

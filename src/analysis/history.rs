@@ -106,3 +106,41 @@ pub fn import(
         seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+/// The seed used for the demo's history and the committed site registry
+/// (`config/sites/jiamusi.json`), so the two name the same sites.
+pub const SEED: u64 = 2024;
+
+/// The generated year's site registry for `seed`, as the body of `POST /api/v1/analysis/sites`
+/// (one site a line; `ref`s as the import writes them, so loading both changes nothing).
+pub fn sites_json(org: &Org, seed: u64) -> String {
+    // Sites are placed first from the seed, whatever the year's size or start.
+    let spec = YearSpec {
+        seed,
+        ..YearSpec::scaled(0, 0)
+    };
+    let year = synth::generate(org, &spec, &|_| Vec::new());
+    let lines: Vec<String> = year
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            serde_json::json!({
+                "kind": s.kind,
+                "name": s.name,
+                "node": org.id(s.node).as_str(),
+                "lat": s.point.lat,
+                "lon": s.point.lon,
+                "radius_m": s.radius_m,
+                "ref": site_ref(seed, i),
+            })
+            .to_string()
+        })
+        .collect();
+    format!("{{\"sites\": [\n{}\n]}}\n", lines.join(",\n"))
+}
+
+/// A generated site's `ref`: its seed and place in the year's list.
+pub fn site_ref(seed: u64, i: usize) -> String {
+    format!("synth-{seed}-{i}")
+}

@@ -354,7 +354,7 @@ pub fn import_year(c: &Connection, org: &Org, year: &Year, by: NodeIdx) -> rusql
             node: s.node,
             point: s.point,
             radius_m: s.radius_m,
-            r#ref: Some(format!("synth-{}-{i}", year.spec.seed)),
+            r#ref: Some(super::history::site_ref(year.spec.seed, i)),
         })
         .collect();
     let site_ids = add_sites(c, org, &refs, year.spec.start)?;

@@ -91,7 +91,12 @@ pub async fn start(
         // A year of requests behind the live ones, so the analysis has something to read.
         let org = Arc::new(crate::org::Org::load(&config.org.file).map_err(|e| e.to_string())?);
         let spec =
-            crate::analysis::history::year_to(crate::clock::now_ms(), opts.history, opts.seed);
+            // The committed registry (config/sites/jiamusi.json) names the same sites.
+            crate::analysis::history::year_to(
+                crate::clock::now_ms(),
+                opts.history,
+                crate::analysis::history::SEED,
+            );
         let done = crate::analysis::history::import(&config, &org, &config.store_path(), &spec)?;
         tracing::info!(
             "history: {} requests of the year before and {} sites written in {:.1} s",

@@ -537,3 +537,33 @@ async fn a_hotspot_becomes_a_governance_task_tracked_to_closure() {
     .unwrap();
     assert_eq!(s, 400);
 }
+
+#[tokio::test]
+async fn the_committed_site_registry_is_the_demos_and_loads_once() {
+    let hub = spawn_app(|_| {}).await;
+    let want = history::sites_json(&hub.org, history::SEED);
+    let file = std::fs::read_to_string(repo().join("config/sites/jiamusi.json")).unwrap();
+    assert!(
+        file == want,
+        "config/sites/jiamusi.json differs from `gridhub history --sites-json`; regenerate it"
+    );
+    let city = hub.token(CITY);
+    let (s, b) = try_post(hub.addr, "/api/v1/analysis/sites", &city, &file, None)
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["sites"].as_array().unwrap().len(), 252);
+    let (s, b) = try_post(hub.addr, "/api/v1/analysis/sites", &city, &file, None)
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "loaded again: {b}");
+    assert!(
+        b["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["created"] == false)
+    );
+    let listed = get(&hub, "/api/v1/analysis/sites?kind=square", &city).await;
+    assert_eq!(listed["sites"].as_array().unwrap().len(), 132);
+}
