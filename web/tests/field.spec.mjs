@@ -73,6 +73,8 @@ test('a worker sets status, takes an order, reports it, and nothing typed is los
   await expect(card.locator('img.photo-thumb')).toBeVisible();
   // The status chosen before the reload carries over.
   await expect(page.locator('#status button[data-status="busy"]')).toHaveAttribute('aria-checked', 'true');
+  // What caused it, from the category's causes.
+  await card.locator('select.cause').selectOption('square_dance');
 
   // Sent while the network is down: refused locally, the text stays.
   await context.setOffline(true);
@@ -89,6 +91,7 @@ test('a worker sets status, takes an order, reports it, and nothing typed is los
   expect(body.order.state).toBe('result_reported');
   expect(body.order.result.text).toBe('已协调，音量降至规定以下');
   expect(body.order.result.by).toBe(worker.id);
+  expect(body.order.cause).toBe('square_dance');
   // The photo went with it, once, however many tries the result took.
   const photos = await hub.api(`/api/v1/orders/${id}/attachments`, CITY);
   expect(photos.body.attachments.map((a) => [a.by, a.content_type])).toEqual([[worker.id, 'image/jpeg']]);

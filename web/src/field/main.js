@@ -240,7 +240,16 @@ function textForm(li, o, kind, field, placeholder, send, type) {
   const cancel = el('button', { type: 'button', className: 'ghost', textContent: t('field.cancel') });
   // A result may show what was done: a photo, attached to the order before the result is sent.
   const photo = kind === 'report' ? photoPicker(o, error) : null;
-  const form = el('form', {}, text, photo?.el ?? null, el('div', { className: 'actions' }, cancel, el('button', { type: 'submit', textContent: t(send) })));
+  // And what caused it, when the category names causes: the analysis groups requests by it.
+  const causes = kind === 'report' ? categories.get(o.category)?.causes || [] : [];
+  const cause = causes.length
+    ? el('select', { name: 'cause', className: 'cause' },
+      el('option', { value: '', textContent: t('field.cause_unknown') }),
+      ...causes.map((c) => el('option', { value: c.id, textContent: lang === 'en' ? c.name_en : c.name })))
+    : null;
+  if (cause) cause.value = o.cause || '';
+  const causeLabel = cause ? el('label', { className: 'cause' }, el('span', { textContent: t('field.cause') }), cause) : null;
+  const form = el('form', {}, text, causeLabel, photo?.el ?? null, el('div', { className: 'actions' }, cancel, el('button', { type: 'submit', textContent: t(send) })));
   form.dataset.kind = kind;
   cancel.onclick = () => {
     localStorage.removeItem(key);
@@ -253,7 +262,9 @@ function textForm(li, o, kind, field, placeholder, send, type) {
     if (photo && !(await photo.upload(li))) return;
     // The order as it stands now: the card may have been kept open across updates.
     const version = inbox.orders.get(o.id)?.version ?? o.version;
-    const ok = await act(li, error, type, { order: o.id, [field]: text.value.trim(), version });
+    const body = { order: o.id, [field]: text.value.trim(), version };
+    if (cause?.value) body.cause = cause.value;
+    const ok = await act(li, error, type, body);
     if (ok) {
       localStorage.removeItem(key);
       photo?.clear();
