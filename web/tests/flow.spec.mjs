@@ -25,6 +25,8 @@ test('an order taken in and dispatched on the console is accepted and reported o
   await wall.locator('#board-new').click();
   const form = wall.locator('#new-order-form');
   await form.locator('[name="category"]').selectOption('roads');
+  // The causes follow the category.
+  await form.locator('[name="cause"]').selectOption('pavement');
   await form.locator('[name="description"]').fill('路面塌陷，需设置警示');
   await form.locator('[name="node"]').fill(worker.id);
   await form.locator('[name="address"]').fill('中心街 12 号');
@@ -33,6 +35,7 @@ test('an order taken in and dispatched on the console is accepted and reported o
   await expect(detail).toHaveAttribute('data-state', 'intake');
   const id = Number(await detail.getAttribute('data-id'));
   await expect(wall.locator(`#mine li[data-id="${id}"]`)).toBeVisible();
+  expect((await hub.api(`/api/v1/orders/${id}`, CITY)).body.order.cause).toBe('pavement');
   // Dispatch towards the grid: the county above it is offered first.
   await expect(detail.locator('select[name="to"]')).toHaveValue(worker.path[1]);
   await detail.locator('button.dispatch').click();

@@ -300,6 +300,12 @@ export class Board {
     const f = this.el.form;
     f.category.replaceChildren(...[...this.categories.values()].map((c) => el('option', { value: c.id, textContent: lang === 'en' ? c.name_en : c.name })));
     f.priority.replaceChildren(...['routine', 'urgent', 'emergency'].map((p) => el('option', { value: p, textContent: t(`prio.${p}`) })));
+    // The cause, when intake already knows it: the category's own list.
+    const causes = () => f.cause.replaceChildren(
+      el('option', { value: '', textContent: t('field.cause_unknown') }),
+      ...(this.categories.get(f.category.value)?.causes || []).map((c) => el('option', { value: c.id, textContent: lang === 'en' ? c.name_en : c.name })));
+    f.category.onchange = causes;
+    causes();
     f.source.replaceChildren(...['hotline_12345', 'app', 'grid_patrol', 'referral_110', 'referral_120', 'integration'].map((s) => el('option', { value: s, textContent: t(`source.${s}`) })));
     // The place: the terminal or node the operator is looking at.
     if (!f.node.value) f.node.value = this.focus();
@@ -318,6 +324,7 @@ export class Board {
       description: f.description.value.trim(),
       location: { node: f.node.value.trim(), ...(f.address.value.trim() ? { address: f.address.value.trim() } : {}) },
       priority: f.priority.value,
+      ...(f.cause.value ? { cause: f.cause.value } : {}),
       // A retry after a lost reply must not take the request in twice.
       idempotency_key: f.dataset.key || (f.dataset.key = `console-${this.me}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`),
     };
