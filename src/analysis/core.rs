@@ -264,26 +264,26 @@ pub fn hotspots(
             _ => {}
         }
     }
+    let k = f64::from(windows.max(1));
     let expected: Vec<f64> = match q.baseline {
         Baseline::Peers => {
             let m = stats::median(&now);
             out.peer_median = Some(m);
             vec![m.max(0.5); list.len()]
         }
-        // Half a request of prior, so a place with no history is not infinitely surprising.
-        Baseline::History(_) => before
-            .iter()
-            .map(|&b| (b as f64 + 0.5) / windows as f64)
-            .collect(),
+        Baseline::History(_) => before.iter().map(|&b| b as f64 / k).collect(),
     };
-    let p: Vec<f64> = now
-        .iter()
-        .zip(&expected)
-        .map(|(&n, &e)| {
-            if n >= q.min_count && n as f64 > e {
-                stats::poisson_at_least(n, e)
-            } else {
-                1.0
+    let p: Vec<f64> = (0..list.len())
+        .map(|i| {
+            let (n, e) = (now[i], expected[i]);
+            if n < q.min_count || n as f64 <= e {
+                return 1.0;
+            }
+            match q.baseline {
+                // The peers' median as a known rate: the median of many places is steady.
+                Baseline::Peers => stats::poisson_at_least(n, e),
+                // The place's own history is a count too: the exact conditional test.
+                Baseline::History(_) => stats::binomial_at_least(n, n + before[i], 1.0 / (1.0 + k)),
             }
         })
         .collect();
@@ -300,7 +300,8 @@ pub fn hotspots(
                 place: list[i],
                 observed: now[i],
                 expected: expected[i],
-                ratio: now[i] as f64 / expected[i],
+                // A place with no history counts half a request in it, so the ratio is finite.
+                ratio: now[i] as f64 / expected[i].max(0.5 / k),
                 p_value: p[i],
                 q_value: qv[i],
                 evidence: ev.into_iter().take(q.evidence).map(|(_, id)| id).collect(),
@@ -447,6 +448,8 @@ pub struct EffectQuery {
     /// Time after `at` left out, while the change settles in.
     pub settle_ms: u64,
     pub now: u64,
+    /// The first request stored: before it there is no rate to measure.
+    pub data_from: u64,
     pub level: f64,
     /// The series' bucket length.
     pub bucket_ms: u64,
@@ -473,18 +476,28 @@ const DAY_MS: u64 = 86_400_000;
 /// The request rate before and after an intervention, from the times of the requests at its
 /// places (already filtered to its sites or subtree and category).
 pub fn effect(times: &[u64], q: &EffectQuery) -> Effect {
+    // Before begins no earlier than the first request stored: days with no data would read as
+    // days with no requests.
     let before = Window {
-        from: q.at.saturating_sub(q.before_ms),
+        from: q.at.saturating_sub(q.before_ms).max(q.data_from.min(q.at)),
         to: q.at,
     };
-    let start = q.at + q.settle_ms;
+    let start = q.at.saturating_add(q.settle_ms);
+    let end = start.saturating_add(q.after_ms);
     let after = Window {
         from: start,
-        to: (start + q.after_ms).min(q.now.max(start)),
+        to: end.min(q.now.max(start)),
     };
     let mut note = None;
-    if after.to < start + q.after_ms {
-        note = Some(if after.is_empty() {
+    if before.len() < q.before_ms {
+        note = Some(format!(
+            "the before window is cut at the first stored request: {:.1} of {:.1} days",
+            before.len() as f64 / DAY_MS as f64,
+            q.before_ms as f64 / DAY_MS as f64
+        ));
+    }
+    if after.to < end {
+        let cut = if after.is_empty() {
             "the after window has not begun yet".to_string()
         } else {
             format!(
@@ -492,7 +505,8 @@ pub fn effect(times: &[u64], q: &EffectQuery) -> Effect {
                 after.len() as f64 / DAY_MS as f64,
                 q.after_ms as f64 / DAY_MS as f64
             )
-        });
+        };
+        note = Some(note.map_or(cut.clone(), |n| format!("{n}; {cut}")));
     }
     let b = times.iter().filter(|&&t| before.holds(t)).count() as u64;
     let a = times.iter().filter(|&&t| after.holds(t)).count() as u64;
@@ -504,7 +518,7 @@ pub fn effect(times: &[u64], q: &EffectQuery) -> Effect {
             n as f64 / days(w)
         }
     };
-    let change = if after.is_empty() {
+    let change = if after.is_empty() || before.is_empty() {
         None
     } else {
         stats::rate_ratio(b, days(before), a, days(after), q.level)
@@ -608,7 +622,8 @@ pub enum Period {
 const CST_MS: i64 = 8 * 3_600_000;
 
 impl Period {
-    /// The start of the period holding `t` (Unix ms).
+    /// The start of the period holding `t` (Unix ms); 0 for the first period of 1970, which
+    /// began (China Standard Time) before the epoch.
     pub fn start(self, t: u64) -> u64 {
         let local = t as i64 + CST_MS;
         let day = local.div_euclid(DAY_MS as i64);
@@ -621,14 +636,16 @@ impl Period {
                 days_from_civil(y, m, 1)
             }
         };
-        (first * DAY_MS as i64 - CST_MS) as u64
+        (first * DAY_MS as i64 - CST_MS).max(0) as u64
     }
     /// The start of the next period after the one starting at `start`.
     pub fn next(self, start: u64) -> u64 {
+        // Always after `start`, even for the truncated first period of 1970.
+        let after = |d: u64| Period::start(self, start.saturating_add(d)).max(start + 1);
         match self {
-            Period::Day => start + DAY_MS,
-            Period::Week => start + 7 * DAY_MS,
-            Period::Month => Period::Month.start(start + 32 * DAY_MS),
+            Period::Day => after(DAY_MS),
+            Period::Week => after(7 * DAY_MS),
+            Period::Month => after(32 * DAY_MS),
         }
     }
 }
@@ -788,6 +805,95 @@ pub fn performance(
 mod tests {
     use super::*;
 
+    fn fact(id: u64, at: u64, node: NodeIdx) -> Fact {
+        Fact {
+            id,
+            created_at: at,
+            category: 0,
+            cause: None,
+            node,
+            point: None,
+            closed: true,
+            on_time: true,
+            satisfied: None,
+            reopened: false,
+        }
+    }
+
+    #[test]
+    fn a_place_against_its_own_history_is_a_hotspot_only_when_it_changed() {
+        let org = crate::org::fixture();
+        let (w1, w2) = (org.lookup("w1").unwrap(), org.lookup("w2").unwrap());
+        let len = 10 * DAY_MS;
+        let from = 60 * len;
+        let mut facts = Vec::new();
+        // The village had 2 requests in each of the 6 windows before, then 12 in the window.
+        for k in 1..=6u64 {
+            for j in 0..2 {
+                facts.push(fact(
+                    facts.len() as u64 + 1,
+                    from - k * len + j * DAY_MS,
+                    w1,
+                ));
+            }
+        }
+        for j in 0..12 {
+            facts.push(fact(facts.len() as u64 + 1, from + j * DAY_MS / 2, w2));
+        }
+        let q = HotspotQuery {
+            window: Window {
+                from,
+                to: from + len,
+            },
+            unit: Unit::Nodes(Tier::Village),
+            baseline: Baseline::History(6),
+            fdr: 0.05,
+            min_count: 5,
+            evidence: 3,
+            data_from: 0,
+        };
+        let h = hotspots(&org, org.root(), &facts, &[], &q);
+        assert_eq!((h.tested, h.history_windows, h.requests), (1, 6, 12));
+        assert_eq!(h.hotspots.len(), 1);
+        let x = &h.hotspots[0];
+        assert_eq!((x.observed, x.expected, x.ratio), (12, 2.0, 6.0));
+        // Exact: 12 or more of 24 when the window holds a seventh of the time.
+        let want = crate::analysis::stats::binomial_at_least(12, 24, 1.0 / 7.0);
+        assert!((x.p_value - want).abs() < 1e-15 && want < 1e-4);
+        assert_eq!(x.evidence.len(), 3);
+        // The same 12 when it always had 12: nothing changed, no hotspot.
+        for k in 1..=6u64 {
+            for j in 0..10 {
+                facts.push(fact(
+                    facts.len() as u64 + 1,
+                    from - k * len + j * DAY_MS / 2,
+                    w2,
+                ));
+            }
+        }
+        let h = hotspots(&org, org.root(), &facts, &[], &q);
+        assert!(h.hotspots.is_empty(), "{:?}", h.hotspots);
+        // Too little history: fewer windows, said; none at all, said why.
+        let early = HotspotQuery {
+            data_from: from - 2 * len,
+            ..q.clone()
+        };
+        assert_eq!(
+            hotspots(&org, org.root(), &facts, &[], &early).history_windows,
+            2
+        );
+        let none = HotspotQuery {
+            data_from: from,
+            ..q
+        };
+        assert!(
+            hotspots(&org, org.root(), &facts, &[], &none)
+                .empty
+                .unwrap()
+                .contains("no history")
+        );
+    }
+
     #[test]
     fn periods_start_at_the_citys_midnights() {
         // 2024-03-15 10:00 CST = 02:00 UTC.
@@ -804,6 +910,11 @@ mod tests {
         let feb = Period::Month.start(day - 20 * DAY_MS);
         assert_eq!(Period::Month.next(feb), Period::Month.start(t));
         assert_eq!(Period::Month.start(t) - feb, 29 * DAY_MS);
+        // The first periods of 1970 began before the epoch: cut at 0, and still moving on.
+        for p in [Period::Day, Period::Week, Period::Month] {
+            assert_eq!(p.start(0), 0);
+            assert!(p.next(0) > 0 && p.next(0) <= 31 * DAY_MS);
+        }
         for d in [-1000i64, 0, 59, 365 * 30, 20_000] {
             let (y, m, dd) = civil_from_days(d);
             assert_eq!(days_from_civil(y, m, dd), d);

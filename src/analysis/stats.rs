@@ -19,6 +19,27 @@ pub fn poisson_at_least(k: u64, lambda: f64) -> f64 {
     }
 }
 
+/// P(X ≥ n) for X ~ Binomial(total, p). For a place's count in the window against its own
+/// history: given the `total` requests in the window and the `k` windows before it, the window's
+/// share is binomial with p = 1/(1+k) when nothing changed — an exact test that counts the
+/// history's own noise, which taking its mean as a known rate would not.
+pub fn binomial_at_least(n: u64, total: u64, p: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    if n > total || p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    // P(X ≥ n) = I_p(n, total − n + 1), the regularized incomplete beta function.
+    match Beta::new(n as f64, (total - n + 1) as f64) {
+        Ok(b) => b.cdf(p).clamp(0.0, 1.0),
+        Err(_) => 0.0,
+    }
+}
+
 /// Benjamini–Hochberg adjusted p-values (q-values), in the input's order: a place is a hotspot
 /// at false-discovery rate α when its q-value is at most α. Controls the share of false hotspots
 /// among those reported, which is what an operator acting on a list cares about.
@@ -125,6 +146,16 @@ mod tests {
         assert_eq!(poisson_at_least(0, 3.0), 1.0);
         assert_eq!(poisson_at_least(2, 0.0), 0.0);
         assert!(poisson_at_least(40, 5.0) < 1e-15);
+    }
+
+    #[test]
+    fn the_binomial_tail_is_exact() {
+        // 8 or more of 10 at a half: (45 + 10 + 1) / 1024.
+        assert!((binomial_at_least(8, 10, 0.5) - 56.0 / 1024.0).abs() < 1e-12);
+        // 3 or more of 3 at 0.25: 1/64.
+        assert!((binomial_at_least(3, 3, 0.25) - 1.0 / 64.0).abs() < 1e-12);
+        assert_eq!(binomial_at_least(0, 5, 0.3), 1.0);
+        assert_eq!(binomial_at_least(6, 5, 0.3), 0.0);
     }
 
     #[test]

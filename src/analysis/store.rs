@@ -29,7 +29,8 @@ pub fn facts(
 ) -> rusqlite::Result<Vec<Fact>> {
     let mut sql = String::from(
         "SELECT id, created_at, category, cause, node_pre, lat, lon, state, supervision, satisfied, reopened
-         FROM orders WHERE created_at >= ?1 AND created_at < ?2 AND node_pre >= ?3 AND node_pre < ?4",
+         FROM orders WHERE created_at >= ?1 AND created_at < ?2 AND node_pre >= ?3 AND node_pre < ?4
+                       AND source != 'analysis'",
     );
     if q.category.is_some() {
         sql.push_str(" AND category = ?5");
@@ -295,6 +296,19 @@ pub fn interventions(
     rows.collect()
 }
 
+/// The intervention a pushed task's order belongs to.
+pub fn intervention_by_order(
+    c: &Connection,
+    order: u64,
+) -> rusqlite::Result<Option<InterventionRow>> {
+    c.query_row(
+        &format!("{INTERVENTION} WHERE i.order_id = ?1"),
+        [order as i64],
+        intervention_row,
+    )
+    .optional()
+}
+
 pub fn intervention(c: &Connection, id: u64) -> rusqlite::Result<Option<InterventionRow>> {
     c.query_row(
         &format!("{INTERVENTION} WHERE i.id = ?1"),
@@ -334,6 +348,9 @@ pub fn times_at(
         .map(|(f, _)| f.created_at)
         .collect())
 }
+
+/// How long after its deadline a routine order is escalated, under the default policy.
+const ESCALATE_AFTER_MS: u64 = 24 * 3_600_000;
 
 /// Writes a generated year into the store as imported history: each order as it stands at the
 /// year's end (closed ones whole, with their document; open ones with the create event the
@@ -434,8 +451,18 @@ pub fn import_year(c: &Connection, org: &Org, year: &Year, by: NodeIdx) -> rusql
             o.reopened = u16::from(done.reopened);
             o.updated_at = done.at;
             o.closed_at = Some(done.at);
+        } else if due + ESCALATE_AFTER_MS < end {
+            // Late past the escalation at the year's end: supervised and sent up to the village
+            // station, as the orders service would have done (under the default policy), so a
+            // hub started on the import has no backlog of deadlines to catch up on.
+            o.supervision = 2;
+            o.state = State::Supervised;
+            o.acknowledged = false;
+            o.chain.pop();
+            o.holder = *o.chain.last().expect("a worker has a village above it");
         } else if due < end {
             o.supervision = 1;
+            o.state = State::Supervised;
         }
         let doc = OrderDoc::of(org, &o, 0);
         let json = serde_json::to_string(&doc).expect("order documents serialize");

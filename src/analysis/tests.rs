@@ -138,6 +138,7 @@ fn a_planted_82_percent_fall_is_measured_within_its_interval() {
             after_ms: 120 * DAY_MS,
             settle_ms: 0,
             now: spec.start + 365 * DAY_MS,
+            data_from: spec.start,
             level: 0.95,
             bucket_ms: 7 * DAY_MS,
         },
@@ -161,6 +162,29 @@ fn a_planted_82_percent_fall_is_measured_within_its_interval() {
         e.series.iter().map(|s| s.1).sum::<u64>(),
         e.before_count + e.after_count
     );
+    // Asked for more before than is stored: the rate is over the days that are, and it says so.
+    let long = effect(
+        &times,
+        &EffectQuery {
+            at: spec.intervention_at(),
+            before_ms: 300 * DAY_MS,
+            after_ms: 120 * DAY_MS,
+            settle_ms: 0,
+            now: spec.start + 365 * DAY_MS,
+            data_from: spec.start,
+            level: 0.95,
+            bucket_ms: 7 * DAY_MS,
+        },
+    );
+    assert_eq!(long.before.from, spec.start);
+    assert!(
+        long.note
+            .as_deref()
+            .unwrap()
+            .contains("cut at the first stored request")
+    );
+    let (c, lo, hi) = long.change.unwrap();
+    assert!(lo <= -0.82 && -0.82 <= hi, "{c} {lo} {hi}");
 }
 
 #[test]

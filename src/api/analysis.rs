@@ -33,8 +33,8 @@ const DAY_MS: u64 = 86_400_000;
 /// The longest window any analysis reads: a year and a bit, so a year against the one before
 /// stays within two.
 pub const MAX_WINDOW_DAYS: u64 = 400;
-/// Sites added in one request.
-pub const MAX_SITES: usize = 5_000;
+/// Sites added in one request (about 60 KB of JSON: within the REST body limit).
+pub const MAX_SITES: usize = 400;
 
 fn store_error(e: StoreError) -> ApiError {
     ApiError::new(
@@ -71,6 +71,13 @@ fn window(hub: &Hub, from: Option<u64>, to: Option<u64>) -> Result<Window, ApiEr
     let to = to.unwrap_or(now);
     let from = from.unwrap_or(to.saturating_sub(30 * DAY_MS));
     let w = Window { from, to };
+    // Nothing is stored in the future: a bound that also keeps every sum of times far from
+    // overflowing.
+    if to > now + MAX_WINDOW_DAYS * DAY_MS {
+        return Err(ApiError::bad_query(format!(
+            "to ({to}) is more than {MAX_WINDOW_DAYS} days after now ({now})"
+        )));
+    }
     if w.is_empty() {
         return Err(ApiError::bad_query(format!(
             "the window is empty: from ({from}) must be before to ({to})"
@@ -191,12 +198,10 @@ pub async fn hotspots(
             if !(1..=52).contains(&windows) {
                 return Err(ApiError::bad_query(format!("windows {windows}: 1 to 52")));
             }
-            if w.len() * (u64::from(windows) + 1) > 3 * 366 * DAY_MS {
-                return Err(ApiError::bad_query(format!(
-                    "the window and its {windows} windows of history span more than three years; ask for fewer"
-                )));
-            }
-            Baseline::History(windows)
+            // The window and its history read at most three years: a long window gets fewer
+            // windows of history (at least one), and the answer says how many it used.
+            let fit = (3 * 366 * DAY_MS / w.len()).saturating_sub(1).max(1);
+            Baseline::History(windows.min(u32::try_from(fit).unwrap_or(u32::MAX)))
         }
         (Some(b), _) => {
             return Err(ApiError::bad_query(format!(
@@ -235,7 +240,7 @@ pub async fn hotspots(
             Unit::Sites => st::sites(conn, range, kind.as_deref())?,
             Unit::Nodes(_) => Vec::new(),
         };
-        let sites: Vec<an::Site> = rows.iter().filter_map(|s| s.site(&org)).collect();
+        let (rows, sites) = with_sites(&org, rows);
         let data_from = st::data_from(conn)?.unwrap_or(w.from);
         let h = an::hotspots(
             &org,
@@ -280,7 +285,7 @@ pub async fn hotspots(
             "tier": match unit { Unit::Nodes(t) => Some(t), Unit::Sites => None },
             "baseline": match baseline {
                 Baseline::Peers => json!({"kind": "peers", "median": h.peer_median}),
-                Baseline::History(asked) => json!({"kind": "history", "windows": h.history_windows, "asked": asked}),
+                Baseline::History(_) => json!({"kind": "history", "windows": h.history_windows, "asked": windows}),
             },
             "fdr": fdr,
             "min_count": min_count,
@@ -538,6 +543,33 @@ pub async fn add_sites(
             r#ref: s.r#ref,
         });
     }
+    // A ref already used by a site outside the caller's subtree is not the caller's to reuse
+    // (nor to learn more of than that).
+    let refs: Vec<(usize, String)> = checked
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.r#ref.clone().map(|r| (i, r)))
+        .collect();
+    let mine = hub.org.subtree(c.endpoint);
+    let taken = read(&hub, move |conn| {
+        let mut st = conn.prepare_cached("SELECT node_pre FROM sites WHERE ref = ?1")?;
+        for (i, r) in &refs {
+            let pre: Option<i64> =
+                rusqlite::OptionalExtension::optional(st.query_row([r], |x| x.get(0)))?;
+            if pre.is_some_and(|p| !mine.contains(&(p as usize))) {
+                return Ok(Some((*i, r.clone())));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    if let Some((i, r)) = taken {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            format!("sites[{i}]: ref {r:?} names a site outside your subtree; choose another"),
+        ));
+    }
     let org = Arc::clone(&hub.org);
     let at = hub.clock.now_ms();
     let store = Arc::clone(&hub.services()?.store);
@@ -620,9 +652,11 @@ pub async fn similar(
         if !org.contains(root, n) {
             return Ok(None);
         }
-        let rows = st::sites(conn, org.subtree(root), None)?;
-        let sites: Vec<an::Site> = rows.iter().filter_map(|s| s.site(&org)).collect();
-        let reference = rows.iter().position(|r| r.id == id).expect("listed in its own subtree") as u32;
+        let (rows, sites) = with_sites(&org, st::sites(conn, org.subtree(root), None)?);
+        let Some(reference) = rows.iter().position(|r| r.id == id) else {
+            return Ok(None);
+        };
+        let reference = reference as u32;
         let (mut cats, mut causes) = (Names::default(), Names::default());
         let q = FactQuery {
             window: w,
@@ -710,6 +744,13 @@ pub async fn add_intervention(
     if i.sites.len() > 1_000 || i.evidence.len() > 1_000 {
         return Err(bad("sites and evidence: at most 1,000 each".into()));
     }
+    if let Some(at) = i.at
+        && at > hub.clock.now_ms() + MAX_WINDOW_DAYS * DAY_MS
+    {
+        return Err(bad(format!(
+            "at ({at}) is more than {MAX_WINDOW_DAYS} days from now"
+        )));
+    }
     if i.task.is_some() && i.at.is_some() {
         return Err(bad(
             "a task takes effect when its loop closes: give `at` or `task`, not both".into(),
@@ -749,15 +790,34 @@ pub async fn add_intervention(
     if let Some(m) = missing {
         return Err(ApiError::not_found(m));
     }
-    let node = match (&i.node, rows.first()) {
-        (Some(n), _) => subtree_of(&hub, &c, Some(n))?,
-        (None, Some(s)) => hub.org.lookup(&s.node).expect("checked"),
-        (None, None) => c.endpoint,
+    let site_nodes: Vec<NodeIdx> = rows
+        .iter()
+        .filter_map(|s| hub.org.lookup(&s.node))
+        .collect();
+    let node = match &i.node {
+        Some(n) => {
+            let node = subtree_of(&hub, &c, Some(n))?;
+            if let Some(s) = rows
+                .iter()
+                .zip(&site_nodes)
+                .find(|(_, sn)| !hub.org.contains(node, **sn))
+            {
+                return Err(bad(format!(
+                    "site {} ({}) is outside node {n}: name a node above all the sites, or none",
+                    s.0.id, s.0.name
+                )));
+            }
+            node
+        }
+        // The lowest node above every site: responsible for all of them.
+        None => common_ancestor(&hub.org, &site_nodes).unwrap_or(c.endpoint),
     };
     let mut order: Option<u64> = None;
     let mut doc: Option<Value> = None;
+    let mut dispatch_error = None;
     if let Some(task) = &i.task {
-        let (o, d) = push_task(
+        let key = task_key(&c, &title, &cat, node, &i.sites, &i.evidence);
+        let (o, d, e) = push_task(
             &hub,
             &c,
             &title,
@@ -766,10 +826,12 @@ pub async fn add_intervention(
             rows.first(),
             &i.evidence,
             task,
+            key,
         )
         .await?;
         order = Some(o);
         doc = Some(d);
+        dispatch_error = e;
     }
     let org = Arc::clone(&hub.org);
     let at = hub.clock.now_ms();
@@ -782,6 +844,12 @@ pub async fn add_intervention(
     store
         .submit_async(crate::store::Job::query(
             move |conn| {
+                // A retried push: its order has its intervention already.
+                if let Some(o) = order
+                    && let Some(existing) = st::intervention_by_order(conn, o)?
+                {
+                    return Ok((Some(existing), false));
+                }
                 let id = st::add_intervention(
                     conn,
                     &org,
@@ -797,22 +865,43 @@ pub async fn add_intervention(
                         created_at: at,
                     },
                 )?;
-                st::intervention(conn, id)
+                Ok((st::intervention(conn, id)?, true))
             },
             &tx,
             |r| r,
         ))
         .await;
-    let row = rx
+    let (row, created) = rx
         .recv()
         .await
         .unwrap_or(Err(StoreError::Closed))
         .map_err(store_error)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "intervention": row, "order": doc })),
-    )
-        .into_response())
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = json!({ "intervention": row, "order": doc });
+    if let Some(e) = dispatch_error {
+        body["dispatch_error"] = json!(e);
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+/// Registry rows and their sites, side by side (a row whose node left the tree is dropped from
+/// both, so an index into one names the same site in the other).
+fn with_sites(org: &Org, rows: Vec<SiteRow>) -> (Vec<SiteRow>, Vec<an::Site>) {
+    rows.into_iter()
+        .filter_map(|r| r.site(org).map(|s| (r, s)))
+        .unzip()
+}
+
+/// The lowest node whose subtree holds every one of `nodes`.
+fn common_ancestor(org: &Org, nodes: &[NodeIdx]) -> Option<NodeIdx> {
+    let first = *nodes.first()?;
+    std::iter::once(first)
+        .chain(org.ancestors(first))
+        .find(|&a| nodes.iter().all(|&n| org.contains(a, n)))
 }
 
 /// Takes in the governance order and sends it a tier toward the responsible node.
@@ -826,7 +915,8 @@ async fn push_task(
     site: Option<&SiteRow>,
     evidence: &[u64],
     task: &TaskIn,
-) -> Result<(u64, Value), ApiError> {
+    key: String,
+) -> Result<(u64, Value, Option<String>), ApiError> {
     let mut description = task
         .description
         .clone()
@@ -841,7 +931,7 @@ async fn push_task(
         ));
     }
     let new = NewOrder {
-        source: Source::Integration,
+        source: Source::Analysis,
         category: category.to_string(),
         cause: None,
         description,
@@ -859,7 +949,7 @@ async fn push_task(
     let (_, body) = ask(hub, |reply| Cmd::Create {
         who: who(c),
         new,
-        key: None,
+        key: Some(key),
         reply,
         at,
     })
@@ -873,9 +963,14 @@ async fn push_task(
     };
     let id = doc.id;
     let mut out = serde_json::to_value(&*doc).unwrap_or(Value::Null);
-    if let Some(next) = hub.org.child_toward(c.endpoint, node) {
+    // Sent on only from intake: a retried push finds its order already on its way. The order
+    // stands whether or not this dispatch goes through; the answer says why it did not.
+    let mut dispatch_error = None;
+    if let Some(next) = hub.org.child_toward(c.endpoint, node)
+        && doc.state == crate::orders::model::State::Intake
+    {
         let at = Instant::now();
-        let (_, body) = ask(hub, |reply| Cmd::Act {
+        let sent = ask(hub, |reply| Cmd::Act {
             who: who(c),
             id,
             expect: None,
@@ -886,13 +981,39 @@ async fn push_task(
             reply,
             at,
         })
-        .await?;
-        if let RestBody::Order(doc) = body {
-            out = serde_json::to_value(&*doc).unwrap_or(Value::Null);
+        .await;
+        match sent {
+            Ok((_, RestBody::Order(doc))) => {
+                out = serde_json::to_value(&*doc).unwrap_or(Value::Null)
+            }
+            Ok(_) => {}
+            Err(e) => dispatch_error = Some(format!("{}: {}", e.code, e.message)),
         }
     }
     let OrderId(id) = id;
-    Ok((id, out))
+    Ok((id, out, dispatch_error))
+}
+
+/// The idempotency key of a pushed task: the same push (caller, what, where, evidence) takes in
+/// one order however often it is retried.
+fn task_key(
+    c: &Credential,
+    title: &str,
+    category: &str,
+    node: NodeIdx,
+    sites: &[u64],
+    evidence: &[u64],
+) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let text = format!(
+        "{}\u{1}{}\u{1}{title}\u{1}{category}\u{1}{}\u{1}{sites:?}\u{1}{evidence:?}",
+        c.endpoint.0, c.seat, node.0
+    );
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("analysis-task-{h:016x}")
 }
 
 #[derive(Deserialize)]
@@ -976,9 +1097,17 @@ pub async fn effect(
         }
         let span = Window {
             from: at.saturating_sub(before * DAY_MS),
-            to: at + (settle + after) * DAY_MS,
+            to: at.saturating_add((settle + after) * DAY_MS),
         };
-        let times = st::times_at(conn, &org, &sites, org.subtree(node), &i.category, span)?;
+        // Requests near a site count wherever they were filed within the caller's view; without
+        // sites, those in the intervention's node.
+        let range = if sites.is_empty() {
+            org.subtree(node)
+        } else {
+            org.subtree(root)
+        };
+        let times = st::times_at(conn, &org, &sites, range, &i.category, span)?;
+        let data_from = st::data_from(conn)?.unwrap_or(at);
         let e = an::effect(
             &times,
             &EffectQuery {
@@ -987,6 +1116,7 @@ pub async fn effect(
                 after_ms: after * DAY_MS,
                 settle_ms: settle * DAY_MS,
                 now,
+                data_from,
                 level: 0.95,
                 bucket_ms: bucket,
             },

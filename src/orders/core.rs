@@ -851,10 +851,18 @@ impl Orders {
             }
             Act::Report { result, cause } => {
                 d.result = Some(text("result", &result, l.text, true)?.into());
-                if let Some(c) = &cause
-                    && let Some(rule) = self.policy.categories.get(&*o.category)
-                {
-                    rule.check_cause(&o.category, c)?;
+                if let Some(c) = &cause {
+                    match self.policy.categories.get(&*o.category) {
+                        Some(rule) => rule.check_cause(&o.category, c)?,
+                        // A category since removed from the taxonomy names no causes any more.
+                        None => {
+                            return Err(OrderError::UnknownCause {
+                                category: o.category.to_string(),
+                                given: c.clone(),
+                                known: Vec::new(),
+                            });
+                        }
+                    }
                 }
                 d.cause = cause;
             }

@@ -32,6 +32,10 @@ pub enum Source {
     /// Another system (emergency command, video surveillance, …) through the REST API.
     #[serde(rename = "integration")]
     Integration,
+    /// A governance task the hub's analysis pushed from a hotspot: not a citizen's request, so
+    /// the analysis does not count it as one. Only the analysis takes orders in with it.
+    #[serde(rename = "analysis")]
+    Analysis,
 }
 
 impl Source {
@@ -43,6 +47,7 @@ impl Source {
             Source::Referral110 => "referral_110",
             Source::Referral120 => "referral_120",
             Source::Integration => "integration",
+            Source::Analysis => "analysis",
         }
     }
 }

@@ -389,10 +389,16 @@ pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::
             st.execute(params![n.id.as_str(), i.0])?;
         }
     }
-    // Orders at nodes that no longer exist keep their old index and are reported by `load`.
     let n = c.execute(
         "UPDATE orders SET node_pre = m.pre FROM org_index m
           WHERE m.node = orders.node AND orders.node_pre != m.pre",
+        [],
+    )?;
+    // Orders at nodes that no longer exist fall out of every range (their old index would name
+    // another node now); `load` reports them.
+    c.execute(
+        "UPDATE orders SET node_pre = -1
+          WHERE node_pre != -1 AND NOT EXISTS (SELECT 1 FROM org_index m WHERE m.node = orders.node)",
         [],
     )?;
     for (table, node, pre) in [

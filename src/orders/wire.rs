@@ -469,6 +469,9 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 impl CreateIn {
     /// Resolves node ids against the org tree.
     pub fn into_new(self, org: &Org) -> Result<(NewOrder, Option<String>), String> {
+        if self.source == Source::Analysis {
+            return Err("source analysis is the hub's own, for tasks pushed from a hotspot (POST /api/v1/analysis/interventions)".into());
+        }
         let node = org.lookup(self.location.node.as_str()).ok_or_else(|| {
             format!(
                 "location.node {} is not in the org tree",
@@ -518,11 +521,10 @@ pub fn check_key(k: &str) -> Result<(), String> {
 /// under the same idempotency key.
 pub fn request_hash(new: &NewOrder) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let canonical = format!(
-        "{}\u{1}{}\u{1}{:?}\u{1}{}\u{1}{}\u{1}{:?}\u{1}{}\u{1}{}\u{1}{}\u{1}{}",
+    let mut canonical = format!(
+        "{}\u{1}{}\u{1}{}\u{1}{}\u{1}{:?}\u{1}{}\u{1}{}\u{1}{}\u{1}{}",
         new.source.as_str(),
         new.category,
-        new.cause,
         new.description,
         new.node.0,
         new.point.map(|p| (p.lat.to_bits(), p.lon.to_bits())),
@@ -531,6 +533,11 @@ pub fn request_hash(new: &NewOrder) -> u64 {
         new.reporter_name,
         new.reporter_phone
     );
+    // Appended only when named, so a request without one hashes as it did before causes were.
+    if let Some(c) = &new.cause {
+        canonical.push_str("\u{1}cause\u{1}");
+        canonical.push_str(c);
+    }
     for b in canonical.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);

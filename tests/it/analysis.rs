@@ -501,6 +501,21 @@ async fn a_hotspot_becomes_a_governance_task_tracked_to_closure() {
     assert_eq!(order["state"], "dispatched");
     let i = &b["intervention"];
     assert_eq!(i["order_state"], "dispatched");
+    // Pushed again (a retry after a lost answer): the same order and intervention, no second.
+    let (s2, again) = try_post(
+        hub.addr,
+        "/api/v1/analysis/interventions",
+        &city,
+        &body.to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s2, &again["order"]["id"], &again["intervention"]["id"]),
+        (200, &order["id"], &i["id"]),
+        "{again}"
+    );
     assert!(i.get("at").is_none(), "in effect only once its loop closes");
     let id = i["id"].as_u64().unwrap();
     let e = get(
@@ -510,6 +525,21 @@ async fn a_hotspot_becomes_a_governance_task_tracked_to_closure() {
     )
     .await;
     assert!(e["note"].as_str().unwrap().contains("not in effect yet"));
+    assert_eq!(
+        order["source"], "analysis",
+        "a task, not a citizen's request"
+    );
+    // Nobody else takes an order in as the analysis.
+    let mut forged = new_order(node, "x");
+    forged["source"] = json!("analysis");
+    let (s3, b3) = try_post(hub.addr, "/api/v1/orders", &city, &forged.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s3, b3["error"]["code"].as_str()),
+        (400, Some("invalid_data")),
+        "{b3}"
+    );
     // Evidence from outside the caller's subtree, or a task with a date, is refused.
     let huanan = hub.token(HUANAN);
     let (s, b) = try_post(

@@ -1545,6 +1545,19 @@ async fn every_route_answers_as_the_document_says() {
         .await
         .ok(201);
     let iid = i["intervention"]["id"].as_u64().unwrap();
+    let task = json!({"title": "广场舞噪音治理", "category": "noise", "sites": [sid], "task": {}});
+    let pushed = h
+        .post("/api/v1/analysis/interventions", county, Some(&task))
+        .await
+        .ok(201);
+    let again = h
+        .post("/api/v1/analysis/interventions", county, Some(&task))
+        .await
+        .ok(200);
+    assert_eq!(
+        again["order"]["id"], pushed["order"]["id"],
+        "a retried push takes in one order"
+    );
     h.get("/api/v1/analysis/interventions", county)
         .await
         .ok(200);

@@ -40,7 +40,8 @@ export class Analysis {
       new ResizeObserver(() => this.chart.resize()).observe(this.$('an-effect-chart'));
     }
     await this.fillSelects();
-    await Promise.all([this.loadHotspots(), this.loadInterventions(), this.loadPerformance()]);
+    // Each part shows what it could load; one failing leaves the others.
+    await Promise.all([this.loadHotspots(), this.loadInterventions().catch(() => {}), this.loadPerformance()]);
     this.dialog.dataset.ready = 'true';
   }
 
@@ -148,7 +149,8 @@ export class Analysis {
             b.onclick = () => this.board.open(id);
             return b;
           }));
-        const push = el('button', { className: 'small', type: 'button', hidden: this.watchOnly }, t('an.push'));
+        // A task is about one category: none to push when all are shown together.
+        const push = el('button', { className: 'small', type: 'button', hidden: this.watchOnly || !this.$('an-category').value }, t('an.push'));
         push.onclick = (ev) => {
           ev.stopPropagation();
           this.push(x, push);
@@ -176,7 +178,7 @@ export class Analysis {
   /// From hotspot to action: a governance order to the place's node, with the evidence.
   async push(x, button) {
     button.disabled = true;
-    const cat = this.$('an-category').value || 'other';
+    const cat = this.$('an-category').value;
     const body = {
       title: `${this.placeName(x)}：${this.board.catName(cat)}${t('an.task')}`,
       category: cat,
