@@ -345,10 +345,10 @@ impl Bot {
             };
             let m = match m {
                 Some(Ok(Message::Text(t))) => t,
-                Some(Ok(Message::Close(f))) => return Err(format!("closed by the hub: {f:?}")),
+                Some(Ok(Message::Close(f))) => return Err(crate::why_closed(f.as_ref())),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(format!("read: {e}")),
-                None => return Err("connection ended".into()),
+                None => return Err(crate::why_closed(None)),
             };
             let v: Value = serde_json::from_str(&m).map_err(|e| format!("json: {e}"))?;
             let d = &v["data"];

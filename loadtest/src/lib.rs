@@ -20,6 +20,61 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Why a connection to the hub ended, and what to change: the close code and reason the hub
+/// sent (docs/protocol.md, "Close codes"), or that it sent none.
+pub fn why_closed(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+    let Some(f) = frame else {
+        return "the connection ended without a close frame: the hub exited or was killed, or \
+                the network broke; see the hub's log"
+            .into();
+    };
+    let code = u16::from(f.code);
+    let said = format!("closed by the hub with {code} ({:?})", f.reason.as_str());
+    let hint = match code {
+        1001 => "the hub is shutting down; run again once it is back",
+        1002 | 1007 | 1009 => "the hub says the harness broke the protocol: a harness bug",
+        1008 => {
+            "too many refused requests on one connection: the hub's per-connection rate limit \
+             (transport.rate_per_sec, rate_burst) is below this scenario's pace; raise both \
+             (GRIDHUB_TRANSPORT__RATE_PER_SEC=1000000 GRIDHUB_TRANSPORT__RATE_BURST=1000000, \
+             as the scripts/bench-* do) or slow the scenario down"
+        }
+        4000 => {
+            "heartbeats went unanswered: the machine is too busy for this load; give the hub \
+             and the harness a CPU each (taskset) or lower the load"
+        }
+        4001 => {
+            "replaced by a newer connection with the same credential and seat: is another \
+             harness running against this hub?"
+        }
+        4002 => {
+            "the harness read too slowly and the hub's send queue for it overflowed: give the \
+             harness a CPU of its own, or raise transport.send_queue_frames"
+        }
+        4003 => "the harness's credential expired: the run outlived auth.default_ttl_secs",
+        _ => "see docs/protocol.md, Close codes",
+    };
+    format!("{said}: {hint}")
+}
+
+/// What to change when the hub refuses one of the scenario's requests for its pace: a refused
+/// request is lost work, so the run cannot count on finishing. `None` for any other error.
+pub fn refused_for_pace(error_frame: &str) -> Option<String> {
+    if !error_frame.contains(r#""code":"rate_limited""#) {
+        return None;
+    }
+    let said = serde_json::from_str::<serde_json::Value>(error_frame)
+        .ok()
+        .and_then(|v| v["data"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Some(format!(
+        "the hub refused a request as rate_limited ({said}): its per-connection rate limit \
+         (transport.rate_per_sec, rate_burst) is below this scenario's pace; raise both \
+         (GRIDHUB_TRANSPORT__RATE_PER_SEC=1000000 GRIDHUB_TRANSPORT__RATE_BURST=1000000, as the \
+         scripts/bench-* do) or slow the scenario down"
+    ))
+}
+
 /// Where the hub is and how to sign credentials for it.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -183,6 +238,41 @@ impl Machine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_close_says_its_code_its_reason_and_what_to_change() {
+        use super::why_closed;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let f = CloseFrame {
+            code: CloseCode::Policy,
+            reason: "too many bad requests".into(),
+        };
+        let m = why_closed(Some(&f));
+        assert!(
+            m.contains("1008") && m.contains("too many bad requests"),
+            "{m}"
+        );
+        assert!(m.contains("GRIDHUB_TRANSPORT__RATE_PER_SEC"), "{m}");
+        let f = CloseFrame {
+            code: CloseCode::from(4002),
+            reason: "slow consumer".into(),
+        };
+        assert!(why_closed(Some(&f)).contains("send_queue_frames"));
+        assert!(why_closed(None).contains("without a close frame"));
+    }
+
+    #[test]
+    fn a_request_refused_for_its_pace_says_what_to_raise() {
+        let e = r#"{"v":1,"type":"error","re":"c7","data":{"code":"rate_limited","message":"more than 50 messages per second; this one was not processed"}}"#;
+        let m = super::refused_for_pace(e).unwrap();
+        assert!(
+            m.contains("more than 50 messages per second") && m.contains("transport.rate_per_sec"),
+            "{m}"
+        );
+        let other = r#"{"v":1,"type":"error","re":"c7","data":{"code":"not_found","message":"no order 7"}}"#;
+        assert_eq!(super::refused_for_pace(other), None);
+    }
+
     #[test]
     fn own_cpu_counts_user_time() {
         let t0 = super::own_cpu();

@@ -58,14 +58,24 @@ pub struct OrdersSummary {
     pub machine_idle_percent: f64,
     pub store_commits: f64,
     pub stats: serde_json::Value,
-    pub seed_match: bool,
+    /// The hub's statistics count exactly what was replayed (received, closed, in progress).
+    pub counts_match: bool,
     pub targets: OrdersTargets,
 }
 
+/// The seed's year: 320,944 requests, 8,293 still in progress at its end.
+pub const SEED_ORDERS: usize = 320_944;
+pub const SEED_IN_PROGRESS: usize = 8_293;
+
+/// Each verdict tests one thing.
 #[derive(Debug, Serialize)]
 pub struct OrdersTargets {
-    pub under_2_minutes: bool,
-    pub stats_match_seed: bool,
+    /// The seed's whole year replayed in under 2 minutes; `None` for a part of the year, about
+    /// which the target says nothing.
+    pub year_under_2_minutes: Option<bool>,
+    /// The hub's counts are exactly what was replayed (for the whole year, the seed's).
+    pub counts_match: bool,
+    pub no_errors: bool,
     pub dispatch_push_p99_under_20ms: bool,
 }
 
@@ -210,16 +220,21 @@ async fn bot_loop(
         for m in batch {
             let text = match m {
                 Some(Ok(Message::Text(t))) => t,
-                Some(Ok(Message::Close(f))) => return Err(format!("closed by the hub: {f:?}")),
+                Some(Ok(Message::Close(f))) => return Err(crate::why_closed(f.as_ref())),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("connection ended".into()),
+                None => return Err(crate::why_closed(None)),
             };
             let Ok(msg) = serde_json::from_str::<Incoming>(&text) else {
                 continue;
             };
             match msg.kind {
-                "error" => shared.errors.record(&text),
+                "error" => {
+                    if let Some(why) = crate::refused_for_pace(&text) {
+                        return Err(why);
+                    }
+                    shared.errors.record(&text)
+                }
                 "outbox" => {
                     seen = seen.max(msg.seq.unwrap_or(0));
                     let Some(data) = msg.data else { continue };
@@ -393,8 +408,21 @@ async fn city(
         for m in batch {
             let text = match m {
                 Some(Ok(Message::Text(t))) => t,
+                // The hub's close frame says why; skipping it left only "ended: None".
+                Some(Ok(Message::Close(f))) => {
+                    return Err(format!(
+                        "the city's connection: {}",
+                        crate::why_closed(f.as_ref())
+                    ));
+                }
                 Some(Ok(_)) => continue,
-                other => return Err(format!("city connection ended: {other:?}")),
+                Some(Err(e)) => return Err(format!("the city's connection: {e}")),
+                None => {
+                    return Err(format!(
+                        "the city's connection: {}",
+                        crate::why_closed(None)
+                    ));
+                }
             };
             let Ok(msg) = serde_json::from_str::<Incoming>(&text) else {
                 continue;
@@ -415,7 +443,12 @@ async fn city(
                         dispatch(&org, &shared, id, county, &mut out);
                     }
                 }
-                "error" => shared.errors.record(&text),
+                "error" => {
+                    if let Some(why) = crate::refused_for_pace(&text) {
+                        return Err(why);
+                    }
+                    shared.errors.record(&text)
+                }
                 "outbox" => {
                     seen = seen.max(msg.seq.unwrap_or(0));
                     let Some(data) = msg.data else { continue };
@@ -511,11 +544,16 @@ pub async fn run(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        return Err(format!(
-            "the replay stalled: {e}; terminals lost: {} (first: {})",
-            shared.lost.load(Relaxed),
-            lost.unwrap_or_default()
-        ));
+        let n = shared.lost.load(Relaxed);
+        let lost = if n == 0 {
+            String::new()
+        } else {
+            format!(
+                "; terminals lost: {n} (first: {})",
+                lost.unwrap_or_default()
+            )
+        };
+        return Err(format!("the replay stopped: {e}{lost}"));
     }
     // Parked orders settle at their workers; then the statistics must match.
     let keep = opts.in_progress.min(opts.orders) as u64;
@@ -545,7 +583,7 @@ pub async fn run(
 
     let transitions = shared.transitions.load(Relaxed);
     let latency = Percentiles::of(&shared.latency.lock().unwrap_or_else(|e| e.into_inner()));
-    let seed_match = stats["received"].as_u64() == Some(opts.orders as u64)
+    let counts_match = stats["received"].as_u64() == Some(opts.orders as u64)
         && stats["closed"].as_u64() == Some(expect_closed)
         && stats["in_progress"].as_u64() == Some(keep);
     let (_, metrics) = http_get(target.addr, "/metrics").await?;
@@ -577,12 +615,15 @@ pub async fn run(
         hub_after,
         store_commits: commits,
         targets: OrdersTargets {
-            under_2_minutes: seed_match && errors == 0 && wall.as_secs_f64() < 120.0,
-            stats_match_seed: seed_match,
+            year_under_2_minutes: (opts.orders == SEED_ORDERS
+                && opts.in_progress == SEED_IN_PROGRESS)
+                .then_some(wall.as_secs_f64() < 120.0),
+            counts_match,
+            no_errors: errors == 0,
             dispatch_push_p99_under_20ms: latency.p99_ms < 20.0,
         },
         stats,
-        seed_match,
+        counts_match,
     })
 }
 
@@ -651,7 +692,10 @@ mod tests {
         // Every push was acknowledged: the delivery receipts are complete.
         let (_, m) = http_get(hub.target.addr, "/metrics").await.unwrap();
         assert!(m.contains("gridhub_order_transitions_total"));
-        assert!(s.seed_match, "{}", s.stats);
+        assert!(s.counts_match, "{}", s.stats);
+        // A part of the year: the year's time target says nothing about it.
+        assert_eq!(s.targets.year_under_2_minutes, None);
+        assert!(s.targets.counts_match && s.targets.no_errors);
         assert_eq!(s.stats["by_state"]["archived"], 584);
         assert_eq!(s.stats["by_state"]["in_progress"], 16);
         assert!(s.dispatch_push_latency.count >= 600 * 4 - 16);

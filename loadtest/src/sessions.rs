@@ -475,10 +475,10 @@ async fn run_member(
             m = ws.next() => {
                 let text = match m {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(f))) => break Err(format!("closed by the hub: {f:?}")),
+                    Some(Ok(Message::Close(f))) => break Err(crate::why_closed(f.as_ref())),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => break Err(e.to_string()),
-                    None => break Err("connection ended".into()),
+                    None => break Err(crate::why_closed(None)),
                 };
                 let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
                 match v["type"].as_str() {
