@@ -28,7 +28,7 @@ pub fn facts(
     causes: &mut Names,
 ) -> rusqlite::Result<Vec<Fact>> {
     let mut sql = String::from(
-        "SELECT id, created_at, category, cause, node_pre, lat, lon, state, supervision, satisfied, reopened
+        "SELECT id, created_at, category, cause, node_pre, lat, lon, state, late, satisfied, reopened
          FROM orders WHERE created_at >= ?1 AND created_at < ?2 AND node_pre >= ?3 AND node_pre < ?4
                        AND source != 'analysis'",
     );
@@ -423,6 +423,7 @@ pub fn import_year(c: &Connection, org: &Org, year: &Year, by: NodeIdx) -> rusql
             rating: None,
             summary: None,
             supervision: 0,
+            late: false,
             reopened: 0,
             version: 1,
             closed_at: None,
@@ -448,6 +449,7 @@ pub fn import_year(c: &Connection, org: &Org, year: &Year, by: NodeIdx) -> rusql
             });
             o.summary = Some(r.description.into());
             o.supervision = u8::from(!done.on_time);
+            o.late = !done.on_time;
             o.reopened = u16::from(done.reopened);
             o.updated_at = done.at;
             o.closed_at = Some(done.at);
@@ -456,12 +458,14 @@ pub fn import_year(c: &Connection, org: &Org, year: &Year, by: NodeIdx) -> rusql
             // station, as the orders service would have done (under the default policy), so a
             // hub started on the import has no backlog of deadlines to catch up on.
             o.supervision = 2;
+            o.late = true;
             o.state = State::Supervised;
             o.acknowledged = false;
             o.chain.pop();
             o.holder = *o.chain.last().expect("a worker has a village above it");
         } else if due < end {
             o.supervision = 1;
+            o.late = true;
             o.state = State::Supervised;
         }
         let doc = OrderDoc::of(org, &o, 0);

@@ -423,6 +423,7 @@ pub fn evolve(org: &Org, o: &mut Order, e: &Event) {
             o.closed_at = Some(e.at);
         }
         Action::Supervise => {
+            o.late = true;
             o.supervision = d.level.unwrap_or(o.supervision + 1);
             if o.supervision >= 2 {
                 escalate(org, o);
@@ -667,6 +668,7 @@ impl Orders {
             rating: None,
             summary: None,
             supervision: 0,
+            late: false,
             reopened: 0,
             version: 1,
             closed_at: None,
@@ -1519,6 +1521,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         let a = &out[0];
         assert_eq!((a.order.state, a.order.supervision), (State::Supervised, 1));
+        assert!(a.order.late);
         assert_eq!(a.event.actor, None);
         assert_eq!(
             a.notify,
@@ -1549,6 +1552,25 @@ mod tests {
             152_000,
         );
         assert!(t.o.tick(10_000_000).is_empty());
+        // Reopened by an unsatisfied rating: the new round starts on time, but the order was
+        // late, and stays counted so.
+        for who in ["t", "a", "c"] {
+            t.ok(who, id, approve(), 10_000_001);
+        }
+        let a = t.ok(
+            "c",
+            id,
+            Act::Rate {
+                score: 2,
+                satisfied: false,
+                comment: None,
+            },
+            10_000_002,
+        );
+        assert_eq!(
+            (a.order.reopened, a.order.supervision, a.order.late),
+            (1, 0, true)
+        );
     }
 
     #[test]

@@ -286,6 +286,8 @@ pub struct Order {
     pub summary: Option<Box<str>>,
     /// 0: on time; 1: supervised (late); 2: escalated after the second threshold.
     pub supervision: u8,
+    /// Ever supervised: a reopening resets `supervision` for the new round, not this.
+    pub late: bool,
     pub reopened: u16,
     /// Events so far; the next event's sequence number is `version + 1`.
     pub version: u32,

@@ -24,6 +24,7 @@ pub struct OrderRow {
     pub cause: Option<String>,
     pub point: Option<(f64, f64)>,
     pub reopened: u16,
+    pub late: bool,
     pub priority: &'static str,
     pub source: &'static str,
     pub node: String,
@@ -61,6 +62,7 @@ impl OrderRow {
             cause: o.cause.as_deref().map(str::to_string),
             point: o.place.point.map(|p| (p.lat, p.lon)),
             reopened: o.reopened,
+            late: o.late,
             priority: o.priority.as_str(),
             source: o.source.as_str(),
             node: org.id(o.place.node).to_string(),
@@ -119,9 +121,9 @@ pub fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO orders (id, state, category, priority, source, node, node_pre, holder, intake,
                              created_at, updated_at, due_at, closed_at, supervision, score, satisfied,
-                             version, idem_key, idem_hash, doc, cause, lat, lon, reopened)
+                             version, idem_key, idem_hash, doc, cause, lat, lon, reopened, late)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-                 ?21, ?22, ?23, ?24)",
+                 ?21, ?22, ?23, ?24, ?25)",
     )?;
     st.execute(params![
         o.id as i64,
@@ -148,6 +150,7 @@ pub fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
         o.point.map(|p| p.0),
         o.point.map(|p| p.1),
         o.reopened,
+        o.late,
     ])?;
     Ok(())
 }
@@ -157,7 +160,7 @@ fn update_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
     let mut st = c.prepare_cached(
         "UPDATE orders SET state = ?2, holder = ?3, intake = ?4, updated_at = ?5, due_at = ?6,
                 closed_at = ?7, supervision = ?8, score = ?9, satisfied = ?10, version = ?11,
-                doc = COALESCE(?12, doc), cause = ?13, reopened = ?14
+                doc = COALESCE(?12, doc), cause = ?13, reopened = ?14, late = ?15
          WHERE id = ?1",
     )?;
     st.execute(params![
@@ -175,6 +178,7 @@ fn update_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
         o.doc,
         o.cause,
         o.reopened,
+        o.late,
     ])?;
     Ok(())
 }

@@ -82,6 +82,9 @@ pub struct OrderDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
     pub supervision: u8,
+    /// Ever supervised (late), whatever a reopening reset since; absent when never.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
     pub reopened: u16,
     pub version: u32,
     pub created_at: u64,
@@ -138,6 +141,7 @@ impl OrderDoc {
             }),
             summary: o.summary.as_ref().map(|s| s.to_string()),
             supervision: o.supervision,
+            late: o.late,
             reopened: o.reopened,
             version: o.version,
             created_at: o.created_at,
@@ -210,6 +214,7 @@ impl OrderDoc {
             }),
             summary: self.summary.as_deref().map(Into::into),
             supervision: self.supervision,
+            late: self.late,
             reopened: self.reopened,
             version: self.version,
             closed_at: self.closed_at,
@@ -355,6 +360,9 @@ impl Serialize for DocView<'_> {
             m.serialize_entry("summary", &**sm)?;
         }
         m.serialize_entry("supervision", &o.supervision)?;
+        if o.late {
+            m.serialize_entry("late", &true)?;
+        }
         m.serialize_entry("reopened", &o.reopened)?;
         m.serialize_entry("version", &o.version)?;
         m.serialize_entry("created_at", &o.created_at)?;
@@ -669,6 +677,7 @@ mod tests {
             rating: None,
             summary: None,
             supervision: 1,
+            late: true,
             reopened: 0,
             version: 5,
             closed_at: None,

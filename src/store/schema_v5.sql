@@ -5,6 +5,8 @@ ALTER TABLE orders ADD COLUMN lat REAL;
 ALTER TABLE orders ADD COLUMN lon REAL;
 ALTER TABLE orders ADD COLUMN cause TEXT;
 ALTER TABLE orders ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0;
+-- Ever supervised: "on time" for the analysis, which a reopening's new round does not reset.
+ALTER TABLE orders ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
 -- A category over a window (the analysis asks for one at a time) without scanning the others.
 -- Neither column changes after an order is taken in, so transitions never move its entry.
 CREATE INDEX orders_category ON orders(category, created_at);
@@ -13,6 +15,8 @@ CREATE INDEX orders_category ON orders(category, created_at);
 UPDATE orders SET lat = json_extract(e.data, '$.location.lat'),
                   lon = json_extract(e.data, '$.location.lon')
   FROM order_events e WHERE e.order_id = orders.id AND e.seq = 1;
+UPDATE orders SET late = 1 WHERE supervision > 0 OR EXISTS (SELECT 1 FROM order_events e
+                                 WHERE e.order_id = orders.id AND e.kind = 'supervise');
 UPDATE orders SET reopened = (SELECT COUNT(*) FROM order_events e
                                WHERE e.order_id = orders.id AND e.kind = 'rate'
                                  AND json_extract(e.data, '$.satisfied') = 0);
