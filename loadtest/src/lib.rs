@@ -158,6 +158,20 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
 }
 
 /// CPU time of the whole machine (all CPUs), in seconds: (busy, idle).
+/// The share of the machine's CPU time (all cores) spent busy over `over`: how much else is
+/// running before a scenario starts.
+pub fn machine_busy(over: Duration) -> f64 {
+    let (b0, i0) = machine_cpu();
+    std::thread::sleep(over);
+    let (b1, i1) = machine_cpu();
+    let (busy, idle) = (b1 - b0, i1 - i0);
+    if busy + idle <= 0.0 {
+        0.0
+    } else {
+        busy / (busy + idle)
+    }
+}
+
 pub fn machine_cpu() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<f64> = stat
@@ -271,6 +285,12 @@ mod tests {
         );
         let other = r#"{"v":1,"type":"error","re":"c7","data":{"code":"not_found","message":"no order 7"}}"#;
         assert_eq!(super::refused_for_pace(other), None);
+    }
+
+    #[test]
+    fn the_machine_busy_share_is_a_share() {
+        let b = super::machine_busy(std::time::Duration::from_millis(50));
+        assert!((0.0..=1.0).contains(&b), "{b}");
     }
 
     #[test]

@@ -42,6 +42,28 @@ struct Common {
     /// Write the JSON summary here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run even when the machine is already busy (its figures then mix with whatever else runs).
+    #[arg(long)]
+    allow_busy: bool,
+}
+
+/// Most of the machine idle before a run, or the run's figures measure something else too.
+const BUSY_LIMIT: f64 = 0.25;
+
+/// Refuses to start on a machine already busy with something else, unless told to.
+fn quiet_enough(common: &Common) -> Result<(), String> {
+    if common.allow_busy {
+        return Ok(());
+    }
+    let busy = loadtest::machine_busy(Duration::from_secs(1));
+    if busy > BUSY_LIMIT {
+        return Err(format!(
+            "the machine is already {:.0} % busy before the run (another load, a build?): the \
+             figures would mix with it; wait or stop it, or pass --allow-busy",
+            busy * 100.0
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -437,6 +459,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             warmup,
             duration,
         } => {
+            quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = std::sync::Arc::new(
                 gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
@@ -470,6 +493,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             trickle_ms,
             pairs_only,
         } => {
+            quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = std::sync::Arc::new(
                 gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
@@ -502,6 +526,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             window,
             concurrency,
         } => {
+            quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = std::sync::Arc::new(
                 gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
@@ -532,6 +557,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             settle,
             churn,
         } => {
+            quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
             let org = gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?;
             let opts = ConnectOptions {
