@@ -4,6 +4,7 @@
 //! otherwise, reads the hub's own figures (RSS, CPU) from `/metrics`, and writes a JSON summary.
 
 pub mod calls;
+pub mod compare;
 pub mod connect;
 pub mod hubstats;
 pub mod orders;

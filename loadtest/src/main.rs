@@ -68,6 +68,8 @@ fn quiet_enough(common: &Common) -> Result<(), String> {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Two runs' JSON summaries side by side: every number both hold, with B's ratio to A.
+    Compare { a: PathBuf, b: PathBuf },
     /// Connect N terminals, hold them with heartbeats, measure memory, CPU and presence latency.
     Connect {
         #[command(flatten)]
@@ -449,6 +451,25 @@ fn print_calls(s: &loadtest::calls::CallsSummary) {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.scenario {
+        Scenario::Compare { a, b } => {
+            let read = |p: &PathBuf| -> Result<serde_json::Value, String> {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: not a summary: {e}", p.display()))
+            };
+            let (va, vb) = (read(&a)?, read(&b)?);
+            if va["scenario"] != vb["scenario"] {
+                println!(
+                    "note: A is a {} run, B a {} run; only the figures both hold are compared",
+                    va["scenario"], vb["scenario"]
+                );
+            }
+            println!("A: {}\nB: {}", a.display(), b.display());
+            let (rows, only) = loadtest::compare::compare(&va, &vb);
+            print!("{}", loadtest::compare::render(&rows, &only));
+            Ok(())
+        }
         Scenario::Sessions {
             common,
             sessions,
