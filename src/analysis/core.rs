@@ -329,10 +329,10 @@ pub struct CauseCounts {
 }
 
 /// Requests by cause among `facts` inside `window`.
-pub fn causes(facts: &[Fact], window: Window) -> CauseCounts {
+pub fn causes<'a>(facts: impl IntoIterator<Item = &'a Fact>, window: Window) -> CauseCounts {
     let mut counts: HashMap<u16, u64> = HashMap::new();
     let mut out = CauseCounts::default();
-    for f in facts.iter().filter(|f| window.holds(f.created_at)) {
+    for f in facts.into_iter().filter(|f| window.holds(f.created_at)) {
         out.total += 1;
         match f.cause {
             Some(c) => *counts.entry(c).or_default() += 1,

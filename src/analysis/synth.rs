@@ -478,21 +478,12 @@ pub fn facts(
 mod tests {
     use super::*;
 
-    fn causes(c: &str) -> Vec<&'static str> {
-        crate::config::Config::default()
-            .orders
-            .categories
-            .iter()
-            .find(|x| x.id == c)
-            .map(|x| x.causes.iter().map(|c| &*c.id.clone().leak()).collect())
-            .unwrap_or_default()
-    }
-
     #[test]
     fn a_year_is_reproducible_and_holds_its_plant() {
         let org = crate::org::parse_csv(&crate::org::generate_csv(crate::org::Preset::Jiamusi, 1))
             .unwrap();
         let spec = YearSpec::scaled(1_704_038_400_000, 30_000);
+        let causes = crate::analysis::history::taxonomy(&crate::config::Config::default());
         let a = generate(&org, &spec, &causes);
         let b = generate(&org, &spec, &causes);
         assert_eq!(a.requests, b.requests);

@@ -9,16 +9,6 @@ fn org() -> Org {
     crate::org::parse_csv(&crate::org::generate_csv(crate::org::Preset::Jiamusi, 1)).unwrap()
 }
 
-fn taxonomy(c: &str) -> Vec<&'static str> {
-    crate::config::Config::default()
-        .orders
-        .categories
-        .iter()
-        .find(|x| x.id == c)
-        .map(|x| x.causes.iter().map(|c| &*c.id.clone().leak()).collect())
-        .unwrap_or_default()
-}
-
 struct Fixture {
     org: Org,
     year: synth::Year,
@@ -32,6 +22,7 @@ fn fixture(orders: usize) -> Fixture {
     let org = org();
     // 2024-01-01 00:00 CST.
     let spec = YearSpec::scaled(1_704_038_400_000, orders);
+    let taxonomy = super::history::taxonomy(&crate::config::Config::default());
     let year = synth::generate(&org, &spec, &taxonomy);
     let (mut cats, mut cs) = (Names::default(), Names::default());
     let (facts, sites) = synth::facts(&year, &mut cats, &mut cs);

@@ -128,11 +128,40 @@ fn window_json(w: Window) -> Value {
 }
 
 /// Runs `f` on a reader connection and a blocking thread.
+/// Every analysis and listing goes through here: its time is `gridhub_analysis_seconds`.
 async fn read<T: Send + 'static>(
     hub: &Hub,
     f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    hub.services()?.store.read(f).await.map_err(store_error)
+    let started = Instant::now();
+    let out = hub.services()?.store.read(f).await.map_err(store_error);
+    hub.metrics.analysis_latency.observe(started.elapsed());
+    out
+}
+
+/// Runs `f` as one job on the store's writer and waits until it is committed.
+async fn write<T: Send + 'static>(
+    hub: &Hub,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = Arc::clone(&hub.services()?.store);
+    let (tx, mut rx) = crate::store::inbox();
+    store
+        .submit_async(crate::store::Job::query(f, &tx, |r| r))
+        .await;
+    rx.recv()
+        .await
+        .unwrap_or(Err(StoreError::Closed))
+        .map_err(store_error)
+}
+
+/// 201 when something was made, 200 when all of it was there already.
+fn made(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -219,7 +248,6 @@ pub async fn hotspots(
     let min_count = p.min_count.unwrap_or(5).max(1);
     let org = Arc::clone(&hub.org);
     let kind = p.kind.clone();
-    let started = Instant::now();
     let out = read(&hub, move |conn| {
         let range = org.subtree(root);
         let history = match baseline {
@@ -297,7 +325,6 @@ pub async fn hotspots(
         }))
     })
     .await?;
-    hub.metrics.analysis_latency.observe(started.elapsed());
     Ok(Json(out).into_response())
 }
 
@@ -346,7 +373,6 @@ pub async fn causes(
     };
     let org = Arc::clone(&hub.org);
     let hub2 = Arc::clone(&hub);
-    let started = Instant::now();
     let out = read(&hub, move |conn| {
         let (mut cats, mut causes) = (Names::default(), Names::default());
         let q = FactQuery {
@@ -367,15 +393,17 @@ pub async fn causes(
             })
             .collect();
         let children: Option<Vec<Value>> = by_children.then(|| {
+            // Each fact to its child in one pass.
+            let mut by_child: std::collections::HashMap<NodeIdx, Vec<&Fact>> = Default::default();
+            for f in &facts {
+                if let Some(ch) = org.child_toward(root, f.node) {
+                    by_child.entry(ch).or_default().push(f);
+                }
+            }
             org.children(root)
                 .iter()
                 .map(|&ch| {
-                    let mine: Vec<Fact> = facts
-                        .iter()
-                        .filter(|f| org.contains(ch, f.node))
-                        .cloned()
-                        .collect();
-                    let cc = an::causes(&mine, w);
+                    let cc = an::causes(by_child.remove(&ch).unwrap_or_default(), w);
                     let by: serde_json::Map<String, Value> = cc
                         .by_cause
                         .iter()
@@ -396,7 +424,6 @@ pub async fn causes(
         }))
     })
     .await?;
-    hub.metrics.analysis_latency.observe(started.elapsed());
     Ok(Json(out).into_response())
 }
 
@@ -572,31 +599,13 @@ pub async fn add_sites(
     }
     let org = Arc::clone(&hub.org);
     let at = hub.clock.now_ms();
-    let store = Arc::clone(&hub.services()?.store);
-    let (tx, mut rx) = crate::store::inbox();
-    store
-        .submit_async(crate::store::Job::query(
-            move |conn| st::add_sites(conn, &org, &checked, at),
-            &tx,
-            |r| r,
-        ))
-        .await;
-    let ids = rx
-        .recv()
-        .await
-        .unwrap_or(Err(StoreError::Closed))
-        .map_err(store_error)?;
+    let ids = write(&hub, move |conn| st::add_sites(conn, &org, &checked, at)).await?;
     let created = ids.iter().any(|x| x.1);
     let list: Vec<Value> = ids
         .iter()
         .map(|(id, new)| json!({"id": id, "created": new}))
         .collect();
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!({ "sites": list }))).into_response())
+    Ok((made(created), Json(json!({ "sites": list }))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -641,7 +650,6 @@ pub async fn similar(
     }
     let min_requests = p.min_requests.unwrap_or(5);
     let org = Arc::clone(&hub.org);
-    let started = Instant::now();
     let out = read(&hub, move |conn| {
         let Some(me) = st::site(conn, id)? else {
             return Ok(None);
@@ -684,7 +692,6 @@ pub async fn similar(
         })))
     })
     .await?;
-    hub.metrics.analysis_latency.observe(started.elapsed());
     // A site outside the caller's subtree is not found, as orders are.
     let out = out.ok_or_else(|| ApiError::not_found(format!("no site {id}")))?;
     Ok(Json(out).into_response())
@@ -837,55 +844,38 @@ pub async fn add_intervention(
     let at = hub.clock.now_ms();
     let by = hub.org.id(c.endpoint).to_string();
     let when = i.at;
-    let store = Arc::clone(&hub.services()?.store);
-    let (tx, mut rx) = crate::store::inbox();
     let sites = i.sites.clone();
     let evidence = i.evidence.clone();
-    store
-        .submit_async(crate::store::Job::query(
-            move |conn| {
-                // A retried push: its order has its intervention already.
-                if let Some(o) = order
-                    && let Some(existing) = st::intervention_by_order(conn, o)?
-                {
-                    return Ok((Some(existing), false));
-                }
-                let id = st::add_intervention(
-                    conn,
-                    &org,
-                    &NewIntervention {
-                        title: &title,
-                        category: &cat,
-                        node,
-                        sites: &sites,
-                        at: when,
-                        order,
-                        evidence: &evidence,
-                        created_by: &by,
-                        created_at: at,
-                    },
-                )?;
-                Ok((st::intervention(conn, id)?, true))
+    let (row, created) = write(&hub, move |conn| {
+        // A retried push: its order has its intervention already.
+        if let Some(o) = order
+            && let Some(existing) = st::intervention_by_order(conn, o)?
+        {
+            return Ok((Some(existing), false));
+        }
+        let id = st::add_intervention(
+            conn,
+            &org,
+            &NewIntervention {
+                title: &title,
+                category: &cat,
+                node,
+                sites: &sites,
+                at: when,
+                order,
+                evidence: &evidence,
+                created_by: &by,
+                created_at: at,
             },
-            &tx,
-            |r| r,
-        ))
-        .await;
-    let (row, created) = rx
-        .recv()
-        .await
-        .unwrap_or(Err(StoreError::Closed))
-        .map_err(store_error)?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+        )?;
+        Ok((st::intervention(conn, id)?, true))
+    })
+    .await?;
     let mut body = json!({ "intervention": row, "order": doc });
     if let Some(e) = dispatch_error {
         body["dispatch_error"] = json!(e);
     }
-    Ok((status, Json(body)).into_response())
+    Ok((made(created), Json(body)).into_response())
 }
 
 /// Registry rows and their sites, side by side (a row whose node left the tree is dropped from
@@ -1075,7 +1065,6 @@ pub async fn effect(
     let org = Arc::clone(&hub.org);
     let root = c.endpoint;
     let now = hub.clock.now_ms();
-    let started = Instant::now();
     let out = read(&hub, move |conn| {
         let Some(i) = st::intervention(conn, id)? else {
             return Ok(None);
@@ -1133,7 +1122,6 @@ pub async fn effect(
         })))
     })
     .await?;
-    hub.metrics.analysis_latency.observe(started.elapsed());
     let out = out.ok_or_else(|| ApiError::not_found(format!("no intervention {id}")))?;
     Ok(Json(out).into_response())
 }
@@ -1212,7 +1200,6 @@ pub async fn performance(
     }
     let org = Arc::clone(&hub.org);
     let hub2 = Arc::clone(&hub);
-    let started = Instant::now();
     let out = read(&hub, move |conn| {
         let (mut cats, mut causes) = (Names::default(), Names::default());
         let q = FactQuery {
@@ -1259,6 +1246,5 @@ pub async fn performance(
         }))
     })
     .await?;
-    hub.metrics.analysis_latency.observe(started.elapsed());
     Ok(Json(out).into_response())
 }
