@@ -258,7 +258,7 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 /// The churn's stride: coprime with `n`, so `k * stride % n` visits every terminal once per `n`.
-fn stride_for(n: usize) -> usize {
+pub fn stride_for(n: usize) -> usize {
     (1..n)
         .rev()
         .find(|s| gcd(*s, n) == 1 && *s < n / 2)

@@ -6,12 +6,22 @@
 pub mod calls;
 pub mod compare;
 pub mod connect;
+pub mod fanout;
+pub mod fleet;
 pub mod hubstats;
 pub mod orders;
+pub mod presence;
+pub mod redis;
+pub mod report;
+pub mod run;
+pub mod scale;
 pub mod sessions;
+pub mod soak;
+pub mod storm;
 pub mod terminal;
-#[cfg(test)]
-mod testhub;
+#[doc(hidden)]
+pub mod testhub;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -148,6 +158,46 @@ impl Percentiles {
     }
 }
 
+/// Microseconds on the machine's monotonic clock. Every process on the machine reads the same
+/// clock, so a stamp written into a message by one worker process and read on arrival by another
+/// gives the message's time in flight.
+pub fn mono_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// A histogram in the HDR V2 compressed form, base64: how worker processes hand theirs over.
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    use base64::Engine;
+    use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+    let mut bytes = Vec::new();
+    // Serializing into a Vec cannot fail for a histogram of u64 counts.
+    let _ = V2DeflateSerializer::new().serialize(h, &mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The inverse of `encode_histogram`.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    use base64::Engine;
+    use hdrhistogram::serialization::Deserializer;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("histogram: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("histogram: {e:?}"))
+}
+
+/// Adds `from` into `into`; both have `histogram()`'s bounds, so nothing is out of range.
+pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) {
+    let _ = into.add(from);
+}
+
 /// A histogram of microseconds from 1 µs to 60 s at 3 significant figures.
 pub fn histogram() -> Histogram<u64> {
     // The bounds are constants that hdrhistogram accepts.
@@ -192,7 +242,12 @@ pub fn machine_cpu() -> (f64, f64) {
 
 /// This process's own CPU seconds.
 pub fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    proc_cpu("self")
+}
+
+/// CPU seconds of the process `pid` (a number, or `self`); 0 once it has gone.
+pub fn proc_cpu(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     stat.rfind(')')
@@ -205,6 +260,17 @@ pub fn own_cpu() -> f64 {
             (field(11) + field(12)) / hz
         })
         .unwrap_or(0.0)
+}
+
+/// Resident memory of the process `pid` in bytes; 0 once it has gone.
+pub fn proc_rss(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb * 1024.0)
 }
 
 /// What machine produced the figures.
@@ -286,6 +352,41 @@ mod tests {
         );
         let other = r#"{"v":1,"type":"error","re":"c7","data":{"code":"not_found","message":"no order 7"}}"#;
         assert_eq!(super::refused_for_pace(other), None);
+    }
+
+    /// Worker processes hand over their histograms encoded; merged, they give the percentiles
+    /// of all the values together, as if one process had recorded them.
+    #[test]
+    fn histograms_survive_encoding_and_merge_exactly() {
+        let (mut a, mut b, mut all) = (super::histogram(), super::histogram(), super::histogram());
+        for v in 1..=1000u64 {
+            let h = if v % 3 == 0 { &mut a } else { &mut b };
+            h.record(v * 37).unwrap();
+            all.record(v * 37).unwrap();
+        }
+        let mut merged = super::decode_histogram(&super::encode_histogram(&a)).unwrap();
+        super::merge(
+            &mut merged,
+            &super::decode_histogram(&super::encode_histogram(&b)).unwrap(),
+        );
+        assert_eq!(merged.len(), 1000);
+        for q in [0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(
+                merged.value_at_quantile(q),
+                all.value_at_quantile(q),
+                "q {q}"
+            );
+        }
+        assert!(super::decode_histogram("not base64!").is_err());
+        assert!(super::decode_histogram("AAAA").is_err());
+    }
+
+    #[test]
+    fn the_monotonic_clock_moves_forward() {
+        let a = super::mono_us();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = super::mono_us();
+        assert!(b >= a + 4_000, "{a} → {b}");
     }
 
     #[test]

@@ -45,6 +45,87 @@ struct Common {
     /// Run even when the machine is already busy (its figures then mix with whatever else runs).
     #[arg(long)]
     allow_busy: bool,
+    /// Write `<scenario>.json` and `<scenario>.html` (the report with plots) here.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Seed for whatever a scenario chooses at random.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// How the terminals of a fleet scenario are opened and held.
+#[derive(Args, Clone)]
+struct FleetArgs {
+    /// Terminals (default: every terminal of the tree below the city).
+    #[arg(long)]
+    terminals: Option<usize>,
+    /// Worker processes holding the terminals (0: all in this process). Each process may hold
+    /// at most 20,000 open files here: past ~18,000 terminals use 2 or more.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// New connections per second over all workers (0: as fast as --concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
+    /// Handshakes in flight at once, over all workers.
+    #[arg(long, default_value_t = 512)]
+    concurrency: usize,
+    /// Heartbeat interval in ms (default: what the hub announces).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// The interval of the latency-over-time figures, ms.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+}
+
+/// The run's shared options, checked: a loopback target, a quiet machine, the tree loaded.
+fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize), String> {
+    quiet_enough(common)?;
+    let secret = secret(common)?;
+    let target = Target::new(common.hub, secret.clone(), common.allow_remote)?;
+    let org = std::sync::Arc::new(
+        gridhub::org::Org::load(&common.org)
+            .map_err(|e| format!("{}: {e}", common.org.display()))?,
+    );
+    let terminals = f.terminals.unwrap_or(org.dispatchable());
+    Ok((
+        loadtest::run::RunCtx {
+            target,
+            secret: String::from_utf8(secret).map_err(|_| "the secret is not UTF-8")?,
+            org_path: common.org.clone(),
+            org,
+            workers: f.workers,
+            ramp: f.ramp,
+            concurrency: f.concurrency,
+            heartbeat_ms: f.heartbeat_ms,
+            seed: common.seed,
+            interval: Duration::from_millis(f.interval_ms.max(10)),
+            start_us: loadtest::mono_us(),
+            max_seconds: common.max_seconds,
+            pids: Default::default(),
+            worker_exe: std::env::current_exe().map_err(|e| e.to_string())?,
+        },
+        terminals,
+    ))
+}
+
+/// Runs a fleet scenario within --max-seconds, then prints and writes its results; fails when a
+/// target is not met, so scripts can tell.
+async fn fleet_scenario<S: serde::Serialize>(
+    common: &Common,
+    fut: impl std::future::Future<Output = Result<(S, loadtest::report::Report), String>>,
+) -> Result<(), String> {
+    let (summary, report) = tokio::time::timeout(Duration::from_secs(common.max_seconds), fut)
+        .await
+        .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+    loadtest::run::finish(common.out_dir.as_deref(), &report, &summary)?;
+    if let Some(out) = &common.out {
+        write_summary(Some(out), &summary)?;
+    }
+    if loadtest::report::all_met(&report) {
+        Ok(())
+    } else {
+        Err("a target was not met (see above)".into())
+    }
 }
 
 /// Most of the machine idle before a run, or the run's figures measure something else too.
@@ -68,6 +149,102 @@ fn quiet_enough(common: &Common) -> Result<(), String> {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Terminals change status at a steady rate while the city console and every county's wall
+    /// watch: each change timed to the delta that shows it.
+    Presence {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Status changes per second over all terminals.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+    },
+    /// One durable notice to every terminal, round after round: the time until the last has it;
+    /// `--baseline redis` runs the same rounds through a Redis pub/sub first.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        #[arg(long, default_value_t = 3)]
+        warmup: u32,
+        /// Pause between rounds, ms.
+        #[arg(long, default_value_t = 1000)]
+        gap_ms: u64,
+        /// Size of the frame each terminal receives.
+        #[arg(long, default_value_t = 300)]
+        bytes: usize,
+        /// Terminals acknowledge every notice, as the field page does.
+        #[arg(long)]
+        ack: bool,
+        /// `redis`: the same rounds through a harness-started redis-server's pub/sub first.
+        #[arg(long, value_parser = ["redis"])]
+        baseline: Option<String>,
+        /// Pin the baseline server to this CPU (pin it where the hub is pinned).
+        #[arg(long)]
+        server_cpu: Option<usize>,
+    },
+    /// Every terminal drops its connection at once and comes back while notices are sent into
+    /// the storm: time until presence is whole, nothing lost or repeated.
+    ReconnectStorm {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[arg(long, default_value_t = 5)]
+        storms: u32,
+        /// Notices sent into each storm.
+        #[arg(long, default_value_t = 2)]
+        notices: u32,
+        /// Pause between storms, ms.
+        #[arg(long, default_value_t = 3000)]
+        gap_ms: u64,
+    },
+    /// The city's real rates scaled by a factor, held for a long time: memory and latency drift.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[arg(long, default_value_t = 10.0)]
+        factor: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 1800)]
+        duration: u64,
+        /// Seconds excluded from the drift comparison.
+        #[arg(long, default_value_t = 120)]
+        warmup: u64,
+        /// Seconds between readings of the hub.
+        #[arg(long, default_value_t = 5)]
+        sample_every: u64,
+    },
+    /// Steps one node's terminal count up until a target or a limit breaks, and says which.
+    Scale {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Terminal counts to step through.
+        #[arg(long, value_delimiter = ',', default_value = "5000,10000,15000,19000")]
+        steps: Vec<usize>,
+        /// Seconds of quiet hold per step (the heartbeat CPU window).
+        #[arg(long, default_value_t = 60)]
+        hold: u64,
+        #[arg(long, default_value_t = 200.0)]
+        presence_rate: f64,
+        #[arg(long, default_value_t = 20)]
+        presence_for: u64,
+    },
+    /// A worker process of a fleet (started by the harness itself).
+    #[command(hide = true)]
+    FleetWorker,
     /// Two runs' JSON summaries side by side: every number both hold, with B's ratio to A.
     Compare { a: PathBuf, b: PathBuf },
     /// Connect N terminals, hold them with heartbeats, measure memory, CPU and presence latency.
@@ -451,6 +628,99 @@ fn print_calls(s: &loadtest::calls::CallsSummary) {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.scenario {
+        Scenario::FleetWorker => loadtest::fleet::worker_main().await,
+        Scenario::Presence {
+            common,
+            fleet,
+            rate,
+            warmup,
+            duration,
+        } => {
+            let (ctx, terminals) = ctx(&common, &fleet)?;
+            let o = loadtest::presence::PresenceOptions {
+                terminals,
+                rate,
+                warmup: Duration::from_secs(warmup),
+                duration: Duration::from_secs(duration),
+            };
+            fleet_scenario(&common, loadtest::presence::run(&ctx, &o)).await
+        }
+        Scenario::Fanout {
+            common,
+            fleet,
+            rounds,
+            warmup,
+            gap_ms,
+            bytes,
+            ack,
+            baseline,
+            server_cpu,
+        } => {
+            let (ctx, terminals) = ctx(&common, &fleet)?;
+            let o = loadtest::fanout::FanoutOptions {
+                terminals,
+                rounds,
+                warmup,
+                gap: Duration::from_millis(gap_ms),
+                bytes,
+                ack,
+                baseline_redis: baseline.is_some(),
+                server_cpu,
+            };
+            fleet_scenario(&common, loadtest::fanout::run(&ctx, &o)).await
+        }
+        Scenario::ReconnectStorm {
+            common,
+            fleet,
+            storms,
+            notices,
+            gap_ms,
+        } => {
+            let (ctx, terminals) = ctx(&common, &fleet)?;
+            let o = loadtest::storm::StormOptions {
+                terminals,
+                storms,
+                notices,
+                gap: Duration::from_millis(gap_ms),
+            };
+            fleet_scenario(&common, loadtest::storm::run(&ctx, &o)).await
+        }
+        Scenario::Soak {
+            common,
+            fleet,
+            factor,
+            duration,
+            warmup,
+            sample_every,
+        } => {
+            let (ctx, terminals) = ctx(&common, &fleet)?;
+            let o = loadtest::soak::SoakOptions {
+                terminals,
+                factor,
+                duration: Duration::from_secs(duration),
+                warmup: Duration::from_secs(warmup),
+                sample_every: Duration::from_secs(sample_every.max(1)),
+            };
+            fleet_scenario(&common, loadtest::soak::run(&ctx, &o)).await
+        }
+        Scenario::Scale {
+            common,
+            fleet,
+            steps,
+            hold,
+            presence_rate,
+            presence_for,
+        } => {
+            let (ctx, _) = ctx(&common, &fleet)?;
+            let o = loadtest::scale::ScaleOptions {
+                steps,
+                hold: Duration::from_secs(hold),
+                presence_rate,
+                presence_for: Duration::from_secs(presence_for),
+                settle: Duration::from_secs(2),
+            };
+            fleet_scenario(&common, loadtest::scale::run(&ctx, &o)).await
+        }
         Scenario::Compare { a, b } => {
             let read = |p: &PathBuf| -> Result<serde_json::Value, String> {
                 let text =

@@ -1,4 +1,5 @@
-//! An in-process hub on a free loopback port with the Jiamusi tree, for the scenarios' own tests.
+//! An in-process hub on a free loopback port with the Jiamusi tree, for the scenarios' own tests
+//! (the unit tests here and the end-to-end ones under `tests/`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,11 @@ impl TestHub {
             data,
             _turn: turn,
         }
+    }
+
+    /// The tree the hub serves.
+    pub fn org_path() -> PathBuf {
+        ORG.into()
     }
 
     pub async fn stop(self) {
