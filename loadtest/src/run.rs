@@ -170,6 +170,9 @@ pub fn timed_bar(secs: u64, what: &str) -> ProgressBar {
 pub struct Console {
     ws: Ws,
     next: u64,
+    /// When this console last sent anything: a console that only watches must still
+    /// heartbeat, or the hub closes it (4000).
+    last_sent: tokio::time::Instant,
 }
 
 impl Console {
@@ -184,6 +187,7 @@ impl Console {
         Ok(Console {
             ws: open(&ctx.target, &token).await?.ws,
             next: 0,
+            last_sent: tokio::time::Instant::now(),
         })
     }
 
@@ -208,6 +212,7 @@ impl Console {
             )))
             .await
             .map_err(|e| format!("{kind}: {e}"))?;
+        self.last_sent = tokio::time::Instant::now();
         let re = format!(r#""re":"{id}""#);
         let end = tokio::time::Instant::now() + within;
         loop {
@@ -234,8 +239,17 @@ impl Console {
         }
     }
 
-    /// The next frame that is not a reply, within `within`.
+    /// The next frame, within `within` (at most 10 s, so a watching console heartbeats).
     pub async fn push(&mut self, within: Duration) -> Result<Option<String>, String> {
+        const HEARTBEAT: Duration = Duration::from_secs(15);
+        if self.last_sent.elapsed() >= HEARTBEAT {
+            self.ws
+                .send(Message::text(r#"{"v":1,"id":0,"type":"ping"}"#))
+                .await
+                .map_err(|e| format!("ping: {e}"))?;
+            self.last_sent = tokio::time::Instant::now();
+        }
+        let within = within.min(Duration::from_secs(10));
         loop {
             match tokio::time::timeout(within, self.ws.next()).await {
                 Err(_) => return Ok(None),
