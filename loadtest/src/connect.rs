@@ -85,6 +85,46 @@ pub struct ConnectSummary {
     pub closed_by_hub: usize,
     pub presence: PresenceFigures,
     pub targets: Targets,
+    /// The same number of clients connecting to a `redis-server` the harness started, with the
+    /// same concurrency and pinning (`--baseline redis`).
+    pub baseline: Option<Baseline>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Baseline {
+    pub server: &'static str,
+    pub connected: u64,
+    pub connect_wall_s: f64,
+    pub connect_latency: Percentiles,
+    /// gridhub's time to connect all ÷ the baseline's.
+    pub ratio: f64,
+}
+
+/// Connects `n` Redis pub/sub subscribers (TCP connect and SUBSCRIBE confirmed) the way the
+/// hub's terminals connect (TCP, upgrade, credential, hello): the floor a server's accept path
+/// sets on this machine.
+pub async fn redis_baseline(
+    ctx: &crate::run::RunCtx,
+    n: usize,
+    server_cpu: Option<usize>,
+    hub_wall_s: f64,
+) -> Result<Baseline, String> {
+    let server = crate::redis::RedisServer::start(server_cpu).await?;
+    let backend = crate::fleet::Backend::Redis {
+        addr: server.addr,
+        channel: "gridhub-connect".into(),
+    };
+    let fleet = ctx.fleet(backend, 0, n, false).await?;
+    let wall = ctx.connected(&fleet, n as u64, "Redis clients").await?;
+    let r = fleet.finish().await?;
+    server.stop().await;
+    Ok(Baseline {
+        server: "redis-server",
+        connected: r.connected,
+        connect_wall_s: wall,
+        connect_latency: Percentiles::of(&r.connect_histogram()),
+        ratio: hub_wall_s / wall.max(1e-9),
+    })
 }
 
 /// Dispatchable terminals in org order (everything below the city), with their default role.
@@ -224,6 +264,7 @@ pub async fn run(
                 && presence.latency.p99_ms < 50.0,
         },
         presence,
+        baseline: None,
     })
 }
 

@@ -273,6 +273,13 @@ enum Scenario {
         /// Presence changes per second during the hold (0: a quiet hold).
         #[arg(long, default_value_t = 0)]
         churn: u32,
+        /// `redis`: then connect as many clients to a harness-started redis-server, the same
+        /// way, and give gridhub's connect time as a ratio to it.
+        #[arg(long, value_parser = ["redis"])]
+        baseline: Option<String>,
+        /// Pin the baseline server to this CPU (pin it where the hub is pinned).
+        #[arg(long)]
+        server_cpu: Option<usize>,
     },
     /// Replay a Jiamusi year of work orders through every tier with all terminals connected.
     Orders {
@@ -471,6 +478,17 @@ fn print_connect(s: &ConnectSummary) {
         p.latency.max_ms,
         yes(s.targets.presence_p99_under_50ms)
     );
+    if let Some(b) = &s.baseline {
+        println!(
+            "  baseline: {} {} clients connected in {:.2} s (p50 {:.2} ms, p99 {:.2} ms): gridhub took {:.2}× as long",
+            b.connected,
+            b.server,
+            b.connect_wall_s,
+            b.connect_latency.p50_ms,
+            b.connect_latency.p99_ms,
+            b.ratio
+        );
+    }
     println!(
         "  closed by the hub during the run: {}; hub RSS after all closed {:.1} MiB",
         s.closed_by_hub,
@@ -752,6 +770,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let sampler = sampler(&common);
             let org = std::sync::Arc::new(
                 gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
             );
@@ -771,7 +790,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
             print_sessions(&summary);
-            write_summary(common.out.as_ref(), &summary)
+            write_summary(common.out.as_ref(), &summary)?;
+            old_report(&common, "sessions", &summary, sampler).await
         }
         Scenario::Calls {
             common,
@@ -786,6 +806,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let sampler = sampler(&common);
             let org = std::sync::Arc::new(
                 gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
             );
@@ -808,7 +829,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
             print_calls(&summary);
-            write_summary(common.out.as_ref(), &summary)
+            write_summary(common.out.as_ref(), &summary)?;
+            old_report(&common, "calls", &summary, sampler).await
         }
         Scenario::Orders {
             common,
@@ -819,6 +841,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let sampler = sampler(&common);
             let org = std::sync::Arc::new(
                 gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?,
             );
@@ -835,7 +858,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
             print_orders(&summary);
-            write_summary(common.out.as_ref(), &summary)
+            write_summary(common.out.as_ref(), &summary)?;
+            old_report(&common, "orders", &summary, sampler).await
         }
         Scenario::Connect {
             common,
@@ -847,9 +871,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             presence_rate,
             settle,
             churn,
+            baseline,
+            server_cpu,
         } => {
             quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
+            let sampler = sampler(&common);
             let org = gridhub::org::Org::load(&common.org).map_err(|e| e.to_string())?;
             let opts = ConnectOptions {
                 terminals: terminals.unwrap_or(org.dispatchable()),
@@ -867,10 +894,55 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await
             .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            let mut summary = summary;
+            if baseline.is_some() {
+                let f = FleetArgs {
+                    terminals: Some(opts.terminals),
+                    workers: 0,
+                    ramp: 0.0,
+                    concurrency,
+                    heartbeat_ms: None,
+                    interval_ms: 1000,
+                };
+                let mut c = common.clone();
+                c.allow_busy = true;
+                let (rc, n) = ctx(&c, &f)?;
+                summary.baseline = Some(
+                    loadtest::connect::redis_baseline(&rc, n, server_cpu, summary.connect_wall_s)
+                        .await?,
+                );
+            }
             print_connect(&summary);
-            write_summary(common.out.as_ref(), &summary)
+            write_summary(common.out.as_ref(), &summary)?;
+            old_report(&common, "connect", &summary, sampler).await
         }
     }
+}
+
+/// The hub and the harness sampled every second from now.
+fn sampler(common: &Common) -> loadtest::timeline::Sampler {
+    loadtest::timeline::Sampler::start(
+        common.hub,
+        loadtest::mono_us(),
+        Duration::from_secs(1),
+        Default::default(),
+    )
+}
+
+/// The summary table, JSON and HTML report of a scenario that prints its own figures.
+async fn old_report<S: serde::Serialize>(
+    common: &Common,
+    scenario: &str,
+    summary: &S,
+    sampler: loadtest::timeline::Sampler,
+) -> Result<(), String> {
+    let samples = sampler.stop().await;
+    let value = serde_json::to_value(summary).map_err(|e| e.to_string())?;
+    let title = format!("loadtest {scenario}");
+    let report = loadtest::run::from_summary(scenario, title, &value, &samples);
+    let mut with_samples = value;
+    with_samples["samples"] = serde_json::to_value(&samples).map_err(|e| e.to_string())?;
+    loadtest::run::finish(common.out_dir.as_deref(), &report, &with_samples)
 }
 
 fn main() -> ExitCode {

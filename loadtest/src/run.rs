@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::fleet::{Backend, Fleet, FleetSpec, slices};
 use crate::report::{Figure, Report, Verdict};
 use crate::terminal::{Ws, open};
+use crate::timeline::Sample;
 use crate::{Target, mono_us, why_closed};
 
 /// The options every fleet scenario takes (see `loadtest --help`).
@@ -371,6 +372,54 @@ pub fn finish<T: serde::Serialize>(
     Ok(())
 }
 
+/// A report for a scenario that prints its own figures: its summary's `targets` (true, false,
+/// or null when not tested) become the verdicts, its numbers and percentiles the figures, and
+/// the hub sampled during the run the charts.
+pub fn from_summary(scenario: &str, title: String, summary: &Value, samples: &[Sample]) -> Report {
+    let mut rep = report(scenario, title);
+    if let Some(targets) = summary["targets"].as_object() {
+        for (k, v) in targets {
+            rep.verdicts.push(verdict(
+                &k.replace('_', " "),
+                "as named",
+                "see the figures".into(),
+                v.as_bool(),
+            ));
+        }
+    }
+    let Some(fields) = summary.as_object() else {
+        return rep;
+    };
+    for (k, v) in fields {
+        if matches!(k.as_str(), "machine" | "targets" | "samples" | "scenario") {
+            continue;
+        }
+        let name = k.replace('_', " ");
+        match v {
+            Value::Number(n) => rep.figures.push(match n.as_f64() {
+                Some(x) if n.is_f64() => figure(&name, format!("{x:.3}")),
+                _ => figure(&name, n),
+            }),
+            Value::Object(o) if o.contains_key("p99_ms") => rep.figures.push(figure(
+                &name,
+                format!(
+                    "p50 {:.2} / p99 {:.2} / max {:.2} ms ({} values)",
+                    o["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                    o["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                    o["max_ms"].as_f64().unwrap_or(f64::NAN),
+                    o["count"]
+                ),
+            )),
+            Value::Array(a) if k == "first_errors" => {
+                rep.notes.extend(a.iter().map(|e| format!("error: {e}")));
+            }
+            _ => {}
+        }
+    }
+    crate::fanout::push_resource_charts(&mut rep, samples);
+    rep
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -389,5 +438,37 @@ mod tests {
         assert_eq!(p.len(), 40);
         assert!(p.starts_with("@t=1@r=2@"));
         assert_eq!(super::padded("long head", 3), "long head");
+    }
+
+    #[test]
+    fn a_summary_s_targets_become_verdicts_and_its_numbers_figures() {
+        let s = serde_json::json!({
+            "scenario": "connect",
+            "terminals": 9851,
+            "connect_latency": {"count": 3, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0, "mean_ms": 1.5},
+            "first_errors": ["boom"],
+            "targets": {"connect_under_5s": true, "year_under_2_minutes": null, "rss_ok": false}
+        });
+        let r = super::from_summary("connect", "t".into(), &s, &[]);
+        let met: Vec<_> = r
+            .verdicts
+            .iter()
+            .map(|v| (v.what.as_str(), v.met))
+            .collect();
+        assert!(met.contains(&("connect under 5s", Some(true))));
+        assert!(met.contains(&("year under 2 minutes", None)));
+        assert!(met.contains(&("rss ok", Some(false))));
+        assert!(!crate::report::all_met(&r));
+        assert!(
+            r.figures
+                .iter()
+                .any(|f| f.name == "terminals" && f.value == "9851")
+        );
+        assert!(
+            r.figures
+                .iter()
+                .any(|f| f.value.starts_with("p50 1.00 / p99 3.00"))
+        );
+        assert_eq!(r.notes.len(), 1);
     }
 }
