@@ -241,6 +241,9 @@ enum Scenario {
         presence_rate: f64,
         #[arg(long, default_value_t = 20)]
         presence_for: u64,
+        /// Measure every step even after a target breaks (a limit still stops the run).
+        #[arg(long)]
+        keep_going: bool,
     },
     /// A worker process of a fleet (started by the harness itself).
     #[command(hide = true)]
@@ -728,6 +731,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             hold,
             presence_rate,
             presence_for,
+            keep_going,
         } => {
             let (ctx, _) = ctx(&common, &fleet)?;
             let o = loadtest::scale::ScaleOptions {
@@ -736,6 +740,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 presence_rate,
                 presence_for: Duration::from_secs(presence_for),
                 settle: Duration::from_secs(2),
+                keep_going,
             };
             fleet_scenario(&common, loadtest::scale::run(&ctx, &o)).await
         }

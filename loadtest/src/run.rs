@@ -263,6 +263,18 @@ impl Console {
         }
     }
 
+    /// Waits `d`, heartbeating and dropping whatever is pushed meanwhile.
+    pub async fn idle(&mut self, d: Duration) -> Result<(), String> {
+        let end = tokio::time::Instant::now() + d;
+        while let Some(left) = end.checked_duration_since(tokio::time::Instant::now()) {
+            if left.is_zero() {
+                break;
+            }
+            self.push(left).await?;
+        }
+        Ok(())
+    }
+
     /// A stamped notice to every tier below `node`, padded so the pushed frame is about
     /// `bytes` long; returns how many terminals it went to.
     pub async fn notice(&mut self, node: &str, round: u32, bytes: usize) -> Result<u64, String> {

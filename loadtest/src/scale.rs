@@ -24,6 +24,9 @@ pub struct ScaleOptions {
     pub presence_rate: f64,
     pub presence_for: Duration,
     pub settle: Duration,
+    /// Go on through every step after a target breaks (a limit — terminals that could not
+    /// connect — still stops the run).
+    pub keep_going: bool,
 }
 
 #[derive(Debug, Serialize, Clone, Default)]
@@ -50,7 +53,8 @@ pub struct ScaleSummary {
     pub steps: Vec<Step>,
     /// The largest step at which every target held.
     pub held_up_to: usize,
-    /// What broke first, and at which step; `None` if every step held.
+    /// What broke first, and at which step; `None` if every step held. (With `keep_going`
+    /// the later steps are measured too, each with what it broke.)
     pub broke_at: Option<(usize, Vec<String>)>,
     pub hub_idle_rss_mib: f64,
     pub errors: u64,
@@ -93,7 +97,7 @@ pub async fn run(ctx: &RunCtx, o: &ScaleOptions) -> Result<(ScaleSummary, Report
         let at_rest = hubstats::scrape(ctx.target.addr).await?;
         let bar = timed_bar(o.hold.as_secs(), &format!("hold {count}"));
         for _ in 0..o.hold.as_secs() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            city.idle(Duration::from_secs(1)).await?;
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -104,9 +108,9 @@ pub async fn run(ctx: &RunCtx, o: &ScaleOptions) -> Result<(ScaleSummary, Report
         let from = ctx.t();
         let seen0 = watch.seen.load(std::sync::atomic::Ordering::Relaxed);
         fleet.churn(o.presence_rate).await?;
-        tokio::time::sleep(o.presence_for).await;
+        city.idle(o.presence_for).await?;
         fleet.churn(0.0).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        city.idle(Duration::from_millis(500)).await?;
         let to = ctx.t();
         let seen = watch.seen.load(std::sync::atomic::Ordering::Relaxed) - seen0;
 
@@ -156,12 +160,13 @@ pub async fn run(ctx: &RunCtx, o: &ScaleOptions) -> Result<(ScaleSummary, Report
             .filter(|(_, ok)| !ok)
             .map(|(what, _)| (*what).to_string())
             .collect();
-        let stop = !step.broke.is_empty();
-        if stop {
+        let broke = !step.broke.is_empty();
+        let limit = step.failed > 0 || connected < count as u64;
+        if broke && broke_at.is_none() {
             broke_at = Some((count, step.broke.clone()));
         }
         steps.push(step);
-        if stop {
+        if limit || (broke && !o.keep_going) {
             break;
         }
     }

@@ -148,10 +148,11 @@ async fn scale_steps_up_and_reports_every_step() {
         presence_rate: 100.0,
         presence_for: Duration::from_secs(1),
         settle: Duration::from_millis(200),
+        keep_going: true,
     };
     let (s, r) = loadtest::scale::run(&c, &o).await.unwrap();
-    // A step that broke a target stops the run; either way each step ran is reported whole.
-    assert!(!s.steps.is_empty());
+    // Going on past a broken target (timings on a busy test machine), every step is measured.
+    assert_eq!(s.steps.len(), 2);
     for st in &s.steps {
         assert_eq!(st.connected, st.terminals as u64);
         assert!(st.hub_rss_mib > 0.0 && st.notice_last_ms.is_finite());
