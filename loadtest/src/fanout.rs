@@ -174,9 +174,7 @@ pub async fn run(ctx: &RunCtx, o: &FanoutOptions) -> Result<(FanoutSummary, Repo
     }
     rep.charts.push(pct);
     push_resource_charts(&mut rep, &samples);
-    for e in hub.first_errors.iter().take(5) {
-        rep.notes.push(format!("error: {e}"));
-    }
+    crate::run::errors(&mut rep, hub.errors, &hub.first_errors);
     let summary = FanoutSummary {
         scenario: "fanout",
         rounds: o.rounds,

@@ -36,9 +36,10 @@ struct Common {
     /// Allow a target outside 127.0.0.0/8.
     #[arg(long)]
     allow_remote: bool,
-    /// Stop the whole scenario after this many seconds, whatever happens.
-    #[arg(long, default_value_t = 900)]
-    max_seconds: u64,
+    /// Stop the whole scenario after this many seconds, whatever happens (default: 900; for
+    /// the soak, its duration and ten minutes more).
+    #[arg(long)]
+    max_seconds: Option<u64>,
     /// Write the JSON summary here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -75,6 +76,10 @@ struct FleetArgs {
     /// The interval of the latency-over-time figures, ms.
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
+    /// Spread the terminals over these nodes of one hub, worker by worker (give as many
+    /// --workers); the consoles stay on --hub. Default: every terminal on --hub.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
 }
 
 /// The run's shared options, checked: a loopback target, a quiet machine, the tree loaded.
@@ -87,9 +92,19 @@ fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize),
             .map_err(|e| format!("{}: {e}", common.org.display()))?,
     );
     let terminals = f.terminals.unwrap_or(org.dispatchable());
+    for n in &f.nodes {
+        Target::new(*n, Vec::new(), common.allow_remote)?;
+    }
+    if f.nodes.len() > 1 && f.workers < f.nodes.len() {
+        return Err(format!(
+            "{} nodes need at least as many --workers: each worker holds its terminals on one node",
+            f.nodes.len()
+        ));
+    }
     Ok((
         loadtest::run::RunCtx {
             target,
+            nodes: f.nodes.clone(),
             secret: String::from_utf8(secret).map_err(|_| "the secret is not UTF-8")?,
             org_path: common.org.clone(),
             org,
@@ -100,7 +115,7 @@ fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize),
             seed: common.seed,
             interval: Duration::from_millis(f.interval_ms.max(10)),
             start_us: loadtest::mono_us(),
-            max_seconds: common.max_seconds,
+            max_seconds: common.max_seconds(),
             pids: Default::default(),
             worker_exe: std::env::current_exe().map_err(|e| e.to_string())?,
         },
@@ -114,9 +129,9 @@ async fn fleet_scenario<S: serde::Serialize>(
     common: &Common,
     fut: impl std::future::Future<Output = Result<(S, loadtest::report::Report), String>>,
 ) -> Result<(), String> {
-    let (summary, report) = tokio::time::timeout(Duration::from_secs(common.max_seconds), fut)
+    let (summary, report) = tokio::time::timeout(Duration::from_secs(common.max_seconds()), fut)
         .await
-        .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+        .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds()))??;
     loadtest::run::finish(common.out_dir.as_deref(), &report, &summary)?;
     if let Some(out) = &common.out {
         write_summary(Some(out), &summary)?;
@@ -125,6 +140,12 @@ async fn fleet_scenario<S: serde::Serialize>(
         Ok(())
     } else {
         Err("a target was not met (see above)".into())
+    }
+}
+
+impl Common {
+    fn max_seconds(&self) -> u64 {
+        self.max_seconds.unwrap_or(900)
     }
 }
 
@@ -714,6 +735,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             warmup,
             sample_every,
         } => {
+            let mut common = common;
+            let bound = *common.max_seconds.get_or_insert(duration + 600);
+            if bound <= duration {
+                return Err(format!(
+                    "--duration {duration} does not fit in --max-seconds {bound}: raise it"
+                ));
+            }
             let (ctx, terminals) = ctx(&common, &fleet)?;
             let o = loadtest::soak::SoakOptions {
                 terminals,
@@ -789,11 +817,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 duration: Duration::from_secs(duration),
             };
             let summary = tokio::time::timeout(
-                Duration::from_secs(common.max_seconds),
+                Duration::from_secs(common.max_seconds()),
                 loadtest::sessions::run(&target, org, &opts),
             )
             .await
-            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds()))??;
             print_sessions(&summary);
             write_summary(common.out.as_ref(), &summary)?;
             old_report(&common, "sessions", &summary, sampler).await
@@ -828,11 +856,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 pairs_only,
             };
             let summary = tokio::time::timeout(
-                Duration::from_secs(common.max_seconds),
+                Duration::from_secs(common.max_seconds()),
                 loadtest::calls::run(&target, org, &opts),
             )
             .await
-            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds()))??;
             print_calls(&summary);
             write_summary(common.out.as_ref(), &summary)?;
             old_report(&common, "calls", &summary, sampler).await
@@ -857,11 +885,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 concurrency,
             };
             let summary = tokio::time::timeout(
-                Duration::from_secs(common.max_seconds),
+                Duration::from_secs(common.max_seconds()),
                 loadtest::orders::run(&target, org, &opts),
             )
             .await
-            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds()))??;
             print_orders(&summary);
             write_summary(common.out.as_ref(), &summary)?;
             old_report(&common, "orders", &summary, sampler).await
@@ -894,11 +922,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 churn_rate: churn,
             };
             let summary = tokio::time::timeout(
-                Duration::from_secs(common.max_seconds),
+                Duration::from_secs(common.max_seconds()),
                 loadtest::connect::run(&target, &org, &opts),
             )
             .await
-            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds))??;
+            .map_err(|_| format!("gave up after --max-seconds {}", common.max_seconds()))??;
             let mut summary = summary;
             if baseline.is_some() {
                 let f = FleetArgs {
@@ -908,6 +936,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     concurrency,
                     heartbeat_ms: None,
                     interval_ms: 1000,
+                    nodes: Vec::new(),
                 };
                 let mut c = common.clone();
                 c.allow_busy = true;

@@ -1,6 +1,7 @@
 //! What every fleet scenario shares: the run's options, starting a fleet over worker processes,
 //! the progress bar, a console at the city center, and writing the summary and the report.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +23,9 @@ use crate::{Target, mono_us, why_closed};
 #[derive(Clone, Debug)]
 pub struct RunCtx {
     pub target: Target,
+    /// The nodes the fleet's terminals spread over, worker by worker (several nodes of one
+    /// hub); empty: all on `target`. Consoles stay on `target`.
+    pub nodes: Vec<SocketAddr>,
     pub secret: String,
     pub org_path: PathBuf,
     pub org: Arc<Org>,
@@ -95,9 +99,16 @@ impl RunCtx {
     ) -> Result<(), String> {
         let parts = slices(first, count, self.workers.max(1));
         let n = parts.len().max(1) as f64;
-        for (first, count) in parts {
+        for (i, (first, count)) in parts.into_iter().enumerate() {
+            let backend = match (&backend, self.nodes.get(i % self.nodes.len().max(1))) {
+                (Backend::Hub { secret, .. }, Some(addr)) => Backend::Hub {
+                    addr: *addr,
+                    secret: secret.clone(),
+                },
+                _ => backend.clone(),
+            };
             let spec = FleetSpec {
-                backend: backend.clone(),
+                backend,
                 org: self.org_path.clone(),
                 first,
                 count,
@@ -308,6 +319,23 @@ pub fn verdict(what: &str, target: &str, measured: String, met: Option<bool>) ->
         measured,
         met,
     }
+}
+
+/// That every terminal ended with every notice, once.
+pub fn every_notice_once(missing: u64, sent: u64, repeated: u64, all_connected: bool) -> Verdict {
+    verdict(
+        "every terminal has every notice exactly once",
+        "none lost or repeated",
+        format!("{missing} terminals short of {sent} notices, {repeated} repeated"),
+        Some(missing == 0 && repeated == 0 && all_connected),
+    )
+}
+
+/// How many errors the terminals saw, and the first few.
+pub fn errors(rep: &mut Report, count: u64, first: &[String]) {
+    rep.figures.push(figure("errors seen by terminals", count));
+    rep.notes
+        .extend(first.iter().take(5).map(|e| format!("error: {e}")));
 }
 
 pub fn figure(name: &str, value: impl std::fmt::Display) -> Figure {

@@ -242,9 +242,7 @@ fn scale_report(s: &ScaleSummary, o: &ScaleOptions) -> Report {
             ),
         ));
     }
-    for e in s.first_errors.iter().take(5) {
-        rep.notes.push(format!("error: {e}"));
-    }
+    crate::run::errors(&mut rep, s.errors, &s.first_errors);
     let per_step = |name: &str, f: fn(&Step) -> f64| Series {
         name: name.into(),
         points: s

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::fanout::push_resource_charts;
 use crate::presence::city_and_counties;
 use crate::report::{Chart, Report, Series};
-use crate::run::{Console, RunCtx, figure, report, timed_bar, verdict};
+use crate::run::{Console, RunCtx, errors, every_notice_once, figure, report, timed_bar, verdict};
 use crate::timeline::{Sample, Timeline};
 use crate::{Percentiles, histogram, mono_us};
 
@@ -249,32 +249,30 @@ fn soak_report(
         ),
         Some(s.rss_growth_percent <= 5.0),
     ));
-    rep.verdicts.push(verdict(
-        "presence → city console p99, last quarter against the first",
-        "no drift (≤ 1.5× or ≤ 2 ms more)",
-        format!(
-            "{:.2} → {:.2} ms",
-            s.presence_p99_early_ms, s.presence_p99_late_ms
+    for (what, early, late) in [
+        (
+            "presence → city console",
+            s.presence_p99_early_ms,
+            s.presence_p99_late_ms,
         ),
-        Some(!drifted(s.presence_p99_early_ms, s.presence_p99_late_ms)),
-    ));
-    rep.verdicts.push(verdict(
-        "order create + dispatch p99, last quarter against the first",
-        "no drift (≤ 1.5× or ≤ 2 ms more)",
-        format!(
-            "{:.2} → {:.2} ms",
-            s.order_p99_early_ms, s.order_p99_late_ms
+        (
+            "order create + dispatch",
+            s.order_p99_early_ms,
+            s.order_p99_late_ms,
         ),
-        Some(!drifted(s.order_p99_early_ms, s.order_p99_late_ms)),
-    ));
-    rep.verdicts.push(verdict(
-        "every terminal has every notice exactly once",
-        "none lost or repeated",
-        format!(
-            "{} terminals short of {} notices, {} repeated",
-            s.terminals_missing_notices, s.notices_sent, s.duplicates
-        ),
-        Some(s.terminals_missing_notices == 0 && s.duplicates == 0 && s.connected == s.terminals),
+    ] {
+        rep.verdicts.push(verdict(
+            &format!("{what} p99, last quarter against the first"),
+            "no drift (≤ 1.5× or ≤ 2 ms more)",
+            format!("{early:.2} → {late:.2} ms"),
+            Some(!drifted(early, late)),
+        ));
+    }
+    rep.verdicts.push(every_notice_once(
+        s.terminals_missing_notices,
+        s.notices_sent,
+        s.duplicates,
+        s.connected == s.terminals,
     ));
     rep.figures.push(figure(
         "presence → city console p50 / p99 / max",
@@ -299,12 +297,8 @@ fn soak_report(
             .join(", ")
             + " ms",
     ));
-    rep.figures
-        .push(figure("errors seen by terminals", s.errors));
     rep.figures.push(figure("seed", ctx.seed));
-    for e in s.first_errors.iter().take(5) {
-        rep.notes.push(format!("error: {e}"));
-    }
+    errors(&mut rep, s.errors, &s.first_errors);
     rep.charts.push(Chart {
         title: "Presence change → city console, by interval".into(),
         x_label: "seconds since start".into(),

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::Percentiles;
 use crate::fanout::push_resource_charts;
 use crate::report::{Chart, Report, Series};
-use crate::run::{Console, RunCtx, figure, report, timed_bar, verdict};
+use crate::run::{Console, RunCtx, errors, every_notice_once, figure, report, timed_bar, verdict};
 use crate::timeline::Sample;
 
 #[derive(Clone, Debug)]
@@ -194,14 +194,11 @@ fn storm_report(s: &StormSummary, n: usize, o: &StormOptions) -> Report {
         format!("{:.2} s (median {:.2} s)", s.whole_max_s, s.whole_median_s),
         Some(s.connected == n as u64 && s.whole_max_s < 5.0),
     ));
-    rep.verdicts.push(verdict(
-        "every terminal has every notice exactly once",
-        "none lost or repeated",
-        format!(
-            "{} terminals short of {} notices, {} repeated",
-            s.terminals_missing_notices, s.notices_sent, s.duplicates
-        ),
-        Some(s.terminals_missing_notices == 0 && s.duplicates == 0),
+    rep.verdicts.push(every_notice_once(
+        s.terminals_missing_notices,
+        s.notices_sent,
+        s.duplicates,
+        true,
     ));
     rep.figures.push(figure(
         "reconnect (storm called → outbox resumed) p50 / p99 / max",
@@ -219,11 +216,7 @@ fn storm_report(s: &StormSummary, n: usize, o: &StormOptions) -> Report {
             ),
         ));
     }
-    rep.figures
-        .push(figure("errors seen by terminals", s.errors));
-    for e in s.first_errors.iter().take(5) {
-        rep.notes.push(format!("error: {e}"));
-    }
+    errors(&mut rep, s.errors, &s.first_errors);
     rep.charts.push(Chart {
         title: "Time until whole again, per storm".into(),
         x_label: "storm".into(),

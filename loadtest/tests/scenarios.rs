@@ -11,6 +11,7 @@ use loadtest::testhub::TestHub;
 fn ctx(hub: &TestHub, workers: usize) -> RunCtx {
     RunCtx {
         target: hub.target.clone(),
+        nodes: Vec::new(),
         secret: String::from_utf8(hub.target.secret.clone()).unwrap(),
         org_path: TestHub::org_path(),
         org: Arc::clone(&hub.org),
