@@ -69,6 +69,11 @@ pub struct FanoutSummary {
 }
 
 pub async fn run(ctx: &RunCtx, o: &FanoutOptions) -> Result<(FanoutSummary, Report), String> {
+    // Copies of the warm-up rounds are not measured.
+    let ctx = &RunCtx {
+        measure_from_round: o.warmup,
+        ..ctx.clone()
+    };
     let n = o.terminals.min(ctx.org.len().saturating_sub(1));
     let sampler = ctx.sampler(Duration::from_secs(1));
     let redis = if o.baseline_redis {
@@ -247,15 +252,6 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Copies of the warm-up rounds are not measured.
-async fn measure_from(f: &mut Fleet, round: u32) -> Result<(), String> {
-    let c = crate::fleet::Ctl {
-        measure_from_round: round,
-        ..f.ctl()
-    };
-    f.set(c).await
-}
-
 /// Waits until the fleet has `want` stamped copies, at most `within`.
 async fn delivered(f: &Fleet, want: u64, within: Duration) -> bool {
     f.wait_for(within, |f| f.notices() >= want, |_| {}).await
@@ -270,7 +266,18 @@ fn side(
     let measured: Vec<_> = (o.warmup..o.warmup + o.rounds)
         .map(|k| r.rounds.get(&k).copied().unwrap_or_default())
         .collect();
-    let last_ms: Vec<f64> = measured.iter().map(|x| x.last_us as f64 / 1000.0).collect();
+    // A round some terminal never got has no time to the last terminal: infinite, not the
+    // time to the last that did.
+    let last_ms: Vec<f64> = measured
+        .iter()
+        .map(|x| {
+            if x.received < r.connected {
+                f64::INFINITY
+            } else {
+                x.last_us as f64 / 1000.0
+            }
+        })
+        .collect();
     let received: u64 = measured.iter().map(|x| x.received).sum();
     let expected = r.connected * u64::from(o.rounds);
     let timeline = r.notice_timeline();
@@ -314,7 +321,7 @@ async fn redis_side(
         )
         .await?;
     ctx.connected(&fleet, n as u64, "Redis subscribers").await?;
-    measure_from(&mut fleet, o.warmup).await?;
+
     let mut publisher = Publisher::connect(server.addr).await?;
     let bar = timed_bar(u64::from(o.warmup + o.rounds), "Redis rounds");
     let mut cpu0 = 0.0;
@@ -352,9 +359,9 @@ async fn hub_side(
     o: &FanoutOptions,
     n: usize,
 ) -> Result<(Side, crate::timeline::Timeline), String> {
-    let mut fleet = ctx.fleet(ctx.hub_backend(), 0, n, o.ack).await?;
+    let fleet = ctx.fleet(ctx.hub_backend(), 0, n, o.ack).await?;
     ctx.connected(&fleet, n as u64, "hub terminals").await?;
-    measure_from(&mut fleet, o.warmup).await?;
+
     let mut city = Console::city(ctx).await?;
     let root = ctx.org.id(gridhub::org::NodeIdx(0)).to_string();
     let bar = timed_bar(u64::from(o.warmup + o.rounds), "gridhub rounds");

@@ -61,6 +61,9 @@ pub struct FleetSpec {
     pub interval_ms: u64,
     /// A worker ends by itself this long after it starts, whatever the parent does.
     pub stop_after_s: u64,
+    /// Copies of rounds from this one on count in `measured` (the rounds before are warm-up).
+    /// Fixed when the worker starts, so no round can arrive before the worker knows it.
+    pub measure_from_round: u32,
 }
 
 /// What the parent asks of every terminal, as it changes.
@@ -72,8 +75,6 @@ pub struct Ctl {
     pub storm_at_us: u64,
     /// Presence changes per second over the worker's slice.
     pub churn_per_sec: f64,
-    /// Copies of rounds from this one on count in `measured` (the rounds before are warm-up).
-    pub measure_from_round: u32,
     pub stop: bool,
 }
 
@@ -203,6 +204,11 @@ pub struct Progress {
     pub failed: AtomicU64,
     pub notices: AtomicU64,
     pub reconnected: AtomicU64,
+    /// When (monotonic µs) the last terminal connected, resumed after a storm, and received a
+    /// stamped notice: exact ends of a phase, where polling the counts would add its own lag.
+    pub connected_at: AtomicU64,
+    pub reconnected_at: AtomicU64,
+    pub notice_at: AtomicU64,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -212,6 +218,9 @@ enum Line {
         failed: u64,
         notices: u64,
         reconnected: u64,
+        connected_at: u64,
+        reconnected_at: u64,
+        notice_at: u64,
     },
     Report(Box<FleetReport>),
     Failed(String),
@@ -266,7 +275,7 @@ struct Shared {
     tally: Mutex<Tally>,
     sem: Semaphore,
     ramp_start: tokio::time::Instant,
-    measure_from_round: std::sync::atomic::AtomicU32,
+    measure_from_round: u32,
 }
 
 struct Tally {
@@ -293,8 +302,8 @@ impl Shared {
         let lat = at.saturating_sub(sent).max(1);
         let mut t = self.tally();
         t.notices.record(at, lat);
-        if round >= self.measure_from_round.load(Relaxed) {
-            let _ = t.measured.record(lat);
+        if round >= self.measure_from_round {
+            t.measured.saturating_record(lat);
         }
         let r = t.rounds.entry(round).or_default();
         r.first_us = if r.received == 0 {
@@ -305,6 +314,7 @@ impl Shared {
         r.received += 1;
         r.last_us = r.last_us.max(lat);
         drop(t);
+        self.progress.notice_at.fetch_max(at, Relaxed);
         self.progress.notices.fetch_add(1, Relaxed);
     }
 
@@ -345,7 +355,7 @@ pub async fn run_worker(
         }),
         sem: Semaphore::new(spec.concurrency.max(1)),
         ramp_start: tokio::time::Instant::now(),
-        measure_from_round: ctl.borrow().measure_from_round.into(),
+        measure_from_round: spec.measure_from_round,
         spec: spec.clone(),
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.stop_after_s.max(1));
@@ -396,9 +406,6 @@ pub async fn run_worker(
                 if changed.is_err() || ctl.borrow().stop {
                     break;
                 }
-                shared
-                    .measure_from_round
-                    .store(ctl.borrow().measure_from_round, Relaxed);
             }
         }
     }
@@ -448,7 +455,7 @@ pub async fn run_worker(
 }
 
 async fn churn(
-    senders: Vec<mpsc::Sender<Utf8Bytes>>,
+    senders: Vec<mpsc::Sender<&'static str>>,
     mut ctl: watch::Receiver<Ctl>,
     s: Arc<Shared>,
 ) {
@@ -478,13 +485,9 @@ async fn churn(
                 _ = tick.tick() => {
                     const STATUS: [&str; 3] = ["busy", "away", "online"];
                     let status = STATUS[(k / n) % STATUS.len()];
-                    let text = format!(
-                        r#"{{"v":1,"type":"presence.set","data":{{"status":"{status}","text":"{}"}}}}"#,
-                        stamp(0)
-                    );
                     // A terminal whose queue is full skips this change rather than hold the
                     // others back; it is not counted as sent.
-                    if senders[(k * stride) % n].try_send(Utf8Bytes::from(text)).is_ok() {
+                    if senders[(k * stride) % n].try_send(status).is_ok() {
                         s.tally().presence_sent += 1;
                     }
                     k += 1;
@@ -513,7 +516,7 @@ async fn hub_terminal(
     token: String,
     s: Arc<Shared>,
     mut ctl: watch::Receiver<Ctl>,
-    mut churn: mpsc::Receiver<Utf8Bytes>,
+    mut churn: mpsc::Receiver<&'static str>,
 ) -> u64 {
     let mut last_seq = 0u64;
     let mut notices = std::collections::HashSet::new();
@@ -559,11 +562,15 @@ async fn hub_terminal(
                 let mut t = s.tally();
                 crate::record(&mut t.connect, o.took);
                 drop(t);
+                s.progress.connected_at.fetch_max(mono_us(), Relaxed);
                 s.progress.connected.fetch_add(1, Relaxed);
             }
             Some(since) => {
-                let took = mono_us().saturating_sub(since).max(1);
-                let _ = s.tally().reconnect.record(took);
+                let now = mono_us();
+                s.tally()
+                    .reconnect
+                    .saturating_record(now.saturating_sub(since).max(1));
+                s.progress.reconnected_at.fetch_max(now, Relaxed);
                 s.progress.reconnected.fetch_add(1, Relaxed);
             }
         }
@@ -597,8 +604,13 @@ async fn hub_terminal(
                         break End::Lost;
                     }
                 }
-                Some(text) = churn.recv() => {
-                    if ws.send(Message::Text(text)).await.is_err() {
+                Some(status) = churn.recv() => {
+                    // Stamped here, just before it is written: the time in flight starts now.
+                    let text = format!(
+                        r#"{{"v":1,"type":"presence.set","data":{{"status":"{status}","text":"{}"}}}}"#,
+                        stamp(0)
+                    );
+                    if ws.send(Message::text(text)).await.is_err() {
                         break End::Lost;
                     }
                 }
@@ -659,6 +671,11 @@ fn on_text(
         s.tally().replies += 1;
         return None;
     }
+    if t.starts_with(r#"{"v":1,"type":"error""#) {
+        s.errors
+            .record(&crate::refused_for_pace(t).unwrap_or_else(|| format!("refused: {t}")));
+        return None;
+    }
     let at = mono_us();
     let (seq, notice) = outbox_frame(t)?;
     {
@@ -670,11 +687,22 @@ fn on_text(
         }
     }
     *last_seq = seq;
+    // Only this run's notices count: a hub that keeps its store between runs replays earlier
+    // runs' notices to a terminal resuming from 0, stamped before this run began.
+    let ours: Vec<(u64, u32)> = stamps(t.as_bytes())
+        .into_iter()
+        .filter(|(sent, _)| *sent >= s.spec.start_us)
+        .collect();
     if let Some(id) = notice
-        && notices.insert(id)
+        && !ours.is_empty()
     {
-        for (sent, round) in stamps(t.as_bytes()) {
-            s.notice(at, sent, round);
+        if notices.insert(id) {
+            for (sent, round) in ours {
+                s.notice(at, sent, round);
+            }
+        } else {
+            // The same notice again under a new sequence: delivered twice.
+            s.tally().duplicates += 1;
         }
     }
     s.spec.ack.then(|| {
@@ -743,12 +771,15 @@ async fn redis_terminal(
     mut ctl: watch::Receiver<Ctl>,
 ) -> u64 {
     s.paced(k).await;
-    let t0 = std::time::Instant::now();
     let connected = {
         let _permit = s.sem.acquire().await;
-        redis_subscribe(addr, &channel).await
+        // Timed like a hub terminal's `open`: from the connect, not from the queue for a permit.
+        let t0 = std::time::Instant::now();
+        redis_subscribe(addr, &channel)
+            .await
+            .map(|st| (st, t0.elapsed()))
     };
-    let mut stream = match connected {
+    let (mut stream, took) = match connected {
         Ok(st) => st,
         Err(e) => {
             s.progress.failed.fetch_add(1, Relaxed);
@@ -756,7 +787,8 @@ async fn redis_terminal(
             return u64::MAX;
         }
     };
-    crate::record(&mut s.tally().connect, t0.elapsed());
+    crate::record(&mut s.tally().connect, took);
+    s.progress.connected_at.fetch_max(mono_us(), Relaxed);
     s.progress.connected.fetch_add(1, Relaxed);
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -833,18 +865,35 @@ pub async fn worker_main() -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .ok_or("no spec on standard input")?;
     let spec: FleetSpec = serde_json::from_str(&first).map_err(|e| format!("spec: {e}"))?;
-    let (tx, rx) = watch::channel(Ctl::default());
+    // The parent's control as it stands (a worker added after a storm must not storm).
+    let second = lines
+        .next_line()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no control on standard input")?;
+    let initial: Ctl = serde_json::from_str(&second).map_err(|e| format!("control: {e}"))?;
+    let (tx, rx) = watch::channel(initial);
     let progress = Arc::new(Progress::default());
     let p = Arc::clone(&progress);
     let reporter = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
+            // The instants first: a count read after them never claims a copy whose arrival
+            // the instant does not cover.
+            let (connected_at, reconnected_at, notice_at) = (
+                p.connected_at.load(Relaxed),
+                p.reconnected_at.load(Relaxed),
+                p.notice_at.load(Relaxed),
+            );
             say(&Line::Progress {
                 connected: p.connected.load(Relaxed),
                 failed: p.failed.load(Relaxed),
                 notices: p.notices.load(Relaxed),
                 reconnected: p.reconnected.load(Relaxed),
+                connected_at,
+                reconnected_at,
+                notice_at,
             });
         }
     });
@@ -892,6 +941,8 @@ pub struct Fleet {
     pub pids: Arc<Mutex<Vec<u32>>>,
     /// The `loadtest` binary the worker processes run.
     exe: PathBuf,
+    /// When terminals were last added (monotonic µs): connect times count from here.
+    pub grown_at: u64,
 }
 
 struct Part {
@@ -933,6 +984,7 @@ impl Fleet {
             interval,
             pids,
             exe,
+            grown_at: mono_us(),
         }
     }
 
@@ -978,7 +1030,14 @@ impl Fleet {
                             failed,
                             notices,
                             reconnected,
+                            connected_at,
+                            reconnected_at,
+                            notice_at,
                         }) => {
+                            // Instants before counts, as the worker read them.
+                            p.connected_at.store(connected_at, Relaxed);
+                            p.reconnected_at.store(reconnected_at, Relaxed);
+                            p.notice_at.store(notice_at, Relaxed);
                             p.connected.store(connected, Relaxed);
                             p.failed.store(failed, Relaxed);
                             p.notices.store(notices, Relaxed);
@@ -1064,20 +1123,42 @@ impl Fleet {
             "{}\n",
             serde_json::to_string(&ctl).map_err(|e| e.to_string())?
         );
-        for p in &mut self.parts {
+        // Every worker is told, even when one of them has gone: half a storm measures nothing.
+        let mut failed = None;
+        for (i, p) in self.parts.iter_mut().enumerate() {
             match &mut p.kind {
                 PartKind::Local { ctl: tx, .. } => {
                     let _ = tx.send(ctl);
                 }
                 PartKind::Child { stdin, .. } => {
-                    stdin
-                        .write_all(line.as_bytes())
-                        .await
-                        .map_err(|e| format!("worker: {e}"))?;
+                    if let Err(e) = stdin.write_all(line.as_bytes()).await {
+                        failed.get_or_insert(format!("worker process {i} is gone: {e}"));
+                    }
                 }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// When the last terminal connected, resumed, or received a stamped notice (monotonic µs).
+    pub fn connected_at(&self) -> u64 {
+        self.latest(|p| &p.connected_at)
+    }
+
+    pub fn reconnected_at(&self) -> u64 {
+        self.latest(|p| &p.reconnected_at)
+    }
+
+    pub fn notice_at(&self) -> u64 {
+        self.latest(|p| &p.notice_at)
+    }
+
+    fn latest(&self, f: impl Fn(&Progress) -> &AtomicU64) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| f(&p.progress).load(Relaxed))
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn ctl(&self) -> Ctl {
@@ -1114,10 +1195,21 @@ impl Fleet {
             })
             .await;
         let mut reports = Vec::new();
-        for p in self.parts {
+        let mut lost = Vec::new();
+        let mut local = false;
+        for (i, p) in self.parts.into_iter().enumerate() {
             match p.kind {
                 PartKind::Local { join, .. } => {
-                    reports.push(join.await.map_err(|e| e.to_string())??);
+                    local = true;
+                    match join.await.map_err(|e| e.to_string()).and_then(|r| r) {
+                        // Its CPU and memory are this process's, counted once below.
+                        Ok(r) => reports.push(FleetReport {
+                            cpu_s: 0.0,
+                            rss_bytes: 0.0,
+                            ..r
+                        }),
+                        Err(e) => lost.push(format!("worker {i}: {e}")),
+                    }
                 }
                 PartKind::Child {
                     mut child,
@@ -1125,16 +1217,38 @@ impl Fleet {
                     report,
                 } => {
                     drop(stdin);
-                    let r = tokio::time::timeout(Duration::from_secs(60), report)
-                        .await
-                        .map_err(|_| "a worker process did not report within 60 s".to_string())?
-                        .map_err(|e| e.to_string())?;
-                    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-                    reports.push(r?);
+                    let r = tokio::time::timeout(Duration::from_secs(60), report).await;
+                    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                    match r {
+                        Ok(Ok(Ok(r))) => reports.push(r),
+                        other => {
+                            let why = match other {
+                                Err(_) => "no report within 60 s".to_string(),
+                                Ok(Err(e)) => e.to_string(),
+                                Ok(Ok(Err(e))) => e,
+                                Ok(Ok(Ok(_))) => unreachable!("matched above"),
+                            };
+                            // How it ended says what no line on its stderr may: a kill by the
+                            // kernel (out of memory) leaves none.
+                            let ended = match status {
+                                Ok(Ok(st)) => format!("; it ended with {st}"),
+                                _ => "; it did not end within 10 s".into(),
+                            };
+                            lost.push(format!("worker process {i}: {why}{ended}"));
+                        }
+                    }
                 }
             }
         }
-        FleetReport::merge(reports, self.interval)
+        if !lost.is_empty() {
+            return Err(lost.join("; "));
+        }
+        let mut merged = FleetReport::merge(reports, self.interval)?;
+        if local {
+            merged.cpu_s += crate::own_cpu();
+            merged.rss_bytes += crate::proc_rss("self");
+        }
+        Ok(merged)
     }
 }
 

@@ -204,8 +204,9 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Records a duration; one past the histogram's 60 s is recorded as 60 s rather than lost.
 pub fn record(h: &mut Histogram<u64>, d: Duration) {
-    let _ = h.record((d.as_micros() as u64).max(1));
+    h.saturating_record((d.as_micros() as u64).max(1));
 }
 
 /// CPU time of the whole machine (all CPUs), in seconds: (busy, idle).

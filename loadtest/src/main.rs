@@ -116,6 +116,7 @@ fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize),
             interval: Duration::from_millis(f.interval_ms.max(10)),
             start_us: loadtest::mono_us(),
             max_seconds: common.max_seconds(),
+            measure_from_round: 0,
             pids: Default::default(),
             worker_exe: std::env::current_exe().map_err(|e| e.to_string())?,
         },
@@ -670,7 +671,18 @@ fn print_calls(s: &loadtest::calls::CallsSummary) {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.scenario {
-        Scenario::FleetWorker => loadtest::fleet::worker_main().await,
+        Scenario::FleetWorker => {
+            let r = loadtest::fleet::worker_main().await;
+            // Standard input's reader blocks the runtime's shutdown until the parent closes it;
+            // a worker that reported (or stopped at its own deadline) ends here, now.
+            std::process::exit(match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("loadtest fleet-worker: {e}");
+                    1
+                }
+            })
+        }
         Scenario::Presence {
             common,
             fleet,
@@ -761,6 +773,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             presence_for,
             keep_going,
         } => {
+            if !fleet.nodes.is_empty() {
+                // Its figures are one node's /metrics: terminals elsewhere would cost nothing.
+                return Err("scale measures one node: give it --hub, not --nodes".into());
+            }
             let (ctx, _) = ctx(&common, &fleet)?;
             let o = loadtest::scale::ScaleOptions {
                 steps,
@@ -941,9 +957,17 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let mut c = common.clone();
                 c.allow_busy = true;
                 let (rc, n) = ctx(&c, &f)?;
+                let run =
+                    loadtest::connect::redis_baseline(&rc, n, server_cpu, summary.connect_wall_s);
                 summary.baseline = Some(
-                    loadtest::connect::redis_baseline(&rc, n, server_cpu, summary.connect_wall_s)
-                        .await?,
+                    tokio::time::timeout(Duration::from_secs(common.max_seconds()), run)
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "the baseline gave up after --max-seconds {}",
+                                common.max_seconds()
+                            )
+                        })??,
                 );
             }
             print_connect(&summary);

@@ -25,6 +25,8 @@ pub struct Watch {
     task: tokio::task::JoinHandle<Result<(), String>>,
     timeline: Arc<Mutex<Timeline>>,
     pub seen: Arc<AtomicU64>,
+    /// Changes shown again, already timed: a change should be shown once.
+    pub repeated: Arc<AtomicU64>,
 }
 
 impl Watch {
@@ -41,10 +43,12 @@ impl Watch {
         let st = stop.clone();
         let seen = Arc::new(AtomicU64::new(0));
         let s = Arc::clone(&seen);
+        let repeated = Arc::new(AtomicU64::new(0));
+        let again = Arc::clone(&repeated);
         let timeline = Arc::new(Mutex::new(Timeline::new(ctx.start_us, ctx.interval)));
         let tl = Arc::clone(&timeline);
         let task = tokio::spawn(async move {
-            let mut last = std::collections::HashMap::<String, u64>::new();
+            let mut last = std::collections::HashMap::<String, (u64, String)>::new();
             loop {
                 let frame = tokio::select! {
                     _ = st.cancelled() => break,
@@ -68,10 +72,18 @@ impl Watch {
                         continue;
                     };
                     for (sent, _) in stamps(text.as_bytes()) {
-                        // Each change once: a terminal listed again for another reason keeps
-                        // the stamp of the change already timed.
-                        if last.insert(id.to_owned(), sent) == Some(sent) {
-                            continue;
+                        // Listed again with the stamp of a change already timed: the same change
+                        // shown twice — unless its seats changed (a desk or wall of that node
+                        // came or went), which is news of its own.
+                        let seats = e["seats"].to_string();
+                        match last.insert(id.to_owned(), (sent, seats.clone())) {
+                            Some((was, had)) if was == sent => {
+                                if had == seats {
+                                    again.fetch_add(1, Relaxed);
+                                }
+                                continue;
+                            }
+                            _ => {}
                         }
                         lock(&tl).record(at, at.saturating_sub(sent));
                         s.fetch_add(1, Relaxed);
@@ -86,6 +98,7 @@ impl Watch {
             task,
             timeline,
             seen,
+            repeated,
         })
     }
 
@@ -131,8 +144,12 @@ pub struct PresenceSummary {
     pub scenario: &'static str,
     pub terminals: u64,
     pub connected: u64,
+    /// Asked for, and achieved (changes sent ÷ seconds of churn).
     pub rate_per_sec: f64,
+    pub achieved_per_sec: f64,
     pub changes_sent: u64,
+    /// Changes the city console was shown more than once.
+    pub city_repeated: u64,
     pub city_received: u64,
     pub city_lost: u64,
     pub city: Percentiles,
@@ -162,6 +179,7 @@ pub async fn run(ctx: &RunCtx, o: &PresenceOptions) -> Result<(PresenceSummary, 
     // The last deltas: at most one coalescing window, and a margin.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = fleet.finish().await?;
+    let city_repeated = city.repeated.load(Relaxed);
     let city_tl = city.finish().await?;
     let mut county_tl = Timeline::new(ctx.start_us, ctx.interval);
     for w in counties {
@@ -174,6 +192,8 @@ pub async fn run(ctx: &RunCtx, o: &PresenceOptions) -> Result<(PresenceSummary, 
         terminals: r.terminals,
         connected: r.connected,
         rate_per_sec: o.rate,
+        achieved_per_sec: r.presence_sent as f64 / total.max(1) as f64,
+        city_repeated,
         changes_sent: r.presence_sent,
         city_received,
         city_lost: r.presence_sent.saturating_sub(city_received),
@@ -201,8 +221,15 @@ pub async fn run(ctx: &RunCtx, o: &PresenceOptions) -> Result<(PresenceSummary, 
     rep.verdicts.push(verdict(
         "every change shown to the city console, once",
         "none lost or repeated",
-        format!("{} of {} shown", city_received, summary.changes_sent),
-        Some(summary.city_received == summary.changes_sent && summary.connected == n as u64),
+        format!(
+            "{} of {} shown, {} again",
+            city_received, summary.changes_sent, summary.city_repeated
+        ),
+        Some(
+            summary.city_received == summary.changes_sent
+                && summary.city_repeated == 0
+                && summary.connected == n as u64,
+        ),
     ));
     rep.figures.push(figure(
         "city console p50 / p99 / max",
@@ -220,6 +247,10 @@ pub async fn run(ctx: &RunCtx, o: &PresenceOptions) -> Result<(PresenceSummary, 
             summary.counties.max_ms,
             summary.counties.count
         ),
+    ));
+    rep.figures.push(figure(
+        "changes per second, asked and achieved",
+        format!("{} / {:.1}", o.rate, summary.achieved_per_sec),
     ));
     rep.figures.push(figure(
         "warm-up excluded",

@@ -55,7 +55,14 @@ impl RedisServer {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("redis-server: {e} (install it: apt-get install redis-server)"))?;
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                format!(
+                    "redis-server{}: {e} (install it: apt-get install redis-server{})",
+                    if cpu.is_some() { " under taskset" } else { "" },
+                    if cpu.is_some() { " util-linux" } else { "" }
+                )
+            })?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         for _ in 0..100 {
             if let Ok(mut s) = TcpStream::connect(addr).await {
@@ -70,6 +77,7 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = std::fs::remove_dir_all(&dir);
         Err("redis-server did not answer PING within 5 s".into())
     }
 

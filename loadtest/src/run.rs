@@ -41,6 +41,8 @@ pub struct RunCtx {
     /// The run's origin on the monotonic clock.
     pub start_us: u64,
     pub max_seconds: u64,
+    /// Stamped rounds before this one are warm-up: not in a fleet's measured histogram.
+    pub measure_from_round: u32,
     /// The harness's worker processes, for its CPU and memory.
     pub pids: Arc<Mutex<Vec<u32>>>,
     /// The `loadtest` binary worker processes run (this one, unless a test says otherwise).
@@ -97,6 +99,7 @@ impl RunCtx {
         count: usize,
         ack: bool,
     ) -> Result<(), String> {
+        f.grown_at = mono_us();
         let parts = slices(first, count, self.workers.max(1));
         let n = parts.len().max(1) as f64;
         for (i, (first, count)) in parts.into_iter().enumerate() {
@@ -119,6 +122,7 @@ impl RunCtx {
                 start_us: self.start_us,
                 interval_ms: self.interval.as_millis() as u64,
                 stop_after_s: self.max_seconds,
+                measure_from_round: self.measure_from_round,
             };
             f.add(spec, self.workers > 0).await?;
         }
@@ -126,9 +130,8 @@ impl RunCtx {
     }
 
     /// Waits, with a progress bar, until `count` terminals of the fleet have connected (or
-    /// failed); returns the seconds it took.
+    /// failed); returns the seconds from the fleet's last growth to the last connection.
     pub async fn connected(&self, f: &Fleet, count: u64, what: &str) -> Result<f64, String> {
-        let t0 = mono_us();
         let bar = bar(count, what);
         let done = f
             .wait_for(
@@ -150,7 +153,7 @@ impl RunCtx {
                 }
             ));
         }
-        Ok(mono_us().saturating_sub(t0) as f64 / 1e6)
+        Ok(f.connected_at().saturating_sub(f.grown_at) as f64 / 1e6)
     }
 }
 
@@ -289,10 +292,21 @@ impl Console {
     /// A stamped notice to every tier below `node`, padded so the pushed frame is about
     /// `bytes` long; returns how many terminals it went to.
     pub async fn notice(&mut self, node: &str, round: u32, bytes: usize) -> Result<u64, String> {
+        self.notice_watching(node, round, bytes, |_| {}).await
+    }
+
+    /// `notice`, handing every other frame that arrives before the reply to `other`.
+    pub async fn notice_watching(
+        &mut self,
+        node: &str,
+        round: u32,
+        bytes: usize,
+        other: impl FnMut(&str),
+    ) -> Result<u64, String> {
         let body = padded(&crate::fleet::stamp(round), bytes.saturating_sub(170));
         let data = format!(r#"{{"node":"{node}","title":"loadtest","body":"{body}"}}"#);
         let reply = self
-            .request("notice.send", &data, Duration::from_secs(60), |_| {})
+            .request("notice.send", &data, Duration::from_secs(60), other)
             .await?;
         Ok(reply["notice"]["recipients"].as_u64().unwrap_or(0))
     }

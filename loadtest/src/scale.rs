@@ -122,7 +122,7 @@ pub async fn run(ctx: &RunCtx, o: &ScaleOptions) -> Result<(ScaleSummary, Report
             .wait_for(Duration::from_secs(30), |f| f.notices() >= want, |_| {})
             .await;
         let notice_last_ms = if got {
-            mono_us().saturating_sub(t) as f64 / 1000.0
+            fleet.notice_at().saturating_sub(t) as f64 / 1000.0
         } else {
             f64::INFINITY
         };
@@ -194,10 +194,14 @@ pub async fn run(ctx: &RunCtx, o: &ScaleOptions) -> Result<(ScaleSummary, Report
     Ok((summary, rep))
 }
 
-/// The presence p99 seen between `from` and `to`: the watch is still running, so its timeline
-/// is read through a snapshot the watch keeps.
+/// The presence p99 seen between `from` and `to`; NaN (no verdict can pass on it) when the
+/// console was shown no change at all.
 fn window_p99(w: &Watch, from: f64, to: f64) -> f64 {
-    w.window(from, to).value_at_quantile(0.99) as f64 / 1000.0
+    let h = w.window(from, to);
+    if h.is_empty() {
+        return f64::NAN;
+    }
+    h.value_at_quantile(0.99) as f64 / 1000.0
 }
 
 fn scale_report(s: &ScaleSummary, o: &ScaleOptions) -> Report {

@@ -99,39 +99,51 @@ pub async fn run(ctx: &RunCtx, o: &StormOptions) -> Result<(StormSummary, Report
     let bar = timed_bar(u64::from(o.storms), "storms");
     for s in 1..=o.storms {
         let at = fleet.storm().await?;
+        // The console's view from the storm on, deltas that arrive while a notice is being
+        // sent included.
+        let mut dip = Dip {
+            whole,
+            low: whole,
+            dipped: false,
+            whole_at: None,
+        };
         for k in 0..o.notices {
-            city.notice(&root, s * 100 + k, 300).await?;
+            city.notice_watching(&root, s * 100 + k, 300, |t| dip.see(t, &root))
+                .await?;
             sent += 1;
         }
-        // Watch the console until the count is whole again and everyone has resumed.
-        let (mut low, mut whole_at, mut dipped) = (whole, None::<u64>, false);
+        let want = connected * u64::from(s);
         let end = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut all_back_at = None;
         while tokio::time::Instant::now() < end {
-            if let Some(t) = city.push(Duration::from_millis(50)).await?
-                && let Some(on) = city_online(&t, &root)
-            {
-                low = low.min(on);
-                if on < whole {
-                    dipped = true;
-                    whole_at = None;
-                } else if dipped && whole_at.is_none() {
-                    whole_at = Some(crate::mono_us());
+            if let Some(t) = city.push(Duration::from_millis(50)).await? {
+                dip.see(&t, &root);
+            }
+            if fleet.reconnected() >= want {
+                let since = *all_back_at.get_or_insert_with(tokio::time::Instant::now);
+                // Done when the console is whole again — or, if it never saw a dip, after a
+                // second of quiet with everyone back (the hub coalesces deltas every 20 ms).
+                if dip.whole_at.is_some()
+                    || (!dip.dipped && since.elapsed() > Duration::from_secs(1))
+                {
+                    break;
                 }
             }
-            let all_back = fleet.reconnected() >= connected * u64::from(s);
-            if all_back && (!dipped || whole_at.is_some()) {
-                break;
-            }
         }
-        let all_resumed_s = fleet_wait_resumed(&fleet, connected * u64::from(s)).await;
-        let r = fleet_resume_time(all_resumed_s, at);
-        let console = whole_at.map_or(if dipped { f64::INFINITY } else { 0.0 }, |w| {
-            w.saturating_sub(at) as f64 / 1e6
-        });
+        let r = if fleet.reconnected() >= want {
+            fleet.reconnected_at().saturating_sub(at) as f64 / 1e6
+        } else {
+            f64::INFINITY
+        };
+        let console = match (dip.dipped, dip.whole_at) {
+            (_, Some(w)) => w.saturating_sub(at) as f64 / 1e6,
+            (true, None) => f64::INFINITY,
+            (false, None) => 0.0,
+        };
         rounds.push(StormRound {
             all_resumed_s: r,
             console_whole_s: console,
-            console_low: low,
+            console_low: dip.low,
             whole_s: r.max(console),
         });
         bar.inc(1);
@@ -169,15 +181,28 @@ pub async fn run(ctx: &RunCtx, o: &StormOptions) -> Result<(StormSummary, Report
     Ok((summary, rep))
 }
 
-/// Waits (bounded) until the fleet counts `want` reconnections; returns when it did, µs.
-async fn fleet_wait_resumed(f: &crate::fleet::Fleet, want: u64) -> u64 {
-    f.wait_for(Duration::from_secs(60), |f| f.reconnected() >= want, |_| {})
-        .await;
-    crate::mono_us()
+/// The city console's on-line count through a storm.
+struct Dip {
+    whole: u64,
+    low: u64,
+    dipped: bool,
+    /// When the count was back to whole after the dip (monotonic µs).
+    whole_at: Option<u64>,
 }
 
-fn fleet_resume_time(done_us: u64, at: u64) -> f64 {
-    done_us.saturating_sub(at) as f64 / 1e6
+impl Dip {
+    fn see(&mut self, frame: &str, root: &str) {
+        let Some(on) = city_online(frame, root) else {
+            return;
+        };
+        self.low = self.low.min(on);
+        if on < self.whole {
+            self.dipped = true;
+            self.whole_at = None;
+        } else if self.dipped && self.whole_at.is_none() {
+            self.whole_at = Some(crate::mono_us());
+        }
+    }
 }
 
 fn storm_report(s: &StormSummary, n: usize, o: &StormOptions) -> Report {
@@ -198,7 +223,7 @@ fn storm_report(s: &StormSummary, n: usize, o: &StormOptions) -> Report {
         s.terminals_missing_notices,
         s.notices_sent,
         s.duplicates,
-        true,
+        s.connected == n as u64,
     ));
     rep.figures.push(figure(
         "reconnect (storm called → outbox resumed) p50 / p99 / max",

@@ -31,8 +31,18 @@ pub struct Opened {
     pub took: Duration,
 }
 
+/// How long a handshake may take before it counts as failed: a hub that accepts the TCP
+/// connection but never upgrades it must not hold the harness's handshake slots forever.
+const OPEN_WITHIN: Duration = Duration::from_secs(30);
+
 /// Connects and authenticates, returning once the hub's `hello` has arrived.
 pub async fn open(target: &Target, token: &str) -> Result<Opened, String> {
+    tokio::time::timeout(OPEN_WITHIN, open_now(target, token))
+        .await
+        .map_err(|_| format!("no hello within {} s", OPEN_WITHIN.as_secs()))?
+}
+
+async fn open_now(target: &Target, token: &str) -> Result<Opened, String> {
     let t0 = Instant::now();
     let stream = TcpStream::connect(target.addr)
         .await

@@ -47,7 +47,7 @@ impl Timeline {
             .buckets
             .entry(since / self.interval_us)
             .or_insert_with(histogram);
-        let _ = h.record(latency_us.max(1));
+        h.saturating_record(latency_us.max(1));
     }
 
     pub fn merge(&mut self, other: &Timeline) {
@@ -169,6 +169,9 @@ impl Sampler {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last: Option<(f64, crate::hubstats::HubStats, f64, (f64, f64))> = None;
+            // A worker's CPU as last read: one that has ended reads 0 from then on, and its
+            // seconds must not leave the sum.
+            let mut worker_cpu = std::collections::HashMap::<u32, f64>::new();
             loop {
                 tokio::select! {
                     _ = st.cancelled() => break,
@@ -179,11 +182,12 @@ impl Sampler {
                 };
                 let t = mono_us().saturating_sub(start_us) as f64 / 1e6;
                 let list: Vec<u32> = pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let harness_cpu = crate::own_cpu()
-                    + list
-                        .iter()
-                        .map(|p| crate::proc_cpu(&p.to_string()))
-                        .sum::<f64>();
+                for p in &list {
+                    let now = crate::proc_cpu(&p.to_string());
+                    let seen = worker_cpu.entry(*p).or_insert(0.0);
+                    *seen = seen.max(now);
+                }
+                let harness_cpu = crate::own_cpu() + worker_cpu.values().sum::<f64>();
                 let harness_rss = crate::proc_rss("self")
                     + list
                         .iter()
