@@ -10,7 +10,7 @@ use crate::fleet::{Backend, Fleet, FleetReport};
 use crate::redis::{Publisher, RedisServer};
 use crate::report::{Chart, Report, Series};
 use crate::run::{Console, RunCtx, figure, padded, report, timed_bar, verdict};
-use crate::timeline::{Sample, sample_series};
+use crate::timeline::Sample;
 use crate::{Percentiles, hubstats, mono_us};
 
 #[derive(Clone, Debug)]
@@ -178,7 +178,7 @@ pub async fn run(ctx: &RunCtx, o: &FanoutOptions) -> Result<(FanoutSummary, Repo
         pct.series.extend(t.percentile_series("Redis"));
     }
     rep.charts.push(pct);
-    push_resource_charts(&mut rep, &samples);
+    crate::timeline::push_resource_charts(&mut rep, &samples);
     crate::run::errors(&mut rep, hub.errors, &hub.first_errors);
     let summary = FanoutSummary {
         scenario: "fanout",
@@ -195,42 +195,6 @@ pub async fn run(ctx: &RunCtx, o: &FanoutOptions) -> Result<(FanoutSummary, Repo
     Ok((summary, rep))
 }
 
-/// The hub's CPU, memory and connections, and the harness's CPU, over the run.
-pub fn push_resource_charts(rep: &mut Report, samples: &[Sample]) {
-    rep.charts.push(Chart {
-        title: "CPU".into(),
-        x_label: "seconds since start".into(),
-        y_label: "% of one core".into(),
-        series: sample_series(
-            samples,
-            &[
-                ("hub", |s| s.hub_cpu_percent),
-                ("harness", |s| s.harness_cpu_percent),
-            ],
-        ),
-    });
-    rep.charts.push(Chart {
-        title: "Hub memory".into(),
-        x_label: "seconds since start".into(),
-        y_label: "RSS, MiB".into(),
-        series: sample_series(samples, &[("hub RSS", |s| s.hub_rss_mib)]),
-    });
-    rep.charts.push(Chart {
-        title: "Connections and throughput".into(),
-        x_label: "seconds since start".into(),
-        y_label: "count, or messages/s ÷ 10".into(),
-        series: sample_series(
-            samples,
-            &[
-                ("connections", |s| s.connections),
-                ("hub messages out per s ÷ 10", |s| {
-                    s.hub_messages_out_per_s / 10.0
-                }),
-            ],
-        ),
-    });
-}
-
 fn round_series(name: &str, last_ms: &[f64], warmup: u32) -> Series {
     Series {
         name: name.into(),
@@ -239,16 +203,6 @@ fn round_series(name: &str, last_ms: &[f64], warmup: u32) -> Series {
             .enumerate()
             .map(|(i, v)| ((i as u32 + warmup) as f64, *v))
             .collect(),
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
 }
 
@@ -287,7 +241,7 @@ fn side(
             server: server.into(),
             terminals: r.terminals,
             connected: r.connected,
-            last_median_ms: median(&last_ms),
+            last_median_ms: crate::median(&last_ms),
             last_ms,
             delivery,
             expected,

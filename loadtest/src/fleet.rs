@@ -95,9 +95,6 @@ pub struct FleetReport {
     pub failed: u64,
     pub errors: u64,
     pub first_errors: Vec<String>,
-    pub closed_by_hub: u64,
-    pub pings: u64,
-    pub replies: u64,
     /// Encoded histograms (µs): first connections, and reconnections after a storm (from the
     /// storm's call to the outbox resumed).
     pub connect: String,
@@ -110,7 +107,6 @@ pub struct FleetReport {
     pub rounds: BTreeMap<u32, Round>,
     /// How many terminals received how many distinct notices.
     pub notices_per_terminal: BTreeMap<u64, u64>,
-    pub outbox_messages: u64,
     /// Outbox messages at or below a sequence the terminal already had.
     pub duplicates: u64,
     pub presence_sent: u64,
@@ -134,9 +130,6 @@ impl FleetReport {
                     out.first_errors.push(e);
                 }
             }
-            out.closed_by_hub += p.closed_by_hub;
-            out.pings += p.pings;
-            out.replies += p.replies;
             merge(&mut connect, &decode_histogram(&p.connect)?);
             merge(&mut reconnect, &decode_histogram(&p.reconnect)?);
             merge(&mut measured, &decode_histogram(&p.measured)?);
@@ -159,7 +152,6 @@ impl FleetReport {
             for (k, n) in p.notices_per_terminal {
                 *out.notices_per_terminal.entry(k).or_default() += n;
             }
-            out.outbox_messages += p.outbox_messages;
             out.duplicates += p.duplicates;
             out.presence_sent += p.presence_sent;
             out.cpu_s += p.cpu_s;
@@ -284,10 +276,6 @@ struct Tally {
     reconnect: Histogram<u64>,
     notices: Timeline,
     rounds: BTreeMap<u32, Round>,
-    closed_by_hub: u64,
-    pings: u64,
-    replies: u64,
-    outbox_messages: u64,
     duplicates: u64,
     presence_sent: u64,
 }
@@ -346,10 +334,6 @@ pub async fn run_worker(
             reconnect: histogram(),
             notices: Timeline::new(spec.start_us, interval),
             rounds: BTreeMap::new(),
-            closed_by_hub: 0,
-            pings: 0,
-            replies: 0,
-            outbox_messages: 0,
             duplicates: 0,
             presence_sent: 0,
         }),
@@ -430,9 +414,6 @@ pub async fn run_worker(
         failed: p.failed.load(Relaxed),
         errors: shared.errors.count(),
         first_errors: shared.errors.first(),
-        closed_by_hub: t.closed_by_hub,
-        pings: t.pings,
-        replies: t.replies,
         connect: encode_histogram(&t.connect),
         reconnect: encode_histogram(&t.reconnect),
         measured: encode_histogram(&t.measured),
@@ -446,7 +427,6 @@ pub async fn run_worker(
             m.remove(&u64::MAX);
             m
         },
-        outbox_messages: t.outbox_messages,
         duplicates: t.duplicates,
         presence_sent: t.presence_sent,
         cpu_s: crate::own_cpu(),
@@ -599,9 +579,8 @@ async fn hub_terminal(
                 }
                 _ = tokio::time::sleep_until(next) => {
                     next += interval;
-                    s.tally().pings += 1;
-                    if ws.send(Message::Text(ping.clone())).await.is_err() {
-                        break End::Lost;
+                    if let Err(e) = ws.send(Message::Text(ping.clone())).await {
+                        break End::Lost(format!("send: {e}"));
                     }
                 }
                 Some(status) = churn.recv() => {
@@ -610,31 +589,22 @@ async fn hub_terminal(
                         r#"{{"v":1,"type":"presence.set","data":{{"status":"{status}","text":"{}"}}}}"#,
                         stamp(0)
                     );
-                    if ws.send(Message::text(text)).await.is_err() {
-                        break End::Lost;
+                    if let Err(e) = ws.send(Message::text(text)).await {
+                        break End::Lost(format!("send: {e}"));
                     }
                 }
                 m = ws.next() => match m {
                     Some(Ok(Message::Text(t))) => {
                         if let Some(ack) = on_text(&t, &s, &mut notices, &mut last_seq)
-                            && ws.send(Message::Text(ack)).await.is_err()
+                            && let Err(e) = ws.send(Message::Text(ack)).await
                         {
-                            break End::Lost;
+                            break End::Lost(format!("send: {e}"));
                         }
                     }
-                    Some(Ok(Message::Close(f))) => {
-                        s.errors.record(&why_closed(f.as_ref()));
-                        break End::Lost;
-                    }
+                    Some(Ok(Message::Close(f))) => break End::Lost(why_closed(f.as_ref())),
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        s.errors.record(&format!("connection: {e}"));
-                        break End::Lost;
-                    }
-                    None => {
-                        s.errors.record(&why_closed(None));
-                        break End::Lost;
-                    }
+                    Some(Err(e)) => break End::Lost(format!("connection: {e}")),
+                    None => break End::Lost(why_closed(None)),
                 },
             }
         };
@@ -645,8 +615,9 @@ async fn hub_terminal(
             }
             // Dropped without a goodbye, as a network blip or a restarted hub leaves it.
             End::Storm => drop(ws),
-            End::Lost => {
-                s.tally().closed_by_hub += 1;
+            // A terminal lost mid-run is an error of the run: it misses what follows.
+            End::Lost(why) => {
+                s.errors.record(&why);
                 break;
             }
         }
@@ -657,7 +628,7 @@ async fn hub_terminal(
 enum End {
     Stop,
     Storm,
-    Lost,
+    Lost(String),
 }
 
 /// Handles one frame; returns the acknowledgement to send, if any.
@@ -668,7 +639,6 @@ fn on_text(
     last_seq: &mut u64,
 ) -> Option<Utf8Bytes> {
     if t.starts_with(r#"{"v":1,"type":"reply""#) {
-        s.tally().replies += 1;
         return None;
     }
     if t.starts_with(r#"{"v":1,"type":"error""#) {
@@ -678,13 +648,9 @@ fn on_text(
     }
     let at = mono_us();
     let (seq, notice) = outbox_frame(t)?;
-    {
-        let mut tl = s.tally();
-        tl.outbox_messages += 1;
-        if seq <= *last_seq {
-            tl.duplicates += 1;
-            return None;
-        }
+    if seq <= *last_seq {
+        s.tally().duplicates += 1;
+        return None;
     }
     *last_seq = seq;
     // Only this run's notices count: a hub that keeps its store between runs replays earlier
@@ -801,8 +767,12 @@ async fn redis_terminal(
                 }
             }
             r = stream.read(&mut chunk) => match r {
-                Ok(0) | Err(_) => {
-                    s.tally().closed_by_hub += 1;
+                Ok(0) => {
+                    s.errors.record("redis-server closed the subscription");
+                    break;
+                }
+                Err(e) => {
+                    s.errors.record(&format!("redis subscription: {e}"));
                     break;
                 }
                 Ok(n) => {

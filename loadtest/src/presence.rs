@@ -12,10 +12,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::push_resource_charts;
 use crate::fleet::stamps;
 use crate::report::{Chart, Report};
 use crate::run::{Console, RunCtx, figure, report, timed_bar, verdict};
+use crate::timeline::push_resource_charts;
 use crate::timeline::{Sample, Timeline};
 use crate::{Percentiles, mono_us};
 

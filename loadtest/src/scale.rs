@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::fanout::push_resource_charts;
 use crate::presence::Watch;
 use crate::report::{Chart, Report, Series};
 use crate::run::{Console, RunCtx, figure, report, timed_bar, verdict};
 use crate::timeline::Sample;
+use crate::timeline::push_resource_charts;
 use crate::{hubstats, mono_us};
 
 #[derive(Clone, Debug)]
@@ -141,7 +141,7 @@ pub async fn run(ctx: &RunCtx, o: &ScaleOptions) -> Result<(ScaleSummary, Report
             notice_last_ms,
             broke: Vec::new(),
         };
-        step.presence_p99_ms = window_p99(&watch, from, to);
+        step.presence_p99_ms = crate::p99_ms(&watch.window(from, to));
         let checks = [
             (
                 "every terminal connected",
@@ -192,16 +192,6 @@ pub async fn run(ctx: &RunCtx, o: &ScaleOptions) -> Result<(ScaleSummary, Report
     };
     let rep = scale_report(&summary, o);
     Ok((summary, rep))
-}
-
-/// The presence p99 seen between `from` and `to`; NaN (no verdict can pass on it) when the
-/// console was shown no change at all.
-fn window_p99(w: &Watch, from: f64, to: f64) -> f64 {
-    let h = w.window(from, to);
-    if h.is_empty() {
-        return f64::NAN;
-    }
-    h.value_at_quantile(0.99) as f64 / 1000.0
 }
 
 fn scale_report(s: &ScaleSummary, o: &ScaleOptions) -> Report {

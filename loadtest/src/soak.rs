@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::fanout::push_resource_charts;
 use crate::presence::city_and_counties;
 use crate::report::{Chart, Report, Series};
 use crate::run::{Console, RunCtx, errors, every_notice_once, figure, report, timed_bar, verdict};
+use crate::timeline::push_resource_charts;
 use crate::timeline::{Sample, Timeline};
-use crate::{Percentiles, histogram, mono_us};
+use crate::{Percentiles, mono_us};
 
 /// Orders a second in the seed's year.
 pub const ORDERS_PER_SEC: f64 = 320_944.0 / (365.0 * 86_400.0);
@@ -63,11 +63,6 @@ pub struct SoakSummary {
     pub errors: u64,
     pub first_errors: Vec<String>,
     pub samples: Vec<Sample>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Drift is a late p99 more than 1.5× the early one and more than 2 ms above it (a tail of a
@@ -175,29 +170,16 @@ pub async fn run(ctx: &RunCtx, o: &SoakOptions) -> Result<(SoakSummary, Report),
     let q = (b - a) / 4.0;
     let (early, late) = ((a, a + q), (b - q, b));
     let rss_in = |w: (f64, f64)| {
-        median(
-            samples
-                .iter()
-                .filter(|s| s.t >= w.0 && s.t < w.1)
-                .map(|s| s.hub_rss_mib)
-                .collect(),
-        )
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.t >= w.0 && s.t < w.1)
+            .map(|s| s.hub_rss_mib)
+            .collect();
+        crate::median(&v)
     };
     let (rss_early, rss_late) = (rss_in(early), rss_in(late));
     // NaN for a window with nothing in it: a drift verdict on it is "not tested".
-    let p99 = |tl: &Timeline, w: (f64, f64)| {
-        let h = tl.window(w.0, w.1);
-        if h.is_empty() {
-            f64::NAN
-        } else {
-            h.value_at_quantile(0.99) as f64 / 1000.0
-        }
-    };
-    let all_orders = {
-        let mut h = histogram();
-        crate::merge(&mut h, &orders.all());
-        h
-    };
+    let p99 = |tl: &Timeline, w: (f64, f64)| crate::p99_ms(&tl.window(w.0, w.1));
     let summary = SoakSummary {
         scenario: "soak",
         terminals: r.terminals,
@@ -213,7 +195,7 @@ pub async fn run(ctx: &RunCtx, o: &SoakOptions) -> Result<(SoakSummary, Report),
         presence_p99_early_ms: p99(&presence_tl, early),
         presence_p99_late_ms: p99(&presence_tl, late),
         presence: Percentiles::of(&presence_tl.window(a, b)),
-        order_round_trip: Percentiles::of(&all_orders),
+        order_round_trip: Percentiles::of(&orders.all()),
         order_p99_early_ms: p99(&orders, early),
         order_p99_late_ms: p99(&orders, late),
         notice_last_ms: notice_last,

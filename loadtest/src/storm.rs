@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::Percentiles;
-use crate::fanout::push_resource_charts;
 use crate::report::{Chart, Report, Series};
 use crate::run::{Console, RunCtx, errors, every_notice_once, figure, report, timed_bar, verdict};
 use crate::timeline::Sample;
+use crate::timeline::push_resource_charts;
 
 #[derive(Clone, Debug)]
 pub struct StormOptions {
@@ -157,10 +157,9 @@ pub async fn run(ctx: &RunCtx, o: &StormOptions) -> Result<(StormSummary, Report
     city.close().await;
     let r = fleet.finish().await?;
     let samples = sampler.stop().await;
-    let mut wholes: Vec<f64> = rounds.iter().map(|r| r.whole_s).collect();
-    wholes.sort_by(f64::total_cmp);
-    let whole_median_s = wholes.get(wholes.len() / 2).copied().unwrap_or(f64::NAN);
-    let whole_max_s = wholes.last().copied().unwrap_or(f64::NAN);
+    let wholes: Vec<f64> = rounds.iter().map(|r| r.whole_s).collect();
+    let whole_median_s = crate::median(&wholes);
+    let whole_max_s = wholes.iter().copied().fold(f64::NAN, f64::max);
     let missing = r.terminals_without_exactly(sent);
     let summary = StormSummary {
         scenario: "reconnect-storm",

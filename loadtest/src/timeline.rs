@@ -238,6 +238,42 @@ pub fn sample_series(samples: &[Sample], pick: &[Pick<'_>]) -> Vec<Series> {
         .collect()
 }
 
+/// The hub's CPU, memory and connections, and the harness's CPU, over the run.
+pub fn push_resource_charts(rep: &mut crate::report::Report, samples: &[Sample]) {
+    rep.charts.push(crate::report::Chart {
+        title: "CPU".into(),
+        x_label: "seconds since start".into(),
+        y_label: "% of one core".into(),
+        series: sample_series(
+            samples,
+            &[
+                ("hub", |s| s.hub_cpu_percent),
+                ("harness", |s| s.harness_cpu_percent),
+            ],
+        ),
+    });
+    rep.charts.push(crate::report::Chart {
+        title: "Hub memory".into(),
+        x_label: "seconds since start".into(),
+        y_label: "RSS, MiB".into(),
+        series: sample_series(samples, &[("hub RSS", |s| s.hub_rss_mib)]),
+    });
+    rep.charts.push(crate::report::Chart {
+        title: "Connections and throughput".into(),
+        x_label: "seconds since start".into(),
+        y_label: "count, or messages/s ÷ 10".into(),
+        series: sample_series(
+            samples,
+            &[
+                ("connections", |s| s.connections),
+                ("hub messages out per s ÷ 10", |s| {
+                    s.hub_messages_out_per_s / 10.0
+                }),
+            ],
+        ),
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

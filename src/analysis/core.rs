@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use super::geo::SiteIndex;
 use super::stats;
+use crate::clock::{civil_from_days, days_from_civil};
 use crate::org::{GeoPoint, NodeIdx, Org, Tier};
 
 /// One order as the analysis sees it.
@@ -648,30 +649,6 @@ impl Period {
             Period::Month => after(32 * DAY_MS),
         }
     }
-}
-
-// Howard Hinnant's algorithms: days since 1970-01-01 to and from a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[derive(Clone, Debug, PartialEq)]
