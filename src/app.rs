@@ -18,8 +18,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use crate::auth::Authority;
-use crate::backplane::memory::{Broker, JoinError};
-use crate::backplane::{Backplane, Forward, Outbound};
+use crate::backplane::memory::Broker;
+use crate::backplane::redis::RedisLink;
+use crate::backplane::{Backplane, BackplaneKind, Forward, JoinError, Outbound};
 use crate::calls;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -62,6 +63,7 @@ pub struct Running {
     pub hub: Arc<Hub>,
     pub addr: SocketAddr,
     broker: Option<Arc<Broker>>,
+    redis: Option<Arc<RedisLink>>,
     tasks: Tasks,
 }
 
@@ -99,7 +101,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 /// Starts a hub node; with a broker, it joins the other nodes that joined it (one process, for
-/// tests and demos of a cluster).
+/// tests and demos of a cluster); with `backplane.kind = "redis"`, the nodes of its cluster on
+/// that Redis.
 pub async fn start_node(
     config: Config,
     broker: Option<Arc<Broker>>,
@@ -114,14 +117,34 @@ pub async fn start_node(
     let metrics = Arc::new(Metrics::default());
     let clock = Clock::system();
     let hub_id = HubId(config.backplane.hub_id);
-    let runs_services = config.backplane.runs_services || broker.is_none();
+    let alone = broker.is_none() && config.backplane.kind == BackplaneKind::Memory;
+    let runs_services = config.backplane.runs_services || alone;
     let registry = Arc::new(Registry::new(hub_id));
-    let (link, inbound) = match &broker {
-        Some(b) => {
+    metrics.link_up.store(1, Relaxed);
+    metrics.link_nodes.store(1, Relaxed);
+    let (link, inbound, redis) = match (&broker, &config.backplane.kind) {
+        (Some(b), _) => {
             let (link, rx) = b.join(hub_id, &org.fingerprint(), runs_services)?;
-            (Some(link), Some(rx))
+            (Some(link), Some(rx), None)
         }
-        None => (None, None),
+        (None, BackplaneKind::Redis) => {
+            let b = &config.backplane;
+            let settings = crate::backplane::redis::Settings {
+                url: b.redis_url.clone(),
+                cluster: b.cluster.clone(),
+                lease_ms: b.lease_ms,
+            };
+            let (redis, (link, rx)) = crate::backplane::redis::join(
+                settings,
+                hub_id,
+                &org.fingerprint(),
+                runs_services,
+                Arc::clone(&metrics),
+            )
+            .await?;
+            (Some(link), Some(rx), Some(redis))
+        }
+        (None, BackplaneKind::Memory) => (None, None, None),
     };
     let backplane = Arc::new(Backplane::new(
         Arc::clone(&org),
@@ -259,6 +282,7 @@ pub async fn start_node(
         hub,
         addr,
         broker,
+        redis,
         tasks: Tasks {
             server,
             sweep,
@@ -420,6 +444,9 @@ impl Running {
         self.tasks.feed.abort();
         if let Some(b) = &self.broker {
             b.leave(hub.backplane.hub());
+        }
+        if let Some(r) = &self.redis {
+            r.leave().await;
         }
         if let Some(i) = self.tasks.inbound {
             i.abort();

@@ -257,6 +257,27 @@ impl Config {
                 self.backplane.hub_id
             )));
         }
+        if self.backplane.kind == crate::backplane::BackplaneKind::Redis {
+            let b = &self.backplane;
+            if !(300..=600_000).contains(&b.lease_ms) {
+                return Err(ConfigError::Invalid(format!(
+                    "backplane.lease_ms ({}) must be within 300–600000: shorter leases lapse under load, longer ones keep a dead node's terminals on line",
+                    b.lease_ms
+                )));
+            }
+            if b.cluster.is_empty() || b.cluster.contains(['{', '}', ':']) {
+                return Err(ConfigError::Invalid(format!(
+                    "backplane.cluster {:?} must be a non-empty name without braces or colons (it is part of Redis keys)",
+                    b.cluster
+                )));
+            }
+            if let Err(e) = redis::Client::open(b.redis_url.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "backplane.redis_url {:?}: {e}",
+                    b.redis_url
+                )));
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log.format must be \"text\" or \"json\", not {:?}",

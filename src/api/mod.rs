@@ -338,8 +338,11 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     let t = &hub.transport;
     if t.accepting.load(Relaxed) {
+        let link = hub.backplane.status();
         Json(serde_json::json!({
-            "status": "ready",
+            // Degraded still serves this node's terminals: a balancer keeps sending them here.
+            "status": if link.up { "ready" } else { "degraded" },
+            "link": link,
             "connections": t.registry.len(),
             "max_connections": t.caps.terminals,
             "backplane": hub.backplane.name(),

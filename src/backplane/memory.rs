@@ -8,27 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::Link;
 use super::wire::Wire;
+use super::{JoinError, Joined, Link};
 use crate::transport::dispatch::HubId;
 
 /// Messages waiting for one node; past this, live frames to it are dropped (and counted).
 pub const NODE_QUEUE: usize = 65_536;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JoinError {
-    #[error(
-        "this node's org tree (fingerprint {ours}) differs from the cluster's ({theirs}); every node must load the same tree"
-    )]
-    OtherTree { ours: String, theirs: String },
-    #[error("{0} is already in the cluster; give each node its own backplane.hub_id")]
-    SameHub(HubId),
-    #[error("{0} already runs the services; set backplane.runs_services = false on this node")]
-    SecondOwner(HubId),
-}
-
-/// A node's link, and what the other nodes send it.
-pub type Joined = (Arc<dyn Link>, mpsc::Receiver<Vec<u8>>);
 
 #[derive(Default)]
 struct Members {

@@ -15,6 +15,7 @@
 
 pub mod bus;
 pub mod memory;
+pub mod redis;
 #[cfg(test)]
 pub mod testing;
 pub mod wire;
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use self::bus::{Bus, Topic};
-use self::wire::{OriginWire, Wire};
+use self::wire::{OriginWire, Seated, Wire};
 use crate::auth::{Role, Seat};
 use crate::org::{NodeId, NodeIdx, Org};
 use crate::telemetry::Metrics;
@@ -177,6 +178,41 @@ pub trait Link: Send + Sync + 'static {
     /// The node that runs the stateful services (orders, outbox, calls).
     fn owner(&self) -> Option<HubId>;
     fn name(&self) -> &'static str;
+    fn status(&self) -> LinkStatus {
+        LinkStatus {
+            up: true,
+            nodes: 1,
+            reason: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error(
+        "this node's org tree (fingerprint {ours}) differs from the cluster's ({theirs}); every node must load the same tree"
+    )]
+    OtherTree { ours: String, theirs: String },
+    #[error("{0} is already in the cluster; give each node its own backplane.hub_id")]
+    SameHub(HubId),
+    #[error("{0} already runs the services; set backplane.runs_services = false on this node")]
+    SecondOwner(HubId),
+    #[error("Redis {0}")]
+    Redis(String),
+}
+
+/// A node's link, and what the other nodes send it.
+pub type Joined = (Arc<dyn Link>, mpsc::Receiver<Vec<u8>>);
+
+/// Whether a link reaches the other nodes now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LinkStatus {
+    pub up: bool,
+    /// Nodes in the cluster as this one sees it, itself included.
+    pub nodes: usize,
+    /// Why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -185,6 +221,8 @@ pub enum BackplaneKind {
     /// One hub process; nothing crosses to other nodes.
     #[default]
     Memory,
+    /// Several `gridhub serve` processes joined through Redis (`backplane.redis_url`).
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +235,13 @@ pub struct BackplaneConfig {
     /// Whether this node runs the stateful services (orders, outbox, calls). In a cluster one
     /// node does; the others forward those requests to it with their origin.
     pub runs_services: bool,
+    /// With `kind = "redis"`: the server every node of the cluster uses.
+    pub redis_url: String,
+    /// With `kind = "redis"`: the cluster's name in Redis keys and channels.
+    pub cluster: String,
+    /// With `kind = "redis"`: how long a node stays in the cluster without renewing its lease;
+    /// a dead node's terminals go off line everywhere within this and a third of it.
+    pub lease_ms: u64,
 }
 
 impl Default for BackplaneConfig {
@@ -205,6 +250,9 @@ impl Default for BackplaneConfig {
             kind: BackplaneKind::Memory,
             hub_id: 0,
             runs_services: true,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            cluster: "gridhub".into(),
+            lease_ms: 3_000,
         }
     }
 }
@@ -296,6 +344,18 @@ impl Backplane {
 
     pub fn name(&self) -> &'static str {
         self.link.as_ref().map_or("memory", |l| l.name())
+    }
+
+    /// Whether this node reaches the others (always, alone).
+    pub fn status(&self) -> LinkStatus {
+        match &self.link {
+            Some(l) => l.status(),
+            None => LinkStatus {
+                up: true,
+                nodes: 1,
+                reason: None,
+            },
+        }
     }
 
     pub fn link(&self) -> Option<&Arc<dyn Link>> {
@@ -500,12 +560,109 @@ impl Backplane {
                     tracing::error!(topic, error = %e, "unreadable event from another hub node");
                 }
             }
+            Wire::Hello { hub } => {
+                let roster = Wire::Roster {
+                    hub: self.hub,
+                    seats: self.own_seats(),
+                };
+                match &self.link {
+                    // This node (re)joined: everyone learns what it holds now.
+                    Some(l) if hub == self.hub => {
+                        self.metrics.link_sent.fetch_add(1, Relaxed);
+                        l.broadcast(roster);
+                    }
+                    _ => self.over_link(hub, roster),
+                }
+            }
+            Wire::Roster { hub, seats } => self.reconcile(hub, &seats).await,
+            Wire::Gone { hub } => self.reconcile(hub, &[]).await,
             Wire::Request {
                 origin,
                 id,
                 kind,
                 data,
             } => self.forwarded(origin, id, &kind, &data).await,
+        }
+    }
+
+    /// The connections this node holds, as its directory has them: in step with the news it has
+    /// published, so a roster sent now is a cut of that stream.
+    fn own_seats(&self) -> Vec<Seated> {
+        let mut seats = Vec::new();
+        for e in self.directory.iter() {
+            for l in e.value().iter().filter(|l| l.hub() == self.hub) {
+                seats.push(Seated {
+                    ep: self.org.id(*e.key()).clone(),
+                    conn: l.conn,
+                    role: l.role,
+                    seat: l.seat,
+                });
+            }
+        }
+        seats
+    }
+
+    /// Makes what this node knows of node `hub`'s connections equal to `seats`: what is missing
+    /// there has left, what is new here has joined — told to this node's subscribers as the
+    /// news they would have heard. A node that died, or that this one could not hear for a
+    /// while, is set right this way.
+    async fn reconcile(&self, hub: HubId, seats: &[Seated]) {
+        if hub == self.hub {
+            return;
+        }
+        let listed: std::collections::HashSet<ConnKey> = seats.iter().map(|s| s.conn).collect();
+        let mut gone = Vec::new();
+        for e in self.directory.iter() {
+            for l in e.value().iter() {
+                if l.hub() == hub && !listed.contains(&l.conn) {
+                    gone.push(TerminalNews::Left {
+                        ep: self.org.id(*e.key()).clone(),
+                        conn: l.conn,
+                        seat: l.seat,
+                        at: crate::clock::now_ms(),
+                    });
+                }
+            }
+        }
+        let left = gone.len();
+        for news in gone {
+            self.apply(&news);
+            let _ = self.bus.deliver_here(Arc::new(news)).await;
+        }
+        let mut joined = 0;
+        for s in seats {
+            let Some(ep) = self.org.lookup(s.ep.as_str()) else {
+                continue;
+            };
+            let known = |d: &DashMap<NodeIdx, Located1>| {
+                d.get(&ep)
+                    .is_some_and(|ls| ls.iter().any(|l| l.conn == s.conn))
+            };
+            if known(&self.directory) {
+                continue;
+            }
+            let news = TerminalNews::Joined {
+                ep: s.ep.clone(),
+                conn: s.conn,
+                role: s.role,
+                seat: s.seat,
+                at: crate::clock::now_ms(),
+            };
+            self.replaced_elsewhere(&news);
+            self.apply(&news);
+            // A seat that has since connected again elsewhere keeps its newer connection.
+            if known(&self.directory) {
+                joined += 1;
+                let _ = self.bus.deliver_here(Arc::new(news)).await;
+            }
+        }
+        if left + joined > 0 {
+            tracing::info!(
+                node = %hub,
+                left,
+                joined,
+                "directory set right from {hub}'s roster"
+            );
         }
     }
 

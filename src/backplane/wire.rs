@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{Group, Pick, Via};
 use crate::auth::{Role, Seat};
 use crate::org::NodeId;
-use crate::transport::dispatch::ConnKey;
+use crate::transport::dispatch::{ConnKey, HubId};
 use crate::transport::protocol::ReqId;
 
 /// A request's origin between nodes.
@@ -18,6 +18,16 @@ pub struct OriginWire {
     #[serde(default)]
     pub seat: Seat,
     pub expires_at: u64,
+}
+
+/// One connection in a node's roster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seated {
+    pub ep: NodeId,
+    pub conn: ConnKey,
+    pub role: Role,
+    #[serde(default)]
+    pub seat: Seat,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +77,23 @@ pub enum Wire {
         topic: String,
         body: String,
     },
+    /// Node `hub` joined the cluster, or came back to it after losing the link: each node
+    /// answers with its `Roster`, and the node itself sends its own to all.
+    Hello {
+        hub: HubId,
+    },
+    /// Every connection node `hub` holds, as of this message: entries of that node the receiver
+    /// has and this lacks have left, and this one's are there. Sent in order with the node's
+    /// news, so it is a consistent cut of them.
+    Roster {
+        hub: HubId,
+        seats: Vec<Seated>,
+    },
+    /// Node `hub` is gone (its lease ran out): its connections have all left. Never crosses a
+    /// link; the link tells its own node.
+    Gone {
+        hub: HubId,
+    },
     /// A request for a service that runs on the receiving node.
     Request {
         origin: OriginWire,
@@ -103,6 +130,17 @@ mod tests {
                 group: Group::new("campaign", 9),
                 conn: 1,
             },
+            Wire::Hello { hub: HubId(3) },
+            Wire::Roster {
+                hub: HubId(3),
+                seats: vec![Seated {
+                    ep: NodeId::parse("230805").unwrap(),
+                    conn: 8195,
+                    role: Role::Operator,
+                    seat: Seat::MAIN,
+                }],
+            },
+            Wire::Gone { hub: HubId(4) },
             Wire::Request {
                 origin: OriginWire {
                     conn: 5,

@@ -150,6 +150,10 @@ pub struct Metrics {
     pub link_sent: AtomicU64,
     pub link_received: AtomicU64,
     pub link_dropped: AtomicU64,
+    /// 1 while this node reaches the other nodes (always, alone), 0 while it cannot.
+    pub link_up: AtomicU64,
+    /// Nodes in the cluster as this one sees it, itself included.
+    pub link_nodes: AtomicU64,
     pub fd_limit: AtomicU64,
     pub max_connections: AtomicU64,
 }
@@ -175,7 +179,7 @@ impl Metrics {
                 v.load(Relaxed)
             );
         };
-        let gauges: [(&str, &str, &AtomicU64); 11] = [
+        let gauges: [(&str, &str, &AtomicU64); 13] = [
             (
                 "gridhub_connections",
                 "Open WebSocket terminal connections.",
@@ -230,6 +234,16 @@ impl Metrics {
                 "gridhub_fd_limit",
                 "The process's open-file limit at start-up.",
                 &self.fd_limit,
+            ),
+            (
+                "gridhub_link_up",
+                "1 while this node reaches the other hub nodes (always when alone), 0 while cross-node features are degraded.",
+                &self.link_up,
+            ),
+            (
+                "gridhub_link_nodes",
+                "Hub nodes in the cluster as this node sees it, itself included.",
+                &self.link_nodes,
             ),
         ];
         for (name, help, v) in gauges {

@@ -1,10 +1,10 @@
-//! Two hub nodes in one process, joined by the in-memory broker (everything between them is
-//! encoded and decoded, as a networked broker would carry it). Node A runs the services; node B
-//! forwards its terminals' requests to A. A terminal sees one hub whichever node it is on.
+//! Hub nodes as one hub: joined by the in-memory broker (everything between them is encoded and
+//! decoded, as a networked broker would carry it) or through a real `redis-server`, each test of
+//! what a cluster must do run over both. Node A runs the services; the others forward their
+//! terminals' requests to A. A terminal sees one hub whichever node it is on. Over Redis, a node
+//! may also be a `gridhub serve` process of its own, killed with SIGKILL; and Redis itself may
+//! go away and come back.
 
-use std::sync::Arc;
-
-use gridhub::backplane::memory::Broker;
 use serde_json::{Value, json};
 
 use crate::auth::{error_of, http_get};
@@ -30,9 +30,18 @@ async fn status_seen(console: &mut TestTerminal, ep: &str) -> String {
 
 #[tokio::test]
 async fn two_nodes_serve_as_one_hub() {
-    let broker = Broker::new();
-    let a = spawn_node(&broker, 1, true).await;
-    let b = spawn_node(&broker, 2, false).await;
+    serve_as_one_hub(&Net::memory(), "memory-cluster").await;
+}
+
+#[tokio::test]
+async fn two_nodes_on_redis_serve_as_one_hub() {
+    let redis = RedisServer::start();
+    serve_as_one_hub(&redis.net("one-hub"), "redis").await;
+}
+
+async fn serve_as_one_hub(net: &Net, link: &str) {
+    let a = spawn_node(net, 1, true).await;
+    let b = spawn_node(net, 2, false).await;
     let (w_on_a, w2) = {
         let ws = workers_under(&a.org, DONGFENG, 40);
         (ws[0].clone(), ws[39].clone())
@@ -195,7 +204,7 @@ async fn two_nodes_serve_as_one_hub() {
         .cloned()
         .unwrap();
     assert!(root["online"].as_u64().unwrap() >= 4, "{root}");
-    assert_eq!(b.hub().backplane.name(), "memory-cluster");
+    assert_eq!(b.hub().backplane.name(), link);
     assert!(
         b.hub()
             .metrics
@@ -207,8 +216,17 @@ async fn two_nodes_serve_as_one_hub() {
 
 #[tokio::test]
 async fn a_node_with_another_org_tree_is_refused() {
-    let broker = Broker::new();
-    let _a = spawn_node(&broker, 1, true).await;
+    refuse_strangers(&Net::memory()).await;
+}
+
+#[tokio::test]
+async fn a_node_with_another_org_tree_is_refused_by_redis() {
+    let redis = RedisServer::start();
+    refuse_strangers(&redis.net("strangers")).await;
+}
+
+async fn refuse_strangers(net: &Net) {
+    let _a = spawn_node(net, 1, true).await;
     let dir = temp_dir("other-tree");
     let file = dir.join("tiny.csv");
     std::fs::write(
@@ -218,22 +236,21 @@ async fn a_node_with_another_org_tree_is_refused() {
     .unwrap();
     let mut config = test_config();
     config.org.file = file;
-    config.backplane.hub_id = 2;
-    config.backplane.runs_services = false;
-    let e = gridhub::app::start_node(config, Some(Arc::clone(&broker)))
-        .await
-        .err()
-        .expect("refused");
+    net.configure(&mut config, 2, false);
+    let e = net.start(config).await.err().expect("refused");
     assert!(e.to_string().contains("org tree"), "{e}");
     let mut same_id = test_config();
-    same_id.backplane.hub_id = 1;
-    same_id.backplane.runs_services = false;
-    let e = gridhub::app::start_node(same_id, Some(broker))
-        .await
-        .err()
-        .expect("refused");
+    net.configure(&mut same_id, 1, false);
+    let e = net.start(same_id).await.err().expect("refused");
     assert!(
         e.to_string().contains("hub-1 is already in the cluster"),
+        "{e}"
+    );
+    let mut second_owner = test_config();
+    net.configure(&mut second_owner, 3, true);
+    let e = net.start(second_owner).await.err().expect("refused");
+    assert!(
+        e.to_string().contains("hub-1 already runs the services"),
         "{e}"
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -241,10 +258,19 @@ async fn a_node_with_another_org_tree_is_refused() {
 
 #[tokio::test]
 async fn the_seats_of_one_center_on_two_nodes_are_one_terminal() {
+    seats_are_one_terminal(&Net::memory()).await;
+}
+
+#[tokio::test]
+async fn the_seats_of_one_center_on_two_nodes_on_redis_are_one_terminal() {
+    let redis = RedisServer::start();
+    seats_are_one_terminal(&redis.net("seats")).await;
+}
+
+async fn seats_are_one_terminal(net: &Net) {
     use gridhub::auth::Role;
-    let broker = Broker::new();
-    let a = spawn_node(&broker, 1, true).await;
-    let b = spawn_node(&broker, 2, false).await;
+    let a = spawn_node(net, 1, true).await;
+    let b = spawn_node(net, 2, false).await;
     let w = workers_under(&a.org, DONGFENG, 1).remove(0);
     let mut desk = a.seat(DONGFENG, Role::Operator, "desk-1").await;
     let mut station = b.seat(DONGFENG, Role::Station, "main").await;

@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 
 use gridhub::auth::{Authority, Role};
-use gridhub::backplane::memory::Broker;
 use serde_json::{Value, json};
 
 use crate::auth::raw_exchange;
@@ -1607,9 +1606,9 @@ async fn every_route_answers_as_the_document_says() {
     ]);
 
     // A node of a cluster that does not run the services sends REST for them to the one that does.
-    let broker = Broker::new();
-    let _runs = spawn_node(&broker, 1, true).await;
-    let forwards = spawn_node(&broker, 2, false).await;
+    let net = Net::memory();
+    let _runs = spawn_node(&net, 1, true).await;
+    let forwards = spawn_node(&net, 2, false).await;
     let b = api.at(forwards.addr);
     let city_b = forwards.token(CITY);
     let city_b = city_b.as_str();

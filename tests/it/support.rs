@@ -82,17 +82,218 @@ async fn start(config: Config, broker: Option<Arc<gridhub::backplane::memory::Br
     }
 }
 
-/// A hub node of an in-process cluster joined by `broker`: `hub_id`, running the stateful
-/// services or forwarding them to the node that does.
-pub async fn spawn_node(
-    broker: &Arc<gridhub::backplane::memory::Broker>,
-    hub_id: u16,
-    runs_services: bool,
-) -> TestHub {
+/// How the nodes of a test cluster meet.
+pub enum Net {
+    /// In this process, through the in-memory broker.
+    Memory(Arc<gridhub::backplane::memory::Broker>),
+    /// Through a real `redis-server`, as separate processes would.
+    Redis { url: String, cluster: String },
+}
+
+/// Leases short enough that a test sees a dead node go within a second.
+pub const TEST_LEASE_MS: u64 = 600;
+
+impl Net {
+    pub fn memory() -> Net {
+        Net::Memory(gridhub::backplane::memory::Broker::new())
+    }
+
+    /// This node's configuration for the cluster.
+    pub fn configure(&self, config: &mut Config, hub_id: u16, runs_services: bool) {
+        config.backplane.hub_id = hub_id;
+        config.backplane.runs_services = runs_services;
+        if let Net::Redis { url, cluster } = self {
+            config.backplane.kind = gridhub::backplane::BackplaneKind::Redis;
+            config.backplane.redis_url = url.clone();
+            config.backplane.cluster = cluster.clone();
+            config.backplane.lease_ms = TEST_LEASE_MS;
+        }
+    }
+
+    fn broker(&self) -> Option<Arc<gridhub::backplane::memory::Broker>> {
+        match self {
+            Net::Memory(b) => Some(Arc::clone(b)),
+            Net::Redis { .. } => None,
+        }
+    }
+
+    /// Starts a node with `config` (already configured for this cluster).
+    pub async fn start(&self, config: Config) -> Result<Running, gridhub::app::StartError> {
+        gridhub::app::start_node(config, self.broker()).await
+    }
+}
+
+/// A hub node of a test cluster: `hub_id`, running the stateful services or forwarding them to
+/// the node that does.
+pub async fn spawn_node(net: &Net, hub_id: u16, runs_services: bool) -> TestHub {
     let mut config = test_config();
-    config.backplane.hub_id = hub_id;
-    config.backplane.runs_services = runs_services;
-    start(config, Some(Arc::clone(broker))).await
+    net.configure(&mut config, hub_id, runs_services);
+    start(config, net.broker()).await
+}
+
+/// A `redis-server` of the test's own: a temporary folder, a free loopback port, no
+/// persistence (a restart starts empty, as a lost Redis would).
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir: temp_dir("redis"),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The cluster `name` on this server.
+    pub fn net(&self, name: &str) -> Net {
+        Net::Redis {
+            url: self.url(),
+            cluster: name.into(),
+        }
+    }
+
+    /// Kills it (SIGKILL): what it held is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on its port, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test installs it: apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut b = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut b).is_ok()
+                    && &b == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server answers");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// A hub node in a process of its own (`gridhub serve`), so a test can kill it with SIGKILL.
+pub struct NodeProcess {
+    pub child: std::process::Child,
+    pub hub: TestHub,
+}
+
+impl NodeProcess {
+    /// Starts node `hub_id` of the Redis cluster `net`, not running the services, and waits
+    /// until it has joined.
+    pub async fn spawn(net: &Net, hub_id: u16) -> NodeProcess {
+        let Net::Redis { url, cluster } = net else {
+            panic!("a node process joins through Redis");
+        };
+        let port = free_port();
+        let data = temp_dir("node");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gridhub"))
+            .arg("serve")
+            .current_dir(repo())
+            .env("GRIDHUB_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("GRIDHUB_SERVER__DATA_DIR", &data)
+            .env("GRIDHUB_AUTH__SECRET", SECRET)
+            .env("GRIDHUB_BACKPLANE__KIND", "redis")
+            .env("GRIDHUB_BACKPLANE__HUB_ID", hub_id.to_string())
+            .env("GRIDHUB_BACKPLANE__RUNS_SERVICES", "false")
+            .env("GRIDHUB_BACKPLANE__REDIS_URL", url)
+            .env("GRIDHUB_BACKPLANE__CLUSTER", cluster)
+            .env("GRIDHUB_BACKPLANE__LEASE_MS", TEST_LEASE_MS.to_string())
+            .env("GRIDHUB_LOG__FILTER", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("gridhub serve starts");
+        let hub = TestHub {
+            running: None,
+            data_dir: Some(data),
+            addr: ([127, 0, 0, 1], port).into(),
+            org: Arc::new(Org::load(&repo().join("config/org/jiamusi.csv")).unwrap()),
+            auth: Authority::new(SECRET.as_bytes()).unwrap(),
+        };
+        let mut node = NodeProcess { child, hub };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let listening = tokio::net::TcpStream::connect(self.hub.addr).await.is_ok();
+            if listening
+                && let Ok(Ok((200, _, body))) = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::spawn(crate::auth::http_raw_at(self.hub.addr, "/readyz", None)),
+                )
+                .await
+                .map(|r| r.map_err(|_| ()))
+            {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if v["link"]["up"] == true {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gridhub serve ended: {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "the node joins");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no goodbye to anyone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A console that asks `requests` times for the whole city's aggregates (~150 KB each) through a

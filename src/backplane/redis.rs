@@ -1,0 +1,582 @@
+//! Hub nodes joined through Redis: the link of a cluster of `gridhub serve` processes.
+//!
+//! What crosses is what `memory` carries, on Redis pub/sub: each node subscribes to its own
+//! channel (`…:to:<hub>`) and to one every node hears (`…:all`). One task per node publishes,
+//! pipelining what is waiting, from one connection, so a node's messages reach each other node
+//! in the order sent — which is what makes a node's roster a consistent cut of its news.
+//!
+//! Who is in the cluster is leased: every `lease_ms / 3` a node renews its own key (`…:node:<hub>`
+//! holding this process's instance id) and, if it runs the services, the owner key, and reads
+//! which nodes hold a lease. A node whose lease ran out is gone: each node tells itself so
+//! (`Wire::Gone`), and the terminals it held go off line everywhere within `lease_ms` plus a
+//! beat. The directory of who is where is kept by every node from the news, so a message to a
+//! terminal costs no Redis read; what Redis holds of it is the leases that make it expire.
+//!
+//! Redis unreachable: the node says so (`/readyz`, `gridhub_link_up`), keeps serving its own
+//! terminals, drops (and counts) what it would send, and once its lease would have run out
+//! treats the other nodes as gone. When Redis answers again it takes its lease back, subscribes
+//! again and says hello: every node sends it its roster and it sends its own to all, so every
+//! directory is set right without replaying what was lost.
+//!
+//! All keys share one hash tag (`{<cluster>}`), so the lease script runs on one shard of a
+//! Redis Cluster as on one Redis.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::memory::NODE_QUEUE;
+use super::wire::Wire;
+use super::{JoinError, Joined, Link, LinkStatus};
+use crate::telemetry::Metrics;
+use crate::transport::dispatch::HubId;
+
+/// Messages published per pipeline at most.
+const BATCH: usize = 512;
+/// How long start-up waits for Redis to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command may take before Redis counts as unreachable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const NO_OWNER: u32 = u32::MAX;
+
+/// Where a node finds the others.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub url: String,
+    /// Names the cluster in every key and channel: several clusters may share one Redis.
+    pub cluster: String,
+    /// How long a node's lease lasts without renewal: a dead node's terminals go off line
+    /// within this (plus one renewal period).
+    pub lease_ms: u64,
+}
+
+struct Keys {
+    node_prefix: String,
+    node: String,
+    owner: String,
+    tree: String,
+    nodes: String,
+    all: String,
+    to_prefix: String,
+}
+
+impl Keys {
+    fn new(cluster: &str, me: HubId) -> Keys {
+        let base = format!("gridhub:{{{cluster}}}");
+        Keys {
+            node_prefix: format!("{base}:node:"),
+            node: format!("{base}:node:{}", me.0),
+            owner: format!("{base}:owner"),
+            tree: format!("{base}:tree"),
+            nodes: format!("{base}:nodes"),
+            all: format!("{base}:all"),
+            to_prefix: format!("{base}:to:"),
+        }
+    }
+
+    fn to(&self, hub: HubId) -> String {
+        format!("{}{}", self.to_prefix, hub.0)
+    }
+}
+
+/// Renews a lease held by `value` (or takes it if free): 1 if held by `value` now, else 0.
+/// Then reads who holds a lease. Returns {node lease, tree lease, owner lease, owner, alive}.
+const BEAT: &str = r#"
+local function lease(k, v, ms)
+  local cur = redis.call('GET', k)
+  if cur == v then redis.call('PEXPIRE', k, ms) return 1 end
+  if not cur then redis.call('SET', k, v, 'PX', ms) return 1 end
+  return 0
+end
+local ms = tonumber(ARGV[3])
+local mine = lease(KEYS[1], ARGV[2], ms)
+local tree = lease(KEYS[3], ARGV[4], ms * 10)
+local owned = 0
+if ARGV[5] == '1' and mine == 1 then owned = lease(KEYS[2], ARGV[1], ms) end
+if mine == 1 then redis.call('SADD', KEYS[4], ARGV[1]) end
+local alive = {}
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if redis.call('EXISTS', ARGV[6] .. h) == 1 then
+    table.insert(alive, h)
+  else
+    redis.call('SREM', KEYS[4], h)
+  end
+end
+local owner = redis.call('GET', KEYS[2]) or ''
+local theirs = redis.call('GET', KEYS[3]) or ''
+return {mine, tree, owned, owner, theirs, alive}
+"#;
+
+/// Gives up the leases a node holds (graceful shutdown), only if still its own.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"#;
+
+struct Beat {
+    mine: bool,
+    tree: bool,
+    owned: bool,
+    owner: Option<HubId>,
+    theirs: String,
+    alive: BTreeSet<HubId>,
+}
+
+struct Shared {
+    me: HubId,
+    instance: String,
+    fingerprint: String,
+    runs_services: bool,
+    settings: Settings,
+    keys: Keys,
+    metrics: Arc<Metrics>,
+    /// Subscribed, and the last lease renewal answered.
+    up: AtomicBool,
+    subscribed: AtomicBool,
+    owner: AtomicU32,
+    /// The other nodes holding a lease, as last read.
+    others: Mutex<BTreeSet<HubId>>,
+    /// Why the link is down, for `/readyz`.
+    reason: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn set_up(&self, up: bool, reason: Option<String>) {
+        self.up.store(up, Relaxed);
+        self.metrics.link_up.store(up as u64, Relaxed);
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    fn others(&self) -> std::sync::MutexGuard<'_, BTreeSet<HubId>> {
+        self.others.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum Outgoing {
+    To(HubId, Vec<u8>),
+    All(Vec<u8>),
+}
+
+/// A node's link through Redis.
+pub struct RedisLink {
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Outgoing>,
+    conn: ConnectionManager,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What crosses: the sender's id (two bytes, so a node skips its own broadcasts unread), then
+/// the message as JSON.
+fn encode(me: HubId, msg: &Wire) -> Vec<u8> {
+    let mut b = Vec::with_capacity(128);
+    b.extend_from_slice(&me.0.to_be_bytes());
+    // Wire is plain data: strings, numbers and enums always serialize.
+    serde_json::to_writer(&mut b, msg).expect("wire messages serialize");
+    b
+}
+
+fn redis_error(url: &str, e: impl std::fmt::Display) -> JoinError {
+    JoinError::Redis(format!("{url}: {e}"))
+}
+
+async fn beat(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult<Beat> {
+    let script = redis::Script::new(BEAT);
+    let (mine, tree, owned, owner, theirs, alive): (i64, i64, i64, String, String, Vec<String>) =
+        script
+            .key(&s.keys.node)
+            .key(&s.keys.owner)
+            .key(&s.keys.tree)
+            .key(&s.keys.nodes)
+            .arg(s.me.0)
+            .arg(&s.instance)
+            .arg(s.settings.lease_ms)
+            .arg(&s.fingerprint)
+            .arg(if s.runs_services { "1" } else { "0" })
+            .arg(&s.keys.node_prefix)
+            .invoke_async(conn)
+            .await?;
+    Ok(Beat {
+        mine: mine == 1,
+        tree: tree == 1,
+        owned: owned == 1,
+        owner: owner.parse().ok().map(HubId),
+        theirs,
+        alive: alive
+            .iter()
+            .filter_map(|h| h.parse().ok().map(HubId))
+            .collect(),
+    })
+}
+
+/// Joins the cluster named in `settings` on its Redis: checks that this node loaded the
+/// cluster's org tree, that no live node has its id, and (if it runs the services) that no
+/// other does; a node restarted after a crash waits for its old lease to run out.
+pub async fn join(
+    settings: Settings,
+    me: HubId,
+    fingerprint: &str,
+    runs_services: bool,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<RedisLink>, Joined), JoinError> {
+    let url = settings.url.clone();
+    let client = redis::Client::open(url.as_str()).map_err(|e| redis_error(&url, e))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1);
+    // Without a server listening the manager keeps retrying: bound it.
+    let mut conn = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    .map_err(|_| redis_error(&url, "no answer within 5 s"))?
+    .map_err(|e| redis_error(&url, e))?;
+    metrics.link_up.store(0, Relaxed);
+    let shared = Arc::new(Shared {
+        me,
+        instance: {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| redis_error(&url, e))?;
+            format!("{:016x}", u64::from_le_bytes(b))
+        },
+        fingerprint: fingerprint.to_owned(),
+        runs_services,
+        keys: Keys::new(&settings.cluster, me),
+        settings,
+        metrics,
+        up: AtomicBool::new(false),
+        subscribed: AtomicBool::new(false),
+        owner: AtomicU32::new(NO_OWNER),
+        others: Mutex::default(),
+        reason: Mutex::default(),
+    });
+    // A node killed a moment ago still holds its lease (and maybe the owner's) until it runs out.
+    let patience = Duration::from_millis(shared.settings.lease_ms + 1_000);
+    let started = Instant::now();
+    let first = loop {
+        let b = beat(&mut conn, &shared)
+            .await
+            .map_err(|e| redis_error(&url, e))?;
+        if !b.tree {
+            return Err(JoinError::OtherTree {
+                ours: fingerprint.into(),
+                theirs: b.theirs,
+            });
+        }
+        let refused = if !b.mine {
+            Some(JoinError::SameHub(me))
+        } else if runs_services && !b.owned {
+            Some(JoinError::SecondOwner(b.owner.unwrap_or(me)))
+        } else {
+            None
+        };
+        match refused {
+            None => break b,
+            Some(e) if started.elapsed() > patience => {
+                // Our own lease, if taken, is given back.
+                let _ = release(&mut conn, &shared).await;
+                return Err(e);
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let (in_tx, in_rx) = mpsc::channel(NODE_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel(NODE_QUEUE);
+    let link = Arc::new(RedisLink {
+        shared: Arc::clone(&shared),
+        out: out_tx,
+        conn: conn.clone(),
+        tasks: Mutex::default(),
+    });
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut tasks = vec![tokio::spawn(subscriber(
+        client,
+        Arc::clone(&shared),
+        in_tx.clone(),
+        Some(ready_tx),
+    ))];
+    // Subscribed before anyone is told this node is here, so no answer is missed.
+    if tokio::time::timeout(CONNECT_TIMEOUT, ready_rx)
+        .await
+        .is_err()
+    {
+        tasks[0].abort();
+        let _ = release(&mut conn, &shared).await;
+        return Err(redis_error(&url, "cannot subscribe within 5 s"));
+    }
+    tasks.push(tokio::spawn(publisher(
+        conn.clone(),
+        Arc::clone(&shared),
+        out_rx,
+    )));
+    tasks.push(tokio::spawn(leases(
+        conn,
+        Arc::clone(&shared),
+        in_tx,
+        link.out.clone(),
+        first,
+    )));
+    *link.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+    let joined: Joined = (Arc::clone(&link) as Arc<dyn Link>, in_rx);
+    Ok((link, joined))
+}
+
+async fn release(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult<()> {
+    redis::Script::new(RELEASE)
+        .key(&s.keys.node)
+        .key(&s.keys.owner)
+        .key(&s.keys.nodes)
+        .arg(s.me.0)
+        .arg(&s.instance)
+        .invoke_async::<i64>(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Receives what is published to this node, until the process ends: reconnects when Redis
+/// goes away, and says when it is subscribed again.
+async fn subscriber(
+    client: redis::Client,
+    s: Arc<Shared>,
+    inbound: mpsc::Sender<Vec<u8>>,
+    mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let own = s.keys.to(s.me);
+    loop {
+        let subscribed = async {
+            let mut ps = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| "no answer".to_string())?
+                .map_err(|e| e.to_string())?;
+            ps.subscribe(&own).await.map_err(|e| e.to_string())?;
+            ps.subscribe(&s.keys.all).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(ps)
+        }
+        .await;
+        let ps = match subscribed {
+            Ok(ps) => ps,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot subscribe to Redis; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        s.subscribed.store(true, Relaxed);
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        let mut stream = ps.into_on_message();
+        while let Some(msg) = stream.next().await {
+            let bytes = msg.get_payload_bytes();
+            if bytes.len() < 2 {
+                s.metrics.link_dropped.fetch_add(1, Relaxed);
+                continue;
+            }
+            let from = HubId(u16::from_be_bytes([bytes[0], bytes[1]]));
+            if from == s.me {
+                continue;
+            }
+            if inbound.try_send(bytes[2..].to_vec()).is_err() {
+                s.metrics.link_dropped.fetch_add(1, Relaxed);
+            }
+        }
+        s.subscribed.store(false, Relaxed);
+        s.set_up(false, Some("lost the subscription to Redis".into()));
+        tracing::warn!("lost the subscription to Redis; resubscribing");
+    }
+}
+
+/// Publishes what waits, pipelined, from one connection (so in order).
+async fn publisher(mut conn: ConnectionManager, s: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let n = batch.len() as u64;
+        let mut pipe = redis::pipe();
+        for m in batch.drain(..) {
+            match m {
+                Outgoing::To(hub, bytes) => pipe.publish(s.keys.to(hub), bytes).ignore(),
+                Outgoing::All(bytes) => pipe.publish(&s.keys.all, bytes).ignore(),
+            };
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            s.metrics.link_dropped.fetch_add(n, Relaxed);
+            tracing::debug!(error = %e, lost = n, "cannot publish to Redis");
+        }
+    }
+}
+
+/// Renews the leases and follows who is in the cluster, until the process ends.
+async fn leases(
+    mut conn: ConnectionManager,
+    s: Arc<Shared>,
+    inbound: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Outgoing>,
+    first: Beat,
+) {
+    let period = Duration::from_millis((s.settings.lease_ms / 3).max(50));
+    let lease = Duration::from_millis(s.settings.lease_ms);
+    let mut last_ok = Instant::now();
+    let mut was_up = false;
+    let mut next = Some(first);
+    let tell = |w: Wire| {
+        // Encoded as any message from the link; this node's inbound reads it in order.
+        let bytes = serde_json::to_vec(&w).expect("wire messages serialize");
+        let inbound = inbound.clone();
+        async move {
+            let _ = inbound.send(bytes).await;
+        }
+    };
+    loop {
+        let b = match next.take() {
+            Some(b) => Ok(b),
+            None => {
+                tokio::time::sleep(period).await;
+                beat(&mut conn, &s).await
+            }
+        };
+        match b {
+            Ok(b) if b.mine => {
+                last_ok = Instant::now();
+                s.owner
+                    .store(b.owner.map_or(NO_OWNER, |h| h.0 as u32), Relaxed);
+                if s.runs_services && !b.owned {
+                    tracing::error!(
+                        owner = ?b.owner,
+                        "another node took the services' lease while this one could not renew it"
+                    );
+                }
+                let alive: BTreeSet<HubId> = b.alive.into_iter().filter(|&h| h != s.me).collect();
+                let gone: Vec<HubId> = s.others().difference(&alive).copied().collect();
+                s.metrics.link_nodes.store(alive.len() as u64 + 1, Relaxed);
+                *s.others() = alive;
+                for hub in gone {
+                    tracing::warn!(node = %hub, "node {hub}'s lease ran out: its terminals are off line");
+                    tell(Wire::Gone { hub }).await;
+                }
+                let up = s.subscribed.load(Relaxed);
+                if up && !was_up {
+                    s.set_up(true, None);
+                    tracing::info!(nodes = s.others().len() + 1, "joined the cluster on Redis");
+                    // Every node sends this one its roster; this one sends its own to all.
+                    let hello = Wire::Hello { hub: s.me };
+                    let _ = out.send(Outgoing::All(encode(s.me, &hello))).await;
+                    tell(hello).await;
+                }
+                was_up = up;
+            }
+            Ok(_) => {
+                // Another process took this node's id while it could not renew: it must not
+                // serve as this node in the cluster.
+                was_up = false;
+                s.set_up(
+                    false,
+                    Some(format!("another process holds {}'s lease", s.me)),
+                );
+                tracing::error!(hub = %s.me, "another process holds this node's lease");
+            }
+            Err(e) => {
+                if was_up {
+                    tracing::warn!(error = %e, "Redis unreachable: serving this node's terminals only");
+                }
+                was_up = false;
+                s.set_up(false, Some(format!("Redis unreachable: {e}")));
+            }
+        }
+        if !was_up && last_ok.elapsed() > lease {
+            // Whatever the others did meanwhile, this node cannot know: they count as gone
+            // until it hears their rosters again.
+            let gone: Vec<HubId> = std::mem::take(&mut *s.others()).into_iter().collect();
+            s.owner.store(NO_OWNER, Relaxed);
+            s.metrics.link_nodes.store(1, Relaxed);
+            for hub in gone {
+                tell(Wire::Gone { hub }).await;
+            }
+        }
+    }
+}
+
+impl Drop for RedisLink {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+impl RedisLink {
+    /// Leaves the cluster at shutdown: gives up the leases (others see it gone at once) and
+    /// stops the link's tasks.
+    pub async fn leave(&self) {
+        let mut conn = self.conn.clone();
+        if let Err(e) = release(&mut conn, &self.shared).await {
+            tracing::warn!(error = %e, "could not give up the leases; they run out by themselves");
+        }
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+
+    fn push(&self, m: Outgoing) {
+        if !self.shared.up.load(Relaxed) || self.out.try_send(m).is_err() {
+            self.shared.metrics.link_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Link for RedisLink {
+    fn send(&self, to: HubId, msg: Wire) {
+        self.push(Outgoing::To(to, encode(self.shared.me, &msg)));
+    }
+
+    fn broadcast(&self, msg: Wire) {
+        self.push(Outgoing::All(encode(self.shared.me, &msg)));
+    }
+
+    fn owner(&self) -> Option<HubId> {
+        if !self.shared.up.load(Relaxed) {
+            return None;
+        }
+        match self.shared.owner.load(Relaxed) {
+            NO_OWNER => None,
+            h => Some(HubId(h as u16)),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn status(&self) -> LinkStatus {
+        LinkStatus {
+            up: self.shared.up.load(Relaxed),
+            nodes: self.shared.others().len() + 1,
+            reason: self
+                .shared
+                .reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
