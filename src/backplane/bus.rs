@@ -75,15 +75,21 @@ impl Bus {
     /// Publishes to every node's subscribers, this node's included. Waits while a subscriber
     /// here is `capacity` events behind.
     pub async fn publish<T: Topic>(&self, event: T) {
+        self.publish_elsewhere(&event);
+        let _ = self.deliver_here(Arc::new(event)).await;
+    }
+
+    /// Publishes to the other nodes' subscribers only: for what this node's already hold (its
+    /// own state, told again to nodes that may have missed it).
+    pub fn publish_elsewhere<T: Topic>(&self, event: &T) {
         if let Some(link) = self.link.get() {
             // Our own types always serialize.
-            let body = serde_json::to_string(&event).expect("events serialize");
+            let body = serde_json::to_string(event).expect("events serialize");
             link.broadcast(Wire::Event {
                 topic: T::NAME.into(),
                 body,
             });
         }
-        let _ = self.deliver_here(Arc::new(event)).await;
     }
 
     /// Delivers to this node's subscribers only.

@@ -142,6 +142,18 @@ impl Topic for TerminalNews {
     const NAME: &'static str = "terminals";
 }
 
+/// A node (re)joined the cluster and may have missed what this node's terminals set for
+/// themselves: this node's domains publish it again. Told only to this node's subscribers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Restate {
+    /// This node: the connections whose state to publish again are its own.
+    pub here: HubId,
+}
+
+impl Topic for Restate {
+    const NAME: &'static str = "restate";
+}
+
 /// Everything bound for a terminal or a connection leaves through here. Sends never wait: a
 /// frame for a terminal that is not connected is dropped (what must not be lost goes through
 /// the terminal's durable outbox, which replays on resume).
@@ -573,9 +585,28 @@ impl Backplane {
                     }
                     _ => self.over_link(hub, roster),
                 }
+                // After the roster, in the same order on every link: the connections the
+                // restated state belongs to are known where it arrives.
+                let _ = self
+                    .bus
+                    .deliver_here(Arc::new(Restate { here: self.hub }))
+                    .await;
             }
             Wire::Roster { hub, seats } => self.reconcile(hub, &seats).await,
             Wire::Gone { hub } => self.reconcile(hub, &[]).await,
+            Wire::Alone => {
+                let mut others: Vec<HubId> = Vec::new();
+                for e in self.directory.iter() {
+                    for l in e.value().iter() {
+                        if l.hub() != self.hub && !others.contains(&l.hub()) {
+                            others.push(l.hub());
+                        }
+                    }
+                }
+                for hub in others {
+                    self.reconcile(hub, &[]).await;
+                }
+            }
             Wire::Request {
                 origin,
                 id,

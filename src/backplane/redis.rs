@@ -100,7 +100,7 @@ local ms = tonumber(ARGV[3])
 local mine = lease(KEYS[1], ARGV[2], ms)
 local tree = lease(KEYS[3], ARGV[4], ms * 10)
 local owned = 0
-if ARGV[5] == '1' and mine == 1 then owned = lease(KEYS[2], ARGV[1], ms) end
+if ARGV[5] == '1' and mine == 1 then owned = lease(KEYS[2], ARGV[1] .. '/' .. ARGV[2], ms) end
 if mine == 1 then redis.call('SADD', KEYS[4], ARGV[1]) end
 local alive = {}
 for _, h in ipairs(redis.call('SMEMBERS', KEYS[4])) do
@@ -118,7 +118,7 @@ return {mine, tree, owned, owner, theirs, alive}
 /// Gives up the leases a node holds (graceful shutdown), only if still its own.
 const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] .. '/' .. ARGV[2] then redis.call('DEL', KEYS[2]) end
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 "#;
@@ -209,7 +209,12 @@ async fn beat(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult<Be
         mine: mine == 1,
         tree: tree == 1,
         owned: owned == 1,
-        owner: owner.parse().ok().map(HubId),
+        // "<hub>/<instance>": the instance, so only the process that took it gives it back.
+        owner: owner
+            .split('/')
+            .next()
+            .and_then(|h| h.parse().ok())
+            .map(HubId),
         theirs,
         alive: alive
             .iter()
@@ -387,6 +392,11 @@ async fn subscriber(
             if from == s.me {
                 continue;
             }
+            // Heard from: a node that joined between two beats is known before the next one,
+            // and counts as gone when its lease is found missing.
+            if !s.others().contains(&from) {
+                s.others().insert(from);
+            }
             if inbound.try_send(bytes[2..].to_vec()).is_err() {
                 s.metrics.link_dropped.fetch_add(1, Relaxed);
             }
@@ -428,6 +438,8 @@ async fn leases(
     let lease = Duration::from_millis(s.settings.lease_ms);
     let mut last_ok = Instant::now();
     let mut was_up = false;
+    // Told the backplane the others are gone, since the link last came up.
+    let mut alone = false;
     let mut next = Some(first);
     let tell = |w: Wire| {
         // Encoded as any message from the link; this node's inbound reads it in order.
@@ -466,6 +478,7 @@ async fn leases(
                 }
                 let up = s.subscribed.load(Relaxed);
                 if up && !was_up {
+                    alone = false;
                     s.set_up(true, None);
                     tracing::info!(nodes = s.others().len() + 1, "joined the cluster on Redis");
                     // Every node sends this one its roster; this one sends its own to all.
@@ -496,12 +509,16 @@ async fn leases(
         if !was_up && last_ok.elapsed() > lease {
             // Whatever the others did meanwhile, this node cannot know: they count as gone
             // until it hears their rosters again.
-            let gone: Vec<HubId> = std::mem::take(&mut *s.others()).into_iter().collect();
+            let had = std::mem::take(&mut *s.others()).len();
             s.owner.store(NO_OWNER, Relaxed);
             s.metrics.link_nodes.store(1, Relaxed);
-            for hub in gone {
-                tell(Wire::Gone { hub }).await;
+            if had > 0 || !alone {
+                tracing::warn!(
+                    "no word from the other nodes for a lease: their terminals count as off line here"
+                );
+                tell(Wire::Alone).await;
             }
+            alone = true;
         }
     }
 }

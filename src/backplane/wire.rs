@@ -94,6 +94,10 @@ pub enum Wire {
     Gone {
         hub: HubId,
     },
+    /// This node has not reached the others for longer than a lease: whatever they hold now,
+    /// it cannot know, so all their connections count as gone until their rosters come. Never
+    /// crosses a link.
+    Alone,
     /// A request for a service that runs on the receiving node.
     Request {
         origin: OriginWire,
@@ -141,6 +145,8 @@ mod tests {
                 }],
             },
             Wire::Gone { hub: HubId(4) },
+            Wire::Alone,
+            Wire::Alone,
             Wire::Request {
                 origin: OriginWire {
                     conn: 5,

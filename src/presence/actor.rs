@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::core::{Activity, ConnKey, Fanout, Presence, SubscribeError, Update, Watch};
 use super::wire;
-use crate::backplane::{Outbound, TerminalNews, To, Topic, Via};
+use crate::backplane::{HubId, Outbound, Restate, TerminalNews, To, Topic, Via, hub_of};
 use crate::clock::Clock;
 use crate::org::{NodeId, Org};
 use crate::telemetry::Metrics;
@@ -141,6 +141,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(INBOX);
     let news = out.bus().subscribe::<TerminalNews>(INBOX);
     let events = out.bus().subscribe::<Event>(INBOX);
+    let restate = out.bus().subscribe::<Restate>(8);
     let actor = Actor {
         core: Presence::new(org, settings.coalesce_ms, settings.max_subscriptions),
         out,
@@ -150,7 +151,7 @@ pub fn spawn(
     };
     (
         PresenceHandle { tx },
-        tokio::spawn(actor.run(rx, news, events)),
+        tokio::spawn(actor.run(rx, news, events, restate)),
     )
 }
 
@@ -160,6 +161,7 @@ impl Actor {
         mut rx: mpsc::Receiver<Command>,
         mut news: mpsc::Receiver<Arc<TerminalNews>>,
         mut events: mpsc::Receiver<Arc<Event>>,
+        mut restate: mpsc::Receiver<Arc<Restate>>,
     ) {
         let mut commands = Vec::with_capacity(64);
         let mut joins = Vec::with_capacity(64);
@@ -186,6 +188,7 @@ impl Actor {
                         self.event(&e);
                     }
                 }
+                Some(r) = restate.recv() => self.restate(r.here),
                 n = rx.recv_many(&mut commands, BURST) => {
                     if n == 0 {
                         return;
@@ -252,6 +255,25 @@ impl Actor {
                 .is_some_and(|ep| self.core.set_activity(ep, *activity, *at)),
         };
         self.changed(changed);
+    }
+
+    /// Publishes again what this node's terminals set for themselves, for a node that may have
+    /// missed it.
+    fn restate(&mut self, here: HubId) {
+        let org = Arc::clone(self.core.org());
+        let now = self.clock.now_ms();
+        let updates = self.core.restate(|c| hub_of(c) == here);
+        let n = updates.len();
+        for (ep, conn, update) in updates {
+            // Not to this node's own subscribers: this actor is one, and holds it already.
+            self.out.bus().publish_elsewhere(&Event::Updated {
+                ep: org.id(ep).clone(),
+                conn,
+                update,
+                at: now,
+            });
+        }
+        tracing::debug!(terminals = n, "presence of this node's terminals restated");
     }
 
     fn reply(&self, conn: ConnKey, frame: &bytes::Bytes) {

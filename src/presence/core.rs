@@ -399,6 +399,31 @@ impl Presence {
         })
     }
 
+    /// What the terminals connected through `local` (this node's connections) have set for
+    /// themselves, as the updates that would set it again: for nodes that may have missed it
+    /// (they could not hear this one for a while). Terminals that set nothing are left out.
+    pub fn restate(&self, local: impl Fn(ConnKey) -> bool) -> Vec<(NodeIdx, ConnKey, Update)> {
+        let mut out = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(&(_, conn)) = e.seats.iter().find(|s| local(s.1)) else {
+                continue;
+            };
+            if e.chosen == Chosen::Online && e.text.is_none() && e.location.is_none() {
+                continue;
+            }
+            out.push((
+                NodeIdx(i as u32),
+                conn,
+                Update {
+                    status: Some(e.chosen),
+                    text: Some(e.text.clone()),
+                    location: e.location,
+                },
+            ));
+        }
+        out
+    }
+
     /// Set by the calls and sessions domains while a terminal is in a call or a session.
     pub fn set_activity(&mut self, ep: NodeIdx, activity: Activity, now: u64) -> bool {
         self.change(ep, now, |e| e.activity = activity)
@@ -672,6 +697,38 @@ mod tests {
             x.by_status[Status::Offline as usize] = 6;
             x
         });
+    }
+
+    #[test]
+    fn restating_gives_what_local_terminals_set_and_replays_to_the_same_state() {
+        let mut p = Presence::new(small(), 20, 4);
+        let (w1, w2, a) = (id(&p, "w1"), id(&p, "w2"), id(&p, "a"));
+        // Connections ending in 1 are this node's; w2's (…2) is another node's.
+        let local = |c: ConnKey| c % 10 == 1;
+        p.connect(w1, MAIN, 11, 0);
+        p.connect(w2, MAIN, 12, 0);
+        p.connect(a, MAIN, 21, 0);
+        assert!(p.restate(local).is_empty(), "nothing set yet");
+        let set = Update {
+            status: Some(Chosen::Busy),
+            text: Some(Some("巡查中".into())),
+            location: None,
+        };
+        p.update(w1, 11, &set, 1);
+        p.update(w2, 12, &set, 1);
+        let again = p.restate(local);
+        assert_eq!(again.len(), 1, "only this node's terminal: {again:?}");
+        let (ep, conn, u) = &again[0];
+        assert_eq!((*ep, *conn), (w1, 11));
+        // Another node that knows only the connection reaches the same entry.
+        let mut q = Presence::new(small(), 20, 4);
+        q.connect(w1, MAIN, 11, 0);
+        q.update(w1, 11, u, 2);
+        let (e, f) = (p.entry(w1), q.entry(w1));
+        assert_eq!(
+            (e.status(), &e.text, e.location),
+            (f.status(), &f.text, f.location)
+        );
     }
 
     #[test]

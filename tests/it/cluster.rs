@@ -299,3 +299,207 @@ async fn seats_are_one_terminal(net: &Net) {
     desk_b.ping_ok().await;
     station.ping_ok().await;
 }
+
+/// The county's on-line count as node `hub` reads it (its own aggregates).
+async fn online_at(hub: &TestHub, node: &str) -> u64 {
+    let token = hub.token(CITY);
+    let r = http_get(
+        hub,
+        &format!("/api/v1/presence?node={node}&endpoints=false"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    r.1["aggregates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["node"] == node)
+        .map(|x| x["online"].as_u64().unwrap())
+        .unwrap()
+}
+
+/// Waits until every node reads `want` on line in `node` (a guard against hangs: PATIENCE).
+async fn agree_online(hubs: &[&TestHub], node: &str, want: u64) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let mut seen = Vec::new();
+        for h in hubs {
+            seen.push(online_at(h, node).await);
+        }
+        if seen.iter().all(|&n| n == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes read {seen:?} on line in {node}, want {want} on each"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_with_sigkill_loses_nothing_and_its_terminals_resume_elsewhere() {
+    let redis = RedisServer::start();
+    let net = redis.net("kill");
+    let a = spawn_node(&net, 1, true).await;
+    let c = spawn_node(&net, 3, false).await;
+    let mut b = NodeProcess::spawn(&net, 2).await;
+    let ws = workers_under(&a.org, DONGFENG, 6);
+    let base = online_at(&a, DONGFENG).await;
+    let mut city = a.connect(CITY).await;
+
+    // Six workers on B, their outboxes resumed; every node counts them.
+    let mut on_b = Vec::new();
+    for w in &ws {
+        let mut t = b.hub.connect(w).await;
+        t.resume(0).await;
+        on_b.push(t);
+    }
+    agree_online(&[&a, &b.hub, &c], DONGFENG, base + 6).await;
+
+    // A notice reaches them on B (through A's outbox); an order taken in on B is acknowledged.
+    let notice = |title: &str| json!({"node": DONGFENG, "tiers": ["worker"], "title": title, "body": "今晚巡查"});
+    let r = city.call("notice.send", notice("第一")).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let mut first = Vec::new();
+    for t in on_b.iter_mut() {
+        let (seq, data) = outbox_of(t, "notice").await;
+        assert_eq!(data["notice"]["title"], "第一");
+        first.push(seq);
+    }
+    let order = on_b[0]
+        .order("order.create", new_order(&ws[0], "井盖丢失"))
+        .await;
+    let id = order["id"].as_u64().unwrap();
+
+    // SIGKILL: B says goodbye to nobody. Every other node sees its terminals go within the
+    // lease, and hears nothing from it again.
+    b.kill();
+    drop(on_b);
+    agree_online(&[&a, &c], DONGFENG, base).await;
+    let r = city.call("notice.send", notice("第二")).await;
+    assert_eq!(r["type"], "reply", "{r}");
+
+    // What B acknowledged before it died is there.
+    let token = a.token(DONGFENG);
+    let r = http_get(&a, &format!("/api/v1/orders/{id}"), Some(&token)).await;
+    assert_eq!(
+        (r.0, r.1["order"]["id"].as_u64()),
+        (200, Some(id)),
+        "{}",
+        r.1
+    );
+
+    // The workers come back on C and resume from what they had: the second notice, once.
+    let mut on_c = Vec::new();
+    for (w, last) in ws.iter().zip(&first) {
+        let mut t = c.connect(w).await;
+        let r = t.resume(*last).await;
+        assert_eq!(r["replayed"].as_u64(), Some(1), "{w}: {r}");
+        let (seq, data) = outbox_of(&mut t, "notice").await;
+        assert_eq!(
+            (seq, data["notice"]["title"].as_str()),
+            (last + 1, Some("第二"))
+        );
+        t.ack(seq).await;
+        t.ping_ok().await;
+        on_c.push(t);
+    }
+    agree_online(&[&a, &c], DONGFENG, base + 6).await;
+    // On C the worker reads the order it took in on B, from the services on A.
+    let r = on_c[0].call("order.get", json!({"order": id})).await;
+    assert_eq!(r["data"]["order"]["id"], id, "{r}");
+}
+
+#[tokio::test]
+async fn redis_lost_and_back_heals_the_cluster() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("gridhub=debug")
+        .with_test_writer()
+        .try_init();
+    let mut redis = RedisServer::start();
+    let net = redis.net("heal");
+    let a = spawn_node(&net, 1, true).await;
+    let b = spawn_node(&net, 2, false).await;
+    let ws = workers_under(&a.org, DONGFENG, 3);
+    let base = online_at(&a, DONGFENG).await;
+    let mut on_b = Vec::new();
+    for w in &ws {
+        on_b.push(b.connect(w).await);
+    }
+    let mut on_a = a.connect(&ws[2]).await;
+    drop(on_b.pop());
+    agree_online(&[&a, &b], DONGFENG, base + 3).await;
+
+    redis.stop();
+    // Each node says it is degraded and keeps serving its own terminals.
+    for h in [&a, &b] {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let r = http_get(h, "/readyz", None).await;
+            assert_eq!(r.0, 200, "{}", r.1);
+            if r.1["status"] == "degraded" {
+                assert_eq!(r.1["link"]["up"], false, "{}", r.1);
+                assert!(r.1["link"]["reason"].is_string(), "{}", r.1);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} degraded", h.addr);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let metrics = crate::auth::http_raw(h, "/metrics", None).await.2;
+        let metrics = String::from_utf8(metrics).unwrap();
+        assert!(metrics.contains("gridhub_link_up 0"), "{metrics}");
+    }
+    for t in on_b.iter_mut() {
+        t.ping_ok().await;
+        let r = t.call("presence.set", json!({"status": "busy"})).await;
+        assert_eq!(r["type"], "reply", "{r}");
+    }
+    // A request for the services B forwards to A is refused with a reason, not lost silently.
+    let e = on_b[0]
+        .refused("call.invite", json!({"to": CITY, "media": "audio"}))
+        .await;
+    assert_eq!(e["code"], "unavailable", "{e}");
+    // Past the lease, each node counts only its own terminals.
+    agree_online(&[&a], DONGFENG, base + 1).await;
+    agree_online(&[&b], DONGFENG, base + 2).await;
+    on_a.ping_ok().await;
+
+    // Redis comes back empty: the nodes take their leases again, exchange rosters and agree,
+    // on who is on line and on what they set meanwhile.
+    redis.restart();
+    agree_online(&[&a, &b], DONGFENG, base + 3).await;
+    let token = a.token(CITY);
+    for w in &ws[..2] {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let r = http_get(&a, &format!("/api/v1/presence?node={w}"), Some(&token)).await;
+            let e = r.1["endpoints"].as_array().and_then(|es| es.first());
+            if e.is_some_and(|e| e["status"] == "busy") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{w} busy on A: {}",
+                r.1
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    for h in [&a, &b] {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while http_get(h, "/readyz", None).await.1["status"] != "ready" {
+            assert!(std::time::Instant::now() < deadline, "ready again");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // And B's terminals reach the services on A again: a call to the county's center on A.
+    let mut county = a.connect(DONGFENG).await;
+    let r = on_b[0]
+        .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    county.next_where(|m| m["type"] == "call.incoming").await;
+    on_a.ping_ok().await;
+}
