@@ -40,6 +40,9 @@ pub struct CallsOptions {
     pub pacing: Pacing,
     /// Connect only the terminals in calls, not the whole tree (quick runs, tests).
     pub pairs_only: bool,
+    /// Callees (and the terminals not in calls) on this node of a cluster, callers on the
+    /// target: every signal crosses between nodes.
+    pub callee_hub: Option<std::net::SocketAddr>,
 }
 
 /// How the calls of a storm are spread in time. All zero: every message of every call is sent
@@ -640,7 +643,12 @@ pub async fn run(
                 now,
             )
             .map_err(|e| e.to_string())?;
-        let (sem, target) = (Arc::clone(&sem), target.clone());
+        let (sem, mut target) = (Arc::clone(&sem), target.clone());
+        if let Some(addr) = opts.callee_hub
+            && !matches!(role_of.get(&n), Some((Side::Caller, _)))
+        {
+            target.addr = addr;
+        }
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let o = open(&target, &token).await?;
@@ -840,6 +848,7 @@ mod tests {
     async fn small_storms_lose_nothing() {
         let hub = crate::testhub::TestHub::start("calls", |_| {}).await;
         let opts = CallsOptions {
+            callee_hub: None,
             pairs: 40,
             rounds: 2,
             candidates: 3,

@@ -348,6 +348,10 @@ enum Scenario {
         /// Connect only the terminals in calls, not the whole tree.
         #[arg(long)]
         pairs_only: bool,
+        /// Callees (and the terminals not in calls) on this node of a cluster, callers on
+        /// --hub: every signal crosses between nodes.
+        #[arg(long)]
+        callee_hub: Option<SocketAddr>,
     },
     /// Command sessions through the hub's forwarding unit: synthetic cameras and microphones
     /// on real WebRTC peers, each commander's console receiving every track.
@@ -852,6 +856,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             answer_within_ms,
             trickle_ms,
             pairs_only,
+            callee_hub,
         } => {
             quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
@@ -870,6 +875,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     trickle: Duration::from_millis(trickle_ms),
                 },
                 pairs_only,
+                callee_hub,
             };
             let summary = tokio::time::timeout(
                 Duration::from_secs(common.max_seconds()),
