@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::terminal::{Ws, open};
+use crate::terminal::{Ws, open_from};
 use crate::timeline::{Timeline, TimelineWire};
 use crate::{
     ErrorLog, Target, decode_histogram, encode_histogram, histogram, merge, mono_us, why_closed,
@@ -64,6 +64,15 @@ pub struct FleetSpec {
     /// Copies of rounds from this one on count in `measured` (the rounds before are warm-up).
     /// Fixed when the worker starts, so no round can arrive before the worker knows it.
     pub measure_from_round: u32,
+    /// Other nodes of the hub: a terminal whose connection is lost (its node died) comes back
+    /// on the next of these, after a jittered pause, and resumes from its last sequence. Empty:
+    /// a lost connection ends the terminal (an error of the run).
+    #[serde(default)]
+    pub failover: Vec<SocketAddr>,
+    /// The local address this worker's connections leave from (a 127.0.0.x of its own, so
+    /// 100,000 connections to a few ports never run out of source ports).
+    #[serde(default)]
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// What the parent asks of every terminal, as it changes.
@@ -196,6 +205,8 @@ pub struct Progress {
     pub failed: AtomicU64,
     pub notices: AtomicU64,
     pub reconnected: AtomicU64,
+    /// Connections lost with their node, the terminal failing over to another.
+    pub lost: AtomicU64,
     /// When (monotonic µs) the last terminal connected, resumed after a storm, and received a
     /// stamped notice: exact ends of a phase, where polling the counts would add its own lag.
     pub connected_at: AtomicU64,
@@ -210,6 +221,8 @@ enum Line {
         failed: u64,
         notices: u64,
         reconnected: u64,
+        #[serde(default)]
+        lost: u64,
         connected_at: u64,
         reconnected_at: u64,
         notice_at: u64,
@@ -502,14 +515,22 @@ async fn hub_terminal(
     let mut notices = std::collections::HashSet::new();
     let mut storm_seen = ctl.borrow().storm;
     let mut reconnecting_since: Option<u64> = None;
+    // Where it connects: its own node, then (failing over) the others in turn.
+    let nodes: Vec<SocketAddr> = std::iter::once(target.addr)
+        .chain(s.spec.failover.iter().copied())
+        .collect();
+    let mut at = 0usize;
+    let mut target = target;
+    let mut failures = 0u32;
     s.paced(k).await;
     loop {
         if ctl.borrow().stop {
             break;
         }
+        target.addr = nodes[at % nodes.len()];
         let opened = {
             let _permit = s.sem.acquire().await;
-            open(&target, &token).await
+            open_from(&target, &token, s.spec.source).await
         };
         let o = match opened {
             Ok(o) => o,
@@ -520,9 +541,16 @@ async fn hub_terminal(
                     return u64::MAX;
                 }
                 // Coming back after a storm, a refusal (the hub busy with everyone at once) is
-                // retried after a jittered pause, as a real terminal does.
-                s.errors.record(&format!("reconnect: {e}"));
-                let jitter = 50 + (mono_us() % 200);
+                // retried after a jittered pause, as a real terminal does; failing over, the
+                // next node is tried, the pause growing with each failure.
+                if nodes.len() == 1 {
+                    s.errors.record(&format!("reconnect: {e}"));
+                } else {
+                    at += 1;
+                }
+                failures += 1;
+                let cap = 200u64 << failures.min(4);
+                let jitter = 50 + (mono_us() % cap);
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
                 continue;
             }
@@ -554,6 +582,7 @@ async fn hub_terminal(
                 s.progress.reconnected.fetch_add(1, Relaxed);
             }
         }
+        failures = 0;
         let interval = s
             .spec
             .heartbeat_ms
@@ -615,6 +644,16 @@ async fn hub_terminal(
             }
             // Dropped without a goodbye, as a network blip or a restarted hub leaves it.
             End::Storm => drop(ws),
+            // Its node died: back on another, from where it was, after a jittered pause (a
+            // node's terminals all fail over at once).
+            End::Lost(_) if nodes.len() > 1 => {
+                drop(ws);
+                reconnecting_since = Some(mono_us());
+                s.progress.lost.fetch_add(1, Relaxed);
+                at += 1;
+                let jitter = mono_us() % 500;
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
             // A terminal lost mid-run is an error of the run: it misses what follows.
             End::Lost(why) => {
                 s.errors.record(&why);
@@ -861,6 +900,7 @@ pub async fn worker_main() -> Result<(), String> {
                 failed: p.failed.load(Relaxed),
                 notices: p.notices.load(Relaxed),
                 reconnected: p.reconnected.load(Relaxed),
+                lost: p.lost.load(Relaxed),
                 connected_at,
                 reconnected_at,
                 notice_at,
@@ -1000,6 +1040,7 @@ impl Fleet {
                             failed,
                             notices,
                             reconnected,
+                            lost,
                             connected_at,
                             reconnected_at,
                             notice_at,
@@ -1012,6 +1053,7 @@ impl Fleet {
                             p.failed.store(failed, Relaxed);
                             p.notices.store(notices, Relaxed);
                             p.reconnected.store(reconnected, Relaxed);
+                            p.lost.store(lost, Relaxed);
                         }
                         Ok(Line::Report(r)) => return Ok(*r),
                         Ok(Line::Failed(e)) => return Err(format!("worker: {e}")),
@@ -1048,6 +1090,11 @@ impl Fleet {
 
     pub fn reconnected(&self) -> u64 {
         self.sum(|p| &p.reconnected)
+    }
+
+    /// Connections lost with their node (each failing over to another).
+    pub fn lost(&self) -> u64 {
+        self.sum(|p| &p.lost)
     }
 
     fn sum(&self, f: impl Fn(&Progress) -> &AtomicU64) -> u64 {

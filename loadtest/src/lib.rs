@@ -6,6 +6,7 @@
 pub mod calls;
 pub mod compare;
 pub mod connect;
+pub mod failover;
 pub mod fanout;
 pub mod fleet;
 pub mod hubstats;

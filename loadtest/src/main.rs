@@ -60,10 +60,12 @@ struct FleetArgs {
     /// Terminals (default: every terminal of the tree below the city).
     #[arg(long)]
     terminals: Option<usize>,
-    /// Worker processes holding the terminals (0: all in this process). Each process may hold
-    /// at most 20,000 open files here: past ~18,000 terminals use 2 or more.
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Worker processes holding the terminals (0: all in this process). Default: one process
+    /// up to 15,000 terminals on one node; past that, or over several --nodes, as many workers
+    /// as keep each under 15,000 terminals (a process may hold 20,000 open files here), and at
+    /// least one per node.
+    #[arg(long)]
+    workers: Option<usize>,
     /// New connections per second over all workers (0: as fast as --concurrency allows).
     #[arg(long, default_value_t = 0.0)]
     ramp: f64,
@@ -82,6 +84,20 @@ struct FleetArgs {
     nodes: Vec<SocketAddr>,
 }
 
+/// Terminals one worker process holds at most when the harness chooses: under the 20,000
+/// open files a process may hold here, with room for the process's own.
+const PER_WORKER: usize = 15_000;
+
+/// Worker processes for `terminals` over `nodes` nodes: none (this process) for a fleet that
+/// fits on one node; else enough for `PER_WORKER` each, a whole number per node.
+fn auto_workers(terminals: usize, nodes: usize) -> usize {
+    if terminals <= PER_WORKER && nodes <= 1 {
+        return 0;
+    }
+    let nodes = nodes.max(1);
+    terminals.div_ceil(PER_WORKER).div_ceil(nodes) * nodes
+}
+
 /// The run's shared options, checked: a loopback target, a quiet machine, the tree loaded.
 fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize), String> {
     quiet_enough(common)?;
@@ -95,7 +111,10 @@ fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize),
     for n in &f.nodes {
         Target::new(*n, Vec::new(), common.allow_remote)?;
     }
-    if f.nodes.len() > 1 && f.workers < f.nodes.len() {
+    let workers = f
+        .workers
+        .unwrap_or_else(|| auto_workers(terminals, f.nodes.len()));
+    if f.nodes.len() > 1 && workers < f.nodes.len() {
         return Err(format!(
             "{} nodes need at least as many --workers: each worker holds its terminals on one node",
             f.nodes.len()
@@ -108,7 +127,7 @@ fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize),
             secret: String::from_utf8(secret).map_err(|_| "the secret is not UTF-8")?,
             org_path: common.org.clone(),
             org,
-            workers: f.workers,
+            workers,
             ramp: f.ramp,
             concurrency: f.concurrency,
             heartbeat_ms: f.heartbeat_ms,
@@ -228,6 +247,23 @@ enum Scenario {
         /// Pause between storms, ms.
         #[arg(long, default_value_t = 3000)]
         gap_ms: u64,
+    },
+    /// A fleet over the nodes of a cluster (--nodes), one node killed with SIGKILL: the time
+    /// until its terminals are on line again elsewhere, and that no notice is lost or repeated.
+    Failover {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The node to kill (one of --nodes, not --hub).
+        #[arg(long)]
+        kill_node: SocketAddr,
+        /// The process serving --kill-node (scripts/cluster writes it in <dir>/node-N.pid).
+        #[arg(long)]
+        kill_pid: i32,
+        /// Notices the city sends right after the kill.
+        #[arg(long, default_value_t = 2)]
+        notices: u32,
     },
     /// The city's real rates scaled by a factor, held for a long time: memory and latency drift.
     Soak {
@@ -743,6 +779,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             fleet_scenario(&common, loadtest::storm::run(&ctx, &o)).await
         }
+        Scenario::Failover {
+            common,
+            fleet,
+            kill_node,
+            kill_pid,
+            notices,
+        } => {
+            let (ctx, terminals) = ctx(&common, &fleet)?;
+            let o = loadtest::failover::FailoverOptions {
+                terminals,
+                kill_node,
+                kill_pid,
+                notices,
+            };
+            fleet_scenario(&common, loadtest::failover::run(&ctx, &o)).await
+        }
         Scenario::Soak {
             common,
             fleet,
@@ -953,7 +1005,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             if baseline.is_some() {
                 let f = FleetArgs {
                     terminals: Some(opts.terminals),
-                    workers: 0,
+                    workers: Some(0),
                     ramp: 0.0,
                     concurrency,
                     heartbeat_ms: None,
@@ -1023,5 +1075,27 @@ fn main() -> ExitCode {
             eprintln!("loadtest: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auto_workers;
+
+    #[test]
+    fn workers_keep_each_process_under_its_files_and_whole_per_node() {
+        assert_eq!(
+            auto_workers(9_851, 1),
+            0,
+            "one node's city fits in this process"
+        );
+        assert_eq!(auto_workers(19_000, 1), 2);
+        assert_eq!(auto_workers(9_851, 3), 3, "at least one per node");
+        assert_eq!(
+            auto_workers(100_000, 6),
+            12,
+            "7 would do, but 6 nodes take 2 each"
+        );
+        assert_eq!(auto_workers(90_000, 6), 6);
     }
 }

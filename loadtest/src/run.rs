@@ -90,6 +90,16 @@ impl RunCtx {
         Ok(f)
     }
 
+    /// How many of terminals `first .. first + count` a fleet puts on `node`.
+    pub fn terminals_on(&self, node: std::net::SocketAddr, first: usize, count: usize) -> usize {
+        slices(first, count, self.workers.max(1))
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| self.nodes.get(i % self.nodes.len().max(1)) == Some(&node))
+            .map(|(_, (_, c))| c)
+            .sum()
+    }
+
     /// Adds terminals `first .. first + count` to a fleet.
     pub async fn grow(
         &self,
@@ -103,12 +113,35 @@ impl RunCtx {
         let parts = slices(first, count, self.workers.max(1));
         let n = parts.len().max(1) as f64;
         for (i, (first, count)) in parts.into_iter().enumerate() {
-            let backend = match (&backend, self.nodes.get(i % self.nodes.len().max(1))) {
+            let node = i % self.nodes.len().max(1);
+            let backend = match (&backend, self.nodes.get(node)) {
                 (Backend::Hub { secret, .. }, Some(addr)) => Backend::Hub {
                     addr: *addr,
                     secret: secret.clone(),
                 },
                 _ => backend.clone(),
+            };
+            // A worker of a hub spread over nodes fails over to the others, the next first.
+            let failover = match backend {
+                Backend::Hub { .. } if self.nodes.len() > 1 => (1..self.nodes.len())
+                    .map(|d| self.nodes[(node + d) % self.nodes.len()])
+                    .collect(),
+                _ => Vec::new(),
+            };
+            // Worker processes leave from a loopback address each (127.0.0.2 on), so many
+            // connections to a few ports never run out of source ports.
+            let source = match &backend {
+                Backend::Hub { addr, .. } if self.workers > 0 && addr.ip().is_loopback() => {
+                    addr.is_ipv4().then(|| {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                            127,
+                            0,
+                            0,
+                            2 + (i % 250) as u8,
+                        ))
+                    })
+                }
+                _ => None,
             };
             let spec = FleetSpec {
                 backend,
@@ -123,6 +156,8 @@ impl RunCtx {
                 interval_ms: self.interval.as_millis() as u64,
                 stop_after_s: self.max_seconds,
                 measure_from_round: self.measure_from_round,
+                failover,
+                source,
             };
             f.add(spec, self.workers > 0).await?;
         }

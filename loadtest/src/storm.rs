@@ -101,12 +101,7 @@ pub async fn run(ctx: &RunCtx, o: &StormOptions) -> Result<(StormSummary, Report
         let at = fleet.storm().await?;
         // The console's view from the storm on, deltas that arrive while a notice is being
         // sent included.
-        let mut dip = Dip {
-            whole,
-            low: whole,
-            dipped: false,
-            whole_at: None,
-        };
+        let mut dip = Dip::new(whole);
         for k in 0..o.notices {
             city.notice_watching(&root, s * 100 + k, 300, |t| dip.see(t, &root))
                 .await?;
@@ -181,16 +176,29 @@ pub async fn run(ctx: &RunCtx, o: &StormOptions) -> Result<(StormSummary, Report
 }
 
 /// The city console's on-line count through a storm.
-struct Dip {
+pub(crate) struct Dip {
     whole: u64,
-    low: u64,
+    pub(crate) low: u64,
     dipped: bool,
     /// When the count was back to whole after the dip (monotonic µs).
-    whole_at: Option<u64>,
+    pub(crate) whole_at: Option<u64>,
 }
 
 impl Dip {
-    fn see(&mut self, frame: &str, root: &str) {
+    pub(crate) fn new(whole: u64) -> Dip {
+        Dip {
+            whole,
+            low: whole,
+            dipped: false,
+            whole_at: None,
+        }
+    }
+
+    pub(crate) fn dipped(&self) -> bool {
+        self.dipped
+    }
+
+    pub(crate) fn see(&mut self, frame: &str, root: &str) {
         let Some(on) = city_online(frame, root) else {
             return;
         };

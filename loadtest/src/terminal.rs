@@ -37,16 +37,42 @@ const OPEN_WITHIN: Duration = Duration::from_secs(30);
 
 /// Connects and authenticates, returning once the hub's `hello` has arrived.
 pub async fn open(target: &Target, token: &str) -> Result<Opened, String> {
-    tokio::time::timeout(OPEN_WITHIN, open_now(target, token))
+    open_from(target, token, None).await
+}
+
+/// As `open`, the connection leaving from `source` when given.
+pub async fn open_from(
+    target: &Target,
+    token: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<Opened, String> {
+    tokio::time::timeout(OPEN_WITHIN, open_now(target, token, source))
         .await
         .map_err(|_| format!("no hello within {} s", OPEN_WITHIN.as_secs()))?
 }
 
-async fn open_now(target: &Target, token: &str) -> Result<Opened, String> {
+async fn open_now(
+    target: &Target,
+    token: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<Opened, String> {
     let t0 = Instant::now();
-    let stream = TcpStream::connect(target.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let stream = match source {
+        None => TcpStream::connect(target.addr).await,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(|e| format!("socket: {e}"))?;
+            socket
+                .bind((ip, 0).into())
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+            socket.connect(target.addr).await
+        }
+    }
+    .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let mut req = format!("ws://{}/ws", target.addr)
         .into_client_request()
