@@ -163,6 +163,13 @@ pub trait Outbound: Send + Sync + 'static {
     /// and has resumed its outbox, otherwise left for its next resume. The frame is built only
     /// for a terminal that takes it.
     fn offer(&self, ep: NodeIdx, seq: u64, payload: &str);
+    /// Offers one payload to many terminals, each at its own sequence (the recipients of one
+    /// notice): as `offer` for each, but what crosses to another node crosses once per node.
+    fn offer_all(&self, offers: &[(NodeIdx, u64)], payload: &str) {
+        for &(ep, seq) in offers {
+            self.offer(ep, seq, payload);
+        }
+    }
     /// Connection `conn` has every outbox message up to `upto`; later ones may flow live.
     fn resumed(&self, conn: ConnKey, upto: u64);
     fn join(&self, group: &Group, conn: ConnKey);
@@ -546,6 +553,13 @@ impl Backplane {
                     self.offer_here(ep, seq, &payload);
                 }
             }
+            Wire::Offers { payload, to } => {
+                for (ep, seq) in to {
+                    if let Some(ep) = self.org.lookup(ep.as_str()) {
+                        self.offer_here(ep, seq, &payload);
+                    }
+                }
+            }
             Wire::Resumed { conn, upto } => {
                 if let Some(c) = self.registry.by_key(conn) {
                     c.outbox_resumed(upto);
@@ -772,6 +786,30 @@ impl Outbound for Backplane {
                     ep: self.org.id(ep).clone(),
                     seq,
                     payload: payload.into(),
+                },
+            );
+        }
+    }
+
+    fn offer_all(&self, offers: &[(NodeIdx, u64)], payload: &str) {
+        let mut elsewhere: smallvec::SmallVec<[(HubId, Vec<(NodeId, u64)>); 4]> =
+            smallvec::SmallVec::new();
+        for &(ep, seq) in offers {
+            self.offer_here(ep, seq, payload);
+            for hub in self.elsewhere(ep, Pick::All) {
+                let to = (self.org.id(ep).clone(), seq);
+                match elsewhere.iter_mut().find(|(h, _)| *h == hub) {
+                    Some((_, list)) => list.push(to),
+                    None => elsewhere.push((hub, vec![to])),
+                }
+            }
+        }
+        for (hub, to) in elsewhere {
+            self.over_link(
+                hub,
+                Wire::Offers {
+                    payload: payload.into(),
+                    to,
                 },
             );
         }

@@ -23,8 +23,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -143,6 +143,9 @@ struct Shared {
     /// Subscribed, and the last lease renewal answered.
     up: AtomicBool,
     subscribed: AtomicBool,
+    /// Times the subscriber has (re)subscribed: each is a gap in what this node heard, which a
+    /// hello (rosters from everyone) closes.
+    subscriptions: AtomicU64,
     owner: AtomicU32,
     /// The other nodes holding a lease, as last read.
     others: Mutex<BTreeSet<HubId>>,
@@ -262,6 +265,7 @@ pub async fn join(
         metrics,
         up: AtomicBool::new(false),
         subscribed: AtomicBool::new(false),
+        subscriptions: AtomicU64::new(0),
         owner: AtomicU32::new(NO_OWNER),
         others: Mutex::default(),
         reason: Mutex::default(),
@@ -377,6 +381,7 @@ async fn subscriber(
                 continue;
             }
         };
+        s.subscriptions.fetch_add(1, Relaxed);
         s.subscribed.store(true, Relaxed);
         if let Some(r) = ready.take() {
             let _ = r.send(());
@@ -397,8 +402,11 @@ async fn subscriber(
             if !s.others().contains(&from) {
                 s.others().insert(from);
             }
-            if inbound.try_send(bytes[2..].to_vec()).is_err() {
-                s.metrics.link_dropped.fetch_add(1, Relaxed);
+            // Waits while this node is behind: Redis holds what follows for it (up to its
+            // pub/sub output limit, past which it drops the subscription — a gap the hello after
+            // resubscribing closes).
+            if inbound.send(bytes[2..].to_vec()).await.is_err() {
+                return;
             }
         }
         s.subscribed.store(false, Relaxed);
@@ -438,6 +446,8 @@ async fn leases(
     let lease = Duration::from_millis(s.settings.lease_ms);
     let mut last_ok = Instant::now();
     let mut was_up = false;
+    // The subscription the last hello followed.
+    let mut helloed = 0u64;
     // Told the backplane the others are gone, since the link last came up.
     let mut alone = false;
     let mut next = Some(first);
@@ -477,7 +487,9 @@ async fn leases(
                     tell(Wire::Gone { hub }).await;
                 }
                 let up = s.subscribed.load(Relaxed);
-                if up && !was_up {
+                let generation = s.subscriptions.load(Relaxed);
+                if up && (!was_up || generation != helloed) {
+                    helloed = generation;
                     alone = false;
                     s.set_up(true, None);
                     tracing::info!(nodes = s.others().len() + 1, "joined the cluster on Redis");

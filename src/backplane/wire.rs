@@ -54,6 +54,12 @@ pub enum Wire {
         seq: u64,
         payload: String,
     },
+    /// One payload offered live to many terminals connected to the receiving node, each at its
+    /// own sequence (the recipients of one notice there).
+    Offers {
+        payload: String,
+        to: Vec<(NodeId, u64)>,
+    },
     /// A connection has everything up to `upto`: live outbox messages after it may flow.
     Resumed {
         conn: ConnKey,
@@ -129,6 +135,10 @@ mod tests {
                 ep: NodeId::parse("230805007").unwrap(),
                 seq: 3,
                 payload: "{}".into(),
+            },
+            Wire::Offers {
+                payload: "{}".into(),
+                to: vec![(NodeId::parse("230805007").unwrap(), 4)],
             },
             Wire::Join {
                 group: Group::new("campaign", 9),

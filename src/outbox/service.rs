@@ -319,8 +319,18 @@ impl Service {
                     // Whoever wrote the batch reports the failure; nothing was written to offer.
                     return;
                 }
-                for m in messages.iter() {
-                    self.out.offer(m.to, m.seq, &m.payload);
+                // Recipients of one notice share its payload: offered together, so it crosses
+                // to each other node once.
+                let mut same = Vec::new();
+                for (i, m) in messages.iter().enumerate() {
+                    same.push((m.to, m.seq));
+                    let last_of_run = messages
+                        .get(i + 1)
+                        .is_none_or(|n| !Arc::ptr_eq(&n.payload, &m.payload));
+                    if last_of_run {
+                        self.out.offer_all(&same, &m.payload);
+                        same.clear();
+                    }
                 }
                 self.metrics
                     .outbox_messages
