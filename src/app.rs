@@ -424,6 +424,12 @@ impl Running {
         }
         let deadline = Duration::from_millis(t.config.shutdown_drain_ms);
         let left = t.drain(deadline).await;
+        // Out of the cluster once its terminals' goodbyes are out, before its services stop:
+        // the other nodes then refuse what they would forward here ("unavailable") rather than
+        // send it to a node that no longer answers.
+        if let Some(r) = &self.redis {
+            r.leave().await;
+        }
         // The listener stayed open through the drain, telling late terminals `shutting_down`.
         t.closed.cancel();
         let _ = self.tasks.server.await;
@@ -444,9 +450,6 @@ impl Running {
         self.tasks.feed.abort();
         if let Some(b) = &self.broker {
             b.leave(hub.backplane.hub());
-        }
-        if let Some(r) = &self.redis {
-            r.leave().await;
         }
         if let Some(i) = self.tasks.inbound {
             i.abort();

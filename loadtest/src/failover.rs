@@ -25,6 +25,9 @@ pub struct FailoverOptions {
     pub kill_pid: i32,
     /// Notices sent by the city center right after the kill.
     pub notices: u32,
+    /// Seconds the connected fleet only heartbeats before anything else (the nodes' idle cost,
+    /// read from outside).
+    pub hold: Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,6 +36,8 @@ pub struct FailoverSummary {
     pub terminals: u64,
     pub connected: u64,
     pub nodes: usize,
+    /// Seconds from the first connection to the last.
+    pub connect_s: f64,
     /// Terminals the killed node held.
     pub on_killed_node: u64,
     /// Connections the fleet saw lost with the node.
@@ -81,8 +86,9 @@ pub async fn run(ctx: &RunCtx, o: &FailoverOptions) -> Result<(FailoverSummary, 
     let on_killed = ctx.terminals_on(o.kill_node, 0, n) as u64;
     let sampler = ctx.sampler(Duration::from_millis(500));
     let fleet = ctx.fleet(ctx.hub_backend(), 0, n, true).await?;
-    ctx.connected(&fleet, n as u64, "terminals").await?;
+    let connect_s = ctx.connected(&fleet, n as u64, "terminals").await?;
     let connected = fleet.connected();
+    tokio::time::sleep(o.hold).await;
     let root = ctx.org.id(gridhub::org::NodeIdx(0)).to_string();
     let mut city = Console::city(ctx).await?;
     // The whole fleet on line, as the city sees it, before the kill.
@@ -163,6 +169,7 @@ pub async fn run(ctx: &RunCtx, o: &FailoverOptions) -> Result<(FailoverSummary, 
         terminals: r.terminals,
         connected: r.connected,
         nodes: ctx.nodes.len(),
+        connect_s,
         on_killed_node: on_killed,
         lost,
         all_resumed_s,
@@ -198,6 +205,10 @@ pub async fn run(ctx: &RunCtx, o: &FailoverOptions) -> Result<(FailoverSummary, 
         summary.notices_sent,
         summary.duplicates,
         summary.connected == n as u64,
+    ));
+    rep.figures.push(figure(
+        "connect (first to last)",
+        format!("{connect_s:.1} s"),
     ));
     rep.figures.push(figure(
         "terminals on the killed node / connections lost",

@@ -520,6 +520,15 @@ async fn hub_terminal(
         .chain(s.spec.failover.iter().copied())
         .collect();
     let mut at = 0usize;
+    // The node whose connection was lost: skipped while failing over.
+    let mut dead: Option<usize> = None;
+    let next_node = |at: usize, dead: Option<usize>| {
+        let mut at = at + 1;
+        if nodes.len() > 2 && Some(at % nodes.len()) == dead {
+            at += 1;
+        }
+        at
+    };
     let mut target = target;
     let mut failures = 0u32;
     s.paced(k).await;
@@ -546,7 +555,7 @@ async fn hub_terminal(
                 if nodes.len() == 1 {
                     s.errors.record(&format!("reconnect: {e}"));
                 } else {
-                    at += 1;
+                    at = next_node(at, dead);
                 }
                 failures += 1;
                 let cap = 200u64 << failures.min(4);
@@ -563,6 +572,13 @@ async fn hub_terminal(
                 s.progress.failed.fetch_add(1, Relaxed);
                 return u64::MAX;
             }
+            // As a refused connection: a pause, and the next node when there are others.
+            if nodes.len() > 1 {
+                at = next_node(at, dead);
+            }
+            failures += 1;
+            let cap = 200u64 << failures.min(4);
+            tokio::time::sleep(Duration::from_millis(50 + mono_us() % cap)).await;
             continue;
         }
         match reconnecting_since.take() {
@@ -650,7 +666,9 @@ async fn hub_terminal(
                 drop(ws);
                 reconnecting_since = Some(mono_us());
                 s.progress.lost.fetch_add(1, Relaxed);
-                at += 1;
+                // Spread over the other nodes as a balancer would, not all onto the next one.
+                dead = Some(at % nodes.len());
+                at += 1 + k % (nodes.len() - 1);
                 let jitter = mono_us() % 500;
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
             }

@@ -124,6 +124,7 @@ fn ctx(common: &Common, f: &FleetArgs) -> Result<(loadtest::run::RunCtx, usize),
         loadtest::run::RunCtx {
             target,
             nodes: f.nodes.clone(),
+            failover: false,
             secret: String::from_utf8(secret).map_err(|_| "the secret is not UTF-8")?,
             org_path: common.org.clone(),
             org,
@@ -264,6 +265,9 @@ enum Scenario {
         /// Notices the city sends right after the kill.
         #[arg(long, default_value_t = 2)]
         notices: u32,
+        /// Seconds the connected fleet only heartbeats before the run goes on.
+        #[arg(long, default_value_t = 0)]
+        hold_s: u64,
     },
     /// The city's real rates scaled by a factor, held for a long time: memory and latency drift.
     Soak {
@@ -785,13 +789,16 @@ async fn run(cli: Cli) -> Result<(), String> {
             kill_node,
             kill_pid,
             notices,
+            hold_s,
         } => {
-            let (ctx, terminals) = ctx(&common, &fleet)?;
+            let (mut ctx, terminals) = ctx(&common, &fleet)?;
+            ctx.failover = true;
             let o = loadtest::failover::FailoverOptions {
                 terminals,
                 kill_node,
                 kill_pid,
                 notices,
+                hold: Duration::from_secs(hold_s),
             };
             fleet_scenario(&common, loadtest::failover::run(&ctx, &o)).await
         }

@@ -26,6 +26,9 @@ pub struct RunCtx {
     /// The nodes the fleet's terminals spread over, worker by worker (several nodes of one
     /// hub); empty: all on `target`. Consoles stay on `target`.
     pub nodes: Vec<SocketAddr>,
+    /// A terminal whose node dies fails over to the others (the failover scenario); otherwise
+    /// a lost connection is an error of the run.
+    pub failover: bool,
     pub secret: String,
     pub org_path: PathBuf,
     pub org: Arc<Org>,
@@ -121,11 +124,14 @@ impl RunCtx {
                 },
                 _ => backend.clone(),
             };
-            // A worker of a hub spread over nodes fails over to the others, the next first.
+            // In a failover run, a worker of a hub spread over nodes fails over to the others;
+            // elsewhere a lost connection stays an error of the run.
             let failover = match backend {
-                Backend::Hub { .. } if self.nodes.len() > 1 => (1..self.nodes.len())
-                    .map(|d| self.nodes[(node + d) % self.nodes.len()])
-                    .collect(),
+                Backend::Hub { .. } if self.failover && self.nodes.len() > 1 => {
+                    (1..self.nodes.len())
+                        .map(|d| self.nodes[(node + d) % self.nodes.len()])
+                        .collect()
+                }
                 _ => Vec::new(),
             };
             // Worker processes leave from a loopback address each (127.0.0.2 on), so many

@@ -12,6 +12,7 @@ fn ctx(hub: &TestHub, workers: usize) -> RunCtx {
     RunCtx {
         target: hub.target.clone(),
         nodes: Vec::new(),
+        failover: false,
         secret: String::from_utf8(hub.target.secret.clone()).unwrap(),
         org_path: TestHub::org_path(),
         org: Arc::clone(&hub.org),

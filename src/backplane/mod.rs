@@ -9,7 +9,8 @@
 //!
 //! `Backplane` is this node's side of it, and the only code besides `transport` that touches a
 //! connection. One hub node needs nothing else (the default). Several join through a `Link`:
-//! `memory::Broker` joins nodes in one process (tests), Redis later. Everything that crosses a
+//! `memory::Broker` joins nodes in one process (tests), `redis` joins `gridhub serve` processes
+//! through a Redis server (a cluster). Everything that crosses a
 //! link is `wire::Wire`: plain data, terminals by id, checked against one org tree (nodes with
 //! different trees are refused when they meet).
 
@@ -331,6 +332,10 @@ pub struct Backplane {
     link: Option<Arc<dyn Link>>,
     /// Services on this node, for requests forwarded here.
     table: OnceLock<Arc<Table>>,
+    /// Held while this node's own connections change in the directory and their news is handed
+    /// to the link, and while its roster is taken and handed over: so a roster is a cut of the
+    /// news, in the order the others receive them.
+    cut: Mutex<()>,
 }
 
 impl Backplane {
@@ -354,6 +359,7 @@ impl Backplane {
             bus,
             link,
             table: OnceLock::new(),
+            cut: Mutex::new(()),
         }
     }
 
@@ -587,6 +593,7 @@ impl Backplane {
                 }
             }
             Wire::Hello { hub } => {
+                let cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
                 let roster = Wire::Roster {
                     hub: self.hub,
                     seats: self.own_seats(),
@@ -599,6 +606,7 @@ impl Backplane {
                     }
                     _ => self.over_link(hub, roster),
                 }
+                drop(cut);
                 // After the roster, in the same order on every link: the connections the
                 // restated state belongs to are known where it arrives.
                 let _ = self
@@ -792,8 +800,9 @@ impl Outbound for Backplane {
     }
 
     fn offer_all(&self, offers: &[(NodeIdx, u64)], payload: &str) {
-        let mut elsewhere: smallvec::SmallVec<[(HubId, Vec<(NodeId, u64)>); 4]> =
-            smallvec::SmallVec::new();
+        // Per other node, its recipients and their sequences.
+        type Recipients = Vec<(NodeId, u64)>;
+        let mut elsewhere: smallvec::SmallVec<[(HubId, Recipients); 4]> = smallvec::SmallVec::new();
         for &(ep, seq) in offers {
             self.offer_here(ep, seq, payload);
             for hub in self.elsewhere(ep, Pick::All) {
@@ -896,8 +905,7 @@ impl Lifecycle for Backplane {
             seat: o.seat,
             at,
         };
-        self.apply(&news);
-        self.bus.publish(news).await;
+        self.own_news(news).await;
     }
 
     async fn closed(&self, o: Origin, at: u64) {
@@ -908,8 +916,20 @@ impl Lifecycle for Backplane {
             seat: o.seat,
             at,
         };
-        self.apply(&news);
-        self.bus.publish(news).await;
+        self.own_news(news).await;
+    }
+}
+
+impl Backplane {
+    /// A connection of this node came or went: in the directory and on its way to the other
+    /// nodes as one step (see `cut`), then to this node's subscribers.
+    async fn own_news(&self, news: TerminalNews) {
+        {
+            let _cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+            self.apply(&news);
+            self.bus.publish_elsewhere(&news);
+        }
+        let _ = self.bus.deliver_here(Arc::new(news)).await;
     }
 }
 

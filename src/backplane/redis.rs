@@ -18,8 +18,8 @@
 //! again and says hello: every node sends it its roster and it sends its own to all, so every
 //! directory is set right without replaying what was lost.
 //!
-//! All keys share one hash tag (`{<cluster>}`), so the lease script runs on one shard of a
-//! Redis Cluster as on one Redis.
+//! One Redis server. All keys share one hash tag (`{<cluster>}`), so a Redis Cluster could run
+//! the lease script on one shard; the link does not speak to a Redis Cluster yet.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
@@ -87,21 +87,26 @@ impl Keys {
     }
 }
 
-/// Renews a lease held by `value` (or takes it if free): 1 if held by `value` now, else 0.
-/// Then reads who holds a lease. Returns {node lease, tree lease, owner lease, owner, alive}.
+/// Renews a lease held by `value` (1), takes it if free (2: held by nobody a moment ago), or
+/// finds it held by another (0). The org tree's first: a node with another tree takes nothing.
+/// Then reads who holds a lease, and how many listen on this node's channel. Returns {node
+/// lease, tree lease, owner lease, owner, their tree, alive, subscribers}.
 const BEAT: &str = r#"
 local function lease(k, v, ms)
   local cur = redis.call('GET', k)
   if cur == v then redis.call('PEXPIRE', k, ms) return 1 end
-  if not cur then redis.call('SET', k, v, 'PX', ms) return 1 end
+  if not cur then redis.call('SET', k, v, 'PX', ms) return 2 end
   return 0
 end
 local ms = tonumber(ARGV[3])
-local mine = lease(KEYS[1], ARGV[2], ms)
 local tree = lease(KEYS[3], ARGV[4], ms * 10)
+if tree == 0 then
+  return {0, 0, 0, '', redis.call('GET', KEYS[3]) or '', {}, 0}
+end
+local mine = lease(KEYS[1], ARGV[2], ms)
 local owned = 0
-if ARGV[5] == '1' and mine == 1 then owned = lease(KEYS[2], ARGV[1] .. '/' .. ARGV[2], ms) end
-if mine == 1 then redis.call('SADD', KEYS[4], ARGV[1]) end
+if ARGV[5] == '1' and mine > 0 then owned = lease(KEYS[2], ARGV[1] .. '/' .. ARGV[2], ms) end
+if mine > 0 then redis.call('SADD', KEYS[4], ARGV[1]) end
 local alive = {}
 for _, h in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   if redis.call('EXISTS', ARGV[6] .. h) == 1 then
@@ -111,25 +116,33 @@ for _, h in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   end
 end
 local owner = redis.call('GET', KEYS[2]) or ''
-local theirs = redis.call('GET', KEYS[3]) or ''
-return {mine, tree, owned, owner, theirs, alive}
+local listening = redis.call('PUBSUB', 'NUMSUB', ARGV[7])[2]
+return {mine, tree, owned, owner, '', alive, listening}
 "#;
 
-/// Gives up the leases a node holds (graceful shutdown), only if still its own.
+/// Gives up the leases a node holds (graceful shutdown, or a refused start), only those that
+/// are its own.
 const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[3], ARGV[1])
+end
 if redis.call('GET', KEYS[2]) == ARGV[1] .. '/' .. ARGV[2] then redis.call('DEL', KEYS[2]) end
-redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 "#;
 
 struct Beat {
     mine: bool,
+    /// The node's lease was free a moment ago: others may have counted it gone.
+    fresh: bool,
     tree: bool,
     owned: bool,
     owner: Option<HubId>,
     theirs: String,
     alive: BTreeSet<HubId>,
+    /// Subscribers to this node's channel, as Redis counts them (0 while this node believes it
+    /// is subscribed: the subscription is dead without having said so).
+    listening: i64,
 }
 
 struct Shared {
@@ -143,9 +156,11 @@ struct Shared {
     /// Subscribed, and the last lease renewal answered.
     up: AtomicBool,
     subscribed: AtomicBool,
-    /// Times the subscriber has (re)subscribed: each is a gap in what this node heard, which a
-    /// hello (rosters from everyone) closes.
-    subscriptions: AtomicU64,
+    /// Gaps in what this node heard or said — a new subscription, a failed publish — each
+    /// closed by a hello (rosters from everyone, its own to all).
+    gaps: AtomicU64,
+    /// Tells the subscriber to drop a subscription Redis no longer counts and subscribe again.
+    resubscribe: tokio::sync::Notify,
     owner: AtomicU32,
     /// The other nodes holding a lease, as last read.
     others: Mutex<BTreeSet<HubId>>,
@@ -162,6 +177,10 @@ impl Shared {
 
     fn others(&self) -> std::sync::MutexGuard<'_, BTreeSet<HubId>> {
         self.others.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gap(&self) {
+        self.gaps.fetch_add(1, Relaxed);
     }
 }
 
@@ -194,24 +213,26 @@ fn redis_error(url: &str, e: impl std::fmt::Display) -> JoinError {
 
 async fn beat(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult<Beat> {
     let script = redis::Script::new(BEAT);
-    let (mine, tree, owned, owner, theirs, alive): (i64, i64, i64, String, String, Vec<String>) =
-        script
-            .key(&s.keys.node)
-            .key(&s.keys.owner)
-            .key(&s.keys.tree)
-            .key(&s.keys.nodes)
-            .arg(s.me.0)
-            .arg(&s.instance)
-            .arg(s.settings.lease_ms)
-            .arg(&s.fingerprint)
-            .arg(if s.runs_services { "1" } else { "0" })
-            .arg(&s.keys.node_prefix)
-            .invoke_async(conn)
-            .await?;
+    type Reply = (i64, i64, i64, String, String, Vec<String>, i64);
+    let (mine, tree, owned, owner, theirs, alive, listening): Reply = script
+        .key(&s.keys.node)
+        .key(&s.keys.owner)
+        .key(&s.keys.tree)
+        .key(&s.keys.nodes)
+        .arg(s.me.0)
+        .arg(&s.instance)
+        .arg(s.settings.lease_ms)
+        .arg(&s.fingerprint)
+        .arg(if s.runs_services { "1" } else { "0" })
+        .arg(&s.keys.node_prefix)
+        .arg(s.keys.to(s.me))
+        .invoke_async(conn)
+        .await?;
     Ok(Beat {
-        mine: mine == 1,
-        tree: tree == 1,
-        owned: owned == 1,
+        mine: mine > 0,
+        fresh: mine == 2,
+        tree: tree > 0,
+        owned: owned > 0,
         // "<hub>/<instance>": the instance, so only the process that took it gives it back.
         owner: owner
             .split('/')
@@ -223,6 +244,7 @@ async fn beat(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult<Be
             .iter()
             .filter_map(|h| h.parse().ok().map(HubId))
             .collect(),
+        listening,
     })
 }
 
@@ -238,18 +260,28 @@ pub async fn join(
 ) -> Result<(Arc<RedisLink>, Joined), JoinError> {
     let url = settings.url.clone();
     let client = redis::Client::open(url.as_str()).map_err(|e| redis_error(&url, e))?;
+    // A renewal that takes longer than a third of the lease is as good as lost: the next one
+    // is due.
+    let answer_within = RESPONSE_TIMEOUT.min(Duration::from_millis(settings.lease_ms / 3));
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(answer_within))
         .set_number_of_retries(1);
     // Without a server listening the manager keeps retrying: bound it.
-    let mut conn = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        ConnectionManager::new_with_config(client.clone(), config),
-    )
-    .await
-    .map_err(|_| redis_error(&url, "no answer within 5 s"))?
-    .map_err(|e| redis_error(&url, e))?;
+    let connect = || async {
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
+        )
+        .await
+        .map_err(|_| redis_error(&url, "no answer within 5 s"))?
+        .map_err(|e| redis_error(&url, e))
+    };
+    // Leases on a connection of their own: a renewal never waits behind a backlog of
+    // publishes (a burst of 100,000 terminals leaving), where it would time out and the node
+    // be taken for dead while it works.
+    let mut conn = connect().await?;
+    let publishing = connect().await?;
     metrics.link_up.store(0, Relaxed);
     let shared = Arc::new(Shared {
         me,
@@ -265,7 +297,8 @@ pub async fn join(
         metrics,
         up: AtomicBool::new(false),
         subscribed: AtomicBool::new(false),
-        subscriptions: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        resubscribe: tokio::sync::Notify::new(),
         owner: AtomicU32::new(NO_OWNER),
         others: Mutex::default(),
         reason: Mutex::default(),
@@ -325,7 +358,7 @@ pub async fn join(
         return Err(redis_error(&url, "cannot subscribe within 5 s"));
     }
     tasks.push(tokio::spawn(publisher(
-        conn.clone(),
+        publishing,
         Arc::clone(&shared),
         out_rx,
     )));
@@ -381,13 +414,20 @@ async fn subscriber(
                 continue;
             }
         };
-        s.subscriptions.fetch_add(1, Relaxed);
+        s.gap();
         s.subscribed.store(true, Relaxed);
         if let Some(r) = ready.take() {
             let _ = r.send(());
         }
         let mut stream = ps.into_on_message();
-        while let Some(msg) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = s.resubscribe.notified() => break,
+            };
             let bytes = msg.get_payload_bytes();
             if bytes.len() < 2 {
                 s.metrics.link_dropped.fetch_add(1, Relaxed);
@@ -397,10 +437,14 @@ async fn subscriber(
             if from == s.me {
                 continue;
             }
-            // Heard from: a node that joined between two beats is known before the next one,
-            // and counts as gone when its lease is found missing.
-            if !s.others().contains(&from) {
-                s.others().insert(from);
+            // What only this node's own link may say of the cluster is never taken from
+            // another (see `Wire::Gone`).
+            if bytes[2..].starts_with(br#"{"w":"gone""#)
+                || bytes[2..].starts_with(br#"{"w":"alone""#)
+            {
+                s.metrics.link_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(node = %from, "a node sent what only this node's link may say; ignored");
+                continue;
             }
             // Waits while this node is behind: Redis holds what follows for it (up to its
             // pub/sub output limit, past which it drops the subscription — a gap the hello after
@@ -412,6 +456,7 @@ async fn subscriber(
         s.subscribed.store(false, Relaxed);
         s.set_up(false, Some("lost the subscription to Redis".into()));
         tracing::warn!("lost the subscription to Redis; resubscribing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -429,12 +474,17 @@ async fn publisher(mut conn: ConnectionManager, s: Arc<Shared>, mut rx: mpsc::Re
         }
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             s.metrics.link_dropped.fetch_add(n, Relaxed);
+            // Some of it may have gone out, some not: the others' picture of this node is set
+            // right by a hello once Redis takes publishes again.
+            s.gap();
             tracing::debug!(error = %e, lost = n, "cannot publish to Redis");
         }
     }
 }
 
-/// Renews the leases and follows who is in the cluster, until the process ends.
+/// Renews the leases and follows who is in the cluster, until the process ends. It never
+/// waits on a queue: a node behind on what it hears must still renew its lease, or be taken
+/// for dead while it works. What it tells its own node waits in `pending` for room.
 async fn leases(
     mut conn: ConnectionManager,
     s: Arc<Shared>,
@@ -446,26 +496,28 @@ async fn leases(
     let lease = Duration::from_millis(s.settings.lease_ms);
     let mut last_ok = Instant::now();
     let mut was_up = false;
-    // The subscription the last hello followed.
+    // The gap the last hello closed.
     let mut helloed = 0u64;
     // Told the backplane the others are gone, since the link last came up.
     let mut alone = false;
+    // The other nodes holding a lease at the last renewal.
+    let mut alive_before: BTreeSet<HubId> = BTreeSet::new();
+    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut hello_out: Option<Vec<u8>> = None;
     let mut next = Some(first);
-    let tell = |w: Wire| {
-        // Encoded as any message from the link; this node's inbound reads it in order.
-        let bytes = serde_json::to_vec(&w).expect("wire messages serialize");
-        let inbound = inbound.clone();
-        async move {
-            let _ = inbound.send(bytes).await;
-        }
-    };
     loop {
+        // The first beat, taken at start-up, was before the subscription.
+        let subscribed_then = next.is_none();
         let b = match next.take() {
             Some(b) => Ok(b),
             None => {
                 tokio::time::sleep(period).await;
                 beat(&mut conn, &s).await
             }
+        };
+        let mut tell = |w: Wire| {
+            // Read by this node's inbound in order with what the others sent before it.
+            pending.push_back(serde_json::to_vec(&w).expect("wire messages serialize"));
         };
         match b {
             Ok(b) if b.mine => {
@@ -478,25 +530,36 @@ async fn leases(
                         "another node took the services' lease while this one could not renew it"
                     );
                 }
-                let alive: BTreeSet<HubId> = b.alive.into_iter().filter(|&h| h != s.me).collect();
-                let gone: Vec<HubId> = s.others().difference(&alive).copied().collect();
-                s.metrics.link_nodes.store(alive.len() as u64 + 1, Relaxed);
-                *s.others() = alive;
-                for hub in gone {
-                    tracing::warn!(node = %hub, "node {hub}'s lease ran out: its terminals are off line");
-                    tell(Wire::Gone { hub }).await;
+                if b.fresh && was_up {
+                    // The lease had run out: the others counted this node gone.
+                    tracing::warn!("this node's lease had run out; saying hello again");
+                    s.gap();
                 }
+                if subscribed_then && s.subscribed.load(Relaxed) && b.listening == 0 {
+                    tracing::warn!(
+                        "Redis no longer counts this node's subscription; subscribing again"
+                    );
+                    s.resubscribe.notify_one();
+                }
+                let alive: BTreeSet<HubId> = b.alive.into_iter().filter(|&h| h != s.me).collect();
+                for &hub in alive_before.difference(&alive) {
+                    tracing::warn!(node = %hub, "node {hub}'s lease ran out: its terminals are off line");
+                    tell(Wire::Gone { hub });
+                }
+                s.metrics.link_nodes.store(alive.len() as u64 + 1, Relaxed);
+                *s.others() = alive.clone();
+                alive_before = alive;
                 let up = s.subscribed.load(Relaxed);
-                let generation = s.subscriptions.load(Relaxed);
-                if up && (!was_up || generation != helloed) {
-                    helloed = generation;
+                let gaps = s.gaps.load(Relaxed);
+                if up && (!was_up || gaps != helloed) {
+                    helloed = gaps;
                     alone = false;
                     s.set_up(true, None);
                     tracing::info!(nodes = s.others().len() + 1, "joined the cluster on Redis");
                     // Every node sends this one its roster; this one sends its own to all.
                     let hello = Wire::Hello { hub: s.me };
-                    let _ = out.send(Outgoing::All(encode(s.me, &hello))).await;
-                    tell(hello).await;
+                    hello_out = Some(encode(s.me, &hello));
+                    tell(hello);
                 }
                 was_up = up;
             }
@@ -521,41 +584,68 @@ async fn leases(
         if !was_up && last_ok.elapsed() > lease {
             // Whatever the others did meanwhile, this node cannot know: they count as gone
             // until it hears their rosters again.
-            let had = std::mem::take(&mut *s.others()).len();
+            s.others().clear();
+            alive_before.clear();
             s.owner.store(NO_OWNER, Relaxed);
             s.metrics.link_nodes.store(1, Relaxed);
-            if had > 0 || !alone {
+            if !alone {
                 tracing::warn!(
                     "no word from the other nodes for a lease: their terminals count as off line here"
                 );
-                tell(Wire::Alone).await;
+                pending
+                    .push_back(serde_json::to_vec(&Wire::Alone).expect("wire messages serialize"));
             }
             alone = true;
+        }
+        // A hello that finds no room goes at the next beat; so does what this node is told.
+        if let Some(h) = hello_out.take()
+            && let Err(mpsc::error::TrySendError::Full(Outgoing::All(h))) =
+                out.try_send(Outgoing::All(h))
+        {
+            hello_out = Some(h);
+        }
+        while let Some(m) = pending.pop_front() {
+            match inbound.try_send(m) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    pending.push_front(m);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
         }
     }
 }
 
 impl Drop for RedisLink {
     fn drop(&mut self) {
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            t.abort();
-        }
+        self.stop_tasks();
     }
 }
 
 impl RedisLink {
-    /// Leaves the cluster at shutdown: gives up the leases (others see it gone at once) and
-    /// stops the link's tasks.
+    /// Leaves the cluster at shutdown: stops renewing, lets what waits to be published go out
+    /// (its terminals' goodbyes), gives up the leases (the others see it gone at their next
+    /// beat) and stops the link's tasks.
     pub async fn leave(&self) {
+        // The last task started is the leases'.
+        let leases = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(leases) = leases {
+            leases.abort();
+            let _ = leases.await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.out.capacity() < self.out.max_capacity() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut conn = self.conn.clone();
         if let Err(e) = release(&mut conn, &self.shared).await {
             tracing::warn!(error = %e, "could not give up the leases; they run out by themselves");
         }
+        self.stop_tasks();
+    }
+
+    fn stop_tasks(&self) {
         for t in self
             .tasks
             .lock()
@@ -566,8 +656,11 @@ impl RedisLink {
         }
     }
 
+    /// Queued for the publisher, which counts what Redis does not take; only a full queue
+    /// drops here. While the link is down what waits goes out late, before the hello whose
+    /// rosters set it right.
     fn push(&self, m: Outgoing) {
-        if !self.shared.up.load(Relaxed) || self.out.try_send(m).is_err() {
+        if self.out.try_send(m).is_err() {
             self.shared.metrics.link_dropped.fetch_add(1, Relaxed);
         }
     }

@@ -156,7 +156,6 @@ mod tests {
             },
             Wire::Gone { hub: HubId(4) },
             Wire::Alone,
-            Wire::Alone,
             Wire::Request {
                 origin: OriginWire {
                     conn: 5,

@@ -401,16 +401,14 @@ impl Presence {
 
     /// What the terminals connected through `local` (this node's connections) have set for
     /// themselves, as the updates that would set it again: for nodes that may have missed it
-    /// (they could not hear this one for a while). Terminals that set nothing are left out.
+    /// (they could not hear this one for a while). Every such terminal, those back at the
+    /// defaults too: a node that missed the change back still shows the old state.
     pub fn restate(&self, local: impl Fn(ConnKey) -> bool) -> Vec<(NodeIdx, ConnKey, Update)> {
         let mut out = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
             let Some(&(_, conn)) = e.seats.iter().find(|s| local(s.1)) else {
                 continue;
             };
-            if e.chosen == Chosen::Online && e.text.is_none() && e.location.is_none() {
-                continue;
-            }
             out.push((
                 NodeIdx(i as u32),
                 conn,
@@ -708,7 +706,6 @@ mod tests {
         p.connect(w1, MAIN, 11, 0);
         p.connect(w2, MAIN, 12, 0);
         p.connect(a, MAIN, 21, 0);
-        assert!(p.restate(local).is_empty(), "nothing set yet");
         let set = Update {
             status: Some(Chosen::Busy),
             text: Some(Some("巡查中".into())),
@@ -717,18 +714,26 @@ mod tests {
         p.update(w1, 11, &set, 1);
         p.update(w2, 12, &set, 1);
         let again = p.restate(local);
-        assert_eq!(again.len(), 1, "only this node's terminal: {again:?}");
-        let (ep, conn, u) = &again[0];
-        assert_eq!((*ep, *conn), (w1, 11));
-        // Another node that knows only the connection reaches the same entry.
-        let mut q = Presence::new(small(), 20, 4);
-        q.connect(w1, MAIN, 11, 0);
-        q.update(w1, 11, u, 2);
-        let (e, f) = (p.entry(w1), q.entry(w1));
-        assert_eq!(
-            (e.status(), &e.text, e.location),
-            (f.status(), &f.text, f.location)
-        );
+        let eps: Vec<(NodeIdx, ConnKey)> = again.iter().map(|(e, c, _)| (*e, *c)).collect();
+        assert_eq!(eps, vec![(a, 21), (w1, 11)], "this node's terminals only");
+        // A node that missed the change to busy, and one that missed the change back, both
+        // reach this node's state from what is restated.
+        let mut missed_busy = Presence::new(small(), 20, 4);
+        missed_busy.connect(w1, MAIN, 11, 0);
+        let mut missed_back = Presence::new(small(), 20, 4);
+        missed_back.connect(a, MAIN, 21, 0);
+        missed_back.update(a, 21, &set, 1);
+        for (ep, conn, u) in &again {
+            missed_busy.update(*ep, *conn, u, 2);
+            missed_back.update(*ep, *conn, u, 2);
+        }
+        for (q, ep) in [(&missed_busy, w1), (&missed_back, a)] {
+            let (e, f) = (p.entry(ep), q.entry(ep));
+            assert_eq!(
+                (e.status(), &e.text, e.location),
+                (f.status(), &f.text, f.location)
+            );
+        }
     }
 
     #[test]

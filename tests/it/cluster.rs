@@ -414,10 +414,6 @@ async fn a_node_killed_with_sigkill_loses_nothing_and_its_terminals_resume_elsew
 
 #[tokio::test]
 async fn redis_lost_and_back_heals_the_cluster() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("gridhub=debug")
-        .with_test_writer()
-        .try_init();
     let mut redis = RedisServer::start();
     let net = redis.net("heal");
     let a = spawn_node(&net, 1, true).await;
