@@ -1,9 +1,10 @@
-//! `loadtest failover`: a fleet spread over the nodes of a cluster, one node killed with SIGKILL
-//! while the city center sends notices. Measured: the time from the kill until every terminal
+//! `loadtest failover`: a fleet spread over the nodes of a cluster, one node taken down (killed
+//! with SIGKILL from the command line) while the city center sends notices. Measured: the time from the kill until every terminal
 //! it held is on line again on another node (resumed there) and the city console — on a node
 //! that lives — counts the whole fleet again; and that every terminal has every notice exactly
 //! once (nothing lost in the gap, nothing repeated by the resume).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,12 +18,31 @@ use crate::timeline::{Sample, push_resource_charts};
 /// How long the console is watched after the last terminal is back.
 const SETTLE: Duration = Duration::from_secs(6);
 
-#[derive(Clone, Debug)]
+/// Takes the node down, the moment the run says.
+pub type Kill =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
+
+/// SIGKILL to the process serving the node (started by whoever runs the cluster).
+pub fn sigkill(pid: i32) -> Kill {
+    Box::new(move || {
+        Box::pin(async move {
+            // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                return Err(format!(
+                    "cannot kill {pid}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(())
+        })
+    })
+}
+
 pub struct FailoverOptions {
     pub terminals: usize,
-    /// The node to kill, and the process serving it (started by whoever runs the cluster).
+    /// The node to kill, and how.
     pub kill_node: SocketAddr,
-    pub kill_pid: i32,
+    pub kill: Kill,
     /// Notices sent by the city center right after the kill.
     pub notices: u32,
     /// Seconds the connected fleet only heartbeats before anything else (the nodes' idle cost,
@@ -75,7 +95,7 @@ async fn city_online(city: &mut Console, root: &str) -> Result<u64, String> {
         .ok_or_else(|| "the city's presence snapshot has no aggregate for the city".into())
 }
 
-pub async fn run(ctx: &RunCtx, o: &FailoverOptions) -> Result<(FailoverSummary, Report), String> {
+pub async fn run(ctx: &RunCtx, o: FailoverOptions) -> Result<(FailoverSummary, Report), String> {
     if ctx.nodes.len() < 2 || !ctx.nodes.contains(&o.kill_node) {
         return Err("failover needs --nodes (two or more) and --kill-node among them".into());
     }
@@ -112,16 +132,8 @@ pub async fn run(ctx: &RunCtx, o: &FailoverOptions) -> Result<(FailoverSummary, 
         )
         .await;
 
-    // SIGKILL: the node says goodbye to nobody.
     let at = crate::mono_us();
-    // SAFETY: kill(2) with a pid and a signal number has no memory effects.
-    if unsafe { libc::kill(o.kill_pid, libc::SIGKILL) } != 0 {
-        return Err(format!(
-            "cannot kill {}: {}",
-            o.kill_pid,
-            std::io::Error::last_os_error()
-        ));
-    }
+    (o.kill)().await?;
     let mut dip = crate::storm::Dip::new(whole);
     for k in 0..o.notices {
         city.notice_watching(&root, 100 + k, 300, |t| dip.see(t, &root))
@@ -187,7 +199,7 @@ pub async fn run(ctx: &RunCtx, o: &FailoverOptions) -> Result<(FailoverSummary, 
     let mut rep = report(
         "failover",
         format!(
-            "{} terminals on {} nodes; {} (holding {on_killed}) killed with SIGKILL, {} notices sent into the gap",
+            "{} terminals on {} nodes; {} (holding {on_killed}) taken down, {} notices sent into the gap",
             summary.connected, summary.nodes, o.kill_node, o.notices
         ),
     );

@@ -796,11 +796,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             let o = loadtest::failover::FailoverOptions {
                 terminals,
                 kill_node,
-                kill_pid,
+                kill: loadtest::failover::sigkill(kill_pid),
                 notices,
                 hold: Duration::from_secs(hold_s),
             };
-            fleet_scenario(&common, loadtest::failover::run(&ctx, &o)).await
+            fleet_scenario(&common, loadtest::failover::run(&ctx, o)).await
         }
         Scenario::Soak {
             common,

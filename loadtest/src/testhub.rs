@@ -22,7 +22,7 @@ pub struct TestHub {
     pub target: Target,
     pub org: Arc<Org>,
     data: PathBuf,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl TestHub {
@@ -30,6 +30,31 @@ impl TestHub {
     /// keeps the scenarios' tests, which run in one process, apart).
     pub async fn start(name: &str, tweak: impl FnOnce(&mut Config)) -> TestHub {
         let turn = ONE_AT_A_TIME.lock().await;
+        Self::node(name, Some(turn), tweak, None).await
+    }
+
+    /// Two nodes of one hub joined by the in-memory broker: the first runs the services.
+    pub async fn pair(name: &str) -> (TestHub, TestHub) {
+        let turn = ONE_AT_A_TIME.lock().await;
+        let broker = gridhub::backplane::memory::Broker::new();
+        let cluster = |hub_id: u16| {
+            move |c: &mut Config| {
+                c.backplane.hub_id = hub_id;
+                c.backplane.runs_services = hub_id == 1;
+            }
+        };
+        // The pair counts as one hub: the first node holds the turn for both.
+        let a = Self::node(&format!("{name}-1"), Some(turn), cluster(1), Some(&broker)).await;
+        let b = Self::node(&format!("{name}-2"), None, cluster(2), Some(&broker)).await;
+        (a, b)
+    }
+
+    async fn node(
+        name: &str,
+        turn: Option<tokio::sync::MutexGuard<'static, ()>>,
+        tweak: impl FnOnce(&mut Config),
+        broker: Option<&Arc<gridhub::backplane::memory::Broker>>,
+    ) -> TestHub {
         let data = std::env::temp_dir().join(format!("gridhub-lt-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         let mut c = Config::default();
@@ -38,7 +63,7 @@ impl TestHub {
         c.auth.secret = SECRET.into();
         c.org.file = ORG.into();
         tweak(&mut c);
-        let running = gridhub::app::start(c).await.unwrap();
+        let running = gridhub::app::start_node(c, broker.cloned()).await.unwrap();
         let target = Target::new(running.addr, SECRET.as_bytes().to_vec(), false).unwrap();
         let org = Arc::new(Org::load(std::path::Path::new(ORG)).unwrap());
         TestHub {

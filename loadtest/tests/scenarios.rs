@@ -171,3 +171,44 @@ async fn scale_steps_up_and_reports_every_step() {
     assert!(e.contains("--scale 2"), "{e}");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_brings_a_lost_nodes_terminals_back_on_the_other_with_every_notice() {
+    let (a, b) = TestHub::pair("failover").await;
+    let mut c = ctx(&a, 2);
+    c.nodes = vec![a.target.addr, b.target.addr];
+    c.failover = true;
+    let killed = b.target.addr;
+    // The in-process node goes away (its terminals lose their connections) when the run says.
+    let o = loadtest::failover::FailoverOptions {
+        terminals: 300,
+        kill_node: killed,
+        kill: Box::new(move || {
+            Box::pin(async move {
+                b.stop().await;
+                Ok(())
+            })
+        }),
+        notices: 2,
+        hold: Duration::ZERO,
+    };
+    let (mut s, rep) = loadtest::failover::run(&c, o).await.unwrap();
+    check_report(&rep);
+    // What the assertions print, without the samples.
+    s.samples.clear();
+    assert_eq!((s.connected, s.on_killed_node), (300, 150), "{s:?}");
+    assert_eq!(s.lost, 150, "every terminal of the node lost it: {s:?}");
+    assert_eq!(s.notices_sent, 3);
+    assert_eq!(
+        (s.terminals_missing_notices, s.duplicates, s.errors),
+        (0, 0, 0),
+        "{:?}",
+        s.first_errors
+    );
+    assert!(
+        s.all_resumed_s.is_finite() && s.console_whole_s.is_finite(),
+        "{s:?}"
+    );
+    check_report(&rep);
+    a.stop().await;
+}
