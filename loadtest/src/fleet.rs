@@ -537,7 +537,12 @@ async fn hub_terminal(
             break;
         }
         target.addr = nodes[at % nodes.len()];
-        let opened = {
+        let opened = if dead.is_some() {
+            // Failing over, each terminal comes back by itself, as a field terminal does (its
+            // jittered pause spreads them): the run's handshake limit, there to pace a fleet's
+            // first connections, would measure the harness instead of the hub.
+            open_from(&target, &token, s.spec.source).await
+        } else {
             let _permit = s.sem.acquire().await;
             open_from(&target, &token, s.spec.source).await
         };
@@ -552,15 +557,15 @@ async fn hub_terminal(
                 // Coming back after a storm, a refusal (the hub busy with everyone at once) is
                 // retried after a jittered pause, as a real terminal does; failing over, the
                 // next node is tried, the pause growing with each failure.
+                failures += 1;
                 if nodes.len() == 1 {
                     s.errors.record(&format!("reconnect: {e}"));
+                    let cap = 200u64 << failures.min(4);
+                    tokio::time::sleep(Duration::from_millis(50 + mono_us() % cap)).await;
                 } else {
                     at = next_node(at, dead);
+                    tokio::time::sleep(field_backoff(failures)).await;
                 }
-                failures += 1;
-                let cap = 200u64 << failures.min(4);
-                let jitter = 50 + (mono_us() % cap);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
                 continue;
             }
         };
@@ -573,12 +578,14 @@ async fn hub_terminal(
                 return u64::MAX;
             }
             // As a refused connection: a pause, and the next node when there are others.
+            failures += 1;
             if nodes.len() > 1 {
                 at = next_node(at, dead);
+                tokio::time::sleep(field_backoff(failures)).await;
+            } else {
+                let cap = 200u64 << failures.min(4);
+                tokio::time::sleep(Duration::from_millis(50 + mono_us() % cap)).await;
             }
-            failures += 1;
-            let cap = 200u64 << failures.min(4);
-            tokio::time::sleep(Duration::from_millis(50 + mono_us() % cap)).await;
             continue;
         }
         match reconnecting_since.take() {
@@ -660,8 +667,8 @@ async fn hub_terminal(
             }
             // Dropped without a goodbye, as a network blip or a restarted hub leaves it.
             End::Storm => drop(ws),
-            // Its node died: back on another, from where it was, after a jittered pause (a
-            // node's terminals all fail over at once).
+            // Its node died: back on another, from where it was, after the field page's pause
+            // (750 ms × 0.5–1, doubling while refused): a node's terminals all fail over at once.
             End::Lost(_) if nodes.len() > 1 => {
                 drop(ws);
                 reconnecting_since = Some(mono_us());
@@ -669,8 +676,7 @@ async fn hub_terminal(
                 // Spread over the other nodes as a balancer would, not all onto the next one.
                 dead = Some(at % nodes.len());
                 at += 1 + k % (nodes.len() - 1);
-                let jitter = mono_us() % 500;
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                tokio::time::sleep(field_backoff(0)).await;
             }
             // A terminal lost mid-run is an error of the run: it misses what follows.
             End::Lost(why) => {
@@ -680,6 +686,14 @@ async fn hub_terminal(
         }
     }
     notices.len() as u64
+}
+
+/// The field page's reconnect pause (web/src/lib/hub.js): 750 ms doubled per failure up to
+/// 30 s, times 0.5–1 at random.
+fn field_backoff(failures: u32) -> Duration {
+    let base = (750u64 << failures.min(6)).min(30_000);
+    let jitter = 0.5 + (mono_us() % 1000) as f64 / 2000.0;
+    Duration::from_millis((base as f64 * jitter) as u64)
 }
 
 enum End {

@@ -45,6 +45,8 @@ const BATCH: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a command may take before Redis counts as unreachable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a pipeline of publishes may take before it counts as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 const NO_OWNER: u32 = u32::MAX;
 
 /// Where a node finds the others.
@@ -260,18 +262,18 @@ pub async fn join(
 ) -> Result<(Arc<RedisLink>, Joined), JoinError> {
     let url = settings.url.clone();
     let client = redis::Client::open(url.as_str()).map_err(|e| redis_error(&url, e))?;
-    // A renewal that takes longer than a third of the lease is as good as lost: the next one
-    // is due.
-    let answer_within = RESPONSE_TIMEOUT.min(Duration::from_millis(settings.lease_ms / 3));
+    // A renewal answered late still holds the lease if Redis ran it in time: wait for it up
+    // to the lease (a busy node's timers fire late; it must not call itself cut off for that).
+    let answer_within = RESPONSE_TIMEOUT.max(Duration::from_millis(settings.lease_ms));
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(answer_within))
         .set_number_of_retries(1);
     // Without a server listening the manager keeps retrying: bound it.
-    let connect = || async {
+    let connect = |config| async {
         tokio::time::timeout(
             CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client.clone(), config.clone()),
+            ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
         .map_err(|_| redis_error(&url, "no answer within 5 s"))?
@@ -279,9 +281,10 @@ pub async fn join(
     };
     // Leases on a connection of their own: a renewal never waits behind a backlog of
     // publishes (a burst of 100,000 terminals leaving), where it would time out and the node
-    // be taken for dead while it works.
-    let mut conn = connect().await?;
-    let publishing = connect().await?;
+    // be taken for dead while it works. Publishes may take longer than a renewal before they
+    // count as failed: a slow pipeline is late, not lost.
+    let mut conn = connect(config.clone()).await?;
+    let publishing = connect(config.set_response_timeout(Some(PUBLISH_TIMEOUT))).await?;
     metrics.link_up.store(0, Relaxed);
     let shared = Arc::new(Shared {
         me,
@@ -572,6 +575,10 @@ async fn leases(
                     Some(format!("another process holds {}'s lease", s.me)),
                 );
                 tracing::error!(hub = %s.me, "another process holds this node's lease");
+            }
+            // Slow, not gone, while the lease still holds: the next renewal may land.
+            Err(e) if e.is_timeout() && last_ok.elapsed() < lease => {
+                tracing::debug!(error = %e, "a lease renewal timed out; trying again");
             }
             Err(e) => {
                 if was_up {
