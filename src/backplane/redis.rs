@@ -262,9 +262,10 @@ pub async fn join(
 ) -> Result<(Arc<RedisLink>, Joined), JoinError> {
     let url = settings.url.clone();
     let client = redis::Client::open(url.as_str()).map_err(|e| redis_error(&url, e))?;
-    // A renewal answered late still holds the lease if Redis ran it in time: wait for it up
-    // to the lease (a busy node's timers fire late; it must not call itself cut off for that).
-    let answer_within = RESPONSE_TIMEOUT.max(Duration::from_millis(settings.lease_ms));
+    // A renewal not answered within a third of the lease is tried again (the lease must not
+    // run out waiting on one lost answer); a timeout while the lease holds is slowness, not a
+    // lost Redis (see `leases`).
+    let answer_within = RESPONSE_TIMEOUT.min(Duration::from_millis(settings.lease_ms / 3));
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(answer_within))

@@ -183,6 +183,40 @@ async fn serve_as_one_hub(net: &Net, link: &str) {
     worker.ack(seq).await;
     worker.ping_ok().await;
 
+    // A campaign started by the county on B reaches a worker of the village on A, and the
+    // worker's records come back to the county's progress on B.
+    let r = console
+        .call(
+            "campaign.start",
+            json!({"node": village, "title": "人口核查", "instructions": "逐户核对常住人口信息"}),
+        )
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let campaign = r["data"]["campaign"]["id"].as_u64().unwrap();
+    let r = console
+        .call("campaign.watch", json!({"campaign": campaign}))
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let other = workers_under(&a.org, village, 3)
+        .into_iter()
+        .find(|x| *x != w2 && *x != w_on_a)
+        .unwrap();
+    let mut villager = a.connect(&other).await;
+    villager.resume(0).await;
+    let (seq, task) = outbox_of(&mut villager, "campaign.task").await;
+    assert_eq!(task["campaign"]["id"], campaign);
+    villager.ack(seq).await;
+    let r = villager
+        .call(
+            "campaign.record",
+            json!({"campaign": campaign, "records": [{"key": "hh-1", "outcome": "verified"}]}),
+        )
+        .await;
+    assert_eq!(r["data"]["accepted"], 1, "{r}");
+    console
+        .next_where(|m| m["type"] == "campaign.progress" && m["data"]["totals"]["verified"] == 1)
+        .await;
+
     // REST for the services lives on A; B says where to go, and serves what it holds itself.
     let token = b.token(DONGFENG);
     let r = http_get(&b, &format!("/api/v1/orders/{id}"), Some(&token)).await;
