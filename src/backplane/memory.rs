@@ -20,6 +20,8 @@ struct Members {
     fingerprint: Option<String>,
     nodes: HashMap<HubId, mpsc::Sender<Vec<u8>>>,
     owner: Option<HubId>,
+    /// Connection tickets spent on any node, until they expire (Unix seconds).
+    tickets: HashMap<String, u64>,
 }
 
 /// The meeting point of an in-process cluster.
@@ -136,6 +138,18 @@ impl Link for MemoryLink {
 
     fn name(&self) -> &'static str {
         "memory-cluster"
+    }
+
+    fn spend_ticket<'a>(
+        &'a self,
+        id: &'a str,
+        expires_at: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        let now = crate::clock::now_ms() / 1000;
+        let mut m = self.broker.members();
+        m.tickets.retain(|_, exp| *exp >= now);
+        let fresh = m.tickets.insert(id.to_owned(), expires_at).is_none();
+        Box::pin(std::future::ready(fresh))
     }
 }
 

@@ -205,6 +205,16 @@ pub trait Link: Send + Sync + 'static {
             reason: None,
         }
     }
+    /// Connection ticket `id` is spent on this node: false if it was spent on another first.
+    /// A link that cannot tell (Redis unreachable) lets it through: the node's own check
+    /// stands, and a hub cut in two keeps letting browsers in.
+    fn spend_ticket<'a>(
+        &'a self,
+        _id: &'a str,
+        _expires_at: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(std::future::ready(true))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -906,6 +916,13 @@ impl Lifecycle for Backplane {
             at,
         };
         self.own_news(news).await;
+    }
+
+    async fn spend_ticket(&self, id: &str, expires_at: u64) -> bool {
+        match &self.link {
+            Some(l) => l.spend_ticket(id, expires_at).await,
+            None => true,
+        }
     }
 
     async fn closed(&self, o: Origin, at: u64) {

@@ -68,6 +68,7 @@ struct Keys {
     nodes: String,
     all: String,
     to_prefix: String,
+    ticket_prefix: String,
 }
 
 impl Keys {
@@ -81,6 +82,7 @@ impl Keys {
             nodes: format!("{base}:nodes"),
             all: format!("{base}:all"),
             to_prefix: format!("{base}:to:"),
+            ticket_prefix: format!("{base}:ticket:"),
         }
     }
 
@@ -695,6 +697,35 @@ impl Link for RedisLink {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn spend_ticket<'a>(
+        &'a self,
+        id: &'a str,
+        expires_at: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let now = crate::clock::now_ms() / 1000;
+            let ttl = expires_at.saturating_sub(now).max(1);
+            let key = format!("{}{id}", self.shared.keys.ticket_prefix);
+            let mut conn = self.conn.clone();
+            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(&key)
+                .arg(self.shared.me.0)
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl)
+                .query_async(&mut conn)
+                .await;
+            match set {
+                Ok(Some(_)) => true,
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot tell whether a ticket was used on another node; this node's check stands");
+                    true
+                }
+            }
+        })
     }
 
     fn status(&self) -> LinkStatus {

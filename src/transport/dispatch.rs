@@ -120,6 +120,12 @@ pub trait Handler: Send + Sync + 'static {
 pub trait Lifecycle: Send + Sync + 'static {
     async fn opened(&self, origin: Origin, at_ms: u64);
     async fn closed(&self, origin: Origin, at_ms: u64);
+    /// Connection ticket `id` (valid until `expires_at`, Unix seconds) opens a connection here:
+    /// false if it already opened one on another node of the hub. This node's own check runs
+    /// first.
+    async fn spend_ticket(&self, _id: &str, _expires_at: u64) -> bool {
+        true
+    }
 }
 
 /// A part of `hello` that a service adds (e.g. `calls`: ICE servers for this terminal).

@@ -296,7 +296,7 @@ pub async fn ws_handler(State(t): State<Arc<Transport>>, mut req: Request) -> Re
         return r;
     }
     if let Some((id, exp)) = ticket_id
-        && !t.use_ticket(id, exp, now_s)
+        && !(t.use_ticket(id.clone(), exp, now_s) && t.lifecycle.spend_ticket(&id, exp).await)
     {
         t.terminals.fetch_sub(1, Relaxed);
         t.metrics.refused_auth.fetch_add(1, Relaxed);

@@ -99,7 +99,7 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, req: &str) -> String {
 }
 
 /// Upgrades with a raw request, returning the status code and the whole answer.
-async fn raw_upgrade(hub: &TestHub, path_and_query: &str, extra: &str) -> (u16, String) {
+pub async fn raw_upgrade(hub: &TestHub, path_and_query: &str, extra: &str) -> (u16, String) {
     let req = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
         hub.addr

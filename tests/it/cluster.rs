@@ -533,3 +533,35 @@ async fn redis_lost_and_back_heals_the_cluster() {
     county.next_where(|m| m["type"] == "call.incoming").await;
     on_a.ping_ok().await;
 }
+
+/// A connection ticket from one node opens one connection in the whole hub, not one per node.
+async fn one_ticket_one_connection(net: &Net) {
+    let a = spawn_node(net, 1, true).await;
+    let b = spawn_node(net, 2, false).await;
+    let token = a.token(HUANAN);
+    let (status, body) = try_post(a.addr, "/api/v1/tickets", &token, "", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let ticket = body["ticket"].as_str().unwrap().to_owned();
+    let url = format!("{}?ticket={ticket}", b.ws_url());
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut t = TestTerminal::new(ws);
+    assert_eq!(t.recv().await["type"], "hello");
+    for hub in [&a, &b] {
+        let (code, text) = crate::auth::raw_upgrade(hub, &format!("/ws?ticket={ticket}"), "").await;
+        assert_eq!(code, 401, "{text}");
+        assert!(text.contains("ticket_used"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_opens_one_connection_in_the_whole_hub() {
+    one_ticket_one_connection(&Net::memory()).await;
+}
+
+#[tokio::test]
+async fn a_ticket_opens_one_connection_in_the_whole_hub_on_redis() {
+    let redis = RedisServer::start();
+    one_ticket_one_connection(&redis.net("tickets")).await;
+}
