@@ -36,7 +36,7 @@ use self::wire::{OriginWire, Seated, Wire};
 use crate::auth::{Role, Seat};
 use crate::org::{NodeId, NodeIdx, Org};
 use crate::telemetry::Metrics;
-use crate::transport::conn::Conn;
+use crate::transport::conn::{Conn, Offered};
 pub use crate::transport::dispatch::{ConnKey, HubId, Origin, hub_of};
 use crate::transport::dispatch::{Handler, Lifecycle, Refused, Request, Table};
 use crate::transport::frame;
@@ -468,10 +468,54 @@ impl Backplane {
     /// frame is built once, for the first that takes it.
     fn offer_here(&self, ep: NodeIdx, seq: u64, payload: &str) {
         let mut frame = None;
-        self.registry.each_seat(ep, |c| {
-            if c.outbox_offer(seq) {
+        let mut gaps: smallvec::SmallVec<[(Origin, u64); 1]> = smallvec::SmallVec::new();
+        self.registry.each_seat(ep, |c| match c.outbox_offer(seq) {
+            Offered::Send => {
                 c.send(frame.get_or_insert_with(|| outbox_frame(seq, payload)));
             }
+            Offered::Skip => {}
+            Offered::Gap { after } => gaps.push((
+                Origin {
+                    conn: c.key,
+                    endpoint: c.endpoint,
+                    role: c.role,
+                    seat: c.seat,
+                    expires_at: c.expires_at,
+                },
+                after,
+            )),
+        });
+        for (origin, after) in gaps {
+            self.catch_up(origin, after);
+        }
+    }
+
+    /// Asks the outbox (here, or on the node that runs it) to replay what a connection missed
+    /// after `after`, as its own resume would, without a reply; live messages flow again once
+    /// the replay is written.
+    fn catch_up(&self, origin: Origin, after: u64) {
+        let Some(table) = self.table.get().cloned() else {
+            return;
+        };
+        self.metrics.outbox_catch_ups.fetch_add(1, Relaxed);
+        tracing::debug!(
+            conn = origin.conn,
+            after,
+            "outbox messages missed live; replaying"
+        );
+        tokio::spawn(async move {
+            let data = format!(r#"{{"after":{after}}}"#);
+            let Some((kind, handler)) = table.get("outbox.resume") else {
+                return;
+            };
+            let req = Request {
+                origin,
+                id: None,
+                kind,
+                data: &data,
+                at: Instant::now(),
+            };
+            let _ = handler.handle(req).await;
         });
     }
 

@@ -353,15 +353,20 @@ impl Service {
                         self.out
                             .send(To::Conn(conn), &frame(*seq, payload), Via::Write);
                     }
-                    if !more {
-                        // Live messages flow from here; anything older was just replayed.
+                    // Live messages flow from here; anything older was just replayed. A
+                    // resume without an id (the hub's own catch-up after a gap) does not ask
+                    // again for `more`: the next live message finds the gap and asks.
+                    if !more || re.is_none() {
                         self.out.resumed(conn, upto);
                     }
-                    let r = reply(
-                        re.as_ref(),
-                        &json!({ "replayed": rows.len(), "last_seq": upto, "more": more }),
-                    );
-                    self.out.send(To::Conn(conn), &r, Via::Write);
+                    // A request without an id is answered only if it fails.
+                    if re.is_some() {
+                        let r = reply(
+                            re.as_ref(),
+                            &json!({ "replayed": rows.len(), "last_seq": upto, "more": more }),
+                        );
+                        self.out.send(To::Conn(conn), &r, Via::Write);
+                    }
                 }
             },
             Stored::AcksFailed(e) => {

@@ -150,6 +150,8 @@ pub struct Metrics {
     pub link_sent: AtomicU64,
     pub link_received: AtomicU64,
     pub link_dropped: AtomicU64,
+    /// Connections that missed live outbox messages and were replayed them.
+    pub outbox_catch_ups: AtomicU64,
     /// 1 while this node reaches the other nodes (always, alone), 0 while it cannot.
     pub link_up: AtomicU64,
     /// Nodes in the cluster as this one sees it, itself included.
@@ -249,7 +251,7 @@ impl Metrics {
         for (name, help, v) in gauges {
             gauge(&mut out, name, help, v.load(Relaxed) as f64);
         }
-        let counters: [(&str, &str, &AtomicU64); 29] = [
+        let counters: [(&str, &str, &AtomicU64); 30] = [
             (
                 "gridhub_session_packets_dropped_total",
                 "RTP packets of a publisher over sessions.max_packets_per_sec, dropped.",
@@ -274,6 +276,11 @@ impl Metrics {
                 "gridhub_link_dropped_total",
                 "Messages between hub nodes lost (a peer too far behind, or unreadable).",
                 &self.link_dropped,
+            ),
+            (
+                "gridhub_outbox_catch_ups_total",
+                "Connections that missed live outbox messages (a sequence skipped) and were replayed them.",
+                &self.outbox_catch_ups,
             ),
             (
                 "gridhub_connections_opened_total",

@@ -126,6 +126,18 @@ struct Outbox {
 /// `outbox_cursor` before the terminal resumes: live outbox messages wait for the resume.
 const NOT_RESUMED: u64 = u64::MAX;
 
+/// What a connection does with a live outbox message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    Send,
+    /// Not now: not resumed yet, or already had.
+    Skip,
+    /// Messages after `after` never reached it: they are to be replayed from there.
+    Gap {
+        after: u64,
+    },
+}
+
 /// Frames written per `writev` when flushing a queue.
 const FLUSH_BATCH: usize = 64;
 
@@ -350,14 +362,27 @@ impl Conn {
         self.outbox_cursor.store(last, Relaxed);
     }
 
-    /// Whether outbox message `seq` should be sent live now (and records it as sent).
-    pub fn outbox_offer(&self, seq: u64) -> bool {
+    /// Whether outbox message `seq` should be sent live now (and records it as sent). A
+    /// terminal's messages are offered in sequence; one past the next means some never reached
+    /// this connection (its node was taken for gone a moment, a link dropped them): rather than
+    /// skip ahead, the connection waits for those to be replayed from its cursor, in order.
+    pub fn outbox_offer(&self, seq: u64) -> Offered {
         let cur = self.outbox_cursor.load(Relaxed);
         if cur == NOT_RESUMED || seq <= cur {
-            return false;
+            return Offered::Skip;
+        }
+        if seq > cur + 1 {
+            // Until the replay ends (`outbox_resumed`), live messages wait like a new resume's.
+            return match self
+                .outbox_cursor
+                .compare_exchange(cur, NOT_RESUMED, Relaxed, Relaxed)
+            {
+                Ok(_) => Offered::Gap { after: cur },
+                Err(_) => Offered::Skip,
+            };
         }
         self.outbox_cursor.store(seq, Relaxed);
-        true
+        Offered::Send
     }
 
     pub(super) fn touch(&self, mono_ms: u64) {

@@ -330,3 +330,49 @@ async fn campaign_progress_survives_a_restart() {
     );
     hub.data_dir = Some(data);
 }
+
+#[tokio::test]
+async fn a_connection_that_missed_live_messages_is_replayed_them_in_order() {
+    use gridhub::backplane::Outbound;
+    let hub = spawn_app(|_| {}).await;
+    let w = workers_under(&hub.org, HUANAN, 1).remove(0);
+    let village = hub
+        .org
+        .id(hub.org.parent(hub.org.lookup(&w).unwrap()).unwrap())
+        .to_string();
+    let mut county = hub.connect(HUANAN).await;
+    let mut t = hub.connect(&w).await;
+    t.resume(0).await;
+    let notice = |title: &str| json!({"node": village, "tiers": ["worker"], "title": title, "body": "今晚巡查"});
+    let r = county.call("notice.send", notice("第一")).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let (first, _) = next_of(&mut t, "notice").await;
+    // As if the first had never reached this connection live (its node was taken for gone a
+    // moment): the next message finds the gap, and both come, in order, without a reply.
+    let ep = hub.org.lookup(&w).unwrap();
+    let conn = hub.hub().backplane.seats(ep)[0].conn;
+    hub.hub().backplane.resumed(conn, first - 1);
+    let r = county.call("notice.send", notice("第二")).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = t.recv().await;
+        assert_ne!(m["type"], "reply", "a catch-up is not answered: {m}");
+        if m["type"] == "outbox" {
+            got.push((
+                m["seq"].as_u64().unwrap(),
+                m["data"]["notice"]["title"].clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        got,
+        vec![(first, json!("第一")), (first + 1, json!("第二"))]
+    );
+    t.ping_ok().await;
+    let metrics = String::from_utf8(crate::auth::http_raw(&hub, "/metrics", None).await.2).unwrap();
+    assert!(
+        metrics.contains("gridhub_outbox_catch_ups_total 1"),
+        "{metrics}"
+    );
+}
