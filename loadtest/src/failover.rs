@@ -78,23 +78,6 @@ pub struct FailoverSummary {
     pub samples: Vec<Sample>,
 }
 
-/// The city's on-line count in a fresh snapshot (subscribing again replaces the subscription).
-async fn city_online(city: &mut Console, root: &str) -> Result<u64, String> {
-    let snap = city
-        .request(
-            "presence.subscribe",
-            &format!(r#"{{"node":"{root}","endpoints":false}}"#),
-            Duration::from_secs(30),
-            |_| {},
-        )
-        .await?;
-    snap["aggregates"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["node"] == root))
-        .and_then(|a| a["online"].as_u64())
-        .ok_or_else(|| "the city's presence snapshot has no aggregate for the city".into())
-}
-
 pub async fn run(ctx: &RunCtx, o: FailoverOptions) -> Result<(FailoverSummary, Report), String> {
     if ctx.nodes.len() < 2 || !ctx.nodes.contains(&o.kill_node) {
         return Err("failover needs --nodes (two or more) and --kill-node among them".into());
@@ -115,7 +98,7 @@ pub async fn run(ctx: &RunCtx, o: FailoverOptions) -> Result<(FailoverSummary, R
     let whole = {
         let end = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let on = city_online(&mut city, &root).await?;
+            let on = city.city_online(&root).await?;
             if on >= connected || tokio::time::Instant::now() > end {
                 break on;
             }

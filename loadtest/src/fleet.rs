@@ -522,13 +522,6 @@ async fn hub_terminal(
     let mut at = 0usize;
     // The node whose connection was lost: skipped while failing over.
     let mut dead: Option<usize> = None;
-    let next_node = |at: usize, dead: Option<usize>| {
-        let mut at = at + 1;
-        if nodes.len() > 2 && Some(at % nodes.len()) == dead {
-            at += 1;
-        }
-        at
-    };
     let mut target = target;
     let mut failures = 0u32;
     s.paced(k).await;
@@ -557,15 +550,13 @@ async fn hub_terminal(
                 // Coming back after a storm, a refusal (the hub busy with everyone at once) is
                 // retried after a jittered pause, as a real terminal does; failing over, the
                 // next node is tried, the pause growing with each failure.
-                failures += 1;
                 if nodes.len() == 1 {
                     s.errors.record(&format!("reconnect: {e}"));
-                    let cap = 200u64 << failures.min(4);
-                    tokio::time::sleep(Duration::from_millis(50 + mono_us() % cap)).await;
-                } else {
-                    at = next_node(at, dead);
-                    tokio::time::sleep(field_backoff(failures)).await;
                 }
+                failures += 1;
+                let pause;
+                (at, pause) = retry(nodes.len(), at, dead, failures);
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
@@ -577,15 +568,11 @@ async fn hub_terminal(
                 s.progress.failed.fetch_add(1, Relaxed);
                 return u64::MAX;
             }
-            // As a refused connection: a pause, and the next node when there are others.
+            // As a refused connection.
             failures += 1;
-            if nodes.len() > 1 {
-                at = next_node(at, dead);
-                tokio::time::sleep(field_backoff(failures)).await;
-            } else {
-                let cap = 200u64 << failures.min(4);
-                tokio::time::sleep(Duration::from_millis(50 + mono_us() % cap)).await;
-            }
+            let pause;
+            (at, pause) = retry(nodes.len(), at, dead, failures);
+            tokio::time::sleep(pause).await;
             continue;
         }
         match reconnecting_since.take() {
@@ -686,6 +673,22 @@ async fn hub_terminal(
         }
     }
     notices.len() as u64
+}
+
+/// After the `failures`-th refused reconnection of a terminal at `nodes[at % nodes]`: the node to
+/// try next and the pause before. Alone, the same node after a short jittered pause (a storm's
+/// refusals are the hub busy with everyone at once); failing over, the next node but the dead
+/// one, after the field page's pause.
+fn retry(nodes: usize, at: usize, dead: Option<usize>, failures: u32) -> (usize, Duration) {
+    if nodes <= 1 {
+        let cap = 200u64 << failures.min(4);
+        return (at, Duration::from_millis(50 + mono_us() % cap));
+    }
+    let mut next = at + 1;
+    if nodes > 2 && Some(next % nodes) == dead {
+        next += 1;
+    }
+    (next, field_backoff(failures))
 }
 
 /// The field page's reconnect pause (web/src/lib/hub.js): 750 ms doubled per failure up to
@@ -1304,6 +1307,27 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_reconnection_moves_on_past_the_dead_node() {
+        assert_eq!(retry(1, 0, None, 1).0, 0, "alone: the same node again");
+        assert_eq!(retry(3, 0, Some(1), 1).0, 2, "node 1 is dead: node 2");
+        assert_eq!(
+            retry(3, 2, Some(0), 1).0 % 3,
+            1,
+            "past the end, node 0 is dead: node 1"
+        );
+        assert_eq!(
+            retry(2, 1, Some(0), 1).0 % 2,
+            0,
+            "two nodes: the other is all there is"
+        );
+        let p = retry(3, 0, None, 1).1;
+        assert!(
+            (Duration::from_millis(750)..=Duration::from_millis(1500)).contains(&p),
+            "{p:?}"
+        );
+    }
 
     #[test]
     fn stamps_are_found_whole_wherever_they_are() {

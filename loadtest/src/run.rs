@@ -352,6 +352,24 @@ impl Console {
         Ok(reply["notice"]["recipients"].as_u64().unwrap_or(0))
     }
 
+    /// Subscribes (again) to the city's presence and returns its on-line count: a fresh
+    /// snapshot, the subscription replaced.
+    pub async fn city_online(&mut self, root: &str) -> Result<u64, String> {
+        let snap = self
+            .request(
+                "presence.subscribe",
+                &format!(r#"{{"node":"{root}","endpoints":false}}"#),
+                Duration::from_secs(30),
+                |_| {},
+            )
+            .await?;
+        snap["aggregates"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["node"] == root))
+            .and_then(|a| a["online"].as_u64())
+            .ok_or_else(|| "the city's presence snapshot has no aggregate for the city".into())
+    }
+
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ws.close(None)).await;
     }

@@ -71,19 +71,7 @@ pub async fn run(ctx: &RunCtx, o: &StormOptions) -> Result<(StormSummary, Report
     let connected = fleet.connected();
     let root = ctx.org.id(gridhub::org::NodeIdx(0)).to_string();
     let mut city = Console::city(ctx).await?;
-    let snap = city
-        .request(
-            "presence.subscribe",
-            &format!(r#"{{"node":"{root}","endpoints":false}}"#),
-            Duration::from_secs(30),
-            |_| {},
-        )
-        .await?;
-    let whole = snap["aggregates"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["node"] == root.as_str()))
-        .and_then(|a| a["online"].as_u64())
-        .ok_or("the city's presence snapshot has no aggregate for the city")?;
+    let whole = city.city_online(&root).await?;
     // One notice before the storms: every terminal holds it and has acknowledged it.
     let mut sent = 1u64;
     city.notice(&root, 0, 300).await?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::wire::Wire;
-use super::{JoinError, Joined, Link};
+use super::{Inbound, JoinError, Joined, Link};
 use crate::transport::dispatch::HubId;
 
 /// Messages waiting for one node; past this, live frames to it are dropped (and counted).
@@ -18,7 +18,7 @@ pub const NODE_QUEUE: usize = 65_536;
 #[derive(Default)]
 struct Members {
     fingerprint: Option<String>,
-    nodes: HashMap<HubId, mpsc::Sender<Vec<u8>>>,
+    nodes: HashMap<HubId, mpsc::Sender<Inbound>>,
     owner: Option<HubId>,
     /// Connection tickets spent on any node, until they expire (Unix seconds).
     tickets: HashMap<String, u64>,
@@ -86,8 +86,8 @@ impl Broker {
         }
     }
 
-    fn deliver(&self, to: &mpsc::Sender<Vec<u8>>, bytes: Vec<u8>) {
-        if to.try_send(bytes).is_err() {
+    fn deliver(&self, to: &mpsc::Sender<Inbound>, bytes: Vec<u8>) {
+        if to.try_send(Inbound::Wire(bytes)).is_err() {
             self.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -115,7 +115,7 @@ impl Link for MemoryLink {
     }
 
     fn broadcast(&self, msg: Wire) {
-        let others: Vec<mpsc::Sender<Vec<u8>>> = self
+        let others: Vec<mpsc::Sender<Inbound>> = self
             .broker
             .members()
             .nodes
@@ -180,7 +180,10 @@ mod tests {
             topic: "t".into(),
             body: "1".into(),
         });
-        let first: Wire = serde_json::from_slice(&rx_b.recv().await.unwrap()).unwrap();
+        let Some(Inbound::Wire(first)) = rx_b.recv().await else {
+            panic!("a message from another node");
+        };
+        let first: Wire = serde_json::from_slice(&first).unwrap();
         assert_eq!(first, Wire::Resumed { conn: 9, upto: 3 });
         assert!(rx_b.recv().await.is_some(), "the broadcast, in order");
         assert!(rx_a.try_recv().is_err(), "a broadcast skips its sender");

@@ -199,11 +199,7 @@ pub trait Link: Send + Sync + 'static {
     fn owner(&self) -> Option<HubId>;
     fn name(&self) -> &'static str;
     fn status(&self) -> LinkStatus {
-        LinkStatus {
-            up: true,
-            nodes: 1,
-            reason: None,
-        }
+        LinkStatus::ALONE
     }
     /// Connection ticket `id` is spent on this node: false if it was spent on another first.
     /// A link that cannot tell (Redis unreachable) lets it through: the node's own check
@@ -231,8 +227,23 @@ pub enum JoinError {
     Redis(String),
 }
 
-/// A node's link, and what the other nodes send it.
-pub type Joined = (Arc<dyn Link>, mpsc::Receiver<Vec<u8>>);
+/// What reaches a node's backplane from its link: a message another node sent, or the link's
+/// own word of the cluster, which no other node can send.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A `Wire` message as the other node encoded it.
+    Wire(Vec<u8>),
+    /// This node (re)joined: every node is asked for its roster; this one sends its own.
+    Joined,
+    /// Node `hub`'s lease ran out: its connections have all left.
+    Gone(HubId),
+    /// This node has not reached the others for longer than a lease: whatever they hold now,
+    /// it cannot know, so all their connections count as gone until their rosters come.
+    Alone,
+}
+
+/// A node's link, and what reaches the node through it.
+pub type Joined = (Arc<dyn Link>, mpsc::Receiver<Inbound>);
 
 /// Whether a link reaches the other nodes now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -243,6 +254,15 @@ pub struct LinkStatus {
     /// Why it is down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+impl LinkStatus {
+    /// A node alone, or a link that is always up.
+    pub const ALONE: LinkStatus = LinkStatus {
+        up: true,
+        nodes: 1,
+        reason: None,
+    };
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -383,14 +403,7 @@ impl Backplane {
 
     /// Whether this node reaches the others (always, alone).
     pub fn status(&self) -> LinkStatus {
-        match &self.link {
-            Some(l) => l.status(),
-            None => LinkStatus {
-                up: true,
-                nodes: 1,
-                reason: None,
-            },
-        }
+        self.link.as_ref().map_or(LinkStatus::ALONE, |l| l.status())
     }
 
     pub fn link(&self) -> Option<&Arc<dyn Link>> {
@@ -503,19 +516,20 @@ impl Backplane {
             after,
             "outbox messages missed live; replaying"
         );
+        let registry = Arc::clone(&self.registry);
         tokio::spawn(async move {
             let data = format!(r#"{{"after":{after}}}"#);
-            let Some((kind, handler)) = table.get("outbox.resume") else {
-                return;
-            };
-            let req = Request {
-                origin,
-                id: None,
-                kind,
-                data: &data,
-                at: Instant::now(),
-            };
-            let _ = handler.handle(req).await;
+            let conn = origin.conn;
+            if dispatch(&table, origin, None, "outbox.resume", &data)
+                .await
+                .is_err()
+            {
+                // Not taken (the services unreachable): the next live message finds the gap
+                // again and asks again.
+                if let Some(c) = registry.by_key(conn) {
+                    c.outbox_resumed(after);
+                }
+            }
         });
     }
 
@@ -577,18 +591,63 @@ impl Backplane {
         }
     }
 
-    /// Reads what other nodes send this one until the link closes.
-    pub async fn run_inbound(self: Arc<Self>, mut rx: mpsc::Receiver<Vec<u8>>) {
-        while let Some(bytes) = rx.recv().await {
-            self.metrics.link_received.fetch_add(1, Relaxed);
-            match serde_json::from_slice::<Wire>(&bytes) {
-                Ok(msg) => self.inbound(msg).await,
-                Err(e) => {
-                    self.metrics.link_dropped.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, "unreadable message from another hub node");
+    /// Reads what reaches this node through its link until the link closes.
+    pub async fn run_inbound(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
+        while let Some(i) = rx.recv().await {
+            match i {
+                Inbound::Wire(bytes) => {
+                    self.metrics.link_received.fetch_add(1, Relaxed);
+                    match serde_json::from_slice::<Wire>(&bytes) {
+                        Ok(msg) => self.inbound(msg).await,
+                        Err(e) => {
+                            self.metrics.link_dropped.fetch_add(1, Relaxed);
+                            tracing::error!(error = %e, "unreadable message from another hub node");
+                        }
+                    }
+                }
+                Inbound::Joined => self.hello(None).await,
+                Inbound::Gone(hub) => self.reconcile(hub, &[]).await,
+                Inbound::Alone => {
+                    let mut others: Vec<HubId> = Vec::new();
+                    for e in self.directory.iter() {
+                        for l in e.value().iter() {
+                            if l.hub() != self.hub && !others.contains(&l.hub()) {
+                                others.push(l.hub());
+                            }
+                        }
+                    }
+                    for hub in others {
+                        self.reconcile(hub, &[]).await;
+                    }
                 }
             }
         }
+    }
+
+    /// Sends this node's roster — to the node that said hello, or to all when this node
+    /// (re)joined — then has its domains restate what its terminals set for themselves.
+    async fn hello(&self, to: Option<HubId>) {
+        {
+            let _cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+            let roster = Wire::Roster {
+                hub: self.hub,
+                seats: self.own_seats(),
+            };
+            match (to, &self.link) {
+                (Some(hub), _) => self.over_link(hub, roster),
+                (None, Some(l)) => {
+                    self.metrics.link_sent.fetch_add(1, Relaxed);
+                    l.broadcast(roster);
+                }
+                (None, None) => return,
+            }
+        }
+        // After the roster, in the same order on every link: the connections the restated
+        // state belongs to are known where it arrives.
+        let _ = self
+            .bus
+            .deliver_here(Arc::new(Restate { here: self.hub }))
+            .await;
     }
 
     async fn inbound(&self, msg: Wire) {
@@ -606,11 +665,6 @@ impl Backplane {
             } => {
                 if let Some(ep) = self.org.lookup(ep.as_str()) {
                     self.to_seats_here(ep, pick, &frame::text(text.as_bytes()), via);
-                }
-            }
-            Wire::Offer { ep, seq, payload } => {
-                if let Some(ep) = self.org.lookup(ep.as_str()) {
-                    self.offer_here(ep, seq, &payload);
                 }
             }
             Wire::Offers { payload, to } => {
@@ -646,43 +700,10 @@ impl Backplane {
                     tracing::error!(topic, error = %e, "unreadable event from another hub node");
                 }
             }
-            Wire::Hello { hub } => {
-                let cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
-                let roster = Wire::Roster {
-                    hub: self.hub,
-                    seats: self.own_seats(),
-                };
-                match &self.link {
-                    // This node (re)joined: everyone learns what it holds now.
-                    Some(l) if hub == self.hub => {
-                        self.metrics.link_sent.fetch_add(1, Relaxed);
-                        l.broadcast(roster);
-                    }
-                    _ => self.over_link(hub, roster),
-                }
-                drop(cut);
-                // After the roster, in the same order on every link: the connections the
-                // restated state belongs to are known where it arrives.
-                let _ = self
-                    .bus
-                    .deliver_here(Arc::new(Restate { here: self.hub }))
-                    .await;
-            }
+            // Another node (re)joined (a node never hears its own messages): it gets this
+            // node's roster.
+            Wire::Hello { hub } => self.hello(Some(hub)).await,
             Wire::Roster { hub, seats } => self.reconcile(hub, &seats).await,
-            Wire::Gone { hub } => self.reconcile(hub, &[]).await,
-            Wire::Alone => {
-                let mut others: Vec<HubId> = Vec::new();
-                for e in self.directory.iter() {
-                    for l in e.value().iter() {
-                        if l.hub() != self.hub && !others.contains(&l.hub()) {
-                            others.push(l.hub());
-                        }
-                    }
-                }
-                for hub in others {
-                    self.reconcile(hub, &[]).await;
-                }
-            }
             Wire::Request {
                 origin,
                 id,
@@ -780,25 +801,16 @@ impl Backplane {
         else {
             return;
         };
-        let Some((kind, handler)) = table.get(kind) else {
-            return;
-        };
-        let req = Request {
-            origin: Origin {
-                conn: o.conn,
-                endpoint,
-                role: o.role,
-                seat: o.seat,
-                expires_at: o.expires_at,
-            },
-            id,
-            kind,
-            data,
-            at: Instant::now(),
+        let origin = Origin {
+            conn: o.conn,
+            endpoint,
+            role: o.role,
+            seat: o.seat,
+            expires_at: o.expires_at,
         };
         // Refused: answered to the connection on its node (where it is not counted against the
         // abuse limit: that node only forwarded it).
-        if let Err(Refused::Now(e)) = handler.handle(req).await {
+        if let Err(Refused::Now(e)) = dispatch(table, origin, id, kind, data).await {
             self.send(To::Conn(o.conn), &e.encode(), Via::Post);
         }
     }
@@ -840,17 +852,7 @@ impl Outbound for Backplane {
     }
 
     fn offer(&self, ep: NodeIdx, seq: u64, payload: &str) {
-        self.offer_here(ep, seq, payload);
-        for hub in self.elsewhere(ep, Pick::All) {
-            self.over_link(
-                hub,
-                Wire::Offer {
-                    ep: self.org.id(ep).clone(),
-                    seq,
-                    payload: payload.into(),
-                },
-            );
-        }
+        self.offer_all(&[(ep, seq)], payload);
     }
 
     fn offer_all(&self, offers: &[(NodeIdx, u64)], payload: &str) {
@@ -992,6 +994,30 @@ impl Backplane {
         }
         let _ = self.bus.deliver_here(Arc::new(news)).await;
     }
+}
+
+/// Hands a request that did not come from its connection's own frames (forwarded by another
+/// node, or asked by the hub itself) to the service that owns its kind here, or on to the node
+/// that runs it.
+async fn dispatch(
+    table: &Table,
+    origin: Origin,
+    id: Option<ReqId>,
+    kind: &str,
+    data: &str,
+) -> Result<(), Refused> {
+    let Some((kind, handler)) = table.get(kind) else {
+        return Ok(());
+    };
+    handler
+        .handle(Request {
+            origin,
+            id,
+            kind,
+            data,
+            at: Instant::now(),
+        })
+        .await
 }
 
 /// Routes request types to the node that runs their service, with their origin.

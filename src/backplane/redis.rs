@@ -8,7 +8,7 @@
 //! Who is in the cluster is leased: every `lease_ms / 3` a node renews its own key (`…:node:<hub>`
 //! holding this process's instance id) and, if it runs the services, the owner key, and reads
 //! which nodes hold a lease. A node whose lease ran out is gone: each node tells itself so
-//! (`Wire::Gone`), and the terminals it held go off line everywhere within `lease_ms` plus a
+//! (`Inbound::Gone`), and the terminals it held go off line everywhere within `lease_ms` plus a
 //! beat. The directory of who is where is kept by every node from the news, so a message to a
 //! terminal costs no Redis read; what Redis holds of it is the leases that make it expire.
 //!
@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::memory::NODE_QUEUE;
 use super::wire::Wire;
-use super::{JoinError, Joined, Link, LinkStatus};
+use super::{Inbound, JoinError, Joined, Link, LinkStatus};
 use crate::telemetry::Metrics;
 use crate::transport::dispatch::HubId;
 
@@ -170,6 +170,9 @@ struct Shared {
     others: Mutex<BTreeSet<HubId>>,
     /// Why the link is down, for `/readyz`.
     reason: Mutex<Option<String>>,
+    /// The lease scripts, hashed once (Redis runs them by hash).
+    beat: redis::Script,
+    release: redis::Script,
 }
 
 impl Shared {
@@ -198,7 +201,10 @@ pub struct RedisLink {
     shared: Arc<Shared>,
     out: mpsc::Sender<Outgoing>,
     conn: ConnectionManager,
+    /// The subscriber and the publisher.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Stopped first when the node leaves, so it cannot take its lease back.
+    leases: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What crosses: the sender's id (two bytes, so a node skips its own broadcasts unread), then
@@ -216,9 +222,9 @@ fn redis_error(url: &str, e: impl std::fmt::Display) -> JoinError {
 }
 
 async fn beat(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult<Beat> {
-    let script = redis::Script::new(BEAT);
     type Reply = (i64, i64, i64, String, String, Vec<String>, i64);
-    let (mine, tree, owned, owner, theirs, alive, listening): Reply = script
+    let (mine, tree, owned, owner, theirs, alive, listening): Reply = s
+        .beat
         .key(&s.keys.node)
         .key(&s.keys.owner)
         .key(&s.keys.tree)
@@ -308,11 +314,13 @@ pub async fn join(
         owner: AtomicU32::new(NO_OWNER),
         others: Mutex::default(),
         reason: Mutex::default(),
+        beat: redis::Script::new(BEAT),
+        release: redis::Script::new(RELEASE),
     });
     // A node killed a moment ago still holds its lease (and maybe the owner's) until it runs out.
     let patience = Duration::from_millis(shared.settings.lease_ms + 1_000);
     let started = Instant::now();
-    let first = loop {
+    loop {
         let b = beat(&mut conn, &shared)
             .await
             .map_err(|e| redis_error(&url, e))?;
@@ -330,7 +338,7 @@ pub async fn join(
             None
         };
         match refused {
-            None => break b,
+            None => break,
             Some(e) if started.elapsed() > patience => {
                 // Our own lease, if taken, is given back.
                 let _ = release(&mut conn, &shared).await;
@@ -338,7 +346,7 @@ pub async fn join(
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-    };
+    }
     let (in_tx, in_rx) = mpsc::channel(NODE_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(NODE_QUEUE);
     let link = Arc::new(RedisLink {
@@ -346,6 +354,7 @@ pub async fn join(
         out: out_tx,
         conn: conn.clone(),
         tasks: Mutex::default(),
+        leases: Mutex::default(),
     });
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let mut tasks = vec![tokio::spawn(subscriber(
@@ -368,12 +377,11 @@ pub async fn join(
         Arc::clone(&shared),
         out_rx,
     )));
-    tasks.push(tokio::spawn(leases(
+    *link.leases.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::spawn(leases(
         conn,
         Arc::clone(&shared),
         in_tx,
         link.out.clone(),
-        first,
     )));
     *link.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
     let joined: Joined = (Arc::clone(&link) as Arc<dyn Link>, in_rx);
@@ -381,7 +389,7 @@ pub async fn join(
 }
 
 async fn release(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult<()> {
-    redis::Script::new(RELEASE)
+    s.release
         .key(&s.keys.node)
         .key(&s.keys.owner)
         .key(&s.keys.nodes)
@@ -397,7 +405,7 @@ async fn release(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult
 async fn subscriber(
     client: redis::Client,
     s: Arc<Shared>,
-    inbound: mpsc::Sender<Vec<u8>>,
+    inbound: mpsc::Sender<Inbound>,
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let own = s.keys.to(s.me);
@@ -443,19 +451,14 @@ async fn subscriber(
             if from == s.me {
                 continue;
             }
-            // What only this node's own link may say of the cluster is never taken from
-            // another (see `Wire::Gone`).
-            if bytes[2..].starts_with(br#"{"w":"gone""#)
-                || bytes[2..].starts_with(br#"{"w":"alone""#)
-            {
-                s.metrics.link_dropped.fetch_add(1, Relaxed);
-                tracing::warn!(node = %from, "a node sent what only this node's link may say; ignored");
-                continue;
-            }
             // Waits while this node is behind: Redis holds what follows for it (up to its
             // pub/sub output limit, past which it drops the subscription — a gap the hello after
             // resubscribing closes).
-            if inbound.send(bytes[2..].to_vec()).await.is_err() {
+            if inbound
+                .send(Inbound::Wire(bytes[2..].to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -494,9 +497,8 @@ async fn publisher(mut conn: ConnectionManager, s: Arc<Shared>, mut rx: mpsc::Re
 async fn leases(
     mut conn: ConnectionManager,
     s: Arc<Shared>,
-    inbound: mpsc::Sender<Vec<u8>>,
+    inbound: mpsc::Sender<Inbound>,
     out: mpsc::Sender<Outgoing>,
-    first: Beat,
 ) {
     let period = Duration::from_millis((s.settings.lease_ms / 3).max(50));
     let lease = Duration::from_millis(s.settings.lease_ms);
@@ -506,25 +508,15 @@ async fn leases(
     let mut helloed = 0u64;
     // Told the backplane the others are gone, since the link last came up.
     let mut alone = false;
-    // The other nodes holding a lease at the last renewal.
-    let mut alive_before: BTreeSet<HubId> = BTreeSet::new();
-    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut pending: std::collections::VecDeque<Inbound> = Default::default();
     let mut hello_out: Option<Vec<u8>> = None;
-    let mut next = Some(first);
+    // The first renewal at once: the node is subscribed and waits to be up.
+    let mut first = true;
     loop {
-        // The first beat, taken at start-up, was before the subscription.
-        let subscribed_then = next.is_none();
-        let b = match next.take() {
-            Some(b) => Ok(b),
-            None => {
-                tokio::time::sleep(period).await;
-                beat(&mut conn, &s).await
-            }
-        };
-        let mut tell = |w: Wire| {
-            // Read by this node's inbound in order with what the others sent before it.
-            pending.push_back(serde_json::to_vec(&w).expect("wire messages serialize"));
-        };
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(period).await;
+        }
+        let b = beat(&mut conn, &s).await;
         match b {
             Ok(b) if b.mine => {
                 last_ok = Instant::now();
@@ -541,20 +533,20 @@ async fn leases(
                     tracing::warn!("this node's lease had run out; saying hello again");
                     s.gap();
                 }
-                if subscribed_then && s.subscribed.load(Relaxed) && b.listening == 0 {
+                if s.subscribed.load(Relaxed) && b.listening == 0 {
                     tracing::warn!(
                         "Redis no longer counts this node's subscription; subscribing again"
                     );
                     s.resubscribe.notify_one();
                 }
                 let alive: BTreeSet<HubId> = b.alive.into_iter().filter(|&h| h != s.me).collect();
-                for &hub in alive_before.difference(&alive) {
+                // Read by this node's inbound in order with what the others sent before.
+                for &hub in s.others().difference(&alive) {
                     tracing::warn!(node = %hub, "node {hub}'s lease ran out: its terminals are off line");
-                    tell(Wire::Gone { hub });
+                    pending.push_back(Inbound::Gone(hub));
                 }
                 s.metrics.link_nodes.store(alive.len() as u64 + 1, Relaxed);
-                *s.others() = alive.clone();
-                alive_before = alive;
+                *s.others() = alive;
                 let up = s.subscribed.load(Relaxed);
                 let gaps = s.gaps.load(Relaxed);
                 if up && (!was_up || gaps != helloed) {
@@ -563,9 +555,8 @@ async fn leases(
                     s.set_up(true, None);
                     tracing::info!(nodes = s.others().len() + 1, "joined the cluster on Redis");
                     // Every node sends this one its roster; this one sends its own to all.
-                    let hello = Wire::Hello { hub: s.me };
-                    hello_out = Some(encode(s.me, &hello));
-                    tell(hello);
+                    hello_out = Some(encode(s.me, &Wire::Hello { hub: s.me }));
+                    pending.push_back(Inbound::Joined);
                 }
                 was_up = up;
             }
@@ -595,15 +586,13 @@ async fn leases(
             // Whatever the others did meanwhile, this node cannot know: they count as gone
             // until it hears their rosters again.
             s.others().clear();
-            alive_before.clear();
             s.owner.store(NO_OWNER, Relaxed);
             s.metrics.link_nodes.store(1, Relaxed);
             if !alone {
                 tracing::warn!(
                     "no word from the other nodes for a lease: their terminals count as off line here"
                 );
-                pending
-                    .push_back(serde_json::to_vec(&Wire::Alone).expect("wire messages serialize"));
+                pending.push_back(Inbound::Alone);
             }
             alone = true;
         }
@@ -638,8 +627,7 @@ impl RedisLink {
     /// (its terminals' goodbyes), gives up the leases (the others see it gone at their next
     /// beat) and stops the link's tasks.
     pub async fn leave(&self) {
-        // The last task started is the leases'.
-        let leases = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(leases) = leases {
             leases.abort();
             let _ = leases.await;
@@ -656,12 +644,9 @@ impl RedisLink {
     }
 
     fn stop_tasks(&self) {
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks.into_iter().chain(leases) {
             t.abort();
         }
     }

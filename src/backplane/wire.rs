@@ -47,13 +47,6 @@ pub enum Wire {
         via: Via,
         text: String,
     },
-    /// Outbox message `seq` (its stored payload), offered live to a terminal connected to the
-    /// receiving node.
-    Offer {
-        ep: NodeId,
-        seq: u64,
-        payload: String,
-    },
     /// One payload offered live to many terminals connected to the receiving node, each at its
     /// own sequence (the recipients of one notice there).
     Offers {
@@ -95,15 +88,6 @@ pub enum Wire {
         hub: HubId,
         seats: Vec<Seated>,
     },
-    /// Node `hub` is gone (its lease ran out): its connections have all left. Never crosses a
-    /// link; the link tells its own node.
-    Gone {
-        hub: HubId,
-    },
-    /// This node has not reached the others for longer than a lease: whatever they hold now,
-    /// it cannot know, so all their connections count as gone until their rosters come. Never
-    /// crosses a link.
-    Alone,
     /// A request for a service that runs on the receiving node.
     Request {
         origin: OriginWire,
@@ -131,11 +115,6 @@ mod tests {
                 via: Via::Write,
                 text: "{}".into(),
             },
-            Wire::Offer {
-                ep: NodeId::parse("230805007").unwrap(),
-                seq: 3,
-                payload: "{}".into(),
-            },
             Wire::Offers {
                 payload: "{}".into(),
                 to: vec![(NodeId::parse("230805007").unwrap(), 4)],
@@ -154,8 +133,6 @@ mod tests {
                     seat: Seat::MAIN,
                 }],
             },
-            Wire::Gone { hub: HubId(4) },
-            Wire::Alone,
             Wire::Request {
                 origin: OriginWire {
                     conn: 5,

@@ -343,6 +343,11 @@ impl Service {
                 after,
             } => match result {
                 Err(e) => {
+                    if re.is_none() {
+                        // The hub's own catch-up: the next live message finds the gap and asks
+                        // again.
+                        self.out.resumed(conn, after);
+                    }
                     let p = ProtoError::new(ErrorCode::Unavailable, format!("outbox.resume: {e}"))
                         .answering(re, "outbox.resume");
                     self.out.send(To::Conn(conn), &p.encode(), Via::Post);

@@ -261,17 +261,10 @@ impl NodeProcess {
     async fn wait_ready(&mut self) {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
-            let listening = tokio::net::TcpStream::connect(self.hub.addr).await.is_ok();
-            if listening
-                && let Ok(Ok((200, _, body))) = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    tokio::spawn(crate::auth::http_raw_at(self.hub.addr, "/readyz", None)),
-                )
-                .await
-                .map(|r| r.map_err(|_| ()))
-            {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                if v["link"]["up"] == true {
+            // Asked only once it listens: the request helper expects a server there.
+            if tokio::net::TcpStream::connect(self.hub.addr).await.is_ok() {
+                let (status, v) = crate::auth::http_get(&self.hub, "/readyz", None).await;
+                if status == 200 && v["link"]["up"] == true {
                     return;
                 }
             }
