@@ -311,12 +311,13 @@ fn start_services(
     out: &Arc<dyn Outbound>,
     calls_config: &Arc<crate::config::CallsConfig>,
 ) -> Result<(Services, Started), StartError> {
-    let store_path = config.store_path();
+    let target = config.store_target();
     let store_error = |source| StartError::Store {
-        path: store_path.display().to_string(),
+        path: target.to_string(),
         source,
     };
-    let store = Arc::new(Store::open(&store_path, Arc::clone(metrics)).map_err(store_error)?);
+    let store =
+        Arc::new(Store::open_target(target.clone(), Arc::clone(metrics)).map_err(store_error)?);
     let ob = outbox::service::start(
         Arc::clone(org),
         Arc::clone(&store),
@@ -347,7 +348,7 @@ fn start_services(
     )
     .map_err(store_error)?;
     let calls_task = calls::service::on_own_thread(service).map_err(|e| {
-        store_error(crate::store::StoreError::Sqlite(format!(
+        store_error(crate::store::StoreError::Db(format!(
             "cannot start the calls thread: {e}"
         )))
     })?;

@@ -278,6 +278,23 @@ impl Config {
                 )));
             }
         }
+        if let Some(url) = &self.store.url {
+            let scheme = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if let Err(e) = url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    scheme
+                        .then_some(())
+                        .ok_or_else(|| "not a postgres:// URL".into())
+                })
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "store.url {:?}: {e}",
+                    crate::store::postgres::redact(url)
+                )));
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log.format must be \"text\" or \"json\", not {:?}",
@@ -285,6 +302,15 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Where the services keep their data: the PostgreSQL server if one is named, else the
+    /// SQLite file.
+    pub fn store_target(&self) -> crate::store::Target {
+        match &self.store.url {
+            Some(url) => crate::store::Target::Postgres(url.clone()),
+            None => crate::store::Target::Sqlite(self.store_path()),
+        }
     }
 
     /// The database file: relative paths are under the data folder.

@@ -84,6 +84,25 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// Move the hub's data between stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the SQLite file (store.path) into an empty PostgreSQL database, for a hub that grows
+    /// to several nodes; stop the hub first. Then set store.url to the same URL.
+    Copy {
+        /// The PostgreSQL database: postgres://user:password@host:port/database
+        #[arg(long)]
+        to: String,
+        /// The SQLite file (default: the configured store.path).
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +120,10 @@ enum OrgCommand {
     },
     /// Validate a tree file; every problem is reported with its line.
     Check { file: PathBuf },
+}
+
+fn redact(url: &str) -> String {
+    gridhub::store::postgres::redact(url)
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
@@ -171,16 +194,31 @@ fn run(cli: Cli) -> Result<(), String> {
                 return std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()));
             }
             let spec = gridhub::analysis::history::year_to(gridhub::clock::now_ms(), orders, seed);
-            let path = config.store_path();
-            let done = gridhub::analysis::history::import(&config, &org, &path, &spec)?;
+            let target = config.store_target();
+            let done = gridhub::analysis::history::import(&config, &org, &target, &spec)?;
             println!(
-                "{}: {} requests (ids {}…, {} still open) and {} sites written in {:.1} s",
-                path.display(),
-                done.orders,
-                done.first_id,
-                done.open,
-                done.sites,
-                done.seconds
+                "{target}: {} requests (ids {}…, {} still open) and {} sites written in {:.1} s",
+                done.orders, done.first_id, done.open, done.sites, done.seconds
+            );
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::Copy { to, from },
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            let from = from.unwrap_or_else(|| config.store_path());
+            let started = std::time::Instant::now();
+            let copied = gridhub::store::copy::sqlite_to_postgres(&from, &to)
+                .map_err(|e| format!("{} → {}: {e}", from.display(), redact(&to)))?;
+            for (table, rows) in &copied {
+                println!("{table:>20} {rows:>10}");
+            }
+            println!(
+                "{} → {}: {} rows in {:.1} s; set store.url to it",
+                from.display(),
+                redact(&to),
+                copied.iter().map(|(_, n)| n).sum::<u64>(),
+                started.elapsed().as_secs_f64()
             );
             Ok(())
         }

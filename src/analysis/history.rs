@@ -1,7 +1,6 @@
 //! Imported history: a generated year written into a hub's store before it starts, for the demo
 //! and for benchmarks (`gridhub history`).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::synth::{self, DAY_MS, YearSpec};
@@ -58,13 +57,13 @@ pub fn taxonomy(config: &Config) -> impl Fn(&str) -> Vec<&'static str> + use<> {
     }
 }
 
-/// Generates the year of `spec` and writes it into the store at `path` (created and migrated
+/// Generates the year of `spec` and writes it into the store at `target` (created and migrated
 /// if new), in one transaction. The plant needs noise's `square_dance` cause and waterlogging's
 /// four in the taxonomy.
 pub fn import(
     config: &Config,
     org: &Arc<Org>,
-    path: &Path,
+    target: &crate::store::Target,
     spec: &YearSpec,
 ) -> Result<Imported, String> {
     for (cat, cause) in [
@@ -87,15 +86,22 @@ pub fn import(
     }
     let started = std::time::Instant::now();
     let year = synth::generate(org, spec, &taxonomy(config));
-    // Created and migrated by the store itself, then written on a connection of our own.
-    crate::store::Store::open(path, Arc::default())
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .close();
-    let mut conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    let first_id =
-        super::store::import_year(&tx, org, &year, org.root()).map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())?;
+    // Created and migrated by the store itself, then written in one transaction of our own.
+    let store = crate::store::Store::open_target(target.clone(), Arc::default())
+        .map_err(|e| format!("{target}: {e}"))?;
+    let first_id = store
+        .read_sync(|c| {
+            c.execute_batch("BEGIN")?;
+            match super::store::import_year(c, org, &year, org.root()) {
+                Ok(id) => c.execute_batch("COMMIT").map(|()| id),
+                Err(e) => {
+                    let _ = c.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+        .map_err(|e| format!("{target}: {e}"))?;
+    store.close();
     Ok(Imported {
         orders: year.requests.len(),
         open: year.requests.iter().filter(|r| r.closed.is_none()).count(),

@@ -1,7 +1,7 @@
 //! The analysis shell's SQL: the facts of stored orders, the site registry, interventions, and
 //! the import of a generated year.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::core::{Fact, Names, Site, Window};
@@ -26,7 +26,7 @@ pub fn facts(
     q: &FactQuery,
     categories: &mut Names,
     causes: &mut Names,
-) -> rusqlite::Result<Vec<Fact>> {
+) -> crate::store::db::Result<Vec<Fact>> {
     let mut sql = String::from(
         "SELECT id, created_at, category, cause, node_pre, lat, lon, state, late, satisfied, reopened
          FROM orders WHERE created_at >= ?1 AND created_at < ?2 AND node_pre >= ?3 AND node_pre < ?4
@@ -73,7 +73,7 @@ pub fn facts(
 }
 
 /// When the first stored order came in: no history goes back further.
-pub fn data_from(c: &Connection) -> rusqlite::Result<Option<u64>> {
+pub fn data_from(c: &Connection) -> crate::store::db::Result<Option<u64>> {
     c.query_row("SELECT MIN(created_at) FROM orders", [], |r| {
         r.get::<_, Option<i64>>(0)
     })
@@ -116,7 +116,7 @@ pub fn sites(
     c: &Connection,
     range: std::ops::Range<usize>,
     kind: Option<&str>,
-) -> rusqlite::Result<Vec<SiteRow>> {
+) -> crate::store::db::Result<Vec<SiteRow>> {
     let mut st = c.prepare_cached(
         "SELECT id, kind, name, node, lat, lon, radius_m, ref, created_at FROM sites
          WHERE node_pre >= ?1 AND node_pre < ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY id",
@@ -128,7 +128,7 @@ pub fn sites(
     rows.collect()
 }
 
-fn site_row(r: &rusqlite::Row) -> rusqlite::Result<SiteRow> {
+fn site_row(r: &crate::store::db::Row) -> crate::store::db::Result<SiteRow> {
     Ok(SiteRow {
         id: r.get::<_, i64>(0)? as u64,
         kind: r.get(1)?,
@@ -142,7 +142,7 @@ fn site_row(r: &rusqlite::Row) -> rusqlite::Result<SiteRow> {
     })
 }
 
-pub fn site(c: &Connection, id: u64) -> rusqlite::Result<Option<SiteRow>> {
+pub fn site(c: &Connection, id: u64) -> crate::store::db::Result<Option<SiteRow>> {
     c.query_row(
         "SELECT id, kind, name, node, lat, lon, radius_m, ref, created_at FROM sites WHERE id = ?1",
         [id as i64],
@@ -168,7 +168,7 @@ pub fn add_sites(
     org: &Org,
     sites: &[NewSite],
     at: u64,
-) -> rusqlite::Result<Vec<(u64, bool)>> {
+) -> crate::store::db::Result<Vec<(u64, bool)>> {
     let mut out = Vec::with_capacity(sites.len());
     for s in sites {
         if let Some(r) = &s.r#ref
@@ -181,11 +181,11 @@ pub fn add_sites(
             out.push((id as u64, false));
             continue;
         }
-        c.prepare_cached(
+        let id = c.prepare_cached(
             "INSERT INTO sites (kind, name, node, node_pre, lat, lon, radius_m, ref, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
         )?
-        .execute(params![
+        .query_row(params![
             s.kind,
             s.name,
             org.id(s.node).as_str(),
@@ -195,8 +195,8 @@ pub fn add_sites(
             s.radius_m,
             s.r#ref,
             at as i64
-        ])?;
-        out.push((c.last_insert_rowid() as u64, true));
+        ], |r| r.get::<_, i64>(0))?;
+        out.push((id as u64, true));
     }
     Ok(out)
 }
@@ -233,26 +233,33 @@ pub struct NewIntervention<'a> {
     pub created_at: u64,
 }
 
-pub fn add_intervention(c: &Connection, org: &Org, i: &NewIntervention) -> rusqlite::Result<u64> {
+pub fn add_intervention(
+    c: &Connection,
+    org: &Org,
+    i: &NewIntervention,
+) -> crate::store::db::Result<u64> {
     let json = |v: &[u64]| serde_json::to_string(v).expect("numbers serialize");
     c.prepare_cached(
         "INSERT INTO interventions (title, category, node, node_pre, sites, at, order_id, evidence,
                                     created_by, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
     )?
-    .execute(params![
-        i.title,
-        i.category,
-        org.id(i.node).as_str(),
-        i.node.0,
-        json(i.sites),
-        i.at.map(|v| v as i64),
-        i.order.map(|v| v as i64),
-        json(i.evidence),
-        i.created_by,
-        i.created_at as i64
-    ])?;
-    Ok(c.last_insert_rowid() as u64)
+    .query_row(
+        params![
+            i.title,
+            i.category,
+            org.id(i.node).as_str(),
+            i.node.0,
+            json(i.sites),
+            i.at.map(|v| v as i64),
+            i.order.map(|v| v as i64),
+            json(i.evidence),
+            i.created_by,
+            i.created_at as i64
+        ],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|id| id as u64)
 }
 
 const INTERVENTION: &str =
@@ -260,12 +267,10 @@ const INTERVENTION: &str =
         i.order_id, o.state, i.evidence, i.created_by, i.created_at
    FROM interventions i LEFT JOIN orders o ON o.id = i.order_id";
 
-fn intervention_row(r: &rusqlite::Row) -> rusqlite::Result<InterventionRow> {
-    let list = |i: usize| -> rusqlite::Result<Vec<u64>> {
+fn intervention_row(r: &crate::store::db::Row) -> crate::store::db::Result<InterventionRow> {
+    let list = |i: usize| -> crate::store::db::Result<Vec<u64>> {
         let s: String = r.get(i)?;
-        serde_json::from_str(&s).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-        })
+        serde_json::from_str(&s).map_err(|e| crate::store::db::Error::Column(i, e.to_string()))
     };
     Ok(InterventionRow {
         id: r.get::<_, i64>(0)? as u64,
@@ -285,7 +290,7 @@ fn intervention_row(r: &rusqlite::Row) -> rusqlite::Result<InterventionRow> {
 pub fn interventions(
     c: &Connection,
     range: std::ops::Range<usize>,
-) -> rusqlite::Result<Vec<InterventionRow>> {
+) -> crate::store::db::Result<Vec<InterventionRow>> {
     let mut st = c.prepare_cached(&format!(
         "{INTERVENTION} WHERE i.node_pre >= ?1 AND i.node_pre < ?2 ORDER BY i.id DESC LIMIT 500"
     ))?;
@@ -300,7 +305,7 @@ pub fn interventions(
 pub fn intervention_by_order(
     c: &Connection,
     order: u64,
-) -> rusqlite::Result<Option<InterventionRow>> {
+) -> crate::store::db::Result<Option<InterventionRow>> {
     c.query_row(
         &format!("{INTERVENTION} WHERE i.order_id = ?1"),
         [order as i64],
@@ -309,7 +314,7 @@ pub fn intervention_by_order(
     .optional()
 }
 
-pub fn intervention(c: &Connection, id: u64) -> rusqlite::Result<Option<InterventionRow>> {
+pub fn intervention(c: &Connection, id: u64) -> crate::store::db::Result<Option<InterventionRow>> {
     c.query_row(
         &format!("{INTERVENTION} WHERE i.id = ?1"),
         [id as i64],
@@ -327,7 +332,7 @@ pub fn times_at(
     range: std::ops::Range<usize>,
     category: &str,
     window: Window,
-) -> rusqlite::Result<Vec<u64>> {
+) -> crate::store::db::Result<Vec<u64>> {
     let mut cats = Names::default();
     let mut causes = Names::default();
     let q = FactQuery {
@@ -356,7 +361,12 @@ const ESCALATE_AFTER_MS: u64 = 24 * 3_600_000;
 /// year's end (closed ones whole, with their document; open ones with the create event the
 /// orders service loads them from), the sites, and the intervention at the hot squares. Ids
 /// follow those already stored. Returns the first order id used.
-pub fn import_year(c: &Connection, org: &Org, year: &Year, by: NodeIdx) -> rusqlite::Result<u64> {
+pub fn import_year(
+    c: &Connection,
+    org: &Org,
+    year: &Year,
+    by: NodeIdx,
+) -> crate::store::db::Result<u64> {
     let first: i64 = c.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM orders", [], |r| {
         r.get(0)
     })?;

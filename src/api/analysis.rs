@@ -131,7 +131,7 @@ fn window_json(w: Window) -> Value {
 /// Every analysis and listing goes through here: its time is `gridhub_analysis_seconds`.
 async fn read<T: Send + 'static>(
     hub: &Hub,
-    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    f: impl FnOnce(&crate::store::Connection) -> crate::store::db::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let started = Instant::now();
     let out = hub.services()?.store.read(f).await.map_err(store_error);
@@ -142,7 +142,7 @@ async fn read<T: Send + 'static>(
 /// Runs `f` as one job on the store's writer and waits until it is committed.
 async fn write<T: Send + 'static>(
     hub: &Hub,
-    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    f: impl FnOnce(&crate::store::Connection) -> crate::store::db::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(&hub.services()?.store);
     let (tx, mut rx) = crate::store::inbox();
@@ -582,7 +582,7 @@ pub async fn add_sites(
         let mut st = conn.prepare_cached("SELECT node_pre FROM sites WHERE ref = ?1")?;
         for (i, r) in &refs {
             let pre: Option<i64> =
-                rusqlite::OptionalExtension::optional(st.query_row([r], |x| x.get(0)))?;
+                crate::store::db::OptionalExtension::optional(st.query_row([r], |x| x.get(0)))?;
             if pre.is_some_and(|p| !mine.contains(&(p as usize))) {
                 return Ok(Some((*i, r.clone())));
             }
@@ -785,8 +785,9 @@ pub async fn add_intervention(
         let r = org.subtree(scope_root);
         let mut q = conn.prepare_cached("SELECT node_pre FROM orders WHERE id = ?1")?;
         for id in &evidence {
-            let pre: Option<i64> =
-                rusqlite::OptionalExtension::optional(q.query_row([*id as i64], |x| x.get(0)))?;
+            let pre: Option<i64> = crate::store::db::OptionalExtension::optional(
+                q.query_row([*id as i64], |x| x.get(0)),
+            )?;
             if !pre.is_some_and(|p| r.contains(&(p as usize))) {
                 return Ok((rows, Some(format!("evidence: no order {id}"))));
             }

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::store::db::params_from_iter;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rusqlite::params_from_iter;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -311,7 +311,7 @@ pub async fn list(
                 due_at, closed_at, supervision, score, satisfied, version
          FROM orders WHERE node_pre >= ? AND node_pre < ?",
     );
-    let mut args: Vec<rusqlite::types::Value> =
+    let mut args: Vec<crate::store::db::Value> =
         vec![(range.start as i64).into(), (range.end as i64).into()];
     if let Some(s) = &q.state {
         let s = OrderState::parse(s)
@@ -473,7 +473,7 @@ pub async fn stats(
                     by_state.insert(s, n as u64);
                 }
             }
-            let group = |col: &str| -> rusqlite::Result<BTreeMap<String, Counts>> {
+            let group = |col: &str| -> crate::store::db::Result<BTreeMap<String, Counts>> {
                 let mut st = conn.prepare(&format!(
                     "SELECT {col}, COUNT(*), SUM(state = 'archived') FROM orders
                      WHERE node_pre >= ?1 AND node_pre < ?2 GROUP BY {col}"

@@ -3,13 +3,13 @@
 
 use std::ops::Range;
 
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use crate::store::db::{Connection, OptionalExtension, params, params_from_iter};
 use serde::Serialize;
 
 use super::core::{Call, Media, Outcome};
 use crate::org::{NodeIdx, Org};
 
-pub fn write(c: &Connection, org: &Org, call: &Call) -> rusqlite::Result<()> {
+pub fn write(c: &Connection, org: &Org, call: &Call) -> crate::store::db::Result<()> {
     let media = match call.media {
         Media::Audio => "audio",
         Media::Video => "video",
@@ -43,7 +43,7 @@ pub fn write(c: &Connection, org: &Org, call: &Call) -> rusqlite::Result<()> {
 
 /// At start-up: calls the last run left open were cut by the restart. Returns the next call id
 /// and how many were cut.
-pub fn recover(c: &Connection, now: u64) -> rusqlite::Result<(u64, usize)> {
+pub fn recover(c: &Connection, now: u64) -> crate::store::db::Result<(u64, usize)> {
     let cut = c.execute(
         "UPDATE calls SET outcome = 'interrupted', ended_at = ?1,
              reason = 'the hub restarted during the call',
@@ -75,7 +75,7 @@ pub struct Record {
 const COLUMNS: &str = "id, caller, callee, media, created_at, ringing_at, answered_at, ended_at, \
                        duration_ms, outcome, reason, caller_pre, callee_pre";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Record, u32, u32)> {
+fn row(r: &crate::store::db::Row<'_>) -> crate::store::db::Result<(Record, u32, u32)> {
     let opt = |i| r.get::<_, Option<i64>>(i).map(|v| v.map(|x| x as u64));
     Ok((
         Record {
@@ -97,7 +97,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Record, u32, u32)> {
 }
 
 /// A record and its parties' preorder indexes (for scope checks).
-pub fn get(c: &Connection, id: u64) -> rusqlite::Result<Option<(Record, NodeIdx, NodeIdx)>> {
+pub fn get(
+    c: &Connection,
+    id: u64,
+) -> crate::store::db::Result<Option<(Record, NodeIdx, NodeIdx)>> {
     c.query_row(
         &format!("SELECT {COLUMNS} FROM calls WHERE id = ?"),
         [id as i64],
@@ -125,8 +128,8 @@ pub struct Filter {
 }
 
 /// Newest first.
-pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Record>> {
-    use rusqlite::types::Value;
+pub fn list(c: &Connection, f: &Filter) -> crate::store::db::Result<Vec<Record>> {
+    use crate::store::db::Value;
     let (lo, hi) = (f.range.start as i64, f.range.end as i64);
     let mut sql = format!(
         "SELECT {COLUMNS} FROM calls WHERE ((caller_pre >= ? AND caller_pre < ?) OR (callee_pre >= ? AND callee_pre < ?))"
@@ -258,7 +261,7 @@ pub fn stats(
     node: NodeIdx,
     from: u64,
     to: u64,
-) -> rusqlite::Result<Stats> {
+) -> crate::store::db::Result<Stats> {
     let r = org.subtree(node);
     let children = org.children(node);
     let mut total = Figures::default();

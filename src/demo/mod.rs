@@ -97,7 +97,7 @@ pub async fn start(
                 opts.history,
                 crate::analysis::history::SEED,
             );
-        let done = crate::analysis::history::import(&config, &org, &config.store_path(), &spec)?;
+        let done = crate::analysis::history::import(&config, &org, &config.store_target(), &spec)?;
         tracing::info!(
             "history: {} requests of the year before and {} sites written in {:.1} s",
             done.orders,

@@ -6,7 +6,7 @@
 //! order. The same bytes attached twice to one order are one photo: a retried upload returns
 //! the first.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -120,7 +120,7 @@ pub struct Photo<'a> {
 
 const COLUMNS: &str = "id, order_id, by, content_type, bytes, sha256, at";
 
-fn meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<Meta> {
+fn meta(r: &crate::store::db::Row<'_>) -> crate::store::db::Result<Meta> {
     Ok(Meta {
         id: r.get::<_, i64>(0)? as u64,
         order: OrderId(r.get::<_, i64>(1)? as u64),
@@ -138,7 +138,7 @@ pub fn insert(
     c: &Connection,
     p: &Photo<'_>,
     max_count: usize,
-) -> rusqlite::Result<Result<(Meta, bool), AttachError>> {
+) -> crate::store::db::Result<Result<(Meta, bool), AttachError>> {
     let Photo {
         order,
         by,
@@ -165,22 +165,26 @@ pub fn insert(
             max: max_count,
         }));
     }
-    c.prepare_cached(
-        "INSERT INTO attachments (order_id, by, content_type, bytes, sha256, at, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        order.0 as i64,
-        by,
-        content_type,
-        data.len() as i64,
-        sha,
-        at as i64,
-        data
-    ])?;
+    let id = c
+        .prepare_cached(
+            "INSERT INTO attachments (order_id, by, content_type, bytes, sha256, at, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+        )?
+        .query_row(
+            params![
+                order.0 as i64,
+                by,
+                content_type,
+                data.len() as i64,
+                sha,
+                at as i64,
+                data
+            ],
+            |r| r.get::<_, i64>(0),
+        )?;
     Ok(Ok((
         Meta {
-            id: c.last_insert_rowid() as u64,
+            id: id as u64,
             order,
             by: by.to_owned(),
             content_type: content_type.to_owned(),
@@ -193,7 +197,7 @@ pub fn insert(
 }
 
 /// The photos of an order, oldest first.
-pub fn list(c: &Connection, order: OrderId) -> rusqlite::Result<Vec<Meta>> {
+pub fn list(c: &Connection, order: OrderId) -> crate::store::db::Result<Vec<Meta>> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM attachments WHERE order_id = ?1 ORDER BY id"
     ))?;
@@ -202,7 +206,7 @@ pub fn list(c: &Connection, order: OrderId) -> rusqlite::Result<Vec<Meta>> {
 }
 
 /// A photo and its bytes.
-pub fn get(c: &Connection, id: u64) -> rusqlite::Result<Option<(Meta, Vec<u8>)>> {
+pub fn get(c: &Connection, id: u64) -> crate::store::db::Result<Option<(Meta, Vec<u8>)>> {
     c.prepare_cached(&format!(
         "SELECT {COLUMNS}, data FROM attachments WHERE id = ?1"
     ))?

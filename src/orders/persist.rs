@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params};
 
 use super::core::evolve;
 use super::model::{Action, Event, Order, OrderId};
@@ -107,7 +107,7 @@ impl EventRow {
     }
 }
 
-pub fn write_transition(c: &Connection, t: &TransitionRows) -> rusqlite::Result<()> {
+pub fn write_transition(c: &Connection, t: &TransitionRows) -> crate::store::db::Result<()> {
     if t.created {
         insert_order(c, &t.order)?;
     } else {
@@ -117,7 +117,7 @@ pub fn write_transition(c: &Connection, t: &TransitionRows) -> rusqlite::Result<
     Ok(())
 }
 
-pub fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
+pub fn insert_order(c: &Connection, o: &OrderRow) -> crate::store::db::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO orders (id, state, category, priority, source, node, node_pre, holder, intake,
                              created_at, updated_at, due_at, closed_at, supervision, score, satisfied,
@@ -156,7 +156,7 @@ pub fn insert_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
 }
 
 /// Only what a transition can change; the document only when there is one.
-fn update_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
+fn update_order(c: &Connection, o: &OrderRow) -> crate::store::db::Result<()> {
     let mut st = c.prepare_cached(
         "UPDATE orders SET state = ?2, holder = ?3, intake = ?4, updated_at = ?5, due_at = ?6,
                 closed_at = ?7, supervision = ?8, score = ?9, satisfied = ?10, version = ?11,
@@ -183,7 +183,7 @@ fn update_order(c: &Connection, o: &OrderRow) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn write_event(c: &Connection, e: &EventRow) -> rusqlite::Result<()> {
+pub fn write_event(c: &Connection, e: &EventRow) -> crate::store::db::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO order_events (order_id, seq, at, actor, kind, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -204,7 +204,7 @@ pub fn write_read(
     reference: u64,
     endpoint: &str,
     at: u64,
-) -> rusqlite::Result<()> {
+) -> crate::store::db::Result<()> {
     c.prepare_cached(
         "INSERT INTO reads (kind, ref, endpoint, at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(kind, ref, endpoint) DO UPDATE SET at = excluded.at",
@@ -214,7 +214,7 @@ pub fn write_read(
 }
 
 /// A closed (published or archived) order's document; open orders live in the service.
-pub fn order_doc(c: &Connection, id: OrderId) -> rusqlite::Result<Option<OrderDoc>> {
+pub fn order_doc(c: &Connection, id: OrderId) -> crate::store::db::Result<Option<OrderDoc>> {
     let doc: Option<Option<String>> = c
         .query_row("SELECT doc FROM orders WHERE id = ?1", [id.0 as i64], |r| {
             r.get(0)
@@ -233,7 +233,7 @@ pub struct Loaded {
 
 /// Rebuilds every open order by folding its history through `evolve`, and puts back the read
 /// receipts its holder gave after receiving it.
-fn replay_open(c: &Connection, org: &Org) -> rusqlite::Result<(Vec<Order>, Vec<String>)> {
+fn replay_open(c: &Connection, org: &Org) -> crate::store::db::Result<(Vec<Order>, Vec<String>)> {
     let mut st = c.prepare(
         "SELECT order_id, seq, at, actor, kind, data FROM order_events
          WHERE order_id IN (SELECT id FROM orders WHERE state != 'archived')
@@ -338,7 +338,7 @@ fn replay_open(c: &Connection, org: &Org) -> rusqlite::Result<(Vec<Order>, Vec<S
     Ok((open, skipped))
 }
 
-pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Loaded> {
+pub fn load(c: &Connection, org: &Org, keys_since: u64) -> crate::store::db::Result<Loaded> {
     let (open, skipped) = replay_open(c, org)?;
     let next_id: i64 = c.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM orders", [], |r| {
         r.get(0)
@@ -371,7 +371,11 @@ pub fn load(c: &Connection, org: &Org, keys_since: u64) -> rusqlite::Result<Load
 /// sessions and their members, sites, interventions) to its node's new preorder index, in one
 /// pass per table through a mapping of every node; a node gone from the tree falls out of every
 /// range (-1). Returns how many orders moved.
-pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::Result<usize> {
+pub fn reindex_nodes(
+    c: &Connection,
+    org: &Org,
+    fingerprint: &str,
+) -> crate::store::db::Result<usize> {
     let stored: Option<String> = c
         .query_row(
             "SELECT value FROM meta WHERE key = 'org_fingerprint'",
@@ -382,11 +386,15 @@ pub fn reindex_nodes(c: &Connection, org: &Org, fingerprint: &str) -> rusqlite::
     if stored.as_deref() == Some(fingerprint) {
         return Ok(0);
     }
-    c.execute_batch(
+    c.execute_batch(if c.is_postgres() {
+        "BEGIN;
+         CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre BIGINT NOT NULL);
+         DELETE FROM org_index;"
+    } else {
         "BEGIN;
          CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre INTEGER NOT NULL) WITHOUT ROWID;
-         DELETE FROM org_index;",
-    )?;
+         DELETE FROM org_index;"
+    })?;
     {
         let mut st = c.prepare("INSERT INTO org_index (node, pre) VALUES (?1, ?2)")?;
         for (i, n) in org.nodes() {

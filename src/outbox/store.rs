@@ -1,7 +1,7 @@
 //! The outbox in SQL: messages written with the change that caused them, read back on resume,
 //! acknowledgements, pruning, and where every terminal's sequence stands at start-up.
 
-use rusqlite::{Connection, params};
+use crate::store::db::{Connection, params};
 
 use crate::org::{NodeIdx, Org};
 
@@ -15,7 +15,7 @@ pub struct Row<'a> {
     pub payload: &'a str,
 }
 
-pub fn write(c: &Connection, m: &Row<'_>) -> rusqlite::Result<()> {
+pub fn write(c: &Connection, m: &Row<'_>) -> crate::store::db::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO outbox (endpoint, seq, at, kind, ref, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -35,7 +35,7 @@ pub const PRUNE_CHUNK: usize = 5_000;
 
 /// Deletes up to `PRUNE_CHUNK` outbox messages that were acknowledged and are older than
 /// `before` (Unix ms); returns how many. Unacknowledged messages are never pruned.
-pub fn prune(c: &Connection, before: u64) -> rusqlite::Result<usize> {
+pub fn prune(c: &Connection, before: u64) -> crate::store::db::Result<usize> {
     c.prepare_cached(
         "DELETE FROM outbox WHERE id IN (
            SELECT o.id FROM acks a JOIN outbox o ON o.endpoint = a.endpoint AND o.seq <= a.seq
@@ -44,10 +44,11 @@ pub fn prune(c: &Connection, before: u64) -> rusqlite::Result<usize> {
     .execute(params![before as i64, PRUNE_CHUNK as i64])
 }
 
-pub fn write_acks(c: &Connection, acks: &[(String, u64)], at: u64) -> rusqlite::Result<()> {
+pub fn write_acks(c: &Connection, acks: &[(String, u64)], at: u64) -> crate::store::db::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO acks (endpoint, seq, at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(endpoint) DO UPDATE SET seq = max(seq, excluded.seq), at = excluded.at",
+         ON CONFLICT(endpoint) DO UPDATE SET at = excluded.at,
+           seq = CASE WHEN excluded.seq > acks.seq THEN excluded.seq ELSE acks.seq END",
     )?;
     for (e, s) in acks {
         st.execute(params![e, *s as i64, at as i64])?;
@@ -61,7 +62,7 @@ pub fn after(
     endpoint: &str,
     after: u64,
     limit: usize,
-) -> rusqlite::Result<Vec<(u64, String)>> {
+) -> crate::store::db::Result<Vec<(u64, String)>> {
     let mut st = c.prepare_cached(
         "SELECT seq, payload FROM outbox WHERE endpoint = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
@@ -77,8 +78,8 @@ pub struct Loaded {
     pub acked: Vec<(NodeIdx, u64)>,
 }
 
-pub fn load(c: &Connection, org: &Org) -> rusqlite::Result<Loaded> {
-    let per_endpoint = |sql: &str| -> rusqlite::Result<Vec<(NodeIdx, u64)>> {
+pub fn load(c: &Connection, org: &Org) -> crate::store::db::Result<Loaded> {
+    let per_endpoint = |sql: &str| -> crate::store::db::Result<Vec<(NodeIdx, u64)>> {
         let mut st = c.prepare(sql)?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         let mut out = Vec::new();

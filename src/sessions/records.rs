@@ -3,13 +3,13 @@
 
 use std::ops::Range;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::core::{Part, Session};
 use crate::org::{NodeIdx, Org};
 
-pub fn write(c: &Connection, org: &Org, s: &Session) -> rusqlite::Result<()> {
+pub fn write(c: &Connection, org: &Org, s: &Session) -> crate::store::db::Result<()> {
     c.prepare_cached(
         "INSERT INTO sessions (id, title, center, center_pre, commander, created_at, ended_at,
                                end_reason, duration_ms)
@@ -48,7 +48,7 @@ pub fn joined(
     part: Part,
     seat: &str,
     at: u64,
-) -> rusqlite::Result<()> {
+) -> crate::store::db::Result<()> {
     c.prepare_cached(
         "INSERT INTO session_spans (session, node, node_pre, part, seat, joined_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -65,7 +65,13 @@ pub fn joined(
 }
 
 /// A member present left: its open span ends.
-pub fn left(c: &Connection, session: u64, node: &str, seat: &str, at: u64) -> rusqlite::Result<()> {
+pub fn left(
+    c: &Connection,
+    session: u64,
+    node: &str,
+    seat: &str,
+    at: u64,
+) -> crate::store::db::Result<()> {
     c.prepare_cached(
         "UPDATE session_spans SET left_at = ?4
          WHERE session = ?1 AND node = ?2 AND seat = ?3 AND left_at IS NULL",
@@ -82,13 +88,15 @@ pub fn recording_started(
     kind: &str,
     path: &str,
     at: u64,
-) -> rusqlite::Result<u64> {
+) -> crate::store::db::Result<u64> {
     c.prepare_cached(
         "INSERT INTO session_recordings (session, node, kind, path, started_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
     )?
-    .execute(params![session as i64, node, kind, path, at as i64])?;
-    Ok(c.last_insert_rowid() as u64)
+    .query_row(params![session as i64, node, kind, path, at as i64], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|id| id as u64)
 }
 
 pub fn recording_ended(
@@ -97,7 +105,7 @@ pub fn recording_ended(
     at: u64,
     packets: u64,
     bytes: u64,
-) -> rusqlite::Result<()> {
+) -> crate::store::db::Result<()> {
     c.prepare_cached(
         "UPDATE session_recordings SET ended_at = ?2, packets = ?3, bytes = ?4 WHERE id = ?1",
     )?
@@ -119,7 +127,7 @@ pub struct Recording {
 }
 
 /// A session's recordings.
-pub fn recordings(c: &Connection, session: u64) -> rusqlite::Result<Vec<Recording>> {
+pub fn recordings(c: &Connection, session: u64) -> crate::store::db::Result<Vec<Recording>> {
     let mut st = c.prepare_cached(
         "SELECT id, node, kind, started_at, ended_at, packets, bytes FROM session_recordings
          WHERE session = ?1 ORDER BY id",
@@ -141,7 +149,10 @@ pub fn recordings(c: &Connection, session: u64) -> rusqlite::Result<Vec<Recordin
 }
 
 /// A recording's session, kind and file (relative to the data folder).
-pub fn recording(c: &Connection, id: u64) -> rusqlite::Result<Option<(u64, String, String)>> {
+pub fn recording(
+    c: &Connection,
+    id: u64,
+) -> crate::store::db::Result<Option<(u64, String, String)>> {
     c.prepare_cached("SELECT session, kind, path FROM session_recordings WHERE id = ?1")?
         .query_row([id as i64], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
@@ -151,7 +162,7 @@ pub fn recording(c: &Connection, id: u64) -> rusqlite::Result<Option<(u64, Strin
 
 /// At start-up: sessions the last run left live were ended by the restart. Returns the next
 /// session id and how many were ended.
-pub fn recover(c: &Connection, now: u64) -> rusqlite::Result<(u64, usize)> {
+pub fn recover(c: &Connection, now: u64) -> crate::store::db::Result<(u64, usize)> {
     let cut = c.execute(
         "UPDATE sessions SET ended_at = ?1, end_reason = 'the hub restarted',
              duration_ms = MAX(?1 - created_at, 0)
@@ -197,7 +208,7 @@ pub struct Span {
 const COLUMNS: &str =
     "id, title, center, commander, created_at, ended_at, end_reason, duration_ms, center_pre";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Record, u32)> {
+fn row(r: &crate::store::db::Row<'_>) -> crate::store::db::Result<(Record, u32)> {
     let opt = |i| r.get::<_, Option<i64>>(i).map(|v| v.map(|x| x as u64));
     Ok((
         Record {
@@ -222,7 +233,7 @@ pub fn list(
     member: Option<NodeIdx>,
     before: Option<u64>,
     limit: usize,
-) -> rusqlite::Result<Vec<Record>> {
+) -> crate::store::db::Result<Vec<Record>> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions
          WHERE id < ?4 AND ((center_pre >= ?1 AND center_pre < ?2)
@@ -247,7 +258,7 @@ pub fn list(
 pub type Found = (Record, u32, Vec<(Span, u32)>);
 
 /// One session with its spans.
-pub fn get(c: &Connection, id: u64) -> rusqlite::Result<Option<Found>> {
+pub fn get(c: &Connection, id: u64) -> crate::store::db::Result<Option<Found>> {
     let Some((rec, pre)) = c
         .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"))?
         .query_row([id as i64], row)
@@ -272,7 +283,7 @@ pub fn get(c: &Connection, id: u64) -> rusqlite::Result<Option<Found>> {
                 r.get(5)?,
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::store::db::Result<Vec<_>>>()?;
     Ok(Some((rec, pre, spans)))
 }
 

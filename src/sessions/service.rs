@@ -559,7 +559,7 @@ fn view(s: &super::core::Session) -> super::sfu::View {
 impl Service {
     async fn write(
         &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
+        f: impl FnOnce(&crate::store::Connection) -> crate::store::db::Result<()> + Send + 'static,
     ) {
         self.store
             .submit_async(Job::new(f).notify_failure(&self.failed, |e| e))

@@ -9,12 +9,16 @@ use serde::{Deserialize, Serialize};
 pub struct StoreConfig {
     /// The SQLite file; relative paths are under `server.data_dir`.
     pub path: PathBuf,
+    /// A PostgreSQL server instead (`postgres://user:password@host:port/database`), shared by
+    /// the nodes of one hub; `path` is then unused.
+    pub url: Option<String>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("gridhub.db"),
+            url: None,
         }
     }
 }

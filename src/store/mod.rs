@@ -13,6 +13,11 @@
 //! WAL checkpoints run on a third thread with its own connection (passive: they never block the
 //! writer), and reads use a small pool of separate connections (WAL readers never block it
 //! either).
+//!
+//! The same store runs on PostgreSQL when several hub nodes share it (`store.url`): the same
+//! jobs, batches and commits over one connection (`db`), the schema migrated at start-up under a
+//! lock, and the writer's connection holding an advisory lock for as long as it lives, so that
+//! only one node's services ever write — a second is refused, and deadlines fire once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,11 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use rusqlite::Connection;
-
 use crate::telemetry::Metrics;
 
 pub mod config;
+pub mod copy;
+pub mod db;
+pub mod postgres;
+pub mod testing;
+
+pub use db::Connection;
 
 /// Schema version this build writes; older databases are migrated on open.
 pub const SCHEMA_VERSION: i64 = 5;
@@ -45,18 +54,27 @@ const READERS: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sqlite(String),
+    Db(String),
+    /// The database server cannot be reached: nothing was written.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("the store is closed")]
     Closed,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite(e.to_string())
+impl From<db::Error> for StoreError {
+    fn from(e: db::Error) -> StoreError {
+        StoreError::Db(e.to_string())
     }
 }
 
-type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Db(e.to_string())
+    }
+}
+
+type WriteFn = Box<dyn FnOnce(&Connection) -> db::Result<()> + Send>;
 type DoneFn = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// Where the store tells an actor how its jobs ended: the actor's own inbox for store news.
@@ -79,7 +97,7 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(write: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) -> Job {
+    pub fn new(write: impl FnOnce(&Connection) -> db::Result<()> + Send + 'static) -> Job {
         Job {
             write: Box::new(write),
             done: Vec::new(),
@@ -89,7 +107,7 @@ impl Job {
     /// A job that reads (or reads and writes) and hands what it read to an actor. It runs on the
     /// writer in submission order, so it sees every job submitted before it.
     pub fn query<T: Send + 'static, M: Send + 'static>(
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        work: impl FnOnce(&Connection) -> db::Result<T> + Send + 'static,
         to: &Notifier<M>,
         msg: impl FnOnce(Result<T, StoreError>) -> M + Send + 'static,
     ) -> Job {
@@ -135,10 +153,7 @@ impl Job {
     }
 
     /// More writes in the same transaction, after this job's own.
-    pub fn and(
-        self,
-        more: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
-    ) -> Job {
+    pub fn and(self, more: impl FnOnce(&Connection) -> db::Result<()> + Send + 'static) -> Job {
         let first = self.write;
         Job {
             write: Box::new(move |c| {
@@ -156,8 +171,26 @@ impl Job {
     }
 }
 
+/// Where the store keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An embedded SQLite file: one hub node, no other server.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (`postgres://user@host:port/db`) shared by the hub's nodes.
+    Postgres(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Sqlite(p) => write!(f, "{}", p.display()),
+            Target::Postgres(url) => write!(f, "{}", postgres::redact(url)),
+        }
+    }
+}
+
 pub struct Store {
-    path: PathBuf,
+    target: Target,
     metrics: Arc<Metrics>,
     jobs: Mutex<Option<SyncSender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -182,7 +215,7 @@ const WRITER_CACHE_KIB: i64 = 256 * 1024;
 const WAL_CHECK_EVERY: u64 = 16;
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
-    let c = Connection::open(path)?;
+    let c = rusqlite::Connection::open(path)?;
     // WAL: readers never block the writer. FULL: the WAL is fsynced at every commit, so a
     // committed transaction survives power loss, not only a killed process.
     c.pragma_update(None, "journal_mode", "WAL")?;
@@ -190,10 +223,12 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     c.pragma_update(None, "busy_timeout", 5000)?;
     c.pragma_update(None, "temp_store", "MEMORY")?;
     c.pragma_update(None, "cache_size", -32_768)?;
-    Ok(c)
+    // Every domain's statements stay prepared (rusqlite keeps 16 by default).
+    c.set_prepared_statement_cache_capacity(256);
+    Ok(Connection::Lite(c))
 }
 
-fn migrate(c: &Connection) -> rusqlite::Result<()> {
+fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
     let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < 1 {
         c.execute_batch(&format!(
@@ -223,35 +258,60 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The SQLite writer's connection: the schema migrated and checked, and tuned for writing.
+fn open_sqlite_writer(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+    }
+    let conn = open_conn(path)?;
+    let c = conn.sqlite().expect("a SQLite connection");
+    migrate(c)?;
+    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Db(format!(
+            "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    // The checkpointer thread does this work instead of whichever commit crosses the limit,
+    // and a rewound WAL is cut back to the limit rather than keeping its largest size.
+    c.pragma_update(None, "wal_autocheckpoint", 0)?;
+    c.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
+    // The writer touches index pages all over (one terminal's outbox, one order's row);
+    // keeping more of them cached matters once the indexes outgrow the default.
+    c.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    Ok(conn)
+}
+
 impl Store {
-    /// Opens (creating if needed) the database at `path` and starts the writer thread.
+    /// Opens (creating if needed) the SQLite database at `path` and starts the writer thread.
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Sqlite(format!("{}: {e}", dir.display())))?;
-        }
-        let conn = open_conn(path)?;
-        migrate(&conn)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Sqlite(format!(
-                "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}",
-                path.display()
-            )));
-        }
-        // The checkpointer thread does this work instead of whichever commit crosses the limit,
-        // and a rewound WAL is cut back to the limit rather than keeping its largest size.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
-        // The writer touches index pages all over (one terminal's outbox, one order's row);
-        // keeping more of them cached matters once the indexes outgrow the default.
-        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-        let checkpointer = open_conn(path)?;
+        Store::open_target(Target::Sqlite(path.to_owned()), metrics)
+    }
+
+    /// Opens the store at `target`, migrating its schema, and starts the writer thread.
+    pub fn open_target(target: Target, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let (conn, checkpointer) = match &target {
+            Target::Sqlite(path) => {
+                let conn = open_sqlite_writer(path)?;
+                (conn, Some(open_conn(path)?))
+            }
+            // Start-up runs inside the hub's runtime, where the connection's own cannot block.
+            Target::Postgres(url) => (
+                std::thread::scope(|s| {
+                    s.spawn(|| postgres::open_writer(url))
+                        .join()
+                        .unwrap_or_else(|_| Err(StoreError::Db("connecting panicked".into())))
+                })?,
+                None,
+            ),
+        };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
-                .map_err(|e| StoreError::Sqlite(format!("cannot start thread {name}: {e}")))
+                .map_err(|e| StoreError::Db(format!("cannot start thread {name}: {e}")))
         };
         let (tx, rx) = sync_channel(QUEUE);
         let (done_tx, done_rx) = sync_channel::<Completion>(COMPLETIONS);
@@ -259,26 +319,31 @@ impl Store {
         let metrics3 = Arc::clone(&metrics);
         let stop: Arc<(Mutex<bool>, std::sync::Condvar)> = Arc::default();
         let stop2 = Arc::clone(&stop);
-        let threads = vec![
+        let engine = match &target {
+            Target::Sqlite(path) => Engine::Sqlite {
+                wal: PathBuf::from(format!("{}-wal", path.display())),
+            },
+            Target::Postgres(url) => Engine::Postgres { url: url.clone() },
+        };
+        let mut threads = vec![
             spawn(
                 "gridhub-store",
-                Box::new({
-                    let wal = PathBuf::from(format!("{}-wal", path.display()));
-                    move || writer_loop(conn, wal, rx, done_tx, metrics)
-                }),
+                Box::new(move || writer_loop(conn, engine, rx, done_tx, metrics)),
             )?,
             spawn(
                 "gridhub-done",
                 Box::new(move || completion_loop(done_rx, metrics3)),
             )?,
-            spawn(
-                "gridhub-ckpt",
-                Box::new(move || checkpoint_loop(checkpointer, stop2)),
-            )?,
         ];
+        if let Some(c) = checkpointer {
+            threads.push(spawn(
+                "gridhub-ckpt",
+                Box::new(move || checkpoint_loop(c, stop2)),
+            )?);
+        }
         Ok(Store {
             metrics: Arc::clone(&metrics2),
-            path: path.to_owned(),
+            target,
             jobs: Mutex::new(Some(tx)),
             threads: Mutex::new(threads),
             stop_checkpoints: stop,
@@ -286,8 +351,15 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        match &self.target {
+            Target::Sqlite(path) => Ok(open_conn(path)?),
+            Target::Postgres(url) => postgres::connect(url),
+        }
     }
 
     /// Queues a job; blocks the calling thread while the queue is full. For async callers use
@@ -329,27 +401,40 @@ impl Store {
     /// Runs a read on a pooled reader connection, on a blocking thread.
     pub async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection) -> db::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || me.read_sync(f))
+        tokio::task::spawn_blocking(move || me.read_here(f))
             .await
-            .map_err(|e| StoreError::Sqlite(format!("reader task failed: {e}")))?
+            .map_err(|e| StoreError::Db(format!("reader task failed: {e}")))?
     }
 
     /// A read on the calling thread (start-up, tests, blocking contexts).
-    pub fn read_sync<T>(
+    pub fn read_sync<T: Send>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Connection) -> db::Result<T> + Send,
     ) -> Result<T, StoreError> {
+        match self.target {
+            Target::Sqlite(_) => self.read_here(f),
+            // A PostgreSQL connection blocks on its own runtime, which cannot start inside the
+            // caller's (start-up runs in one): the read waits on a thread of its own.
+            Target::Postgres(_) => std::thread::scope(|s| {
+                s.spawn(|| self.read_here(f))
+                    .join()
+                    .unwrap_or_else(|_| Err(StoreError::Db("a read panicked".into())))
+            }),
+        }
+    }
+
+    fn read_here<T>(&self, f: impl FnOnce(&Connection) -> db::Result<T>) -> Result<T, StoreError> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
-            Some(c) => c,
-            None => open_conn(&self.path)?,
+            Some(c) if !c.is_closed() => c,
+            _ => self.open_reader()?,
         };
-        let out = f(&conn).map_err(StoreError::from);
+        let out = f(&conn).map_err(|e| postgres::classify(&conn, e));
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < READERS {
+        if pool.len() < READERS && !conn.is_closed() {
             pool.push(conn);
         }
         out
@@ -375,10 +460,9 @@ impl Store {
         if let Some(h) = checkpointer {
             let _ = h.join();
         }
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
+        // A PostgreSQL connection's runtime cannot be dropped inside the caller's.
+        let _ = std::thread::spawn(move || drop(readers)).join();
     }
 }
 
@@ -391,15 +475,24 @@ impl Drop for Store {
 /// A committed (or failed) batch's `done` calls.
 type Completion = (Result<(), StoreError>, Vec<DoneFn>);
 
+/// What the writer does besides committing, per engine.
+enum Engine {
+    /// Restarts the WAL when it grows past `WAL_LIMIT`.
+    Sqlite { wal: PathBuf },
+    /// Reconnects (and takes the writer's lock again) after the server went away.
+    Postgres { url: String },
+}
+
 fn writer_loop(
-    conn: Connection,
-    wal: PathBuf,
+    mut conn: Connection,
+    engine: Engine,
     rx: Receiver<Job>,
     completions: SyncSender<Completion>,
     metrics: Arc<Metrics>,
 ) {
     let mut writes: Vec<WriteFn> = Vec::with_capacity(MAX_BATCH);
     let mut commits: u64 = 0;
+    let mut lost: Option<postgres::Lost> = None;
     while let Ok(first) = rx.recv() {
         let mut dones: Vec<DoneFn> = Vec::with_capacity(64);
         writes.push(first.write);
@@ -416,7 +509,25 @@ fn writer_loop(
         let t0 = Instant::now();
         let n = writes.len() as u64;
         metrics.store_queue.fetch_sub(n, Relaxed);
-        let result = commit(&conn, &mut writes);
+        if let Engine::Postgres { url } = &engine
+            && (conn.is_closed() || lost.is_some())
+        {
+            match postgres::reconnect_writer(url, &mut lost) {
+                Some(c) => conn = c,
+                None => writes.clear(),
+            }
+        }
+        let result = match &lost {
+            // Refused before anything is sent: the server is away, nothing of it was written.
+            Some(l) => Err(l.error()),
+            None => commit(&conn, &mut writes),
+        };
+        if let (Engine::Postgres { .. }, Err(_)) = (&engine, &result)
+            && conn.is_closed()
+            && lost.is_none()
+        {
+            lost = Some(postgres::Lost::new());
+        }
         metrics.store_commit_latency.observe(t0.elapsed());
         metrics.store_commits.fetch_add(1, Relaxed);
         metrics.store_jobs.fetch_add(n, Relaxed);
@@ -433,13 +544,15 @@ fn writer_loop(
             }
         }
         commits += 1;
-        if commits.is_multiple_of(WAL_CHECK_EVERY)
-            && std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT)
+        if let Engine::Sqlite { wal } = &engine
+            && commits.is_multiple_of(WAL_CHECK_EVERY)
+            && std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_LIMIT)
+            && let Some(c) = conn.sqlite()
         {
             let t = Instant::now();
             // Most frames were already copied by the checkpointer; this copies the rest and lets
             // the next commit rewind the WAL.
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+            if let Err(e) = c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
                 tracing::warn!(error = %e, "WAL restart failed");
             }
             metrics.store_wal_restarts.fetch_add(1, Relaxed);
@@ -479,16 +592,24 @@ fn checkpoint_loop(conn: Connection, stop: Arc<(Mutex<bool>, std::sync::Condvar)
 }
 
 fn commit(conn: &Connection, writes: &mut Vec<WriteFn>) -> Result<(), StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+    // SQLite: take the write lock now rather than at the first write, so a reader's lock never
+    // makes the batch fail half-way. PostgreSQL: row locks, one writer.
+    let begin = if conn.is_postgres() {
+        "BEGIN"
+    } else {
+        "BEGIN IMMEDIATE"
+    };
+    conn.execute_batch(begin)
+        .map_err(|e| postgres::classify(conn, e))?;
     for w in writes.drain(..) {
         if let Err(e) = w(conn) {
             let _ = conn.execute_batch("ROLLBACK");
-            return Err(e.into());
+            return Err(postgres::classify(conn, e));
         }
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
-        return Err(e.into());
+        return Err(postgres::classify(conn, e));
     }
     Ok(())
 }
@@ -608,7 +729,7 @@ mod tests {
         ));
         assert!(matches!(
             rx.blocking_recv().unwrap(),
-            Err(StoreError::Sqlite(_))
+            Err(StoreError::Db(_))
         ));
         store.close();
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
@@ -653,7 +774,7 @@ mod tests {
         let (version, kept, calls, photos): (i64, String, i64, i64) = store
             .read_sync(|c| {
                 Ok((
-                    c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                    c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
                     c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?,
                     c.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?,
                     c.query_row(
@@ -670,5 +791,109 @@ mod tests {
         );
         store.close();
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    /// The same store on a PostgreSQL server of the test's own.
+    mod on_postgres {
+        use super::*;
+        use crate::store::testing::PgServer;
+
+        fn open(url: &str) -> Store {
+            Store::open_target(Target::Postgres(url.into()), Arc::default()).unwrap()
+        }
+
+        fn put(store: &Store, key: &str) -> Result<(), StoreError> {
+            let (tx, mut rx) = inbox();
+            let key = key.to_owned();
+            store.submit(
+                Job::new(move |c| {
+                    c.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [key])
+                        .map(drop)
+                })
+                .notify(&tx, |r| r),
+            );
+            rx.blocking_recv().unwrap()
+        }
+
+        fn count(store: &Store) -> i64 {
+            store
+                .read_sync(|c| c.query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0)))
+                .unwrap()
+        }
+
+        #[test]
+        fn jobs_commit_roll_back_and_read_back_as_on_sqlite() {
+            let pg = PgServer::start("store");
+            let url = pg.create_database("jobs");
+            let store = open(&url);
+            for i in 0..50 {
+                put(&store, &format!("k{i}")).unwrap();
+            }
+            assert_eq!(count(&store), 50);
+            let e = put(&store, "k7").unwrap_err();
+            assert!(
+                matches!(&e, StoreError::Db(m) if m.contains("23505")),
+                "a duplicate key is the database's error: {e}"
+            );
+            let (tx, mut rx) = inbox();
+            store.submit(Job::query(
+                |c| {
+                    c.query_row(
+                        "SELECT value, COUNT(*) OVER () FROM meta WHERE key = ?",
+                        ["k3"],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                    )
+                },
+                &tx,
+                |r| r,
+            ));
+            assert_eq!(rx.blocking_recv().unwrap(), Ok(("x".to_string(), 1)));
+            store.close();
+            // Opening again finds the schema in place and the data kept.
+            let store = open(&url);
+            assert_eq!(count(&store), 50);
+            store.close();
+        }
+
+        #[test]
+        fn one_writer_at_a_time_and_writes_refused_while_the_server_is_away() {
+            let mut pg = PgServer::start("fence");
+            let url = pg.create_database("fence");
+            let store = open(&url);
+            let e = Store::open_target(Target::Postgres(url.clone()), Arc::default())
+                .err()
+                .expect("a second writer is refused");
+            assert!(e.to_string().contains("one node runs them"), "{e}");
+            put(&store, "before").unwrap();
+
+            pg.stop();
+            for _ in 0..3 {
+                let e = put(&store, "meanwhile").unwrap_err();
+                assert!(
+                    matches!(e, StoreError::Unavailable(_)),
+                    "refused as unavailable, not acknowledged: {e}"
+                );
+            }
+            pg.restart();
+            // The writer comes back by itself (it retries every half second).
+            let deadline = Instant::now() + std::time::Duration::from_secs(30);
+            while put(&store, "after").is_err() {
+                assert!(Instant::now() < deadline, "the writer reconnects");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let keys: Vec<String> = store
+                .read_sync(|c| {
+                    c.prepare("SELECT key FROM meta ORDER BY key")?
+                        .query_map([], |r| r.get(0))?
+                        .collect()
+                })
+                .unwrap();
+            assert_eq!(keys, ["after", "before"], "nothing refused was written");
+            store.close();
+            // The lock went with the writer's connection: another node's services may start.
+            let other = open(&url);
+            put(&other, "other").unwrap();
+            other.close();
+        }
     }
 }

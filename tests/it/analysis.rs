@@ -16,7 +16,7 @@ async fn hub_with_a_year() -> (TestHub, YearSpec, synth::Year) {
     let s2 = spec.clone();
     let hub = spawn_app(move |c| {
         let org = std::sync::Arc::new(gridhub::org::Org::load(&c.org.file).unwrap());
-        let done = history::import(c, &org, &c.store_path(), &s2).unwrap();
+        let done = history::import(c, &org, &c.store_target(), &s2).unwrap();
         assert_eq!((done.orders, done.sites, done.first_id), (ORDERS, 252, 1));
     })
     .await;

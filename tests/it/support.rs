@@ -50,7 +50,23 @@ pub fn test_config() -> Config {
     c.server.data_dir = temp_dir("data");
     c.auth.secret = SECRET.into();
     c.org.file = repo().join("config/org/jiamusi.csv");
+    on_test_postgres(&mut c);
     c
+}
+
+/// With `GRIDHUB_TEST_POSTGRES` set to a server (`postgres://user@host:port`), every hub keeps
+/// its data there instead of in SQLite: one database per data folder, so a hub restarted on its
+/// folder finds its data again. `scripts/test` runs the suite once this way.
+pub fn on_test_postgres(c: &mut Config) {
+    let Ok(server) = std::env::var("GRIDHUB_TEST_POSTGRES") else {
+        return;
+    };
+    let folder = c.server.data_dir.file_name().unwrap().to_string_lossy();
+    let name: String = folder
+        .chars()
+        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+        .collect();
+    c.store.url = Some(gridhub::store::testing::ensure_database(&server, &name));
 }
 
 pub struct TestHub {
@@ -68,7 +84,11 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestHub {
     start(config, None).await
 }
 
-async fn start(config: Config, broker: Option<Arc<gridhub::backplane::memory::Broker>>) -> TestHub {
+async fn start(
+    mut config: Config,
+    broker: Option<Arc<gridhub::backplane::memory::Broker>>,
+) -> TestHub {
+    on_test_postgres(&mut config);
     let data_dir = Some(config.server.data_dir.clone());
     let running = gridhub::app::start_node(config, broker)
         .await

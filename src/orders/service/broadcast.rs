@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, params};
+use crate::store::db::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Answer, Effect, Read, ReadKind, Reply, Service, ServiceError};
@@ -160,9 +160,9 @@ fn watchers(id: u64) -> Group {
 
 /// Loads every campaign (closed ones stay readable) and its progress from the store.
 pub fn load_campaigns(
-    c: &rusqlite::Connection,
+    c: &crate::store::Connection,
     org: &Arc<Org>,
-) -> rusqlite::Result<(HashMap<u64, CampaignState>, u64, u64)> {
+) -> crate::store::db::Result<(HashMap<u64, CampaignState>, u64, u64)> {
     let mut out = HashMap::new();
     let mut st = c.prepare(
         "SELECT id, sender, node, tiers, title, instructions, created_at, due_at, recipients,
@@ -334,7 +334,7 @@ impl Service {
         kind: &'static str,
         reference: u64,
         payload: String,
-        rows: impl FnOnce(&rusqlite::Connection, &[(NodeIdx, u64)]) -> rusqlite::Result<()>
+        rows: impl FnOnce(&crate::store::Connection, &[(NodeIdx, u64)]) -> crate::store::db::Result<()>
         + Send
         + 'static,
         effect: Effect,
@@ -694,7 +694,7 @@ impl Service {
             t,
             Job::new(move |c| {
                 c.prepare_cached(
-                    "INSERT OR IGNORE INTO campaign_done (campaign_id, worker, at) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO campaign_done (campaign_id, worker, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![id as i64, worker, now as i64])
                 .map(drop)
@@ -832,7 +832,10 @@ fn check_records(
     Ok(rows)
 }
 
-fn read_notice(c: &rusqlite::Connection, id: u64) -> rusqlite::Result<Option<NoticeRow>> {
+fn read_notice(
+    c: &crate::store::Connection,
+    id: u64,
+) -> crate::store::db::Result<Option<NoticeRow>> {
     let head = c
         .query_row(
             "SELECT sender, node, tiers, title, body, created_at FROM notices WHERE id = ?1",

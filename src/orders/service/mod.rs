@@ -684,7 +684,7 @@ impl Service {
     async fn query<T: Send + 'static>(
         &self,
         ticket: u64,
-        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        work: impl FnOnce(&crate::store::Connection) -> crate::store::db::Result<T> + Send + 'static,
         read: fn(T) -> Read,
     ) {
         self.store

@@ -1,0 +1,185 @@
+//! The store on PostgreSQL: connecting, the schema at start-up, the writer's lock, and telling a
+//! server that went away from a statement that failed.
+
+use std::time::{Duration, Instant};
+
+use super::db::{self, Connection, PgConn};
+use super::{SCHEMA_VERSION, StoreError};
+
+const SCHEMA: &str = include_str!("schema_pg.sql");
+
+/// Advisory lock keys (any two numbers no other application on the database uses): one held
+/// while the schema is migrated, one by the services' writer for as long as its connection
+/// lives.
+const MIGRATE_LOCK: i64 = 0x6772_6964_6875_6201;
+const WRITER_LOCK: i64 = 0x6772_6964_6875_6202;
+
+/// How often a writer that lost its server tries again; batches in between are refused at once.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            match user.split_once(':') {
+                Some((name, _)) => format!("{}{name}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn unreachable(url: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{}: {e}", redact(url)))
+}
+
+/// A reader's connection.
+pub fn connect(url: &str) -> Result<Connection, StoreError> {
+    PgConn::connect(url)
+        .map(Connection::Pg)
+        .map_err(|e| unreachable(url, e))
+}
+
+/// The writer's connection: the schema brought up to date, then the writer's lock taken, which
+/// no other node's services can hold at the same time.
+pub fn open_writer(url: &str) -> Result<Connection, StoreError> {
+    let conn = connect(url)?;
+    migrate(&conn)?;
+    let held: bool = conn.query_row("SELECT pg_try_advisory_lock(?1)", [WRITER_LOCK], |r| {
+        r.get(0)
+    })?;
+    if !held {
+        return Err(StoreError::Db(format!(
+            "another hub node's services are writing to {}: one node runs them at a time",
+            redact(url)
+        )));
+    }
+    Ok(conn)
+}
+
+/// Brings a database to `SCHEMA_VERSION`, whichever node gets there first: the others wait on
+/// the lock and find it done.
+fn migrate(c: &Connection) -> Result<(), StoreError> {
+    let version = || -> db::Result<i64> {
+        c.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM gridhub_schema",
+            [],
+            |r| r.get(0),
+        )
+    };
+    c.execute_batch("BEGIN")?;
+    let done = (|| -> Result<(), StoreError> {
+        c.query_row("SELECT pg_advisory_xact_lock(?1)", [MIGRATE_LOCK], |_| {
+            Ok(())
+        })?;
+        c.execute_batch("CREATE TABLE IF NOT EXISTS gridhub_schema (version BIGINT NOT NULL)")?;
+        let v = version()?;
+        if v > SCHEMA_VERSION {
+            return Err(StoreError::Db(format!(
+                "the database has schema version {v}, newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        if v == 0 {
+            c.execute_batch(SCHEMA)?;
+            c.execute(
+                "INSERT INTO gridhub_schema (version) VALUES (?1)",
+                [SCHEMA_VERSION],
+            )?;
+        }
+        Ok(())
+    })();
+    match done {
+        Ok(()) => Ok(c.execute_batch("COMMIT")?),
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// A failed statement as the store reports it: `Unavailable` when the server is gone (nothing
+/// was written), else the database's own error.
+pub fn classify(c: &Connection, e: db::Error) -> StoreError {
+    match e {
+        db::Error::Postgres(m) if c.is_closed() => StoreError::Unavailable(m),
+        e => e.into(),
+    }
+}
+
+/// A writer whose server went away: since when, and why its last try to come back failed.
+pub struct Lost {
+    since: Instant,
+    tried: Option<Instant>,
+    why: String,
+}
+
+impl Lost {
+    pub fn new() -> Lost {
+        Lost {
+            since: Instant::now(),
+            tried: None,
+            why: "the connection closed".into(),
+        }
+    }
+
+    pub fn error(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "{} (for {} ms)",
+            self.why,
+            self.since.elapsed().as_millis()
+        ))
+    }
+}
+
+impl Default for Lost {
+    fn default() -> Lost {
+        Lost::new()
+    }
+}
+
+/// The writer's connection again, unless it was tried too recently or the server still refuses;
+/// `lost` says which.
+pub fn reconnect_writer(url: &str, lost: &mut Option<Lost>) -> Option<Connection> {
+    let l = lost.get_or_insert_with(Lost::new);
+    if l.tried.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+        return None;
+    }
+    l.tried = Some(Instant::now());
+    match open_writer(url) {
+        Ok(c) => {
+            tracing::info!(
+                after_ms = l.since.elapsed().as_millis() as u64,
+                "the store's database is back"
+            );
+            *lost = None;
+            Some(c)
+        }
+        Err(e) => {
+            if l.why != e.to_string() {
+                tracing::warn!(error = %e, "the store's database is still unavailable");
+            }
+            l.why = e.to_string();
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("postgres://hub:s3cret@db:5432/gridhub"),
+            "postgres://hub:***@db:5432/gridhub"
+        );
+        assert_eq!(
+            redact("postgres://hub@db/gridhub"),
+            "postgres://hub@db/gridhub"
+        );
+        assert_eq!(redact("host=db user=hub"), "host=db user=hub");
+    }
+}
