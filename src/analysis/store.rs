@@ -119,7 +119,7 @@ pub fn sites(
 ) -> crate::store::db::Result<Vec<SiteRow>> {
     let mut st = c.prepare_cached(
         "SELECT id, kind, name, node, lat, lon, radius_m, ref, created_at FROM sites
-         WHERE node_pre >= ?1 AND node_pre < ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY id",
+         WHERE node_pre >= ?1 AND node_pre < ?2 AND (CAST(?3 AS TEXT) IS NULL OR kind = ?3) ORDER BY id",
     )?;
     let rows = st.query_map(
         params![range.start as i64, range.end as i64, kind],

@@ -475,7 +475,7 @@ pub async fn stats(
             }
             let group = |col: &str| -> crate::store::db::Result<BTreeMap<String, Counts>> {
                 let mut st = conn.prepare(&format!(
-                    "SELECT {col}, COUNT(*), SUM(state = 'archived') FROM orders
+                    "SELECT {col}, COUNT(*), SUM(CASE WHEN state = 'archived' THEN 1 ELSE 0 END) FROM orders
                      WHERE node_pre >= ?1 AND node_pre < ?2 GROUP BY {col}"
                 ))?;
                 let mut m = BTreeMap::new();
@@ -506,7 +506,7 @@ pub async fn stats(
             let mut per_child = Vec::with_capacity(children.len());
             {
                 let mut st = conn.prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(state = 'archived'), 0) FROM orders WHERE node_pre >= ?1 AND node_pre < ?2",
+                    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN state = 'archived' THEN 1 ELSE 0 END), 0) FROM orders WHERE node_pre >= ?1 AND node_pre < ?2",
                 )?;
                 for (ch, r) in &children {
                     let (n, closed): (i64, i64) =

@@ -47,7 +47,7 @@ pub fn recover(c: &Connection, now: u64) -> crate::store::db::Result<(u64, usize
     let cut = c.execute(
         "UPDATE calls SET outcome = 'interrupted', ended_at = ?1,
              reason = 'the hub restarted during the call',
-             duration_ms = CASE WHEN answered_at IS NULL THEN NULL ELSE MAX(?1 - answered_at, 0) END
+             duration_ms = CASE WHEN answered_at IS NULL THEN NULL WHEN ?1 > answered_at THEN ?1 - answered_at ELSE 0 END
          WHERE outcome IS NULL",
         [now as i64],
     )?;

@@ -87,6 +87,8 @@ pub async fn start(
             .join(key)
     };
     config.server.data_dir = dir;
+    // Emptied at every start, so always the embedded file: never a shared server's database.
+    config.store.url = None;
     if opts.history > 0 {
         // A year of requests behind the live ones, so the analysis has something to read.
         let org = Arc::new(crate::org::Org::load(&config.org.file).map_err(|e| e.to_string())?);

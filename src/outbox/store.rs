@@ -97,7 +97,7 @@ pub fn load(c: &Connection, org: &Org) -> crate::store::db::Result<Loaded> {
         last: per_endpoint(
             "SELECT endpoint, MAX(seq) FROM (
                SELECT endpoint, MAX(seq) AS seq FROM outbox GROUP BY endpoint
-               UNION ALL SELECT endpoint, seq FROM acks)
+               UNION ALL SELECT endpoint, seq FROM acks) AS t
              GROUP BY endpoint",
         )?,
         acked: per_endpoint("SELECT endpoint, seq FROM acks")?,

@@ -165,7 +165,7 @@ pub fn recording(
 pub fn recover(c: &Connection, now: u64) -> crate::store::db::Result<(u64, usize)> {
     let cut = c.execute(
         "UPDATE sessions SET ended_at = ?1, end_reason = 'the hub restarted',
-             duration_ms = MAX(?1 - created_at, 0)
+             duration_ms = CASE WHEN ?1 > created_at THEN ?1 - created_at ELSE 0 END
          WHERE ended_at IS NULL",
         [now as i64],
     )?;

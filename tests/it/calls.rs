@@ -496,7 +496,7 @@ async fn rejected_resumed_and_interrupted_calls() {
     assert_eq!(body["calls"][0]["id"].as_u64(), Some(id), "{body}");
 
     // The hub stops during the call: the record says so.
-    let path = hub.hub().config.store_path();
+    let target = hub.hub().config.store_target();
     let data = hub.data_dir.take();
     let shutting = tokio::spawn(async move {
         hub.shutdown().await;
@@ -510,19 +510,19 @@ async fn rejected_resumed_and_interrupted_calls() {
         );
     }
     shutting.await.unwrap();
-    let c = rusqlite::Connection::open(&path).unwrap();
-    let outcomes: Vec<Option<String>> = c
-        .prepare("SELECT outcome FROM calls ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
+    let store = gridhub::store::Store::open_target(target, Default::default()).unwrap();
+    let outcomes: Vec<Option<String>> = store
+        .read_sync(|c| {
+            c.prepare("SELECT outcome FROM calls ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
         .unwrap();
     assert_eq!(
         outcomes,
         [Some("rejected".to_owned()), Some("interrupted".to_owned())]
     );
-    drop(c);
+    store.close();
     if let Some(d) = data {
         let _ = std::fs::remove_dir_all(d);
     }

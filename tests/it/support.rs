@@ -54,11 +54,11 @@ pub fn test_config() -> Config {
     c
 }
 
-/// With `GRIDHUB_TEST_POSTGRES` set to a server (`postgres://user@host:port`), every hub keeps
+/// With `TEST_POSTGRES_SERVER` set to a server (`postgres://user@host:port`), every hub keeps
 /// its data there instead of in SQLite: one database per data folder, so a hub restarted on its
 /// folder finds its data again. `scripts/test` runs the suite once this way.
 pub fn on_test_postgres(c: &mut Config) {
-    let Ok(server) = std::env::var("GRIDHUB_TEST_POSTGRES") else {
+    let Ok(server) = std::env::var("TEST_POSTGRES_SERVER") else {
         return;
     };
     let folder = c.server.data_dir.file_name().unwrap().to_string_lossy();
