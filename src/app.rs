@@ -134,14 +134,33 @@ pub async fn start_node(
                 cluster: b.cluster.clone(),
                 lease_ms: b.lease_ms,
             };
-            let (redis, (link, rx)) = crate::backplane::redis::join(
-                settings,
-                hub_id,
-                &org.fingerprint(),
-                runs_services,
-                Arc::clone(&metrics),
-            )
-            .await?;
+            let mut waiting = false;
+            let (redis, (link, rx)) = loop {
+                match crate::backplane::redis::join(
+                    settings.clone(),
+                    hub_id,
+                    &org.fingerprint(),
+                    runs_services,
+                    Arc::clone(&metrics),
+                )
+                .await
+                {
+                    Err(JoinError::SecondOwner(owner)) if b.standby && runs_services => {
+                        if !waiting {
+                            tracing::info!(
+                                %owner,
+                                "standing by: {owner} runs the services; taking them over when its lease lapses"
+                            );
+                            waiting = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(b.lease_ms / 3)).await;
+                    }
+                    joined => break joined?,
+                }
+            };
+            if waiting {
+                tracing::info!("taking over the services");
+            }
             (Some(link), Some(rx), Some(redis))
         }
         (None, BackplaneKind::Memory) => (None, None, None),

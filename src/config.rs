@@ -278,6 +278,16 @@ impl Config {
                 )));
             }
         }
+        let b = &self.backplane;
+        if b.standby
+            && (!b.runs_services
+                || b.kind != crate::backplane::BackplaneKind::Redis
+                || self.store.url.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "backplane.standby needs runs_services = true, kind = \"redis\" and the services' data on PostgreSQL (store.url), which the node taking over reaches too".into(),
+            ));
+        }
         if let Some(url) = &self.store.url {
             let scheme = url.starts_with("postgres://") || url.starts_with("postgresql://");
             if let Err(e) = url

@@ -285,6 +285,10 @@ pub struct BackplaneConfig {
     /// Whether this node runs the stateful services (orders, outbox, calls). In a cluster one
     /// node does; the others forward those requests to it with their origin.
     pub runs_services: bool,
+    /// With `runs_services` and `kind = "redis"`: when another node runs the services, wait —
+    /// serving nothing — and take them over once that node's lease lapses, instead of refusing
+    /// to start. The services' data must be on PostgreSQL (`store.url`), where both reach it.
+    pub standby: bool,
     /// With `kind = "redis"`: the server every node of the cluster uses.
     pub redis_url: String,
     /// With `kind = "redis"`: the cluster's name in Redis keys and channels.
@@ -300,6 +304,7 @@ impl Default for BackplaneConfig {
             kind: BackplaneKind::Memory,
             hub_id: 0,
             runs_services: true,
+            standby: false,
             redis_url: "redis://127.0.0.1:6379/".into(),
             cluster: "gridhub".into(),
             lease_ms: 3_000,

@@ -511,6 +511,15 @@ impl Connection {
         }
     }
 
+    /// Whether the server still answers on this connection: one round trip, so that one held
+    /// idle across a server restart is replaced before it fails a request.
+    pub fn alive(&self) -> bool {
+        match self {
+            Connection::Lite(_) => true,
+            Connection::Pg(c) => !c.is_closed() && c.block(c.client.simple_query("")).is_ok(),
+        }
+    }
+
     pub fn is_postgres(&self) -> bool {
         matches!(self, Connection::Pg(_))
     }

@@ -429,7 +429,7 @@ impl Store {
     fn read_here<T>(&self, f: impl FnOnce(&Connection) -> db::Result<T>) -> Result<T, StoreError> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
-            Some(c) if !c.is_closed() => c,
+            Some(c) if c.alive() => c,
             _ => self.open_reader()?,
         };
         let out = f(&conn).map_err(|e| postgres::classify(&conn, e));
@@ -475,6 +475,9 @@ impl Drop for Store {
 /// A committed (or failed) batch's `done` calls.
 type Completion = (Result<(), StoreError>, Vec<DoneFn>);
 
+/// A PostgreSQL writer idle this long checks its connection before the next batch.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the writer does besides committing, per engine.
 enum Engine {
     /// Restarts the WAL when it grows past `WAL_LIMIT`.
@@ -493,6 +496,7 @@ fn writer_loop(
     let mut writes: Vec<WriteFn> = Vec::with_capacity(MAX_BATCH);
     let mut commits: u64 = 0;
     let mut lost: Option<postgres::Lost> = None;
+    let mut last_commit = Instant::now();
     while let Ok(first) = rx.recv() {
         let mut dones: Vec<DoneFn> = Vec::with_capacity(64);
         writes.push(first.write);
@@ -509,8 +513,11 @@ fn writer_loop(
         let t0 = Instant::now();
         let n = writes.len() as u64;
         metrics.store_queue.fetch_sub(n, Relaxed);
+        // A connection idle for a while may have lost its server meanwhile (a restart): found
+        // out now, the batch goes to a new connection instead of failing.
+        let idle = t0.duration_since(last_commit) > IDLE_CHECK;
         if let Engine::Postgres { url } = &engine
-            && (conn.is_closed() || lost.is_some())
+            && (lost.is_some() || conn.is_closed() || (idle && !conn.alive()))
         {
             match postgres::reconnect_writer(url, &mut lost) {
                 Some(c) => conn = c,
@@ -528,6 +535,7 @@ fn writer_loop(
         {
             lost = Some(postgres::Lost::new());
         }
+        last_commit = Instant::now();
         metrics.store_commit_latency.observe(t0.elapsed());
         metrics.store_commits.fetch_add(1, Relaxed);
         metrics.store_jobs.fetch_add(n, Relaxed);

@@ -157,10 +157,14 @@ pub fn reconnect_writer(url: &str, lost: &mut Option<Lost>) -> Option<Connection
             Some(c)
         }
         Err(e) => {
-            if l.why != e.to_string() {
-                tracing::warn!(error = %e, "the store's database is still unavailable");
+            let why = match e {
+                StoreError::Unavailable(m) => m,
+                e => e.to_string(),
+            };
+            if l.why != why {
+                tracing::warn!(error = %why, "the store's database is still unavailable");
             }
-            l.why = e.to_string();
+            l.why = why;
             None
         }
     }

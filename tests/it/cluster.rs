@@ -565,3 +565,104 @@ async fn a_ticket_opens_one_connection_in_the_whole_hub_on_redis() {
     let redis = RedisServer::start();
     one_ticket_one_connection(&redis.net("tickets")).await;
 }
+
+/// The services on PostgreSQL: their node killed, a standby takes them over from the same
+/// database — what was acknowledged is there, and the terminals' sequences go on where they
+/// were; PostgreSQL stopped refuses writes (none acknowledged, none written) and recovers.
+#[tokio::test]
+async fn a_standby_takes_the_services_over_on_postgres_and_a_lost_database_refuses_writes() {
+    let mut pg = gridhub::store::testing::PgServer::start("cluster");
+    let store = pg.create_database("hub");
+    let redis = RedisServer::start();
+    let net = redis.net("standby");
+    let mut a = NodeProcess::spawn_services(&net, 1, &store).await;
+    let mut s = NodeProcess::standby(&net, 2, &store);
+    let c = spawn_node(&net, 3, false).await;
+    let ws = workers_under(&c.org, DONGFENG, 3);
+    let mut city = c.connect(CITY).await;
+    let mut on_c = Vec::new();
+    for w in &ws {
+        let mut t = c.connect(w).await;
+        t.resume(0).await;
+        on_c.push(t);
+    }
+    let notice = |title: &str| json!({"node": DONGFENG, "tiers": ["worker"], "title": title, "body": "今晚巡查"});
+    let r = city.call("notice.send", notice("第一")).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let mut first = Vec::new();
+    for t in on_c.iter_mut() {
+        let (seq, _) = outbox_of(t, "notice").await;
+        t.ack(seq).await;
+        first.push(seq);
+    }
+    let order = on_c[0]
+        .order("order.create", new_order(&ws[0], "井盖丢失"))
+        .await;
+    let id = order["id"].as_u64().unwrap();
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "the standby waits while A runs the services"
+    );
+
+    // SIGKILL: the standby takes the services over once A's lease lapses.
+    a.kill();
+    s.wait_ready().await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let r = loop {
+        let r = on_c[0].call("order.get", json!({"order": id})).await;
+        if r["type"] == "reply" || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(r["data"]["order"]["id"], id, "the acknowledged order: {r}");
+    // The next notice continues every terminal's sequence: none repeated, none skipped.
+    let r = city.call("notice.send", notice("第二")).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    for (t, last) in on_c.iter_mut().zip(&first) {
+        let (seq, data) = outbox_of(t, "notice").await;
+        assert_eq!(
+            (seq, data["notice"]["title"].as_str()),
+            (last + 1, Some("第二"))
+        );
+        t.ack(seq).await;
+    }
+
+    // PostgreSQL stopped: a write is refused (`unavailable`, as every store failure on the
+    // socket) saying why, never acknowledged.
+    pg.stop();
+    let r = on_c[0]
+        .call("order.create", new_order(&ws[0], "路灯不亮"))
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), r["data"]["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{r}"
+    );
+    assert!(
+        r["data"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("the database is unavailable"),
+        "says why: {r}"
+    );
+    // Back: the writer reconnects by itself and the next write lands.
+    pg.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let second = loop {
+        let r = on_c[0]
+            .call("order.create", new_order(&ws[0], "路灯不亮"))
+            .await;
+        if r["type"] == "reply" || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(second["type"], "reply", "{second}");
+    let token = c.token(CITY);
+    let (_, stats) = http_get(&s.hub, "/api/v1/orders/stats", Some(&token)).await;
+    assert_eq!(
+        stats["received"], 2,
+        "the refused order was not written: {stats}"
+    );
+}

@@ -245,12 +245,38 @@ impl NodeProcess {
     /// Starts node `hub_id` of the Redis cluster `net`, not running the services, and waits
     /// until it has joined.
     pub async fn spawn(net: &Net, hub_id: u16) -> NodeProcess {
+        let mut node = NodeProcess::start(net, hub_id, None);
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts node `hub_id` running the services on the PostgreSQL database `store`, and waits
+    /// until it has joined.
+    pub async fn spawn_services(net: &Net, hub_id: u16, store: &str) -> NodeProcess {
+        let mut node = NodeProcess::start(net, hub_id, Some((store, false)));
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts node `hub_id` standing by to take the services over (on `store`), without waiting:
+    /// it serves only once it has.
+    pub fn standby(net: &Net, hub_id: u16, store: &str) -> NodeProcess {
+        NodeProcess::start(net, hub_id, Some((store, true)))
+    }
+
+    fn start(net: &Net, hub_id: u16, services: Option<(&str, bool)>) -> NodeProcess {
         let Net::Redis { url, cluster } = net else {
             panic!("a node process joins through Redis");
         };
         let port = free_port();
         let data = temp_dir("node");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gridhub"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gridhub"));
+        if let Some((store, standby)) = services {
+            command
+                .env("GRIDHUB_STORE__URL", store)
+                .env("GRIDHUB_BACKPLANE__STANDBY", standby.to_string());
+        }
+        let child = command
             .arg("serve")
             .current_dir(repo())
             .env("GRIDHUB_SERVER__LISTEN", format!("127.0.0.1:{port}"))
@@ -258,7 +284,10 @@ impl NodeProcess {
             .env("GRIDHUB_AUTH__SECRET", SECRET)
             .env("GRIDHUB_BACKPLANE__KIND", "redis")
             .env("GRIDHUB_BACKPLANE__HUB_ID", hub_id.to_string())
-            .env("GRIDHUB_BACKPLANE__RUNS_SERVICES", "false")
+            .env(
+                "GRIDHUB_BACKPLANE__RUNS_SERVICES",
+                services.is_some().to_string(),
+            )
             .env("GRIDHUB_BACKPLANE__REDIS_URL", url)
             .env("GRIDHUB_BACKPLANE__CLUSTER", cluster)
             .env("GRIDHUB_BACKPLANE__LEASE_MS", TEST_LEASE_MS.to_string())
@@ -273,12 +302,11 @@ impl NodeProcess {
             org: Arc::new(Org::load(&repo().join("config/org/jiamusi.csv")).unwrap()),
             auth: Authority::new(SECRET.as_bytes()).unwrap(),
         };
-        let mut node = NodeProcess { child, hub };
-        node.wait_ready().await;
-        node
+        NodeProcess { child, hub }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Until the node serves and has joined its cluster.
+    pub async fn wait_ready(&mut self) {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             // Asked only once it listens: the request helper expects a server there.
