@@ -361,6 +361,10 @@ enum Scenario {
         window: usize,
         #[arg(long, default_value_t = 512)]
         concurrency: usize,
+        /// Spread the terminals over these nodes of one hub (the services' node and
+        /// statistics stay on --hub). Default: every terminal on --hub.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<SocketAddr>,
     },
     /// Storms of concurrent calls with all terminals connected: signaling latency, nothing lost.
     Calls {
@@ -952,6 +956,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             in_progress,
             window,
             concurrency,
+            nodes,
         } => {
             quiet_enough(&common)?;
             let target = Target::new(common.hub, secret(&common)?, common.allow_remote)?;
@@ -964,6 +969,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 in_progress,
                 window,
                 concurrency,
+                nodes,
             };
             let summary = tokio::time::timeout(
                 Duration::from_secs(common.max_seconds()),

@@ -29,6 +29,9 @@ pub struct OrdersOptions {
     /// Orders in flight at once (created, not yet archived).
     pub window: usize,
     pub concurrency: usize,
+    /// Spread the terminals over these nodes of one hub, one after another (empty: every
+    /// terminal on the target); statistics are read from the target.
+    pub nodes: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Serialize)]
@@ -477,12 +480,16 @@ pub async fn run(
     let nodes: Vec<NodeIdx> = org.nodes().map(|(i, _)| i).collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut set = JoinSet::new();
-    for &n in &nodes {
+    for (k, &n) in nodes.iter().enumerate() {
         let role = Role::default_for(org.tier(n));
         let token = auth
             .mint(&org, org.id(n).as_str(), role, 24 * 3600, now)
             .map_err(|e| e.to_string())?;
-        let (sem, target) = (Arc::clone(&sem), target.clone());
+        let mut at = target.clone();
+        if !opts.nodes.is_empty() {
+            at.addr = opts.nodes[k % opts.nodes.len()];
+        }
+        let (sem, target) = (Arc::clone(&sem), at);
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let mut o = open(&target, &token).await?;
@@ -682,6 +689,7 @@ mod tests {
             in_progress: 16,
             window: 200,
             concurrency: 256,
+            nodes: Vec::new(),
         };
         let s = run(&hub.target, hub.org.clone(), &opts).await.unwrap();
         assert_eq!(s.errors, 0, "{:?}", s.first_errors);

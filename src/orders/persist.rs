@@ -125,7 +125,7 @@ pub fn insert_order(c: &Connection, o: &OrderRow) -> crate::store::db::Result<()
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
                  ?21, ?22, ?23, ?24, ?25)",
     )?;
-    st.execute(params![
+    st.write(params![
         o.id as i64,
         o.state,
         o.category,
@@ -163,7 +163,7 @@ fn update_order(c: &Connection, o: &OrderRow) -> crate::store::db::Result<()> {
                 doc = COALESCE(?12, doc), cause = ?13, reopened = ?14, late = ?15
          WHERE id = ?1",
     )?;
-    st.execute(params![
+    st.write(params![
         o.id as i64,
         o.state,
         o.holder,
@@ -187,7 +187,7 @@ pub fn write_event(c: &Connection, e: &EventRow) -> crate::store::db::Result<()>
     let mut st = c.prepare_cached(
         "INSERT INTO order_events (order_id, seq, at, actor, kind, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    st.execute(params![
+    st.write(params![
         e.order_id as i64,
         e.seq,
         e.at as i64,
@@ -209,7 +209,7 @@ pub fn write_read(
         "INSERT INTO reads (kind, ref, endpoint, at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(kind, ref, endpoint) DO UPDATE SET at = excluded.at",
     )?
-    .execute(params![kind, reference as i64, endpoint, at as i64])?;
+    .write(params![kind, reference as i64, endpoint, at as i64])?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub fn write(c: &Connection, m: &Row<'_>) -> crate::store::db::Result<()> {
     let mut st = c.prepare_cached(
         "INSERT INTO outbox (endpoint, seq, at, kind, ref, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    st.execute(params![
+    st.write(params![
         m.endpoint,
         m.seq as i64,
         m.at as i64,
@@ -51,7 +51,7 @@ pub fn write_acks(c: &Connection, acks: &[(String, u64)], at: u64) -> crate::sto
            seq = CASE WHEN excluded.seq > acks.seq THEN excluded.seq ELSE acks.seq END",
     )?;
     for (e, s) in acks {
-        st.execute(params![e, *s as i64, at as i64])?;
+        st.write(params![e, *s as i64, at as i64])?;
     }
     Ok(())
 }

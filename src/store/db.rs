@@ -10,6 +10,12 @@
 //!
 //! A PostgreSQL connection drives its own single-thread runtime, so the store's threads block on
 //! it exactly as they block on SQLite; it must not be used from inside an async task.
+//!
+//! A round trip per statement would bound the writer at a few thousand statements a second, so a
+//! write whose answer nobody reads (`Statement::write`) is sent at once and its answer collected
+//! later, before the next statement that waits for one (at the latest the commit): a batch of
+//! transitions goes out as one stream. A failed write then fails the batch where SQLite's would
+//! have failed at that statement — the whole batch is rolled back either way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -75,7 +81,7 @@ impl<'a> ValueRef<'a> {
         }
     }
 
-    pub fn to_owned(self) -> Value {
+    pub fn into_value(self) -> Value {
         match self {
             ValueRef::Null => Value::Null,
             ValueRef::Int(i) => Value::Int(i),
@@ -294,7 +300,7 @@ impl FromSql for Vec<u8> {
 }
 impl FromSql for Value {
     fn column(v: ValueRef<'_>) -> std::result::Result<Value, String> {
-        Ok(v.to_owned())
+        Ok(v.into_value())
     }
 }
 impl<T: FromSql> FromSql for Option<T> {
@@ -410,6 +416,18 @@ impl PgToSql for ValueRef<'_> {
 
     fn accepts(_: &Type) -> bool {
         // Decided per value in `to_sql`, which names the value and the column type it missed.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+impl PgToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
+        self.as_ref().to_sql(ty, out)
+    }
+
+    fn accepts(_: &Type) -> bool {
         true
     }
 
@@ -555,6 +573,11 @@ impl Connection {
         self.prepare_cached(sql)?.execute(params)
     }
 
+    /// `Statement::write` of `sql`.
+    pub fn write<P: Params>(&self, sql: &str, params: P) -> Result<()> {
+        self.prepare_cached(sql)?.write(params)
+    }
+
     pub fn query_row<T, P: Params>(
         &self,
         sql: &str,
@@ -583,6 +606,15 @@ impl<'c> Statement<'c> {
                 let args = pg_args(&bound);
                 Ok(c.block(c.client.execute(&*s, &args))? as usize)
             }
+        }
+    }
+
+    /// A write whose count nobody reads: on PostgreSQL sent without waiting for its answer
+    /// (module notes); its error, if any, fails the batch no later than the commit.
+    pub fn write<P: Params>(&mut self, params: P) -> Result<()> {
+        match self {
+            Statement::Lite(_) => self.execute(params).map(drop),
+            Statement::Pg(c, s) => c.send(s, params.bind()),
         }
     }
 
@@ -675,11 +707,15 @@ impl<T> OptionalExtension<T> for Result<T> {
     }
 }
 
-/// A PostgreSQL connection with its own runtime and its prepared statements.
+type Answer = Pin<Box<dyn Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send>>;
+
+/// A PostgreSQL connection with its own runtime, its prepared statements, and the answers of
+/// writes sent but not yet read.
 pub struct PgConn {
     rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
+    client: std::sync::Arc<tokio_postgres::Client>,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
+    pending: RefCell<Vec<Answer>>,
 }
 
 /// How long a connection attempt may take before the store says the server is unreachable.
@@ -704,8 +740,9 @@ impl PgConn {
         });
         Ok(PgConn {
             rt,
-            client,
+            client: std::sync::Arc::new(client),
             statements: RefCell::default(),
+            pending: RefCell::default(),
         })
     }
 
@@ -713,11 +750,47 @@ impl PgConn {
         self.client.is_closed()
     }
 
+    /// Runs `f` to its end, after reading the answers of every write sent before it (their
+    /// requests went first, so theirs come first; and an unread answer would hold up the rest).
     fn block<T, E: Into<Error>>(
         &self,
         f: impl Future<Output = std::result::Result<T, E>>,
     ) -> Result<T> {
-        self.rt.block_on(f).map_err(Into::into)
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        self.rt.block_on(async move {
+            let mut failed = None;
+            for answer in pending {
+                if let Err(e) = answer.await {
+                    failed.get_or_insert(e);
+                }
+            }
+            match failed {
+                // `f` was never polled: nothing of it was sent.
+                Some(e) => Err(e.into()),
+                None => f.await.map_err(Into::into),
+            }
+        })
+    }
+
+    /// Sends a write now and keeps its answer for later.
+    fn send(&self, statement: &tokio_postgres::Statement, bound: Bound<'_>) -> Result<()> {
+        let values: SmallVec<[Value; 12]> = bound.iter().map(|v| v.into_value()).collect();
+        let (client, statement) = (std::sync::Arc::clone(&self.client), statement.clone());
+        let mut answer: Answer = Box::pin(async move {
+            let args: SmallVec<[&(dyn PgToSql + Sync); 12]> =
+                values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+            client.execute(&statement, &args).await
+        });
+        // The first poll encodes the parameters and queues the request for the connection,
+        // which writes it out the next time the runtime runs.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match answer.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => r.map(drop).map_err(Into::into),
+            std::task::Poll::Pending => {
+                self.pending.borrow_mut().push(answer);
+                Ok(())
+            }
+        }
     }
 
     fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement> {

@@ -864,6 +864,47 @@ mod tests {
         }
 
         #[test]
+        fn pipelined_writes_land_in_order_and_a_failing_one_fails_its_batch() {
+            let pg = PgServer::start("pipe");
+            let store = open(&pg.create_database("pipe"));
+            let insert = "INSERT INTO meta (key, value) VALUES (?1, ?2)";
+            let (tx, mut rx) = inbox();
+            store.submit(Job::query(
+                move |c| {
+                    for i in 0..1000 {
+                        c.write(insert, [format!("p{i}"), i.to_string()])?;
+                    }
+                    // A statement that waits for its answer reads every write sent before it.
+                    c.query_row("SELECT COUNT(*), MAX(value) FROM meta", [], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })
+                },
+                &tx,
+                |r| r,
+            ));
+            assert_eq!(rx.blocking_recv().unwrap(), Ok((1000, "999".to_string())));
+            let (tx, mut rx) = inbox();
+            store.submit(
+                Job::new(move |c| {
+                    for i in 0..10 {
+                        c.write(insert, [format!("q{i}"), "x".into()])?;
+                    }
+                    c.write(insert, ["p5".to_string(), "again".into()])?;
+                    c.write(insert, ["q99".to_string(), "x".into()])
+                })
+                .notify(&tx, |r| r),
+            );
+            let e = rx.blocking_recv().unwrap().unwrap_err();
+            assert!(
+                e.to_string().contains("23505"),
+                "the duplicate, at the commit: {e}"
+            );
+            assert_eq!(count(&store), 1000, "the whole batch rolled back");
+            put(&store, "after").unwrap();
+            store.close();
+        }
+
+        #[test]
         fn one_writer_at_a_time_and_writes_refused_while_the_server_is_away() {
             let mut pg = PgServer::start("fence");
             let url = pg.create_database("fence");

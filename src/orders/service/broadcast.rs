@@ -413,12 +413,12 @@ impl Service {
                     "INSERT INTO notices (id, sender, node, tiers, title, body, created_at, recipients)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![id as i64, from, at, tiers_s, title, body, now as i64, count as i64])?;
+                .write(params![id as i64, from, at, tiers_s, title, body, now as i64, count as i64])?;
                 let mut st = c.prepare_cached(
                     "INSERT INTO notice_recipients (notice_id, endpoint, seq) VALUES (?1, ?2, ?3)",
                 )?;
                 for (t, seq) in seqs {
-                    st.execute(params![id as i64, org.id(*t).as_str(), *seq as i64])?;
+                    st.write(params![id as i64, org.id(*t).as_str(), *seq as i64])?;
                 }
                 Ok(())
             },
@@ -696,8 +696,7 @@ impl Service {
                 c.prepare_cached(
                     "INSERT INTO campaign_done (campaign_id, worker, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 )?
-                .execute(params![id as i64, worker, now as i64])
-                .map(drop)
+                .write(params![id as i64, worker, now as i64])
             }),
         )
         .await;
