@@ -121,6 +121,7 @@ pub async fn start_node(
     let runs_services = config.backplane.runs_services || alone;
     let registry = Arc::new(Registry::new(hub_id));
     metrics.link_up.store(1, Relaxed);
+    metrics.store_up.store(1, Relaxed);
     metrics.link_nodes.store(1, Relaxed);
     let (link, inbound, redis) = match (&broker, &config.backplane.kind) {
         (Some(b), _) => {

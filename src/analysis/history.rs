@@ -95,7 +95,7 @@ pub fn import(
             match super::store::import_year(c, org, &year, org.root()) {
                 Ok(id) => c.execute_batch("COMMIT").map(|()| id),
                 Err(e) => {
-                    let _ = c.execute_batch("ROLLBACK");
+                    let _ = c.rollback();
                     Err(e)
                 }
             }

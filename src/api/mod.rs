@@ -339,17 +339,22 @@ async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     let t = &hub.transport;
     if t.accepting.load(Relaxed) {
         let link = hub.backplane.status();
-        Json(serde_json::json!({
+        let store = hub.services.as_ref().map(|s| &s.store);
+        let store_up = store.is_none_or(|s| s.up());
+        let mut body = serde_json::json!({
             // Degraded still serves this node's terminals: a balancer keeps sending them here.
-            "status": if link.up { "ready" } else { "degraded" },
+            "status": if link.up && store_up { "ready" } else { "degraded" },
             "link": link,
             "connections": t.registry.len(),
             "max_connections": t.caps.terminals,
             "backplane": hub.backplane.name(),
             "hub": hub.backplane.hub().0,
             "services": hub.services.is_some(),
-        }))
-        .into_response()
+        });
+        if let Some(s) = store {
+            body["store"] = serde_json::json!({ "engine": s.target().engine(), "up": store_up });
+        }
+        Json(body).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

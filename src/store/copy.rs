@@ -91,7 +91,7 @@ fn copy_all(src: &Connection, dst: &Connection) -> super::db::Result<Copied> {
     match done {
         Ok(()) => dst.execute_batch("COMMIT").map(|()| out),
         Err(e) => {
-            let _ = dst.execute_batch("ROLLBACK");
+            let _ = dst.rollback();
             Err(e)
         }
     }

@@ -557,6 +557,25 @@ impl Connection {
         }
     }
 
+    /// Ends the transaction without keeping anything, whatever failed in it. On PostgreSQL the
+    /// answers of writes still unread are read first (and their errors dropped: the transaction
+    /// is going anyway), so the rollback is never skipped for one of them.
+    pub fn rollback(&self) -> Result<()> {
+        match self {
+            Connection::Lite(c) => Ok(c.execute_batch("ROLLBACK")?),
+            Connection::Pg(c) => {
+                let pending = std::mem::take(&mut *c.pending.borrow_mut());
+                c.rt.block_on(async move {
+                    for answer in pending {
+                        let _ = answer.await;
+                    }
+                    c.client.batch_execute("ROLLBACK").await
+                })?;
+                Ok(())
+            }
+        }
+    }
+
     pub fn prepare_cached(&self, sql: &str) -> Result<Statement<'_>> {
         match self {
             Connection::Lite(c) => Ok(Statement::Lite(c.prepare_cached(sql)?)),

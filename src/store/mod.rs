@@ -180,6 +180,15 @@ pub enum Target {
     Postgres(String),
 }
 
+impl Target {
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Target::Sqlite(_) => "sqlite",
+            Target::Postgres(_) => "postgres",
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -353,6 +362,11 @@ impl Store {
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Whether the last batch found the database there (a SQLite file always is).
+    pub fn up(&self) -> bool {
+        self.metrics.store_up.load(Relaxed) == 1
     }
 
     fn open_reader(&self) -> Result<Connection, StoreError> {
@@ -536,6 +550,8 @@ fn writer_loop(
             lost = Some(postgres::Lost::new());
         }
         last_commit = Instant::now();
+        let up = lost.is_none() && !matches!(result, Err(StoreError::Unavailable(_)));
+        metrics.store_up.store(u64::from(up), Relaxed);
         metrics.store_commit_latency.observe(t0.elapsed());
         metrics.store_commits.fetch_add(1, Relaxed);
         metrics.store_jobs.fetch_add(n, Relaxed);
@@ -611,12 +627,12 @@ fn commit(conn: &Connection, writes: &mut Vec<WriteFn>) -> Result<(), StoreError
         .map_err(|e| postgres::classify(conn, e))?;
     for w in writes.drain(..) {
         if let Err(e) = w(conn) {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = conn.rollback();
             return Err(postgres::classify(conn, e));
         }
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = conn.rollback();
         return Err(postgres::classify(conn, e));
     }
     Ok(())
@@ -900,6 +916,17 @@ mod tests {
                 "the duplicate, at the commit: {e}"
             );
             assert_eq!(count(&store), 1000, "the whole batch rolled back");
+            // A job that fails on its own with a failing write still unread: the rollback still
+            // happens, and the next batch starts clean.
+            let (tx, mut rx) = inbox();
+            store.submit(
+                Job::new(move |c| {
+                    c.write(insert, ["p6".to_string(), "again".into()])?;
+                    Err(db::Error::Other("the job gave up".into()))
+                })
+                .notify(&tx, |r| r),
+            );
+            assert!(rx.blocking_recv().unwrap().is_err());
             put(&store, "after").unwrap();
             store.close();
         }

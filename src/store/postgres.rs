@@ -93,7 +93,7 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
     match done {
         Ok(()) => Ok(c.execute_batch("COMMIT")?),
         Err(e) => {
-            let _ = c.execute_batch("ROLLBACK");
+            let _ = c.rollback();
             Err(e)
         }
     }

@@ -154,6 +154,8 @@ pub struct Metrics {
     pub outbox_catch_ups: AtomicU64,
     /// 1 while this node reaches the other nodes (always, alone), 0 while it cannot.
     pub link_up: AtomicU64,
+    /// 1 while the services' store takes writes; 0 while its database is unreachable.
+    pub store_up: AtomicU64,
     /// Nodes in the cluster as this one sees it, itself included.
     pub link_nodes: AtomicU64,
     pub fd_limit: AtomicU64,
@@ -181,7 +183,7 @@ impl Metrics {
                 v.load(Relaxed)
             );
         };
-        let gauges: [(&str, &str, &AtomicU64); 13] = [
+        let gauges: [(&str, &str, &AtomicU64); 14] = [
             (
                 "gridhub_connections",
                 "Open WebSocket terminal connections.",
@@ -241,6 +243,11 @@ impl Metrics {
                 "gridhub_link_up",
                 "1 while this node reaches the other hub nodes (always when alone), 0 while cross-node features are degraded.",
                 &self.link_up,
+            ),
+            (
+                "gridhub_store_up",
+                "1 while the services' store takes writes (always on a node without them), 0 while its database is unreachable and writes are refused.",
+                &self.store_up,
             ),
             (
                 "gridhub_link_nodes",

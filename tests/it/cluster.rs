@@ -646,6 +646,15 @@ async fn a_standby_takes_the_services_over_on_postgres_and_a_lost_database_refus
             .contains("the database is unavailable"),
         "says why: {r}"
     );
+    let (_, ready) = http_get(&s.hub, "/readyz", None).await;
+    assert_eq!(
+        (ready["status"].as_str(), &ready["store"]),
+        (
+            Some("degraded"),
+            &json!({"engine": "postgres", "up": false})
+        ),
+        "{ready}"
+    );
     // Back: the writer reconnects by itself and the next write lands.
     pg.restart();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -659,6 +668,8 @@ async fn a_standby_takes_the_services_over_on_postgres_and_a_lost_database_refus
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!(second["type"], "reply", "{second}");
+    let (_, ready) = http_get(&s.hub, "/readyz", None).await;
+    assert_eq!(ready["store"]["up"], true, "{ready}");
     let token = c.token(CITY);
     let (_, stats) = http_get(&s.hub, "/api/v1/orders/stats", Some(&token)).await;
     assert_eq!(
