@@ -209,7 +209,20 @@ pub async fn start_node(
             calls::handler::greeting(Arc::clone(&org), Arc::clone(&calls_config)),
         );
     let (services, service_tasks) = if runs_services {
-        let (s, t) = start_services(&config, &org, &metrics, &clock, &out, &calls_config)?;
+        let (s, t) = loop {
+            match start_services(&config, &org, &metrics, &clock, &out, &calls_config) {
+                // The node it takes over from may hold the database a moment longer than its
+                // lease (its session not yet ended): a standby waits for that too.
+                Err(StartError::Store {
+                    source: crate::store::StoreError::Held(why),
+                    ..
+                }) if config.backplane.standby => {
+                    tracing::info!(%why, "standing by for the database's writer lock");
+                    tokio::time::sleep(Duration::from_millis(config.backplane.lease_ms / 3)).await;
+                }
+                started => break started?,
+            }
+        };
         let forward: Vec<(
             &[&'static str],
             Arc<dyn crate::transport::dispatch::Handler>,

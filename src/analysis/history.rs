@@ -93,7 +93,7 @@ pub fn import(
         .read_sync(|c| {
             c.execute_batch("BEGIN")?;
             match super::store::import_year(c, org, &year, org.root()) {
-                Ok(id) => c.execute_batch("COMMIT").map(|()| id),
+                Ok(id) => c.commit().map(|()| id),
                 Err(e) => {
                     let _ = c.rollback();
                     Err(e)

@@ -553,6 +553,13 @@ impl Orders {
         }
     }
 
+    /// An order the store never took (its create failed): gone, and so is its idempotency key,
+    /// so that the client's retry creates it rather than being told of an order that is not.
+    pub fn discard(&mut self, id: OrderId) {
+        self.forget(id);
+        self.idem.retain(|_, (i, _, _)| *i != id);
+    }
+
     /// Puts back an order as the store has it.
     pub fn reload(&mut self, o: Order) {
         self.forget(o.id);

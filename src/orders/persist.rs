@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::db::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::core::evolve;
 use super::model::{Action, Event, Order, OrderId};
@@ -231,15 +231,29 @@ pub struct Loaded {
     pub keys: Vec<(Box<str>, OrderId, u64, u64)>,
 }
 
-/// Rebuilds every open order by folding its history through `evolve`, and puts back the read
-/// receipts its holder gave after receiving it.
-fn replay_open(c: &Connection, org: &Org) -> crate::store::db::Result<(Vec<Order>, Vec<String>)> {
-    let mut st = c.prepare(
+/// One order as stored, rebuilt from its history (after a write of it failed, the service takes
+/// it back as it stands); `None` if it was never stored.
+pub fn reload(c: &Connection, org: &Org, id: OrderId) -> crate::store::db::Result<Option<Order>> {
+    Ok(replay(c, org, Some(id))?.0.pop())
+}
+
+/// Rebuilds every open order (or only `only`) by folding its history through `evolve`, and puts
+/// back the read receipts its holder gave after receiving it.
+fn replay(
+    c: &Connection,
+    org: &Org,
+    only: Option<OrderId>,
+) -> crate::store::db::Result<(Vec<Order>, Vec<String>)> {
+    let which = only.map(|i| i.0 as i64);
+    let mut st = c.prepare(if only.is_some() {
+        "SELECT order_id, seq, at, actor, kind, data FROM order_events
+         WHERE order_id = ?1 ORDER BY seq"
+    } else {
         "SELECT order_id, seq, at, actor, kind, data FROM order_events
          WHERE order_id IN (SELECT id FROM orders WHERE state != 'archived')
-         ORDER BY order_id, seq",
-    )?;
-    let mut rows = st.query([])?;
+         ORDER BY order_id, seq"
+    })?;
+    let mut rows = st.query(params_from_iter(which))?;
     let mut open: Vec<Order> = Vec::new();
     let mut skipped = Vec::new();
     // When each rebuilt order's holder last changed (a read before that is for an older holder).
@@ -313,12 +327,14 @@ fn replay_open(c: &Connection, org: &Org) -> crate::store::db::Result<(Vec<Order
             *holder_since.last_mut().expect("kept in step with open") = at;
         }
     }
-    let mut st = c.prepare(
+    let mut st = c.prepare(if only.is_some() {
+        "SELECT ref, endpoint, at FROM reads WHERE kind = 'order' AND ref = ?1"
+    } else {
         "SELECT ref, endpoint, at FROM reads WHERE kind = 'order'
-         AND ref IN (SELECT id FROM orders WHERE state != 'archived')",
-    )?;
+         AND ref IN (SELECT id FROM orders WHERE state != 'archived')"
+    })?;
     let mut reads: HashMap<(u64, String), u64> = HashMap::new();
-    for row in st.query_map([], |r| {
+    for row in st.query_map(params_from_iter(which), |r| {
         Ok((
             r.get::<_, i64>(0)? as u64,
             r.get::<_, String>(1)?,
@@ -339,7 +355,7 @@ fn replay_open(c: &Connection, org: &Org) -> crate::store::db::Result<(Vec<Order
 }
 
 pub fn load(c: &Connection, org: &Org, keys_since: u64) -> crate::store::db::Result<Loaded> {
-    let (open, skipped) = replay_open(c, org)?;
+    let (open, skipped) = replay(c, org, None)?;
     let next_id: i64 = c.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM orders", [], |r| {
         r.get(0)
     })?;
@@ -395,46 +411,54 @@ pub fn reindex_nodes(
          CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre INTEGER NOT NULL) WITHOUT ROWID;
          DELETE FROM org_index;"
     })?;
-    {
-        let mut st = c.prepare("INSERT INTO org_index (node, pre) VALUES (?1, ?2)")?;
-        for (i, n) in org.nodes() {
-            st.execute(params![n.id.as_str(), i.0])?;
+    // Rolled back whole on any failure, so the connection goes back to its pool clean.
+    let moved = (|| {
+        {
+            let mut st = c.prepare("INSERT INTO org_index (node, pre) VALUES (?1, ?2)")?;
+            for (i, n) in org.nodes() {
+                st.execute(params![n.id.as_str(), i.0])?;
+            }
         }
-    }
-    let n = c.execute(
-        "UPDATE orders SET node_pre = m.pre FROM org_index m
-          WHERE m.node = orders.node AND orders.node_pre != m.pre",
-        [],
-    )?;
-    // Orders at nodes that no longer exist fall out of every range (their old index would name
-    // another node now); `load` reports them.
-    c.execute(
-        "UPDATE orders SET node_pre = -1
-          WHERE node_pre != -1 AND NOT EXISTS (SELECT 1 FROM org_index m WHERE m.node = orders.node)",
-        [],
-    )?;
-    for (table, node, pre) in [
-        ("calls", "caller", "caller_pre"),
-        ("calls", "callee", "callee_pre"),
-        ("sessions", "center", "center_pre"),
-        ("session_spans", "node", "node_pre"),
-        ("sites", "node", "node_pre"),
-        ("interventions", "node", "node_pre"),
-    ] {
-        c.execute(
-            &format!(
-                "UPDATE {table} SET {pre} = COALESCE((SELECT m.pre FROM org_index m WHERE m.node = {table}.{node}), -1)"
-            ),
+        let n = c.execute(
+            "UPDATE orders SET node_pre = m.pre FROM org_index m
+              WHERE m.node = orders.node AND orders.node_pre != m.pre",
             [],
         )?;
+        // Orders at nodes that no longer exist fall out of every range (their old index would name
+        // another node now); `load` reports them.
+        c.execute(
+            "UPDATE orders SET node_pre = -1
+              WHERE node_pre != -1 AND NOT EXISTS (SELECT 1 FROM org_index m WHERE m.node = orders.node)",
+            [],
+        )?;
+        for (table, node, pre) in [
+            ("calls", "caller", "caller_pre"),
+            ("calls", "callee", "callee_pre"),
+            ("sessions", "center", "center_pre"),
+            ("session_spans", "node", "node_pre"),
+            ("sites", "node", "node_pre"),
+            ("interventions", "node", "node_pre"),
+        ] {
+            c.execute(
+                &format!(
+                    "UPDATE {table} SET {pre} = COALESCE((SELECT m.pre FROM org_index m WHERE m.node = {table}.{node}), -1)"
+                ),
+                [],
+            )?;
+        }
+        c.execute(
+            "INSERT INTO meta (key, value) VALUES ('org_fingerprint', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [fingerprint],
+        )?;
+        c.execute_batch("DELETE FROM org_index")?;
+        c.commit()?;
+        Ok(n)
+    })();
+    if moved.is_err() {
+        let _ = c.rollback();
     }
-    c.execute(
-        "INSERT INTO meta (key, value) VALUES ('org_fingerprint', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [fingerprint],
-    )?;
-    c.execute_batch("DELETE FROM org_index; COMMIT")?;
-    Ok(n)
+    moved
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ fn copy_all(src: &Connection, dst: &Connection) -> super::db::Result<Copied> {
         Ok(())
     })();
     match done {
-        Ok(()) => dst.execute_batch("COMMIT").map(|()| out),
+        Ok(()) => dst.commit().map(|()| out),
         Err(e) => {
             let _ = dst.rollback();
             Err(e)

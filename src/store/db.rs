@@ -17,7 +17,7 @@
 //! transitions goes out as one stream. A failed write then fails the batch where SQLite's would
 //! have failed at that statement — the whole batch is rolled back either way.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -557,6 +557,35 @@ impl Connection {
         }
     }
 
+    /// Opens a transaction. SQLite's takes the write lock now rather than at the first write,
+    /// so a reader's lock never makes a batch fail half-way.
+    pub fn begin(&self) -> Result<()> {
+        match self {
+            Connection::Lite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
+            Connection::Pg(c) => {
+                c.failed.set(false);
+                c.block(c.client.batch_execute("BEGIN"))
+            }
+        }
+    }
+
+    /// Commits the transaction; on PostgreSQL refused outright if a statement of it failed
+    /// (the server would answer the `COMMIT` with a rollback).
+    pub fn commit(&self) -> Result<()> {
+        match self {
+            Connection::Lite(c) => Ok(c.execute_batch("COMMIT")?),
+            Connection::Pg(c) => {
+                let done = c.block(c.client.batch_execute("COMMIT"));
+                match done {
+                    Ok(()) if c.failed.get() => Err(Error::Other(
+                        "a statement of the transaction failed: it was rolled back".into(),
+                    )),
+                    other => other,
+                }
+            }
+        }
+    }
+
     /// Ends the transaction without keeping anything, whatever failed in it. On PostgreSQL the
     /// answers of writes still unread are read first (and their errors dropped: the transaction
     /// is going anyway), so the rollback is never skipped for one of them.
@@ -622,6 +651,7 @@ impl<'c> Statement<'c> {
         match self {
             Statement::Lite(s) => Ok(s.execute(rusqlite::params_from_iter(bound.iter()))?),
             Statement::Pg(c, s) => {
+                c.free()?;
                 let args = pg_args(&bound);
                 Ok(c.block(c.client.execute(&*s, &args))? as usize)
             }
@@ -644,8 +674,10 @@ impl<'c> Statement<'c> {
                 s.query(rusqlite::params_from_iter(bound.iter()))?,
             )),
             Statement::Pg(c, s) => {
+                c.free()?;
                 let args = pg_args(&bound);
                 let stream = c.block(c.client.query_raw(&*s, args.iter().copied()))?;
+                c.streams.set(c.streams.get() + 1);
                 Ok(Rows::Pg {
                     conn: c,
                     stream: Box::pin(stream),
@@ -709,6 +741,14 @@ impl Rows<'_> {
     }
 }
 
+impl Drop for Rows<'_> {
+    fn drop(&mut self) {
+        if let Rows::Pg { conn, .. } = self {
+            conn.streams.set(conn.streams.get() - 1);
+        }
+    }
+}
+
 /// `.optional()` on a single-row result, as with `rusqlite`.
 pub trait OptionalExtension<T> {
     fn optional(self) -> Result<Option<T>>;
@@ -735,6 +775,12 @@ pub struct PgConn {
     client: std::sync::Arc<tokio_postgres::Client>,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
     pending: RefCell<Vec<Answer>>,
+    /// Results being read: their rows hold up every answer behind them, so no other statement
+    /// may go out meanwhile.
+    streams: Cell<usize>,
+    /// A statement of the open transaction failed: the server will only roll it back, and a
+    /// `COMMIT` it answers as a rollback must not count as one.
+    failed: Cell<bool>,
 }
 
 /// How long a connection attempt may take before the store says the server is unreachable.
@@ -750,6 +796,14 @@ impl PgConn {
             .parse()
             .map_err(|e| Error::Postgres(format!("bad url: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A server behind a silent partition is given up on within seconds, not the kernel's
+        // quarter of an hour: unacknowledged data and idle probes both time out.
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(5))
+            .keepalives_interval(std::time::Duration::from_secs(1))
+            .keepalives_retries(5)
+            .tcp_user_timeout(std::time::Duration::from_secs(10));
         config.application_name("gridhub");
         let (client, connection) = rt.block_on(config.connect(tokio_postgres::NoTls))?;
         rt.spawn(async move {
@@ -762,6 +816,8 @@ impl PgConn {
             client: std::sync::Arc::new(client),
             statements: RefCell::default(),
             pending: RefCell::default(),
+            streams: Cell::new(0),
+            failed: Cell::new(false),
         })
     }
 
@@ -776,23 +832,38 @@ impl PgConn {
         f: impl Future<Output = std::result::Result<T, E>>,
     ) -> Result<T> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        self.rt.block_on(async move {
-            let mut failed = None;
-            for answer in pending {
-                if let Err(e) = answer.await {
-                    failed.get_or_insert(e);
+        self.rt
+            .block_on(async move {
+                let mut failed = None;
+                for answer in pending {
+                    if let Err(e) = answer.await {
+                        failed.get_or_insert(e);
+                    }
                 }
-            }
-            match failed {
-                // `f` was never polled: nothing of it was sent.
-                Some(e) => Err(e.into()),
-                None => f.await.map_err(Into::into),
-            }
-        })
+                match failed {
+                    // `f` was never polled: nothing of it was sent.
+                    Some(e) => Err(e.into()),
+                    None => f.await.map_err(Into::into),
+                }
+            })
+            .inspect_err(|_| self.failed.set(true))
+    }
+
+    /// Refuses a statement while another's rows are still being read (it would wait forever
+    /// behind them).
+    fn free(&self) -> Result<()> {
+        match self.streams.get() {
+            0 => Ok(()),
+            _ => Err(Error::Other(
+                "a statement while another query's rows are still being read: read them first"
+                    .into(),
+            )),
+        }
     }
 
     /// Sends a write now and keeps its answer for later.
     fn send(&self, statement: &tokio_postgres::Statement, bound: Bound<'_>) -> Result<()> {
+        self.free()?;
         let values: SmallVec<[Value; 12]> = bound.iter().map(|v| v.into_value()).collect();
         let (client, statement) = (std::sync::Arc::clone(&self.client), statement.clone());
         let mut answer: Answer = Box::pin(async move {
@@ -804,7 +875,10 @@ impl PgConn {
         // which writes it out the next time the runtime runs.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match answer.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(r) => r.map(drop).map_err(Into::into),
+            std::task::Poll::Ready(r) => r.map(drop).map_err(|e| {
+                self.failed.set(true);
+                e.into()
+            }),
             std::task::Poll::Pending => {
                 self.pending.borrow_mut().push(answer);
                 Ok(())
@@ -816,6 +890,7 @@ impl PgConn {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
+        self.free()?;
         let s = self.block(self.client.prepare(&dollar_placeholders(sql)))?;
         self.statements
             .borrow_mut()

@@ -58,6 +58,9 @@ pub enum StoreError {
     /// The database server cannot be reached: nothing was written.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// Another node's services hold the database's writer lock.
+    #[error("{0}")]
+    Held(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -501,17 +504,33 @@ enum Engine {
 }
 
 fn writer_loop(
-    mut conn: Connection,
+    conn: Connection,
     engine: Engine,
     rx: Receiver<Job>,
     completions: SyncSender<Completion>,
     metrics: Arc<Metrics>,
 ) {
+    // `None` while a PostgreSQL writer has no server: the old connection is dropped at once,
+    // since its session holds the writer's lock that the next connection must take.
+    let mut conn = Some(conn);
     let mut writes: Vec<WriteFn> = Vec::with_capacity(MAX_BATCH);
     let mut commits: u64 = 0;
     let mut lost: Option<postgres::Lost> = None;
-    let mut last_commit = Instant::now();
-    while let Ok(first) = rx.recv() {
+    let mut checked = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(IDLE_CHECK) {
+            Ok(j) => j,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: a PostgreSQL writer looks for its server now, so that `/readyz` tells
+                // the truth and the connection is back before the next write needs it.
+                if let Engine::Postgres { url } = &engine {
+                    ensure_server(&mut conn, url, &mut lost, &metrics);
+                    checked = Instant::now();
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut dones: Vec<DoneFn> = Vec::with_capacity(64);
         writes.push(first.write);
         dones.extend(first.done);
@@ -527,31 +546,30 @@ fn writer_loop(
         let t0 = Instant::now();
         let n = writes.len() as u64;
         metrics.store_queue.fetch_sub(n, Relaxed);
-        // A connection idle for a while may have lost its server meanwhile (a restart): found
-        // out now, the batch goes to a new connection instead of failing.
-        let idle = t0.duration_since(last_commit) > IDLE_CHECK;
         if let Engine::Postgres { url } = &engine
-            && (lost.is_some() || conn.is_closed() || (idle && !conn.alive()))
+            && (lost.is_some()
+                || conn.as_ref().is_none_or(Connection::is_closed)
+                || t0.duration_since(checked) > IDLE_CHECK)
         {
-            match postgres::reconnect_writer(url, &mut lost) {
-                Some(c) => conn = c,
-                None => writes.clear(),
-            }
+            ensure_server(&mut conn, url, &mut lost, &metrics);
         }
-        let result = match &lost {
+        let result = match (&lost, &conn) {
+            (None, Some(c)) => commit(c, &mut writes),
             // Refused before anything is sent: the server is away, nothing of it was written.
-            Some(l) => Err(l.error()),
-            None => commit(&conn, &mut writes),
+            (Some(l), _) => Err(l.error()),
+            (None, None) => Err(StoreError::Unavailable("no connection".into())),
         };
-        if let (Engine::Postgres { .. }, Err(_)) = (&engine, &result)
-            && conn.is_closed()
-            && lost.is_none()
-        {
-            lost = Some(postgres::Lost::new());
+        // Whatever `commit` did not run (it stops at the first failure) is refused with the
+        // batch: never left for the next one.
+        writes.clear();
+        if let (Engine::Postgres { .. }, Err(StoreError::Unavailable(_))) = (&engine, &result) {
+            conn = None;
+            lost.get_or_insert_with(postgres::Lost::new);
         }
-        last_commit = Instant::now();
-        let up = lost.is_none() && !matches!(result, Err(StoreError::Unavailable(_)));
-        metrics.store_up.store(u64::from(up), Relaxed);
+        checked = Instant::now();
+        metrics
+            .store_up
+            .store(u64::from(lost.is_none() && conn.is_some()), Relaxed);
         metrics.store_commit_latency.observe(t0.elapsed());
         metrics.store_commits.fetch_add(1, Relaxed);
         metrics.store_jobs.fetch_add(n, Relaxed);
@@ -571,7 +589,7 @@ fn writer_loop(
         if let Engine::Sqlite { wal } = &engine
             && commits.is_multiple_of(WAL_CHECK_EVERY)
             && std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_LIMIT)
-            && let Some(c) = conn.sqlite()
+            && let Some(c) = conn.as_ref().and_then(Connection::sqlite)
         {
             let t = Instant::now();
             // Most frames were already copied by the checkpointer; this copies the rest and lets
@@ -583,6 +601,25 @@ fn writer_loop(
             metrics.store_commit_latency.observe(t.elapsed());
         }
     }
+}
+
+/// A PostgreSQL writer with a live connection to its server afterwards, unless the server is
+/// away (then `lost` says since when and why); `store_up` says which.
+fn ensure_server(
+    conn: &mut Option<Connection>,
+    url: &str,
+    lost: &mut Option<postgres::Lost>,
+    metrics: &Metrics,
+) {
+    if lost.is_none() && conn.as_ref().is_some_and(|c| !c.is_closed() && c.alive()) {
+        metrics.store_up.store(1, Relaxed);
+        return;
+    }
+    if conn.take().is_some() {
+        lost.get_or_insert_with(postgres::Lost::new);
+    }
+    *conn = postgres::reconnect_writer(url, lost);
+    metrics.store_up.store(u64::from(conn.is_some()), Relaxed);
 }
 
 /// Runs each batch's `done` calls in commit order.
@@ -616,22 +653,14 @@ fn checkpoint_loop(conn: Connection, stop: Arc<(Mutex<bool>, std::sync::Condvar)
 }
 
 fn commit(conn: &Connection, writes: &mut Vec<WriteFn>) -> Result<(), StoreError> {
-    // SQLite: take the write lock now rather than at the first write, so a reader's lock never
-    // makes the batch fail half-way. PostgreSQL: row locks, one writer.
-    let begin = if conn.is_postgres() {
-        "BEGIN"
-    } else {
-        "BEGIN IMMEDIATE"
-    };
-    conn.execute_batch(begin)
-        .map_err(|e| postgres::classify(conn, e))?;
+    conn.begin().map_err(|e| postgres::classify(conn, e))?;
     for w in writes.drain(..) {
         if let Err(e) = w(conn) {
             let _ = conn.rollback();
             return Err(postgres::classify(conn, e));
         }
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    if let Err(e) = conn.commit() {
         let _ = conn.rollback();
         return Err(postgres::classify(conn, e));
     }

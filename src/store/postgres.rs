@@ -51,7 +51,7 @@ pub fn open_writer(url: &str) -> Result<Connection, StoreError> {
         r.get(0)
     })?;
     if !held {
-        return Err(StoreError::Db(format!(
+        return Err(StoreError::Held(format!(
             "another hub node's services are writing to {}: one node runs them at a time",
             redact(url)
         )));
@@ -91,7 +91,7 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
         Ok(())
     })();
     match done {
-        Ok(()) => Ok(c.execute_batch("COMMIT")?),
+        Ok(()) => Ok(c.commit()?),
         Err(e) => {
             let _ = c.rollback();
             Err(e)
@@ -103,9 +103,17 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
 /// was written), else the database's own error.
 pub fn classify(c: &Connection, e: db::Error) -> StoreError {
     match e {
-        db::Error::Postgres(m) if c.is_closed() => StoreError::Unavailable(m),
+        db::Error::Postgres(m) if c.is_closed() || server_gone(&m) => StoreError::Unavailable(m),
         e => e.into(),
     }
+}
+
+/// SQLSTATEs of a server that is shutting down or cut the session (class 57P: an operator
+/// intervened; class 08: the connection failed), which arrive before the socket closes.
+fn server_gone(message: &str) -> bool {
+    ["57P01", "57P02", "57P03", "08"]
+        .iter()
+        .any(|code| message.starts_with(code))
 }
 
 /// A writer whose server went away: since when, and why its last try to come back failed.

@@ -40,6 +40,8 @@ use crate::transport::protocol::{ErrorCode, ProtoError, ReqId, reply};
 
 /// Campaign progress reaches watching consoles at most this often.
 const PROGRESS_FLUSH: Duration = Duration::from_millis(250);
+/// How soon an order whose write failed while the database was away is asked for again.
+const RELOAD_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ServiceError {
@@ -394,6 +396,8 @@ pub fn sees_contact(org: &Org, o: &Order, v: NodeIdx, role: Role) -> bool {
 enum Read {
     Nothing,
     Doc(Option<Box<OrderDoc>>),
+    /// An order rebuilt from its history.
+    Reloaded(Option<Box<Order>>),
     Notice(Option<NoticeRow>),
     Corrections(Vec<Correction>),
     /// Whether the reader was a recipient (its receipt was written).
@@ -518,6 +522,9 @@ struct Service {
     metrics: Arc<Metrics>,
     clock: Clock,
     news: Notifier<Stored>,
+    /// Orders to take back from the store again, once it answers (their write failed while it
+    /// was away).
+    reloads: mpsc::UnboundedSender<OrderId>,
     pipeline: Pipeline,
     campaigns: HashMap<u64, CampaignState>,
     next_notice: u64,
@@ -563,6 +570,7 @@ pub fn start(
     tracing::info!(open, next_id = loaded.next_id, "orders loaded");
     let (tx, rx) = mpsc::channel(crate::store::QUEUE);
     let (news, news_rx) = inbox();
+    let (reloads, reloads_rx) = mpsc::unbounded_channel();
     let svc = Service {
         core,
         org,
@@ -572,6 +580,7 @@ pub fn start(
         metrics: Arc::clone(&metrics),
         clock,
         news,
+        reloads,
         pipeline: Pipeline::new(),
         campaigns,
         next_notice,
@@ -579,7 +588,7 @@ pub fn start(
     };
     Ok(Started {
         handle: OrdersHandle { tx, metrics },
-        task: tokio::spawn(svc.run(rx, news_rx)),
+        task: tokio::spawn(svc.run(rx, news_rx, reloads_rx)),
     })
 }
 
@@ -615,6 +624,7 @@ impl Service {
         mut self,
         mut rx: mpsc::Receiver<Cmd>,
         mut stored: mpsc::UnboundedReceiver<Stored>,
+        mut reloads: mpsc::UnboundedReceiver<OrderId>,
     ) {
         let mut buf = Vec::with_capacity(256);
         let mut done = Vec::with_capacity(256);
@@ -640,6 +650,7 @@ impl Service {
                         }
                     }
                 }
+                Some(id) = reloads.recv(), if !stopping => self.reload(id).await,
                 n = rx.recv_many(&mut buf, 1024), if !stopping => {
                     if n == 0 {
                         return;
@@ -681,6 +692,18 @@ impl Service {
     }
 
     /// Queues a job that reads something for its effect.
+    /// Takes order `id` back as the store has it (its history replayed).
+    async fn reload(&mut self, id: OrderId) {
+        let t = self.pipeline.wait(Effect::Reload(id));
+        let org = Arc::clone(&self.org);
+        self.query(
+            t,
+            move |c| persist::reload(c, &org, id),
+            |o| Read::Reloaded(o.map(Box::new)),
+        )
+        .await;
+    }
+
     async fn query<T: Send + 'static>(
         &self,
         ticket: u64,
@@ -978,13 +1001,7 @@ impl Service {
                 Err(e) => {
                     reply.err(out, e.into());
                     // The core moved on before the write failed: take the order back as stored.
-                    let t = self.pipeline.wait(Effect::Reload(id));
-                    self.query(
-                        t,
-                        move |c| persist::order_doc(c, id),
-                        |d| Read::Doc(d.map(Box::new)),
-                    )
-                    .await;
+                    self.reload(id).await;
                 }
             },
             Effect::Ready(reply, r) => reply.answer(out, r),
@@ -1032,10 +1049,17 @@ impl Service {
                 reply.err(out, e);
             }
             Effect::Reload(id) => match result {
-                Ok(Read::Doc(Some(d))) => match d.to_order(&self.org) {
-                    Ok(o) => self.core.reload(o),
-                    Err(_) => self.core.forget(id),
-                },
+                Ok(Read::Reloaded(Some(o))) => self.core.reload(*o),
+                Ok(Read::Reloaded(None)) => self.core.discard(id),
+                // The database is away: the order stays as the core has it (its writes are
+                // refused meanwhile) and is taken back once the store answers.
+                Err(StoreError::Unavailable(_)) => {
+                    let again = self.reloads.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RELOAD_RETRY).await;
+                        let _ = again.send(id);
+                    });
+                }
                 _ => self.core.forget(id),
             },
             Effect::NoticeGet(reply, who, id) => {
