@@ -682,6 +682,7 @@ impl<'c> Statement<'c> {
                     conn: c,
                     stream: Box::pin(stream),
                     current: None,
+                    open: true,
                 })
             }
         }
@@ -720,6 +721,9 @@ pub enum Rows<'s> {
         conn: &'s PgConn,
         stream: Pin<Box<tokio_postgres::RowStream>>,
         current: Option<tokio_postgres::Row>,
+        /// Rows still to come: until the last is read (or this is dropped) nothing else may go
+        /// out on the connection.
+        open: bool,
     },
 }
 
@@ -732,9 +736,17 @@ impl Rows<'_> {
                 conn,
                 stream,
                 current,
+                open,
             } => {
                 use futures_util::StreamExt;
+                if !*open {
+                    return Ok(None);
+                }
                 *current = conn.block(async { stream.as_mut().next().await.transpose() })?;
+                if current.is_none() {
+                    *open = false;
+                    conn.streams.set(conn.streams.get() - 1);
+                }
                 Ok(current.as_ref().map(Row::Pg))
             }
         }
@@ -743,7 +755,10 @@ impl Rows<'_> {
 
 impl Drop for Rows<'_> {
     fn drop(&mut self) {
-        if let Rows::Pg { conn, .. } = self {
+        if let Rows::Pg {
+            conn, open: true, ..
+        } = self
+        {
             conn.streams.set(conn.streams.get() - 1);
         }
     }
