@@ -338,7 +338,14 @@ pub async fn join(
             None
         };
         match refused {
-            None => break,
+            None => {
+                // Who runs the services is known from this first renewal: a request forwarded
+                // right after joining finds them.
+                shared
+                    .owner
+                    .store(b.owner.map_or(NO_OWNER, |h| h.0 as u32), Relaxed);
+                break;
+            }
             Some(e) if started.elapsed() > patience => {
                 // Our own lease, if taken, is given back.
                 let _ = release(&mut conn, &shared).await;

@@ -491,6 +491,18 @@ impl TestTerminal {
         self.reply_to(&id).await
     }
 
+    /// `call`, but gives up after `within` (a request forwarded to a node that died on its
+    /// way is never answered: the terminal asks again, as the field page does).
+    pub async fn call_within(
+        &mut self,
+        kind: &str,
+        data: Value,
+        within: Duration,
+    ) -> Option<Value> {
+        let id = self.request(kind, data).await;
+        tokio::time::timeout(within, self.reply_to(&id)).await.ok()
+    }
+
     pub async fn reply_to(&mut self, id: &Value) -> Value {
         self.next_where(|m| &m["re"] == id).await
     }
