@@ -90,16 +90,7 @@ pub fn import(
     let store = crate::store::Store::open_target(target.clone(), Arc::default())
         .map_err(|e| format!("{target}: {e}"))?;
     let first_id = store
-        .read_sync(|c| {
-            c.execute_batch("BEGIN")?;
-            match super::store::import_year(c, org, &year, org.root()) {
-                Ok(id) => c.commit().map(|()| id),
-                Err(e) => {
-                    let _ = c.rollback();
-                    Err(e)
-                }
-            }
-        })
+        .read_sync(|c| c.transaction(|c| super::store::import_year(c, org, &year, org.root())))
         .map_err(|e| format!("{target}: {e}"))?;
     store.close();
     Ok(Imported {

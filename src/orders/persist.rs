@@ -402,17 +402,15 @@ pub fn reindex_nodes(
     if stored.as_deref() == Some(fingerprint) {
         return Ok(0);
     }
-    c.execute_batch(if c.is_postgres() {
-        "BEGIN;
-         CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre BIGINT NOT NULL);
-         DELETE FROM org_index;"
-    } else {
-        "BEGIN;
-         CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre INTEGER NOT NULL) WITHOUT ROWID;
-         DELETE FROM org_index;"
-    })?;
     // Rolled back whole on any failure, so the connection goes back to its pool clean.
-    let moved = (|| {
+    c.transaction(|c| {
+        c.execute_batch(if c.is_postgres() {
+            "CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre BIGINT NOT NULL);
+             DELETE FROM org_index;"
+        } else {
+            "CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre INTEGER NOT NULL) WITHOUT ROWID;
+             DELETE FROM org_index;"
+        })?;
         {
             let mut st = c.prepare("INSERT INTO org_index (node, pre) VALUES (?1, ?2)")?;
             for (i, n) in org.nodes() {
@@ -452,13 +450,8 @@ pub fn reindex_nodes(
             [fingerprint],
         )?;
         c.execute_batch("DELETE FROM org_index")?;
-        c.commit()?;
         Ok(n)
-    })();
-    if moved.is_err() {
-        let _ = c.rollback();
-    }
-    moved
+    })
 }
 
 #[cfg(test)]

@@ -57,9 +57,8 @@ pub fn sqlite_to_postgres(from: &Path, to: &str) -> Result<Copied, StoreError> {
 }
 
 fn copy_all(src: &Connection, dst: &Connection) -> super::db::Result<Copied> {
-    let mut out = Vec::new();
-    dst.execute_batch("BEGIN")?;
-    let done = (|| {
+    dst.transaction(|dst| {
+        let mut out = Vec::new();
         for &(table, _) in TABLES {
             let there: i64 = dst.query_row(
                 &format!("SELECT COUNT(*) FROM (SELECT 1 FROM {table} LIMIT 1) t"),
@@ -86,15 +85,8 @@ fn copy_all(src: &Connection, dst: &Connection) -> super::db::Result<Copied> {
                 )?;
             }
         }
-        Ok(())
-    })();
-    match done {
-        Ok(()) => dst.commit().map(|()| out),
-        Err(e) => {
-            let _ = dst.rollback();
-            Err(e)
-        }
-    }
+        Ok(out)
+    })
 }
 
 /// The table's rows in order of SQLite's rowid, a chunk at a time (all at once for a table

@@ -557,6 +557,22 @@ impl Connection {
         }
     }
 
+    /// `f` in one transaction: committed if it succeeds, rolled back whole if anything fails.
+    pub fn transaction<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&Connection) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.begin()?;
+        match f(self).and_then(|v| self.commit().map(|()| v).map_err(E::from)) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Already failed: the rollback's own error would say nothing more.
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
     /// Opens a transaction. SQLite's takes the write lock now rather than at the first write,
     /// so a reader's lock never makes a batch fail half-way.
     pub fn begin(&self) -> Result<()> {
@@ -677,7 +693,7 @@ impl<'c> Statement<'c> {
                 c.free()?;
                 let args = pg_args(&bound);
                 let stream = c.block(c.client.query_raw(&*s, args.iter().copied()))?;
-                c.streams.set(c.streams.get() + 1);
+                c.reading.set(true);
                 Ok(Rows::Pg {
                     conn: c,
                     stream: Box::pin(stream),
@@ -745,7 +761,7 @@ impl Rows<'_> {
                 *current = conn.block(async { stream.as_mut().next().await.transpose() })?;
                 if current.is_none() {
                     *open = false;
-                    conn.streams.set(conn.streams.get() - 1);
+                    conn.reading.set(false);
                 }
                 Ok(current.as_ref().map(Row::Pg))
             }
@@ -759,7 +775,7 @@ impl Drop for Rows<'_> {
             conn, open: true, ..
         } = self
         {
-            conn.streams.set(conn.streams.get() - 1);
+            conn.reading.set(false);
         }
     }
 }
@@ -790,9 +806,9 @@ pub struct PgConn {
     client: std::sync::Arc<tokio_postgres::Client>,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
     pending: RefCell<Vec<Answer>>,
-    /// Results being read: their rows hold up every answer behind them, so no other statement
-    /// may go out meanwhile.
-    streams: Cell<usize>,
+    /// A result is being read: its rows hold up every answer behind them, so no other statement
+    /// may go out meanwhile (and so no second result either).
+    reading: Cell<bool>,
     /// A statement of the open transaction failed: the server will only roll it back, and a
     /// `COMMIT` it answers as a rollback must not count as one.
     failed: Cell<bool>,
@@ -831,7 +847,7 @@ impl PgConn {
             client: std::sync::Arc::new(client),
             statements: RefCell::default(),
             pending: RefCell::default(),
-            streams: Cell::new(0),
+            reading: Cell::new(false),
             failed: Cell::new(false),
         })
     }
@@ -867,13 +883,13 @@ impl PgConn {
     /// Refuses a statement while another's rows are still being read (it would wait forever
     /// behind them).
     fn free(&self) -> Result<()> {
-        match self.streams.get() {
-            0 => Ok(()),
-            _ => Err(Error::Other(
+        if self.reading.get() {
+            return Err(Error::Other(
                 "a statement while another query's rows are still being read: read them first"
                     .into(),
-            )),
+            ));
         }
+        Ok(())
     }
 
     /// Sends a write now and keeps its answer for later.

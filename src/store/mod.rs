@@ -309,15 +309,7 @@ impl Store {
                 let conn = open_sqlite_writer(path)?;
                 (conn, Some(open_conn(path)?))
             }
-            // Start-up runs inside the hub's runtime, where the connection's own cannot block.
-            Target::Postgres(url) => (
-                std::thread::scope(|s| {
-                    s.spawn(|| postgres::open_writer(url))
-                        .join()
-                        .unwrap_or_else(|_| Err(StoreError::Db("connecting panicked".into())))
-                })?,
-                None,
-            ),
+            Target::Postgres(url) => (postgres::off_runtime(|| postgres::open_writer(url))?, None),
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -433,18 +425,15 @@ impl Store {
     ) -> Result<T, StoreError> {
         match self.target {
             Target::Sqlite(_) => self.read_here(f),
-            // A PostgreSQL connection blocks on its own runtime, which cannot start inside the
-            // caller's (start-up runs in one): the read waits on a thread of its own.
-            Target::Postgres(_) => std::thread::scope(|s| {
-                s.spawn(|| self.read_here(f))
-                    .join()
-                    .unwrap_or_else(|_| Err(StoreError::Db("a read panicked".into())))
-            }),
+            Target::Postgres(_) => postgres::off_runtime(|| self.read_here(f)),
         }
     }
 
     fn read_here<T>(&self, f: impl FnOnce(&Connection) -> db::Result<T>) -> Result<T, StoreError> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // A pooled connection may have lost its server since its last read (a restart, even a
+        // quick one): asked first (one round trip on PostgreSQL, nothing on SQLite), so that it
+        // is replaced rather than fail the read.
         let conn = match pooled {
             Some(c) if c.alive() => c,
             _ => self.open_reader()?,
@@ -478,8 +467,7 @@ impl Store {
             let _ = h.join();
         }
         let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
-        // A PostgreSQL connection's runtime cannot be dropped inside the caller's.
-        let _ = std::thread::spawn(move || drop(readers)).join();
+        postgres::off_runtime(move || drop(readers));
     }
 }
 
@@ -510,12 +498,11 @@ fn writer_loop(
     completions: SyncSender<Completion>,
     metrics: Arc<Metrics>,
 ) {
-    // `None` while a PostgreSQL writer has no server: the old connection is dropped at once,
-    // since its session holds the writer's lock that the next connection must take.
-    let mut conn = Some(conn);
+    // The connection, or while a PostgreSQL writer has no server, since when and why: the old
+    // connection is dropped at once, since its session holds the lock the next one must take.
+    let mut writer: Result<Connection, postgres::Lost> = Ok(conn);
     let mut writes: Vec<WriteFn> = Vec::with_capacity(MAX_BATCH);
     let mut commits: u64 = 0;
-    let mut lost: Option<postgres::Lost> = None;
     let mut checked = Instant::now();
     loop {
         let first = match rx.recv_timeout(IDLE_CHECK) {
@@ -524,7 +511,8 @@ fn writer_loop(
                 // Idle: a PostgreSQL writer looks for its server now, so that `/readyz` tells
                 // the truth and the connection is back before the next write needs it.
                 if let Engine::Postgres { url } = &engine {
-                    ensure_server(&mut conn, url, &mut lost, &metrics);
+                    ensure_server(&mut writer, url);
+                    metrics.store_up.store(u64::from(writer.is_ok()), Relaxed);
                     checked = Instant::now();
                 }
                 continue;
@@ -547,29 +535,27 @@ fn writer_loop(
         let n = writes.len() as u64;
         metrics.store_queue.fetch_sub(n, Relaxed);
         if let Engine::Postgres { url } = &engine
-            && (lost.is_some()
-                || conn.as_ref().is_none_or(Connection::is_closed)
-                || t0.duration_since(checked) > IDLE_CHECK)
+            && !writer
+                .as_ref()
+                .is_ok_and(|c| !c.is_closed() && t0.duration_since(checked) <= IDLE_CHECK)
         {
-            ensure_server(&mut conn, url, &mut lost, &metrics);
+            ensure_server(&mut writer, url);
         }
-        let result = match (&lost, &conn) {
-            (None, Some(c)) => commit(c, &mut writes),
+        let result = match &writer {
+            Ok(c) => commit(c, &mut writes),
             // Refused before anything is sent: the server is away, nothing of it was written.
-            (Some(l), _) => Err(l.error()),
-            (None, None) => Err(StoreError::Unavailable("no connection".into())),
+            Err(l) => Err(l.error()),
         };
         // Whatever `commit` did not run (it stops at the first failure) is refused with the
         // batch: never left for the next one.
         writes.clear();
-        if let (Engine::Postgres { .. }, Err(StoreError::Unavailable(_))) = (&engine, &result) {
-            conn = None;
-            lost.get_or_insert_with(postgres::Lost::new);
+        if let (Engine::Postgres { .. }, Err(StoreError::Unavailable(_)), Ok(_)) =
+            (&engine, &result, &writer)
+        {
+            writer = Err(postgres::Lost::default());
         }
         checked = Instant::now();
-        metrics
-            .store_up
-            .store(u64::from(lost.is_none() && conn.is_some()), Relaxed);
+        metrics.store_up.store(u64::from(writer.is_ok()), Relaxed);
         metrics.store_commit_latency.observe(t0.elapsed());
         metrics.store_commits.fetch_add(1, Relaxed);
         metrics.store_jobs.fetch_add(n, Relaxed);
@@ -589,7 +575,7 @@ fn writer_loop(
         if let Engine::Sqlite { wal } = &engine
             && commits.is_multiple_of(WAL_CHECK_EVERY)
             && std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_LIMIT)
-            && let Some(c) = conn.as_ref().and_then(Connection::sqlite)
+            && let Some(c) = writer.as_ref().ok().and_then(Connection::sqlite)
         {
             let t = Instant::now();
             // Most frames were already copied by the checkpointer; this copies the rest and lets
@@ -604,22 +590,16 @@ fn writer_loop(
 }
 
 /// A PostgreSQL writer with a live connection to its server afterwards, unless the server is
-/// away (then `lost` says since when and why); `store_up` says which.
-fn ensure_server(
-    conn: &mut Option<Connection>,
-    url: &str,
-    lost: &mut Option<postgres::Lost>,
-    metrics: &Metrics,
-) {
-    if lost.is_none() && conn.as_ref().is_some_and(|c| !c.is_closed() && c.alive()) {
-        metrics.store_up.store(1, Relaxed);
+/// away (then since when and why).
+fn ensure_server(writer: &mut Result<Connection, postgres::Lost>, url: &str) {
+    if writer.as_ref().is_ok_and(|c| !c.is_closed() && c.alive()) {
         return;
     }
-    if conn.take().is_some() {
-        lost.get_or_insert_with(postgres::Lost::new);
-    }
-    *conn = postgres::reconnect_writer(url, lost);
-    metrics.store_up.store(u64::from(conn.is_some()), Relaxed);
+    // The dead connection goes first: its session holds the lock the new one must take.
+    let lost = std::mem::replace(writer, Err(postgres::Lost::default()))
+        .err()
+        .unwrap_or_default();
+    *writer = postgres::reconnect_writer(url, lost);
 }
 
 /// Runs each batch's `done` calls in commit order.
@@ -653,18 +633,8 @@ fn checkpoint_loop(conn: Connection, stop: Arc<(Mutex<bool>, std::sync::Condvar)
 }
 
 fn commit(conn: &Connection, writes: &mut Vec<WriteFn>) -> Result<(), StoreError> {
-    conn.begin().map_err(|e| postgres::classify(conn, e))?;
-    for w in writes.drain(..) {
-        if let Err(e) = w(conn) {
-            let _ = conn.rollback();
-            return Err(postgres::classify(conn, e));
-        }
-    }
-    if let Err(e) = conn.commit() {
-        let _ = conn.rollback();
-        return Err(postgres::classify(conn, e));
-    }
-    Ok(())
+    conn.transaction(|c| writes.drain(..).try_for_each(|w| w(c)))
+        .map_err(|e| postgres::classify(conn, e))
 }
 
 #[cfg(test)]

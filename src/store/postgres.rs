@@ -17,6 +17,17 @@ const WRITER_LOCK: i64 = 0x6772_6964_6875_6202;
 /// How often a writer that lost its server tries again; batches in between are refused at once.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 
+/// Runs `f` on a thread of its own and waits for it. A PostgreSQL connection blocks on a runtime
+/// of its own, which cannot start, block or be dropped inside the caller's (start-up and tests
+/// run in one). A panic in `f` carries on in the caller.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// The URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -69,8 +80,7 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
             |r| r.get(0),
         )
     };
-    c.execute_batch("BEGIN")?;
-    let done = (|| -> Result<(), StoreError> {
+    c.transaction(|c| -> Result<(), StoreError> {
         c.query_row("SELECT pg_advisory_xact_lock(?1)", [MIGRATE_LOCK], |_| {
             Ok(())
         })?;
@@ -89,14 +99,7 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
             )?;
         }
         Ok(())
-    })();
-    match done {
-        Ok(()) => Ok(c.commit()?),
-        Err(e) => {
-            let _ = c.rollback();
-            Err(e)
-        }
-    }
+    })
 }
 
 /// A failed statement as the store reports it: `Unavailable` when the server is gone (nothing
@@ -123,15 +126,17 @@ pub struct Lost {
     why: String,
 }
 
-impl Lost {
-    pub fn new() -> Lost {
+impl Default for Lost {
+    fn default() -> Lost {
         Lost {
             since: Instant::now(),
             tried: None,
             why: "the connection closed".into(),
         }
     }
+}
 
+impl Lost {
     pub fn error(&self) -> StoreError {
         StoreError::Unavailable(format!(
             "{} (for {} ms)",
@@ -141,18 +146,11 @@ impl Lost {
     }
 }
 
-impl Default for Lost {
-    fn default() -> Lost {
-        Lost::new()
-    }
-}
-
-/// The writer's connection again, unless it was tried too recently or the server still refuses;
-/// `lost` says which.
-pub fn reconnect_writer(url: &str, lost: &mut Option<Lost>) -> Option<Connection> {
-    let l = lost.get_or_insert_with(Lost::new);
+/// The writer's connection again, unless it was tried too recently or the server still refuses
+/// (then what was lost, with why).
+pub fn reconnect_writer(url: &str, mut l: Lost) -> Result<Connection, Lost> {
     if l.tried.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
-        return None;
+        return Err(l);
     }
     l.tried = Some(Instant::now());
     match open_writer(url) {
@@ -161,8 +159,7 @@ pub fn reconnect_writer(url: &str, lost: &mut Option<Lost>) -> Option<Connection
                 after_ms = l.since.elapsed().as_millis() as u64,
                 "the store's database is back"
             );
-            *lost = None;
-            Some(c)
+            Ok(c)
         }
         Err(e) => {
             let why = match e {
@@ -173,7 +170,7 @@ pub fn reconnect_writer(url: &str, lost: &mut Option<Lost>) -> Option<Connection
                 tracing::warn!(error = %why, "the store's database is still unavailable");
             }
             l.why = why;
-            None
+            Err(l)
         }
     }
 }
