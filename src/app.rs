@@ -132,6 +132,7 @@ pub async fn start_node(
             let b = &config.backplane;
             let settings = crate::backplane::redis::Settings {
                 url: b.redis_url.clone(),
+                redis_cluster: b.redis_cluster,
                 cluster: b.cluster.clone(),
                 lease_ms: b.lease_ms,
             };

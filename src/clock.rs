@@ -44,6 +44,17 @@ impl Clock {
         }
     }
 
+    /// Wall time, Unix microseconds: what orders connections made within one millisecond.
+    pub fn now_us(&self) -> u64 {
+        match self.follows {
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+            Some(wall) => wall * 1000 + self.base.elapsed().as_micros() as u64,
+        }
+    }
+
     /// Monotonic time, for timers and latency.
     pub fn instant(&self) -> Instant {
         Instant::now()
@@ -110,5 +121,7 @@ mod tests {
         assert_eq!(c.now_ms(), 1_100_000);
         assert_eq!(c.instant() - t0, Duration::from_secs(10));
         assert_eq!(c.mono_ms(), 100_000);
+        tokio::time::advance(Duration::from_micros(250)).await;
+        assert_eq!(c.now_us(), 1_100_000_250);
     }
 }

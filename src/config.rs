@@ -271,12 +271,23 @@ impl Config {
                     b.cluster
                 )));
             }
-            if let Err(e) = redis::Client::open(b.redis_url.as_str()) {
+            let named = if b.redis_cluster {
+                crate::backplane::redis::cluster_seeds(&b.redis_url).map(|_| ())
+            } else {
+                redis::Client::open(b.redis_url.as_str())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = named {
                 return Err(ConfigError::Invalid(format!(
                     "backplane.redis_url {:?}: {e}",
                     b.redis_url
                 )));
             }
+        } else if self.backplane.redis_cluster {
+            return Err(ConfigError::Invalid(
+                "backplane.redis_cluster needs kind = \"redis\"".into(),
+            ));
         }
         let b = &self.backplane;
         if b.standby
@@ -435,6 +446,24 @@ mod tests {
         assert!(e.to_string().contains("must exceed"), "{e}");
         let e = Config::load(None, env(&[("GRIDHUB_BACKPLANE__HUB_ID", "4096")])).unwrap_err();
         assert!(e.to_string().contains("at most 4095"), "{e}");
+        let e =
+            Config::load(None, env(&[("GRIDHUB_BACKPLANE__REDIS_CLUSTER", "true")])).unwrap_err();
+        assert!(e.to_string().contains("needs kind"), "{e}");
+        let cluster = |url: &str| {
+            Config::load(
+                None,
+                env(&[
+                    ("GRIDHUB_BACKPLANE__KIND", "redis"),
+                    ("GRIDHUB_BACKPLANE__REDIS_CLUSTER", "true"),
+                    ("GRIDHUB_BACKPLANE__REDIS_URL", url),
+                ]),
+            )
+        };
+        cluster("redis://10.0.0.1:7000/, redis://10.0.0.2:7000/").unwrap();
+        let e = cluster("redis://10.0.0.1:7000/,redis+unix:///run/redis.sock").unwrap_err();
+        assert!(e.to_string().contains("over TCP"), "{e}");
+        let e = cluster("redis://10.0.0.1:7000/,").unwrap_err();
+        assert!(e.to_string().contains("redis_url"), "{e}");
     }
 
     /// The shipped file lists every setting, with its default: nothing an operator can set is

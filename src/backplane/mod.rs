@@ -291,6 +291,10 @@ pub struct BackplaneConfig {
     pub standby: bool,
     /// With `kind = "redis"`: the server every node of the cluster uses.
     pub redis_url: String,
+    /// With `kind = "redis"`: `redis_url` names nodes of a Redis Cluster (one or more,
+    /// comma-separated), not a lone server. The link finds the master holding the cluster's keys
+    /// and follows it across a failover.
+    pub redis_cluster: bool,
     /// With `kind = "redis"`: the cluster's name in Redis keys and channels.
     pub cluster: String,
     /// With `kind = "redis"`: how long a node stays in the cluster without renewing its lease;
@@ -306,6 +310,7 @@ impl Default for BackplaneConfig {
             runs_services: true,
             standby: false,
             redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_cluster: false,
             cluster: "gridhub".into(),
             lease_ms: 3_000,
         }
@@ -555,6 +560,7 @@ impl Backplane {
                 seat,
                 ..
             } => {
+                self.registry.witness(*conn);
                 if let Some(ep) = self.org.lookup(ep.as_str()) {
                     let new = Located {
                         conn: *conn,
@@ -967,6 +973,18 @@ impl Lifecycle for Backplane {
             at,
         };
         self.own_news(news).await;
+        // The seat connected on another node at the same moment with a larger key (that node's
+        // clock ahead of this one's, neither having heard of the other): it holds the seat on
+        // every node, this connection is counted nowhere, so it is told it was replaced rather
+        // than served uncounted.
+        let newer_elsewhere = self.directory.get(&o.endpoint).is_some_and(|seats| {
+            seats
+                .iter()
+                .any(|l| l.seat == o.seat && l.conn > o.conn && hub_of(l.conn) != self.hub)
+        });
+        if newer_elsewhere && let Some(c) = self.registry.by_key(o.conn) {
+            c.close(crate::transport::conn::Close::Replaced);
+        }
     }
 
     async fn spend_ticket(&self, id: &str, expires_at: u64) -> bool {

@@ -18,8 +18,14 @@
 //! again and says hello: every node sends it its roster and it sends its own to all, so every
 //! directory is set right without replaying what was lost.
 //!
-//! One Redis server. All keys share one hash tag (`{<cluster>}`), so a Redis Cluster could run
-//! the lease script on one shard; the link does not speak to a Redis Cluster yet.
+//! One Redis server, or a Redis Cluster (`backplane.redis_cluster`). Every key shares one hash
+//! tag (`{<cluster>}`), so all of them live in one slot: the link finds the master holding it
+//! (`CLUSTER SLOTS`, asked of the configured node or any node listed since) and speaks only to
+//! that master, as it would to a lone server. Its publishes reach every node of the Redis
+//! Cluster; its subscription sits on the master, where the lease script counts it. When that
+//! master is lost or demoted (a renewal fails, or is answered `MOVED`) the link asks again, and
+//! its renewals, publishes and subscription follow the new master; the gap is closed by the same
+//! hello as a lost Redis.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
@@ -53,6 +59,8 @@ const NO_OWNER: u32 = u32::MAX;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub url: String,
+    /// `url` names a node of a Redis Cluster, not a lone server.
+    pub redis_cluster: bool,
     /// Names the cluster in every key and channel: several clusters may share one Redis.
     pub cluster: String,
     /// How long a node's lease lasts without renewal: a dead node's terminals go off line
@@ -149,6 +157,209 @@ struct Beat {
     listening: i64,
 }
 
+/// Where the link's connections go: the lone server, or the master holding the cluster's slot.
+/// Replaced as a whole when a Redis Cluster's master changes.
+#[derive(Clone)]
+struct Route {
+    /// `host:port`, for the logs and to tell whether a lookup found another master.
+    addr: String,
+    /// The subscriber's.
+    client: redis::Client,
+    /// Renewals, tickets, the goodbye.
+    conn: ConnectionManager,
+    /// Publishes, on a connection of their own (see `join`).
+    publishing: ConnectionManager,
+}
+
+impl Route {
+    async fn open(addr: String, client: redis::Client, lease_ms: u64) -> Result<Route, String> {
+        // A renewal not answered within a third of the lease is tried again (the lease must not
+        // run out waiting on one lost answer); a timeout while the lease holds is slowness, not
+        // a lost Redis (see `leases`).
+        let answer_within = RESPONSE_TIMEOUT.min(Duration::from_millis(lease_ms / 3));
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(answer_within))
+            .set_number_of_retries(1);
+        // Without a server listening the manager keeps retrying: bound it.
+        let connect = |config| async {
+            tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                ConnectionManager::new_with_config(client.clone(), config),
+            )
+            .await
+            .map_err(|_| format!("{addr}: no answer within 5 s"))?
+            .map_err(|e| format!("{addr}: {e}"))
+        };
+        // Leases on a connection of their own: a renewal never waits behind a backlog of
+        // publishes (a burst of 100,000 terminals leaving), where it would time out and the
+        // node be taken for dead while it works. Publishes may take longer than a renewal
+        // before they count as failed: a slow pipeline is late, not lost.
+        let conn = connect(config.clone()).await?;
+        let publishing = connect(config.set_response_timeout(Some(PUBLISH_TIMEOUT))).await?;
+        Ok(Route {
+            addr,
+            client,
+            conn,
+            publishing,
+        })
+    }
+}
+
+/// Finds the server the link speaks to.
+struct Locator {
+    /// The lone server; in a Redis Cluster the first node named, whose credentials go to every
+    /// node asked.
+    seed: redis::Client,
+    /// The Redis Cluster's nodes named in `redis_url` (several, comma-separated, so a node can
+    /// join while one of them is down).
+    seeds: Vec<Node>,
+    redis_cluster: bool,
+    /// A key of this cluster: the hash tag puts every key in its slot.
+    key: String,
+    /// The Redis Cluster's nodes as last listed, asked in turn when the master is lost (the
+    /// configured one may be the node that died).
+    known: Mutex<Vec<(String, u16)>>,
+}
+
+/// A node of a Redis Cluster: host and port.
+pub type Node = (String, u16);
+
+impl Locator {
+    fn client(&self, (host, port): &Node) -> redis::RedisResult<redis::Client> {
+        let info = self
+            .seed
+            .get_connection_info()
+            .clone()
+            .set_addr(redis::ConnectionAddr::Tcp(host.clone(), *port));
+        redis::Client::open(info)
+    }
+
+    /// The lone server; or the master now holding the cluster's slot, as the first node of the
+    /// Redis Cluster that answers lists it.
+    async fn locate(&self) -> Result<(String, redis::Client), String> {
+        if !self.redis_cluster {
+            return Ok((
+                self.seed.get_connection_info().addr().to_string(),
+                self.seed.clone(),
+            ));
+        }
+        let mut ask = self.seeds.clone();
+        for n in self.known.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if !ask.contains(n) {
+                ask.push(n.clone());
+            }
+        }
+        let mut why = Vec::new();
+        for node in ask {
+            let listed = tokio::time::timeout(RESPONSE_TIMEOUT, self.ask(&node)).await;
+            match listed {
+                Ok(Ok((nodes, master))) => {
+                    *self.known.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+                    let client = self.client(&master).map_err(|e| e.to_string())?;
+                    return Ok((format!("{}:{}", master.0, master.1), client));
+                }
+                Ok(Err(e)) => why.push(format!("{}:{}: {e}", node.0, node.1)),
+                Err(_) => why.push(format!("{}:{}: no answer", node.0, node.1)),
+            }
+        }
+        Err(format!(
+            "no node of the Redis Cluster names the master of the cluster's keys ({})",
+            why.join("; ")
+        ))
+    }
+
+    /// What `node` says: every node of the Redis Cluster, and the master of this cluster's slot.
+    async fn ask(&self, node: &Node) -> Result<(Vec<Node>, Node), String> {
+        let client = self.client(node).map_err(|e| e.to_string())?;
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&self.key)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        master_of(&slots, slot, &node.0)
+    }
+}
+
+/// The nodes of a Redis Cluster named in `urls` (comma-separated `redis://host:port/`), and a
+/// client for the first, whose credentials and database every node is asked with.
+pub fn cluster_seeds(urls: &str) -> Result<(redis::Client, Vec<Node>), String> {
+    let mut first = None;
+    let mut seeds = Vec::new();
+    for url in urls.split(',').map(str::trim) {
+        let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+        match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port) => seeds.push((host.clone(), *port)),
+            _ => {
+                return Err(format!(
+                    "{url}: a Redis Cluster is reached over TCP (redis://host:port/), not a socket"
+                ));
+            }
+        }
+        first.get_or_insert(client);
+    }
+    let first = first.ok_or_else(|| "no Redis Cluster node named".to_string())?;
+    Ok((first, seeds))
+}
+
+/// From a `CLUSTER SLOTS` answer (per range of slots: first, last, its master, its replicas;
+/// per node: host, port, …): every node listed, and the master of `slot`. A node listed without
+/// a host is reached at the host asked (`asked`), as Redis means it.
+fn master_of(slots: &redis::Value, slot: i64, asked: &str) -> Result<(Vec<Node>, Node), String> {
+    use redis::Value::{Array, BulkString, Int, SimpleString};
+    let node = |v: &redis::Value| -> Option<Node> {
+        let Array(parts) = v else { return None };
+        let host = match parts.first()? {
+            BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            SimpleString(h) => h.clone(),
+            _ => return None,
+        };
+        let host = if host.is_empty() || host == "?" {
+            asked.to_owned()
+        } else {
+            host
+        };
+        let Int(port) = parts.get(1)? else {
+            return None;
+        };
+        Some((host, u16::try_from(*port).ok()?))
+    };
+    let Array(ranges) = slots else {
+        return Err(format!("CLUSTER SLOTS answered {slots:?}"));
+    };
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut master = None;
+    for r in ranges {
+        let Array(parts) = r else {
+            return Err(format!("CLUSTER SLOTS answered a range {r:?}"));
+        };
+        let (Some(Int(first)), Some(Int(last))) = (parts.first(), parts.get(1)) else {
+            return Err(format!("CLUSTER SLOTS answered a range {r:?}"));
+        };
+        for (i, n) in parts.iter().skip(2).enumerate() {
+            let n = node(n).ok_or_else(|| format!("CLUSTER SLOTS answered a node {n:?}"))?;
+            if i == 0 && (*first..=*last).contains(&slot) {
+                master = Some(n.clone());
+            }
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+    }
+    let master = master.ok_or_else(|| format!("no master serves slot {slot}"))?;
+    Ok((nodes, master))
+}
+
 struct Shared {
     me: HubId,
     instance: String,
@@ -157,6 +368,9 @@ struct Shared {
     settings: Settings,
     keys: Keys,
     metrics: Arc<Metrics>,
+    locator: Locator,
+    /// Where the renewals, publishes and subscription go now.
+    route: tokio::sync::watch::Sender<Route>,
     /// Subscribed, and the last lease renewal answered.
     up: AtomicBool,
     subscribed: AtomicBool,
@@ -200,7 +414,6 @@ enum Outgoing {
 pub struct RedisLink {
     shared: Arc<Shared>,
     out: mpsc::Sender<Outgoing>,
-    conn: ConnectionManager,
     /// The subscriber and the publisher.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Stopped first when the node leaves, so it cannot take its lease back.
@@ -269,31 +482,25 @@ pub async fn join(
     metrics: Arc<Metrics>,
 ) -> Result<(Arc<RedisLink>, Joined), JoinError> {
     let url = settings.url.clone();
-    let client = redis::Client::open(url.as_str()).map_err(|e| redis_error(&url, e))?;
-    // A renewal not answered within a third of the lease is tried again (the lease must not
-    // run out waiting on one lost answer); a timeout while the lease holds is slowness, not a
-    // lost Redis (see `leases`).
-    let answer_within = RESPONSE_TIMEOUT.min(Duration::from_millis(settings.lease_ms / 3));
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(answer_within))
-        .set_number_of_retries(1);
-    // Without a server listening the manager keeps retrying: bound it.
-    let connect = |config| async {
-        tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| redis_error(&url, "no answer within 5 s"))?
-        .map_err(|e| redis_error(&url, e))
+    let (seed, seeds) = if settings.redis_cluster {
+        cluster_seeds(&url).map_err(JoinError::Redis)?
+    } else {
+        let seed = redis::Client::open(url.as_str()).map_err(|e| redis_error(&url, e))?;
+        (seed, Vec::new())
     };
-    // Leases on a connection of their own: a renewal never waits behind a backlog of
-    // publishes (a burst of 100,000 terminals leaving), where it would time out and the node
-    // be taken for dead while it works. Publishes may take longer than a renewal before they
-    // count as failed: a slow pipeline is late, not lost.
-    let mut conn = connect(config.clone()).await?;
-    let publishing = connect(config.set_response_timeout(Some(PUBLISH_TIMEOUT))).await?;
+    let keys = Keys::new(&settings.cluster, me);
+    let locator = Locator {
+        seed,
+        seeds,
+        redis_cluster: settings.redis_cluster,
+        key: keys.owner.clone(),
+        known: Mutex::default(),
+    };
+    let (addr, client) = locator.locate().await.map_err(|e| redis_error(&url, e))?;
+    let route = Route::open(addr, client, settings.lease_ms)
+        .await
+        .map_err(|e| redis_error(&url, e))?;
+    let mut conn = route.conn.clone();
     metrics.link_up.store(0, Relaxed);
     let shared = Arc::new(Shared {
         me,
@@ -304,9 +511,11 @@ pub async fn join(
         },
         fingerprint: fingerprint.to_owned(),
         runs_services,
-        keys: Keys::new(&settings.cluster, me),
+        keys,
         settings,
         metrics,
+        locator,
+        route: tokio::sync::watch::Sender::new(route),
         up: AtomicBool::new(false),
         subscribed: AtomicBool::new(false),
         gaps: AtomicU64::new(0),
@@ -359,13 +568,11 @@ pub async fn join(
     let link = Arc::new(RedisLink {
         shared: Arc::clone(&shared),
         out: out_tx,
-        conn: conn.clone(),
         tasks: Mutex::default(),
         leases: Mutex::default(),
     });
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let mut tasks = vec![tokio::spawn(subscriber(
-        client,
         Arc::clone(&shared),
         in_tx.clone(),
         Some(ready_tx),
@@ -379,13 +586,8 @@ pub async fn join(
         let _ = release(&mut conn, &shared).await;
         return Err(redis_error(&url, "cannot subscribe within 5 s"));
     }
-    tasks.push(tokio::spawn(publisher(
-        publishing,
-        Arc::clone(&shared),
-        out_rx,
-    )));
+    tasks.push(tokio::spawn(publisher(Arc::clone(&shared), out_rx)));
     *link.leases.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::spawn(leases(
-        conn,
         Arc::clone(&shared),
         in_tx,
         link.out.clone(),
@@ -410,13 +612,14 @@ async fn release(conn: &mut ConnectionManager, s: &Shared) -> redis::RedisResult
 /// Receives what is published to this node, until the process ends: reconnects when Redis
 /// goes away, and says when it is subscribed again.
 async fn subscriber(
-    client: redis::Client,
     s: Arc<Shared>,
     inbound: mpsc::Sender<Inbound>,
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let own = s.keys.to(s.me);
+    let mut route = s.route.subscribe();
     loop {
+        let client = route.borrow_and_update().client.clone();
         let subscribed = async {
             let mut ps = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
                 .await
@@ -448,6 +651,8 @@ async fn subscriber(
                     None => break,
                 },
                 _ = s.resubscribe.notified() => break,
+                // Another master: subscribed there, where the lease script counts it.
+                _ = route.changed() => break,
             };
             let bytes = msg.get_payload_bytes();
             if bytes.len() < 2 {
@@ -477,9 +682,14 @@ async fn subscriber(
 }
 
 /// Publishes what waits, pipelined, from one connection (so in order).
-async fn publisher(mut conn: ConnectionManager, s: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
+async fn publisher(s: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut route = s.route.subscribe();
+    let mut conn = route.borrow_and_update().publishing.clone();
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if route.has_changed().unwrap_or(false) {
+            conn = route.borrow_and_update().publishing.clone();
+        }
         let n = batch.len() as u64;
         let mut pipe = redis::pipe();
         for m in batch.drain(..) {
@@ -501,12 +711,7 @@ async fn publisher(mut conn: ConnectionManager, s: Arc<Shared>, mut rx: mpsc::Re
 /// Renews the leases and follows who is in the cluster, until the process ends. It never
 /// waits on a queue: a node behind on what it hears must still renew its lease, or be taken
 /// for dead while it works. What it tells its own node waits in `pending` for room.
-async fn leases(
-    mut conn: ConnectionManager,
-    s: Arc<Shared>,
-    inbound: mpsc::Sender<Inbound>,
-    out: mpsc::Sender<Outgoing>,
-) {
+async fn leases(s: Arc<Shared>, inbound: mpsc::Sender<Inbound>, out: mpsc::Sender<Outgoing>) {
     let period = Duration::from_millis((s.settings.lease_ms / 3).max(50));
     let lease = Duration::from_millis(s.settings.lease_ms);
     let mut last_ok = Instant::now();
@@ -519,11 +724,20 @@ async fn leases(
     let mut hello_out: Option<Vec<u8>> = None;
     // The first renewal at once: the node is subscribed and waits to be up.
     let mut first = true;
+    let mut conn = s.route.borrow().conn.clone();
     loop {
         if !std::mem::take(&mut first) {
             tokio::time::sleep(period).await;
         }
-        let b = beat(&mut conn, &s).await;
+        let mut b = beat(&mut conn, &s).await;
+        if s.locator.redis_cluster
+            && b.as_ref()
+                .is_err_and(|e| !(e.is_timeout() && last_ok.elapsed() < lease))
+            && follow_master(&s).await
+        {
+            conn = s.route.borrow().conn.clone();
+            b = beat(&mut conn, &s).await;
+        }
         match b {
             Ok(b) if b.mine => {
                 last_ok = Instant::now();
@@ -623,6 +837,32 @@ async fn leases(
     }
 }
 
+/// After a failed renewal in a Redis Cluster: asks which master holds the cluster's slot now
+/// and, if it is another, sends everything there. Says whether it did.
+async fn follow_master(s: &Shared) -> bool {
+    let (addr, client) = match s.locator.locate().await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot locate the Redis Cluster's master");
+            return false;
+        }
+    };
+    if addr == s.route.borrow().addr {
+        return false;
+    }
+    match Route::open(addr.clone(), client, s.settings.lease_ms).await {
+        Ok(route) => {
+            tracing::warn!(master = %addr, "the cluster's keys are on another Redis master: following it");
+            s.route.send_replace(route);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot reach the Redis Cluster's new master yet");
+            false
+        }
+    }
+}
+
 impl Drop for RedisLink {
     fn drop(&mut self) {
         self.stop_tasks();
@@ -643,7 +883,7 @@ impl RedisLink {
         while self.out.capacity() < self.out.max_capacity() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.shared.route.borrow().conn.clone();
         if let Err(e) = release(&mut conn, &self.shared).await {
             tracing::warn!(error = %e, "could not give up the leases; they run out by themselves");
         }
@@ -688,7 +928,11 @@ impl Link for RedisLink {
     }
 
     fn name(&self) -> &'static str {
-        "redis"
+        if self.shared.locator.redis_cluster {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     fn spend_ticket<'a>(
@@ -700,7 +944,7 @@ impl Link for RedisLink {
             let now = crate::clock::now_ms() / 1000;
             let ttl = expires_at.saturating_sub(now).max(1);
             let key = format!("{}{id}", self.shared.keys.ticket_prefix);
-            let mut conn = self.conn.clone();
+            let mut conn = self.shared.route.borrow().conn.clone();
             let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
                 .arg(&key)
                 .arg(self.shared.me.0)
@@ -731,5 +975,59 @@ impl Link for RedisLink {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value::{Array, BulkString, Int};
+
+    use super::*;
+
+    fn node(host: &str, port: i64) -> redis::Value {
+        Array(vec![
+            BulkString(host.into()),
+            Int(port),
+            BulkString(b"f00d".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn the_master_of_the_slot_and_every_node_come_from_cluster_slots() {
+        let slots = Array(vec![
+            Array(vec![
+                Int(0),
+                Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7003),
+            ]),
+            Array(vec![
+                Int(5461),
+                Int(10922),
+                node("", 7001),
+                node("10.0.0.5", 7004),
+            ]),
+        ]);
+        let (nodes, master) = master_of(&slots, 3971, "10.0.0.9").unwrap();
+        assert_eq!(master, ("10.0.0.1".into(), 7000));
+        assert_eq!(nodes.len(), 4);
+        // A node listed without a host is the one asked.
+        let (_, master) = master_of(&slots, 5461, "10.0.0.9").unwrap();
+        assert_eq!(master, ("10.0.0.9".into(), 7001));
+        let e = master_of(&slots, 16000, "10.0.0.9").unwrap_err();
+        assert!(e.contains("no master serves slot 16000"), "{e}");
+        let e = master_of(&Int(3), 1, "h").unwrap_err();
+        assert!(e.contains("CLUSTER SLOTS answered"), "{e}");
+        let bad = Array(vec![Array(vec![Int(0), Int(9), Int(7)])]);
+        let e = master_of(&bad, 1, "h").unwrap_err();
+        assert!(e.contains("a node"), "{e}");
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_one_or_more_tcp_nodes() {
+        let (_, seeds) = cluster_seeds("redis://a:7000/, redis://b:7001/").unwrap();
+        assert_eq!(seeds, vec![("a".into(), 7000), ("b".into(), 7001)]);
+        assert!(cluster_seeds("redis+unix:///tmp/r.sock").is_err());
+        assert!(cluster_seeds("nonsense").is_err());
     }
 }

@@ -159,9 +159,12 @@ impl Transport {
         let early = leftover.to_vec();
         drop(leftover);
         let t = &self.config;
-        let now = self.clock.now_ms();
+        let now_us = self.clock.now_us();
+        let now = now_us / 1000;
         let conn = Arc::new(Conn::new(
-            self.registry.mint_key(now * 1000),
+            // Microseconds: a terminal that moves to another node within the millisecond it
+            // connected must still get the larger key there.
+            self.registry.mint_key(now_us),
             &cred,
             stream,
             Arc::clone(&self.metrics),

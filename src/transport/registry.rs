@@ -60,6 +60,15 @@ impl Registry {
         }
     }
 
+    /// A key another node minted, as heard: every key this node mints from now on is larger,
+    /// so a terminal that connects here after its connection elsewhere was announced wins its
+    /// seat even if this node's clock runs behind that node's.
+    pub fn witness(&self, key: ConnKey) {
+        let mask = HubId::MAX as u64;
+        let floor = (key & !mask) | self.hub.0 as u64;
+        self.last_key.fetch_max(floor, Relaxed);
+    }
+
     /// Every seat of the terminal connected here.
     pub fn seats(&self, ep: NodeIdx) -> Seats {
         self.by_endpoint
@@ -151,5 +160,24 @@ mod tests {
             other.mint_key(2_000) > c,
             "a later connection elsewhere has a larger key"
         );
+    }
+
+    #[test]
+    fn a_key_minted_after_another_nodes_is_larger_even_on_a_clock_behind() {
+        // Node 2 minted at t; node 1, whose clock reads 3 ms earlier, heard of it first.
+        let (one, two) = (Registry::new(HubId(1)), Registry::new(HubId(2)));
+        let t = 1_764_100_000_000_000u64;
+        let theirs = two.mint_key(t);
+        assert!(
+            one.mint_key(t - 3_000) < theirs,
+            "unheard, the clock decides"
+        );
+        one.witness(theirs);
+        let ours = one.mint_key(t - 3_000);
+        assert!(ours > theirs, "{ours} > {theirs}");
+        assert_eq!(super::super::dispatch::hub_of(ours), HubId(1));
+        // Hearing of an older key changes nothing.
+        one.witness(theirs - (10 << HUB_BITS));
+        assert!(one.mint_key(0) > ours);
     }
 }

@@ -39,6 +39,12 @@ async fn two_nodes_on_redis_serve_as_one_hub() {
     serve_as_one_hub(&redis.net("one-hub"), "redis").await;
 }
 
+#[tokio::test]
+async fn two_nodes_on_a_redis_cluster_serve_as_one_hub() {
+    let rc = RedisCluster::start();
+    serve_as_one_hub(&rc.net("one-hub"), "redis-cluster").await;
+}
+
 async fn serve_as_one_hub(net: &Net, link: &str) {
     let a = spawn_node(net, 1, true).await;
     let b = spawn_node(net, 2, false).await;
@@ -532,6 +538,88 @@ async fn redis_lost_and_back_heals_the_cluster() {
     assert_eq!(r["type"], "reply", "{r}");
     county.next_where(|m| m["type"] == "call.incoming").await;
     on_a.ping_ok().await;
+}
+
+/// The Redis Cluster master holding the hub's keys is killed (SIGKILL): its replica takes over,
+/// the nodes follow it by themselves and agree again on who is on line and what was set
+/// meanwhile; the services are reached across nodes again; a node started afterwards, whose
+/// first named Redis node is the dead master, joins through the next.
+#[tokio::test]
+async fn a_lost_redis_cluster_master_is_followed_to_its_replica() {
+    let mut rc = RedisCluster::start();
+    let net = rc.net("failover");
+    let a = spawn_node(&net, 1, true).await;
+    let b = spawn_node(&net, 2, false).await;
+    assert_eq!(b.hub().backplane.name(), "redis-cluster");
+    let ws = workers_under(&a.org, DONGFENG, 2);
+    let base = online_at(&a, DONGFENG).await;
+    let mut on_b = Vec::new();
+    for w in &ws {
+        on_b.push(b.connect(w).await);
+    }
+    agree_online(&[&a, &b], DONGFENG, base + 2).await;
+
+    let master = rc.master_of("failover").unwrap();
+    rc.servers[master].stop();
+    // Set while the nodes may not hear each other: it must reach A all the same.
+    for t in on_b.iter_mut() {
+        let r = t.call("presence.set", json!({"status": "busy"})).await;
+        assert_eq!(r["type"], "reply", "{r}");
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let promoted = loop {
+        if let Some(m) = rc.master_of("failover") {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "a replica takes over");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_ne!(promoted, master);
+
+    agree_online(&[&a, &b], DONGFENG, base + 2).await;
+    let token = a.token(CITY);
+    for w in &ws {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let r = http_get(&a, &format!("/api/v1/presence?node={w}"), Some(&token)).await;
+            let e = r.1["endpoints"].as_array().and_then(|es| es.first());
+            if e.is_some_and(|e| e["status"] == "busy") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{w} busy on A: {}",
+                r.1
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    for h in [&a, &b] {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let r = http_get(h, "/readyz", None).await;
+            if r.1["status"] == "ready" {
+                assert_eq!(r.1["link"]["nodes"], 2, "{}", r.1);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "ready again: {}", r.1);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // B's terminals reach the services on A: a call to the county's center.
+    let mut county = a.connect(DONGFENG).await;
+    let r = on_b[0]
+        .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    county.next_where(|m| m["type"] == "call.incoming").await;
+
+    // A third node, told of the dead master first, joins through the next node named; a worker
+    // on it counts on every node.
+    let c = spawn_node(&net, 3, false).await;
+    let w3 = workers_under(&a.org, DONGFENG, 3)[2].clone();
+    let _on_c = c.connect(&w3).await;
+    agree_online(&[&a, &b, &c], DONGFENG, base + 3).await;
 }
 
 /// A connection ticket from one node opens one connection in the whole hub, not one per node.

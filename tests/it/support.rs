@@ -106,8 +106,13 @@ async fn start(
 pub enum Net {
     /// In this process, through the in-memory broker.
     Memory(Arc<gridhub::backplane::memory::Broker>),
-    /// Through a real `redis-server`, as separate processes would.
-    Redis { url: String, cluster: String },
+    /// Through a real `redis-server` (or the nodes of a Redis Cluster, `redis_cluster`), as
+    /// separate processes would.
+    Redis {
+        url: String,
+        cluster: String,
+        redis_cluster: bool,
+    },
 }
 
 /// Leases short enough that a test sees a dead node go within a second.
@@ -122,9 +127,15 @@ impl Net {
     pub fn configure(&self, config: &mut Config, hub_id: u16, runs_services: bool) {
         config.backplane.hub_id = hub_id;
         config.backplane.runs_services = runs_services;
-        if let Net::Redis { url, cluster } = self {
+        if let Net::Redis {
+            url,
+            cluster,
+            redis_cluster,
+        } = self
+        {
             config.backplane.kind = gridhub::backplane::BackplaneKind::Redis;
             config.backplane.redis_url = url.clone();
+            config.backplane.redis_cluster = *redis_cluster;
             config.backplane.cluster = cluster.clone();
             config.backplane.lease_ms = TEST_LEASE_MS;
         }
@@ -157,15 +168,22 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
     pub port: u16,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// With these arguments besides the port, folder and no persistence.
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let port = free_port();
         let mut r = RedisServer {
             child: None,
             port,
             dir: temp_dir("redis"),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         r.restart();
         r
@@ -180,6 +198,7 @@ impl RedisServer {
         Net::Redis {
             url: self.url(),
             cluster: name.into(),
+            redis_cluster: false,
         }
     }
 
@@ -198,6 +217,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -225,6 +245,100 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of the test's own: three masters, each with a replica, on loopback. A node
+/// is taken for failed after a second, so a master's loss is failed over within a few.
+pub struct RedisCluster {
+    pub servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let servers: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // Its own port, not the default port + 10,000 (beyond 65,535 for most).
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    // A replica's first copy at once, not 5 s later: a replica that never had
+                    // its master's data cannot take over.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+            })
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(servers.iter().map(|s| format!("127.0.0.1:{}", s.port)))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli runs (scripts/test installs redis-server, which brings it)");
+        assert!(created.success(), "redis-cli --cluster create: {created}");
+        let rc = RedisCluster { servers };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        // Formed once every node says so and every replica holds its master's data.
+        for i in 0..rc.servers.len() {
+            let formed = || {
+                let info: String = rc.ask(i, redis::cmd("CLUSTER").arg("INFO"))?;
+                let repl: String = rc.ask(i, redis::cmd("INFO").arg("replication"))?;
+                Ok::<_, redis::RedisError>(
+                    info.contains("cluster_state:ok")
+                        && (repl.contains("role:master") || repl.contains("master_link_status:up")),
+                )
+            };
+            while !formed().unwrap_or(false) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the Redis Cluster forms"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        rc
+    }
+
+    fn ask<T: redis::FromRedisValue>(
+        &self,
+        i: usize,
+        cmd: &mut redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let mut c = redis::Client::open(self.servers[i].url())?
+            .get_connection_with_timeout(Duration::from_secs(1))?;
+        cmd.query(&mut c)
+    }
+
+    /// Which server is the master holding the keys of the hub cluster `name` (the one that
+    /// answers for them rather than redirect).
+    pub fn master_of(&self, name: &str) -> Option<usize> {
+        let key = format!("gridhub:{{{name}}}:owner");
+        (0..self.servers.len()).find(|&i| {
+            self.ask::<Option<String>>(i, redis::cmd("GET").arg(&key))
+                .is_ok()
+        })
+    }
+
+    /// The hub cluster `name` on this Redis Cluster, its nodes named master first: a hub node
+    /// that starts once that master is gone must find another.
+    pub fn net(&self, name: &str) -> Net {
+        let first = self.master_of(name).expect("a master holds the slot");
+        let mut urls = vec![self.servers[first].url()];
+        urls.extend(
+            (0..self.servers.len())
+                .filter(|&i| i != first)
+                .map(|i| self.servers[i].url()),
+        );
+        Net::Redis {
+            url: urls.join(","),
+            cluster: name.into(),
+            redis_cluster: true,
+        }
     }
 }
 
@@ -265,7 +379,12 @@ impl NodeProcess {
     }
 
     fn start(net: &Net, hub_id: u16, services: Option<(&str, bool)>) -> NodeProcess {
-        let Net::Redis { url, cluster } = net else {
+        let Net::Redis {
+            url,
+            cluster,
+            redis_cluster,
+        } = net
+        else {
             panic!("a node process joins through Redis");
         };
         let port = free_port();
@@ -289,6 +408,10 @@ impl NodeProcess {
                 services.is_some().to_string(),
             )
             .env("GRIDHUB_BACKPLANE__REDIS_URL", url)
+            .env(
+                "GRIDHUB_BACKPLANE__REDIS_CLUSTER",
+                redis_cluster.to_string(),
+            )
             .env("GRIDHUB_BACKPLANE__CLUSTER", cluster)
             .env("GRIDHUB_BACKPLANE__LEASE_MS", TEST_LEASE_MS.to_string())
             .env("GRIDHUB_LOG__FILTER", "warn")
