@@ -560,7 +560,7 @@ impl Backplane {
                 seat,
                 ..
             } => {
-                self.registry.witness(*conn);
+                self.registry.witness(*conn, crate::clock::now_ms() * 1000);
                 if let Some(ep) = self.org.lookup(ep.as_str()) {
                     let new = Located {
                         conn: *conn,
@@ -974,9 +974,9 @@ impl Lifecycle for Backplane {
         };
         self.own_news(news).await;
         // The seat connected on another node at the same moment with a larger key (that node's
-        // clock ahead of this one's, neither having heard of the other): it holds the seat on
-        // every node, this connection is counted nowhere, so it is told it was replaced rather
-        // than served uncounted.
+        // clock ahead of this one's, and its news arriving after this key was minted): it holds
+        // the seat on every node, this connection is counted nowhere, so it is told it was
+        // replaced rather than served uncounted.
         let newer_elsewhere = self.directory.get(&o.endpoint).is_some_and(|seats| {
             seats
                 .iter()

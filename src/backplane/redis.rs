@@ -163,7 +163,8 @@ struct Beat {
 struct Route {
     /// `host:port`, for the logs and to tell whether a lookup found another master.
     addr: String,
-    /// The subscriber's.
+    /// For the subscriber, which needs a connection of its own (a subscribed one sends nothing
+    /// else).
     client: redis::Client,
     /// Renewals, tickets, the goodbye.
     conn: ConnectionManager,
@@ -195,8 +196,10 @@ impl Route {
         // publishes (a burst of 100,000 terminals leaving), where it would time out and the
         // node be taken for dead while it works. Publishes may take longer than a renewal
         // before they count as failed: a slow pipeline is late, not lost.
-        let conn = connect(config.clone()).await?;
-        let publishing = connect(config.set_response_timeout(Some(PUBLISH_TIMEOUT))).await?;
+        let (conn, publishing) = tokio::try_join!(
+            connect(config.clone()),
+            connect(config.set_response_timeout(Some(PUBLISH_TIMEOUT)))
+        )?;
         Ok(Route {
             addr,
             client,
@@ -217,9 +220,9 @@ struct Locator {
     redis_cluster: bool,
     /// A key of this cluster: the hash tag puts every key in its slot.
     key: String,
-    /// The Redis Cluster's nodes as last listed, asked in turn when the master is lost (the
-    /// configured one may be the node that died).
-    known: Mutex<Vec<(String, u16)>>,
+    /// The Redis Cluster's nodes as last listed, asked too when the master is lost (the ones
+    /// named may be the nodes that died).
+    known: Mutex<Vec<Node>>,
 }
 
 /// A node of a Redis Cluster: host and port.
@@ -236,7 +239,9 @@ impl Locator {
     }
 
     /// The lone server; or the master now holding the cluster's slot, as the first node of the
-    /// Redis Cluster that answers lists it.
+    /// Redis Cluster to answer lists it. Every node is asked at once, so a dead or silent one
+    /// costs nothing, and the whole lookup takes at most `RESPONSE_TIMEOUT`: the renewals wait
+    /// on it.
     async fn locate(&self) -> Result<(String, redis::Client), String> {
         if !self.redis_cluster {
             return Ok((
@@ -250,23 +255,41 @@ impl Locator {
                 ask.push(n.clone());
             }
         }
+        let mut asking: futures_util::stream::FuturesUnordered<_> = ask
+            .iter()
+            .map(|node| async move { (node, self.ask(node).await) })
+            .collect();
         let mut why = Vec::new();
-        for node in ask {
-            let listed = tokio::time::timeout(RESPONSE_TIMEOUT, self.ask(&node)).await;
-            match listed {
-                Ok(Ok((nodes, master))) => {
-                    *self.known.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
-                    let client = self.client(&master).map_err(|e| e.to_string())?;
-                    return Ok((format!("{}:{}", master.0, master.1), client));
+        let first = tokio::time::timeout(RESPONSE_TIMEOUT, async {
+            while let Some((node, listed)) = asking.next().await {
+                match listed {
+                    Ok(found) => return Some(found),
+                    Err(e) => why.push(format!("{}:{}: {e}", node.0, node.1)),
                 }
-                Ok(Err(e)) => why.push(format!("{}:{}: {e}", node.0, node.1)),
-                Err(_) => why.push(format!("{}:{}: no answer", node.0, node.1)),
             }
+            None
+        })
+        .await;
+        match first {
+            Ok(Some((nodes, master))) => {
+                *self.known.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+                self.at(&master)
+            }
+            Ok(None) => Err(format!(
+                "no node of the Redis Cluster names the master of the cluster's keys ({})",
+                why.join("; ")
+            )),
+            Err(_) => Err(format!(
+                "no node of the Redis Cluster named the master of the cluster's keys within {} s ({})",
+                RESPONSE_TIMEOUT.as_secs(),
+                why.join("; ")
+            )),
         }
-        Err(format!(
-            "no node of the Redis Cluster names the master of the cluster's keys ({})",
-            why.join("; ")
-        ))
+    }
+
+    fn at(&self, node: &Node) -> Result<(String, redis::Client), String> {
+        let client = self.client(node).map_err(|e| e.to_string())?;
+        Ok((format!("{}:{}", node.0, node.1), client))
     }
 
     /// What `node` says: every node of the Redis Cluster, and the master of this cluster's slot.
@@ -316,23 +339,26 @@ pub fn cluster_seeds(urls: &str) -> Result<(redis::Client, Vec<Node>), String> {
 /// per node: host, port, …): every node listed, and the master of `slot`. A node listed without
 /// a host is reached at the host asked (`asked`), as Redis means it.
 fn master_of(slots: &redis::Value, slot: i64, asked: &str) -> Result<(Vec<Node>, Node), String> {
-    use redis::Value::{Array, BulkString, Int, SimpleString};
-    let node = |v: &redis::Value| -> Option<Node> {
+    use redis::Value::{Array, BulkString, Int, Nil, SimpleString};
+    // Redis lists a node it has no address for as NULL or "" (reach it where you asked), and
+    // one whose preferred hostname is unset as "?" (unreachable by that name): kept as None.
+    let node = |v: &redis::Value| -> Option<Option<Node>> {
         let Array(parts) = v else { return None };
         let host = match parts.first()? {
             BulkString(b) => String::from_utf8_lossy(b).into_owned(),
             SimpleString(h) => h.clone(),
+            Nil => String::new(),
             _ => return None,
-        };
-        let host = if host.is_empty() || host == "?" {
-            asked.to_owned()
-        } else {
-            host
         };
         let Int(port) = parts.get(1)? else {
             return None;
         };
-        Some((host, u16::try_from(*port).ok()?))
+        let port = u16::try_from(*port).ok()?;
+        Some(match host.as_str() {
+            "?" => None,
+            "" => Some((asked.to_owned(), port)),
+            _ => Some((host, port)),
+        })
     };
     let Array(ranges) = slots else {
         return Err(format!("CLUSTER SLOTS answered {slots:?}"));
@@ -349,9 +375,13 @@ fn master_of(slots: &redis::Value, slot: i64, asked: &str) -> Result<(Vec<Node>,
         for (i, n) in parts.iter().skip(2).enumerate() {
             let n = node(n).ok_or_else(|| format!("CLUSTER SLOTS answered a node {n:?}"))?;
             if i == 0 && (*first..=*last).contains(&slot) {
-                master = Some(n.clone());
+                master = Some(n.clone().ok_or_else(|| {
+                    format!("the master of slot {slot} is listed by a hostname it has not set")
+                })?);
             }
-            if !nodes.contains(&n) {
+            if let Some(n) = n
+                && !nodes.contains(&n)
+            {
                 nodes.push(n);
             }
         }
@@ -698,7 +728,17 @@ async fn publisher(s: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
                 Outgoing::All(bytes) => pipe.publish(&s.keys.all, bytes).ignore(),
             };
         }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        // A pipeline stuck on a master that died is given up as soon as the link follows
+        // another, not after PUBLISH_TIMEOUT: the hello that closes the gap waits behind it.
+        let sent = tokio::select! {
+            r = pipe.query_async::<()>(&mut conn) => r.map_err(|e| e.to_string()),
+            _ = route.changed() => Err("the link moved to another Redis master".to_string()),
+        };
+        if sent.is_err() {
+            // `changed` has marked the new route seen: take its connection now.
+            conn = route.borrow_and_update().publishing.clone();
+        }
+        if let Err(e) = sent {
             s.metrics.link_dropped.fetch_add(n, Relaxed);
             // Some of it may have gone out, some not: the others' picture of this node is set
             // right by a hello once Redis takes publishes again.
@@ -731,9 +771,9 @@ async fn leases(s: Arc<Shared>, inbound: mpsc::Sender<Inbound>, out: mpsc::Sende
         }
         let mut b = beat(&mut conn, &s).await;
         if s.locator.redis_cluster
-            && b.as_ref()
-                .is_err_and(|e| !(e.is_timeout() && last_ok.elapsed() < lease))
-            && follow_master(&s).await
+            && let Err(e) = &b
+            && !(passing(e) && last_ok.elapsed() < lease)
+            && follow_master(&s, e.redirect_node()).await
         {
             conn = s.route.borrow().conn.clone();
             b = beat(&mut conn, &s).await;
@@ -792,7 +832,7 @@ async fn leases(s: Arc<Shared>, inbound: mpsc::Sender<Inbound>, out: mpsc::Sende
                 tracing::error!(hub = %s.me, "another process holds this node's lease");
             }
             // Slow, not gone, while the lease still holds: the next renewal may land.
-            Err(e) if e.is_timeout() && last_ok.elapsed() < lease => {
+            Err(e) if passing(&e) && last_ok.elapsed() < lease => {
                 tracing::debug!(error = %e, "a lease renewal timed out; trying again");
             }
             Err(e) => {
@@ -837,10 +877,26 @@ async fn leases(s: Arc<Shared>, inbound: mpsc::Sender<Inbound>, out: mpsc::Sende
     }
 }
 
+/// A failed renewal worth waiting out while the lease holds: slow, or a Redis Cluster busy
+/// with the slot (migrating it, electing its master) — not a sign the master is elsewhere.
+fn passing(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{Ask, ClusterDown, MasterDown, TryAgain};
+    e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(Ask | ClusterDown | MasterDown | TryAgain)
+        )
+}
+
 /// After a failed renewal in a Redis Cluster: asks which master holds the cluster's slot now
 /// and, if it is another, sends everything there. Says whether it did.
-async fn follow_master(s: &Shared) -> bool {
-    let (addr, client) = match s.locator.locate().await {
+async fn follow_master(s: &Shared, moved_to: Option<(&str, u16)>) -> bool {
+    // Answered `MOVED`: the answer names the master, no need to ask around.
+    let found = match moved_to {
+        Some((host, port)) => s.locator.at(&(host.to_owned(), port)),
+        None => s.locator.locate().await,
+    };
+    let (addr, client) = match found {
         Ok(found) => found,
         Err(e) => {
             tracing::debug!(error = %e, "cannot locate the Redis Cluster's master");
@@ -853,6 +909,9 @@ async fn follow_master(s: &Shared) -> bool {
     match Route::open(addr.clone(), client, s.settings.lease_ms).await {
         Ok(route) => {
             tracing::warn!(master = %addr, "the cluster's keys are on another Redis master: following it");
+            // Not subscribed until the subscriber is, on the new master: a renewal there
+            // finding no subscriber meanwhile must not ask for a second resubscription.
+            s.subscribed.store(false, Relaxed);
             s.route.send_replace(route);
             true
         }
@@ -1016,6 +1075,21 @@ mod tests {
         assert_eq!(master, ("10.0.0.9".into(), 7001));
         let e = master_of(&slots, 16000, "10.0.0.9").unwrap_err();
         assert!(e.contains("no master serves slot 16000"), "{e}");
+        // Listed with no address (NULL) is also where asked; "?" has none usable.
+        let odd = Array(vec![
+            Array(vec![
+                Int(0),
+                Int(99),
+                Array(vec![redis::Value::Nil, Int(7005)]),
+                node("?", 7006),
+            ]),
+            Array(vec![Int(100), Int(199), node("?", 7007)]),
+        ]);
+        let (nodes, master) = master_of(&odd, 50, "10.0.0.9").unwrap();
+        assert_eq!(master, ("10.0.0.9".into(), 7005));
+        assert_eq!(nodes, vec![("10.0.0.9".into(), 7005)]);
+        let e = master_of(&odd, 150, "10.0.0.9").unwrap_err();
+        assert!(e.contains("hostname it has not set"), "{e}");
         let e = master_of(&Int(3), 1, "h").unwrap_err();
         assert!(e.contains("CLUSTER SLOTS answered"), "{e}");
         let bad = Array(vec![Array(vec![Int(0), Int(9), Int(7)])]);

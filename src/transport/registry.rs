@@ -17,6 +17,9 @@ use crate::org::NodeIdx;
 pub type Seats = SmallVec<[Arc<Conn>; 1]>;
 
 /// One connection per seat of a terminal on this node (the newer wins), indexed both ways.
+/// How far ahead of this node's clock another node's connection keys are followed (a minute).
+const MAX_SKEW_US: u64 = 60_000_000;
+
 pub struct Registry {
     hub: HubId,
     by_endpoint: DashMap<NodeIdx, Seats>,
@@ -60,10 +63,15 @@ impl Registry {
         }
     }
 
-    /// A key another node minted, as heard: every key this node mints from now on is larger,
-    /// so a terminal that connects here after its connection elsewhere was announced wins its
-    /// seat even if this node's clock runs behind that node's.
-    pub fn witness(&self, key: ConnKey) {
+    /// A key another node minted, as heard at `now_us`: every key this node mints from now on
+    /// is larger, so a terminal that connects here after its connection elsewhere was announced
+    /// wins its seat even if this node's clock runs behind that node's. A key from further ahead
+    /// than `MAX_SKEW_US` (a clock gone wrong, a forged key) is not followed: it would carry
+    /// this node's keys with it, for as long as the skew.
+    pub fn witness(&self, key: ConnKey, now_us: u64) {
+        if key >> HUB_BITS > now_us.saturating_add(MAX_SKEW_US) {
+            return;
+        }
         let mask = HubId::MAX as u64;
         let floor = (key & !mask) | self.hub.0 as u64;
         self.last_key.fetch_max(floor, Relaxed);
@@ -172,12 +180,16 @@ mod tests {
             one.mint_key(t - 3_000) < theirs,
             "unheard, the clock decides"
         );
-        one.witness(theirs);
+        one.witness(theirs, t - 3_000);
         let ours = one.mint_key(t - 3_000);
         assert!(ours > theirs, "{ours} > {theirs}");
         assert_eq!(super::super::dispatch::hub_of(ours), HubId(1));
         // Hearing of an older key changes nothing.
-        one.witness(theirs - (10 << HUB_BITS));
-        assert!(one.mint_key(0) > ours);
+        one.witness(theirs - (10 << HUB_BITS), t);
+        let next = one.mint_key(0);
+        assert!(next > ours && next < ours + (2 << HUB_BITS));
+        // Nor does a key from an hour ahead: this node's keys stay on its own clock.
+        one.witness(two.mint_key(t + 3_600_000_000), t);
+        assert!(one.mint_key(t) < (t + 1_000) << HUB_BITS);
     }
 }

@@ -620,6 +620,42 @@ async fn a_lost_redis_cluster_master_is_followed_to_its_replica() {
     let w3 = workers_under(&a.org, DONGFENG, 3)[2].clone();
     let _on_c = c.connect(&w3).await;
     agree_online(&[&a, &b, &c], DONGFENG, base + 3).await;
+
+    // The dead master comes back, as its replica's replica, and is handed the slot back while
+    // the other stays up: the nodes' renewals are answered MOVED, and they follow.
+    rc.servers[master].restart();
+    rc.wait_synced(master);
+    rc.fail_over_to(master);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while rc.master_of("failover") != Some(master) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot handed back to {master}: {:#?}",
+            rc.roles()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(on_b.pop());
+    agree_online(&[&a, &b, &c], DONGFENG, base + 2).await;
+    let r = on_b[0]
+        .call("presence.set", json!({"status": "online"}))
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let r = http_get(
+            &c,
+            &format!("/api/v1/presence?node={}", ws[0]),
+            Some(&token),
+        )
+        .await;
+        let e = r.1["endpoints"].as_array().and_then(|es| es.first());
+        if e.is_some_and(|e| e["status"] == "online") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "online on C: {}", r.1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// A connection ticket from one node opens one connection in the whole hub, not one per node.

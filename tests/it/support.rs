@@ -176,17 +176,32 @@ impl RedisServer {
         RedisServer::start_with(&[])
     }
 
-    /// With these arguments besides the port, folder and no persistence.
+    /// With these arguments besides the port, folder and no persistence; `FREE_PORT` among
+    /// them is a free port of its own. A port taken between being found free and bound (by a
+    /// test's outgoing connection) is given up for another.
     pub fn start_with(args: &[&str]) -> RedisServer {
-        let port = free_port();
-        let mut r = RedisServer {
-            child: None,
-            port,
-            dir: temp_dir("redis"),
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        r.restart();
-        r
+        for attempt in 0.. {
+            let mut r = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: temp_dir("redis"),
+                args: args
+                    .iter()
+                    .map(|&a| {
+                        if a == FREE_PORT {
+                            free_port().to_string()
+                        } else {
+                            a.to_string()
+                        }
+                    })
+                    .collect(),
+            };
+            if r.try_start() {
+                return r;
+            }
+            assert!(attempt < 4, "redis-server starts (tried 5 ports)");
+        }
+        unreachable!()
     }
 
     pub fn url(&self) -> String {
@@ -212,6 +227,10 @@ impl RedisServer {
 
     /// Starts it (again) on its port, and waits until it answers.
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server answers on {}", self.port);
+    }
+
+    fn try_start(&mut self) -> bool {
         self.stop();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -232,10 +251,17 @@ impl RedisServer {
                     && s.read_exact(&mut b).is_ok()
                     && &b == b"+PONG\r\n"
                 {
-                    return;
+                    return true;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "redis-server answers");
+            let ended = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if ended.is_some() || std::time::Instant::now() > deadline {
+                self.stop();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -248,8 +274,12 @@ impl Drop for RedisServer {
     }
 }
 
+/// In `RedisServer::start_with`'s arguments: a free port of the server's own.
+pub const FREE_PORT: &str = "{free port}";
+
 /// A Redis Cluster of the test's own: three masters, each with a replica, on loopback. A node
-/// is taken for failed after a second, so a master's loss is failed over within a few.
+/// is taken for failed after 2 s (not less: a busy 2-core machine must not fail one over by
+/// mistake), so a master's loss is failed over within a few.
 pub struct RedisCluster {
     pub servers: Vec<RedisServer>,
 }
@@ -262,10 +292,10 @@ impl RedisCluster {
                     "--cluster-enabled",
                     "yes",
                     "--cluster-node-timeout",
-                    "1000",
+                    "2000",
                     // Its own port, not the default port + 10,000 (beyond 65,535 for most).
                     "--cluster-port",
-                    &free_port().to_string(),
+                    FREE_PORT,
                     // A replica's first copy at once, not 5 s later: a replica that never had
                     // its master's data cannot take over.
                     "--repl-diskless-sync-delay",
@@ -282,26 +312,51 @@ impl RedisCluster {
             .expect("redis-cli runs (scripts/test installs redis-server, which brings it)");
         assert!(created.success(), "redis-cli --cluster create: {created}");
         let rc = RedisCluster { servers };
-        let deadline = std::time::Instant::now() + PATIENCE;
-        // Formed once every node says so and every replica holds its master's data.
         for i in 0..rc.servers.len() {
-            let formed = || {
-                let info: String = rc.ask(i, redis::cmd("CLUSTER").arg("INFO"))?;
-                let repl: String = rc.ask(i, redis::cmd("INFO").arg("replication"))?;
-                Ok::<_, redis::RedisError>(
-                    info.contains("cluster_state:ok")
-                        && (repl.contains("role:master") || repl.contains("master_link_status:up")),
-                )
-            };
-            while !formed().unwrap_or(false) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the Redis Cluster forms"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            rc.wait_synced(i);
         }
         rc
+    }
+
+    /// Until server `i` says the cluster is whole and, if a replica, holds its master's data.
+    pub fn wait_synced(&self, i: usize) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let formed = || {
+            let info: String = self.ask(i, redis::cmd("CLUSTER").arg("INFO"))?;
+            let repl: String = self.ask(i, redis::cmd("INFO").arg("replication"))?;
+            Ok::<_, redis::RedisError>(
+                info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up")),
+            )
+        };
+        while !formed().unwrap_or(false) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Redis Cluster forms"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What each server says it is (for a failure's message).
+    pub fn roles(&self) -> Vec<String> {
+        (0..self.servers.len())
+            .map(|i| {
+                self.ask::<String>(i, redis::cmd("CLUSTER").arg("NODES"))
+                    .map(|n| n.lines().find(|l| l.contains("myself")).unwrap_or("").to_owned())
+                    .unwrap_or_else(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// Server `i`, a replica, takes over from its master, which stays up (demoted). TAKEOVER:
+    /// without the handshake and election of a plain failover, which a loaded machine may let
+    /// time out.
+    pub fn fail_over_to(&self, i: usize) {
+        let ok: String = self
+            .ask(i, redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER"))
+            .expect("CLUSTER FAILOVER");
+        assert_eq!(ok, "OK");
     }
 
     fn ask<T: redis::FromRedisValue>(
@@ -318,9 +373,12 @@ impl RedisCluster {
     /// answers for them rather than redirect).
     pub fn master_of(&self, name: &str) -> Option<usize> {
         let key = format!("gridhub:{{{name}}}:owner");
+        // A stopped server's port may be another test's Redis by now.
         (0..self.servers.len()).find(|&i| {
-            self.ask::<Option<String>>(i, redis::cmd("GET").arg(&key))
-                .is_ok()
+            self.servers[i].child.is_some()
+                && self
+                    .ask::<Option<String>>(i, redis::cmd("GET").arg(&key))
+                    .is_ok()
         })
     }
 
