@@ -343,7 +343,12 @@ impl RedisCluster {
         (0..self.servers.len())
             .map(|i| {
                 self.ask::<String>(i, redis::cmd("CLUSTER").arg("NODES"))
-                    .map(|n| n.lines().find(|l| l.contains("myself")).unwrap_or("").to_owned())
+                    .map(|n| {
+                        n.lines()
+                            .find(|l| l.contains("myself"))
+                            .unwrap_or("")
+                            .to_owned()
+                    })
                     .unwrap_or_else(|e| e.to_string())
             })
             .collect()
