@@ -461,7 +461,7 @@ mod tests {
         };
         cluster("redis://10.0.0.1:7000/, redis://10.0.0.2:7000/").unwrap();
         let e = cluster("redis://10.0.0.1:7000/,redis+unix:///run/redis.sock").unwrap_err();
-        assert!(e.to_string().contains("over TCP"), "{e}");
+        assert!(e.to_string().contains("plain TCP"), "{e}");
         let e = cluster("redis://10.0.0.1:7000/,").unwrap_err();
         assert!(e.to_string().contains("redis_url"), "{e}");
     }

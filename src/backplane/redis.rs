@@ -321,13 +321,19 @@ pub fn cluster_seeds(urls: &str) -> Result<(redis::Client, Vec<Node>), String> {
     let mut seeds = Vec::new();
     for url in urls.split(',').map(str::trim) {
         let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-        match client.get_connection_info().addr() {
+        let info = client.get_connection_info();
+        match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => seeds.push((host.clone(), *port)),
             _ => {
                 return Err(format!(
-                    "{url}: a Redis Cluster is reached over TCP (redis://host:port/), not a socket"
+                    "{url}: a Redis Cluster is reached at redis://host:port/ (plain TCP; not a socket, not TLS)"
                 ));
             }
+        }
+        if info.redis_settings().db() != 0 {
+            return Err(format!(
+                "{url}: a Redis Cluster has database 0 only (several hub clusters share it by backplane.cluster)"
+            ));
         }
         first.get_or_insert(client);
     }
@@ -407,6 +413,8 @@ struct Shared {
     /// Gaps in what this node heard or said — a new subscription, a failed publish — each
     /// closed by a hello (rosters from everyone, its own to all).
     gaps: AtomicU64,
+    /// When a full queue to Redis was last said in the log (Unix ms).
+    said_full: AtomicU64,
     /// Tells the subscriber to drop a subscription Redis no longer counts and subscribe again.
     resubscribe: tokio::sync::Notify,
     owner: AtomicU32,
@@ -549,6 +557,7 @@ pub async fn join(
         up: AtomicBool::new(false),
         subscribed: AtomicBool::new(false),
         gaps: AtomicU64::new(0),
+        said_full: AtomicU64::new(0),
         resubscribe: tokio::sync::Notify::new(),
         owner: AtomicU32::new(NO_OWNER),
         others: Mutex::default(),
@@ -730,6 +739,7 @@ async fn publisher(s: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
         }
         // A pipeline stuck on a master that died is given up as soon as the link follows
         // another, not after PUBLISH_TIMEOUT: the hello that closes the gap waits behind it.
+        let started = Instant::now();
         let sent = tokio::select! {
             r = pipe.query_async::<()>(&mut conn) => r.map_err(|e| e.to_string()),
             _ = route.changed() => Err("the link moved to another Redis master".to_string()),
@@ -737,6 +747,13 @@ async fn publisher(s: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
         if sent.is_err() {
             // `changed` has marked the new route seen: take its connection now.
             conn = route.borrow_and_update().publishing.clone();
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            tracing::warn!(
+                messages = n,
+                took_ms = started.elapsed().as_millis() as u64,
+                "a pipeline of publishes to Redis was slow"
+            );
         }
         if let Err(e) = sent {
             s.metrics.link_dropped.fetch_add(n, Relaxed);
@@ -963,6 +980,21 @@ impl RedisLink {
     fn push(&self, m: Outgoing) {
         if self.out.try_send(m).is_err() {
             self.shared.metrics.link_dropped.fetch_add(1, Relaxed);
+            // Said once a second at most: a stalled publisher drops thousands a second.
+            let now = crate::clock::now_ms();
+            let last = self.shared.said_full.load(Relaxed);
+            if now >= last + 1000
+                && self
+                    .shared
+                    .said_full
+                    .compare_exchange(last, now, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    waiting = self.out.max_capacity() - self.out.capacity(),
+                    "the queue to Redis is full: messages to the other nodes are dropped"
+                );
+            }
         }
     }
 }
@@ -1102,6 +1134,8 @@ mod tests {
         let (_, seeds) = cluster_seeds("redis://a:7000/, redis://b:7001/").unwrap();
         assert_eq!(seeds, vec![("a".into(), 7000), ("b".into(), 7001)]);
         assert!(cluster_seeds("redis+unix:///tmp/r.sock").is_err());
+        let e = cluster_seeds("redis://a:7000/3").unwrap_err();
+        assert!(e.contains("database 0 only"), "{e}");
         assert!(cluster_seeds("nonsense").is_err());
     }
 }
