@@ -316,6 +316,30 @@ async fn seats_are_one_terminal(net: &Net) {
     let mut station = b.seat(DONGFENG, Role::Station, "main").await;
     desk.ping_ok().await;
     station.ping_ok().await;
+    // A rings the seats it knows: the station's arrival on B must have reached it.
+    let token = a.token(CITY);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let r = http_get(
+            &a,
+            &format!("/api/v1/presence?node={DONGFENG}"),
+            Some(&token),
+        )
+        .await;
+        let seats = r.1["endpoints"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["id"] == DONGFENG))
+            .map(|e| e["seats"].clone());
+        if seats == Some(json!(["desk-1", "main"])) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both seats on A: {}",
+            r.1
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut worker = a.connect(&w).await;
     let r = worker
         .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
@@ -373,6 +397,27 @@ async fn agree_online(hubs: &[&TestHub], node: &str, want: u64) {
         assert!(
             std::time::Instant::now() < deadline,
             "nodes read {seen:?} on line in {node}, want {want} on each"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until node `hub` reads terminal `ep`'s status as `want` (a guard against hangs:
+/// PATIENCE).
+async fn status_reads(hub: &TestHub, ep: &str, want: &str) {
+    let token = hub.token(CITY);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let r = http_get(hub, &format!("/api/v1/presence?node={ep}"), Some(&token)).await;
+        let e = r.1["endpoints"].as_array().and_then(|es| es.first());
+        if e.is_some_and(|e| e["status"] == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ep} {want} on {}: {}",
+            hub.addr,
+            r.1
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -506,22 +551,8 @@ async fn redis_lost_and_back_heals_the_cluster() {
     // on who is on line and on what they set meanwhile.
     redis.restart();
     agree_online(&[&a, &b], DONGFENG, base + 3).await;
-    let token = a.token(CITY);
     for w in &ws[..2] {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let r = http_get(&a, &format!("/api/v1/presence?node={w}"), Some(&token)).await;
-            let e = r.1["endpoints"].as_array().and_then(|es| es.first());
-            if e.is_some_and(|e| e["status"] == "busy") {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{w} busy on A: {}",
-                r.1
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        status_reads(&a, w, "busy").await;
     }
     for h in [&a, &b] {
         let deadline = std::time::Instant::now() + PATIENCE;
@@ -577,22 +608,8 @@ async fn a_lost_redis_cluster_master_is_followed_to_its_replica() {
     assert_ne!(promoted, master);
 
     agree_online(&[&a, &b], DONGFENG, base + 2).await;
-    let token = a.token(CITY);
     for w in &ws {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let r = http_get(&a, &format!("/api/v1/presence?node={w}"), Some(&token)).await;
-            let e = r.1["endpoints"].as_array().and_then(|es| es.first());
-            if e.is_some_and(|e| e["status"] == "busy") {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{w} busy on A: {}",
-                r.1
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        status_reads(&a, w, "busy").await;
     }
     for h in [&a, &b] {
         let deadline = std::time::Instant::now() + PATIENCE;
@@ -641,21 +658,7 @@ async fn a_lost_redis_cluster_master_is_followed_to_its_replica() {
         .call("presence.set", json!({"status": "online"}))
         .await;
     assert_eq!(r["type"], "reply", "{r}");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let r = http_get(
-            &c,
-            &format!("/api/v1/presence?node={}", ws[0]),
-            Some(&token),
-        )
-        .await;
-        let e = r.1["endpoints"].as_array().and_then(|es| es.first());
-        if e.is_some_and(|e| e["status"] == "online") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "online on C: {}", r.1);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    status_reads(&c, &ws[0], "online").await;
 }
 
 /// A connection ticket from one node opens one connection in the whole hub, not one per node.
