@@ -550,7 +550,10 @@ impl Backplane {
         };
     }
 
-    /// Keeps the directory in step with the news: per seat, the newest connection.
+    /// Keeps the directory in step with the news: per seat, the newest connection. One
+    /// connection per seat across nodes too: a connection held here that loses its seat to one
+    /// on another node (connected again there; or at the same moment, with a larger key) is
+    /// told it was replaced, as a second connection on this node would tell it.
     fn apply(&self, news: &TerminalNews) {
         match news {
             TerminalNews::Joined {
@@ -568,10 +571,27 @@ impl Backplane {
                         seat: *seat,
                     };
                     let mut seats = self.directory.entry(ep).or_default();
-                    match seats.iter_mut().find(|l| l.seat == *seat) {
-                        Some(l) if l.conn < *conn => *l = new,
-                        Some(_) => {}
-                        None => seats.push(new),
+                    // (winner, loser) of the seat, when it was contested.
+                    let contest = match seats.iter_mut().find(|l| l.seat == *seat) {
+                        Some(l) if l.conn < *conn => {
+                            let lost = l.conn;
+                            *l = new;
+                            Some((*conn, lost))
+                        }
+                        Some(l) => Some((l.conn, *conn)),
+                        None => {
+                            seats.push(new);
+                            None
+                        }
+                    };
+                    drop(seats);
+                    // A loser replaced on this node was closed by the registry already.
+                    if let Some((winner, loser)) = contest
+                        && hub_of(winner) != self.hub
+                        && hub_of(loser) == self.hub
+                        && let Some(c) = self.registry.by_key(loser)
+                    {
+                        c.close(crate::transport::conn::Close::Replaced);
                     }
                 }
             }
@@ -585,20 +605,6 @@ impl Backplane {
                     }
                 }
             }
-        }
-    }
-
-    /// One connection per seat, across nodes too: a seat that connected again on another node
-    /// closes its older connection here, as a second connection on this node would.
-    fn replaced_elsewhere(&self, news: &TerminalNews) {
-        if let TerminalNews::Joined { ep, conn, seat, .. } = news
-            && let Some(c) = self
-                .org
-                .lookup(ep.as_str())
-                .and_then(|e| self.registry.seat(e, *seat))
-            && c.key < *conn
-        {
-            c.close(crate::transport::conn::Close::Replaced);
         }
     }
 
@@ -697,7 +703,6 @@ impl Backplane {
                 let delivered = if topic == TerminalNews::NAME {
                     match serde_json::from_str::<TerminalNews>(&body) {
                         Ok(news) => {
-                            self.replaced_elsewhere(&news);
                             self.apply(&news);
                             self.bus.deliver_here(Arc::new(news)).await
                         }
@@ -787,7 +792,6 @@ impl Backplane {
                 seat: s.seat,
                 at: crate::clock::now_ms(),
             };
-            self.replaced_elsewhere(&news);
             self.apply(&news);
             // A seat that has since connected again elsewhere keeps its newer connection.
             if known(&self.directory) {
@@ -973,18 +977,6 @@ impl Lifecycle for Backplane {
             at,
         };
         self.own_news(news).await;
-        // The seat connected on another node at the same moment with a larger key (that node's
-        // clock ahead of this one's, and its news arriving after this key was minted): it holds
-        // the seat on every node, this connection is counted nowhere, so it is told it was
-        // replaced rather than served uncounted.
-        let newer_elsewhere = self.directory.get(&o.endpoint).is_some_and(|seats| {
-            seats
-                .iter()
-                .any(|l| l.seat == o.seat && l.conn > o.conn && hub_of(l.conn) != self.hub)
-        });
-        if newer_elsewhere && let Some(c) = self.registry.by_key(o.conn) {
-            c.close(crate::transport::conn::Close::Replaced);
-        }
     }
 
     async fn spend_ticket(&self, id: &str, expires_at: u64) -> bool {

@@ -215,9 +215,8 @@ struct Locator {
     /// node asked.
     seed: redis::Client,
     /// The Redis Cluster's nodes named in `redis_url` (several, comma-separated, so a node can
-    /// join while one of them is down).
+    /// join while one of them is down); none for a lone server.
     seeds: Vec<Node>,
-    redis_cluster: bool,
     /// A key of this cluster: the hash tag puts every key in its slot.
     key: String,
     /// The Redis Cluster's nodes as last listed, asked too when the master is lost (the ones
@@ -229,6 +228,10 @@ struct Locator {
 pub type Node = (String, u16);
 
 impl Locator {
+    fn redis_cluster(&self) -> bool {
+        !self.seeds.is_empty()
+    }
+
     fn client(&self, (host, port): &Node) -> redis::RedisResult<redis::Client> {
         let info = self
             .seed
@@ -243,7 +246,7 @@ impl Locator {
     /// costs nothing, and the whole lookup takes at most `RESPONSE_TIMEOUT`: the renewals wait
     /// on it.
     async fn locate(&self) -> Result<(String, redis::Client), String> {
-        if !self.redis_cluster {
+        if !self.redis_cluster() {
             return Ok((
                 self.seed.get_connection_info().addr().to_string(),
                 self.seed.clone(),
@@ -530,7 +533,6 @@ pub async fn join(
     let locator = Locator {
         seed,
         seeds,
-        redis_cluster: settings.redis_cluster,
         key: keys.owner.clone(),
         known: Mutex::default(),
     };
@@ -787,12 +789,12 @@ async fn leases(s: Arc<Shared>, inbound: mpsc::Sender<Inbound>, out: mpsc::Sende
             tokio::time::sleep(period).await;
         }
         let mut b = beat(&mut conn, &s).await;
-        if s.locator.redis_cluster
+        if s.locator.redis_cluster()
             && let Err(e) = &b
             && !(passing(e) && last_ok.elapsed() < lease)
-            && follow_master(&s, e.redirect_node()).await
+            && let Some(followed) = follow_master(&s, e.redirect_node()).await
         {
-            conn = s.route.borrow().conn.clone();
+            conn = followed;
             b = beat(&mut conn, &s).await;
         }
         match b {
@@ -906,8 +908,8 @@ fn passing(e: &redis::RedisError) -> bool {
 }
 
 /// After a failed renewal in a Redis Cluster: asks which master holds the cluster's slot now
-/// and, if it is another, sends everything there. Says whether it did.
-async fn follow_master(s: &Shared, moved_to: Option<(&str, u16)>) -> bool {
+/// and, if it is another, sends everything there. Gives the renewals' connection to it if it did.
+async fn follow_master(s: &Shared, moved_to: Option<(&str, u16)>) -> Option<ConnectionManager> {
     // Answered `MOVED`: the answer names the master, no need to ask around.
     let found = match moved_to {
         Some((host, port)) => s.locator.at(&(host.to_owned(), port)),
@@ -917,11 +919,11 @@ async fn follow_master(s: &Shared, moved_to: Option<(&str, u16)>) -> bool {
         Ok(found) => found,
         Err(e) => {
             tracing::debug!(error = %e, "cannot locate the Redis Cluster's master");
-            return false;
+            return None;
         }
     };
     if addr == s.route.borrow().addr {
-        return false;
+        return None;
     }
     match Route::open(addr.clone(), client, s.settings.lease_ms).await {
         Ok(route) => {
@@ -929,12 +931,13 @@ async fn follow_master(s: &Shared, moved_to: Option<(&str, u16)>) -> bool {
             // Not subscribed until the subscriber is, on the new master: a renewal there
             // finding no subscriber meanwhile must not ask for a second resubscription.
             s.subscribed.store(false, Relaxed);
+            let conn = route.conn.clone();
             s.route.send_replace(route);
-            true
+            Some(conn)
         }
         Err(e) => {
             tracing::debug!(error = %e, "cannot reach the Redis Cluster's new master yet");
-            false
+            None
         }
     }
 }
@@ -1019,7 +1022,7 @@ impl Link for RedisLink {
     }
 
     fn name(&self) -> &'static str {
-        if self.shared.locator.redis_cluster {
+        if self.shared.locator.redis_cluster() {
             "redis-cluster"
         } else {
             "redis"

@@ -402,6 +402,34 @@ async fn agree_online(hubs: &[&TestHub], node: &str, want: u64) {
     }
 }
 
+/// Waits until every node in `hubs` says it is ready, in a cluster of all of them (a guard
+/// against hangs: PATIENCE).
+async fn ready_again(hubs: &[&TestHub]) {
+    for h in hubs {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let r = http_get(h, "/readyz", None).await;
+            if r.1["status"] == "ready" {
+                assert_eq!(r.1["link"]["nodes"], hubs.len(), "{}", r.1);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "ready again: {}", r.1);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A terminal on another node reaches the services on `a`: its call rings the county's center
+/// there.
+async fn call_reaches_the_county(a: &TestHub, caller: &mut TestTerminal) {
+    let mut county = a.connect(DONGFENG).await;
+    let r = caller
+        .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    county.next_where(|m| m["type"] == "call.incoming").await;
+}
+
 /// Waits until node `hub` reads terminal `ep`'s status as `want` (a guard against hangs:
 /// PATIENCE).
 async fn status_reads(hub: &TestHub, ep: &str, want: &str) {
@@ -554,20 +582,9 @@ async fn redis_lost_and_back_heals_the_cluster() {
     for w in &ws[..2] {
         status_reads(&a, w, "busy").await;
     }
-    for h in [&a, &b] {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while http_get(h, "/readyz", None).await.1["status"] != "ready" {
-            assert!(std::time::Instant::now() < deadline, "ready again");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-    // And B's terminals reach the services on A again: a call to the county's center on A.
-    let mut county = a.connect(DONGFENG).await;
-    let r = on_b[0]
-        .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
-        .await;
-    assert_eq!(r["type"], "reply", "{r}");
-    county.next_where(|m| m["type"] == "call.incoming").await;
+    ready_again(&[&a, &b]).await;
+    // And B's terminals reach the services on A again.
+    call_reaches_the_county(&a, &mut on_b[0]).await;
     on_a.ping_ok().await;
 }
 
@@ -611,25 +628,8 @@ async fn a_lost_redis_cluster_master_is_followed_to_its_replica() {
     for w in &ws {
         status_reads(&a, w, "busy").await;
     }
-    for h in [&a, &b] {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let r = http_get(h, "/readyz", None).await;
-            if r.1["status"] == "ready" {
-                assert_eq!(r.1["link"]["nodes"], 2, "{}", r.1);
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "ready again: {}", r.1);
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-    // B's terminals reach the services on A: a call to the county's center.
-    let mut county = a.connect(DONGFENG).await;
-    let r = on_b[0]
-        .call("call.invite", json!({"to": DONGFENG, "media": "audio"}))
-        .await;
-    assert_eq!(r["type"], "reply", "{r}");
-    county.next_where(|m| m["type"] == "call.incoming").await;
+    ready_again(&[&a, &b]).await;
+    call_reaches_the_county(&a, &mut on_b[0]).await;
 
     // A third node, told of the dead master first, joins through the next node named; a worker
     // on it counts on every node.
