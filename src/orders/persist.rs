@@ -404,17 +404,15 @@ pub fn reindex_nodes(
     }
     // Rolled back whole on any failure, so the connection goes back to its pool clean.
     c.transaction(|c| {
-        c.execute_batch(if c.is_postgres() {
+        // One statement for both engines: BIGINT is SQLite's INTEGER affinity.
+        c.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre BIGINT NOT NULL);
-             DELETE FROM org_index;"
-        } else {
-            "CREATE TEMP TABLE IF NOT EXISTS org_index (node TEXT PRIMARY KEY, pre INTEGER NOT NULL) WITHOUT ROWID;
-             DELETE FROM org_index;"
-        })?;
+             DELETE FROM org_index;",
+        )?;
         {
             let mut st = c.prepare("INSERT INTO org_index (node, pre) VALUES (?1, ?2)")?;
             for (i, n) in org.nodes() {
-                st.execute(params![n.id.as_str(), i.0])?;
+                st.write(params![n.id.as_str(), i.0])?;
             }
         }
         let n = c.execute(

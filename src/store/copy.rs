@@ -57,6 +57,18 @@ pub fn sqlite_to_postgres(from: &Path, to: &str) -> Result<Copied, StoreError> {
 }
 
 fn copy_all(src: &Connection, dst: &Connection) -> super::db::Result<Copied> {
+    // A table the schema gained but this list lacks would be left behind without a word.
+    let tables: Vec<String> = src
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<super::db::Result<_>>()?;
+    if let Some(t) = tables.iter().find(|t| !TABLES.iter().any(|(n, _)| n == t)) {
+        return Err(super::db::Error::Other(format!(
+            "table {t} is not among those `store copy` knows: this build cannot copy it"
+        )));
+    }
     dst.transaction(|dst| {
         let mut out = Vec::new();
         for &(table, _) in TABLES {
@@ -72,7 +84,7 @@ fn copy_all(src: &Connection, dst: &Connection) -> super::db::Result<Copied> {
             }
         }
         for &(table, identity) in TABLES {
-            out.push((table, copy_table(src, dst, table)?));
+            out.push((table, copy_table(src, dst, table, identity)?));
             if let Some(col) = identity {
                 // Rows copied with their ids: new rows must draw ids past them.
                 dst.query_row(
@@ -91,7 +103,12 @@ fn copy_all(src: &Connection, dst: &Connection) -> super::db::Result<Copied> {
 
 /// The table's rows in order of SQLite's rowid, a chunk at a time (all at once for a table
 /// without one: those are keyed and small next to the outbox and the events).
-fn copy_table(src: &Connection, dst: &Connection, table: &str) -> super::db::Result<u64> {
+fn copy_table(
+    src: &Connection,
+    dst: &Connection,
+    table: &str,
+    identity: Option<&str>,
+) -> super::db::Result<u64> {
     let mut names: Vec<String> = src
         .prepare(&format!(
             "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
@@ -99,7 +116,7 @@ fn copy_table(src: &Connection, dst: &Connection, table: &str) -> super::db::Res
         .query_map([], |r| r.get(0))?
         .collect::<super::db::Result<_>>()?;
     // SQLite's implicit rowid is a real column on PostgreSQL.
-    if table == "session_spans" {
+    if identity == Some("rowid") {
         names.insert(0, "rowid".into());
     }
     let list = names.join(", ");
@@ -130,14 +147,21 @@ fn copy_table(src: &Connection, dst: &Connection, table: &str) -> super::db::Res
         } else {
             st.query_map([], read)?.collect::<super::db::Result<_>>()?
         };
+        let n = rows.len();
+        let next = match rows.last().and_then(|r| r.get(names.len())) {
+            Some(Value::Int(i)) if paged && n as i64 == CHUNK => Some(*i),
+            _ => None,
+        };
+        // Pipelined: a chunk goes out as one stream, not a round trip per row.
         let mut ins = dst.prepare_cached(&insert)?;
-        for row in &rows {
-            ins.execute(params_from_iter(row[..names.len()].to_vec()))?;
+        for mut row in rows {
+            row.truncate(names.len());
+            ins.write(params_from_iter(row))?;
         }
-        total += rows.len() as u64;
-        match rows.last().and_then(|r| r.get(names.len())) {
-            Some(Value::Int(i)) if paged && rows.len() as i64 == CHUNK => after = *i,
-            _ => return Ok(total),
+        total += n as u64;
+        match next {
+            Some(i) => after = i,
+            None => return Ok(total),
         }
     }
 }

@@ -538,10 +538,6 @@ impl Connection {
         }
     }
 
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Connection::Pg(_))
-    }
-
     /// The SQLite connection, for what only SQLite has (pragmas, checkpoints).
     pub fn sqlite(&self) -> Option<&rusqlite::Connection> {
         match self {
@@ -931,7 +927,7 @@ impl PgConn {
 }
 
 /// `?N` and `?` as PostgreSQL's `$N`, outside quoted text.
-pub fn dollar_placeholders(sql: &str) -> String {
+fn dollar_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut next = 1;
     let mut quoted = false;

@@ -505,7 +505,14 @@ fn writer_loop(
     let mut commits: u64 = 0;
     let mut checked = Instant::now();
     loop {
-        let first = match rx.recv_timeout(IDLE_CHECK) {
+        // Only a PostgreSQL writer has a server to look for while idle.
+        let next = match engine {
+            Engine::Postgres { .. } => rx.recv_timeout(IDLE_CHECK),
+            Engine::Sqlite { .. } => rx
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        let first = match next {
             Ok(j) => j,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 // Idle: a PostgreSQL writer looks for its server now, so that `/readyz` tells
@@ -592,7 +599,7 @@ fn writer_loop(
 /// A PostgreSQL writer with a live connection to its server afterwards, unless the server is
 /// away (then since when and why).
 fn ensure_server(writer: &mut Result<Connection, postgres::Lost>, url: &str) {
-    if writer.as_ref().is_ok_and(|c| !c.is_closed() && c.alive()) {
+    if writer.as_ref().is_ok_and(|c| c.alive()) {
         return;
     }
     // The dead connection goes first: its session holds the lock the new one must take.
@@ -925,7 +932,11 @@ mod tests {
                 })
                 .notify(&tx, |r| r),
             );
-            assert!(rx.blocking_recv().unwrap().is_err());
+            let e = rx.blocking_recv().unwrap().unwrap_err();
+            assert!(
+                e.to_string().contains("the job gave up"),
+                "its own reason: {e}"
+            );
             put(&store, "after").unwrap();
             store.close();
         }

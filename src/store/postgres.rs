@@ -91,6 +91,13 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
                 "the database has schema version {v}, newer than this build's {SCHEMA_VERSION}"
             )));
         }
+        // Until a step from one version to the next is written, an older schema is refused
+        // rather than taken for this one.
+        if v != 0 && v < SCHEMA_VERSION {
+            return Err(StoreError::Db(format!(
+                "the database has schema version {v}; this build has no migration from it to {SCHEMA_VERSION}"
+            )));
+        }
         if v == 0 {
             c.execute_batch(SCHEMA)?;
             c.execute(

@@ -37,11 +37,6 @@ impl PgServer {
         s
     }
 
-    /// The URL of `db` on this server.
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://gridhub@127.0.0.1:{}/{db}", self.port)
-    }
-
     /// A new empty database.
     pub fn create_database(&self, name: &str) -> String {
         ensure_database(&format!("postgres://gridhub@127.0.0.1:{}", self.port), name)

@@ -525,6 +525,8 @@ struct Service {
     /// Orders to take back from the store again, once it answers (their write failed while it
     /// was away).
     reloads: mpsc::UnboundedSender<OrderId>,
+    /// Orders waiting to be taken back: one retry each, however many of its writes failed.
+    reloading: std::collections::HashSet<OrderId>,
     pipeline: Pipeline,
     campaigns: HashMap<u64, CampaignState>,
     next_notice: u64,
@@ -581,6 +583,7 @@ pub fn start(
         clock,
         news,
         reloads,
+        reloading: Default::default(),
         pipeline: Pipeline::new(),
         campaigns,
         next_notice,
@@ -650,7 +653,10 @@ impl Service {
                         }
                     }
                 }
-                Some(id) = reloads.recv(), if !stopping => self.reload(id).await,
+                Some(id) = reloads.recv(), if !stopping => {
+                    self.reloading.remove(&id);
+                    self.reload(id).await
+                }
                 n = rx.recv_many(&mut buf, 1024), if !stopping => {
                     if n == 0 {
                         return;
@@ -1053,13 +1059,14 @@ impl Service {
                 Ok(Read::Reloaded(None)) => self.core.discard(id),
                 // The database is away: the order stays as the core has it (its writes are
                 // refused meanwhile) and is taken back once the store answers.
-                Err(StoreError::Unavailable(_)) => {
+                Err(StoreError::Unavailable(_)) if self.reloading.insert(id) => {
                     let again = self.reloads.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(RELOAD_RETRY).await;
                         let _ = again.send(id);
                     });
                 }
+                Err(StoreError::Unavailable(_)) => {}
                 _ => self.core.forget(id),
             },
             Effect::NoticeGet(reply, who, id) => {
